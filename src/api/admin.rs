@@ -1,0 +1,449 @@
+//! `AdminService`: organizations, quotas, members, roles, license assignments, usage,
+//! sessions and API keys. Mutations become domain commands and go through
+//! [`Broker::execute`]; reads go through the broker's authorized read helpers.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status::to_status;
+use crate::broker::{Broker, Executed};
+use crate::domain::types::{check_optional_text, check_required_text};
+use crate::domain::{Action, Command, CommandOutcome, DomainError, Email, Principal, Role};
+use crate::leases::LeaseId;
+use crate::limits;
+use crate::proto::{self, admin_service_server::AdminService};
+
+pub struct AdminApi {
+    broker: Arc<Broker>,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+impl AdminApi {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        AdminApi { broker }
+    }
+
+    /// Resolves the caller, then parses the body into a command and executes it.
+    async fn run<T>(
+        &self,
+        request: Request<T>,
+        to_command: impl FnOnce(T) -> Result<Command, DomainError>,
+    ) -> Result<(Principal, Command, Executed), Status> {
+        let principal = super::principal(&self.broker, &request)?;
+        let command = to_command(request.into_inner()).map_err(to_status)?;
+        let outcome = self
+            .broker
+            .execute(&principal, command.clone())
+            .await
+            .map_err(to_status)?;
+        Ok((principal, command, outcome))
+    }
+
+    fn organization_answer(
+        &self,
+        org: &crate::domain::OrgId,
+    ) -> Result<proto::Organization, Status> {
+        let organization = self.broker.organization(org).map_err(to_status)?;
+        Ok(convert::organization_to_wire(&organization))
+    }
+
+    fn member_answer(
+        &self,
+        principal: &Principal,
+        org: &crate::domain::OrgId,
+        email: &Email,
+    ) -> Result<proto::Member, Status> {
+        let role = self
+            .broker
+            .read_organization(principal, Action::Administer, org, |o| o.role_of(email))
+            .map_err(to_status)?
+            .unwrap_or(Role::Member);
+        Ok(proto::Member {
+            email: email.to_string(),
+            role: convert::role_to_wire(role),
+        })
+    }
+}
+
+fn assignments(outcome: CommandOutcome) -> (Vec<proto::AssignmentResult>, u32) {
+    match outcome {
+        CommandOutcome::Assignments {
+            results,
+            assigned_total,
+        } => (convert::assignment_results(&results), assigned_total),
+        _ => (Vec::new(), 0),
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn create_organization(
+        &self,
+        request: Request<proto::CreateOrganizationRequest>,
+    ) -> Answer<proto::CreateOrganizationResponse> {
+        let (_, command, _) = self
+            .run(request, |body| {
+                check_required_text(
+                    "display_name",
+                    &body.display_name,
+                    limits::DISPLAY_NAME_BYTES_MAX,
+                )?;
+                Ok(Command::CreateOrganization {
+                    org: convert::org_id(&body.org_id)?,
+                    display_name: body.display_name,
+                    owner: Email::parse_field("owner_email", &body.owner_email)?,
+                    quota: convert::quota(body.quota)?,
+                })
+            })
+            .await?;
+        Ok(Response::new(proto::CreateOrganizationResponse {
+            organization: Some(self.organization_answer(command.org())?),
+        }))
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<proto::SetQuotaRequest>,
+    ) -> Answer<proto::SetQuotaResponse> {
+        let (_, command, _) = self
+            .run(request, |body| {
+                Ok(Command::SetQuota {
+                    org: convert::org_id(&body.org_id)?,
+                    quota: convert::quota(body.quota)?,
+                })
+            })
+            .await?;
+        Ok(Response::new(proto::SetQuotaResponse {
+            organization: Some(self.organization_answer(command.org())?),
+        }))
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<proto::ListOrganizationsRequest>,
+    ) -> Answer<proto::ListOrganizationsResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let organizations = self
+            .broker
+            .list_organizations(&principal)
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ListOrganizationsResponse {
+            organizations: organizations
+                .iter()
+                .take(limits::LIST_ITEMS_MAX)
+                .map(convert::organization_to_wire)
+                .collect(),
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<proto::AddMemberRequest>,
+    ) -> Answer<proto::AddMemberResponse> {
+        let (principal, command, _) = self
+            .run(request, |body| {
+                Ok(Command::AddMember {
+                    org: convert::org_id(&body.org_id)?,
+                    email: Email::parse(&body.email)?,
+                    role: convert::role(body.role, Some(Role::Member))?,
+                })
+            })
+            .await?;
+        let Command::AddMember { org, email, .. } = &command else {
+            unreachable!()
+        };
+        Ok(Response::new(proto::AddMemberResponse {
+            member: Some(self.member_answer(&principal, org, email)?),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<proto::RemoveMemberRequest>,
+    ) -> Answer<proto::RemoveMemberResponse> {
+        let (_, _, executed) = self
+            .run(request, |body| {
+                Ok(Command::RemoveMember {
+                    org: convert::org_id(&body.org_id)?,
+                    email: Email::parse(&body.email)?,
+                })
+            })
+            .await?;
+        let keys_revoked = match executed.outcome {
+            CommandOutcome::MemberRemoved { keys_revoked } => keys_revoked,
+            _ => 0,
+        };
+        Ok(Response::new(proto::RemoveMemberResponse {
+            sessions_ended: executed.sessions_ended,
+            keys_revoked,
+        }))
+    }
+
+    async fn set_role(
+        &self,
+        request: Request<proto::SetRoleRequest>,
+    ) -> Answer<proto::SetRoleResponse> {
+        let (principal, command, _) = self
+            .run(request, |body| {
+                Ok(Command::SetRole {
+                    org: convert::org_id(&body.org_id)?,
+                    email: Email::parse(&body.email)?,
+                    role: convert::role(body.role, None)?,
+                })
+            })
+            .await?;
+        let Command::SetRole { org, email, .. } = &command else {
+            unreachable!()
+        };
+        Ok(Response::new(proto::SetRoleResponse {
+            member: Some(self.member_answer(&principal, org, email)?),
+        }))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<proto::ListMembersRequest>,
+    ) -> Answer<proto::ListMembersResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let org = convert::org_id(&request.get_ref().org_id).map_err(to_status)?;
+        let members = self
+            .broker
+            .read_organization(&principal, Action::Administer, &org, |o| {
+                o.members
+                    .iter()
+                    .take(limits::LIST_ITEMS_MAX)
+                    .map(|(email, role)| proto::Member {
+                        email: email.to_string(),
+                        role: convert::role_to_wire(*role),
+                    })
+                    .collect()
+            })
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ListMembersResponse { members }))
+    }
+
+    async fn assign_licenses(
+        &self,
+        request: Request<proto::AssignLicensesRequest>,
+    ) -> Answer<proto::AssignLicensesResponse> {
+        let (_, _, executed) = self
+            .run(request, |body| {
+                Ok(Command::AssignLicenses {
+                    org: convert::org_id(&body.org_id)?,
+                    product: convert::product(body.product)?,
+                    emails: convert::email_batch(&body.emails)?,
+                })
+            })
+            .await?;
+        let (results, assigned_total) = assignments(executed.outcome);
+        Ok(Response::new(proto::AssignLicensesResponse {
+            results,
+            assigned_total,
+        }))
+    }
+
+    async fn unassign_licenses(
+        &self,
+        request: Request<proto::UnassignLicensesRequest>,
+    ) -> Answer<proto::UnassignLicensesResponse> {
+        let (_, _, executed) = self
+            .run(request, |body| {
+                Ok(Command::UnassignLicenses {
+                    org: convert::org_id(&body.org_id)?,
+                    product: convert::product(body.product)?,
+                    emails: convert::email_batch(&body.emails)?,
+                })
+            })
+            .await?;
+        let sessions_ended = executed.sessions_ended;
+        let (results, assigned_total) = assignments(executed.outcome);
+        Ok(Response::new(proto::UnassignLicensesResponse {
+            results,
+            sessions_ended,
+            assigned_total,
+        }))
+    }
+
+    async fn transfer_license(
+        &self,
+        request: Request<proto::TransferLicenseRequest>,
+    ) -> Answer<proto::TransferLicenseResponse> {
+        let (_, _, executed) = self
+            .run(request, |body| {
+                Ok(Command::TransferLicense {
+                    org: convert::org_id(&body.org_id)?,
+                    product: convert::product(body.product)?,
+                    from: Email::parse_field("from_email", &body.from_email)?,
+                    to: Email::parse_field("to_email", &body.to_email)?,
+                })
+            })
+            .await?;
+        Ok(Response::new(proto::TransferLicenseResponse {
+            sessions_ended: executed.sessions_ended,
+        }))
+    }
+
+    async fn list_assignments(
+        &self,
+        request: Request<proto::ListAssignmentsRequest>,
+    ) -> Answer<proto::ListAssignmentsResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let body = request.get_ref();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        let product = convert::product(body.product).map_err(to_status)?;
+        let (emails, quota) = self
+            .broker
+            .read_organization(&principal, Action::Administer, &org, |o| {
+                let emails = o
+                    .assigned(product)
+                    .iter()
+                    .take(limits::LIST_ITEMS_MAX)
+                    .map(|e| e.to_string())
+                    .collect();
+                (emails, o.quota.for_product(product))
+            })
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ListAssignmentsResponse {
+            emails,
+            quota,
+        }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<proto::GetUsageRequest>,
+    ) -> Answer<proto::GetUsageResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let org = convert::org_id(&request.get_ref().org_id).map_err(to_status)?;
+        let (usage, expires_at) = self.broker.usage(&principal, &org).map_err(to_status)?;
+        let products = usage
+            .iter()
+            .map(|u| proto::ProductUsage {
+                product: convert::product_to_wire(u.product),
+                quota: u.quota,
+                assigned: u.assigned,
+                active_sessions: u.counters.active,
+                peak_sessions: u.counters.peak,
+                denials: u.counters.denials,
+                grants: u.counters.grants,
+                expiries: u.counters.expiries,
+            })
+            .collect();
+        Ok(Response::new(proto::GetUsageResponse {
+            products,
+            license_expires_at_unix_ms: expires_at.unwrap_or(0),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<proto::ListSessionsRequest>,
+    ) -> Answer<proto::ListSessionsResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let body = request.get_ref();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        let product = convert::product_filter(body.product).map_err(to_status)?;
+        let leases = self
+            .broker
+            .list_sessions(&principal, &org, product)
+            .map_err(to_status)?;
+        let timing = self.broker.leases().timing();
+        let now = self.broker.clock().now();
+        let unix_now = self.broker.clock().unix_ms();
+        let sessions = leases
+            .iter()
+            .map(|lease| {
+                let remaining = lease.deadline.saturating_duration_since(now);
+                convert::lease_to_wire(
+                    lease,
+                    &org,
+                    timing.ttl.as_millis() as u32,
+                    timing.heartbeat_interval.as_millis() as u32,
+                    unix_now + remaining.as_millis() as i64,
+                )
+            })
+            .collect();
+        Ok(Response::new(proto::ListSessionsResponse { sessions }))
+    }
+
+    async fn terminate_session(
+        &self,
+        request: Request<proto::TerminateSessionRequest>,
+    ) -> Answer<proto::TerminateSessionResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let body = request.get_ref();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        let id = LeaseId::parse(&body.lease_id).map_err(to_status)?;
+        self.broker
+            .terminate_session(&principal, &org, id)
+            .map_err(to_status)?;
+        Ok(Response::new(proto::TerminateSessionResponse {}))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<proto::CreateApiKeyRequest>,
+    ) -> Answer<proto::CreateApiKeyResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let body = request.into_inner();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        let email = if body.email.is_empty() {
+            None
+        } else {
+            Some(Email::parse(&body.email).map_err(to_status)?)
+        };
+        check_optional_text("label", &body.label, limits::LABEL_BYTES_MAX).map_err(to_status)?;
+        let created = self
+            .broker
+            .create_api_key(&principal, org, email, body.label)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::CreateApiKeyResponse {
+            key: Some(convert::api_key_to_wire(&created.record)),
+            secret: created.full_text,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<proto::ListApiKeysRequest>,
+    ) -> Answer<proto::ListApiKeysResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let org = convert::org_id(&request.get_ref().org_id).map_err(to_status)?;
+        let keys = self
+            .broker
+            .list_api_keys(&principal, &org)
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ListApiKeysResponse {
+            keys: keys
+                .iter()
+                .take(limits::LIST_ITEMS_MAX)
+                .map(convert::api_key_to_wire)
+                .collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<proto::RevokeApiKeyRequest>,
+    ) -> Answer<proto::RevokeApiKeyResponse> {
+        self.run(request, |body| {
+            let key_id = body.key_id.trim();
+            if key_id.is_empty() || key_id.len() > 64 {
+                return Err(DomainError::invalid(
+                    "key_id",
+                    "name the key id shown by ListApiKeys",
+                ));
+            }
+            Ok(Command::RevokeApiKey {
+                org: convert::org_id(&body.org_id)?,
+                key_id: crate::domain::ApiKeyId(key_id.into()),
+            })
+        })
+        .await?;
+        Ok(Response::new(proto::RevokeApiKeyResponse {}))
+    }
+}

@@ -1,0 +1,167 @@
+//! Conversions between wire messages and domain values. Parsing a request field is
+//! where bad input is caught: each function names the field it refuses.
+
+use std::collections::HashSet;
+
+use crate::domain::{
+    ApiKeyRecord, AssignmentOutcome, DomainError, Email, OrgId, Organization, Product, Quota, Role,
+};
+use crate::leases::Lease;
+use crate::limits;
+use crate::proto;
+
+pub fn product(raw: i32) -> Result<Product, DomainError> {
+    match proto::Product::try_from(raw) {
+        Ok(proto::Product::Kse) => Ok(Product::Kse),
+        Ok(proto::Product::Kre) => Ok(Product::Kre),
+        _ => Err(DomainError::invalid(
+            "product",
+            format!("{raw} is not a product; use PRODUCT_KSE (1) or PRODUCT_KRE (2)"),
+        )),
+    }
+}
+
+/// A product filter: unspecified means both.
+pub fn product_filter(raw: i32) -> Result<Option<Product>, DomainError> {
+    if raw == proto::Product::Unspecified as i32 {
+        return Ok(None);
+    }
+    product(raw).map(Some)
+}
+
+pub fn product_to_wire(product: Product) -> i32 {
+    match product {
+        Product::Kse => proto::Product::Kse as i32,
+        Product::Kre => proto::Product::Kre as i32,
+    }
+}
+
+/// A role; unspecified takes `default`.
+pub fn role(raw: i32, default: Option<Role>) -> Result<Role, DomainError> {
+    match (proto::Role::try_from(raw), default) {
+        (Ok(proto::Role::Owner), _) => Ok(Role::Owner),
+        (Ok(proto::Role::Admin), _) => Ok(Role::Admin),
+        (Ok(proto::Role::Member), _) => Ok(Role::Member),
+        (Ok(proto::Role::Unspecified), Some(default)) => Ok(default),
+        _ => Err(DomainError::invalid(
+            "role",
+            format!("{raw} is not a role; use ROLE_OWNER, ROLE_ADMIN or ROLE_MEMBER"),
+        )),
+    }
+}
+
+pub fn role_to_wire(role: Role) -> i32 {
+    match role {
+        Role::Owner => proto::Role::Owner as i32,
+        Role::Admin => proto::Role::Admin as i32,
+        Role::Member => proto::Role::Member as i32,
+    }
+}
+
+pub fn org_id(raw: &str) -> Result<OrgId, DomainError> {
+    OrgId::parse(raw)
+}
+
+/// A batch of emails: bounded, each valid, none repeated.
+pub fn email_batch(raw: &[String]) -> Result<Vec<Email>, DomainError> {
+    if raw.is_empty() {
+        return Err(DomainError::invalid("emails", "name at least one email"));
+    }
+    if raw.len() > limits::EMAILS_PER_REQUEST_MAX {
+        return Err(DomainError::invalid(
+            "emails",
+            format!(
+                "{} emails in one call; at most {} are allowed, split the batch",
+                raw.len(),
+                limits::EMAILS_PER_REQUEST_MAX
+            ),
+        ));
+    }
+    let mut seen = HashSet::with_capacity(raw.len());
+    raw.iter()
+        .map(|text| {
+            let email = Email::parse_field("emails", text)?;
+            if !seen.insert(email.clone()) {
+                return Err(DomainError::invalid(
+                    "emails",
+                    format!("{email} appears more than once"),
+                ));
+            }
+            Ok(email)
+        })
+        .collect()
+}
+
+pub fn quota(raw: Option<proto::Quota>) -> Result<Quota, DomainError> {
+    let raw = raw.ok_or_else(|| DomainError::invalid("quota", "is required"))?;
+    Quota {
+        kse_seats: raw.kse_seats,
+        kre_sessions: raw.kre_sessions,
+        expires_at_unix_ms: (raw.expires_at_unix_ms != 0).then_some(raw.expires_at_unix_ms),
+    }
+    .validate()
+}
+
+pub fn quota_to_wire(quota: Quota) -> proto::Quota {
+    proto::Quota {
+        kse_seats: quota.kse_seats,
+        kre_sessions: quota.kre_sessions,
+        expires_at_unix_ms: quota.expires_at_unix_ms.unwrap_or(0),
+    }
+}
+
+pub fn organization_to_wire(org: &Organization) -> proto::Organization {
+    proto::Organization {
+        org_id: org.id.to_string(),
+        display_name: org.display_name.clone(),
+        quota: Some(quota_to_wire(org.quota)),
+        member_count: org.members.len() as u32,
+    }
+}
+
+pub fn lease_to_wire(
+    lease: &Lease,
+    org: &OrgId,
+    ttl_ms: u32,
+    heartbeat_interval_ms: u32,
+    expires_at_unix_ms: i64,
+) -> proto::Lease {
+    proto::Lease {
+        lease_id: lease.id.to_string(),
+        generation: lease.generation,
+        product: product_to_wire(lease.product),
+        org_id: org.to_string(),
+        email: lease.email.to_string(),
+        engine_id: lease.engine_id.to_string(),
+        hostname: lease.hostname.to_string(),
+        label: lease.label.to_string(),
+        ttl_ms,
+        heartbeat_interval_ms,
+        expires_at_unix_ms,
+        acquired_at_unix_ms: lease.acquired_at_unix_ms,
+    }
+}
+
+pub fn api_key_to_wire(record: &ApiKeyRecord) -> proto::ApiKey {
+    proto::ApiKey {
+        key_id: record.id.to_string(),
+        email: record.email.to_string(),
+        label: record.label.clone(),
+        created_at_unix_ms: record.created_at_unix_ms,
+    }
+}
+
+pub fn assignment_results(results: &[(Email, AssignmentOutcome)]) -> Vec<proto::AssignmentResult> {
+    results
+        .iter()
+        .map(|(email, outcome)| proto::AssignmentResult {
+            email: email.to_string(),
+            outcome: match outcome {
+                AssignmentOutcome::Assigned => proto::AssignmentOutcome::Assigned,
+                AssignmentOutcome::AlreadyAssigned => proto::AssignmentOutcome::AlreadyAssigned,
+                AssignmentOutcome::Unassigned => proto::AssignmentOutcome::Unassigned,
+                AssignmentOutcome::NotAssigned => proto::AssignmentOutcome::NotAssigned,
+            } as i32,
+        })
+        .collect()
+}

@@ -1,0 +1,106 @@
+//! `SessionService`: acquire, heartbeat and release, for runtime engines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status::to_status;
+use crate::broker::{Broker, EngineRequest};
+use crate::domain::DomainError;
+use crate::domain::types::{check_optional_text, check_required_text};
+use crate::leases::LeaseId;
+use crate::limits;
+use crate::proto::{self, session_service_server::SessionService};
+
+pub struct SessionApi {
+    broker: Arc<Broker>,
+}
+
+impl SessionApi {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        SessionApi { broker }
+    }
+
+    fn expires_at_unix_ms(&self, remaining: Duration) -> i64 {
+        self.broker.clock().unix_ms() + remaining.as_millis() as i64
+    }
+}
+
+fn engine_request(raw: proto::AcquireRequest) -> Result<EngineRequest, DomainError> {
+    let product = convert::product(raw.product)?;
+    check_required_text("engine_id", &raw.engine_id, limits::ENGINE_ID_BYTES_MAX)?;
+    check_optional_text("hostname", &raw.hostname, limits::HOSTNAME_BYTES_MAX)?;
+    check_optional_text("label", &raw.label, limits::LABEL_BYTES_MAX)?;
+    Ok(EngineRequest {
+        product,
+        engine_id: raw.engine_id,
+        hostname: raw.hostname,
+        label: raw.label,
+    })
+}
+
+fn duration_ms(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[tonic::async_trait]
+impl SessionService for SessionApi {
+    async fn acquire(
+        &self,
+        request: Request<proto::AcquireRequest>,
+    ) -> Result<Response<proto::AcquireResponse>, Status> {
+        let principal = super::principal(&self.broker, &request)?;
+        let engine = engine_request(request.into_inner()).map_err(to_status)?;
+        let granted = self
+            .broker
+            .acquire(&principal, &engine)
+            .map_err(to_status)?;
+        let timing = self.broker.leases().timing();
+        let org = principal
+            .org()
+            .expect("the broker grants leases to members only");
+        let lease = convert::lease_to_wire(
+            &granted.lease,
+            org,
+            duration_ms(timing.ttl),
+            duration_ms(timing.heartbeat_interval),
+            self.expires_at_unix_ms(timing.ttl),
+        );
+        Ok(Response::new(proto::AcquireResponse {
+            lease: Some(lease),
+            resumed: granted.resumed,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let principal = super::principal(&self.broker, &request)?;
+        let body = request.into_inner();
+        let id = LeaseId::parse(&body.lease_id).map_err(to_status)?;
+        let remaining = self
+            .broker
+            .heartbeat(&principal, id, body.generation)
+            .map_err(to_status)?;
+        Ok(Response::new(proto::HeartbeatResponse {
+            expires_at_unix_ms: self.expires_at_unix_ms(remaining),
+            ttl_ms: duration_ms(self.broker.leases().timing().ttl),
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<proto::ReleaseRequest>,
+    ) -> Result<Response<proto::ReleaseResponse>, Status> {
+        let principal = super::principal(&self.broker, &request)?;
+        let body = request.into_inner();
+        let id = LeaseId::parse(&body.lease_id).map_err(to_status)?;
+        self.broker
+            .release(&principal, id, body.generation)
+            .map_err(to_status)?;
+        Ok(Response::new(proto::ReleaseResponse {}))
+    }
+}

@@ -1,0 +1,360 @@
+//! The broker: the admin state, the lease table and the command log put together.
+//! Every admin mutation takes one path, [`Broker::execute`]: admit into the log queue,
+//! lock, authorize, apply, append, unlock, wait until durable, answer. Engine calls
+//! take a read lock on the admin state (licenses and quotas) and then the one
+//! organization's lease lock; the lock order is always admin state, then lease table.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::auth::{self, OperatorKey};
+use crate::clock::Clock;
+use crate::domain::{
+    Action, AdminState, ApiKeyRecord, Command, CommandOutcome, DomainError, Email, OrgId,
+    Organization, Principal, Product, Role, authorize, authorize_command,
+};
+use crate::leases::{AcquireRequest, Granted, Lease, LeaseId, LeaseTable, Now, ProductCounters};
+use crate::storage::CommandLog;
+
+/// What an engine sends to acquire a session (already validated by the edge).
+#[derive(Debug, Clone)]
+pub struct EngineRequest {
+    pub product: Product,
+    pub engine_id: String,
+    pub hostname: String,
+    pub label: String,
+}
+
+/// Usage of one product in one organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductUsage {
+    pub product: Product,
+    pub quota: u32,
+    pub assigned: u32,
+    pub counters: ProductCounters,
+}
+
+/// The answer of an executed admin command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    pub outcome: CommandOutcome,
+    /// Sessions the command ended (a removed member's, a withdrawn license's).
+    pub sessions_ended: u32,
+}
+
+/// A key created for a member: the full text is returned exactly once.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    pub record: ApiKeyRecord,
+    pub full_text: String,
+}
+
+pub struct Broker {
+    admin: RwLock<AdminState>,
+    leases: LeaseTable,
+    operator: OperatorKey,
+    log: Arc<dyn CommandLog>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Broker {
+    pub fn new(
+        admin: AdminState,
+        leases: LeaseTable,
+        operator: OperatorKey,
+        log: Arc<dyn CommandLog>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Broker {
+            admin: RwLock::new(admin),
+            leases,
+            operator,
+            log,
+            clock,
+        }
+    }
+
+    pub fn leases(&self) -> &LeaseTable {
+        &self.leases
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            instant: self.clock.now(),
+            unix_ms: self.clock.unix_ms(),
+        }
+    }
+
+    /// A copy of the admin state, for snapshots.
+    pub fn admin_snapshot(&self) -> AdminState {
+        self.admin.read().clone()
+    }
+
+    pub fn authenticate(&self, token: &str) -> Result<Principal, DomainError> {
+        auth::authenticate(&self.admin.read(), &self.operator, token)
+    }
+
+    // ----- Admin mutations: the single path. -----
+
+    /// Authorizes, applies and makes durable one command; answers only once durable.
+    pub async fn execute(
+        &self,
+        principal: &Principal,
+        command: Command,
+    ) -> Result<Executed, DomainError> {
+        let permit = self.log.admit()?;
+        let (executed, durable) = {
+            let mut admin = self.admin.write();
+            authorize_command(&admin, principal, &command)?;
+            let outcome = admin.apply(&command)?;
+            let durable = self.log.append(permit, &command);
+            // Ending sessions under the admin lock keeps an acquire that checked the
+            // old assignment from slipping in after the cleanup.
+            let sessions_ended = self.end_sessions_for(&command);
+            let executed = Executed {
+                outcome,
+                sessions_ended,
+            };
+            (executed, durable)
+        };
+        durable.await?;
+        Ok(executed)
+    }
+
+    fn end_sessions_for(&self, command: &Command) -> u32 {
+        let users: Vec<(Email, Option<Product>)> = command
+            .sessions_to_end()
+            .into_iter()
+            .map(|s| (s.email, s.product))
+            .collect();
+        self.leases.end_sessions_of(command.org(), &users)
+    }
+
+    /// Creates an API key for `email` (the caller when `None`).
+    pub async fn create_api_key(
+        &self,
+        principal: &Principal,
+        org: OrgId,
+        email: Option<Email>,
+        label: String,
+    ) -> Result<CreatedKey, DomainError> {
+        let email = match (email, principal) {
+            (Some(email), _) => email,
+            (None, Principal::Member { email, .. }) => email.clone(),
+            (None, Principal::Operator) => {
+                return Err(DomainError::invalid(
+                    "email",
+                    "the operator must name the member the key is for",
+                ));
+            }
+        };
+        let generated = auth::generate_member_key();
+        let record = ApiKeyRecord {
+            id: generated.id.clone(),
+            email: email.clone(),
+            label: label.clone(),
+            secret_sha256: generated.sha256,
+            created_at_unix_ms: self.clock.unix_ms(),
+        };
+        let command = Command::CreateApiKey {
+            org,
+            key_id: record.id.clone(),
+            email,
+            label,
+            secret_sha256: record.secret_sha256,
+            created_at_unix_ms: record.created_at_unix_ms,
+        };
+        self.execute(principal, command).await?;
+        Ok(CreatedKey {
+            record,
+            full_text: generated.full_text,
+        })
+    }
+
+    // ----- Admin reads. -----
+
+    /// Runs `read` on an organization after checking that `principal` may `action` it.
+    pub fn read_organization<T>(
+        &self,
+        principal: &Principal,
+        action: Action,
+        org: &OrgId,
+        read: impl FnOnce(&Organization) -> T,
+    ) -> Result<T, DomainError> {
+        let admin = self.admin.read();
+        authorize(&admin, principal, action, org, None)?;
+        Ok(read(admin.organization(org)?))
+    }
+
+    pub fn list_organizations(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<Organization>, DomainError> {
+        if *principal != Principal::Operator {
+            return Err(DomainError::PermissionDenied(
+                "only the operator may list organizations".into(),
+            ));
+        }
+        Ok(self.admin.read().organizations().cloned().collect())
+    }
+
+    pub fn organization(&self, org: &OrgId) -> Result<Organization, DomainError> {
+        self.admin.read().organization(org).cloned()
+    }
+
+    /// API keys visible to the caller: all of the organization's for Owners and Admins,
+    /// their own for members.
+    pub fn list_api_keys(
+        &self,
+        principal: &Principal,
+        org: &OrgId,
+    ) -> Result<Vec<ApiKeyRecord>, DomainError> {
+        let admin = self.admin.read();
+        authorize(&admin, principal, Action::ManageKeysOf, org, None)?;
+        let organization = admin.organization(org)?;
+        let sees_all = match principal {
+            Principal::Operator => true,
+            Principal::Member { email, .. } => {
+                organization.role_of(email).is_some_and(Role::administers)
+            }
+        };
+        Ok(organization
+            .api_keys
+            .values()
+            .filter(|k| {
+                sees_all
+                    || matches!(principal, Principal::Member { email, .. } if *email == k.email)
+            })
+            .cloned()
+            .collect())
+    }
+
+    pub fn usage(
+        &self,
+        principal: &Principal,
+        org: &OrgId,
+    ) -> Result<(Vec<ProductUsage>, Option<i64>), DomainError> {
+        let (quota, assigned) =
+            self.read_organization(principal, Action::Administer, org, |o| {
+                (
+                    o.quota,
+                    [o.kse_assigned.len() as u32, o.kre_assigned.len() as u32],
+                )
+            })?;
+        let usage = Product::ALL
+            .iter()
+            .zip(assigned)
+            .map(|(product, assigned)| ProductUsage {
+                product: *product,
+                quota: quota.for_product(*product),
+                assigned,
+                counters: self.leases.counters(org, *product),
+            })
+            .collect();
+        Ok((usage, quota.expires_at_unix_ms))
+    }
+
+    pub fn list_sessions(
+        &self,
+        principal: &Principal,
+        org: &OrgId,
+        product: Option<Product>,
+    ) -> Result<Vec<Lease>, DomainError> {
+        self.read_organization(principal, Action::Administer, org, |_| ())?;
+        Ok(self
+            .leases
+            .list(org, product, crate::limits::LIST_ITEMS_MAX))
+    }
+
+    pub fn terminate_session(
+        &self,
+        principal: &Principal,
+        org: &OrgId,
+        id: LeaseId,
+    ) -> Result<Lease, DomainError> {
+        let admin = self.admin.read();
+        authorize(&admin, principal, Action::Administer, org, None)?;
+        admin.organization(org)?;
+        self.leases.terminate(org, id)
+    }
+
+    // ----- Engine calls: the hot path. -----
+
+    fn engine_identity(principal: &Principal) -> Result<(&OrgId, &Email), DomainError> {
+        match principal {
+            Principal::Member { org, email } => Ok((org, email)),
+            Principal::Operator => Err(DomainError::PermissionDenied(
+                "the operator key cannot hold sessions; use a member's API key".into(),
+            )),
+        }
+    }
+
+    pub fn acquire(
+        &self,
+        principal: &Principal,
+        request: &EngineRequest,
+    ) -> Result<Granted, DomainError> {
+        let (org, email) = Self::engine_identity(principal)?;
+        let now = self.now();
+        let admin = self.admin.read();
+        let organization = admin.organization(org)?;
+        if organization.quota.expired_at(now.unix_ms) {
+            return Err(DomainError::LicenseExpired(org.clone()));
+        }
+        if !organization.assigned(request.product).contains(email) {
+            return Err(DomainError::NotLicensed {
+                org: org.clone(),
+                email: email.clone(),
+                product: request.product,
+            });
+        }
+        let acquire = AcquireRequest {
+            org,
+            email,
+            product: request.product,
+            engine_id: &request.engine_id,
+            hostname: &request.hostname,
+            label: &request.label,
+            quota: organization.quota.for_product(request.product),
+        };
+        self.leases.acquire(acquire, now)
+    }
+
+    /// Extends a lease; returns its remaining time.
+    pub fn heartbeat(
+        &self,
+        principal: &Principal,
+        id: LeaseId,
+        generation: u64,
+    ) -> Result<std::time::Duration, DomainError> {
+        let (org, email) = Self::engine_identity(principal)?;
+        let now = self.now();
+        {
+            let admin = self.admin.read();
+            if admin.organization(org)?.quota.expired_at(now.unix_ms) {
+                // The license ran out: the session ends now rather than at its deadline.
+                drop(self.leases.terminate(org, id));
+                return Err(DomainError::LicenseExpired(org.clone()));
+            }
+        }
+        let deadline = self
+            .leases
+            .heartbeat(org, email, id, generation, now.instant)?;
+        Ok(deadline.saturating_duration_since(now.instant))
+    }
+
+    pub fn release(
+        &self,
+        principal: &Principal,
+        id: LeaseId,
+        generation: u64,
+    ) -> Result<(), DomainError> {
+        let (org, email) = Self::engine_identity(principal)?;
+        self.leases.release(org, email, id, generation)
+    }
+}

@@ -1,0 +1,134 @@
+//! Commands: the only way admin state changes. A command holds validated values and
+//! everything `apply` needs to be deterministic (ids, hashes and times are chosen before
+//! the command is made), so replaying the log reproduces the state exactly.
+
+use super::types::{ApiKeyId, Email, OrgId, Product, Quota, Role};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    CreateOrganization {
+        org: OrgId,
+        display_name: String,
+        owner: Email,
+        quota: Quota,
+    },
+    SetQuota {
+        org: OrgId,
+        quota: Quota,
+    },
+    AddMember {
+        org: OrgId,
+        email: Email,
+        role: Role,
+    },
+    RemoveMember {
+        org: OrgId,
+        email: Email,
+    },
+    SetRole {
+        org: OrgId,
+        email: Email,
+        role: Role,
+    },
+    AssignLicenses {
+        org: OrgId,
+        product: Product,
+        emails: Vec<Email>,
+    },
+    UnassignLicenses {
+        org: OrgId,
+        product: Product,
+        emails: Vec<Email>,
+    },
+    TransferLicense {
+        org: OrgId,
+        product: Product,
+        from: Email,
+        to: Email,
+    },
+    CreateApiKey {
+        org: OrgId,
+        key_id: ApiKeyId,
+        email: Email,
+        label: String,
+        secret_sha256: [u8; 32],
+        created_at_unix_ms: i64,
+    },
+    RevokeApiKey {
+        org: OrgId,
+        key_id: ApiKeyId,
+    },
+}
+
+/// Sessions that a command ends once applied: a removed member's sessions, and the
+/// sessions of a license taken away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionsToEnd {
+    pub email: Email,
+    /// `None` ends the sessions of both products.
+    pub product: Option<Product>,
+}
+
+impl Command {
+    pub fn org(&self) -> &OrgId {
+        match self {
+            Command::CreateOrganization { org, .. }
+            | Command::SetQuota { org, .. }
+            | Command::AddMember { org, .. }
+            | Command::RemoveMember { org, .. }
+            | Command::SetRole { org, .. }
+            | Command::AssignLicenses { org, .. }
+            | Command::UnassignLicenses { org, .. }
+            | Command::TransferLicense { org, .. }
+            | Command::CreateApiKey { org, .. }
+            | Command::RevokeApiKey { org, .. } => org,
+        }
+    }
+
+    /// The sessions this command ends; derived from the command alone, so recovery and
+    /// the live path agree.
+    pub fn sessions_to_end(&self) -> Vec<SessionsToEnd> {
+        match self {
+            Command::RemoveMember { email, .. } => vec![SessionsToEnd {
+                email: email.clone(),
+                product: None,
+            }],
+            Command::UnassignLicenses {
+                product, emails, ..
+            } => emails
+                .iter()
+                .map(|email| SessionsToEnd {
+                    email: email.clone(),
+                    product: Some(*product),
+                })
+                .collect(),
+            Command::TransferLicense { product, from, .. } => vec![SessionsToEnd {
+                email: from.clone(),
+                product: Some(*product),
+            }],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What happened to one email of an assignment batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssignmentOutcome {
+    Assigned,
+    AlreadyAssigned,
+    Unassigned,
+    NotAssigned,
+}
+
+/// The answer of a successfully applied command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    Done,
+    MemberRemoved {
+        keys_revoked: u32,
+    },
+    Assignments {
+        results: Vec<(Email, AssignmentOutcome)>,
+        assigned_total: u32,
+    },
+}

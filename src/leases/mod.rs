@@ -1,0 +1,470 @@
+//! The lease table: every live session, sharded by organization so that organizations
+//! never contend with one another. One mutex per organization makes check-and-grant a
+//! single atomic step: the count of active sessions is read and raised under it.
+//!
+//! A lease's id is derived from (organization, user, product, engine id), so an engine
+//! that retries `Acquire` finds its live lease again instead of taking a second seat,
+//! and every grant gets a fresh `generation` from one strictly increasing counter, so a
+//! superseded engine is fenced off. Expiry is an ordered index per organization (see
+//! [`expiry`]); the table reads no clock: callers pass `now`.
+
+pub mod expiry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::domain::{DomainError, Email, OrgId, Product};
+use crate::limits;
+use expiry::ExpiryIndex;
+
+/// A lease id: 128 bits derived from the engine's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub u128);
+
+impl LeaseId {
+    const PREFIX: &'static str = "ls_";
+
+    fn derive(org: &OrgId, email: &Email, product: Product, engine_id: &str) -> Self {
+        let mut hasher = Sha256::new();
+        for part in [org.as_str(), email.as_str(), product.name(), engine_id] {
+            hasher.update((part.len() as u32).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        LeaseId(u128::from_be_bytes(first))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        let invalid = || {
+            DomainError::invalid(
+                "lease_id",
+                format!("{text:?} is not a lease id like ls_<32 hex digits>"),
+            )
+        };
+        let digits = text.strip_prefix(Self::PREFIX).ok_or_else(invalid)?;
+        if digits.len() != 32 {
+            return Err(invalid());
+        }
+        u128::from_str_radix(digits, 16)
+            .map(LeaseId)
+            .map_err(|_| invalid())
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{:032x}", Self::PREFIX, self.0)
+    }
+}
+
+/// One live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub generation: u64,
+    pub product: Product,
+    pub email: Email,
+    pub engine_id: Box<str>,
+    pub hostname: Box<str>,
+    pub label: Box<str>,
+    /// Monotonic instant after which the lease is gone: last heartbeat received + TTL.
+    pub deadline: Instant,
+    pub acquired_at_unix_ms: i64,
+}
+
+/// What an engine asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct AcquireRequest<'a> {
+    pub org: &'a OrgId,
+    pub email: &'a Email,
+    pub product: Product,
+    pub engine_id: &'a str,
+    pub hostname: &'a str,
+    pub label: &'a str,
+    /// The organization's quota for `product`, read from the admin state by the caller.
+    pub quota: u32,
+}
+
+/// The times of a call, injected so tests control them.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub instant: Instant,
+    pub unix_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub lease: Lease,
+    /// The engine already held this lease; nothing new was granted.
+    pub resumed: bool,
+}
+
+/// Counters of one product in one organization since the daemon started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProductCounters {
+    pub active: u32,
+    pub peak: u32,
+    pub grants: u64,
+    pub denials: u64,
+    pub expiries: u64,
+    pub releases: u64,
+    pub terminations: u64,
+}
+
+/// The sessions of one organization.
+#[derive(Debug, Default)]
+struct OrgLeases {
+    leases: HashMap<LeaseId, Lease>,
+    /// The KSE lease of each user holding one: a KSE license runs one engine at a time.
+    kse_holders: HashMap<Email, LeaseId>,
+    counters: [ProductCounters; 2],
+    expiry: ExpiryIndex,
+}
+
+fn product_index(product: Product) -> usize {
+    match product {
+        Product::Kse => 0,
+        Product::Kre => 1,
+    }
+}
+
+impl OrgLeases {
+    fn counters_mut(&mut self, product: Product) -> &mut ProductCounters {
+        &mut self.counters[product_index(product)]
+    }
+
+    fn remove(&mut self, id: LeaseId) -> Option<Lease> {
+        let lease = self.leases.remove(&id)?;
+        if lease.product == Product::Kse {
+            self.kse_holders.remove(&lease.email);
+        }
+        self.counters_mut(lease.product).active -= 1;
+        if self.expiry.needs_compaction(self.leases.len()) {
+            let leases = &self.leases;
+            self.expiry.compact(|id, generation| {
+                leases.get(&id).is_some_and(|l| l.generation == generation)
+            });
+        }
+        Some(lease)
+    }
+
+    fn find_mut(
+        &mut self,
+        id: LeaseId,
+        email: Option<&Email>,
+        generation: u64,
+    ) -> Result<&mut Lease, DomainError> {
+        let lease = self
+            .leases
+            .get_mut(&id)
+            .filter(|lease| email.is_none_or(|e| *e == lease.email))
+            .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
+        if lease.generation != generation {
+            return Err(DomainError::StaleGeneration {
+                lease_id: id.to_string(),
+                current: lease.generation,
+                presented: generation,
+            });
+        }
+        Ok(lease)
+    }
+}
+
+/// Lease timing, fixed for the daemon's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+impl LeaseTiming {
+    /// Engines heartbeat three times per TTL, so two lost heartbeats in a row are survived.
+    pub fn from_ttl(ttl: Duration) -> Self {
+        LeaseTiming {
+            ttl,
+            heartbeat_interval: ttl / 3,
+        }
+    }
+}
+
+pub struct LeaseTable {
+    organizations: DashMap<OrgId, Arc<Mutex<OrgLeases>>>,
+    /// The next generation to grant. Its high bits hold the boot epoch, so generations
+    /// keep increasing across restarts.
+    next_generation: AtomicU64,
+    timing: LeaseTiming,
+}
+
+/// Bits of a generation below the boot epoch: 2^40 grants per boot.
+pub const GENERATION_EPOCH_SHIFT: u32 = 40;
+
+impl LeaseTable {
+    pub fn new(timing: LeaseTiming, boot_epoch: u64) -> Self {
+        assert!(
+            boot_epoch < (1 << (64 - GENERATION_EPOCH_SHIFT)),
+            "boot epoch out of range"
+        );
+        LeaseTable {
+            organizations: DashMap::new(),
+            next_generation: AtomicU64::new((boot_epoch << GENERATION_EPOCH_SHIFT) + 1),
+            timing,
+        }
+    }
+
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
+    }
+
+    fn organization(&self, org: &OrgId) -> Arc<Mutex<OrgLeases>> {
+        if let Some(existing) = self.organizations.get(org) {
+            return Arc::clone(&existing);
+        }
+        Arc::clone(&self.organizations.entry(org.clone()).or_default())
+    }
+
+    fn existing_organization(&self, org: &OrgId) -> Option<Arc<Mutex<OrgLeases>>> {
+        self.organizations.get(org).map(|o| Arc::clone(&o))
+    }
+
+    /// Grants a lease, or returns the engine's live one. Check and grant are one step
+    /// under the organization's lock.
+    pub fn acquire(&self, request: AcquireRequest<'_>, now: Now) -> Result<Granted, DomainError> {
+        let id = LeaseId::derive(
+            request.org,
+            request.email,
+            request.product,
+            request.engine_id,
+        );
+        let cell = self.organization(request.org);
+        let mut org = cell.lock();
+        let deadline = now.instant + self.timing.ttl;
+        if let Some(lease) = org.leases.get_mut(&id) {
+            // A retry of the same engine: same lease, extended like a heartbeat.
+            lease.deadline = deadline;
+            return Ok(Granted {
+                lease: lease.clone(),
+                resumed: true,
+            });
+        }
+        if request.product == Product::Kse
+            && let Some(holder) = org.kse_holders.get(request.email)
+        {
+            let other = &org.leases[holder];
+            return Err(DomainError::KseSessionInUse {
+                email: request.email.clone(),
+                engine_id: other.engine_id.to_string(),
+                lease_id: other.id.to_string(),
+            });
+        }
+        let counters = org.counters_mut(request.product);
+        if counters.active >= request.quota {
+            counters.denials += 1;
+            let active = counters.active;
+            return Err(DomainError::QuotaExhausted {
+                org: request.org.clone(),
+                product: request.product,
+                active,
+                quota: request.quota,
+                unit: match request.product {
+                    Product::Kse => "KSE sessions",
+                    Product::Kre => "parallel sessions",
+                },
+            });
+        }
+        if org.leases.len() >= limits::LEASES_PER_ORG_MAX {
+            return Err(DomainError::LimitReached {
+                what: "leases per organization",
+                limit: limits::LEASES_PER_ORG_MAX,
+            });
+        }
+        let counters = org.counters_mut(request.product);
+        counters.active += 1;
+        counters.peak = counters.peak.max(counters.active);
+        counters.grants += 1;
+        let lease = Lease {
+            id,
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+            product: request.product,
+            email: request.email.clone(),
+            engine_id: request.engine_id.into(),
+            hostname: request.hostname.into(),
+            label: request.label.into(),
+            deadline,
+            acquired_at_unix_ms: now.unix_ms,
+        };
+        if request.product == Product::Kse {
+            org.kse_holders.insert(request.email.clone(), id);
+        }
+        org.expiry.schedule(deadline, id, lease.generation);
+        org.leases.insert(id, lease.clone());
+        Ok(Granted {
+            lease,
+            resumed: false,
+        })
+    }
+
+    /// Extends a lease of `email` to `now + ttl`; returns the new deadline.
+    pub fn heartbeat(
+        &self,
+        org: &OrgId,
+        email: &Email,
+        id: LeaseId,
+        generation: u64,
+        now: Instant,
+    ) -> Result<Instant, DomainError> {
+        let cell = self
+            .existing_organization(org)
+            .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
+        let mut org = cell.lock();
+        let lease = org.find_mut(id, Some(email), generation)?;
+        // A deadline never moves back: a late, reordered heartbeat cannot shorten it.
+        lease.deadline = lease.deadline.max(now + self.timing.ttl);
+        Ok(lease.deadline)
+    }
+
+    /// Ends a lease of `email` at the engine's request.
+    pub fn release(
+        &self,
+        org: &OrgId,
+        email: &Email,
+        id: LeaseId,
+        generation: u64,
+    ) -> Result<(), DomainError> {
+        let cell = self
+            .existing_organization(org)
+            .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
+        let mut org = cell.lock();
+        let product = org.find_mut(id, Some(email), generation)?.product;
+        org.remove(id);
+        org.counters_mut(product).releases += 1;
+        Ok(())
+    }
+
+    /// Ends a lease at an admin's request, whoever holds it.
+    pub fn terminate(&self, org: &OrgId, id: LeaseId) -> Result<Lease, DomainError> {
+        let cell = self
+            .existing_organization(org)
+            .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
+        let mut org = cell.lock();
+        let lease = org
+            .remove(id)
+            .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
+        org.counters_mut(lease.product).terminations += 1;
+        Ok(lease)
+    }
+
+    /// Ends every session of the given users (of one product, or of both). Admin
+    /// commands are rare, so this scans the organization's leases once per command
+    /// rather than keeping a per-user index on the hot path.
+    pub fn end_sessions_of(&self, org: &OrgId, users: &[(Email, Option<Product>)]) -> u32 {
+        if users.is_empty() {
+            return 0;
+        }
+        let Some(cell) = self.existing_organization(org) else {
+            return 0;
+        };
+        let mut org = cell.lock();
+        let ending: Vec<LeaseId> = org
+            .leases
+            .values()
+            .filter(|lease| {
+                users.iter().any(|(email, product)| {
+                    *email == lease.email && product.is_none_or(|p| p == lease.product)
+                })
+            })
+            .map(|lease| lease.id)
+            .collect();
+        for id in &ending {
+            if let Some(lease) = org.remove(*id) {
+                org.counters_mut(lease.product).terminations += 1;
+            }
+        }
+        ending.len() as u32
+    }
+
+    /// Ends every session of an organization (it was deleted, or its licenses expired).
+    pub fn forget_organization(&self, org: &OrgId) {
+        self.organizations.remove(org);
+    }
+
+    /// Removes every lease whose deadline has passed; returns how many. The cost is
+    /// proportional to the number of organizations plus the leases that expire, never
+    /// to the number of live leases.
+    pub fn expire_due(&self, now: Instant) -> usize {
+        let cells: Vec<Arc<Mutex<OrgLeases>>> = self
+            .organizations
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        cells
+            .iter()
+            .map(|cell| expire_org(&mut cell.lock(), now))
+            .sum()
+    }
+
+    pub fn counters(&self, org: &OrgId, product: Product) -> ProductCounters {
+        self.existing_organization(org)
+            .map(|cell| cell.lock().counters[product_index(product)])
+            .unwrap_or_default()
+    }
+
+    /// The live leases of an organization, at most `limit`, ordered by acquisition.
+    pub fn list(&self, org: &OrgId, product: Option<Product>, limit: usize) -> Vec<Lease> {
+        let Some(cell) = self.existing_organization(org) else {
+            return Vec::new();
+        };
+        let org = cell.lock();
+        let mut leases: Vec<Lease> = org
+            .leases
+            .values()
+            .filter(|l| product.is_none_or(|p| p == l.product))
+            .take(limit)
+            .cloned()
+            .collect();
+        leases.sort_by_key(|l| l.generation);
+        leases
+    }
+
+    /// Live leases across all organizations.
+    pub fn live_count(&self) -> usize {
+        self.organizations
+            .iter()
+            .map(|o| o.lock().leases.len())
+            .sum()
+    }
+}
+
+fn expire_org(org: &mut OrgLeases, now: Instant) -> usize {
+    let mut expired = 0;
+    while let Some((id, generation)) = org.expiry.pop_due(now) {
+        let Some(lease) = org.leases.get(&id).filter(|l| l.generation == generation) else {
+            continue; // Released or re-granted since: a stale entry.
+        };
+        if lease.deadline > now {
+            // Heartbeats moved it on; look again at its current deadline.
+            let deadline = lease.deadline;
+            org.expiry.schedule(deadline, id, generation);
+            continue;
+        }
+        if let Some(lease) = org.remove(id) {
+            org.counters_mut(lease.product).expiries += 1;
+            expired += 1;
+        }
+        if expired >= limits::EXPIRIES_PER_SWEEP_MAX {
+            break;
+        }
+    }
+    expired
+}
+
+#[cfg(test)]
+mod tests;
