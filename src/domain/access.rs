@@ -55,20 +55,16 @@ pub fn authorize(
     org: &OrgId,
     subject: Option<&Email>,
 ) -> Result<(), DomainError> {
-    let (caller_org, caller) = match principal {
+    let caller = match principal {
         Principal::Operator => return Ok(()),
-        Principal::Member { org, email } => (org, email),
+        Principal::Member { email, .. } => email,
     };
     if action == Action::Operate {
         return Err(DomainError::PermissionDenied(
             "only the operator may create organizations and set quotas".into(),
         ));
     }
-    if caller_org != org {
-        return Err(DomainError::PermissionDenied(format!(
-            "this API key belongs to organization {caller_org}, not {org}"
-        )));
-    }
+    check_same_organization(principal, org)?;
     let role = state.organization(org)?.role_of(caller).ok_or_else(|| {
         DomainError::Unauthenticated(format!("{caller} is no longer a member of {org}"))
     })?;
@@ -82,6 +78,19 @@ pub fn authorize(
     }
 }
 
+/// A member's key reaches its own organization only. Checked before anything is
+/// looked up, so that answers never reveal what another organization holds.
+fn check_same_organization(principal: &Principal, org: &OrgId) -> Result<(), DomainError> {
+    match principal {
+        Principal::Member {
+            org: caller_org, ..
+        } if caller_org != org => Err(DomainError::PermissionDenied(format!(
+            "this API key belongs to organization {caller_org}, not {org}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Extra rules on roles beyond "Owner or Admin": only an Owner (or the operator) may
 /// create another Owner or change or remove an existing one.
 pub fn authorize_command(
@@ -90,6 +99,7 @@ pub fn authorize_command(
     command: &Command,
 ) -> Result<(), DomainError> {
     let org = command.org();
+    check_same_organization(principal, org)?;
     let action = match command {
         Command::CreateOrganization { .. } | Command::SetQuota { .. } => Action::Operate,
         Command::CreateApiKey { .. } | Command::RevokeApiKey { .. } => Action::ManageKeysOf,

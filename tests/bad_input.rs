@@ -1,0 +1,223 @@
+//! Bad input gets a precise status and message, and changes nothing.
+
+mod common;
+
+use common::*;
+use seatbroker::limits;
+use seatbroker::proto;
+use tonic::Code;
+
+fn organization(org_id: &str, name: &str, owner: &str) -> proto::CreateOrganizationRequest {
+    proto::CreateOrganizationRequest {
+        org_id: org_id.into(),
+        display_name: name.into(),
+        owner_email: owner.into(),
+        quota: Some(proto::Quota::default()),
+    }
+}
+
+#[tokio::test]
+async fn organization_fields_are_checked() {
+    let server = start().await;
+    let mut operator = server.operator().await;
+    let cases = [
+        (
+            organization("", "Acme", "o@acme.test"),
+            "org_id: must not be empty",
+        ),
+        (
+            organization(
+                &"a".repeat(limits::ORG_ID_BYTES_MAX + 1),
+                "Acme",
+                "o@acme.test",
+            ),
+            "at most 63",
+        ),
+        (
+            organization("Acme Corp", "Acme", "o@acme.test"),
+            "lowercase",
+        ),
+        (
+            organization("acme", "", "o@acme.test"),
+            "display_name: must not be empty",
+        ),
+        (
+            organization(
+                "acme",
+                &"n".repeat(limits::DISPLAY_NAME_BYTES_MAX + 1),
+                "o@acme.test",
+            ),
+            "display_name",
+        ),
+        (organization("acme", "Acme", "not-an-email"), "owner_email"),
+    ];
+    for (request, needle) in cases {
+        assert_status(
+            operator.create_organization(request).await,
+            Code::InvalidArgument,
+            needle,
+        );
+    }
+    let mut no_quota = organization("acme", "Acme", "o@acme.test");
+    no_quota.quota = None;
+    assert_status(
+        operator.create_organization(no_quota).await,
+        Code::InvalidArgument,
+        "quota: is required",
+    );
+    let mut huge_quota = organization("acme", "Acme", "o@acme.test");
+    huge_quota.quota = Some(proto::Quota {
+        kse_seats: limits::KSE_SEATS_MAX + 1,
+        kre_sessions: 0,
+        expires_at_unix_ms: 0,
+    });
+    assert_status(
+        operator.create_organization(huge_quota).await,
+        Code::InvalidArgument,
+        "kse_seats",
+    );
+    let listed = operator
+        .list_organizations(proto::ListOrganizationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.organizations.is_empty(), "nothing was created");
+    operator
+        .create_organization(organization("acme", "Acme", "o@acme.test"))
+        .await
+        .unwrap();
+    assert_status(
+        operator
+            .create_organization(organization("acme", "Acme", "o@acme.test"))
+            .await,
+        Code::AlreadyExists,
+        "already exists",
+    );
+}
+
+#[tokio::test]
+async fn assignment_batches_are_checked() {
+    let server = start().await;
+    let org = server.organization("acme", 5, 5, &["a"]).await;
+    let batch = |product: i32, emails: Vec<String>| proto::AssignLicensesRequest {
+        org_id: org.id.clone(),
+        product,
+        emails,
+    };
+    let mut owner = server.admin(&org.owner_key).await;
+    let too_many: Vec<String> = (0..=limits::EMAILS_PER_REQUEST_MAX)
+        .map(|i| format!("u{i}@acme.test"))
+        .collect();
+    let cases = [
+        (batch(KSE, vec![]), "at least one email"),
+        (batch(KSE, too_many), "split the batch"),
+        (
+            batch(KSE, vec![org.email(0).into(), org.email(0).to_uppercase()]),
+            "more than once",
+        ),
+        (
+            batch(KSE, vec!["not an email".into()]),
+            "not an email address",
+        ),
+        (batch(0, vec![org.email(0).into()]), "PRODUCT_KSE"),
+        (batch(7, vec![org.email(0).into()]), "not a product"),
+    ];
+    for (request, needle) in cases {
+        assert_status(
+            owner.assign_licenses(request).await,
+            Code::InvalidArgument,
+            needle,
+        );
+    }
+    let usage = org.usage(&server, KSE).await;
+    assert_eq!(usage.assigned, 0, "nothing was assigned");
+}
+
+#[tokio::test]
+async fn unknown_things_are_not_found() {
+    let server = start().await;
+    let org = server.organization("acme", 5, 5, &["a"]).await;
+    let mut operator = server.operator().await;
+    let usage = operator
+        .get_usage(proto::GetUsageRequest {
+            org_id: "nowhere".into(),
+        })
+        .await;
+    assert_status(usage, Code::NotFound, "organization nowhere does not exist");
+    let revoke = proto::RevokeApiKeyRequest {
+        org_id: org.id.clone(),
+        key_id: "000000000000".into(),
+    };
+    assert_status(
+        operator.revoke_api_key(revoke).await,
+        Code::NotFound,
+        "does not exist",
+    );
+    let mut engine = server.session(org.key(0)).await;
+    let unknown = proto::HeartbeatRequest {
+        lease_id: format!("ls_{}", "f".repeat(32)),
+        generation: 1,
+    };
+    assert_status(
+        engine.heartbeat(unknown).await,
+        Code::NotFound,
+        "does not exist",
+    );
+    let malformed = proto::ReleaseRequest {
+        lease_id: "lease-1".into(),
+        generation: 1,
+    };
+    assert_status(
+        engine.release(malformed).await,
+        Code::InvalidArgument,
+        "not a lease id",
+    );
+}
+
+#[tokio::test]
+async fn engine_fields_are_checked() {
+    let server = start().await;
+    let org = server.organization("acme", 5, 5, &["a"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut engine = server.session(org.key(0)).await;
+    let mut request = acquire_request(KRE, "");
+    assert_status(
+        engine.acquire(request.clone()).await,
+        Code::InvalidArgument,
+        "engine_id: must not be empty",
+    );
+    request.engine_id = "e".repeat(limits::ENGINE_ID_BYTES_MAX + 1);
+    assert_status(
+        engine.acquire(request.clone()).await,
+        Code::InvalidArgument,
+        "engine_id",
+    );
+    request.engine_id = "e".into();
+    request.hostname = "h\u{0}".into();
+    assert_status(
+        engine.acquire(request.clone()).await,
+        Code::InvalidArgument,
+        "control characters",
+    );
+    request.hostname = "h".into();
+    request.product = 0;
+    assert_status(
+        engine.acquire(request).await,
+        Code::InvalidArgument,
+        "product",
+    );
+    assert_eq!(org.usage(&server, KRE).await.active_sessions, 0);
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_by_the_transport() {
+    let server = start().await;
+    let mut operator = server.operator().await;
+    let mut request = organization("acme", "Acme", "o@acme.test");
+    request.display_name = "x".repeat(limits::REQUEST_BYTES_MAX + 1);
+    assert_status(
+        operator.create_organization(request).await,
+        Code::OutOfRange,
+        "",
+    );
+}

@@ -1,0 +1,255 @@
+//! The test harness: a real daemon on 127.0.0.1:0 with a temporary data directory,
+//! and helpers that set up organizations through the real gRPC API.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use seatbroker::client::{self, Authorized, BearerKey};
+use seatbroker::proto::{
+    self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
+};
+use seatbroker::server::{self, OperatorKeySource, ServerConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef0123456789";
+pub const KSE: i32 = proto::Product::Kse as i32;
+pub const KRE: i32 = proto::Product::Kre as i32;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+pub async fn start() -> TestServer {
+    start_with_ttl(Duration::from_secs(30)).await
+}
+
+pub async fn start_with_ttl(ttl: Duration) -> TestServer {
+    let data_dir = tempfile::tempdir().expect("temporary data directory");
+    start_in(data_dir, ttl).await
+}
+
+/// Starts a daemon on an existing data directory (for restarts).
+pub async fn start_in(data_dir: tempfile::TempDir, ttl: Duration) -> TestServer {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.path().to_path_buf(),
+        lease_ttl: ttl,
+        operator_key: OperatorKeySource::Given(OPERATOR_KEY.into()),
+    };
+    let prepared = server::prepare(config).expect("daemon prepares");
+    let (bound, addr) = prepared.bind().await.expect("daemon binds");
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        bound
+            .serve(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("daemon serves");
+    });
+    TestServer {
+        addr,
+        data_dir,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
+
+impl TestServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
+        let channel = client::connect(&self.url()).await.expect("connect");
+        client::admin(channel, BearerKey::new(Some(key)).unwrap())
+    }
+
+    pub async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
+        let channel = client::connect(&self.url()).await.expect("connect");
+        client::session(channel, BearerKey::new(Some(key)).unwrap())
+    }
+
+    pub async fn operator(&self) -> AdminServiceClient<Authorized> {
+        self.admin(OPERATOR_KEY).await
+    }
+
+    /// Stops the daemon and returns its data directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data_dir, dir)
+    }
+
+    /// Creates an organization whose owner is `owner@<org>.test`, adds `members`
+    /// (local parts), and returns the owner's key and one key per member.
+    pub async fn organization(
+        &self,
+        org: &str,
+        kse_seats: u32,
+        kre_sessions: u32,
+        members: &[&str],
+    ) -> Org {
+        let mut operator = self.operator().await;
+        let owner = format!("owner@{org}.test");
+        operator
+            .create_organization(proto::CreateOrganizationRequest {
+                org_id: org.into(),
+                display_name: format!("{org} Inc."),
+                owner_email: owner.clone(),
+                quota: Some(proto::Quota {
+                    kse_seats,
+                    kre_sessions,
+                    expires_at_unix_ms: 0,
+                }),
+            })
+            .await
+            .expect("create organization");
+        let owner_key = create_key(&mut operator, org, &owner).await;
+        let mut member_keys = Vec::new();
+        for local in members {
+            let email = format!("{local}@{org}.test");
+            operator
+                .add_member(proto::AddMemberRequest {
+                    org_id: org.into(),
+                    email: email.clone(),
+                    role: 0,
+                })
+                .await
+                .expect("add member");
+            member_keys.push((email.clone(), create_key(&mut operator, org, &email).await));
+        }
+        Org {
+            id: org.into(),
+            owner,
+            owner_key,
+            members: member_keys,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub async fn create_key(
+    admin: &mut AdminServiceClient<Authorized>,
+    org: &str,
+    email: &str,
+) -> String {
+    admin
+        .create_api_key(proto::CreateApiKeyRequest {
+            org_id: org.into(),
+            email: email.into(),
+            label: "test".into(),
+        })
+        .await
+        .expect("create API key")
+        .into_inner()
+        .secret
+}
+
+pub struct Org {
+    pub id: String,
+    pub owner: String,
+    pub owner_key: String,
+    /// (email, API key) of each member, in the order given.
+    pub members: Vec<(String, String)>,
+}
+
+impl Org {
+    pub fn email(&self, i: usize) -> &str {
+        &self.members[i].0
+    }
+
+    pub fn key(&self, i: usize) -> &str {
+        &self.members[i].1
+    }
+
+    pub fn emails(&self) -> Vec<String> {
+        self.members.iter().map(|(e, _)| e.clone()).collect()
+    }
+
+    pub async fn assign(
+        &self,
+        server: &TestServer,
+        product: i32,
+        emails: Vec<String>,
+    ) -> Result<proto::AssignLicensesResponse, tonic::Status> {
+        server
+            .admin(&self.owner_key)
+            .await
+            .assign_licenses(proto::AssignLicensesRequest {
+                org_id: self.id.clone(),
+                product,
+                emails,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn usage(&self, server: &TestServer, product: i32) -> proto::ProductUsage {
+        server
+            .admin(&self.owner_key)
+            .await
+            .get_usage(proto::GetUsageRequest {
+                org_id: self.id.clone(),
+            })
+            .await
+            .expect("usage")
+            .into_inner()
+            .products
+            .into_iter()
+            .find(|p| p.product == product)
+            .expect("product usage")
+    }
+}
+
+pub fn acquire_request(product: i32, engine: &str) -> proto::AcquireRequest {
+    proto::AcquireRequest {
+        product,
+        engine_id: engine.into(),
+        hostname: "test-host".into(),
+        label: String::new(),
+    }
+}
+
+/// Asserts a call failed with `code` and a message containing `needle`.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    match result {
+        Ok(value) => panic!("expected {code:?} ({needle}), got Ok({value:?})"),
+        Err(status) => {
+            assert_eq!(
+                status.code(),
+                code,
+                "unexpected status: {}",
+                status.message()
+            );
+            assert!(
+                status.message().contains(needle),
+                "message {:?} should mention {needle:?}",
+                status.message()
+            );
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! Engine sessions over real gRPC: quotas, the acquire race, idempotent retries,
+//! fencing, expiry and the end of sessions by admin action.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use seatbroker::proto;
+use tonic::Code;
+
+#[tokio::test]
+async fn kre_quota_is_a_hard_boundary() {
+    let server = start().await;
+    let org = server.organization("acme", 0, 2, &["a", "b", "c"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut a = server.session(org.key(0)).await;
+    let mut b = server.session(org.key(1)).await;
+    let mut c = server.session(org.key(2)).await;
+    let lease_a = a
+        .acquire(acquire_request(KRE, "engine-a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    b.acquire(acquire_request(KRE, "engine-b")).await.unwrap();
+    assert_status(
+        c.acquire(acquire_request(KRE, "engine-c")).await,
+        Code::ResourceExhausted,
+        "2 of 2",
+    );
+    a.release(proto::ReleaseRequest {
+        lease_id: lease_a.lease_id,
+        generation: lease_a.generation,
+    })
+    .await
+    .unwrap();
+    c.acquire(acquire_request(KRE, "engine-c")).await.unwrap();
+    let usage = org.usage(&server, KRE).await;
+    assert_eq!(
+        (usage.active_sessions, usage.peak_sessions, usage.denials),
+        (2, 2, 1)
+    );
+}
+
+// Several worker threads so that the server really serves the acquires in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_concurrent_acquires_against_quota_ten_grant_exactly_ten() {
+    let server = start().await;
+    let engines = 64;
+    let names: Vec<String> = (0..engines).map(|i| format!("e{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let org = server.organization("race", 0, 10, &names).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut clients = Vec::new();
+    for i in 0..engines {
+        clients.push(server.session(org.key(i)).await);
+    }
+    for round in 0..25 {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(engines));
+        let tasks: Vec<_> = clients
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, mut client)| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    client
+                        .acquire(acquire_request(KRE, &format!("engine-{i}")))
+                        .await
+                        .map(|r| (client, r.into_inner()))
+                })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(ok) => granted.push(ok),
+                Err(status) => assert_eq!(
+                    status.code(),
+                    Code::ResourceExhausted,
+                    "round {round}: {status:?}"
+                ),
+            }
+        }
+        assert_eq!(granted.len(), 10, "round {round} granted {}", granted.len());
+        for (mut client, response) in granted {
+            let lease = response.lease.unwrap();
+            client
+                .release(proto::ReleaseRequest {
+                    lease_id: lease.lease_id,
+                    generation: lease.generation,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let usage = org.usage(&server, KRE).await;
+    assert_eq!(usage.active_sessions, 0);
+    assert_eq!(usage.peak_sessions, 10);
+}
+
+#[tokio::test]
+async fn acquire_is_idempotent_per_engine() {
+    let server = start().await;
+    let org = server.organization("acme", 0, 1, &["a"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut engine = server.session(org.key(0)).await;
+    let first = engine
+        .acquire(acquire_request(KRE, "engine-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = engine
+        .acquire(acquire_request(KRE, "engine-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.resumed && retry.resumed);
+    let (first, retry) = (first.lease.unwrap(), retry.lease.unwrap());
+    assert_eq!(
+        (first.lease_id, first.generation),
+        (retry.lease_id, retry.generation)
+    );
+    assert_eq!(org.usage(&server, KRE).await.active_sessions, 1);
+    // A second engine of the same user is a second session, refused by the quota of 1.
+    assert_status(
+        engine.acquire(acquire_request(KRE, "engine-2")).await,
+        Code::ResourceExhausted,
+        "quota",
+    );
+}
+
+#[tokio::test]
+async fn generations_increase_and_stale_ones_are_refused() {
+    let server = start().await;
+    let org = server.organization("acme", 0, 5, &["a"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut engine = server.session(org.key(0)).await;
+    let mut last = 0;
+    for _ in 0..5 {
+        let lease = engine
+            .acquire(acquire_request(KRE, "engine"))
+            .await
+            .unwrap()
+            .into_inner()
+            .lease
+            .unwrap();
+        assert!(lease.generation > last);
+        last = lease.generation;
+        let stale = proto::HeartbeatRequest {
+            lease_id: lease.lease_id.clone(),
+            generation: lease.generation - 1,
+        };
+        assert_status(
+            engine.heartbeat(stale).await,
+            Code::FailedPrecondition,
+            "superseded",
+        );
+        engine
+            .release(proto::ReleaseRequest {
+                lease_id: lease.lease_id.clone(),
+                generation: lease.generation,
+            })
+            .await
+            .unwrap();
+        let gone = proto::HeartbeatRequest {
+            lease_id: lease.lease_id,
+            generation: lease.generation,
+        };
+        assert_status(
+            engine.heartbeat(gone).await,
+            Code::NotFound,
+            "expired, was released or was terminated",
+        );
+    }
+}
+
+#[tokio::test]
+async fn kse_sessions_need_a_seat_and_allow_one_engine_per_user() {
+    let server = start().await;
+    let org = server.organization("acme", 1, 0, &["a", "b"]).await;
+    org.assign(&server, KSE, vec![org.email(0).into()])
+        .await
+        .unwrap();
+    let mut a = server.session(org.key(0)).await;
+    let mut b = server.session(org.key(1)).await;
+    a.acquire(acquire_request(KSE, "laptop")).await.unwrap();
+    assert_status(
+        a.acquire(acquire_request(KSE, "desktop")).await,
+        Code::FailedPrecondition,
+        "one engine at a time",
+    );
+    assert_status(
+        b.acquire(acquire_request(KSE, "laptop")).await,
+        Code::FailedPrecondition,
+        "no KSE license",
+    );
+    assert_status(
+        b.acquire(acquire_request(KRE, "runner")).await,
+        Code::FailedPrecondition,
+        "no KRE license",
+    );
+}
+
+#[tokio::test]
+async fn a_lease_lives_while_heartbeating_and_expires_within_ttl_plus_a_second_after() {
+    let ttl = Duration::from_millis(600);
+    let server = start_with_ttl(ttl).await;
+    let org = server.organization("acme", 0, 1, &["a", "b"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut a = server.session(org.key(0)).await;
+    let lease = a
+        .acquire(acquire_request(KRE, "engine"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_eq!(lease.heartbeat_interval_ms, 200);
+    // Heartbeating at the advertised interval over several TTLs keeps the lease.
+    for _ in 0..9 {
+        tokio::time::sleep(Duration::from_millis(u64::from(
+            lease.heartbeat_interval_ms,
+        )))
+        .await;
+        a.heartbeat(proto::HeartbeatRequest {
+            lease_id: lease.lease_id.clone(),
+            generation: lease.generation,
+        })
+        .await
+        .expect("a heartbeating engine keeps its lease");
+    }
+    let last_heartbeat = Instant::now();
+    let mut b = server.session(org.key(1)).await;
+    // Once heartbeats stop, the seat comes free within ttl + 1 s (with slack for a loaded machine).
+    let freed_at = loop {
+        if b.acquire(acquire_request(KRE, "engine-b")).await.is_ok() {
+            break Instant::now();
+        }
+        assert!(
+            last_heartbeat.elapsed() < ttl + Duration::from_secs(3),
+            "lease did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        freed_at - last_heartbeat >= ttl,
+        "expired before ttl had passed"
+    );
+    let heartbeat = a
+        .heartbeat(proto::HeartbeatRequest {
+            lease_id: lease.lease_id,
+            generation: lease.generation,
+        })
+        .await;
+    assert_status(heartbeat, Code::NotFound, "stop the engine");
+    assert_eq!(org.usage(&server, KRE).await.expiries, 1);
+}
+
+#[tokio::test]
+async fn removing_a_member_or_a_license_ends_their_sessions() {
+    let server = start().await;
+    let org = server.organization("acme", 2, 5, &["a", "b"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    org.assign(&server, KSE, org.emails()).await.unwrap();
+    let mut a = server.session(org.key(0)).await;
+    let mut b = server.session(org.key(1)).await;
+    a.acquire(acquire_request(KRE, "a-1")).await.unwrap();
+    a.acquire(acquire_request(KRE, "a-2")).await.unwrap();
+    let kse_lease = a
+        .acquire(acquire_request(KSE, "a-studio"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    b.acquire(acquire_request(KRE, "b-1")).await.unwrap();
+    let mut owner = server.admin(&org.owner_key).await;
+
+    let unassigned = owner
+        .unassign_licenses(proto::UnassignLicensesRequest {
+            org_id: org.id.clone(),
+            product: KRE,
+            emails: vec![org.email(0).into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unassigned.sessions_ended, 2);
+    assert_eq!(org.usage(&server, KRE).await.active_sessions, 1);
+    // The KSE session of the same user is untouched.
+    a.heartbeat(proto::HeartbeatRequest {
+        lease_id: kse_lease.lease_id.clone(),
+        generation: kse_lease.generation,
+    })
+    .await
+    .unwrap();
+
+    let removed = owner
+        .remove_member(proto::RemoveMemberRequest {
+            org_id: org.id.clone(),
+            email: org.email(0).into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((removed.sessions_ended, removed.keys_revoked), (1, 1));
+    assert_eq!(org.usage(&server, KSE).await.active_sessions, 0);
+    // The removed member's key no longer works at all.
+    assert_status(
+        a.acquire(acquire_request(KRE, "a-3")).await,
+        Code::Unauthenticated,
+        "unknown or was revoked",
+    );
+}
+
+#[tokio::test]
+async fn lowering_the_kre_quota_grants_nothing_new_until_under_it() {
+    let server = start().await;
+    let org = server.organization("acme", 0, 3, &["a"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut a = server.session(org.key(0)).await;
+    let mut leases = Vec::new();
+    for i in 0..3 {
+        leases.push(
+            a.acquire(acquire_request(KRE, &format!("e{i}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .lease
+                .unwrap(),
+        );
+    }
+    server
+        .operator()
+        .await
+        .set_quota(proto::SetQuotaRequest {
+            org_id: org.id.clone(),
+            quota: Some(proto::Quota {
+                kse_seats: 0,
+                kre_sessions: 1,
+                expires_at_unix_ms: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    // Running sessions keep going; new ones wait until the count is under the quota.
+    for lease in &leases {
+        a.heartbeat(proto::HeartbeatRequest {
+            lease_id: lease.lease_id.clone(),
+            generation: lease.generation,
+        })
+        .await
+        .unwrap();
+    }
+    assert_status(
+        a.acquire(acquire_request(KRE, "new")).await,
+        Code::ResourceExhausted,
+        "3 of 1",
+    );
+    for lease in leases.drain(..2) {
+        a.release(proto::ReleaseRequest {
+            lease_id: lease.lease_id,
+            generation: lease.generation,
+        })
+        .await
+        .unwrap();
+    }
+    assert_status(
+        a.acquire(acquire_request(KRE, "new")).await,
+        Code::ResourceExhausted,
+        "1 of 1",
+    );
+    let last = leases.pop().unwrap();
+    a.release(proto::ReleaseRequest {
+        lease_id: last.lease_id,
+        generation: last.generation,
+    })
+    .await
+    .unwrap();
+    a.acquire(acquire_request(KRE, "new")).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_license_grants_nothing() {
+    let server = start().await;
+    let org = server.organization("acme", 0, 3, &["a"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    server
+        .operator()
+        .await
+        .set_quota(proto::SetQuotaRequest {
+            org_id: org.id.clone(),
+            quota: Some(proto::Quota {
+                kse_seats: 0,
+                kre_sessions: 3,
+                expires_at_unix_ms: 1_000,
+            }),
+        })
+        .await
+        .unwrap();
+    let mut a = server.session(org.key(0)).await;
+    assert_status(
+        a.acquire(acquire_request(KRE, "e")).await,
+        Code::FailedPrecondition,
+        "expired",
+    );
+}
+
+#[tokio::test]
+async fn an_admin_can_list_and_terminate_sessions() {
+    let server = start().await;
+    let org = server.organization("acme", 0, 3, &["a"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut a = server.session(org.key(0)).await;
+    let lease = a
+        .acquire(acquire_request(KRE, "e"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    let mut owner = server.admin(&org.owner_key).await;
+    let listed = owner
+        .list_sessions(proto::ListSessionsRequest {
+            org_id: org.id.clone(),
+            product: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].lease_id, lease.lease_id);
+    owner
+        .terminate_session(proto::TerminateSessionRequest {
+            org_id: org.id.clone(),
+            lease_id: lease.lease_id.clone(),
+        })
+        .await
+        .unwrap();
+    let heartbeat = a
+        .heartbeat(proto::HeartbeatRequest {
+            lease_id: lease.lease_id,
+            generation: lease.generation,
+        })
+        .await;
+    assert_status(heartbeat, Code::NotFound, "terminated");
+}
