@@ -15,7 +15,7 @@ use crate::domain::{
     Organization, Principal, Product, Role, authorize, authorize_command,
 };
 use crate::leases::{AcquireRequest, Granted, Lease, LeaseId, LeaseTable, Now, ProductCounters};
-use crate::storage::CommandLog;
+use crate::storage::{Durable, Journal};
 
 /// What an engine sends to acquire a session (already validated by the edge).
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub struct Broker {
     admin: RwLock<AdminState>,
     leases: LeaseTable,
     operator: OperatorKey,
-    log: Arc<dyn CommandLog>,
+    journal: Arc<dyn Journal>,
     clock: Arc<dyn Clock>,
 }
 
@@ -63,14 +63,14 @@ impl Broker {
         admin: AdminState,
         leases: LeaseTable,
         operator: OperatorKey,
-        log: Arc<dyn CommandLog>,
+        journal: Arc<dyn Journal>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Broker {
             admin: RwLock::new(admin),
             leases,
             operator,
-            log,
+            journal,
             clock,
         }
     }
@@ -107,12 +107,12 @@ impl Broker {
         principal: &Principal,
         command: Command,
     ) -> Result<Executed, DomainError> {
-        let permit = self.log.admit()?;
+        let permit = self.journal.admit()?;
         let (executed, durable) = {
             let mut admin = self.admin.write();
             authorize_command(&admin, principal, &command)?;
             let outcome = admin.apply(&command)?;
-            let durable = self.log.append(permit, &command);
+            let durable = self.journal.append_command(permit, &command);
             // Ending sessions under the admin lock keeps an acquire that checked the
             // old assignment from slipping in after the cleanup.
             let sessions_ended = self.end_sessions_for(&command);
@@ -294,11 +294,23 @@ impl Broker {
         }
     }
 
-    pub fn acquire(
+    /// Grants a session; answers once the grant is durable.
+    pub async fn acquire(
         &self,
         principal: &Principal,
         request: &EngineRequest,
     ) -> Result<Granted, DomainError> {
+        let (granted, durable) = self.grant(principal, request)?;
+        durable.await?;
+        Ok(granted)
+    }
+
+    /// Checks the license and takes the seat, under the admin read lock.
+    fn grant(
+        &self,
+        principal: &Principal,
+        request: &EngineRequest,
+    ) -> Result<(Granted, Durable), DomainError> {
         let (org, email) = Self::engine_identity(principal)?;
         let now = self.now();
         let admin = self.admin.read();

@@ -70,6 +70,6 @@ const _: () = assert!(KRE_SESSIONS_MAX as usize + KSE_SEATS_MAX as usize <= LEAS
 const _: () = assert!(EMAILS_PER_REQUEST_MAX * (EMAIL_BYTES_MAX + 8) < REQUEST_BYTES_MAX);
 const _: () = assert!(OPERATOR_KEY_BYTES_MAX <= BEARER_TOKEN_BYTES_MAX);
 
-/// Admin commands applied in memory and waiting for the log to make them durable.
-/// Past it, admin calls get UNAVAILABLE until the disk catches up.
-pub const LOG_QUEUE_COMMANDS_MAX: usize = 4096;
+/// Records (admin commands, lease grants) applied in memory and waiting for the log to
+/// make them durable. Past it, calls get UNAVAILABLE until the disk catches up.
+pub const LOG_QUEUE_RECORDS_MAX: usize = 16_384;

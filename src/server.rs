@@ -20,7 +20,7 @@ use crate::leases::{LeaseTable, LeaseTiming};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
-use crate::storage::{CommandLog, VolatileLog};
+use crate::storage::{Journal, VolatileJournal};
 
 /// Where the operator key comes from.
 #[derive(Debug, Clone)]
@@ -87,14 +87,14 @@ pub fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         source,
     })?;
     let (operator, generated_operator_key) = operator_key(&config.operator_key, data_dir)?;
-    let log: Arc<dyn CommandLog> = Arc::new(VolatileLog::new());
+    let journal: Arc<dyn Journal> = Arc::new(VolatileJournal::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let leases = LeaseTable::new(LeaseTiming::from_ttl(config.lease_ttl), 1);
     let broker = Arc::new(Broker::new(
         AdminState::default(),
         leases,
         operator,
-        log,
+        journal,
         clock,
     ));
     Ok(Prepared {

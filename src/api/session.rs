@@ -56,6 +56,7 @@ impl SessionService for SessionApi {
         let granted = self
             .broker
             .acquire(&principal, &engine)
+            .await
             .map_err(to_status)?;
         let timing = self.broker.leases().timing();
         let org = principal

@@ -72,6 +72,18 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// Rebuilds the state from its organizations (a snapshot), with its key index.
+    pub fn from_organizations(organizations: Vec<Organization>) -> Self {
+        let mut state = AdminState::default();
+        for org in organizations {
+            for key_id in org.api_keys.keys() {
+                state.key_index.insert(key_id.clone(), org.id.clone());
+            }
+            state.organizations.insert(org.id.clone(), org);
+        }
+        state
+    }
+
     pub fn organization(&self, org: &OrgId) -> Result<&Organization, DomainError> {
         self.organizations
             .get(org)

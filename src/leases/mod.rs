@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::domain::{DomainError, Email, OrgId, Product};
 use crate::limits;
+use crate::storage::{Durable, Journal, VolatileJournal};
 use expiry::ExpiryIndex;
 
 /// A lease id: 128 bits derived from the engine's identity.
@@ -121,8 +122,9 @@ pub struct ProductCounters {
 }
 
 /// The sessions of one organization.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct OrgLeases {
+    id: OrgId,
     leases: HashMap<LeaseId, Lease>,
     /// The KSE lease of each user holding one: a KSE license runs one engine at a time.
     kse_holders: HashMap<Email, LeaseId>,
@@ -138,6 +140,35 @@ fn product_index(product: Product) -> usize {
 }
 
 impl OrgLeases {
+    fn new(id: OrgId) -> Self {
+        OrgLeases {
+            id,
+            leases: HashMap::new(),
+            kse_holders: HashMap::new(),
+            counters: Default::default(),
+            expiry: ExpiryIndex::default(),
+        }
+    }
+
+    fn insert(&mut self, lease: Lease) {
+        let counters = self.counters_mut(lease.product);
+        counters.active += 1;
+        counters.peak = counters.peak.max(counters.active);
+        if lease.product == Product::Kse {
+            self.kse_holders.insert(lease.email.clone(), lease.id);
+        }
+        self.expiry
+            .schedule(lease.deadline, lease.id, lease.generation);
+        self.leases.insert(lease.id, lease);
+    }
+
+    /// Removes a lease and journals its end.
+    fn end(&mut self, id: LeaseId, journal: &dyn Journal) -> Option<Lease> {
+        let lease = self.remove(id)?;
+        journal.append_lease_ended(&self.id, id, lease.generation);
+        Some(lease)
+    }
+
     fn counters_mut(&mut self, product: Product) -> &mut ProductCounters {
         &mut self.counters[product_index(product)]
     }
@@ -198,6 +229,8 @@ impl LeaseTiming {
 
 pub struct LeaseTable {
     organizations: DashMap<OrgId, Arc<Mutex<OrgLeases>>>,
+    /// Where grants and ends are made durable.
+    journal: Arc<dyn Journal>,
     /// The next generation to grant. Its high bits hold the boot epoch, so generations
     /// keep increasing across restarts.
     next_generation: AtomicU64,
@@ -215,9 +248,20 @@ impl LeaseTable {
         );
         LeaseTable {
             organizations: DashMap::new(),
+            journal: Arc::new(VolatileJournal::new()),
             next_generation: AtomicU64::new((boot_epoch << GENERATION_EPOCH_SHIFT) + 1),
             timing,
         }
+    }
+
+    /// Sets where grants and ends are journaled; recovery restores leases before this.
+    pub fn set_journal(&mut self, journal: Arc<dyn Journal>) {
+        self.journal = journal;
+    }
+
+    /// The generation the next grant will carry.
+    pub fn next_generation(&self) -> u64 {
+        self.next_generation.load(Ordering::Relaxed)
     }
 
     pub fn timing(&self) -> LeaseTiming {
@@ -228,7 +272,12 @@ impl LeaseTable {
         if let Some(existing) = self.organizations.get(org) {
             return Arc::clone(&existing);
         }
-        Arc::clone(&self.organizations.entry(org.clone()).or_default())
+        Arc::clone(
+            &self
+                .organizations
+                .entry(org.clone())
+                .or_insert_with(|| Arc::new(Mutex::new(OrgLeases::new(org.clone())))),
+        )
     }
 
     fn existing_organization(&self, org: &OrgId) -> Option<Arc<Mutex<OrgLeases>>> {
@@ -236,24 +285,30 @@ impl LeaseTable {
     }
 
     /// Grants a lease, or returns the engine's live one. Check and grant are one step
-    /// under the organization's lock.
-    pub fn acquire(&self, request: AcquireRequest<'_>, now: Now) -> Result<Granted, DomainError> {
+    /// under the organization's lock. The grant may be answered once `Durable` resolves.
+    pub fn acquire(
+        &self,
+        request: AcquireRequest<'_>,
+        now: Now,
+    ) -> Result<(Granted, Durable), DomainError> {
         let id = LeaseId::derive(
             request.org,
             request.email,
             request.product,
             request.engine_id,
         );
+        let permit = self.journal.admit()?;
         let cell = self.organization(request.org);
         let mut org = cell.lock();
         let deadline = now.instant + self.timing.ttl;
         if let Some(lease) = org.leases.get_mut(&id) {
             // A retry of the same engine: same lease, extended like a heartbeat.
             lease.deadline = deadline;
-            return Ok(Granted {
+            let granted = Granted {
                 lease: lease.clone(),
                 resumed: true,
-            });
+            };
+            return Ok((granted, Box::pin(std::future::ready(Ok(())))));
         }
         if request.product == Product::Kse
             && let Some(holder) = org.kse_holders.get(request.email)
@@ -286,10 +341,7 @@ impl LeaseTable {
                 limit: limits::LEASES_PER_ORG_MAX,
             });
         }
-        let counters = org.counters_mut(request.product);
-        counters.active += 1;
-        counters.peak = counters.peak.max(counters.active);
-        counters.grants += 1;
+        org.counters_mut(request.product).grants += 1;
         let lease = Lease {
             id,
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
@@ -301,15 +353,15 @@ impl LeaseTable {
             deadline,
             acquired_at_unix_ms: now.unix_ms,
         };
-        if request.product == Product::Kse {
-            org.kse_holders.insert(request.email.clone(), id);
-        }
-        org.expiry.schedule(deadline, id, lease.generation);
-        org.leases.insert(id, lease.clone());
-        Ok(Granted {
+        let durable = self
+            .journal
+            .append_lease_granted(permit, request.org, &lease);
+        org.insert(lease.clone());
+        let granted = Granted {
             lease,
             resumed: false,
-        })
+        };
+        Ok((granted, durable))
     }
 
     /// Extends a lease of `email` to `now + ttl`; returns the new deadline.
@@ -344,7 +396,7 @@ impl LeaseTable {
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
         let product = org.find_mut(id, Some(email), generation)?.product;
-        org.remove(id);
+        org.end(id, self.journal.as_ref());
         org.counters_mut(product).releases += 1;
         Ok(())
     }
@@ -384,16 +436,59 @@ impl LeaseTable {
             .map(|lease| lease.id)
             .collect();
         for id in &ending {
-            if let Some(lease) = org.remove(*id) {
+            if let Some(lease) = org.end(*id, self.journal.as_ref()) {
                 org.counters_mut(lease.product).terminations += 1;
             }
         }
         ending.len() as u32
     }
 
-    /// Ends every session of an organization (it was deleted, or its licenses expired).
-    pub fn forget_organization(&self, org: &OrgId) {
-        self.organizations.remove(org);
+    /// Recovery: puts back a lease found in the log or a snapshot, live for one TTL
+    /// from `now` so that its engine can keep it by heartbeating. A record of an older
+    /// generation than the lease already held is ignored (records may overlap a snapshot).
+    pub fn restore(&self, org: &OrgId, mut lease: Lease, now: Instant) {
+        let cell = self.organization(org);
+        let mut org = cell.lock();
+        if let Some(existing) = org.leases.get(&lease.id) {
+            if existing.generation >= lease.generation {
+                return;
+            }
+            org.remove(lease.id);
+        }
+        lease.deadline = now + self.timing.ttl;
+        org.insert(lease);
+    }
+
+    /// Recovery: removes a lease whose end was logged, if it is that generation.
+    pub fn forget(&self, org: &OrgId, id: LeaseId, generation: u64) {
+        let Some(cell) = self.existing_organization(org) else {
+            return;
+        };
+        let mut org = cell.lock();
+        if org
+            .leases
+            .get(&id)
+            .is_some_and(|l| l.generation == generation)
+        {
+            org.remove(id);
+        }
+    }
+
+    /// Every live lease, organization by organization (for snapshots). Each
+    /// organization is copied under its own lock; see `storage` for why a cut that is
+    /// not global is still exact after replay.
+    pub fn copy_all(&self) -> Vec<(OrgId, Lease)> {
+        let cells: Vec<Arc<Mutex<OrgLeases>>> = self
+            .organizations
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        let mut all = Vec::new();
+        for cell in cells {
+            let org = cell.lock();
+            all.extend(org.leases.values().map(|l| (org.id.clone(), l.clone())));
+        }
+        all
     }
 
     /// Removes every lease whose deadline has passed; returns how many. The cost is
@@ -407,7 +502,7 @@ impl LeaseTable {
             .collect();
         cells
             .iter()
-            .map(|cell| expire_org(&mut cell.lock(), now))
+            .map(|cell| expire_org(&mut cell.lock(), now, self.journal.as_ref()))
             .sum()
     }
 
@@ -443,7 +538,7 @@ impl LeaseTable {
     }
 }
 
-fn expire_org(org: &mut OrgLeases, now: Instant) -> usize {
+fn expire_org(org: &mut OrgLeases, now: Instant, journal: &dyn Journal) -> usize {
     let mut expired = 0;
     while let Some((id, generation)) = org.expiry.pop_due(now) {
         let Some(lease) = org.leases.get(&id).filter(|l| l.generation == generation) else {
@@ -455,7 +550,7 @@ fn expire_org(org: &mut OrgLeases, now: Instant) -> usize {
             org.expiry.schedule(deadline, id, generation);
             continue;
         }
-        if let Some(lease) = org.remove(id) {
+        if let Some(lease) = org.end(id, journal) {
             org.counters_mut(lease.product).expiries += 1;
             expired += 1;
         }

@@ -46,7 +46,9 @@ fn acquire(
         label: "",
         quota,
     };
-    table.acquire(request, now())
+    table
+        .acquire(request, now())
+        .map(|(granted, _durable)| granted)
 }
 
 #[tokio::test(start_paused = true)]

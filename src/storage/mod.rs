@@ -1,11 +1,20 @@
-//! Durability of admin commands, behind one narrow interface ([`CommandLog`]) so that a
-//! replicated log could replace the local one without touching the domain.
+//! Durability, behind one narrow interface ([`Journal`]) so that a replicated log
+//! could replace the local one without touching the domain.
 //!
-//! The contract: the broker applies a command to memory and appends it to the log
-//! while holding the admin lock, so the log order is the apply order; it answers the
-//! caller only after the returned [`Durable`] resolves. Readers may briefly see a
-//! command that is not yet durable; if the process dies before it is, the caller was
-//! never answered, and recovery rebuilds the state from what is durable.
+//! What is journaled: every admin command, and every lease grant and end. The contract:
+//! - An admin command is applied to memory and appended while the admin lock is held,
+//!   so the log order is the apply order; the caller is answered only after the
+//!   returned [`Durable`] resolves.
+//! - A lease grant is appended under its organization's lock and the engine is answered
+//!   only once it is durable, so a restart never forgets a seat it handed out.
+//! - A lease end (release, expiry, termination) is appended without waiting: if it is
+//!   lost, recovery brings the lease back and it expires one TTL later. Losing an end
+//!   can hold a seat a little longer; it can never over-admit.
+//!
+//! Readers may briefly see a change that is not yet durable; if the process dies
+//! before it is, nobody was answered, and recovery rebuilds the state from what is.
+
+pub mod codec;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,26 +22,32 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::domain::{Command, DomainError};
+use crate::domain::{Command, DomainError, OrgId};
+use crate::leases::{Lease, LeaseId};
 
-/// Resolves once the appended command is durable.
+/// Resolves once the appended record is durable.
 pub type Durable = Pin<Box<dyn Future<Output = Result<(), DomainError>> + Send>>;
 
-/// A place in the bounded queue of commands awaiting durability, taken before the
-/// admin lock so that a full queue refuses a command before it changes anything.
+/// A place in the bounded queue of records awaiting durability, taken before any lock
+/// so that a full queue refuses a change before it is applied.
 pub struct LogPermit {
     _permit: OwnedSemaphorePermit,
 }
 
-pub trait CommandLog: Send + Sync + 'static {
+pub trait Journal: Send + Sync + 'static {
     /// Takes a place in the queue, or refuses with UNAVAILABLE when it is full or closed.
     fn admit(&self) -> Result<LogPermit, DomainError>;
-    /// Appends `command` after every earlier one. Called with the admin lock held,
-    /// right after the command applied; it must not block on I/O.
-    fn append(&self, permit: LogPermit, command: &Command) -> Durable;
+    /// Appends an admin command after every earlier record. Called with the admin lock
+    /// held, right after the command applied; it must not block on I/O.
+    fn append_command(&self, permit: LogPermit, command: &Command) -> Durable;
+    /// Appends a lease grant; called under the organization's lock; must not block.
+    fn append_lease_granted(&self, permit: LogPermit, org: &OrgId, lease: &Lease) -> Durable;
+    /// Appends a lease end; nobody waits for it, and it may be dropped when the queue is
+    /// full (see the module comment for why that is safe).
+    fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64);
 }
 
-/// Bounds the commands awaiting durability.
+/// Bounds the records awaiting durability.
 pub struct AdmissionQueue {
     slots: Arc<Semaphore>,
     capacity: usize,
@@ -49,7 +64,7 @@ impl AdmissionQueue {
     pub fn admit(&self) -> Result<LogPermit, DomainError> {
         let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
             DomainError::Unavailable(format!(
-                "the durable log has {} commands waiting for disk; retry shortly",
+                "the durable log has {} records waiting for disk; retry shortly",
                 self.capacity
             ))
         })?;
@@ -57,33 +72,42 @@ impl AdmissionQueue {
     }
 }
 
-/// A log that keeps nothing: for benchmarks of the in-memory path and for tests of
-/// the domain that do not concern durability.
-pub struct VolatileLog {
+/// A journal that keeps nothing: for benchmarks of the in-memory path and for unit
+/// tests that do not concern durability.
+pub struct VolatileJournal {
     queue: AdmissionQueue,
 }
 
-impl VolatileLog {
+impl VolatileJournal {
     pub fn new() -> Self {
-        VolatileLog {
-            queue: AdmissionQueue::new(crate::limits::LOG_QUEUE_COMMANDS_MAX),
+        VolatileJournal {
+            queue: AdmissionQueue::new(crate::limits::LOG_QUEUE_RECORDS_MAX),
         }
     }
 }
 
-impl Default for VolatileLog {
+impl Default for VolatileJournal {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl CommandLog for VolatileLog {
+fn already_durable() -> Durable {
+    Box::pin(std::future::ready(Ok(())))
+}
+
+impl Journal for VolatileJournal {
     fn admit(&self) -> Result<LogPermit, DomainError> {
         self.queue.admit()
     }
 
-    fn append(&self, permit: LogPermit, _command: &Command) -> Durable {
-        drop(permit);
-        Box::pin(std::future::ready(Ok(())))
+    fn append_command(&self, _permit: LogPermit, _command: &Command) -> Durable {
+        already_durable()
     }
+
+    fn append_lease_granted(&self, _permit: LogPermit, _org: &OrgId, _lease: &Lease) -> Durable {
+        already_durable()
+    }
+
+    fn append_lease_ended(&self, _org: &OrgId, _id: LeaseId, _generation: u64) {}
 }
