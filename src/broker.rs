@@ -90,9 +90,13 @@ impl Broker {
         }
     }
 
-    /// A copy of the admin state, for snapshots.
-    pub fn admin_snapshot(&self) -> AdminState {
-        self.admin.read().clone()
+    /// A copy of the admin state for a snapshot, with `mark` (the log position) read
+    /// under the same write lock, so that the copy reflects exactly the admin commands
+    /// up to that mark.
+    pub fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
+        let admin = self.admin.write();
+        let marked = mark();
+        (admin.clone(), marked)
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Principal, DomainError> {

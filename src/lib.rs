@@ -10,7 +10,9 @@
 //! - [`domain`]: organizations, members, roles, quotas, assignments and the commands
 //!   that change them; no gRPC, no files.
 //! - [`leases`]: live sessions per organization, quotas enforced atomically, expiry.
-//! - [`storage`]: the durability interface of admin commands.
+//! - [`storage`]: the durability interface ([`storage::Journal`]), the record codec,
+//!   recovery and snapshots; [`wal`]: the write-ahead log underneath (segments, group
+//!   commit, torn-tail recovery, snapshot files).
 //! - [`cli`]: the `seatbroker` command line (daemon and client subcommands);
 //!   [`client`]: the gRPC client helper it shares with tests and the load generator.
 //! - [`limits`]: every bound, in one place. [`clock`]: injected time.
@@ -27,3 +29,4 @@ pub mod limits;
 pub mod proto;
 pub mod server;
 pub mod storage;
+pub mod wal;

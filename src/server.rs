@@ -15,12 +15,12 @@ use crate::api::{AdminApi, SessionApi};
 use crate::auth::{self, OperatorKey};
 use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
-use crate::domain::AdminState;
 use crate::leases::{LeaseTable, LeaseTiming};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
-use crate::storage::{Journal, VolatileJournal};
+use crate::storage::durable::{self, OpenError, SnapshotCut, WalJournal};
+use crate::wal::{RealFs, WalOptions};
 
 /// Where the operator key comes from.
 #[derive(Debug, Clone)]
@@ -53,6 +53,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot recover the data directory: {0}")]
+    Recovery(#[from] OpenError),
     #[error("configuration: {0}")]
     Config(String),
     #[error("gRPC server: {0}")]
@@ -66,11 +68,17 @@ const OPERATOR_KEY_HASH_FILE: &str = "operator-key.sha256";
 pub struct Prepared {
     pub broker: Arc<Broker>,
     pub generated_operator_key: Option<String>,
+    journal: Arc<WalJournal>,
+    boot_epoch: u64,
     config: ServerConfig,
 }
 
-/// Validates the configuration, opens the data directory and builds the broker.
-pub fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
+/// The log lives in this subdirectory of the data directory.
+const WAL_DIR: &str = "wal";
+
+/// Validates the configuration, opens the data directory, recovers the state from the
+/// log and builds the broker.
+pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     let ttl_ms = config.lease_ttl.as_millis();
     if !(u128::from(limits::LEASE_TTL_MS_MIN)..=u128::from(limits::LEASE_TTL_MS_MAX))
         .contains(&ttl_ms)
@@ -87,19 +95,35 @@ pub fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         source,
     })?;
     let (operator, generated_operator_key) = operator_key(&config.operator_key, data_dir)?;
-    let journal: Arc<dyn Journal> = Arc::new(VolatileJournal::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let leases = LeaseTable::new(LeaseTiming::from_ttl(config.lease_ttl), 1);
-    let broker = Arc::new(Broker::new(
-        AdminState::default(),
+    let leases = LeaseTable::new(LeaseTiming::from_ttl(config.lease_ttl), 0);
+    let opened = durable::open(
+        &data_dir.join(WAL_DIR),
+        Arc::new(RealFs),
+        WalOptions::default(),
         leases,
+    )
+    .await?;
+    tracing::info!(
+        records = opened.records_replayed,
+        boot_epoch = opened.boot_epoch,
+        live_leases = opened.leases.live_count(),
+        millis = opened.recovery_time.as_millis() as u64,
+        "recovered the data directory"
+    );
+    let journal = opened.journal;
+    let broker = Arc::new(Broker::new(
+        opened.admin,
+        opened.leases,
         operator,
-        journal,
+        journal.clone(),
         clock,
     ));
     Ok(Prepared {
         broker,
         generated_operator_key,
+        journal,
+        boot_epoch: opened.boot_epoch,
         config,
     })
 }
@@ -168,6 +192,8 @@ impl Prepared {
         Ok((
             Bound {
                 broker: self.broker,
+                journal: self.journal,
+                boot_epoch: self.boot_epoch,
                 listener,
             },
             local,
@@ -178,6 +204,8 @@ impl Prepared {
 /// A daemon with its socket bound.
 pub struct Bound {
     pub broker: Arc<Broker>,
+    journal: Arc<WalJournal>,
+    boot_epoch: u64,
     listener: TcpListener,
 }
 
@@ -197,6 +225,11 @@ impl Bound {
             .await;
 
         let sweeper = tokio::spawn(sweep_expired_leases(Arc::clone(&broker)));
+        let snapshotter = tokio::spawn(take_snapshots(
+            Arc::clone(&broker),
+            Arc::clone(&self.journal),
+            self.boot_epoch,
+        ));
         let sessions = SessionServiceServer::new(SessionApi::new(Arc::clone(&broker)))
             .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
             .max_encoding_message_size(limits::RESPONSE_BYTES_MAX);
@@ -214,6 +247,11 @@ impl Bound {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await;
         sweeper.abort();
+        snapshotter.abort();
+        // Everything acknowledged is durable already; this flushes lease ends too.
+        if let Err(error) = self.journal.wal().close() {
+            tracing::error!(%error, "closing the log");
+        }
         result.map_err(ServerError::from)
     }
 }
@@ -230,4 +268,52 @@ async fn sweep_expired_leases(broker: Arc<Broker>) {
             tracing::debug!(expired, "leases expired");
         }
     }
+}
+
+/// How often the snapshot task asks the log whether a snapshot is due.
+const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes a snapshot whenever the log has grown past its bound, so that disk use and
+/// recovery time stay bounded under endless churn.
+async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoch: u64) {
+    let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !journal.wal().snapshot_due() {
+            continue;
+        }
+        if let Err(error) = snapshot_now(&broker, &journal, boot_epoch).await {
+            tracing::error!(%error, "snapshot failed; the log keeps growing until one succeeds");
+        }
+    }
+}
+
+/// Cuts the state at the current end of the log and installs it as a snapshot.
+pub async fn snapshot_now(
+    broker: &Arc<Broker>,
+    journal: &Arc<WalJournal>,
+    boot_epoch: u64,
+) -> Result<usize, String> {
+    let started = std::time::Instant::now();
+    let wal = Arc::clone(journal.wal());
+    let (admin, lsn) = broker.admin_cut(|| wal.stats().last_assigned_lsn);
+    let leases = broker.leases().copy_all();
+    let cut = SnapshotCut {
+        lsn,
+        admin,
+        leases,
+        boot_epoch,
+    };
+    let bytes = tokio::task::spawn_blocking(move || durable::install_snapshot(&wal, cut))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        lsn,
+        bytes,
+        millis = started.elapsed().as_millis() as u64,
+        "snapshot written"
+    );
+    Ok(bytes)
 }

@@ -318,7 +318,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         lease_ttl: std::time::Duration::from_millis(u64::from(args.lease_ttl_ms)),
         operator_key,
     };
-    let prepared = match crate::server::prepare(config) {
+    let prepared = match crate::server::prepare(config).await {
         Ok(prepared) => prepared,
         Err(error) => {
             eprintln!("error: {error}");

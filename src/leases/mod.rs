@@ -259,6 +259,18 @@ impl LeaseTable {
         self.journal = journal;
     }
 
+    /// Recovery is over: grants of this boot draw generations from `epoch`, above every
+    /// generation restored from earlier boots.
+    pub fn start_epoch(&mut self, epoch: u64) {
+        assert!(
+            epoch < (1 << (64 - GENERATION_EPOCH_SHIFT)),
+            "boot epoch out of range"
+        );
+        let first = (epoch << GENERATION_EPOCH_SHIFT) + 1;
+        assert!(first > self.next_generation(), "boot epochs must increase");
+        self.next_generation = AtomicU64::new(first);
+    }
+
     /// The generation the next grant will carry.
     pub fn next_generation(&self) -> u64 {
         self.next_generation.load(Ordering::Relaxed)

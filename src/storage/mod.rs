@@ -15,6 +15,7 @@
 //! before it is, nobody was answered, and recovery rebuilds the state from what is.
 
 pub mod codec;
+pub mod durable;
 
 use std::future::Future;
 use std::pin::Pin;

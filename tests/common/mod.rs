@@ -42,7 +42,7 @@ pub async fn start_in(data_dir: tempfile::TempDir, ttl: Duration) -> TestServer 
         lease_ttl: ttl,
         operator_key: OperatorKeySource::Given(OPERATOR_KEY.into()),
     };
-    let prepared = server::prepare(config).expect("daemon prepares");
+    let prepared = server::prepare(config).await.expect("daemon prepares");
     let (bound, addr) = prepared.bind().await.expect("daemon binds");
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -1,0 +1,245 @@
+//! The journal on the local write-ahead log: encodes records with [`codec`], submits
+//! them to the [`Wal`], and turns the WAL's tickets into [`Durable`] futures. Also
+//! opening a data directory (recovery) and taking snapshots.
+//!
+//! A record that was applied in memory but cannot be submitted (the log closed or
+//! refused it) would leave memory ahead of the log, and later records could depend on
+//! it; the process aborts rather than go on with a state the log cannot reproduce.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant as WallInstant;
+
+use tokio::time::Instant;
+
+use super::codec::{self, LogBody, RecoveredLease};
+use super::{AdmissionQueue, Durable, Journal, LogPermit};
+use crate::domain::{AdminState, Command, DomainError, OrgId};
+use crate::leases::{Lease, LeaseId, LeaseTable};
+use crate::limits;
+use crate::wal::{self, FileSystem, Lsn, Wal, WalError, WalOptions};
+
+/// Lease-end records are dropped rather than queued past this many pending records.
+const PENDING_RECORDS_FOR_ENDS_MAX: u64 = (wal::QUEUE_RECORDS_MAX_DEFAULT / 2) as u64;
+const _: () = assert!(
+    limits::LOG_QUEUE_RECORDS_MAX as u64 + PENDING_RECORDS_FOR_ENDS_MAX
+        < wal::QUEUE_RECORDS_MAX_DEFAULT as u64
+);
+
+pub struct WalJournal {
+    wal: Arc<Wal>,
+    queue: AdmissionQueue,
+    /// Lease ends dropped because the log was busy (each holds a seat one TTL longer
+    /// after a crash, no more).
+    dropped_lease_ends: AtomicU64,
+}
+
+impl WalJournal {
+    pub fn wal(&self) -> &Arc<Wal> {
+        &self.wal
+    }
+
+    pub fn dropped_lease_ends(&self) -> u64 {
+        self.dropped_lease_ends.load(Ordering::Relaxed)
+    }
+
+    fn submit(&self, permit: LogPermit, record: Vec<u8>) -> Durable {
+        match self.wal.submit(record) {
+            Ok(ticket) => Box::pin(async move {
+                let result = ticket.await;
+                drop(permit);
+                result.map(|_| ()).map_err(|error| {
+                    DomainError::Unavailable(format!(
+                        "the log could not make the change durable: {error}"
+                    ))
+                })
+            }),
+            Err(error) => log_diverged(&error),
+        }
+    }
+}
+
+/// Memory now holds a change the log does not: stop before anything builds on it.
+fn log_diverged(error: &WalError) -> ! {
+    tracing::error!(%error, "a change applied in memory could not be logged; aborting");
+    std::process::abort()
+}
+
+impl Journal for WalJournal {
+    fn admit(&self) -> Result<LogPermit, DomainError> {
+        self.queue.admit()
+    }
+
+    fn append_command(&self, permit: LogPermit, command: &Command) -> Durable {
+        self.submit(permit, codec::encode_command(command))
+    }
+
+    fn append_lease_granted(&self, permit: LogPermit, org: &OrgId, lease: &Lease) -> Durable {
+        self.submit(permit, codec::encode_lease_granted(org, lease))
+    }
+
+    fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64) {
+        if self.wal.stats().pending_records > PENDING_RECORDS_FOR_ENDS_MAX {
+            self.dropped_lease_ends.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Nobody waits: the ticket is dropped, the record is still written.
+        if self
+            .wal
+            .submit(codec::encode_lease_ended(org, id, generation))
+            .is_err()
+        {
+            self.dropped_lease_ends.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why a data directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(
+        "{what} at log sequence number {lsn} cannot be replayed: {detail}. The log is not one this version wrote, or it is damaged; restore the data directory from a backup"
+    )]
+    Replay {
+        what: &'static str,
+        lsn: Lsn,
+        detail: String,
+    },
+}
+
+/// What recovery rebuilt.
+pub struct Opened {
+    pub admin: AdminState,
+    pub leases: LeaseTable,
+    pub journal: Arc<WalJournal>,
+    /// This boot's epoch, already durable in the log.
+    pub boot_epoch: u64,
+    pub records_replayed: usize,
+    pub recovery_time: std::time::Duration,
+}
+
+/// Opens (or creates) the log in `dir`, rebuilds the admin state and the live leases,
+/// and makes a new boot epoch durable before returning.
+pub async fn open(
+    dir: &Path,
+    fs: Arc<dyn FileSystem>,
+    options: WalOptions,
+    mut leases: LeaseTable,
+) -> Result<Opened, OpenError> {
+    let started = WallInstant::now();
+    let (wal, recovered) = Wal::open(dir, fs, options)?;
+    if let Some(tail) = &recovered.truncated_tail {
+        tracing::warn!(file = %tail.file.display(), offset = tail.offset, bytes = tail.bytes_dropped, reason = %tail.reason, "truncated a torn record at the end of the log");
+    }
+    let now = Instant::now();
+    let mut admin = AdminState::default();
+    let mut boot_epoch = 0;
+    if let Some((lsn, bytes)) = &recovered.snapshot {
+        let (state, snapshot_leases, epoch) =
+            codec::decode_snapshot(bytes).map_err(|e| OpenError::Replay {
+                what: "the snapshot",
+                lsn: *lsn,
+                detail: e.to_string(),
+            })?;
+        admin = state;
+        boot_epoch = epoch;
+        for lease in snapshot_leases {
+            restore(&leases, lease, now);
+        }
+    }
+    for (lsn, bytes) in &recovered.records {
+        let replay_error = |what, detail: String| OpenError::Replay {
+            what,
+            lsn: *lsn,
+            detail,
+        };
+        match codec::decode_log_record(bytes)
+            .map_err(|e| replay_error("a record", e.to_string()))?
+        {
+            LogBody::Admin(record) => {
+                let command = codec::decode_command(&record)
+                    .map_err(|e| replay_error("an admin command", e.to_string()))?;
+                admin
+                    .apply(&command)
+                    .map_err(|e| replay_error("an admin command", e.to_string()))?;
+                let users: Vec<_> = command
+                    .sessions_to_end()
+                    .into_iter()
+                    .map(|s| (s.email, s.product))
+                    .collect();
+                leases.end_sessions_of(command.org(), &users);
+            }
+            LogBody::LeaseGranted(record) => {
+                let lease = codec::lease_from(&record)
+                    .map_err(|e| replay_error("a lease grant", e.to_string()))?;
+                restore(&leases, lease, now);
+            }
+            LogBody::LeaseEnded(record) => {
+                let org = OrgId::parse(&record.org)
+                    .map_err(|e| replay_error("a lease end", e.to_string()))?;
+                let id = codec::lease_id_from(&record.lease_id)
+                    .map_err(|e| replay_error("a lease end", e.to_string()))?;
+                leases.forget(&org, id, record.generation);
+            }
+            LogBody::Boot(record) => boot_epoch = boot_epoch.max(record.epoch),
+        }
+    }
+    let wal = Arc::new(wal);
+    let boot_epoch = boot_epoch + 1;
+    // The new epoch is durable before any grant of this boot can carry it.
+    wal.submit(codec::encode_boot(boot_epoch))?.await?;
+    leases.start_epoch(boot_epoch);
+    let journal = Arc::new(WalJournal {
+        wal,
+        queue: AdmissionQueue::new(limits::LOG_QUEUE_RECORDS_MAX),
+        dropped_lease_ends: AtomicU64::new(0),
+    });
+    leases.set_journal(journal.clone());
+    Ok(Opened {
+        admin,
+        leases,
+        journal,
+        boot_epoch,
+        records_replayed: recovered.records.len(),
+        recovery_time: started.elapsed(),
+    })
+}
+
+fn restore(leases: &LeaseTable, recovered: RecoveredLease, now: Instant) {
+    let lease = Lease {
+        id: recovered.id,
+        generation: recovered.generation,
+        product: recovered.product,
+        email: recovered.email,
+        engine_id: recovered.engine_id.into(),
+        hostname: recovered.hostname.into(),
+        label: recovered.label.into(),
+        deadline: now,
+        acquired_at_unix_ms: recovered.acquired_at_unix_ms,
+    };
+    leases.restore(&recovered.org, lease, now);
+}
+
+/// The pieces of a snapshot, cut while the admin state was locked at `lsn`.
+pub struct SnapshotCut {
+    pub lsn: Lsn,
+    pub admin: AdminState,
+    pub leases: Vec<(OrgId, Lease)>,
+    pub boot_epoch: u64,
+}
+
+/// Encodes and installs a snapshot; blocking (it waits until `lsn` is durable and
+/// writes a file), so run it off the async threads.
+pub fn install_snapshot(wal: &Wal, cut: SnapshotCut) -> Result<usize, WalError> {
+    let leases = cut
+        .leases
+        .iter()
+        .map(|(org, lease)| codec::lease_record(org, lease))
+        .collect();
+    let bytes = codec::encode_snapshot(&cut.admin, leases, cut.boot_epoch);
+    wal.install_snapshot(cut.lsn, &bytes)?;
+    Ok(bytes.len())
+}

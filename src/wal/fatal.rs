@@ -1,0 +1,106 @@
+//! The one way out after a failed write or fsync: log, then abort the process.
+//!
+//! After a failed fsync the kernel may have dropped the dirty pages and cleared the
+//! error (PostgreSQL's "fsyncgate"), so a retry can report success for data that is
+//! gone. The WAL therefore never retries and never acknowledges: it aborts, and
+//! recovery on restart decides from what is really on disk.
+//!
+//! With the cargo feature `failpoints`, two test hooks exist:
+//! - `SEATBROKER_FAILPOINT=wal-fsync-fail-after:N` (read by `Wal::open`): the first
+//!   `N` commit-group fdatasyncs succeed and every later one fails, so the process
+//!   aborts on sync number `N + 1` (`N = 0`: the first record submitted aborts).
+//! - `set_abort_hook`: a function called instead of aborting right away (a test can
+//!   record the message and panic to unwind the writer thread).
+
+use std::io;
+use std::path::Path;
+
+/// Logs the failed operation and aborts the process. Never returns.
+pub(crate) fn fatal_io(operation: &str, path: &Path, error: &io::Error) -> ! {
+    let message = format!(
+        "WAL {operation} failed on {}: {error}; aborting",
+        path.display()
+    );
+    tracing::error!(operation, path = %path.display(), %error, "WAL write or fsync failed; aborting the process (never retried, never acknowledged)");
+    #[cfg(feature = "failpoints")]
+    hook::run(&message);
+    let _ = message;
+    std::process::abort()
+}
+
+/// The fsync failpoint of one WAL: which commit-group sync fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FsyncFailpoint {
+    /// Syncs that succeed before every later one fails; `None`: never fail.
+    pub syncs_ok_max: Option<u64>,
+    /// Syncs done so far.
+    pub syncs_done: u64,
+}
+
+/// Name of the environment variable read by `Wal::open` in `failpoints` builds.
+pub const FAILPOINT_ENV: &str = "SEATBROKER_FAILPOINT";
+const FSYNC_FAILPOINT_PREFIX: &str = "wal-fsync-fail-after:";
+
+impl FsyncFailpoint {
+    /// The failpoint configured by `SEATBROKER_FAILPOINT`, in `failpoints` builds only.
+    pub(crate) fn from_env() -> Self {
+        if !cfg!(feature = "failpoints") {
+            return Self::default();
+        }
+        match std::env::var(FAILPOINT_ENV) {
+            Ok(value) => Self::parse(&value),
+            Err(_) => Self::default(),
+        }
+    }
+
+    /// Parses `wal-fsync-fail-after:N`; anything else disables the failpoint.
+    pub(crate) fn parse(value: &str) -> Self {
+        let syncs_ok_max = value
+            .strip_prefix(FSYNC_FAILPOINT_PREFIX)
+            .and_then(|n| n.trim().parse().ok());
+        if syncs_ok_max.is_none() {
+            tracing::warn!(value, "ignoring unrecognised {FAILPOINT_ENV}");
+        }
+        Self {
+            syncs_ok_max,
+            syncs_done: 0,
+        }
+    }
+
+    /// Called before each commit-group sync: the injected error, if this one must fail.
+    pub(crate) fn before_sync(&mut self) -> Option<io::Error> {
+        let limit = self.syncs_ok_max?;
+        if self.syncs_done >= limit {
+            return Some(io::Error::other(format!(
+                "failpoint {FSYNC_FAILPOINT_PREFIX}{limit}"
+            )));
+        }
+        self.syncs_done += 1;
+        None
+    }
+}
+
+#[cfg(feature = "failpoints")]
+pub use hook::set_abort_hook;
+
+#[cfg(feature = "failpoints")]
+mod hook {
+    use parking_lot::Mutex;
+
+    /// The installed hook, if any.
+    static ABORT_HOOK: Mutex<Option<fn(&str)>> = Mutex::new(None);
+
+    /// Installs a function that `fatal_io` calls with its message before aborting.
+    /// If it panics, the panic unwinds the failing thread instead of aborting.
+    /// Only in `failpoints` builds; for tests.
+    pub fn set_abort_hook(hook: fn(&str)) {
+        *ABORT_HOOK.lock() = Some(hook);
+    }
+
+    pub(super) fn run(message: &str) {
+        let hook = *ABORT_HOOK.lock();
+        if let Some(hook) = hook {
+            hook(message);
+        }
+    }
+}

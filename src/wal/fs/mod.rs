@@ -1,0 +1,144 @@
+//! The narrow storage interface the WAL is written against, and its real
+//! implementation on `std::fs`. `simulated.rs` holds the power-loss simulator used
+//! by the tests. Only these operations exist, so every durability step is visible
+//! at the call site: data is durable after `WalFile::sync_data`, a directory
+//! entry (create, rename, remove) after `FileSystem::sync_dir`.
+
+mod simulated;
+
+pub use simulated::SimulatedDisk;
+
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// An open file the WAL appends to.
+pub trait WalFile: Send {
+    /// Appends all of `bytes` at the end of the file (not durable yet).
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes the file's data and size durable (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Truncates (or extends with zeros) the file to `length` bytes; later appends
+    /// continue at `length`. Not durable until `sync_data`.
+    fn set_len(&mut self, length: u64) -> io::Result<()>;
+}
+
+/// The directory operations the WAL needs.
+pub trait FileSystem: Send + Sync + Debug {
+    /// Creates `dir` and its parents if missing.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the regular files directly in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The whole content of the file at `path`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Creates (or truncates) the file at `path` for appending.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// Opens the existing file at `path` for appending at its end.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// Atomically renames `from` to `to`, replacing `to` if it exists.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes the file at `path`.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory entries of `dir` durable (fsync of the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The real file system, with real `fdatasync` and directory `fsync`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealFs;
+
+/// A `std::fs::File` behind the `WalFile` interface.
+struct RealFile {
+    /// The open file; writes go to its cursor, which is kept at the end.
+    file: File,
+}
+
+impl WalFile for RealFile {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn set_len(&mut self, length: u64) -> io::Result<()> {
+        self.file.set_len(length)?;
+        self.file.seek(SeekFrom::Start(length)).map(|_| ())
+    }
+}
+
+impl FileSystem for RealFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(names)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        Ok(Box::new(RealFile { file }))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        let mut file = OpenOptions::new().write(true).open(path)?;
+        file.seek(SeekFrom::End(0))?;
+        Ok(Box::new(RealFile { file }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// Path of the temporary file a new `path` is written to before its rename.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(super::format::TMP_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Measures the raw `write(512 bytes) + fdatasync` rate of the file system holding
+/// `dir`, in syncs per second, over `syncs` iterations. The ceiling for a WAL that
+/// syncs once per record; a baseline for the benchmark ratios.
+pub fn bench_raw_fsync_rate(dir: &Path, syncs: u32) -> io::Result<f64> {
+    assert!(syncs > 0);
+    let path = dir.join("raw-fsync-probe.tmp");
+    let mut file = RealFs.create(&path)?;
+    let block = [0x5au8; 512];
+    let started = Instant::now();
+    for _ in 0..syncs {
+        file.append(&block)?;
+        file.sync_data()?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(f64::from(syncs) / seconds.max(f64::MIN_POSITIVE))
+}

@@ -1,0 +1,671 @@
+//! Behaviour tests of the WAL: round trips, group commit, torn tails versus
+//! corruption, snapshots and bounded disk use, back pressure and the failpoint.
+//! The randomized crash property lives in `proptests.rs`.
+
+mod proptests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::fatal::FsyncFailpoint;
+use super::format::{self, BLOCK_BYTES};
+use super::*;
+
+/// The directory every simulated WAL lives in.
+fn sim_dir() -> PathBuf {
+    PathBuf::from("/wal")
+}
+
+fn segment_path(first_lsn: Lsn) -> PathBuf {
+    sim_dir().join(format::segment_file_name(first_lsn))
+}
+
+/// Deterministic payload bytes for a record, never all zeros.
+fn payload(lsn: Lsn, length: usize) -> Vec<u8> {
+    (0..length)
+        .map(|i| ((lsn as usize * 31 + i * 7) % 251) as u8 | 1)
+        .collect()
+}
+
+fn small_options() -> WalOptions {
+    WalOptions {
+        segment_bytes_max: 64 * 1024,
+        snapshot_log_bytes: 32 * 1024,
+        batch_records_max: 64,
+        queue_records_max: 100_000,
+        record_bytes_max: 256 * 1024,
+    }
+}
+
+fn open_sim(disk: &SimulatedDisk, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
+    Wal::open(&sim_dir(), Arc::new(disk.clone()), options)
+}
+
+/// Submits every record and waits for all of them; returns their LSNs.
+fn append_all(wal: &Wal, records: &[Vec<u8>]) -> Vec<Lsn> {
+    let tickets: Vec<DurableTicket> = records
+        .iter()
+        .map(|r| wal.submit(r.clone()).expect("submit"))
+        .collect();
+    tickets
+        .into_iter()
+        .map(|t| t.wait_blocking().expect("durable"))
+        .collect()
+}
+
+/// Appends each record as its own commit group (submit, then wait).
+fn append_one_by_one(wal: &Wal, records: &[Vec<u8>]) {
+    for record in records {
+        wal.submit(record.clone())
+            .expect("submit")
+            .wait_blocking()
+            .expect("durable");
+    }
+}
+
+/// The check of every round trip: what was appended comes back, in order, from `first_lsn`.
+fn check_records(recovered: &Recovered, first_lsn: Lsn, expected: &[Vec<u8>]) {
+    assert_eq!(recovered.records.len(), expected.len(), "record count");
+    for (index, (lsn, bytes)) in recovered.records.iter().enumerate() {
+        assert_eq!(*lsn, first_lsn + index as u64, "lsn order");
+        assert_eq!(bytes, &expected[index], "payload of lsn {lsn}");
+    }
+}
+
+/// A fresh simulated disk holding exactly `files`, all durable.
+fn disk_with(files: &[(PathBuf, Vec<u8>)]) -> SimulatedDisk {
+    let disk = SimulatedDisk::new();
+    for (path, content) in files {
+        let mut file = disk.create(path).expect("create");
+        file.append(content).expect("append");
+        file.sync_data().expect("sync");
+    }
+    disk.sync_dir(&sim_dir()).expect("sync dir");
+    disk
+}
+
+fn expect_corrupt(result: Result<(Wal, Recovered), WalError>) -> (PathBuf, u64, String) {
+    match result {
+        Err(WalError::Corrupt {
+            file,
+            offset,
+            detail,
+        }) => (file, offset, detail),
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok((_, recovered)) => panic!(
+            "expected Corrupt, recovered {} records",
+            recovered.records.len()
+        ),
+    }
+}
+
+#[test]
+fn format_encode_decode_pairs() {
+    let header = format::encode_segment_header(42);
+    assert_eq!(format::decode_segment_header(&header), Ok(42));
+    let snapshot = format::encode_snapshot(7, b"state");
+    assert_eq!(format::decode_snapshot(&snapshot), Ok((7, &b"state"[..])));
+    let mut damaged = snapshot.clone();
+    damaged[34] ^= 1;
+    assert!(format::decode_snapshot(&damaged).is_err());
+    assert_eq!(
+        format::classify_file_name(&format::segment_file_name(9)),
+        format::FileKind::Segment(9)
+    );
+    assert_eq!(
+        format::classify_file_name(&format::snapshot_file_name(9)),
+        format::FileKind::Snapshot(9)
+    );
+    assert_eq!(
+        format::classify_file_name("x.wal.tmp"),
+        format::FileKind::Temporary
+    );
+    assert_eq!(
+        format::classify_file_name("notes.txt"),
+        format::FileKind::Unknown
+    );
+}
+
+#[test]
+fn roundtrip_many_records_across_segments_and_blocks() {
+    let disk = SimulatedDisk::new();
+    let records: Vec<Vec<u8>> = (1..=3000u64)
+        .map(|lsn| {
+            let length = if lsn % 97 == 0 {
+                BLOCK_BYTES * 2 + 123
+            } else {
+                (lsn as usize * 13) % 700
+            };
+            payload(lsn, length)
+        })
+        .collect();
+    {
+        let (wal, recovered) = open_sim(&disk, small_options()).expect("open");
+        assert_eq!(recovered, Recovered::default());
+        let lsns = append_all(&wal, &records);
+        assert_eq!(lsns, (1..=3000).collect::<Vec<_>>());
+        let stats = wal.stats();
+        assert_eq!(stats.records_durable, 3000);
+        assert!(
+            stats.rotations > 5,
+            "expected several segments, got {stats:?}"
+        );
+        wal.close().expect("close");
+    }
+    let (wal, recovered) = open_sim(&disk, small_options()).expect("reopen");
+    check_records(&recovered, 1, &records);
+    assert_eq!(recovered.truncated_tail, None);
+    let next = wal
+        .submit(b"after".to_vec())
+        .expect("submit")
+        .wait_blocking()
+        .expect("durable");
+    assert_eq!(next, 3001);
+}
+
+#[test]
+fn roundtrip_on_real_fs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records: Vec<Vec<u8>> = (1..=200)
+        .map(|lsn| payload(lsn, 100 + lsn as usize * 300))
+        .collect();
+    {
+        let (wal, _) = Wal::open(dir.path(), Arc::new(RealFs), small_options()).expect("open");
+        append_all(&wal, &records);
+    }
+    let (_wal, recovered) =
+        Wal::open(dir.path(), Arc::new(RealFs), small_options()).expect("reopen");
+    check_records(&recovered, 1, &records);
+}
+
+#[test]
+fn group_commit_shares_fsyncs_between_64_submitters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), Arc::new(RealFs), small_options()).expect("open");
+    let wal = Arc::new(wal);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let records_per_task = 20;
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..64)
+            .map(|task| {
+                let wal = Arc::clone(&wal);
+                tokio::spawn(async move {
+                    for i in 0..records_per_task {
+                        wal.submit(payload(task * 100 + i, 64))
+                            .expect("submit")
+                            .await
+                            .expect("durable");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+    });
+    let stats = wal.stats();
+    assert_eq!(stats.records_durable, 64 * records_per_task);
+    assert!(
+        stats.fsyncs * 4 < stats.records_durable,
+        "fsyncs not shared: {stats:?}"
+    );
+}
+
+/// Writes `records` one group each and returns the segment's bytes and the offset
+/// where the last record starts.
+fn single_segment_log(records: &[Vec<u8>]) -> (Vec<u8>, u64) {
+    let disk = SimulatedDisk::new();
+    let (wal, _) = open_sim(&disk, small_options()).expect("open");
+    append_one_by_one(&wal, &records[..records.len() - 1]);
+    wal.close().expect("close");
+    let last_start = disk.read(&segment_path(1)).expect("read").len() as u64;
+    drop(wal);
+    let (wal, _) = open_sim(&disk, small_options()).expect("reopen");
+    append_one_by_one(&wal, &records[records.len() - 1..]);
+    wal.close().expect("close");
+    (disk.read(&segment_path(1)).expect("read"), last_start)
+}
+
+/// Cuts the log at `cut` and checks that recovery keeps exactly the records before.
+fn check_cut(file: &[u8], last_start: u64, cut: usize, records: &[Vec<u8>]) {
+    let disk = disk_with(&[(segment_path(1), file[..cut].to_vec())]);
+    let (wal, recovered) = open_sim(&disk, small_options()).expect("open after cut");
+    let kept = if cut as u64 == file.len() as u64 {
+        records.len()
+    } else {
+        records.len() - 1
+    };
+    check_records(&recovered, 1, &records[..kept]);
+    match &recovered.truncated_tail {
+        None => assert!(
+            cut as u64 == last_start || cut == file.len(),
+            "cut {cut} not reported"
+        ),
+        Some(tail) => {
+            assert_eq!(tail.offset, last_start, "cut {cut}");
+            assert_eq!(tail.file, segment_path(1));
+        }
+    }
+    // Appends continue after the valid data and survive a reopen: assert the pair.
+    let lsn = wal
+        .submit(b"next".to_vec())
+        .expect("submit")
+        .wait_blocking()
+        .expect("durable");
+    assert_eq!(lsn, kept as u64 + 1);
+    drop(wal);
+    let (_wal, again) = open_sim(&disk, small_options()).expect("reopen");
+    assert_eq!(again.truncated_tail, None);
+    assert_eq!(again.records.last(), Some(&(lsn, b"next".to_vec())));
+}
+
+#[test]
+fn torn_tail_at_every_offset_of_a_small_last_record_recovers_the_prefix() {
+    let records: Vec<Vec<u8>> = (1..=20)
+        .map(|lsn| payload(lsn, 50 + lsn as usize * 10))
+        .collect();
+    let (file, last_start) = single_segment_log(&records);
+    for cut in last_start as usize..=file.len() {
+        check_cut(&file, last_start, cut, &records);
+    }
+}
+
+#[test]
+fn torn_tail_of_a_fragmented_last_record_recovers_the_prefix() {
+    let mut records: Vec<Vec<u8>> = (1..=10).map(|lsn| payload(lsn, 3000)).collect();
+    records.push(payload(11, BLOCK_BYTES * 2 + 500));
+    let (file, last_start) = single_segment_log(&records);
+    let block_edges: Vec<usize> = (1..4).map(|block| block * BLOCK_BYTES).collect();
+    for cut in last_start as usize..=file.len() {
+        let near_edge = block_edges.iter().any(|edge| cut.abs_diff(*edge) <= 16);
+        let near_ends = cut - last_start as usize <= 32 || file.len() - cut <= 32;
+        if near_edge || near_ends || cut % 251 == 0 {
+            check_cut(&file, last_start, cut, &records);
+        }
+    }
+}
+
+#[test]
+fn bit_flip_in_the_last_record_recovers_the_prefix() {
+    let records: Vec<Vec<u8>> = (1..=10).map(|lsn| payload(lsn, 200)).collect();
+    let (file, last_start) = single_segment_log(&records);
+    for position in [
+        last_start as usize,
+        last_start as usize + 5,
+        last_start as usize + 7 + 20,
+        file.len() - 1,
+    ] {
+        let mut damaged = file.clone();
+        damaged[position] ^= 0x10;
+        let disk = disk_with(&[(segment_path(1), damaged)]);
+        let (_wal, recovered) = open_sim(&disk, small_options()).expect("open");
+        check_records(&recovered, 1, &records[..9]);
+        let tail = recovered.truncated_tail.expect("truncation reported");
+        assert_eq!(tail.offset, last_start);
+        assert_eq!(
+            disk.read(&segment_path(1)).expect("read").len() as u64,
+            last_start,
+            "file physically cut"
+        );
+    }
+}
+
+#[test]
+fn bit_flip_followed_by_valid_records_is_corruption_naming_file_and_offset() {
+    let records: Vec<Vec<u8>> = (1..=10).map(|lsn| payload(lsn, 200)).collect();
+    let (file, _) = single_segment_log(&records);
+    let record_bytes = format::FRAGMENT_HEADER_BYTES + format::RECORD_PREFIX_BYTES + 200;
+    let fifth = format::SEGMENT_HEADER_BYTES + 4 * record_bytes;
+    let mut damaged = file.clone();
+    damaged[fifth + 30] ^= 0x01;
+    let disk = disk_with(&[(segment_path(1), damaged)]);
+    let error = open_sim(&disk, small_options()).expect_err("must refuse");
+    let message = error.to_string();
+    let (path, offset, _) = expect_corrupt(Err(error));
+    assert_eq!((path, offset), (segment_path(1), fifth as u64));
+    assert!(
+        message.contains("00000000000000000001.wal") && message.contains(&fifth.to_string()),
+        "{message}"
+    );
+    assert!(
+        message.contains("backup") && message.contains("truncate"),
+        "{message}"
+    );
+    assert_eq!(
+        disk.read(&segment_path(1)).expect("read"),
+        {
+            let mut expected = file;
+            expected[fifth + 30] ^= 0x01;
+            expected
+        },
+        "a refused log is left untouched"
+    );
+}
+
+#[test]
+fn zeroed_sector_followed_by_a_later_commit_group_is_corruption() {
+    let disk = SimulatedDisk::new();
+    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
+    let (wal, _) =
+        Wal::open_manual(&sim_dir(), fs, small_options(), FsyncFailpoint::default()).expect("open");
+    for lsn in 1..=6 {
+        wal.submit(payload(lsn, 600)).expect("submit");
+    }
+    wal.manual_write(3);
+    wal.manual_sync();
+    wal.manual_write(3);
+    wal.manual_sync();
+    drop(wal);
+    // Zero a whole sector inside record 2: a "lost write" in the first, synced group.
+    disk.corrupt(&segment_path(1), 1024, &[0u8; 512])
+        .expect("corrupt");
+    let (file, offset, detail) = expect_corrupt(open_sim(&disk, small_options()));
+    assert_eq!(file, segment_path(1));
+    assert!(offset < 1024, "offset {offset}");
+    assert!(detail.contains("later commit group"), "{detail}");
+}
+
+#[test]
+fn torn_commit_group_with_surviving_later_sectors_is_a_torn_tail() {
+    let disk = SimulatedDisk::new();
+    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
+    let (wal, _) =
+        Wal::open_manual(&sim_dir(), fs, small_options(), FsyncFailpoint::default()).expect("open");
+    for lsn in 1..=6 {
+        wal.submit(payload(lsn, 600)).expect("submit");
+    }
+    wal.manual_write(2);
+    wal.manual_sync();
+    wal.manual_write(4); // records 3..=6, never synced
+    drop(wal);
+    // Sector 3 (1536..2048) lies inside record 3; pretend only it was lost.
+    disk.corrupt(&segment_path(1), 1536, &[0u8; 512])
+        .expect("corrupt");
+    let (_wal, recovered) = open_sim(&disk, small_options()).expect("open");
+    check_records(&recovered, 1, &[payload(1, 600), payload(2, 600)]);
+    let tail = recovered.truncated_tail.expect("reported");
+    assert!(
+        tail.reason.contains("same never-synced commit group"),
+        "{}",
+        tail.reason
+    );
+}
+
+#[test]
+fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        segment_bytes_max: 4096,
+        ..small_options()
+    };
+    {
+        let (wal, _) = open_sim(&disk, options.clone()).expect("open");
+        let records: Vec<Vec<u8>> = (1..=40).map(|lsn| payload(lsn, 500)).collect();
+        append_one_by_one(&wal, &records);
+        assert!(wal.stats().segments > 2);
+    }
+    let file = disk.read(&segment_path(1)).expect("read");
+    disk.corrupt(&segment_path(1), file.len() - 3, &[0xff])
+        .expect("corrupt");
+    let (path, _, detail) = expect_corrupt(open_sim(&disk, options));
+    assert_eq!(path, segment_path(1));
+    assert!(detail.contains("not the last"), "{detail}");
+}
+
+#[test]
+fn a_missing_segment_is_an_lsn_gap() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        segment_bytes_max: 4096,
+        ..small_options()
+    };
+    {
+        let (wal, _) = open_sim(&disk, options.clone()).expect("open");
+        let records: Vec<Vec<u8>> = (1..=40).map(|lsn| payload(lsn, 500)).collect();
+        append_one_by_one(&wal, &records);
+    }
+    let mut segments: Vec<String> = disk.list(&sim_dir()).expect("list");
+    segments.sort();
+    disk.remove(&sim_dir().join(&segments[1])).expect("remove");
+    let (path, offset, detail) = expect_corrupt(open_sim(&disk, options));
+    assert_eq!((path, offset), (sim_dir().join(&segments[2]), 0));
+    assert!(detail.contains("previous one ends"), "{detail}");
+}
+
+#[test]
+fn recovery_after_snapshot_returns_snapshot_and_tail() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        segment_bytes_max: 4096,
+        ..small_options()
+    };
+    let records: Vec<Vec<u8>> = (1..=60).map(|lsn| payload(lsn, 300)).collect();
+    {
+        let (wal, _) = open_sim(&disk, options.clone()).expect("open");
+        append_all(&wal, &records[..40]);
+        wal.install_snapshot(40, b"state@40").expect("snapshot");
+        assert_eq!(wal.stats().snapshot_lsn, 40);
+        append_all(&wal, &records[40..]);
+    }
+    let (_wal, recovered) = open_sim(&disk, options).expect("reopen");
+    assert_eq!(recovered.snapshot, Some((40, b"state@40".to_vec())));
+    check_records(&recovered, 41, &records[40..]);
+}
+
+#[test]
+fn invalid_newest_snapshot_falls_back_only_while_the_log_reaches_back() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        segment_bytes_max: 4096,
+        ..small_options()
+    };
+    {
+        let (wal, _) = open_sim(&disk, options.clone()).expect("open");
+        let records: Vec<Vec<u8>> = (1..=80).map(|lsn| payload(lsn, 300)).collect();
+        append_all(&wal, &records[..5]);
+        wal.install_snapshot(5, b"state@5").expect("snapshot 5");
+        append_all(&wal, &records[5..]);
+    }
+    // Plant a damaged newer snapshot: the older one plus the full log still works.
+    let bad = sim_dir().join(format::snapshot_file_name(70));
+    let mut file = disk.create(&bad).expect("create");
+    file.append(b"garbage").expect("append");
+    file.sync_data().expect("sync");
+    let (wal, recovered) = open_sim(&disk, options.clone()).expect("fallback");
+    assert_eq!(recovered.snapshot, Some((5, b"state@5".to_vec())));
+    assert_eq!(recovered.records.len(), 75);
+    // Once a snapshot deleted the early segments, the older snapshot cannot be used.
+    wal.install_snapshot(78, b"state@78").expect("snapshot 78");
+    drop(wal);
+    disk.corrupt(&sim_dir().join(format::snapshot_file_name(78)), 40, b"x")
+        .expect("corrupt");
+    let bad = sim_dir().join(format::snapshot_file_name(5));
+    let mut file = disk.create(&bad).expect("create");
+    file.append(&format::encode_snapshot(5, b"state@5"))
+        .expect("append");
+    file.sync_data().expect("sync");
+    let (_, _, detail) = expect_corrupt(open_sim(&disk, options));
+    assert!(detail.contains("missing"), "{detail}");
+}
+
+fn dir_bytes(fs: &dyn FileSystem, dir: &Path) -> u64 {
+    let names = fs.list(dir).expect("list");
+    names
+        .iter()
+        .map(|name| fs.read(&dir.join(name)).expect("read").len() as u64)
+        .sum()
+}
+
+#[test]
+fn snapshots_keep_disk_use_bounded_under_churn() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        segment_bytes_max: 16 * 1024,
+        snapshot_log_bytes: 32 * 1024,
+        ..small_options()
+    };
+    let (wal, _) = open_sim(&disk, options.clone()).expect("open");
+    let state = vec![7u8; 4096];
+    let mut disk_bytes_max = 0;
+    let mut snapshots = 0;
+    for round in 0..400u64 {
+        let records: Vec<Vec<u8>> = (0..25).map(|i| payload(round * 25 + i, 200)).collect();
+        let last = *append_all(&wal, &records).last().expect("lsn");
+        if wal.snapshot_due() {
+            wal.install_snapshot(last, &state).expect("snapshot");
+            assert!(!wal.snapshot_due(), "a snapshot resets the log size");
+            snapshots += 1;
+        }
+        disk_bytes_max = disk_bytes_max.max(dir_bytes(&disk, &sim_dir()));
+    }
+    let written = wal.stats().bytes_written;
+    assert!(snapshots > 50, "snapshots {snapshots}");
+    assert!(written > 2_000_000, "written {written}");
+    // One snapshot, the active segment and the segments since the last snapshot.
+    let bound =
+        state.len() as u64 + options.snapshot_log_bytes + 2 * options.segment_bytes_max + 16 * 1024;
+    assert!(
+        disk_bytes_max <= bound,
+        "disk use {disk_bytes_max} over {bound}"
+    );
+}
+
+#[test]
+fn snapshot_refuses_unassigned_and_stale_lsns() {
+    let disk = SimulatedDisk::new();
+    let (wal, _) = open_sim(&disk, small_options()).expect("open");
+    append_all(&wal, &[b"a".to_vec(), b"b".to_vec()]);
+    assert!(matches!(
+        wal.install_snapshot(3, b"s"),
+        Err(WalError::SnapshotRefused { .. })
+    ));
+    assert!(matches!(
+        wal.install_snapshot(0, b"s"),
+        Err(WalError::SnapshotRefused { .. })
+    ));
+    wal.install_snapshot(2, b"s").expect("snapshot");
+    assert!(matches!(
+        wal.install_snapshot(1, b"s"),
+        Err(WalError::SnapshotRefused { .. })
+    ));
+}
+
+#[test]
+fn back_pressure_and_record_size_bounds() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        queue_records_max: 4,
+        record_bytes_max: 10,
+        ..small_options()
+    };
+    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
+    let (wal, _) =
+        Wal::open_manual(&sim_dir(), fs, options, FsyncFailpoint::default()).expect("open");
+    let mut tickets: Vec<DurableTicket> = (0..4)
+        .map(|_| wal.submit(vec![1]).expect("submit"))
+        .collect();
+    assert!(matches!(
+        wal.submit(vec![1]),
+        Err(WalError::Overloaded {
+            pending_records: 4,
+            ..
+        })
+    ));
+    assert!(matches!(
+        wal.submit(vec![0; 11]),
+        Err(WalError::RecordTooLarge {
+            record_bytes: 11,
+            ..
+        })
+    ));
+    wal.manual_write(2);
+    assert!(tickets[0].try_durable().is_none(), "written is not durable");
+    wal.manual_sync();
+    assert_eq!(tickets[0].try_durable().map(|r| r.ok()), Some(Some(1)));
+    assert_eq!(tickets[1].try_durable().map(|r| r.ok()), Some(Some(2)));
+    assert!(tickets[2].try_durable().is_none());
+    wal.submit(vec![1]).expect("room again");
+}
+
+#[test]
+fn close_makes_everything_queued_durable() {
+    let disk = SimulatedDisk::new();
+    let (wal, _) = open_sim(&disk, small_options()).expect("open");
+    let records: Vec<Vec<u8>> = (1..=500).map(|lsn| payload(lsn, 40)).collect();
+    let tickets: Vec<DurableTicket> = records
+        .iter()
+        .map(|r| wal.submit(r.clone()).expect("submit"))
+        .collect();
+    wal.close().expect("close");
+    assert!(matches!(wal.submit(vec![1]), Err(WalError::Closed)));
+    for (index, ticket) in tickets.into_iter().enumerate() {
+        assert_eq!(ticket.wait_blocking().expect("durable"), index as u64 + 1);
+    }
+    drop(wal);
+    let (_wal, recovered) = open_sim(&disk, small_options()).expect("reopen");
+    check_records(&recovered, 1, &records);
+}
+
+#[test]
+fn leftover_temporary_files_are_removed() {
+    let disk = SimulatedDisk::new();
+    drop(open_sim(&disk, small_options()).expect("open"));
+    let tmp = sim_dir().join("00000000000000000009.wal.tmp");
+    disk.create(&tmp).expect("create");
+    drop(open_sim(&disk, small_options()).expect("reopen"));
+    assert!(
+        !disk
+            .list(&sim_dir())
+            .expect("list")
+            .iter()
+            .any(|name| name.ends_with(".tmp"))
+    );
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn fsync_failpoint_goes_through_the_abort_hook() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static HOOK_CALLED: AtomicBool = AtomicBool::new(false);
+    fn hook(message: &str) {
+        assert!(message.contains("wal-fsync-fail-after:2"), "{message}");
+        HOOK_CALLED.store(true, Ordering::SeqCst);
+        panic!("abort hook: {message}");
+    }
+    set_abort_hook(hook);
+    assert_eq!(
+        FsyncFailpoint::parse("wal-fsync-fail-after:2").syncs_ok_max,
+        Some(2)
+    );
+    let disk = SimulatedDisk::new();
+    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
+    let (parts_wal, _, writer) = Wal::open_parts(
+        &sim_dir(),
+        fs,
+        small_options(),
+        FsyncFailpoint::parse("wal-fsync-fail-after:2"),
+    )
+    .expect("open");
+    let thread = std::thread::spawn(move || writer::run(writer));
+    *parts_wal.writer.lock() = WriterSlot::Thread(thread);
+    for lsn in 1..=2 {
+        assert_eq!(
+            parts_wal
+                .submit(vec![1])
+                .expect("submit")
+                .wait_blocking()
+                .expect("durable"),
+            lsn
+        );
+    }
+    let third = parts_wal.submit(vec![1]).expect("submit").wait_blocking();
+    assert!(matches!(third, Err(WalError::WriterStopped)), "{third:?}");
+    assert!(HOOK_CALLED.load(Ordering::SeqCst));
+    assert!(matches!(parts_wal.close(), Err(WalError::WriterStopped)));
+    let (_wal, recovered) = open_sim(&disk, small_options()).expect("reopen");
+    // The failed group was never acknowledged; without a crash its bytes may still be read back.
+    assert!((2..=3).contains(&recovered.records.len()));
+}

@@ -1,0 +1,322 @@
+//! The single writer: the queue submitters push to, the commit-group loop of the
+//! writer thread (take everything queued up to `batch_records_max`, one append,
+//! one fdatasync, then resolve every ticket of the group), segment rotation, and
+//! the creation of new files (temporary, write, fsync, rename, fsync directory).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::oneshot;
+
+use super::error::WalError;
+use super::fatal::{FsyncFailpoint, fatal_io};
+use super::format::{self, BLOCK_BYTES, RecordPrefix};
+use super::fs::{self, FileSystem, WalFile};
+use super::recovery::{ActiveSegment, framed_bytes};
+use super::{Lsn, WalOptions};
+
+/// State shared by the `Wal` handle, the writer and snapshot installation.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The WAL directory.
+    pub dir: PathBuf,
+    /// Where the files live.
+    pub fs: Arc<dyn FileSystem>,
+    /// The bounds, validated at open.
+    pub options: WalOptions,
+    /// Submitted records and LSN bookkeeping. A parking_lot mutex held only for
+    /// queue operations, never across I/O, so `submit` never blocks on the disk.
+    pub queue: Mutex<Queue>,
+    /// Wakes the writer when records are queued or the WAL closes.
+    pub work_ready: Condvar,
+    /// Wakes `install_snapshot` when `durable_lsn` advances or the writer stops.
+    pub durable_advanced: Condvar,
+    /// First LSNs of the segment files, ascending; the last one is being appended to.
+    pub segments: Mutex<Vec<Lsn>>,
+    /// Counters for `Wal::stats`.
+    pub counters: Counters,
+}
+
+/// The submit queue, guarded by `Shared::queue`.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    /// Records waiting for the writer, in LSN order.
+    pub pending: VecDeque<Pending>,
+    /// The LSN the next submitted record gets.
+    pub next_lsn: Lsn,
+    /// Every record up to this LSN is durable.
+    pub durable_lsn: Lsn,
+    /// Set by `close`: no new records; the writer drains and exits.
+    pub closing: bool,
+    /// Cleared when the writer exits (normally or by panic).
+    pub writer_running: bool,
+}
+
+/// A record waiting to be written.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Its LSN.
+    pub lsn: Lsn,
+    /// Its payload.
+    pub record: Vec<u8>,
+    /// Resolves its `DurableTicket` once the record is durable.
+    pub done: oneshot::Sender<()>,
+}
+
+/// Monotonic counters, updated by the writer and read by `stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Records made durable since open.
+    pub records_durable: AtomicU64,
+    /// Bytes appended to segments since open (framing included).
+    pub bytes_written: AtomicU64,
+    /// Commit-group fdatasyncs since open.
+    pub fsyncs: AtomicU64,
+    /// Records in the most recent commit group.
+    pub last_group_records: AtomicU64,
+    /// Segments created by rotation since open.
+    pub rotations: AtomicU64,
+    /// Approximate framed bytes of the records after the installed snapshot.
+    pub log_bytes_since_snapshot: AtomicU64,
+    /// LSN of the installed snapshot, 0 when none.
+    pub snapshot_lsn: AtomicU64,
+}
+
+/// Appends commit groups to the active segment. Owned by the writer thread.
+pub(crate) struct SegmentWriter {
+    /// Shared state.
+    shared: Arc<Shared>,
+    /// The active segment, open for appending.
+    file: Box<dyn WalFile>,
+    /// Its path, for error messages.
+    path: PathBuf,
+    /// Its length in bytes, which is where the next append lands.
+    length: u64,
+    /// The injected fsync failure, in `failpoints` builds.
+    failpoint: FsyncFailpoint,
+    /// Reused encoding buffer; the whole group goes out in one append.
+    buffer: Vec<u8>,
+}
+
+impl SegmentWriter {
+    /// Opens the active segment left by recovery.
+    pub(crate) fn open(
+        shared: Arc<Shared>,
+        active: &ActiveSegment,
+        failpoint: FsyncFailpoint,
+    ) -> Result<Self, WalError> {
+        let path = shared.dir.join(format::segment_file_name(active.first_lsn));
+        let file = shared
+            .fs
+            .open_append(&path)
+            .map_err(|error| WalError::io("opening", &path, error))?;
+        Ok(Self {
+            shared,
+            file,
+            path,
+            length: active.length,
+            failpoint,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Writes one commit group (rotating first if the segment is full), without syncing.
+    pub(crate) fn write_group(&mut self, group: &[Pending]) {
+        assert!(!group.is_empty());
+        assert!(group.len() <= self.shared.options.batch_records_max);
+        if self.length >= self.shared.options.segment_bytes_max {
+            self.rotate(group[0].lsn);
+        }
+        self.buffer.clear();
+        let group_first_lsn = group[0].lsn;
+        let group_last_lsn = group[group.len() - 1].lsn;
+        let mut block_offset = (self.length % BLOCK_BYTES as u64) as usize;
+        for pending in group {
+            let prefix = RecordPrefix {
+                lsn: pending.lsn,
+                group_first_lsn,
+                group_last_lsn,
+            };
+            block_offset =
+                format::encode_record(&mut self.buffer, block_offset, prefix, &pending.record);
+        }
+        if let Err(error) = self.file.append(&self.buffer) {
+            fatal_io("append", &self.path, &error);
+        }
+        self.length += self.buffer.len() as u64;
+        assert_eq!(
+            self.length % BLOCK_BYTES as u64,
+            block_offset as u64 % BLOCK_BYTES as u64
+        );
+        let counters = &self.shared.counters;
+        counters
+            .bytes_written
+            .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
+        let framed: u64 = group
+            .iter()
+            .map(|pending| framed_bytes(&pending.record))
+            .sum();
+        counters
+            .log_bytes_since_snapshot
+            .fetch_add(framed, Ordering::Relaxed);
+    }
+
+    /// Makes everything written so far durable. A failure aborts the process.
+    pub(crate) fn sync(&mut self) {
+        if let Some(error) = self.failpoint.before_sync() {
+            fatal_io("fdatasync", &self.path, &error);
+        }
+        if let Err(error) = self.file.sync_data() {
+            fatal_io("fdatasync", &self.path, &error);
+        }
+        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts a new segment whose first record is `first_lsn`. The old one was synced
+    /// with its last group, so it is complete on disk.
+    fn rotate(&mut self, first_lsn: Lsn) {
+        let (file, path) =
+            match create_segment(self.shared.fs.as_ref(), &self.shared.dir, first_lsn) {
+                Ok(created) => created,
+                Err(error) => {
+                    let path = self.shared.dir.join(format::segment_file_name(first_lsn));
+                    fatal_io(
+                        "segment rotation",
+                        &path,
+                        &std::io::Error::other(error.to_string()),
+                    );
+                }
+            };
+        tracing::debug!(segment = %path.display(), "rotated WAL segment");
+        self.shared.segments.lock().push(first_lsn);
+        self.shared
+            .counters
+            .rotations
+            .fetch_add(1, Ordering::Relaxed);
+        self.file = file;
+        self.path = path;
+        self.length = format::SEGMENT_HEADER_BYTES as u64;
+    }
+}
+
+/// Creates the segment file for `first_lsn` durably (header only) and returns it
+/// open for appending.
+pub(crate) fn create_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    first_lsn: Lsn,
+) -> Result<(Box<dyn WalFile>, PathBuf), WalError> {
+    let path = dir.join(format::segment_file_name(first_lsn));
+    let file = create_durable_file(fs, &path, &format::encode_segment_header(first_lsn))?;
+    Ok((file, path))
+}
+
+/// Creates `path` with `content` so that after a crash it either does not exist or
+/// holds exactly `content`: write a temporary, fsync it, rename, fsync the directory.
+/// Write and fsync failures abort; other failures are returned.
+pub(crate) fn create_durable_file(
+    fs: &dyn FileSystem,
+    path: &Path,
+    content: &[u8],
+) -> Result<Box<dyn WalFile>, WalError> {
+    let tmp = fs::tmp_path(path);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = fs
+        .create(&tmp)
+        .map_err(|error| WalError::io("creating", &tmp, error))?;
+    if let Err(error) = file.append(content).and_then(|()| file.sync_data()) {
+        fatal_io("write and fsync of a new file", &tmp, &error);
+    }
+    fs.rename(&tmp, path)
+        .map_err(|error| WalError::io("renaming into place", path, error))?;
+    if let Err(error) = fs.sync_dir(dir) {
+        fatal_io("directory fsync", dir, &error);
+    }
+    Ok(file)
+}
+
+/// Takes the next commit group: up to `batch_records_max` queued records. Waits for
+/// work; returns `None` once the WAL is closing and the queue is drained.
+pub(crate) fn take_group(shared: &Shared) -> Option<Vec<Pending>> {
+    let mut queue = shared.queue.lock();
+    loop {
+        if !queue.pending.is_empty() {
+            let count = queue.pending.len().min(shared.options.batch_records_max);
+            return Some(queue.pending.drain(..count).collect());
+        }
+        if queue.closing {
+            return None;
+        }
+        shared.work_ready.wait(&mut queue);
+    }
+}
+
+/// Takes at most `records_max` queued records without waiting (tests drive the
+/// writer by hand with this).
+#[cfg(test)]
+pub(crate) fn take_group_now(shared: &Shared, records_max: usize) -> Vec<Pending> {
+    let mut queue = shared.queue.lock();
+    let count = queue
+        .pending
+        .len()
+        .min(records_max)
+        .min(shared.options.batch_records_max);
+    queue.pending.drain(..count).collect()
+}
+
+/// Publishes a synced group: advances `durable_lsn`, then resolves its tickets.
+pub(crate) fn publish_durable(shared: &Shared, group: Vec<Pending>) {
+    let Some(last) = group.last() else { return };
+    {
+        let mut queue = shared.queue.lock();
+        assert!(last.lsn > queue.durable_lsn && last.lsn < queue.next_lsn);
+        assert_eq!(
+            group[0].lsn,
+            queue.durable_lsn + 1,
+            "groups are synced in LSN order"
+        );
+        queue.durable_lsn = last.lsn;
+    }
+    shared.durable_advanced.notify_all();
+    let counters = &shared.counters;
+    counters
+        .records_durable
+        .fetch_add(group.len() as u64, Ordering::Relaxed);
+    counters
+        .last_group_records
+        .store(group.len() as u64, Ordering::Relaxed);
+    for pending in group {
+        // A dropped ticket is fine: the caller stopped waiting, the record is durable anyway.
+        let _ = pending.done.send(());
+    }
+}
+
+/// The writer thread's body: commit groups until closed.
+pub(crate) fn run(mut writer: SegmentWriter) {
+    let shared = Arc::clone(&writer.shared);
+    let _stopped = StoppedGuard(Arc::clone(&shared));
+    while let Some(group) = take_group(&shared) {
+        writer.write_group(&group);
+        writer.sync();
+        publish_durable(&shared, group);
+    }
+}
+
+/// Marks the writer stopped when its thread ends, also by panic, and fails every
+/// record still queued (their tickets resolve to `WriterStopped`).
+pub(crate) struct StoppedGuard(pub Arc<Shared>);
+
+impl Drop for StoppedGuard {
+    fn drop(&mut self) {
+        let abandoned: Vec<Pending> = {
+            let mut queue = self.0.queue.lock();
+            queue.writer_running = false;
+            queue.pending.drain(..).collect()
+        };
+        self.0.durable_advanced.notify_all();
+        drop(abandoned);
+    }
+}
