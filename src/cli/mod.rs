@@ -339,6 +339,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     tracing::info!(%addr, "seatbroker serving");
+    // One plain line on stdout for scripts and supervisors (the port may have been 0).
+    println!("seatbroker listening on {addr}");
     match bound.serve(shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("seatbroker stopped");

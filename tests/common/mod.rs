@@ -253,3 +253,78 @@ pub fn assert_status<T: std::fmt::Debug>(
         }
     }
 }
+
+/// A daemon run as a child process of the real binary, for crash and signal tests.
+pub struct ChildDaemon {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildDaemon {
+    /// Starts `seatbroker serve` on `data_dir` and waits for its listening line.
+    pub fn spawn(
+        data_dir: &std::path::Path,
+        envs: &[(&str, &str)],
+    ) -> std::io::Result<ChildDaemon> {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("SEATBROKER_OPERATOR_KEY", OPERATOR_KEY)
+            .env("SEATBROKER_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("seatbroker listening on ") {
+                        break addr.parse().expect("an address");
+                    }
+                }
+                _ => {
+                    let status = child.wait()?;
+                    return Err(std::io::Error::other(format!(
+                        "daemon exited before listening: {status}"
+                    )));
+                }
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(ChildDaemon { child, addr })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
+        let channel = client::connect(&self.url()).await.expect("connect");
+        client::admin(channel, BearerKey::new(Some(key)).unwrap())
+    }
+
+    pub async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
+        let channel = client::connect(&self.url()).await.expect("connect");
+        client::session(channel, BearerKey::new(Some(key)).unwrap())
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
