@@ -15,6 +15,8 @@
 //!   commit, torn-tail recovery, snapshot files).
 //! - [`cli`]: the `seatbroker` command line (daemon and client subcommands);
 //!   [`client`]: the gRPC client helper it shares with tests and the load generator.
+//! - [`loadgen`]: the load generator behind `seatbroker bench` (and its no-op
+//!   gRPC ceiling).
 //! - [`limits`]: every bound, in one place. [`clock`]: injected time.
 
 pub mod api;
@@ -26,6 +28,7 @@ pub mod clock;
 pub mod domain;
 pub mod leases;
 pub mod limits;
+pub mod loadgen;
 pub mod proto;
 pub mod server;
 pub mod storage;

@@ -55,7 +55,7 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
 
 fn client_args(command: &Command) -> &ClientArgs {
     match command {
-        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Serve(_) | Command::Bench(_) => unreachable!("not a client command"),
         Command::Org(OrgCommand::Create { client, .. } | OrgCommand::List { client })
         | Command::Quota(QuotaCommand::Set { client, .. })
         | Command::Member(
@@ -107,7 +107,7 @@ pub async fn run(command: Command) -> ExitCode {
 async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
     let json = c.json;
     match command {
-        Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Serve(_) | Command::Bench(_) => unreachable!("not a client command"),
         Command::Org(OrgCommand::Create {
             org_id,
             name,

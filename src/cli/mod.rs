@@ -47,6 +47,8 @@ pub enum Command {
     /// Sessions: what an engine does, and what an admin sees.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Load-test a running broker with simulated engines (or the built-in no-op ceiling).
+    Bench(crate::loadgen::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +304,7 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Bench(args) => runtime.block_on(bench(args)),
         other => runtime.block_on(client::run(other)),
     }
 }
@@ -353,6 +356,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+async fn bench(args: crate::loadgen::BenchArgs) -> ExitCode {
+    match crate::loadgen::run(args).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SEATBROKER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -384,4 +397,14 @@ async fn shutdown_signal() {
         let _ = interrupt.await;
     }
     tracing::info!("shutdown signal received; finishing in-flight calls");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,178 @@
+//! `BenchArgs`: the command-line surface of the load generator, flattened into the
+//! `seatbroker bench` subcommand. Only parsing lives here; `config` validates.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What the simulated engines do.
+#[derive(clap::ValueEnum, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Each engine acquires then releases, back to back.
+    AcquireRelease,
+    /// Engines hold one lease each and heartbeat it as fast as possible.
+    Heartbeat,
+    /// Engines acquire, heartbeat at the lease's interval and release after a random
+    /// hold; thousands of engines over many organizations.
+    Realistic,
+    /// Many engines in one organization with a quota below the engine count; engines
+    /// retry on RESOURCE_EXHAUSTED after a jittered backoff, and the run checks that
+    /// granted sessions never exceeded the quota.
+    Contention,
+}
+
+impl Workload {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AcquireRelease => "acquire-release",
+            Self::Heartbeat => "heartbeat",
+            Self::Realistic => "realistic",
+            Self::Contention => "contention",
+        }
+    }
+}
+
+/// Which server the engines drive.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// The broker at `--addr`; organizations, members and keys are provisioned first.
+    Broker,
+    /// An in-process no-op SessionService on 127.0.0.1 (the ceiling of this client).
+    Noop,
+}
+
+/// The operator key; its `Debug` output is redacted so it never reaches a log.
+#[derive(Clone)]
+pub struct OperatorKey(pub(crate) String);
+
+impl FromStr for OperatorKey {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl fmt::Debug for OperatorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OperatorKey(<redacted>)")
+    }
+}
+
+/// Arguments of `seatbroker bench`. Options left unset get per-workload defaults
+/// (see `config::Defaults`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Broker address, http:// or https://; only loopback hosts (127.0.0.0/8, ::1,
+    /// localhost) are accepted.
+    #[arg(
+        long,
+        env = "SEATBROKER_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// The workload to run.
+    #[arg(long, value_enum, default_value_t = Workload::AcquireRelease)]
+    pub workload: Workload,
+    /// The server to drive.
+    #[arg(long, value_enum, default_value_t = TargetKind::Broker)]
+    pub target: TargetKind,
+    /// Run against the broker, then the same workload against the in-process no-op
+    /// server, and report the broker/noop ratio.
+    #[arg(long, conflicts_with = "target")]
+    pub compare_noop: bool,
+    /// Organizations to create (default 20 for `realistic`, else 1; `contention` uses 1).
+    #[arg(long)]
+    pub orgs: Option<u32>,
+    /// Simulated engines (default 2000 for `realistic`, else 256).
+    #[arg(long)]
+    pub engines: Option<u32>,
+    /// Bound on outstanding RPCs across all engines.
+    #[arg(long, default_value_t = 256)]
+    pub in_flight: u32,
+    /// HTTP/2 connections; engines are spread over them round robin.
+    #[arg(long, default_value_t = 4)]
+    pub connections: u32,
+    /// Measured time, e.g. `10s`, `500ms`, `2m`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured time before the measurement.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// KRE sessions per organization (default: the engines of the organization; for
+    /// `contention` a quarter of the engines).
+    #[arg(long)]
+    pub quota: Option<u32>,
+    /// Shortest lease hold (`realistic` default 1s, `contention` 1ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub hold_min: Option<Duration>,
+    /// Longest lease hold (`realistic` default 10s, `contention` 5ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub hold_max: Option<Duration>,
+    /// Longest idle time between a release and the next acquire (`realistic`).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub think_max: Duration,
+    /// Base retry delay after RESOURCE_EXHAUSTED (`contention`), jittered up to twice.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub backoff: Duration,
+    /// Operator key for provisioning on the broker.
+    #[arg(long, env = "SEATBROKER_OPERATOR_KEY", hide_env_values = true)]
+    pub operator_key: Option<OperatorKey>,
+    /// PEM file of the CA that signed the broker's certificate (for https:// addresses).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to verify in the broker's certificate (default: the host of `--addr`).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_domain: Option<String>,
+    /// Print one JSON object to stdout instead of the human report.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Seed of hold times and jitter (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 10s or 2m"))?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        _ => return Err(format!("`{text}`: unit must be ms, s or m")),
+    };
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,411 @@
+//! Validation of `BenchArgs` into a `Plan`: typed, bounded settings with the
+//! per-workload defaults resolved, the CA file read, and the target address checked
+//! to be a loopback host (a workplace rule: load goes to this machine only).
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::args::{BenchArgs, OperatorKey, TargetKind, Workload};
+use super::error::LoadgenError;
+use super::limits::*;
+
+/// What to run and how to print it.
+#[derive(Debug)]
+pub struct Plan {
+    /// The load, shared by every target of the plan.
+    pub config: Config,
+    /// One target, or the broker followed by the no-op server.
+    pub mode: Mode,
+    /// Human text or one JSON object on stdout.
+    pub output: Output,
+}
+
+/// One target, or a broker run followed by the same load against the no-op server.
+#[derive(Debug)]
+pub enum Mode {
+    /// Run against this target only.
+    Single(Target),
+    /// Run against the broker, then the no-op server, and compare.
+    CompareNoop(BrokerTarget),
+}
+
+/// The server the engines drive.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A broker, provisioned first with the operator key.
+    Broker(BrokerTarget),
+    /// The in-process no-op SessionService; it needs no provisioning and accepts any key.
+    Noop,
+}
+
+/// A running broker on this machine.
+#[derive(Clone, Debug)]
+pub struct BrokerTarget {
+    /// `http://` or `https://` URI with a loopback host.
+    pub uri: String,
+    /// Present for `https://` addresses.
+    pub tls: Option<TlsSettings>,
+    /// Provisions organizations, members, licenses and API keys.
+    pub operator_key: OperatorKey,
+}
+
+/// Client TLS: the CA certificate and the name to verify.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    /// The CA certificate(s), PEM, read from `--tls-ca`.
+    pub ca_pem: Vec<u8>,
+    /// The name verified in the broker's certificate.
+    pub domain: String,
+}
+
+/// Where the report goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Several lines of text.
+    Human,
+    /// One JSON object on one line.
+    Json,
+}
+
+/// Whether a progress line is written to stderr every second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// A line every second while the engines run (and one before provisioning).
+    Stderr,
+    /// Nothing on stderr.
+    Off,
+}
+
+/// The validated load: every field is within `limits`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// What the engines do.
+    pub workload: Workload,
+    /// Organizations; engine `i` belongs to organization `i % orgs`.
+    pub orgs: u32,
+    /// Simulated engines, one task each.
+    pub engines: u32,
+    /// Bound on outstanding RPCs.
+    pub in_flight: u32,
+    /// HTTP/2 connections; engine `i` uses connection `i % connections`.
+    pub connections: u32,
+    /// Unmeasured time after the engines start.
+    pub warmup: Duration,
+    /// Measured time after the warmup; the deadline is warmup + duration.
+    pub duration: Duration,
+    /// KRE sessions per organization (and the bound the contention check verifies).
+    pub quota: u32,
+    /// Shortest lease hold (`realistic`, `contention`).
+    pub hold_min: Duration,
+    /// Longest lease hold (`realistic`, `contention`).
+    pub hold_max: Duration,
+    /// Longest idle time between release and acquire (`realistic`).
+    pub think_max: Duration,
+    /// Base retry delay after RESOURCE_EXHAUSTED (`contention`).
+    pub backoff: Duration,
+    /// Whether progress lines go to stderr.
+    pub progress: Progress,
+    /// Seeds every engine's random generator.
+    pub seed: u64,
+}
+
+impl Plan {
+    /// Validates the arguments; nothing is sent before this succeeds.
+    pub fn from_args(args: BenchArgs) -> Result<Self, LoadgenError> {
+        check_loopback(&args.addr)?;
+        let config = Config::from_args(&args)?;
+        let mode = if args.compare_noop {
+            Mode::CompareNoop(BrokerTarget::from_args(&args)?)
+        } else {
+            match args.target {
+                TargetKind::Broker => Mode::Single(Target::Broker(BrokerTarget::from_args(&args)?)),
+                TargetKind::Noop => Mode::Single(Target::Noop),
+            }
+        };
+        let output = if args.json {
+            Output::Json
+        } else {
+            Output::Human
+        };
+        Ok(Self {
+            config,
+            mode,
+            output,
+        })
+    }
+}
+
+impl Config {
+    fn from_args(args: &BenchArgs) -> Result<Self, LoadgenError> {
+        let defaults = Defaults::for_workload(args.workload);
+        let orgs = args.orgs.unwrap_or(defaults.orgs);
+        let engines = args.engines.unwrap_or(defaults.engines);
+        check_range("--engines", engines.into(), 1, ENGINES_MAX.into())?;
+        check_range("--orgs", orgs.into(), 1, u64::from(ORGS_MAX.min(engines)))?;
+        let engines_per_org = engines.div_ceil(orgs);
+        let quota = match args.workload {
+            Workload::Contention => args.quota.unwrap_or((engines / 4).max(1)),
+            _ => args.quota.unwrap_or(engines_per_org),
+        };
+        let config = Self {
+            workload: args.workload,
+            orgs,
+            engines,
+            in_flight: args.in_flight,
+            connections: args.connections,
+            warmup: args.warmup,
+            duration: args.duration,
+            quota,
+            hold_min: args.hold_min.unwrap_or(defaults.hold_min),
+            hold_max: args.hold_max.unwrap_or(defaults.hold_max),
+            think_max: args.think_max,
+            backoff: args.backoff,
+            progress: if args.quiet {
+                Progress::Off
+            } else {
+                Progress::Stderr
+            },
+            seed: args.seed.unwrap_or_else(clock_seed),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every bound; `Config` built by hand (tests, callers) goes through this too.
+    pub fn validate(&self) -> Result<(), LoadgenError> {
+        check_range("--engines", self.engines.into(), 1, ENGINES_MAX.into())?;
+        check_range(
+            "--orgs",
+            self.orgs.into(),
+            1,
+            u64::from(ORGS_MAX.min(self.engines)),
+        )?;
+        check_range(
+            "--in-flight",
+            self.in_flight.into(),
+            1,
+            IN_FLIGHT_MAX.into(),
+        )?;
+        check_range(
+            "--connections",
+            self.connections.into(),
+            1,
+            CONNECTIONS_MAX.into(),
+        )?;
+        check_range("--quota", self.quota.into(), 1, QUOTA_MAX.into())?;
+        check_millis(
+            "--duration",
+            self.duration,
+            DURATION_MS_MIN,
+            DURATION_MS_MAX,
+        )?;
+        check_millis("--warmup", self.warmup, 0, WARMUP_MS_MAX)?;
+        check_millis("--hold-min", self.hold_min, 0, HOLD_MS_MAX)?;
+        check_millis("--hold-max", self.hold_max, 0, HOLD_MS_MAX)?;
+        check_millis("--think-max", self.think_max, 0, THINK_MS_MAX)?;
+        check_millis("--backoff", self.backoff, 1, BACKOFF_MS_MAX)?;
+        if self.hold_min > self.hold_max {
+            return Err(usage("--hold-min must not exceed --hold-max"));
+        }
+        if self.workload == Workload::Contention {
+            self.validate_contention()?;
+        }
+        Ok(())
+    }
+
+    fn validate_contention(&self) -> Result<(), LoadgenError> {
+        if self.orgs != 1 {
+            return Err(usage("contention runs in one organization: use --orgs 1"));
+        }
+        if self.quota >= self.engines {
+            return Err(usage(format!(
+                "contention needs --quota ({}) below --engines ({})",
+                self.quota, self.engines
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Per-workload defaults for the options left unset.
+struct Defaults {
+    orgs: u32,
+    engines: u32,
+    hold_min: Duration,
+    hold_max: Duration,
+}
+
+impl Defaults {
+    fn for_workload(workload: Workload) -> Self {
+        match workload {
+            Workload::Realistic => Self {
+                orgs: 20,
+                engines: 2_000,
+                hold_min: Duration::from_secs(1),
+                hold_max: Duration::from_secs(10),
+            },
+            Workload::Contention => Self {
+                orgs: 1,
+                engines: 256,
+                hold_min: Duration::from_millis(1),
+                hold_max: Duration::from_millis(5),
+            },
+            Workload::AcquireRelease | Workload::Heartbeat => Self {
+                orgs: 1,
+                engines: 256,
+                hold_min: Duration::ZERO,
+                hold_max: Duration::ZERO,
+            },
+        }
+    }
+}
+
+impl BrokerTarget {
+    fn from_args(args: &BenchArgs) -> Result<Self, LoadgenError> {
+        let operator_key = args.operator_key.clone().ok_or_else(|| {
+            usage("the broker target needs --operator-key or SEATBROKER_OPERATOR_KEY")
+        })?;
+        if operator_key.0.is_empty() {
+            return Err(usage("the operator key is empty"));
+        }
+        let https = args.addr.starts_with("https://");
+        let tls = match (&args.tls_ca, https) {
+            (Some(ca_path), true) => Some(TlsSettings {
+                ca_pem: read_ca(ca_path)?,
+                domain: args.tls_domain.clone().unwrap_or(host_of(&args.addr)?),
+            }),
+            (None, false) => None,
+            (Some(_), false) => return Err(usage("--tls-ca needs an https:// --addr")),
+            (None, true) => return Err(usage("an https:// --addr needs --tls-ca FILE")),
+        };
+        Ok(Self {
+            uri: args.addr.clone(),
+            tls,
+            operator_key,
+        })
+    }
+}
+
+/// Refuses any address whose host is not on this machine's loopback.
+pub fn check_loopback(addr: &str) -> Result<(), LoadgenError> {
+    let host = host_of(addr)?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let is_loopback = if bare.eq_ignore_ascii_case("localhost") {
+        resolves_to_loopback_only(bare)
+    } else {
+        bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    if is_loopback {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "refusing to load {host}: only 127.0.0.1, ::1 and localhost may be benchmarked here"
+        )))
+    }
+}
+
+/// `localhost` is a name: it counts only when every address it resolves to is loopback.
+fn resolves_to_loopback_only(host: &str) -> bool {
+    match (host, 0).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|addr| addr.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+fn host_of(addr: &str) -> Result<String, LoadgenError> {
+    let uri: tonic::transport::Uri = addr
+        .parse()
+        .map_err(|e| usage(format!("--addr `{addr}` is not a URI: {e}")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(usage(format!(
+                "--addr `{addr}` must start with http:// or https://"
+            )));
+        }
+    }
+    uri.host()
+        .map(str::to_owned)
+        .ok_or_else(|| usage(format!("--addr `{addr}` has no host")))
+}
+
+fn read_ca(path: &Path) -> Result<Vec<u8>, LoadgenError> {
+    let io_error = |source| LoadgenError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let length = std::fs::metadata(path).map_err(io_error)?.len();
+    if length > TLS_CA_BYTES_MAX {
+        return Err(usage(format!(
+            "--tls-ca {} is larger than 1 MiB",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(io_error)
+}
+
+fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), LoadgenError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(usage(format!("{name} {value} is outside {min}..={max}")))
+    }
+}
+
+fn check_millis(name: &str, value: Duration, min_ms: u64, max_ms: u64) -> Result<(), LoadgenError> {
+    let ms = u64::try_from(value.as_millis()).unwrap_or(u64::MAX);
+    if (min_ms..=max_ms).contains(&ms) {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "{name} {ms}ms is outside {min_ms}..={max_ms} ms"
+        )))
+    }
+}
+
+fn usage(message: impl Into<String>) -> LoadgenError {
+    LoadgenError::Usage(message.into())
+}
+
+fn clock_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(40)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_are_accepted() {
+        for addr in [
+            "http://127.0.0.1:50051",
+            "http://localhost:1",
+            "https://LOCALHOST:443",
+            "http://[::1]:50051",
+            "http://127.3.2.1",
+        ] {
+            assert!(check_loopback(addr).is_ok(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn other_hosts_are_refused() {
+        for addr in [
+            "http://10.0.0.1:50051",
+            "http://192.168.1.2:1",
+            "http://example.com",
+            "http://[::2]:1",
+            "127.0.0.1:50051",
+            "ftp://127.0.0.1",
+        ] {
+            assert!(check_loopback(addr).is_err(), "{addr}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Every bound of the load generator in one place. Names carry the unit and end with
+//! the qualifier (`_max`, `_min`), so a reader sees what is bounded and by how much;
+//! the `const` assertions at the bottom keep their relations true.
+
+/// Simulated runtime engines in one run; each is one task holding at most one lease.
+pub const ENGINES_MAX: u32 = 100_000;
+/// Organizations provisioned for one run.
+pub const ORGS_MAX: u32 = 10_000;
+/// Outstanding RPCs across all engines (the `--in-flight` semaphore).
+pub const IN_FLIGHT_MAX: u32 = 10_000;
+/// HTTP/2 connections (one tonic `Channel` each).
+pub const CONNECTIONS_MAX: u32 = 256;
+/// Shortest measured phase of one run.
+pub const DURATION_MS_MIN: u64 = 100;
+/// Longest measured phase.
+pub const DURATION_MS_MAX: u64 = 3_600_000;
+/// Warmup before measuring; zero is allowed.
+pub const WARMUP_MS_MAX: u64 = 600_000;
+/// KRE sessions per organization, as the broker bounds them.
+pub const QUOTA_MAX: u32 = 1_000_000;
+/// How long an engine holds a lease (`realistic`, `contention`).
+pub const HOLD_MS_MAX: u64 = 600_000;
+/// Idle time between a release and the next acquire (`realistic`).
+pub const THINK_MS_MAX: u64 = 600_000;
+/// Base retry delay after RESOURCE_EXHAUSTED (`contention`); jittered up to twice this.
+pub const BACKOFF_MS_MAX: u64 = 10_000;
+/// Pause after an unexpected error, so a failing broker is not spun against.
+pub const ERROR_BACKOFF_MS: u64 = 10;
+/// Heartbeat intervals sent by the server are clamped up to this, so a bad value
+/// cannot turn `realistic` into a busy loop.
+pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
+
+/// Client-side timeout of one RPC (tonic `Endpoint::timeout`).
+pub const RPC_TIMEOUT_MS: u64 = 10_000;
+/// Timeout of establishing one connection.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// After the deadline, engines get this long to finish their last RPC and release;
+/// engines still running then are aborted and reported as unfinished.
+pub const DRAIN_MS_MAX: u64 = 2 * RPC_TIMEOUT_MS + 1_000;
+/// Provisioning organizations, members, licenses and keys on the broker.
+pub const SETUP_MS_MAX: u64 = 600_000;
+/// Outstanding setup RPCs.
+pub const SETUP_IN_FLIGHT_MAX: usize = 64;
+/// Emails in one AssignLicenses call (the broker's bound).
+pub const EMAILS_PER_REQUEST_MAX: usize = 1_000;
+/// Organization ids (the broker's bound).
+pub const ORG_ID_BYTES_MAX: usize = 63;
+/// The CA certificate file given with `--tls-ca`.
+pub const TLS_CA_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Lease intervals kept for the quota check, across all engines (16 bytes each).
+pub const INTERVALS_MAX: usize = 4_000_000;
+/// Highest latency the histograms track; longer calls saturate here.
+pub const LATENCY_US_MAX: u64 = 60_000_000;
+/// Significant decimal digits of the latency histograms.
+pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
+/// Histogram shards: engines record into `engine % STATS_SHARDS`, so a lock is rarely contended.
+pub const STATS_SHARDS: usize = 8;
+/// How often the progress line is written to stderr.
+pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+/// Concurrent streams per connection the in-process no-op server accepts.
+pub const NOOP_STREAMS_PER_CONNECTION_MAX: u32 = IN_FLIGHT_MAX;
+/// How long stopping the no-op server may take.
+pub const NOOP_STOP_MS_MAX: u64 = 5_000;
+
+const _: () = assert!(DURATION_MS_MIN <= DURATION_MS_MAX);
+const _: () = assert!(ORGS_MAX <= ENGINES_MAX);
+const _: () = assert!(QUOTA_MAX >= ENGINES_MAX, "a quota can cover every engine");
+const _: () = assert!(
+    DRAIN_MS_MAX > RPC_TIMEOUT_MS,
+    "an engine's last RPC fits in the drain"
+);
+const _: () = assert!(
+    INTERVALS_MAX / (ENGINES_MAX as usize) >= 16,
+    "every engine keeps intervals"
+);
+const _: () = assert!(EMAILS_PER_REQUEST_MAX <= 1_000);
+const _: () = assert!(NOOP_STREAMS_PER_CONNECTION_MAX >= IN_FLIGHT_MAX);
+const _: () = assert!(
+    LATENCY_US_MAX >= RPC_TIMEOUT_MS * 1_000,
+    "timeouts fit the histogram"
+);
+const _: () = assert!(ERROR_BACKOFF_MS >= 1 && HEARTBEAT_INTERVAL_MS_MIN >= 1);

@@ -1,0 +1,118 @@
+//! The load generator behind `seatbroker bench`. It drives a broker on this machine
+//! (or an in-process no-op SessionService, the ceiling of the client) with many
+//! simulated runtime engines over gRPC, and reports throughput, latency percentiles,
+//! errors by status code and, for `contention`, a check that granted sessions never
+//! exceeded the quota.
+//!
+//! Entry points: [`run`] (validate, run, print, exit status) and [`execute`] (one
+//! target, no printing). The only dependency on the rest of the crate is the
+//! generated protobuf code at `crate::proto`.
+//!
+//! Modules:
+//! - `args`: `BenchArgs`, the command-line surface, flattened into `seatbroker bench`.
+//! - `config`: validation into a `Plan`; per-workload defaults; loopback-only targets.
+//! - `limits`: every bound, with `const` assertions on how they relate.
+//! - `error`: `LoadgenError` and its exit codes.
+//! - `channels`: one tonic `Channel` per HTTP/2 connection, TLS, the auth metadata.
+//! - `setup`: provisioning organizations, members, licenses and API keys on the broker.
+//! - `engine`: one task per simulated engine; the four workloads.
+//! - `runner`: one run against one target, bounded by the deadline and the drain.
+//! - `stats`: phases, sharded latency histograms, error counts, the progress line.
+//! - `quota_check`: the sweep over client-side lease intervals.
+//! - `noop`: the in-process no-op server.
+//! - `report`: `Report`, `Comparison`, and their text and JSON renderings.
+//! - `rng`: SplitMix64 for hold times and jitter.
+//!
+//! Invariants: every loop stops at the run's deadline; every RPC is bounded by the
+//! channel timeout; engines still running `DRAIN_MS_MAX` after the deadline are
+//! aborted; nothing but loopback addresses is ever contacted.
+
+mod args;
+mod channels;
+mod config;
+mod engine;
+mod error;
+pub mod limits;
+mod noop;
+mod quota_check;
+mod report;
+mod rng;
+mod runner;
+mod setup;
+mod stats;
+
+#[cfg(test)]
+mod fake_broker;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write as _;
+
+pub use args::{BenchArgs, OperatorKey, TargetKind, Workload, parse_duration};
+pub use config::{
+    BrokerTarget, Config, Mode, Output, Plan, Progress, Target, TlsSettings, check_loopback,
+};
+pub use error::LoadgenError;
+pub use quota_check::{QuotaCheck, Verdict};
+pub use report::{Comparison, Outcome, Ratio, Report};
+pub use stats::Latency;
+
+/// Runs `seatbroker bench`: validates the arguments, runs the plan, prints the human
+/// report or one JSON object to stdout, and fails with `QuotaViolated` (after
+/// printing) when a contention check saw more sessions than the quota.
+pub async fn run(args: BenchArgs) -> Result<Outcome, LoadgenError> {
+    let plan = Plan::from_args(args)?;
+    let outcome = match &plan.mode {
+        Mode::Single(target) => Outcome::Single(Box::new(execute(&plan.config, target).await?)),
+        Mode::CompareNoop(broker) => {
+            let broker = execute(&plan.config, &Target::Broker(broker.clone())).await?;
+            let noop = execute(&plan.config, &Target::Noop).await?;
+            Outcome::Compare(Box::new(Comparison::new(broker, noop)))
+        }
+    };
+    print_outcome(&outcome, plan.output)?;
+    check_quota(&outcome)?;
+    Ok(outcome)
+}
+
+/// `QuotaViolated` when any report's contention check failed.
+fn check_quota(outcome: &Outcome) -> Result<(), LoadgenError> {
+    match outcome
+        .reports()
+        .into_iter()
+        .find(|report| !report.quota_ok())
+    {
+        Some(failed) => Err(LoadgenError::QuotaViolated {
+            max_concurrent: failed.quota_check.as_ref().map_or(0, |c| c.max_concurrent),
+            quota: failed.quota,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Runs `config` against one target and returns its report without printing it
+/// (progress lines still go to stderr when `config.progress` says so).
+pub async fn execute(config: &Config, target: &Target) -> Result<Report, LoadgenError> {
+    match target {
+        Target::Broker(broker) => runner::execute_broker(config, broker).await,
+        Target::Noop => runner::execute_noop(config, noop::NoopOptions::for_config(config)).await,
+    }
+}
+
+fn print_outcome(outcome: &Outcome, output: Output) -> Result<(), LoadgenError> {
+    let text = match output {
+        Output::Human => outcome.to_text(),
+        Output::Json => {
+            let json = serde_json::to_string(outcome)
+                .map_err(|e| LoadgenError::Internal(format!("report to JSON: {e}")))?;
+            json + "\n"
+        }
+    };
+    // Written rather than `print!`ed: a closed stdout (a pipe to `head`) is an error to
+    // report, not a panic.
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(LoadgenError::Stdout)
+}

@@ -1,0 +1,236 @@
+//! The in-process no-op SessionService: the ceiling the broker is compared with. It
+//! listens on 127.0.0.1:0, accepts any key, and answers with messages of the size the
+//! broker sends (a `Lease` with realistic field lengths, echoing the engine's fields).
+//! Optionally it enforces a seat count with a semaphore, so `contention` behaves as on
+//! a broker; tests give it more seats than the checked quota to play a broken server.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::proto::session_service_server::{SessionService, SessionServiceServer};
+use crate::proto::{
+    AcquireRequest, AcquireResponse, HeartbeatRequest, HeartbeatResponse, Lease, Product,
+    ReleaseRequest, ReleaseResponse,
+};
+
+use super::args::Workload;
+use super::config::Config;
+use super::error::LoadgenError;
+use super::limits::{NOOP_STOP_MS_MAX, NOOP_STREAMS_PER_CONNECTION_MAX};
+
+/// How the no-op server behaves.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NoopOptions {
+    /// When set, at most this many leases are live; further acquires answer
+    /// RESOURCE_EXHAUSTED. When unset every acquire succeeds.
+    pub seats: Option<u32>,
+    pub ttl_ms: u32,
+    pub heartbeat_interval_ms: u32,
+}
+
+impl NoopOptions {
+    /// Seats equal to the quota for `contention`, unlimited otherwise; the broker's
+    /// default lease timing (30 s TTL, heartbeat every 10 s).
+    pub(crate) fn for_config(config: &Config) -> Self {
+        Self {
+            seats: (config.workload == Workload::Contention).then_some(config.quota),
+            ttl_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+        }
+    }
+}
+
+/// A running no-op server; `stop` shuts it down.
+pub(crate) struct NoopServer {
+    pub addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl NoopServer {
+    /// Binds 127.0.0.1:0 and serves in a task of the current runtime.
+    pub(crate) async fn start(options: NoopOptions) -> Result<Self, LoadgenError> {
+        let bind_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let incoming = TcpIncoming::bind(bind_addr)
+            .map_err(LoadgenError::NoopServer)?
+            .with_nodelay(Some(true));
+        let addr = incoming.local_addr().map_err(LoadgenError::NoopServer)?;
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let service = SessionServiceServer::new(NoopSessions::new(options));
+        let server = Server::builder()
+            .max_concurrent_streams(Some(NOOP_STREAMS_PER_CONNECTION_MAX))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async {
+                // An error means the sender is gone, which also means stop.
+                let _ = stopped.await;
+            });
+        let task = tokio::spawn(server);
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The `http://` URI clients connect to.
+    pub(crate) fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks the server to stop and waits for it, at most `NOOP_STOP_MS_MAX`.
+    pub(crate) async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let mut task = self.task;
+        match tokio::time::timeout(Duration::from_millis(NOOP_STOP_MS_MAX), &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "no-op server stopped with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "no-op server task failed"),
+            Err(_) => task.abort(),
+        }
+    }
+}
+
+/// The no-op handlers.
+struct NoopSessions {
+    /// Copied into every answer; engine fields are replaced by the request's.
+    template: Lease,
+    /// Source of generations and lease ids; strictly increasing.
+    generation: AtomicU64,
+    seats: Option<Seats>,
+}
+
+/// Seat accounting when `NoopOptions::seats` is set.
+struct Seats {
+    free: Semaphore,
+    /// Live lease ids. A `std::sync::Mutex`: held for one set operation, never across
+    /// an `.await`.
+    live: Mutex<HashSet<String>>,
+}
+
+impl NoopSessions {
+    fn new(options: NoopOptions) -> Self {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let template = Lease {
+            lease_id: lease_id(0),
+            generation: 1,
+            product: Product::Kre as i32,
+            org_id: "bench-00000000-0".to_owned(),
+            email: "engine0@bench.example".to_owned(),
+            ttl_ms: options.ttl_ms,
+            heartbeat_interval_ms: options.heartbeat_interval_ms,
+            expires_at_unix_ms: now_ms + i64::from(options.ttl_ms),
+            acquired_at_unix_ms: now_ms,
+            ..Lease::default()
+        };
+        let seats = options.seats.map(|count| Seats {
+            free: Semaphore::new(count as usize),
+            live: Mutex::new(HashSet::new()),
+        });
+        Self {
+            template,
+            generation: AtomicU64::new(1),
+            seats,
+        }
+    }
+
+    fn take_seat(&self, lease_id: &str) -> Result<(), Status> {
+        let Some(seats) = &self.seats else {
+            return Ok(());
+        };
+        let permit = seats
+            .free
+            .try_acquire()
+            .map_err(|_| Status::resource_exhausted("no KRE session free"))?;
+        permit.forget();
+        seats.live_set().insert(lease_id.to_owned());
+        Ok(())
+    }
+
+    fn check_live(&self, lease_id: &str) -> Result<(), Status> {
+        match &self.seats {
+            Some(seats) if !seats.live_set().contains(lease_id) => {
+                Err(Status::not_found("no such lease"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn give_back(&self, lease_id: &str) -> Result<(), Status> {
+        let Some(seats) = &self.seats else {
+            return Ok(());
+        };
+        if !seats.live_set().remove(lease_id) {
+            return Err(Status::not_found("no such lease"));
+        }
+        seats.free.add_permits(1);
+        Ok(())
+    }
+}
+
+impl Seats {
+    fn live_set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Lease ids of a fixed length, like the broker's.
+fn lease_id(generation: u64) -> String {
+    format!("lse_{generation:024x}")
+}
+
+#[tonic::async_trait]
+impl SessionService for NoopSessions {
+    async fn acquire(
+        &self,
+        request: Request<AcquireRequest>,
+    ) -> Result<Response<AcquireResponse>, Status> {
+        let request = request.into_inner();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let lease_id = lease_id(generation);
+        self.take_seat(&lease_id)?;
+        let lease = Lease {
+            lease_id,
+            generation,
+            engine_id: request.engine_id,
+            hostname: request.hostname,
+            label: request.label,
+            ..self.template.clone()
+        };
+        Ok(Response::new(AcquireResponse {
+            lease: Some(lease),
+            resumed: false,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.check_live(&request.get_ref().lease_id)?;
+        Ok(Response::new(HeartbeatResponse {
+            expires_at_unix_ms: self.template.expires_at_unix_ms,
+            ttl_ms: self.template.ttl_ms,
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
+        self.give_back(&request.get_ref().lease_id)?;
+        Ok(Response::new(ReleaseResponse {}))
+    }
+}

@@ -1,0 +1,196 @@
+//! One run against one target: connect, provision (broker only), start the engines,
+//! wait for them under the deadline plus the drain bound, and build the report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+use crate::proto::session_service_client::SessionServiceClient;
+
+use super::args::Workload;
+use super::channels::{ChannelSpec, bearer, connect_all};
+use super::config::{BrokerTarget, Config, Progress};
+use super::engine::{self, Engine, EngineOutcome, Shared};
+use super::error::LoadgenError;
+use super::limits::{DRAIN_MS_MAX, INTERVALS_MAX};
+use super::noop::{NoopOptions, NoopServer};
+use super::quota_check::{Interval, QuotaCheck};
+use super::report::{Report, TargetLabel};
+use super::rng::{Rng, engine_seed};
+use super::setup::{self, Layout};
+use super::stats::{Phases, Stats, report_progress};
+
+/// Provisions the broker, then drives it.
+pub(crate) async fn execute_broker(
+    config: &Config,
+    target: &BrokerTarget,
+) -> Result<Report, LoadgenError> {
+    config.validate()?;
+    let spec = ChannelSpec::for_broker(target)?;
+    let channels = connect_all(&spec, config.connections).await?;
+    let layout = layout_for(config);
+    if config.progress == Progress::Stderr {
+        eprintln!(
+            "bench: provisioning {} organizations and {} members on {} (run {})",
+            config.orgs, config.engines, spec.addr, layout.run_id
+        );
+    }
+    let keys = setup::provision(
+        channels[0].clone(),
+        &target.operator_key.0,
+        &layout,
+        config.quota,
+    )
+    .await?;
+    let label = TargetLabel {
+        kind: "broker",
+        addr: spec.addr.clone(),
+    };
+    drive(config, &layout, channels, keys, label).await
+}
+
+/// Starts the in-process no-op server, drives it, and stops it.
+pub(crate) async fn execute_noop(
+    config: &Config,
+    options: NoopOptions,
+) -> Result<Report, LoadgenError> {
+    config.validate()?;
+    let server = NoopServer::start(options).await?;
+    let result = drive_noop(config, &server).await;
+    server.stop().await;
+    result
+}
+
+async fn drive_noop(config: &Config, server: &NoopServer) -> Result<Report, LoadgenError> {
+    let spec = ChannelSpec::plaintext(server.uri())?;
+    let channels = connect_all(&spec, config.connections).await?;
+    let key = bearer("noop")?;
+    let keys = vec![key; config.engines as usize];
+    let label = TargetLabel {
+        kind: "noop",
+        addr: spec.addr.clone(),
+    };
+    drive(config, &layout_for(config), channels, keys, label).await
+}
+
+fn layout_for(config: &Config) -> Layout {
+    Layout {
+        run_id: format!("{:08x}", Rng::new(config.seed).next_u64() as u32),
+        orgs: config.orgs,
+        engines: config.engines,
+    }
+}
+
+/// Runs the engines from now for warmup + duration and reports.
+async fn drive(
+    config: &Config,
+    layout: &Layout,
+    channels: Vec<Channel>,
+    keys: Vec<MetadataValue<Ascii>>,
+    label: TargetLabel,
+) -> Result<Report, LoadgenError> {
+    debug_assert_eq!(keys.len(), config.engines as usize);
+    let stats = Arc::new(Stats::new()?);
+    let phases = Phases::starting_now(config.warmup, config.duration);
+    let intervals_per_engine_max = INTERVALS_MAX / config.engines as usize;
+    let shared = Arc::new(Shared::new(
+        config,
+        stats.clone(),
+        phases,
+        intervals_per_engine_max,
+    ));
+    let progress = (config.progress == Progress::Stderr).then(|| {
+        let name = format!("{} {}", label.kind, config.workload.name());
+        tokio::spawn(report_progress(stats.clone(), phases, name))
+    });
+    let engines = spawn_engines(config, layout, &channels, keys, &shared);
+    let collected = collect(
+        engines,
+        phases.deadline + Duration::from_millis(DRAIN_MS_MAX),
+    )
+    .await;
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let collected = collected?;
+    let quota_check = (config.workload == Workload::Contention).then(|| {
+        QuotaCheck::run(
+            &collected.intervals,
+            collected.intervals_dropped,
+            config.quota,
+        )
+    });
+    Ok(Report::new(
+        config,
+        label,
+        stats.snapshot()?,
+        collected.unfinished,
+        quota_check,
+    ))
+}
+
+fn spawn_engines(
+    config: &Config,
+    layout: &Layout,
+    channels: &[Channel],
+    keys: Vec<MetadataValue<Ascii>>,
+    shared: &Arc<Shared>,
+) -> JoinSet<EngineOutcome> {
+    let clients: Vec<SessionServiceClient<Channel>> = channels
+        .iter()
+        .cloned()
+        .map(SessionServiceClient::new)
+        .collect();
+    let mut engines = JoinSet::new();
+    for (index, authorization) in (0..config.engines).zip(keys) {
+        let engine = Engine {
+            index,
+            client: clients[index as usize % clients.len()].clone(),
+            authorization,
+            engine_id: format!("bench-{}-engine-{index}", layout.run_id),
+            hostname: format!("bench-host-{:03}", index % 256),
+            rng: Rng::new(engine_seed(config.seed, index)),
+            shared: shared.clone(),
+        };
+        engines.spawn(engine::run(engine));
+    }
+    engines
+}
+
+/// What the engines handed back.
+#[derive(Default)]
+struct Collected {
+    intervals: Vec<Interval>,
+    intervals_dropped: u64,
+    /// Engines aborted because they had not stopped by the drain bound.
+    unfinished: u64,
+}
+
+async fn collect(
+    mut engines: JoinSet<EngineOutcome>,
+    drain_until: Instant,
+) -> Result<Collected, LoadgenError> {
+    let mut collected = Collected::default();
+    let joined_all = tokio::time::timeout_at(drain_until, async {
+        while let Some(joined) = engines.join_next().await {
+            let outcome =
+                joined.map_err(|e| LoadgenError::Internal(format!("engine task: {e}")))?;
+            collected.intervals.extend(outcome.intervals);
+            collected.intervals_dropped += outcome.intervals_dropped;
+        }
+        Ok::<(), LoadgenError>(())
+    })
+    .await;
+    match joined_all {
+        Ok(result) => result?,
+        Err(_elapsed) => {
+            collected.unfinished = engines.len() as u64;
+            engines.abort_all();
+        }
+    }
+    Ok(collected)
+}

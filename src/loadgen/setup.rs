@@ -1,0 +1,228 @@
+//! Provisioning on the broker, with the operator key, before a run: organizations
+//! `bench-<run>-<i>`, one member `engine<j>@bench.example` per engine, KRE assigned to
+//! every member (at most `EMAILS_PER_REQUEST_MAX` emails per call), and one API key
+//! per member, which its engine then uses. Engine `g` belongs to organization
+//! `g % orgs` as member `g / orgs`. Nothing is deleted afterwards (the API has no
+//! call for it); fresh run ids keep runs apart.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tonic::Status;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+use crate::proto::admin_service_client::AdminServiceClient;
+use crate::proto::{
+    AddMemberRequest, AssignLicensesRequest, CreateApiKeyRequest, CreateOrganizationRequest,
+    Product, Quota, Role,
+};
+
+use super::channels::{authorized, bearer};
+use super::error::LoadgenError;
+use super::limits::{EMAILS_PER_REQUEST_MAX, ORG_ID_BYTES_MAX, SETUP_IN_FLIGHT_MAX, SETUP_MS_MAX};
+
+/// Where engines live: the names of organizations and members of one run.
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    pub run_id: String,
+    pub orgs: u32,
+    pub engines: u32,
+}
+
+impl Layout {
+    pub(crate) fn org_id(&self, org: u32) -> String {
+        let id = format!("bench-{}-{org}", self.run_id);
+        debug_assert!(id.len() <= ORG_ID_BYTES_MAX);
+        id
+    }
+
+    pub(crate) fn org_of(&self, engine: u32) -> u32 {
+        engine % self.orgs
+    }
+
+    pub(crate) fn email_of(&self, engine: u32) -> String {
+        format!("engine{}@bench.example", engine / self.orgs)
+    }
+
+    fn engines_of(&self, org: u32) -> impl Iterator<Item = u32> + '_ {
+        (org..self.engines).step_by(self.orgs as usize)
+    }
+}
+
+/// Admin calls made with the operator key.
+#[derive(Clone)]
+struct Admin {
+    client: AdminServiceClient<Channel>,
+    authorization: MetadataValue<Ascii>,
+}
+
+/// Creates everything the engines need and returns each engine's `authorization`
+/// value, indexed by engine.
+pub(crate) async fn provision(
+    channel: Channel,
+    operator_key: &str,
+    layout: &Layout,
+    quota: u32,
+) -> Result<Vec<MetadataValue<Ascii>>, LoadgenError> {
+    let admin = Admin {
+        client: AdminServiceClient::new(channel),
+        authorization: bearer(operator_key)?,
+    };
+    let steps = async {
+        create_organizations(&admin, layout, quota).await?;
+        add_members(&admin, layout).await?;
+        assign_licenses(&admin, layout).await?;
+        create_api_keys(&admin, layout).await
+    };
+    tokio::time::timeout(Duration::from_millis(SETUP_MS_MAX), steps)
+        .await
+        .map_err(|_| LoadgenError::SetupTimeout)?
+}
+
+async fn create_organizations(
+    admin: &Admin,
+    layout: &Layout,
+    quota: u32,
+) -> Result<(), LoadgenError> {
+    let requests = (0..layout.orgs).map(|org| CreateOrganizationRequest {
+        org_id: layout.org_id(org),
+        display_name: format!("seatbroker bench {} #{org}", layout.run_id),
+        owner_email: "owner@bench.example".to_owned(),
+        quota: Some(Quota {
+            kse_seats: 0,
+            kre_sessions: quota,
+            expires_at_unix_ms: 0,
+        }),
+    });
+    for_each_bounded("CreateOrganization", requests.collect(), |request| {
+        let mut admin = admin.clone();
+        async move {
+            let request = authorized(&admin.authorization, request);
+            admin.client.create_organization(request).await.map(drop)
+        }
+    })
+    .await
+    .map(drop)
+}
+
+async fn add_members(admin: &Admin, layout: &Layout) -> Result<(), LoadgenError> {
+    let requests = (0..layout.engines).map(|engine| AddMemberRequest {
+        org_id: layout.org_id(layout.org_of(engine)),
+        email: layout.email_of(engine),
+        role: Role::Member as i32,
+    });
+    for_each_bounded("AddMember", requests.collect(), |request| {
+        let mut admin = admin.clone();
+        async move {
+            let request = authorized(&admin.authorization, request);
+            admin.client.add_member(request).await.map(drop)
+        }
+    })
+    .await
+    .map(drop)
+}
+
+async fn assign_licenses(admin: &Admin, layout: &Layout) -> Result<(), LoadgenError> {
+    let mut requests = Vec::new();
+    for org in 0..layout.orgs {
+        let emails: Vec<String> = layout.engines_of(org).map(|e| layout.email_of(e)).collect();
+        for chunk in emails.chunks(EMAILS_PER_REQUEST_MAX) {
+            requests.push(AssignLicensesRequest {
+                org_id: layout.org_id(org),
+                product: Product::Kre as i32,
+                emails: chunk.to_vec(),
+            });
+        }
+    }
+    for_each_bounded("AssignLicenses", requests, |request| {
+        let mut admin = admin.clone();
+        async move {
+            let request = authorized(&admin.authorization, request);
+            admin.client.assign_licenses(request).await.map(drop)
+        }
+    })
+    .await
+    .map(drop)
+}
+
+async fn create_api_keys(
+    admin: &Admin,
+    layout: &Layout,
+) -> Result<Vec<MetadataValue<Ascii>>, LoadgenError> {
+    let requests = (0..layout.engines).map(|engine| CreateApiKeyRequest {
+        org_id: layout.org_id(layout.org_of(engine)),
+        email: layout.email_of(engine),
+        label: format!("bench {}", layout.run_id),
+    });
+    let secrets = for_each_bounded("CreateApiKey", requests.collect(), |request| {
+        let mut admin = admin.clone();
+        async move {
+            let request = authorized(&admin.authorization, request);
+            let response = admin.client.create_api_key(request).await?;
+            Ok(response.into_inner().secret)
+        }
+    })
+    .await?;
+    secrets.iter().map(|secret| bearer(secret)).collect()
+}
+
+/// Runs `call` on every item with at most `SETUP_IN_FLIGHT_MAX` outstanding, and
+/// returns the results in item order; the first failure stops the step.
+async fn for_each_bounded<T, R, F, Fut>(
+    step: &'static str,
+    items: Vec<T>,
+    call: F,
+) -> Result<Vec<R>, LoadgenError>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<R, Status>> + Send + 'static,
+    R: Send + 'static,
+{
+    let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let mut pending = items.into_iter().enumerate();
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() < SETUP_IN_FLIGHT_MAX {
+            let Some((index, item)) = pending.next() else {
+                break;
+            };
+            let call = call(item);
+            running.spawn(async move { (index, call.await) });
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (index, result) =
+            joined.map_err(|e| LoadgenError::Internal(format!("setup task: {e}")))?;
+        results[index] = Some(result.map_err(|status| LoadgenError::setup(step, status))?);
+    }
+    results
+        .into_iter()
+        .collect::<Option<Vec<R>>>()
+        .ok_or_else(|| LoadgenError::Internal(format!("{step}: a result is missing")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_spread_over_organizations() {
+        let layout = Layout {
+            run_id: "abcdef12".into(),
+            orgs: 3,
+            engines: 10,
+        };
+        assert_eq!(layout.org_id(2), "bench-abcdef12-2");
+        assert_eq!(layout.engines_of(0).collect::<Vec<_>>(), [0, 3, 6, 9]);
+        assert_eq!(layout.engines_of(2).collect::<Vec<_>>(), [2, 5, 8]);
+        assert_eq!(
+            (layout.org_of(7), layout.email_of(7)),
+            (1, "engine2@bench.example".to_owned())
+        );
+        let total: usize = (0..3).map(|org| layout.engines_of(org).count()).sum();
+        assert_eq!(total, 10);
+    }
+}

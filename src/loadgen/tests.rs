@@ -1,0 +1,229 @@
+//! End-to-end checks of every workload against the in-process no-op server, and of
+//! the contention check against a server that keeps the quota and one that over-grants.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::args::{BenchArgs, Workload};
+use super::config::{Config, Mode, Output, Plan, Progress, Target};
+use super::error::LoadgenError;
+use super::noop::NoopOptions;
+use super::quota_check::Verdict;
+use super::report::Outcome;
+use super::report::Report;
+use super::runner::execute_noop;
+
+fn config(workload: Workload) -> Config {
+    Config {
+        workload,
+        orgs: 1,
+        engines: 32,
+        in_flight: 16,
+        connections: 2,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_millis(800),
+        quota: 32,
+        hold_min: Duration::from_millis(20),
+        hold_max: Duration::from_millis(60),
+        think_max: Duration::from_millis(20),
+        backoff: Duration::from_millis(1),
+        progress: Progress::Off,
+        seed: 42,
+    }
+}
+
+fn fast_heartbeats(seats: Option<u32>) -> NoopOptions {
+    NoopOptions {
+        seats,
+        ttl_ms: 300,
+        heartbeat_interval_ms: 10,
+    }
+}
+
+async fn check(config: Config, options: NoopOptions) -> Report {
+    let report = execute_noop(&config, options)
+        .await
+        .expect("the run completes");
+    assert!(report.ops > 0, "no ops: {report:?}");
+    assert_eq!(report.errors_total, 0, "errors: {:?}", report.errors);
+    assert_eq!(report.engines_unfinished, 0);
+    assert!(report.ops_per_sec > 0.0);
+    let latency = report.latency_us;
+    assert!(latency.p50 <= latency.p99 && latency.p99 <= latency.max && latency.p50 >= 1);
+    assert_eq!(latency.count, report.ops);
+    let json = serde_json::to_value(&report).expect("reports serialize");
+    assert_eq!(json["workload"], config.workload.name());
+    report
+}
+
+fn method_ops(report: &Report, method: &str) -> u64 {
+    report
+        .methods
+        .get(method)
+        .map_or(0, |latency| latency.count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_release_alternates() {
+    let report = check(config(Workload::AcquireRelease), fast_heartbeats(None)).await;
+    let (acquires, releases) = (
+        method_ops(&report, "acquire"),
+        method_ops(&report, "release"),
+    );
+    assert!(acquires > 0 && acquires.abs_diff(releases) <= u64::from(report.engines));
+    assert_eq!(method_ops(&report, "heartbeat"), 0);
+    assert!(report.quota_check.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_mostly_heartbeats() {
+    let report = check(config(Workload::Heartbeat), fast_heartbeats(None)).await;
+    assert!(method_ops(&report, "heartbeat") > 10 * method_ops(&report, "acquire"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realistic_acquires_heartbeats_and_releases() {
+    let config = Config {
+        orgs: 4,
+        engines: 64,
+        ..config(Workload::Realistic)
+    };
+    let report = check(config, fast_heartbeats(None)).await;
+    for method in ["acquire", "heartbeat", "release"] {
+        assert!(
+            method_ops(&report, method) > 0,
+            "{method}: {:?}",
+            report.methods
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_within_quota_passes() {
+    let config = Config {
+        quota: 4,
+        hold_min: Duration::from_millis(1),
+        hold_max: Duration::from_millis(3),
+        ..config(Workload::Contention)
+    };
+    let report = check(config, fast_heartbeats(Some(4))).await;
+    let quota_check = report
+        .quota_check
+        .as_ref()
+        .expect("contention checks the quota");
+    assert_eq!(
+        quota_check.verdict,
+        Verdict::Ok,
+        "{}",
+        quota_check.summary()
+    );
+    assert!(quota_check.max_concurrent >= 1 && quota_check.max_concurrent <= 4);
+    assert!(quota_check.intervals_checked > 0);
+    assert!(
+        report.denials > 0,
+        "32 engines on 4 seats are denied sometimes"
+    );
+    assert!(report.quota_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_on_an_over_granting_server_fails() {
+    let config = Config {
+        quota: 4,
+        hold_min: Duration::from_millis(2),
+        hold_max: Duration::from_millis(5),
+        ..config(Workload::Contention)
+    };
+    // The broken server grants twice the quota the checker verifies.
+    let report = check(config, fast_heartbeats(Some(8))).await;
+    let quota_check = report
+        .quota_check
+        .as_ref()
+        .expect("contention checks the quota");
+    assert_eq!(
+        quota_check.verdict,
+        Verdict::Fail,
+        "{}",
+        quota_check.summary()
+    );
+    assert!(quota_check.max_concurrent > 4 && quota_check.max_concurrent <= 8);
+    assert!(!report.quota_ok());
+    let verdict = super::check_quota(&Outcome::Single(Box::new(report)));
+    assert!(matches!(
+        verdict,
+        Err(LoadgenError::QuotaViolated { quota: 4, .. })
+    ));
+    assert_eq!(verdict.map_err(|e| e.exit_code()), Err(1));
+}
+
+/// `seatbroker bench` flattens `BenchArgs` the same way.
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+fn plan(args: &[&str]) -> Result<Plan, LoadgenError> {
+    let argv = std::iter::once("bench").chain(args.iter().copied());
+    let cli = Cli::try_parse_from(argv).map_err(|e| LoadgenError::Usage(e.to_string()))?;
+    Plan::from_args(cli.bench)
+}
+
+#[test]
+fn arguments_resolve_per_workload_defaults() {
+    use clap::CommandFactory;
+    Cli::command().debug_assert();
+    let contention = plan(&[
+        "--target",
+        "noop",
+        "--workload",
+        "contention",
+        "--engines",
+        "64",
+    ])
+    .expect("valid");
+    assert_eq!((contention.config.quota, contention.config.orgs), (16, 1));
+    assert_eq!(contention.config.hold_max, Duration::from_millis(5));
+    let realistic =
+        plan(&["--target", "noop", "--workload", "realistic", "--json"]).expect("valid");
+    assert_eq!(
+        (
+            realistic.config.orgs,
+            realistic.config.engines,
+            realistic.config.quota
+        ),
+        (20, 2000, 100)
+    );
+    assert_eq!(realistic.output, Output::Json);
+    assert!(matches!(realistic.mode, Mode::Single(Target::Noop)));
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_is_sent() {
+    for args in [
+        &["--target", "noop", "--addr", "http://10.0.0.1:50051"][..],
+        &["--operator-key", "", "--workload", "acquire-release"],
+        &["--operator-key", "k", "--addr", "https://127.0.0.1:1"],
+        &[
+            "--target",
+            "noop",
+            "--workload",
+            "contention",
+            "--quota",
+            "256",
+        ],
+        &["--target", "noop", "--in-flight", "0"],
+        &["--target", "noop", "--duration", "61m"],
+        &["--compare-noop", "--target", "noop"],
+    ] {
+        let error = plan(args).expect_err("refused");
+        assert!(matches!(error, LoadgenError::Usage(_)), "{args:?}: {error}");
+    }
+    let compare = plan(&["--compare-noop", "--operator-key", "secret-key"]).expect("valid");
+    assert!(matches!(compare.mode, Mode::CompareNoop(_)));
+    assert!(
+        !format!("{compare:?}").contains("secret-key"),
+        "the operator key is redacted"
+    );
+}
