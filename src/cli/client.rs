@@ -55,7 +55,9 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
 
 fn client_args(command: &Command) -> &ClientArgs {
     match command {
-        Command::Serve(_) | Command::Bench(_) => unreachable!("not a client command"),
+        Command::Serve(_) | Command::Bench(_) | Command::BenchNoopServer { .. } => {
+            unreachable!("not a client command")
+        }
         Command::Org(OrgCommand::Create { client, .. } | OrgCommand::List { client })
         | Command::Quota(QuotaCommand::Set { client, .. })
         | Command::Member(
@@ -107,7 +109,9 @@ pub async fn run(command: Command) -> ExitCode {
 async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
     let json = c.json;
     match command {
-        Command::Serve(_) | Command::Bench(_) => unreachable!("not a client command"),
+        Command::Serve(_) | Command::Bench(_) | Command::BenchNoopServer { .. } => {
+            unreachable!("not a client command")
+        }
         Command::Org(OrgCommand::Create {
             org_id,
             name,

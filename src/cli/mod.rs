@@ -49,6 +49,13 @@ pub enum Command {
     Session(SessionCommand),
     /// Load-test a running broker with simulated engines (or the built-in no-op ceiling).
     Bench(crate::loadgen::BenchArgs),
+    /// The no-op gRPC ceiling as its own process (started by `bench`).
+    #[command(hide = true)]
+    BenchNoopServer {
+        /// Seats to enforce, as for the `contention` workload.
+        #[arg(long)]
+        seats: Option<u32>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -305,6 +312,15 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::BenchNoopServer { seats } => {
+            match runtime.block_on(crate::loadgen::serve_noop(seats)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            }
+        }
         other => runtime.block_on(client::run(other)),
     }
 }

@@ -81,10 +81,15 @@ pub struct BenchArgs {
     /// The server to drive.
     #[arg(long, value_enum, default_value_t = TargetKind::Broker)]
     pub target: TargetKind,
-    /// Run against the broker, then the same workload against the in-process no-op
-    /// server, and report the broker/noop ratio.
+    /// Run against the broker, then the same workload against the no-op server, and
+    /// report the broker/noop ratio.
     #[arg(long, conflicts_with = "target")]
     pub compare_noop: bool,
+    /// Serve the no-op target inside the bench process instead of in a child process.
+    /// By default it runs as its own process (`seatbroker bench-noop-server`), so that
+    /// it shares the machine with the load generator exactly as the broker does.
+    #[arg(long)]
+    pub noop_in_process: bool,
     /// Organizations to create (default 20 for `realistic`, else 1; `contention` uses 1).
     #[arg(long)]
     pub orgs: Option<u32>,

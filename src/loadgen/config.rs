@@ -27,7 +27,7 @@ pub enum Mode {
     /// Run against this target only.
     Single(Target),
     /// Run against the broker, then the no-op server, and compare.
-    CompareNoop(BrokerTarget),
+    CompareNoop(BrokerTarget, Target),
 }
 
 /// The server the engines drive.
@@ -37,6 +37,19 @@ pub enum Target {
     Broker(BrokerTarget),
     /// The in-process no-op SessionService; it needs no provisioning and accepts any key.
     Noop,
+    /// The same no-op service in a child process (`seatbroker bench-noop-server`), so
+    /// that client and server are separate processes as with a broker.
+    NoopProcess,
+}
+
+impl Target {
+    fn noop(args: &BenchArgs) -> Target {
+        if args.noop_in_process {
+            Target::Noop
+        } else {
+            Target::NoopProcess
+        }
+    }
 }
 
 /// A running broker on this machine.
@@ -116,11 +129,11 @@ impl Plan {
         check_loopback(&args.addr)?;
         let config = Config::from_args(&args)?;
         let mode = if args.compare_noop {
-            Mode::CompareNoop(BrokerTarget::from_args(&args)?)
+            Mode::CompareNoop(BrokerTarget::from_args(&args)?, Target::noop(&args))
         } else {
             match args.target {
                 TargetKind::Broker => Mode::Single(Target::Broker(BrokerTarget::from_args(&args)?)),
-                TargetKind::Noop => Mode::Single(Target::Noop),
+                TargetKind::Noop => Mode::Single(Target::noop(&args)),
             }
         };
         let output = if args.json {

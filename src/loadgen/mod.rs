@@ -53,6 +53,7 @@ pub use config::{
     BrokerTarget, Config, Mode, Output, Plan, Progress, Target, TlsSettings, check_loopback,
 };
 pub use error::LoadgenError;
+pub use noop::serve_standalone as serve_noop;
 pub use quota_check::{QuotaCheck, Verdict};
 pub use report::{Comparison, Outcome, Ratio, Report};
 pub use stats::Latency;
@@ -64,9 +65,9 @@ pub async fn run(args: BenchArgs) -> Result<Outcome, LoadgenError> {
     let plan = Plan::from_args(args)?;
     let outcome = match &plan.mode {
         Mode::Single(target) => Outcome::Single(Box::new(execute(&plan.config, target).await?)),
-        Mode::CompareNoop(broker) => {
+        Mode::CompareNoop(broker, noop) => {
             let broker = execute(&plan.config, &Target::Broker(broker.clone())).await?;
-            let noop = execute(&plan.config, &Target::Noop).await?;
+            let noop = execute(&plan.config, noop).await?;
             Outcome::Compare(Box::new(Comparison::new(broker, noop)))
         }
     };
@@ -96,6 +97,7 @@ pub async fn execute(config: &Config, target: &Target) -> Result<Report, Loadgen
     match target {
         Target::Broker(broker) => runner::execute_broker(config, broker).await,
         Target::Noop => runner::execute_noop(config, noop::NoopOptions::for_config(config)).await,
+        Target::NoopProcess => runner::execute_noop_process(config).await,
     }
 }
 

@@ -99,6 +99,77 @@ impl NoopServer {
     }
 }
 
+/// The no-op server as a child process of this binary (`seatbroker bench-noop-server`).
+pub(crate) struct ChildNoopServer {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl ChildNoopServer {
+    /// Spawns the child and reads the address it listens on from its first line.
+    pub(crate) async fn spawn(options: NoopOptions) -> Result<Self, LoadgenError> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe().map_err(LoadgenError::NoopServer)?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .arg("bench-noop-server")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(seats) = options.seats {
+            command.args(["--seats", &seats.to_string()]);
+        }
+        let mut child = command.spawn().map_err(LoadgenError::NoopServer)?;
+        let stdout = child.stdout.take().ok_or_else(|| {
+            LoadgenError::NoopServer(std::io::Error::other("no-op child has no stdout"))
+        })?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let first =
+            tokio::time::timeout(Duration::from_millis(NOOP_STOP_MS_MAX), lines.next_line())
+                .await
+                .map_err(|_| {
+                    LoadgenError::NoopServer(std::io::Error::other(
+                        "no-op child did not start in time",
+                    ))
+                })?
+                .map_err(LoadgenError::NoopServer)?
+                .unwrap_or_default();
+        let addr = first
+            .strip_prefix(NOOP_LISTENING_PREFIX)
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| {
+                LoadgenError::NoopServer(std::io::Error::other(format!(
+                    "unexpected first line from the no-op child: {first:?}"
+                )))
+            })?;
+        Ok(Self { child, addr })
+    }
+
+    pub(crate) fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub(crate) async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+const NOOP_LISTENING_PREFIX: &str = "noop listening on ";
+
+/// `seatbroker bench-noop-server`: serves the no-op SessionService on 127.0.0.1:0,
+/// prints its address, and runs until killed (the bench stops it) or for at most an hour.
+pub async fn serve_standalone(seats: Option<u32>) -> Result<(), LoadgenError> {
+    let options = NoopOptions {
+        seats,
+        ttl_ms: 30_000,
+        heartbeat_interval_ms: 10_000,
+    };
+    let server = NoopServer::start(options).await?;
+    println!("{NOOP_LISTENING_PREFIX}{}", server.addr);
+    let _ = tokio::time::timeout(Duration::from_secs(3600), tokio::signal::ctrl_c()).await;
+    server.stop().await;
+    Ok(())
+}
+
 /// The no-op handlers.
 struct NoopSessions {
     /// Copied into every answer; engine fields are replaced by the request's.

@@ -65,8 +65,22 @@ pub(crate) async fn execute_noop(
     result
 }
 
+/// Starts the no-op server as a child process of this binary, drives it, and stops it.
+pub(crate) async fn execute_noop_process(config: &Config) -> Result<Report, LoadgenError> {
+    config.validate()?;
+    let options = NoopOptions::for_config(config);
+    let mut child = super::noop::ChildNoopServer::spawn(options).await?;
+    let result = drive_noop_at(config, child.uri()).await;
+    child.stop().await;
+    result
+}
+
 async fn drive_noop(config: &Config, server: &NoopServer) -> Result<Report, LoadgenError> {
-    let spec = ChannelSpec::plaintext(server.uri())?;
+    drive_noop_at(config, server.uri()).await
+}
+
+async fn drive_noop_at(config: &Config, uri: String) -> Result<Report, LoadgenError> {
+    let spec = ChannelSpec::plaintext(uri)?;
     let channels = connect_all(&spec, config.connections).await?;
     let key = bearer("noop")?;
     let keys = vec![key; config.engines as usize];

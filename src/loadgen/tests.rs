@@ -196,7 +196,10 @@ fn arguments_resolve_per_workload_defaults() {
         (20, 2000, 100)
     );
     assert_eq!(realistic.output, Output::Json);
-    assert!(matches!(realistic.mode, Mode::Single(Target::Noop)));
+    assert!(matches!(
+        realistic.mode,
+        Mode::Single(Target::Noop | Target::NoopProcess)
+    ));
 }
 
 #[test]
@@ -221,7 +224,7 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
         assert!(matches!(error, LoadgenError::Usage(_)), "{args:?}: {error}");
     }
     let compare = plan(&["--compare-noop", "--operator-key", "secret-key"]).expect("valid");
-    assert!(matches!(compare.mode, Mode::CompareNoop(_)));
+    assert!(matches!(compare.mode, Mode::CompareNoop(..)));
     assert!(
         !format!("{compare:?}").contains("secret-key"),
         "the operator key is redacted"

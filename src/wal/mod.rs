@@ -337,6 +337,17 @@ impl Wal {
     /// under the caller's lock). The ticket resolves once the record and all
     /// before it are durable.
     pub fn submit(&self, record: Vec<u8>) -> Result<DurableTicket, WalError> {
+        self.submit_within(record, self.shared.options.queue_records_max)
+    }
+
+    /// Like [`Wal::submit`], but refuses with `Overloaded` once `queue_records_max`
+    /// records are pending, a bound below the log's own: records nobody waits for use
+    /// it to leave room for those somebody does.
+    pub fn submit_within(
+        &self,
+        record: Vec<u8>,
+        queue_records_max: usize,
+    ) -> Result<DurableTicket, WalError> {
         let record_bytes_max = self.shared.options.record_bytes_max;
         if record.len() > record_bytes_max {
             return Err(WalError::RecordTooLarge {
@@ -354,7 +365,7 @@ impl Wal {
                 return Err(WalError::WriterStopped);
             }
             let pending_records = queue.next_lsn - 1 - queue.durable_lsn;
-            let queue_records_max = self.shared.options.queue_records_max;
+            let queue_records_max = queue_records_max.min(self.shared.options.queue_records_max);
             if pending_records >= queue_records_max as u64 {
                 return Err(WalError::Overloaded {
                     pending_records,
