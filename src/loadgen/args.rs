@@ -142,6 +142,11 @@ pub struct BenchArgs {
     /// Seed of hold times and jitter (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Pace all RPCs to this many per second in total (default: as fast as the
+    /// in-flight bound allows). Latency is measured from each call's scheduled start,
+    /// so a server that falls behind shows it in the percentiles.
+    #[arg(long)]
+    pub rate: Option<u32>,
 }
 
 /// Parses `250ms`, `10s`, `2m` or a bare number of seconds.

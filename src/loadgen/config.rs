@@ -121,6 +121,8 @@ pub struct Config {
     pub progress: Progress,
     /// Seeds every engine's random generator.
     pub seed: u64,
+    /// Total RPCs per second to pace to; `None` runs unpaced.
+    pub rate: Option<u32>,
 }
 
 impl Plan {
@@ -180,6 +182,7 @@ impl Config {
                 Progress::Stderr
             },
             seed: args.seed.unwrap_or_else(clock_seed),
+            rate: args.rate.filter(|r| *r > 0),
         };
         config.validate()?;
         Ok(config)

@@ -37,6 +37,32 @@ pub(crate) struct Shared {
     pub backoff: Duration,
     /// Each engine keeps at most this many lease intervals for the quota check.
     pub intervals_per_engine_max: usize,
+    /// Spaces calls evenly when `--rate` is set.
+    pub pacer: Option<Pacer>,
+}
+
+/// Hands out evenly spaced start times to all engines together (`--rate`).
+pub(crate) struct Pacer {
+    spacing: Duration,
+    /// The next free start time. A `parking_lot::Mutex`: held for two instructions.
+    next: parking_lot::Mutex<Instant>,
+}
+
+impl Pacer {
+    fn new(rate: u32) -> Self {
+        Self {
+            spacing: Duration::from_secs(1) / rate,
+            next: parking_lot::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Reserves the next start time, never in the past.
+    fn reserve(&self) -> Instant {
+        let mut next = self.next.lock();
+        let start = (*next).max(Instant::now());
+        *next = start + self.spacing;
+        start
+    }
 }
 
 impl Shared {
@@ -56,6 +82,7 @@ impl Shared {
             think_max: config.think_max,
             backoff: config.backoff,
             intervals_per_engine_max,
+            pacer: config.rate.map(Pacer::new),
         }
     }
 
@@ -71,7 +98,14 @@ impl Shared {
             .acquire()
             .await
             .map_err(|_| Status::cancelled("the in-flight semaphore was closed"))?;
-        let started = Instant::now();
+        let started = match &self.pacer {
+            Some(pacer) => {
+                let scheduled = pacer.reserve();
+                tokio::time::sleep_until(scheduled.into()).await;
+                scheduled
+            }
+            None => Instant::now(),
+        };
         let result = rpc.await;
         let finished = Instant::now();
         let answer = self.classify(method, &result);
