@@ -36,12 +36,17 @@ pub async fn start_with_ttl(ttl: Duration) -> TestServer {
 
 /// Starts a daemon on an existing data directory (for restarts).
 pub async fn start_in(data_dir: tempfile::TempDir, ttl: Duration) -> TestServer {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.path().to_path_buf(),
-        lease_ttl: ttl,
-        operator_key: OperatorKeySource::Given(OPERATOR_KEY.into()),
-    };
+    start_configured(data_dir, |config| config.lease_ttl = ttl).await
+}
+
+/// Starts a daemon with the test defaults changed by `configure`.
+pub async fn start_configured(
+    data_dir: tempfile::TempDir,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
+    let mut config = ServerConfig::for_data_dir(data_dir.path());
+    config.operator_key = OperatorKeySource::Given(OPERATOR_KEY.into());
+    configure(&mut config);
     let prepared = server::prepare(config).expect("daemon prepares");
     let (bound, addr) = prepared.bind().await.expect("daemon binds");
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -53,11 +58,36 @@ pub async fn start_in(data_dir: tempfile::TempDir, ttl: Duration) -> TestServer 
             .await
             .expect("daemon serves");
     });
-    TestServer {
+    let server = TestServer {
         addr,
         data_dir,
         shutdown: Some(shutdown),
         task: Some(task),
+    };
+    wait_until_serving(&server.url(), &seatbroker::tls::ClientTlsFiles::default()).await;
+    server
+}
+
+/// Polls health until the daemon says SERVING (it refuses calls while starting).
+pub async fn wait_until_serving(url: &str, tls: &seatbroker::tls::ClientTlsFiles) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(channel) = client::connect_with(url, tls).await {
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if answer.is_ok_and(|a| a.into_inner().status == 1) {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon at {url} never said SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -209,6 +239,7 @@ impl Org {
             .await
             .get_usage(proto::GetUsageRequest {
                 org_id: self.id.clone(),
+                window_seconds: 0,
             })
             .await
             .expect("usage")
