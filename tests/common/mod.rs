@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod daemon;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ pub const KRE: i32 = proto::Product::Kre as i32;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub data_dir: tempfile::TempDir,
+    /// What clients of this server present: empty for plaintext.
+    pub client_tls: seatbroker::tls::ClientTlsFiles,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -44,6 +49,24 @@ pub async fn start_configured(
     data_dir: tempfile::TempDir,
     configure: impl FnOnce(&mut ServerConfig),
 ) -> TestServer {
+    start_with_clients(data_dir, Default::default(), configure).await
+}
+
+/// Starts a daemon over TLS with the test certificates; clients present the client
+/// certificate when `mtls`, and the daemon then requires one.
+pub async fn start_tls(certs: &certs::TestCerts, mtls: bool) -> TestServer {
+    let data_dir = tempfile::tempdir().expect("temporary data directory");
+    start_with_clients(data_dir, certs.client(mtls), |config| {
+        config.tls = Some(certs.server(mtls))
+    })
+    .await
+}
+
+async fn start_with_clients(
+    data_dir: tempfile::TempDir,
+    client_tls: seatbroker::tls::ClientTlsFiles,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
     let mut config = ServerConfig::for_data_dir(data_dir.path());
     config.operator_key = OperatorKeySource::Given(OPERATOR_KEY.into());
     configure(&mut config);
@@ -61,10 +84,11 @@ pub async fn start_configured(
     let server = TestServer {
         addr,
         data_dir,
+        client_tls,
         shutdown: Some(shutdown),
         task: Some(task),
     };
-    wait_until_serving(&server.url(), &seatbroker::tls::ClientTlsFiles::default()).await;
+    wait_until_serving(&server.url(), &server.client_tls).await;
     server
 }
 
@@ -93,17 +117,26 @@ pub async fn wait_until_serving(url: &str, tls: &seatbroker::tls::ClientTlsFiles
 
 impl TestServer {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.client_tls.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        client::connect_with(&self.url(), &self.client_tls)
+            .await
+            .expect("connect")
     }
 
     pub async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
-        let channel = client::connect(&self.url()).await.expect("connect");
-        client::admin(channel, BearerKey::new(Some(key)).unwrap())
+        client::admin(self.channel().await, BearerKey::new(Some(key)).unwrap())
     }
 
     pub async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
-        let channel = client::connect(&self.url()).await.expect("connect");
-        client::session(channel, BearerKey::new(Some(key)).unwrap())
+        client::session(self.channel().await, BearerKey::new(Some(key)).unwrap())
     }
 
     pub async fn operator(&self) -> AdminServiceClient<Authorized> {
