@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::clock::Clock;
-use crate::domain::{Command, DomainError, Email, OrgId, Principal, Product};
+use crate::domain::{Command, DomainError, OrgId, Principal, Product};
 use crate::leases::{Lease, LeaseEnd, LeaseObserver, LeaseTiming};
 use crate::telemetry::metrics::{DENIAL_REASONS, LeaseMetrics};
 use crate::usage::{UsageWindows, WindowUsage};
@@ -72,19 +72,8 @@ impl Activity {
         if matches!(error, DomainError::QuotaExhausted { .. }) {
             self.usage.denied(org, product, now);
         }
-        self.record_denial(org, email, product, DENIAL_REASONS[reason], now);
-    }
-
-    fn record_denial(
-        &self,
-        org: &OrgId,
-        email: &Email,
-        product: Product,
-        reason: &'static str,
-        now: i64,
-    ) {
-        self.audit
-            .record(AuditEvent::denied(now, org, email, product, reason));
+        let event = AuditEvent::denied(now, org, email, product, DENIAL_REASONS[reason]);
+        self.audit.record(event);
     }
 
     /// An admin command was applied and made durable.

@@ -76,6 +76,8 @@ pub enum ServerError {
     Close(crate::domain::DomainError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the gRPC server task failed: {0}")]
+    Task(String),
 }
 
 const OPERATOR_KEY_HASH_FILE: &str = "operator-key.sha256";
@@ -368,9 +370,7 @@ fn flatten(
 ) -> Result<(), ServerError> {
     match joined {
         Ok(result) => result.map_err(ServerError::from),
-        Err(error) => Err(ServerError::Config(format!(
-            "the gRPC server task failed: {error}"
-        ))),
+        Err(error) => Err(ServerError::Task(error.to_string())),
     }
 }
 

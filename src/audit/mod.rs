@@ -78,14 +78,6 @@ impl AuditKind {
             AuditKind::ApiKeyRevoked => "api_key_revoked",
         }
     }
-
-    fn of_end(why: LeaseEnd) -> Self {
-        match why {
-            LeaseEnd::Released => AuditKind::LeaseReleased,
-            LeaseEnd::Expired => AuditKind::LeaseExpired,
-            LeaseEnd::Terminated => AuditKind::LeaseTerminated,
-        }
-    }
 }
 
 /// Who caused an event.
@@ -141,7 +133,7 @@ impl AuditEvent {
                 (AuditKind::LeaseReleased, Actor::Member(lease.email.clone()))
             }
             Some(LeaseEnd::Expired) => (AuditKind::LeaseExpired, Actor::Daemon),
-            Some(why @ LeaseEnd::Terminated) => (AuditKind::of_end(why), Actor::Admin),
+            Some(LeaseEnd::Terminated) => (AuditKind::LeaseTerminated, Actor::Admin),
         };
         AuditEvent {
             at_unix_ms,

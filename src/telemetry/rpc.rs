@@ -175,8 +175,9 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
         let method = method_label(path);
-        if path.starts_with(BROKER_PATH_PREFIX) && self.phase.get() != Phase::Serving {
-            let status = match self.phase.get() {
+        let phase = self.phase.get();
+        if path.starts_with(BROKER_PATH_PREFIX) && phase != Phase::Serving {
+            let status = match phase {
                 Phase::Starting => {
                     tonic::Status::unavailable("seatbroker is starting; retry shortly")
                 }
