@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (".seatbroker.v1.ProductUsage.product", "product"),
         (".seatbroker.v1.Member.role", "role"),
         (".seatbroker.v1.AssignmentResult.outcome", "outcome"),
+        (".seatbroker.v1.AuditEvent.product", "product"),
     ] {
         builder = builder.field_attribute(
             field,

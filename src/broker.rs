@@ -12,7 +12,7 @@ use crate::auth::{self, OperatorKey};
 use crate::clock::Clock;
 use crate::domain::{
     Action, AdminState, ApiKeyRecord, Command, CommandOutcome, DomainError, Email, OrgId,
-    Organization, Principal, Product, Role, authorize, authorize_command,
+    Organization, Principal, Product, Quota, Role, authorize, authorize_command,
 };
 use crate::leases::{AcquireRequest, Granted, Lease, LeaseId, LeaseTable, Now, ProductCounters};
 use crate::storage::{Durable, Journal};
@@ -101,6 +101,15 @@ impl Broker {
 
     pub fn authenticate(&self, token: &str) -> Result<Principal, DomainError> {
         auth::authenticate(&self.admin.read(), &self.operator, token)
+    }
+
+    /// Called once at shutdown, after the last in-flight call finished: makes every
+    /// record appended so far durable (the log's final flush and fsync).
+    pub async fn close(&self) -> Result<(), DomainError> {
+        let journal = Arc::clone(&self.journal);
+        tokio::task::spawn_blocking(move || journal.close())
+            .await
+            .map_err(|error| DomainError::Unavailable(format!("closing the log: {error}")))?
     }
 
     // ----- Admin mutations: the single path. -----
@@ -205,6 +214,15 @@ impl Broker {
             ));
         }
         Ok(self.admin.read().organizations().cloned().collect())
+    }
+
+    /// Each organization's quota, for the metrics sampler (no members or keys copied).
+    pub fn quotas(&self) -> Vec<(OrgId, Quota)> {
+        self.admin
+            .read()
+            .organizations()
+            .map(|o| (o.id.clone(), o.quota))
+            .collect()
     }
 
     pub fn organization(&self, org: &OrgId) -> Result<Organization, DomainError> {

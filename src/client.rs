@@ -1,5 +1,6 @@
 //! A gRPC client of our own API, for the CLI, the load generator and the tests: a
-//! channel plus an interceptor that sends `authorization: Bearer <key>`.
+//! channel (plaintext, TLS or mTLS) plus an interceptor that sends
+//! `authorization: Bearer <key>`, marked sensitive so that HTTP/2 never indexes it.
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -8,6 +9,7 @@ use tonic::{Request, Status};
 
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::session_service_client::SessionServiceClient;
+use crate::tls::ClientTlsFiles;
 
 /// A channel that authenticates every call with one key.
 pub type Authorized = InterceptedService<Channel, BearerKey>;
@@ -19,9 +21,11 @@ pub struct BearerKey(Option<MetadataValue<Ascii>>);
 impl BearerKey {
     pub fn new(key: Option<&str>) -> Result<Self, String> {
         key.map(|key| {
-            format!("Bearer {key}")
+            let mut value: MetadataValue<Ascii> = format!("Bearer {key}")
                 .parse()
-                .map_err(|_| "the API key holds characters that cannot be sent".to_owned())
+                .map_err(|_| "the API key holds characters that cannot be sent".to_owned())?;
+            value.set_sensitive(true);
+            Ok(value)
         })
         .transpose()
         .map(BearerKey)
@@ -39,15 +43,32 @@ impl tonic::service::Interceptor for BearerKey {
     }
 }
 
-/// Opens a channel to `addr` (e.g. `http://127.0.0.1:50051`).
+/// Opens a plaintext channel to `addr` (e.g. `http://127.0.0.1:50051`).
 pub async fn connect(addr: &str) -> Result<Channel, String> {
-    let endpoint =
+    connect_with(addr, &ClientTlsFiles::default()).await
+}
+
+/// Opens a channel to `addr`: `http://` in plaintext, `https://` over TLS with the CA
+/// (and, for mTLS, the client certificate and key) in `tls`.
+pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, String> {
+    let mut endpoint =
         Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("bad address {addr}: {e}"))?;
-    endpoint
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach seatbroker at {addr}: {e}"))
+    if addr.starts_with("https://") {
+        let config = crate::tls::client_config(tls).map_err(|e| e.to_string())?;
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| format!("TLS for {addr}: {}", crate::tls::source_chain(&e)))?;
+    } else if !tls.is_empty() {
+        return Err(format!(
+            "TLS files were given but {addr} is not an https:// address"
+        ));
+    }
+    endpoint.tcp_nodelay(true).connect().await.map_err(|e| {
+        format!(
+            "cannot reach seatbroker at {addr}: {}",
+            crate::tls::source_chain(&e)
+        )
+    })
 }
 
 pub fn admin(channel: Channel, key: BearerKey) -> AdminServiceClient<Authorized> {

@@ -18,18 +18,33 @@
 //! - [`loadgen`]: the load generator behind `seatbroker bench` (and its no-op
 //!   gRPC ceiling).
 //! - [`limits`]: every bound, in one place. [`clock`]: injected time.
+//!
+//! Operating the daemon:
+//! - [`config`]: the configuration (flags > environment > TOML file > defaults).
+//! - [`tls`]: rustls configurations from PEM files, for the daemon and for clients.
+//! - [`telemetry`]: logs (text or JSON), Prometheus metrics, the per-RPC layer.
+//! - [`activity`]: fans lease events, refused acquires and admin changes out to
+//!   metrics, [`usage`] windows and the [`audit`] record.
+//! - [`shutdown`]: stop signals (graceful first, immediate second).
 
+pub mod activity;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod domain;
 pub mod leases;
 pub mod limits;
 pub mod loadgen;
 pub mod proto;
 pub mod server;
+pub mod shutdown;
 pub mod storage;
+pub mod telemetry;
+pub mod tls;
+pub mod usage;
 pub mod wal;

@@ -55,6 +55,88 @@ pub const CONCURRENT_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// Concurrent client connections.
 pub const CONNECTIONS_MAX: usize = 10_000;
 
+// ----- Operational limits: configurable within hard bounds (see `config`). -----
+// A configurable limit has its default here under its plain name (as above, e.g.
+// `REQUEST_BYTES_MAX`) and the range an operator may choose, `..._FLOOR` to `..._CEILING`.
+
+/// The request size may not go below what the largest legitimate request needs.
+pub const REQUEST_BYTES_MAX_FLOOR: usize = 512 * 1024;
+pub const REQUEST_BYTES_MAX_CEILING: usize = 16 * 1024 * 1024;
+pub const CONCURRENT_STREAMS_PER_CONNECTION_MAX_FLOOR: u32 = 1;
+pub const CONCURRENT_STREAMS_PER_CONNECTION_MAX_CEILING: u32 = 65_536;
+/// HTTP/2 keepalive: a ping after this much idleness, and the connection is dropped
+/// when the answer takes longer than the timeout.
+pub const KEEPALIVE_INTERVAL_MS_DEFAULT: u64 = 30_000;
+pub const KEEPALIVE_INTERVAL_MS_MIN: u64 = 1_000;
+pub const KEEPALIVE_INTERVAL_MS_MAX: u64 = 3_600_000;
+pub const KEEPALIVE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const KEEPALIVE_TIMEOUT_MS_MIN: u64 = 1_000;
+pub const KEEPALIVE_TIMEOUT_MS_MAX: u64 = 600_000;
+/// The per-organization lease cap (default `LEASES_PER_ORG_MAX`) an operator may set.
+pub const LEASES_PER_ORG_MAX_FLOOR: usize = 1;
+pub const LEASES_PER_ORG_MAX_CEILING: usize = 10_000_000;
+/// How long a stopping daemon lets in-flight calls finish before it cuts them.
+pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
+pub const SHUTDOWN_GRACE_MS_MAX: u64 = 600_000;
+/// The configuration file is read whole; larger files are refused.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+/// TLS certificate, key and CA files are read whole.
+pub const TLS_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// How often the metrics sampler copies the gauges (active sessions, quotas) out of the
+/// broker. Its work is proportional to the organizations.
+pub const METRICS_SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// The `/metrics` HTTP listener: concurrent scrapes, request head size, and how long a
+/// scrape connection may take.
+pub const METRICS_CONNECTIONS_MAX: usize = 16;
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+pub const METRICS_REQUEST_MS_MAX: u64 = 5_000;
+
+/// Usage windows: one bucket per minute with activity, per organization and product,
+/// kept for the longest window a `GetUsage` may ask about (at most 1440 buckets of
+/// 16 bytes, 23 KiB, per organization and product).
+pub const USAGE_BUCKET_MS: u64 = 60_000;
+pub const USAGE_WINDOW_SECONDS_MAX: u32 = 24 * 3600;
+pub const USAGE_WINDOW_SECONDS_DEFAULT: u32 = 3600;
+pub const USAGE_BUCKETS_MAX: usize =
+    (USAGE_WINDOW_SECONDS_MAX as u64 * 1000 / USAGE_BUCKET_MS) as usize;
+
+/// Audit events waiting for the audit writer. When full, events are dropped (and
+/// counted): the audit record never slows or blocks an RPC.
+pub const AUDIT_QUEUE_EVENTS_MAX: usize = 65_536;
+/// Events the writer takes from the queue per write.
+pub const AUDIT_BATCH_EVENTS_MAX: usize = 1024;
+/// Audit files rotate at this size; the oldest are deleted past the file count.
+pub const AUDIT_FILE_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const AUDIT_FILE_BYTES_MAX_FLOOR: u64 = 4 * 1024;
+pub const AUDIT_FILE_BYTES_MAX_CEILING: u64 = 1024 * 1024 * 1024;
+pub const AUDIT_FILES_MAX_DEFAULT: u32 = 16;
+pub const AUDIT_FILES_MAX_CEILING: u32 = 1024;
+/// One audit line; longer events are cut (labels and engine ids are bounded anyway).
+pub const AUDIT_LINE_BYTES_MAX: usize = 4 * 1024;
+/// Events in one `ListAuditEvents` answer.
+pub const AUDIT_EVENTS_PER_QUERY_MAX: u32 = 5_000;
+
+const _: () = assert!(EMAILS_PER_REQUEST_MAX * (EMAIL_BYTES_MAX + 8) < REQUEST_BYTES_MAX_FLOOR);
+const _: () = assert!(REQUEST_BYTES_MAX_FLOOR <= REQUEST_BYTES_MAX);
+const _: () = assert!(REQUEST_BYTES_MAX <= REQUEST_BYTES_MAX_CEILING);
+const _: () =
+    assert!(CONCURRENT_STREAMS_PER_CONNECTION_MAX <= CONCURRENT_STREAMS_PER_CONNECTION_MAX_CEILING);
+const _: () = assert!(LEASES_PER_ORG_MAX <= LEASES_PER_ORG_MAX_CEILING);
+const _: () = assert!(KEEPALIVE_INTERVAL_MS_MIN <= KEEPALIVE_INTERVAL_MS_DEFAULT);
+const _: () = assert!(KEEPALIVE_INTERVAL_MS_DEFAULT <= KEEPALIVE_INTERVAL_MS_MAX);
+const _: () = assert!(KEEPALIVE_TIMEOUT_MS_MIN <= KEEPALIVE_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(KEEPALIVE_TIMEOUT_MS_DEFAULT <= KEEPALIVE_TIMEOUT_MS_MAX);
+const _: () = assert!(SHUTDOWN_GRACE_MS_DEFAULT <= SHUTDOWN_GRACE_MS_MAX);
+const _: () = assert!(USAGE_WINDOW_SECONDS_DEFAULT <= USAGE_WINDOW_SECONDS_MAX);
+const _: () = assert!(USAGE_BUCKETS_MAX <= 1440);
+const _: () = assert!(AUDIT_LINE_BYTES_MAX as u64 <= AUDIT_FILE_BYTES_MAX_FLOOR);
+const _: () = assert!(AUDIT_FILE_BYTES_MAX_DEFAULT <= AUDIT_FILE_BYTES_MAX_CEILING);
+const _: () = assert!(AUDIT_FILES_MAX_DEFAULT <= AUDIT_FILES_MAX_CEILING);
+const _: () = assert!(AUDIT_BATCH_EVENTS_MAX <= AUDIT_QUEUE_EVENTS_MAX);
+const _: () =
+    assert!((AUDIT_EVENTS_PER_QUERY_MAX as usize) * AUDIT_LINE_BYTES_MAX <= RESPONSE_BYTES_MAX);
+
 /// The operator key, when given by the environment, must be at least this long.
 pub const OPERATOR_KEY_BYTES_MIN: usize = 32;
 pub const OPERATOR_KEY_BYTES_MAX: usize = 256;

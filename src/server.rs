@@ -1,5 +1,8 @@
-//! The daemon: prepares the data directory and the operator key, builds the broker,
-//! serves gRPC (sessions, admin, health) and runs the expiry sweeper until shutdown.
+//! The daemon: prepares the data directory, the operator key, the audit record and the
+//! broker; serves gRPC (sessions, admin, health, reflection) with TLS when configured,
+//! the `/metrics` listener, the expiry sweeper and the metrics sampler; and shuts down
+//! in order: NOT_SERVING, stop accepting, let in-flight calls finish within the grace
+//! period, make the log durable ([`Broker::close`]), close the audit record.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,11 +10,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
+use crate::activity::Activity;
 use crate::api::{AdminApi, SessionApi};
+use crate::audit::{AuditError, AuditLog};
 use crate::auth::{self, OperatorKey};
 use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
@@ -20,23 +34,20 @@ use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::storage::durable::{self, OpenError, SnapshotCut, WalJournal};
+use crate::telemetry::metrics;
+use crate::telemetry::rpc::{Phase, PhaseCell, RpcLayer};
+use crate::tls::{self, TlsError};
 use crate::wal::{RealFs, WalOptions};
+
+pub use crate::config::Config as ServerConfig;
 
 /// Where the operator key comes from.
 #[derive(Debug, Clone)]
 pub enum OperatorKeySource {
-    /// A key given in full (the `SEATBROKER_OPERATOR_KEY` environment variable).
+    /// A key given in full (`SEATBROKER_OPERATOR_KEY`, or `operator_key` in the file).
     Given(String),
     /// The hash kept in the data directory; generated and printed on first start.
     DataDir,
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub lease_ttl: Duration,
-    pub operator_key: OperatorKeySource,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +68,18 @@ pub enum ServerError {
     Recovery(#[from] OpenError),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("audit record: {0}")]
+    Audit(#[from] AuditError),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("making the log durable at shutdown: {0}")]
+    Close(crate::domain::DomainError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the gRPC server task failed: {0}")]
+    Task(String),
 }
 
 const OPERATOR_KEY_HASH_FILE: &str = "operator-key.sha256";
@@ -67,6 +88,7 @@ const OPERATOR_KEY_HASH_FILE: &str = "operator-key.sha256";
 /// (printed once by the caller, never stored).
 pub struct Prepared {
     pub broker: Arc<Broker>,
+    pub activity: Arc<Activity>,
     pub generated_operator_key: Option<String>,
     journal: Arc<WalJournal>,
     boot_epoch: u64,
@@ -76,8 +98,9 @@ pub struct Prepared {
 /// The log lives in this subdirectory of the data directory.
 const WAL_DIR: &str = "wal";
 
-/// Validates the configuration, opens the data directory, recovers the state from the
-/// log and builds the broker.
+/// Validates the configuration, opens the data directory and the audit record,
+/// recovers the state from the log and builds the broker. Install the metrics
+/// recorder before, if there is one.
 pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     let ttl_ms = config.lease_ttl.as_millis();
     if !(u128::from(limits::LEASE_TTL_MS_MIN)..=u128::from(limits::LEASE_TTL_MS_MAX))
@@ -96,7 +119,12 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     })?;
     let (operator, generated_operator_key) = operator_key(&config.operator_key, data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let leases = LeaseTable::new(LeaseTiming::from_ttl(config.lease_ttl), 0);
+    let timing = LeaseTiming::from_ttl(config.lease_ttl);
+    let audit = AuditLog::open(data_dir, config.audit)?;
+    let activity = Arc::new(Activity::new(Arc::clone(&clock), timing, audit));
+    let mut leases = LeaseTable::new(timing, 0);
+    leases.set_observer(Arc::clone(&activity) as _);
+    leases.set_leases_per_org_max(config.limits.leases_per_org_max);
     let opened = durable::open(
         &data_dir.join(WAL_DIR),
         Arc::new(RealFs),
@@ -104,6 +132,7 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         leases,
     )
     .await?;
+    metrics::recovery(opened.recovery_time, opened.records_replayed as u64);
     tracing::info!(
         records = opened.records_replayed,
         boot_epoch = opened.boot_epoch,
@@ -121,6 +150,7 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     ));
     Ok(Prepared {
         broker,
+        activity,
         generated_operator_key,
         journal,
         boot_epoch: opened.boot_epoch,
@@ -181,79 +211,247 @@ pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 impl Prepared {
+    /// Binds the gRPC socket and, when configured, the metrics socket.
     pub async fn bind(self) -> Result<(Bound, SocketAddr), ServerError> {
-        let addr = self.config.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok((
-            Bound {
-                broker: self.broker,
-                journal: self.journal,
-                boot_epoch: self.boot_epoch,
-                listener,
-            },
-            local,
-        ))
+        let listener = bind(self.config.listen).await?;
+        let local = local_addr(&listener, self.config.listen)?;
+        let metrics_listener = match self.config.metrics.listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        if self.config.tls.is_none() && !local.ip().is_loopback() {
+            tracing::warn!(
+                addr = %local,
+                "serving plaintext gRPC on a non-loopback address (--insecure): API keys cross the network in the clear"
+            );
+        }
+        let bound = Bound {
+            broker: self.broker,
+            activity: self.activity,
+            journal: self.journal,
+            boot_epoch: self.boot_epoch,
+            listener,
+            metrics_listener,
+            metrics_handle: None,
+            config: self.config,
+        };
+        Ok((bound, local))
     }
 }
 
-/// A daemon with its socket bound.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// A daemon with its sockets bound.
 pub struct Bound {
     pub broker: Arc<Broker>,
+    pub activity: Arc<Activity>,
     journal: Arc<WalJournal>,
     boot_epoch: u64,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    metrics_handle: Option<PrometheusHandle>,
+    config: ServerConfig,
+}
+
+/// The names health reports on: the whole server ("") and each broker service.
+const HEALTH_SERVICES: [&str; 3] = [
+    "",
+    <SessionServiceServer<SessionApi> as NamedService>::NAME,
+    <AdminServiceServer<AdminApi> as NamedService>::NAME,
+];
+
+async fn report_health(reporter: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
 }
 
 impl Bound {
-    /// Serves until `shutdown` resolves, then stops accepting and finishes in-flight calls.
+    /// The address of the metrics listener, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// Serves `/metrics` from `handle` (the installed recorder) on the metrics socket.
+    pub fn export_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics_handle = Some(handle);
+        self
+    }
+
+    /// Serves until `shutdown` resolves; see [`Bound::serve_after`].
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let broker = self.broker;
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<SessionServiceServer<SessionApi>>()
-            .await;
-        health_reporter
-            .set_serving::<AdminServiceServer<AdminApi>>()
-            .await;
+        self.serve_after(async { Ok(()) }, shutdown).await
+    }
 
-        let sweeper = tokio::spawn(sweep_expired_leases(Arc::clone(&broker)));
-        let snapshotter = tokio::spawn(take_snapshots(
-            Arc::clone(&broker),
+    /// Starts serving with health NOT_SERVING and broker calls refused (UNAVAILABLE)
+    /// while `startup` runs (recovery belongs there), then serves until `shutdown`
+    /// resolves, then drains: health NOT_SERVING, new broker calls refused, the
+    /// listener closed, in-flight calls given the grace period; then the log is made
+    /// durable and the audit record closed. Clients should wait for SERVING.
+    pub async fn serve_after(
+        self,
+        startup: impl Future<Output = Result<(), ServerError>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let phase = Arc::new(PhaseCell::new(Phase::Starting));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        report_health(&health, ServingStatus::NotServing).await;
+        let router = self.router(Arc::clone(&phase), health_service)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let incoming = TcpListenerStream::new(self.listener).map(|stream| {
+            if let Ok(stream) = &stream {
+                let _ = stream.set_nodelay(true);
+            }
+            stream
+        });
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
+        let mut background = spawn_background(
+            &self.broker,
+            self.config.metrics.per_org,
+            self.metrics_listener.zip(self.metrics_handle),
+        );
+        background.push(tokio::spawn(take_snapshots(
+            Arc::clone(&self.broker),
             Arc::clone(&self.journal),
             self.boot_epoch,
-        ));
-        let sessions = SessionServiceServer::new(SessionApi::new(Arc::clone(&broker)))
-            .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
-            .max_encoding_message_size(limits::RESPONSE_BYTES_MAX);
-        let admin = AdminServiceServer::new(AdminApi::new(Arc::clone(&broker)))
-            .max_decoding_message_size(limits::REQUEST_BYTES_MAX)
-            .max_encoding_message_size(limits::RESPONSE_BYTES_MAX);
-        let result = Server::builder()
-            .tcp_nodelay(true)
-            .max_concurrent_streams(limits::CONCURRENT_STREAMS_PER_CONNECTION_MAX)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(health_service)
-            .add_service(sessions)
-            .add_service(admin)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
-            .await;
-        sweeper.abort();
-        snapshotter.abort();
-        // Everything acknowledged is durable already; this flushes lease ends too.
-        if let Err(error) = self.journal.wal().close() {
-            tracing::error!(%error, "closing the log");
+        )));
+        if let Err(error) = startup.await {
+            server.abort();
+            return Err(error);
         }
-        result.map_err(ServerError::from)
+        phase.set(Phase::Serving);
+        report_health(&health, ServingStatus::Serving).await;
+
+        let result = tokio::select! {
+            () = shutdown => drain(&phase, &health, stop, &mut server, self.config.shutdown_grace).await,
+            joined = &mut server => flatten(joined),
+        };
+        for task in background {
+            task.abort();
+        }
+        // The write-ahead log's final flush and fsync happen in `close`.
+        self.broker.close().await.map_err(ServerError::Close)?;
+        if let Err(error) = self.activity.audit().close().await {
+            tracing::warn!(%error, "audit record not closed cleanly");
+        }
+        result
     }
+
+    fn router<H: Health>(
+        &self,
+        phase: Arc<PhaseCell>,
+        health_service: HealthServer<H>,
+    ) -> Result<Router<Stack<RpcLayer, Identity>>, ServerError> {
+        let limits = &self.config.limits;
+        let activity = &self.activity;
+        let sessions = SessionServiceServer::new(SessionApi::new(
+            Arc::clone(&self.broker),
+            Arc::clone(activity),
+        ))
+        .max_decoding_message_size(limits.request_bytes_max)
+        .max_encoding_message_size(limits::RESPONSE_BYTES_MAX);
+        let admin = AdminServiceServer::new(AdminApi::new(
+            Arc::clone(&self.broker),
+            Arc::clone(activity),
+        ))
+        .max_decoding_message_size(limits.request_bytes_max)
+        .max_encoding_message_size(limits::RESPONSE_BYTES_MAX);
+        let mut builder = Server::builder();
+        if let Some(files) = &self.config.tls {
+            builder = builder.tls_config(tls::server_config(files)?)?;
+        }
+        Ok(builder
+            .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .layer(RpcLayer::new(phase))
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(sessions)
+            .add_service(admin))
+    }
+}
+
+/// Server reflection over our protos and health's; v1 and v1alpha are built from it.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+fn flatten(
+    joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServerError> {
+    match joined {
+        Ok(result) => result.map_err(ServerError::from),
+        Err(error) => Err(ServerError::Task(error.to_string())),
+    }
+}
+
+/// The first half of shutdown: NOT_SERVING, refuse new broker calls, stop accepting,
+/// and give in-flight calls `grace` to finish before cutting them.
+async fn drain(
+    phase: &PhaseCell,
+    health: &HealthReporter,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: &mut ServerTask,
+    grace: Duration,
+) -> Result<(), ServerError> {
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "draining: NOT_SERVING, finishing in-flight calls"
+    );
+    phase.set(Phase::Draining);
+    report_health(health, ServingStatus::NotServing).await;
+    let _ = stop.send(());
+    match tokio::time::timeout(grace, &mut *server).await {
+        Ok(joined) => flatten(joined),
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "calls still in flight at the end of the grace period were cut"
+            );
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+/// The tasks that live as long as the server: expiry, metrics sampling and export.
+fn spawn_background(
+    broker: &Arc<Broker>,
+    per_org: bool,
+    metrics_export: Option<(TcpListener, PrometheusHandle)>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(sweep_expired_leases(Arc::clone(broker)))];
+    if let Some((listener, handle)) = metrics_export {
+        tasks.push(tokio::spawn(metrics::sample_forever(
+            Arc::clone(broker),
+            per_org,
+        )));
+        tasks.push(tokio::spawn(metrics::serve_http(listener, handle)));
+    }
+    tasks
 }
 
 /// Expires leases every [`limits::EXPIRY_TICK_MS`]. The work per tick is bounded by the
@@ -309,6 +507,7 @@ pub async fn snapshot_now(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    metrics::snapshot(started.elapsed(), bytes as u64);
     tracing::info!(
         lsn,
         bytes,

@@ -141,6 +141,7 @@ async fn unknown_things_are_not_found() {
     let usage = operator
         .get_usage(proto::GetUsageRequest {
             org_id: "nowhere".into(),
+            window_seconds: 0,
         })
         .await;
     assert_status(usage, Code::NotFound, "organization nowhere does not exist");

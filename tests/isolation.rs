@@ -94,6 +94,7 @@ async fn every_admin_rpc_refuses_another_organizations_key() {
             admin
                 .get_usage(proto::GetUsageRequest {
                     org_id: target.clone(),
+                    window_seconds: 0,
                 })
                 .await,
         );

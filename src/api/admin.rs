@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::status::to_status;
+use crate::activity::Activity;
 use crate::broker::{Broker, Executed};
 use crate::domain::types::{check_optional_text, check_required_text};
 use crate::domain::{Action, Command, CommandOutcome, DomainError, Email, Principal, Role};
@@ -17,13 +18,16 @@ use crate::proto::{self, admin_service_server::AdminService};
 
 pub struct AdminApi {
     broker: Arc<Broker>,
+    /// Told of every admin change (the audit record); holds usage windows and the
+    /// audit record for `GetUsage` and `ListAuditEvents`.
+    activity: Arc<Activity>,
 }
 
 type Answer<T> = Result<Response<T>, Status>;
 
 impl AdminApi {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        AdminApi { broker }
+    pub fn new(broker: Arc<Broker>, activity: Arc<Activity>) -> Self {
+        AdminApi { broker, activity }
     }
 
     /// Resolves the caller, then parses the body into a command and executes it.
@@ -39,6 +43,7 @@ impl AdminApi {
             .execute(&principal, command.clone())
             .await
             .map_err(to_status)?;
+        self.activity.admin_changed(&principal, &command);
         Ok((principal, command, outcome))
     }
 
@@ -317,24 +322,34 @@ impl AdminService for AdminApi {
         request: Request<proto::GetUsageRequest>,
     ) -> Answer<proto::GetUsageResponse> {
         let principal = super::principal(&self.broker, &request)?;
-        let org = convert::org_id(&request.get_ref().org_id).map_err(to_status)?;
+        let body = request.get_ref();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        let window_seconds =
+            convert::usage_window_seconds(body.window_seconds).map_err(to_status)?;
         let (usage, expires_at) = self.broker.usage(&principal, &org).map_err(to_status)?;
         let products = usage
             .iter()
-            .map(|u| proto::ProductUsage {
-                product: convert::product_to_wire(u.product),
-                quota: u.quota,
-                assigned: u.assigned,
-                active_sessions: u.counters.active,
-                peak_sessions: u.counters.peak,
-                denials: u.counters.denials,
-                grants: u.counters.grants,
-                expiries: u.counters.expiries,
+            .map(|u| {
+                let window = self.activity.usage_window(&org, u.product, window_seconds);
+                proto::ProductUsage {
+                    product: convert::product_to_wire(u.product),
+                    quota: u.quota,
+                    assigned: u.assigned,
+                    active_sessions: u.counters.active,
+                    peak_sessions: u.counters.peak,
+                    denials: u.counters.denials,
+                    grants: u.counters.grants,
+                    expiries: u.counters.expiries,
+                    window_peak_sessions: window.peak_sessions.max(u.counters.active),
+                    window_denials: window.denials,
+                    window_grants: window.grants,
+                }
             })
             .collect();
         Ok(Response::new(proto::GetUsageResponse {
             products,
             license_expires_at_unix_ms: expires_at.unwrap_or(0),
+            window_seconds,
         }))
     }
 
@@ -398,9 +413,21 @@ impl AdminService for AdminApi {
         check_optional_text("label", &body.label, limits::LABEL_BYTES_MAX).map_err(to_status)?;
         let created = self
             .broker
-            .create_api_key(&principal, org, email, body.label)
+            .create_api_key(&principal, org.clone(), email, body.label)
             .await
             .map_err(to_status)?;
+        let record = &created.record;
+        self.activity.admin_changed(
+            &principal,
+            &Command::CreateApiKey {
+                org,
+                key_id: record.id.clone(),
+                email: record.email.clone(),
+                label: record.label.clone(),
+                secret_sha256: record.secret_sha256,
+                created_at_unix_ms: record.created_at_unix_ms,
+            },
+        );
         Ok(Response::new(proto::CreateApiKeyResponse {
             key: Some(convert::api_key_to_wire(&created.record)),
             secret: created.full_text,
@@ -445,5 +472,36 @@ impl AdminService for AdminApi {
         })
         .await?;
         Ok(Response::new(proto::RevokeApiKeyResponse {}))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<proto::ListAuditEventsRequest>,
+    ) -> Answer<proto::ListAuditEventsResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let body = request.into_inner();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        self.broker
+            .read_organization(&principal, Action::Administer, &org, |_| ())
+            .map_err(to_status)?;
+        let range = convert::time_range(body.from_unix_ms, body.to_unix_ms).map_err(to_status)?;
+        let limit = match body.limit {
+            0 => limits::AUDIT_EVENTS_PER_QUERY_MAX,
+            n => n.min(limits::AUDIT_EVENTS_PER_QUERY_MAX),
+        };
+        let page = self
+            .activity
+            .audit()
+            .query(&org, range.0, range.1, limit as usize)
+            .await
+            .map_err(|error| Status::internal(format!("reading the audit record: {error}")))?;
+        Ok(Response::new(proto::ListAuditEventsResponse {
+            events: page
+                .records
+                .iter()
+                .map(convert::audit_event_to_wire)
+                .collect(),
+            truncated: page.truncated,
+        }))
     }
 }

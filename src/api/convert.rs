@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::audit::AuditRecord;
 use crate::domain::{
     ApiKeyRecord, AssignmentOutcome, DomainError, Email, OrgId, Organization, Product, Quota, Role,
 };
@@ -58,8 +59,11 @@ pub fn role_to_wire(role: Role) -> i32 {
     }
 }
 
+/// The organization a request names; it is also recorded on the call's span.
 pub fn org_id(raw: &str) -> Result<OrgId, DomainError> {
-    OrgId::parse(raw)
+    let org = OrgId::parse(raw)?;
+    crate::telemetry::rpc::record_org(org.as_str());
+    Ok(org)
 }
 
 /// A batch of emails: bounded, each valid, none repeated.
@@ -90,6 +94,58 @@ pub fn email_batch(raw: &[String]) -> Result<Vec<Email>, DomainError> {
             Ok(email)
         })
         .collect()
+}
+
+/// The window of `GetUsage`: 0 means the default; beyond the longest kept, refused.
+pub fn usage_window_seconds(raw: u32) -> Result<u32, DomainError> {
+    match raw {
+        0 => Ok(limits::USAGE_WINDOW_SECONDS_DEFAULT),
+        seconds if seconds <= limits::USAGE_WINDOW_SECONDS_MAX => Ok(seconds),
+        seconds => Err(DomainError::invalid(
+            "window_seconds",
+            format!(
+                "{seconds} s is longer than the {} s the daemon keeps",
+                limits::USAGE_WINDOW_SECONDS_MAX
+            ),
+        )),
+    }
+}
+
+/// A time range in Unix milliseconds, `[from, to)`; 0 leaves an end open.
+pub fn time_range(from_unix_ms: i64, to_unix_ms: i64) -> Result<(i64, i64), DomainError> {
+    if from_unix_ms < 0 || to_unix_ms < 0 {
+        return Err(DomainError::invalid(
+            "from_unix_ms",
+            "times are Unix milliseconds, not negative",
+        ));
+    }
+    if to_unix_ms != 0 && to_unix_ms <= from_unix_ms {
+        return Err(DomainError::invalid(
+            "to_unix_ms",
+            "must be after from_unix_ms (or 0 for now)",
+        ));
+    }
+    Ok((from_unix_ms, to_unix_ms))
+}
+
+pub fn audit_event_to_wire(record: &AuditRecord) -> proto::AuditEvent {
+    let product = match record.product.as_deref() {
+        Some("KSE") => proto::Product::Kse,
+        Some("KRE") => proto::Product::Kre,
+        _ => proto::Product::Unspecified,
+    };
+    proto::AuditEvent {
+        at_unix_ms: record.at_unix_ms,
+        org_id: record.org.clone(),
+        kind: record.kind.clone(),
+        product: product as i32,
+        email: record.email.clone().unwrap_or_default(),
+        lease_id: record.lease_id.clone().unwrap_or_default(),
+        generation: record.generation.unwrap_or_default(),
+        engine_id: record.engine_id.clone().unwrap_or_default(),
+        actor: record.actor.clone(),
+        detail: record.detail.clone().unwrap_or_default(),
+    }
 }
 
 pub fn quota(raw: Option<proto::Quota>) -> Result<Quota, DomainError> {

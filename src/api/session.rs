@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::status::to_status;
+use crate::activity::Activity;
 use crate::broker::{Broker, EngineRequest};
 use crate::domain::DomainError;
 use crate::domain::types::{check_optional_text, check_required_text};
@@ -16,11 +17,13 @@ use crate::proto::{self, session_service_server::SessionService};
 
 pub struct SessionApi {
     broker: Arc<Broker>,
+    /// Told of refused acquires (metrics, usage windows, audit).
+    activity: Arc<Activity>,
 }
 
 impl SessionApi {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        SessionApi { broker }
+    pub fn new(broker: Arc<Broker>, activity: Arc<Activity>) -> Self {
+        SessionApi { broker, activity }
     }
 
     fn expires_at_unix_ms(&self, remaining: Duration) -> i64 {
@@ -53,11 +56,14 @@ impl SessionService for SessionApi {
     ) -> Result<Response<proto::AcquireResponse>, Status> {
         let principal = super::principal(&self.broker, &request)?;
         let engine = engine_request(request.into_inner()).map_err(to_status)?;
-        let granted = self
-            .broker
-            .acquire(&principal, &engine)
-            .await
-            .map_err(to_status)?;
+        let granted = match self.broker.acquire(&principal, &engine).await {
+            Ok(granted) => granted,
+            Err(error) => {
+                self.activity
+                    .acquire_denied(&principal, engine.product, &error);
+                return Err(to_status(error));
+            }
+        };
         let timing = self.broker.leases().timing();
         let org = principal
             .org()

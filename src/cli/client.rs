@@ -6,8 +6,8 @@ use tonic::Status;
 
 use super::output::{self, Table};
 use super::{
-    ClientArgs, Command, KeyCommand, LicenseCommand, MemberCommand, OrgCommand, ProductArg,
-    QuotaArgs, QuotaCommand, RoleArg, SessionCommand,
+    AuditCommand, ClientArgs, Command, KeyCommand, LicenseCommand, MemberCommand, OrgCommand,
+    ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand,
 };
 use crate::client::{self, Authorized, BearerKey};
 use crate::proto::{
@@ -21,7 +21,7 @@ struct Clients {
 }
 
 async fn connect(args: &ClientArgs) -> Result<Clients, String> {
-    let channel = client::connect(&args.addr).await?;
+    let channel = client::connect_with(&args.addr, &args.tls_files()).await?;
     let key = BearerKey::new(args.key.as_deref())?;
     Ok(Clients {
         admin: client::admin(channel.clone(), key.clone()),
@@ -85,6 +85,7 @@ fn client_args(command: &Command) -> &ClientArgs {
             | SessionCommand::Terminate { client, .. },
         ) => client,
         Command::Usage(args) => &args.client,
+        Command::Audit(AuditCommand::Export { client, .. }) => client,
     }
 }
 
@@ -314,14 +315,27 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
             output::table(json, &answer, table);
         }
         Command::Usage(args) => {
+            let window_seconds = u32::try_from(args.window.as_secs()).unwrap_or(u32::MAX);
             let answer = c
                 .admin
                 .get_usage(proto::GetUsageRequest {
                     org_id: args.org_id,
+                    window_seconds,
                 })
                 .await?
                 .into_inner();
             output::usage(json, &answer);
+        }
+        Command::Audit(AuditCommand::Export {
+            org_id,
+            from,
+            to,
+            format,
+            ..
+        }) => {
+            let range = super::audit::range(from.as_deref(), to.as_deref())
+                .map_err(Status::invalid_argument)?;
+            super::audit::export(&mut c.admin, org_id, range, format).await?;
         }
         Command::Session(SessionCommand::Acquire {
             product: p,

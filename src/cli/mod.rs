@@ -2,15 +2,21 @@
 //! gRPC client for people at a terminal, one subcommand per RPC, printing tables (or
 //! JSON with `--json`).
 
+mod audit;
 mod client;
 mod output;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::limits;
+use crate::config::{
+    AuditLayer, Config, ConfigError, ConfigLayer, LimitsLayer, LogLayer, MetricsLayer, TlsLayer,
+};
+use crate::telemetry::logging::{self, LogFormat};
+use crate::telemetry::metrics;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,8 +48,11 @@ pub enum Command {
     /// License assignments (Owner or Admin).
     #[command(subcommand)]
     License(LicenseCommand),
-    /// Usage per product: quota, assigned, active, peak, denials.
+    /// Usage per product: quota, assigned, active, peak, denials, and over a window.
     Usage(UsageArgs),
+    /// The audit record (Owner or Admin).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Sessions: what an engine does, and what an admin sees.
     #[command(subcommand)]
     Session(SessionCommand),
@@ -58,17 +67,128 @@ pub enum Command {
     },
 }
 
+/// The daemon's flags. Each one can also come from its environment variable, and
+/// from the `--config` file; flags win over the environment, which wins over the file.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "SEATBROKER_LISTEN", default_value = "127.0.0.1:50051")]
-    pub listen: std::net::SocketAddr,
-    /// Directory for the log, snapshots and the operator key hash.
-    #[arg(long, env = "SEATBROKER_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// Lease time-to-live in milliseconds; engines heartbeat every third of it.
-    #[arg(long, env = "SEATBROKER_LEASE_TTL_MS", default_value_t = limits::LEASE_TTL_MS_DEFAULT)]
-    pub lease_ttl_ms: u32,
+    /// TOML configuration file (see README: Configuration).
+    #[arg(long, env = "SEATBROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration, print it with secrets redacted, and exit (64 if invalid).
+    #[arg(long)]
+    pub check_config: bool,
+    /// Address to listen on [default: 127.0.0.1:50051].
+    #[arg(long, env = "SEATBROKER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the log, snapshots, the audit record and the operator key hash
+    /// [default: ./data].
+    #[arg(long, env = "SEATBROKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Lease time-to-live in milliseconds; engines heartbeat every third of it
+    /// [default: 30000].
+    #[arg(long, env = "SEATBROKER_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u32>,
+    /// Allow plaintext gRPC on a non-loopback address.
+    #[arg(long, env = "SEATBROKER_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
+    /// The daemon's TLS certificate chain (PEM).
+    #[arg(long, env = "SEATBROKER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The daemon's TLS private key (PEM).
+    #[arg(long, env = "SEATBROKER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must chain to: enables mTLS.
+    #[arg(long, env = "SEATBROKER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, env = "SEATBROKER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info,seatbroker=debug` [default: info].
+    #[arg(long, env = "SEATBROKER_LOG")]
+    pub log_filter: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, env = "SEATBROKER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also export series per organization (their number grows with organizations).
+    #[arg(long, env = "SEATBROKER_METRICS_PER_ORG", num_args = 0..=1, default_missing_value = "true")]
+    pub metrics_per_org: Option<bool>,
+    /// How long in-flight calls may take to finish at shutdown [default: 10000].
+    #[arg(long, env = "SEATBROKER_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Largest gRPC request in bytes [default: 1048576].
+    #[arg(long, env = "SEATBROKER_REQUEST_BYTES_MAX")]
+    pub request_bytes_max: Option<usize>,
+    /// Concurrent HTTP/2 streams per client connection [default: 1024].
+    #[arg(long, env = "SEATBROKER_CONCURRENT_STREAMS_PER_CONNECTION_MAX")]
+    pub concurrent_streams_per_connection_max: Option<u32>,
+    /// HTTP/2 keepalive ping interval [default: 30000].
+    #[arg(long, env = "SEATBROKER_KEEPALIVE_INTERVAL_MS")]
+    pub keepalive_interval_ms: Option<u64>,
+    /// HTTP/2 keepalive ping timeout [default: 10000].
+    #[arg(long, env = "SEATBROKER_KEEPALIVE_TIMEOUT_MS")]
+    pub keepalive_timeout_ms: Option<u64>,
+    /// Live leases of one organization, at most [default: 2000000].
+    #[arg(long, env = "SEATBROKER_LEASES_PER_ORG_MAX")]
+    pub leases_per_org_max: Option<usize>,
+    /// Audit files rotate at this size [default: 67108864].
+    #[arg(long, env = "SEATBROKER_AUDIT_FILE_BYTES_MAX")]
+    pub audit_file_bytes_max: Option<u64>,
+    /// Audit files kept, at most [default: 16].
+    #[arg(long, env = "SEATBROKER_AUDIT_FILES_MAX")]
+    pub audit_files_max: Option<u32>,
+}
+
+/// The environment variable of the operator key; it has no flag, so that it never
+/// shows in a process listing.
+pub const OPERATOR_KEY_ENV: &str = "SEATBROKER_OPERATOR_KEY";
+
+impl ServeArgs {
+    /// The flags (and, through clap, their environment variables) as a layer.
+    fn layer(&self) -> ConfigLayer {
+        ConfigLayer {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            insecure: self.insecure,
+            operator_key: std::env::var(OPERATOR_KEY_ENV).ok(),
+            lease_ttl_ms: self.lease_ttl_ms,
+            shutdown_grace_ms: self.shutdown_grace_ms,
+            tls: TlsLayer {
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            },
+            log: LogLayer {
+                format: self.log_format,
+                filter: self.log_filter.clone(),
+            },
+            metrics: MetricsLayer {
+                listen: self.metrics_listen,
+                per_org: self.metrics_per_org,
+            },
+            limits: LimitsLayer {
+                request_bytes_max: self.request_bytes_max,
+                concurrent_streams_per_connection_max: self.concurrent_streams_per_connection_max,
+                keepalive_interval_ms: self.keepalive_interval_ms,
+                keepalive_timeout_ms: self.keepalive_timeout_ms,
+                leases_per_org_max: self.leases_per_org_max,
+            },
+            audit: AuditLayer {
+                file_bytes_max: self.audit_file_bytes_max,
+                files_max: self.audit_files_max,
+            },
+        }
+    }
+
+    /// Flags and environment over the file over the defaults, checked.
+    fn config(&self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => ConfigLayer::read(path)?,
+            None => ConfigLayer::default(),
+        };
+        let config = Config::resolve(self.layer().or(file))?;
+        config.check_files()?;
+        Ok(config)
+    }
 }
 
 /// Where the daemon is and who is calling.
@@ -88,6 +208,25 @@ pub struct ClientArgs {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// CA certificate (PEM) that signed the daemon's certificate, for https:// addresses.
+    #[arg(long, global = true, env = "SEATBROKER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a daemon that requires mTLS.
+    #[arg(long = "tls-cert", global = true, env = "SEATBROKER_CLIENT_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "tls-key", global = true, env = "SEATBROKER_CLIENT_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    pub fn tls_files(&self) -> crate::tls::ClientTlsFiles {
+        crate::tls::ClientTlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -246,8 +385,35 @@ pub enum LicenseCommand {
 #[derive(Debug, Args)]
 pub struct UsageArgs {
     pub org_id: String,
+    /// The window of the peak and denial figures, e.g. 15m, 1h, 24h (at most 24h).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub window: std::time::Duration,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Write an organization's audit events to standard output, oldest first.
+    Export {
+        org_id: String,
+        /// Start of the range, inclusive: RFC 3339 (2026-11-29T10:00:00Z) or Unix ms.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, exclusive: RFC 3339 or Unix ms [default: now].
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,46 +492,28 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    init_tracing();
-    let operator_key = match std::env::var("SEATBROKER_OPERATOR_KEY") {
-        Ok(text) => crate::server::OperatorKeySource::Given(text),
-        Err(_) => crate::server::OperatorKeySource::DataDir,
-    };
-    let config = crate::server::ServerConfig {
-        listen: args.listen,
-        data_dir: args.data_dir,
-        lease_ttl: std::time::Duration::from_millis(u64::from(args.lease_ttl_ms)),
-        operator_key,
-    };
-    let prepared = match crate::server::prepare(config).await {
-        Ok(prepared) => prepared,
+    let config = match args.config() {
+        Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: configuration: {error}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(key) = &prepared.generated_operator_key {
-        println!(
-            "Generated the operator key. It is shown once; only its hash is kept:\n\n    {key}\n"
-        );
-        println!("Use it with: export SEATBROKER_KEY={key}\n");
+    if args.check_config {
+        print!("{}", config.to_toml_redacted());
+        return ExitCode::SUCCESS;
     }
-    let (bound, addr) = match prepared.bind().await {
-        Ok(bound) => bound,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    tracing::info!(%addr, "seatbroker serving");
-    // One plain line on stdout for scripts and supervisors (the port may have been 0).
-    println!("seatbroker listening on {addr}");
-    match bound.serve(shutdown_signal()).await {
+    if let Err(error) = logging::init(config.log.format, &config.log.filter) {
+        eprintln!("error: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match run_daemon(config).await {
         Ok(()) => {
             tracing::info!("seatbroker stopped");
             ExitCode::SUCCESS
         }
         Err(error) => {
+            tracing::error!(%error, "seatbroker failed");
             eprintln!("error: {error}");
             ExitCode::from(EXIT_FAILURE)
         }
@@ -382,37 +530,40 @@ async fn bench(args: crate::loadgen::BenchArgs) -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SEATBROKER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+/// Installs metrics (before the broker registers its handles), prepares, binds, and
+/// serves until a stop signal.
+async fn run_daemon(config: Config) -> Result<(), String> {
+    let metrics_handle = match config.metrics.listen {
+        Some(_) => Some(metrics::install().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let tls = config.tls.is_some();
+    let prepared = crate::server::prepare(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(key) = &prepared.generated_operator_key {
+        println!(
+            "Generated the operator key. It is shown once; only its hash is kept:\n\n    {key}\n"
+        );
+        println!("Use it with: export SEATBROKER_KEY={key}\n");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+    let (mut bound, addr) = prepared.bind().await.map_err(|e| e.to_string())?;
+    let metrics_addr = bound.metrics_addr();
+    if let Some(handle) = metrics_handle {
+        bound = bound.export_metrics(handle);
     }
-    tracing::info!("shutdown signal received; finishing in-flight calls");
+    tracing::info!(
+        %addr,
+        tls,
+        metrics_addr = metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+        "seatbroker serving"
+    );
+    // One plain line on stdout for scripts and supervisors (the port may have been 0).
+    println!("seatbroker listening on {addr}");
+    bound
+        .serve(crate::shutdown::stop_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

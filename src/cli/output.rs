@@ -127,8 +127,22 @@ pub fn assignments(
 }
 
 pub fn usage(json: bool, answer: &proto::GetUsageResponse) {
+    let window = humantime::format_duration(std::time::Duration::from_secs(u64::from(
+        answer.window_seconds,
+    )));
+    let peak_in_window = format!("PEAK ({window})");
+    let denials_in_window = format!("DENIALS ({window})");
     let mut t = Table::new(&[
-        "PRODUCT", "QUOTA", "ASSIGNED", "ACTIVE", "PEAK", "GRANTS", "DENIALS", "EXPIRIES",
+        "PRODUCT",
+        "QUOTA",
+        "ASSIGNED",
+        "ACTIVE",
+        &peak_in_window,
+        &denials_in_window,
+        "PEAK",
+        "GRANTS",
+        "DENIALS",
+        "EXPIRIES",
     ]);
     for u in &answer.products {
         t.row(vec![
@@ -136,6 +150,8 @@ pub fn usage(json: bool, answer: &proto::GetUsageResponse) {
             u.quota.to_string(),
             u.assigned.to_string(),
             u.active_sessions.to_string(),
+            u.window_peak_sessions.to_string(),
+            u.window_denials.to_string(),
             u.peak_sessions.to_string(),
             u.grants.to_string(),
             u.denials.to_string(),
@@ -143,6 +159,9 @@ pub fn usage(json: bool, answer: &proto::GetUsageResponse) {
         ]);
     }
     table(json, answer, t);
+    if !json {
+        println!("PEAK, GRANTS, DENIALS and EXPIRIES count since the daemon started.");
+    }
     if !json && answer.license_expires_at_unix_ms > 0 {
         println!(
             "licenses expire at {}",

@@ -121,6 +121,37 @@ pub struct ProductCounters {
     pub terminations: u64,
 }
 
+/// Why a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// The engine released it.
+    Released,
+    /// Its heartbeats stopped and its deadline passed.
+    Expired,
+    /// An admin ended it, or an admin command withdrew the license it used.
+    Terminated,
+}
+
+/// Told of each step of a lease's life (metrics, usage windows, the audit record).
+/// Called under the organization's lock: an observer must be quick and never block.
+pub trait LeaseObserver: Send + Sync + 'static {
+    /// A new lease; `active` is the product's active count with it.
+    fn granted(&self, org: &OrgId, lease: &Lease, active: u32);
+    /// A heartbeat arrived `since_last_renewal` after the previous one (or the grant).
+    fn renewed(&self, lease: &Lease, since_last_renewal: Duration);
+    /// A lease ended; `active` is the product's active count without it.
+    fn ended(&self, org: &OrgId, lease: &Lease, why: LeaseEnd, active: u32);
+}
+
+/// The observer of a table nobody watches.
+pub struct UnobservedLeases;
+
+impl LeaseObserver for UnobservedLeases {
+    fn granted(&self, _org: &OrgId, _lease: &Lease, _active: u32) {}
+    fn renewed(&self, _lease: &Lease, _since_last_renewal: Duration) {}
+    fn ended(&self, _org: &OrgId, _lease: &Lease, _why: LeaseEnd, _active: u32) {}
+}
+
 /// The sessions of one organization.
 #[derive(Debug)]
 struct OrgLeases {
@@ -167,6 +198,12 @@ impl OrgLeases {
         let lease = self.remove(id)?;
         journal.append_lease_ended(&self.id, id, lease.generation);
         Some(lease)
+    }
+
+    /// Tells the observer that `lease` ended, with the product's count after it.
+    fn observe_end(&self, observer: &dyn LeaseObserver, lease: &Lease, why: LeaseEnd) {
+        let active = self.counters[product_index(lease.product)].active;
+        observer.ended(&self.id, lease, why, active);
     }
 
     fn counters_mut(&mut self, product: Product) -> &mut ProductCounters {
@@ -231,6 +268,11 @@ pub struct LeaseTable {
     organizations: DashMap<OrgId, Arc<Mutex<OrgLeases>>>,
     /// Where grants and ends are made durable.
     journal: Arc<dyn Journal>,
+    /// Who hears of grants, heartbeats and ends (metrics, usage, audit).
+    observer: Arc<dyn LeaseObserver>,
+    /// Live leases of one organization, at most (configuration; default
+    /// `limits::LEASES_PER_ORG_MAX`).
+    leases_per_org_max: usize,
     /// The next generation to grant. Its high bits hold the boot epoch, so generations
     /// keep increasing across restarts.
     next_generation: AtomicU64,
@@ -249,6 +291,8 @@ impl LeaseTable {
         LeaseTable {
             organizations: DashMap::new(),
             journal: Arc::new(VolatileJournal::new()),
+            observer: Arc::new(UnobservedLeases),
+            leases_per_org_max: limits::LEASES_PER_ORG_MAX,
             next_generation: AtomicU64::new((boot_epoch << GENERATION_EPOCH_SHIFT) + 1),
             timing,
         }
@@ -269,6 +313,16 @@ impl LeaseTable {
         let first = (epoch << GENERATION_EPOCH_SHIFT) + 1;
         assert!(first > self.next_generation(), "boot epochs must increase");
         self.next_generation = AtomicU64::new(first);
+    }
+
+    /// Sets who hears of grants, heartbeats and ends.
+    pub fn set_observer(&mut self, observer: Arc<dyn LeaseObserver>) {
+        self.observer = observer;
+    }
+
+    /// Sets the cap on one organization's live leases.
+    pub fn set_leases_per_org_max(&mut self, leases_per_org_max: usize) {
+        self.leases_per_org_max = leases_per_org_max;
     }
 
     /// The generation the next grant will carry.
@@ -347,10 +401,10 @@ impl LeaseTable {
                 },
             });
         }
-        if org.leases.len() >= limits::LEASES_PER_ORG_MAX {
+        if org.leases.len() >= self.leases_per_org_max {
             return Err(DomainError::LimitReached {
                 what: "leases per organization",
-                limit: limits::LEASES_PER_ORG_MAX,
+                limit: self.leases_per_org_max,
             });
         }
         org.counters_mut(request.product).grants += 1;
@@ -369,6 +423,8 @@ impl LeaseTable {
             .journal
             .append_lease_granted(permit, request.org, &lease);
         org.insert(lease.clone());
+        let active = org.counters[product_index(lease.product)].active;
+        self.observer.granted(request.org, &lease, active);
         let granted = Granted {
             lease,
             resumed: false,
@@ -390,8 +446,13 @@ impl LeaseTable {
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
         let lease = org.find_mut(id, Some(email), generation)?;
+        let renewed_deadline = now + self.timing.ttl;
+        self.observer.renewed(
+            lease,
+            renewed_deadline.saturating_duration_since(lease.deadline),
+        );
         // A deadline never moves back: a late, reordered heartbeat cannot shorten it.
-        lease.deadline = lease.deadline.max(now + self.timing.ttl);
+        lease.deadline = lease.deadline.max(renewed_deadline);
         Ok(lease.deadline)
     }
 
@@ -408,8 +469,11 @@ impl LeaseTable {
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
         let product = org.find_mut(id, Some(email), generation)?.product;
-        org.end(id, self.journal.as_ref());
+        let lease = org.end(id, self.journal.as_ref());
         org.counters_mut(product).releases += 1;
+        if let Some(lease) = lease {
+            org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Released);
+        }
         Ok(())
     }
 
@@ -423,6 +487,7 @@ impl LeaseTable {
             .remove(id)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         org.counters_mut(lease.product).terminations += 1;
+        org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated);
         Ok(lease)
     }
 
@@ -450,6 +515,7 @@ impl LeaseTable {
         for id in &ending {
             if let Some(lease) = org.end(*id, self.journal.as_ref()) {
                 org.counters_mut(lease.product).terminations += 1;
+                org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated);
             }
         }
         ending.len() as u32
@@ -514,7 +580,14 @@ impl LeaseTable {
             .collect();
         cells
             .iter()
-            .map(|cell| expire_org(&mut cell.lock(), now, self.journal.as_ref()))
+            .map(|cell| {
+                expire_org(
+                    &mut cell.lock(),
+                    now,
+                    self.journal.as_ref(),
+                    self.observer.as_ref(),
+                )
+            })
             .sum()
     }
 
@@ -550,7 +623,12 @@ impl LeaseTable {
     }
 }
 
-fn expire_org(org: &mut OrgLeases, now: Instant, journal: &dyn Journal) -> usize {
+fn expire_org(
+    org: &mut OrgLeases,
+    now: Instant,
+    journal: &dyn Journal,
+    observer: &dyn LeaseObserver,
+) -> usize {
     let mut expired = 0;
     while let Some((id, generation)) = org.expiry.pop_due(now) {
         let Some(lease) = org.leases.get(&id).filter(|l| l.generation == generation) else {
@@ -564,6 +642,7 @@ fn expire_org(org: &mut OrgLeases, now: Instant, journal: &dyn Journal) -> usize
         }
         if let Some(lease) = org.end(id, journal) {
             org.counters_mut(lease.product).expiries += 1;
+            org.observe_end(observer, &lease, LeaseEnd::Expired);
             expired += 1;
         }
         if expired >= limits::EXPIRIES_PER_SWEEP_MAX {

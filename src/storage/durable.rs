@@ -93,6 +93,12 @@ impl Journal for WalJournal {
             self.dropped_lease_ends.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    fn close(&self) -> Result<(), DomainError> {
+        self.wal
+            .close()
+            .map_err(|error| DomainError::Unavailable(format!("closing the log: {error}")))
+    }
 }
 
 /// Why a data directory could not be opened.

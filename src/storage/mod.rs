@@ -46,6 +46,9 @@ pub trait Journal: Send + Sync + 'static {
     /// Appends a lease end; nobody waits for it, and it may be dropped when the queue is
     /// full (see the module comment for why that is safe).
     fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64);
+    /// Makes everything appended so far durable and stops; blocking. Called once at
+    /// shutdown, after the last call finished.
+    fn close(&self) -> Result<(), DomainError>;
 }
 
 /// Bounds the records awaiting durability.
@@ -111,4 +114,8 @@ impl Journal for VolatileJournal {
     }
 
     fn append_lease_ended(&self, _org: &OrgId, _id: LeaseId, _generation: u64) {}
+
+    fn close(&self) -> Result<(), DomainError> {
+        Ok(())
+    }
 }

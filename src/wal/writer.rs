@@ -300,7 +300,9 @@ pub(crate) fn run(mut writer: SegmentWriter) {
     let _stopped = StoppedGuard(Arc::clone(&shared));
     while let Some(group) = take_group(&shared) {
         writer.write_group(&group);
+        let sync_started = std::time::Instant::now();
         writer.sync();
+        crate::telemetry::metrics::wal_fsync(sync_started.elapsed(), group.len());
         publish_durable(&shared, group);
     }
 }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod daemon;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ pub const KRE: i32 = proto::Product::Kre as i32;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub data_dir: tempfile::TempDir,
+    /// What clients of this server present: empty for plaintext.
+    pub client_tls: seatbroker::tls::ClientTlsFiles,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -36,12 +41,35 @@ pub async fn start_with_ttl(ttl: Duration) -> TestServer {
 
 /// Starts a daemon on an existing data directory (for restarts).
 pub async fn start_in(data_dir: tempfile::TempDir, ttl: Duration) -> TestServer {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.path().to_path_buf(),
-        lease_ttl: ttl,
-        operator_key: OperatorKeySource::Given(OPERATOR_KEY.into()),
-    };
+    start_configured(data_dir, |config| config.lease_ttl = ttl).await
+}
+
+/// Starts a daemon with the test defaults changed by `configure`.
+pub async fn start_configured(
+    data_dir: tempfile::TempDir,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
+    start_with_clients(data_dir, Default::default(), configure).await
+}
+
+/// Starts a daemon over TLS with the test certificates; clients present the client
+/// certificate when `mtls`, and the daemon then requires one.
+pub async fn start_tls(certs: &certs::TestCerts, mtls: bool) -> TestServer {
+    let data_dir = tempfile::tempdir().expect("temporary data directory");
+    start_with_clients(data_dir, certs.client(mtls), |config| {
+        config.tls = Some(certs.server(mtls))
+    })
+    .await
+}
+
+async fn start_with_clients(
+    data_dir: tempfile::TempDir,
+    client_tls: seatbroker::tls::ClientTlsFiles,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> TestServer {
+    let mut config = ServerConfig::for_data_dir(data_dir.path());
+    config.operator_key = OperatorKeySource::Given(OPERATOR_KEY.into());
+    configure(&mut config);
     let prepared = server::prepare(config).await.expect("daemon prepares");
     let (bound, addr) = prepared.bind().await.expect("daemon binds");
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -53,27 +81,62 @@ pub async fn start_in(data_dir: tempfile::TempDir, ttl: Duration) -> TestServer 
             .await
             .expect("daemon serves");
     });
-    TestServer {
+    let server = TestServer {
         addr,
         data_dir,
+        client_tls,
         shutdown: Some(shutdown),
         task: Some(task),
+    };
+    wait_until_serving(&server.url(), &server.client_tls).await;
+    server
+}
+
+/// Polls health until the daemon says SERVING (it refuses calls while starting).
+pub async fn wait_until_serving(url: &str, tls: &seatbroker::tls::ClientTlsFiles) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(channel) = client::connect_with(url, tls).await {
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if answer.is_ok_and(|a| a.into_inner().status == 1) {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon at {url} never said SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 impl TestServer {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.client_tls.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        client::connect_with(&self.url(), &self.client_tls)
+            .await
+            .expect("connect")
     }
 
     pub async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
-        let channel = client::connect(&self.url()).await.expect("connect");
-        client::admin(channel, BearerKey::new(Some(key)).unwrap())
+        client::admin(self.channel().await, BearerKey::new(Some(key)).unwrap())
     }
 
     pub async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
-        let channel = client::connect(&self.url()).await.expect("connect");
-        client::session(channel, BearerKey::new(Some(key)).unwrap())
+        client::session(self.channel().await, BearerKey::new(Some(key)).unwrap())
     }
 
     pub async fn operator(&self) -> AdminServiceClient<Authorized> {
@@ -209,6 +272,7 @@ impl Org {
             .await
             .get_usage(proto::GetUsageRequest {
                 org_id: self.id.clone(),
+                window_seconds: 0,
             })
             .await
             .expect("usage")

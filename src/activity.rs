@@ -1,0 +1,113 @@
+//! Activity: where the events of the broker fan out to the three places that keep an
+//! account of them: Prometheus counters ([`LeaseMetrics`]), usage windows
+//! ([`UsageWindows`]) and the audit record ([`AuditLog`]).
+//!
+//! Lease events (grants, heartbeats, ends) arrive through [`LeaseObserver`], called
+//! by the lease table under the organization's lock; refused acquires and admin
+//! changes arrive from the gRPC edge, which is the only place that sees every reason.
+//! Everything here is quick and never blocks: counters are atomics, a usage window is
+//! one small mutex, and the audit record is a `try_send`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::clock::Clock;
+use crate::domain::{Command, DomainError, OrgId, Principal, Product};
+use crate::leases::{Lease, LeaseEnd, LeaseObserver, LeaseTiming};
+use crate::telemetry::metrics::{DENIAL_REASONS, LeaseMetrics};
+use crate::usage::{UsageWindows, WindowUsage};
+
+pub struct Activity {
+    clock: Arc<dyn Clock>,
+    /// Heartbeats later than `timing.heartbeat_interval` count as late.
+    timing: LeaseTiming,
+    metrics: LeaseMetrics,
+    usage: UsageWindows,
+    audit: AuditLog,
+}
+
+/// The index in [`DENIAL_REASONS`] of why an acquire was refused.
+fn denial_reason(error: &DomainError) -> usize {
+    let name = match error {
+        DomainError::QuotaExhausted { .. } => "quota_exhausted",
+        DomainError::KseSessionInUse { .. } => "kse_session_in_use",
+        DomainError::NotLicensed { .. } => "not_licensed",
+        DomainError::LicenseExpired(_) => "license_expired",
+        DomainError::LimitReached { .. } => "limit_reached",
+        DomainError::Unavailable(_) => "unavailable",
+        _ => "other",
+    };
+    DENIAL_REASONS
+        .iter()
+        .position(|reason| *reason == name)
+        .unwrap_or(DENIAL_REASONS.len() - 1)
+}
+
+impl Activity {
+    /// Registers the metric handles (install the recorder first) and takes the audit
+    /// record.
+    pub fn new(clock: Arc<dyn Clock>, timing: LeaseTiming, audit: AuditLog) -> Self {
+        Activity {
+            clock,
+            timing,
+            metrics: LeaseMetrics::register(),
+            usage: UsageWindows::new(),
+            audit,
+        }
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// An acquire of `principal` for `product` was refused with `error`.
+    pub fn acquire_denied(&self, principal: &Principal, product: Product, error: &DomainError) {
+        let Principal::Member { org, email } = principal else {
+            return; // The operator holds no sessions; nothing was denied to a member.
+        };
+        let reason = denial_reason(error);
+        self.metrics.denied(product, reason);
+        let now = self.clock.unix_ms();
+        if matches!(error, DomainError::QuotaExhausted { .. }) {
+            self.usage.denied(org, product, now);
+        }
+        let event = AuditEvent::denied(now, org, email, product, DENIAL_REASONS[reason]);
+        self.audit.record(event);
+    }
+
+    /// An admin command was applied and made durable.
+    pub fn admin_changed(&self, principal: &Principal, command: &Command) {
+        for event in AuditEvent::of_command(self.clock.unix_ms(), principal, command) {
+            self.audit.record(event);
+        }
+    }
+
+    /// Usage of `product` in `org` over the last `window_seconds`.
+    pub fn usage_window(&self, org: &OrgId, product: Product, window_seconds: u32) -> WindowUsage {
+        self.usage
+            .window(org, product, window_seconds, self.clock.unix_ms())
+    }
+}
+
+impl LeaseObserver for Activity {
+    fn granted(&self, org: &OrgId, lease: &Lease, active: u32) {
+        let now = self.clock.unix_ms();
+        self.metrics.granted(lease.product);
+        self.usage.granted(org, lease.product, active, now);
+        self.audit.record(AuditEvent::lease(now, org, lease, None));
+    }
+
+    fn renewed(&self, lease: &Lease, since_last_renewal: Duration) {
+        let late_by = since_last_renewal.saturating_sub(self.timing.heartbeat_interval);
+        self.metrics.heartbeat_late_by(lease.product, late_by);
+    }
+
+    fn ended(&self, org: &OrgId, lease: &Lease, why: LeaseEnd, active: u32) {
+        let now = self.clock.unix_ms();
+        self.metrics.ended(lease.product, why);
+        self.usage.ended(org, lease.product, active, now);
+        self.audit
+            .record(AuditEvent::lease(now, org, lease, Some(why)));
+    }
+}

@@ -1,0 +1,458 @@
+//! The audit record: an append-only account of lease grants, releases, expiries,
+//! terminations, refused acquires and admin changes, with their times, kept as JSON
+//! lines in rotating files under `<data dir>/audit/` (see [`files`] for the format).
+//!
+//! Recording never slows an RPC: [`AuditLog::record`] puts the event on a bounded
+//! queue (`limits::AUDIT_QUEUE_EVENTS_MAX`) with `try_send`, and a writer thread turns
+//! events into lines. When the queue is full the event is dropped and counted in the
+//! `seatbroker_audit_events_dropped_total` metric. The record is best effort: it is
+//! flushed to the operating system after every batch and fsynced at rotation and at
+//! shutdown, so a crash may lose the last moments; the write-ahead log, not this
+//! record, is what the broker's state rests on. Secrets never enter it: API key
+//! events carry the key id and label only.
+
+pub mod files;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{ApiKeyId, Command, Email, OrgId, Principal, Product};
+use crate::leases::{Lease, LeaseEnd, LeaseId};
+use crate::limits;
+use crate::telemetry::metrics;
+
+pub use files::AuditFiles;
+
+/// What went wrong with the audit record.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the audit writer has stopped")]
+    WriterStopped,
+}
+
+/// What happened, as it is named in the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    LeaseGranted,
+    LeaseReleased,
+    LeaseExpired,
+    LeaseTerminated,
+    AcquireDenied,
+    OrganizationCreated,
+    QuotaSet,
+    MemberAdded,
+    MemberRemoved,
+    RoleSet,
+    LicensesAssigned,
+    LicensesUnassigned,
+    LicenseTransferred,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::LeaseGranted => "lease_granted",
+            AuditKind::LeaseReleased => "lease_released",
+            AuditKind::LeaseExpired => "lease_expired",
+            AuditKind::LeaseTerminated => "lease_terminated",
+            AuditKind::AcquireDenied => "acquire_denied",
+            AuditKind::OrganizationCreated => "organization_created",
+            AuditKind::QuotaSet => "quota_set",
+            AuditKind::MemberAdded => "member_added",
+            AuditKind::MemberRemoved => "member_removed",
+            AuditKind::RoleSet => "role_set",
+            AuditKind::LicensesAssigned => "licenses_assigned",
+            AuditKind::LicensesUnassigned => "licenses_unassigned",
+            AuditKind::LicenseTransferred => "license_transferred",
+            AuditKind::ApiKeyCreated => "api_key_created",
+            AuditKind::ApiKeyRevoked => "api_key_revoked",
+        }
+    }
+}
+
+/// Who caused an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Operator,
+    Member(Email),
+    /// An Owner or Admin ended a session; the admin change itself names who.
+    Admin,
+    /// The daemon itself (expiries).
+    Daemon,
+}
+
+impl Actor {
+    fn of(principal: &Principal) -> Self {
+        match principal {
+            Principal::Operator => Actor::Operator,
+            Principal::Member { email, .. } => Actor::Member(email.clone()),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Actor::Operator => "operator".into(),
+            Actor::Member(email) => email.to_string(),
+            Actor::Admin => "admin".into(),
+            Actor::Daemon => "daemon".into(),
+        }
+    }
+}
+
+/// One event, as recorded on the hot path: cheap to build (shared strings, no
+/// formatting); the writer thread turns it into a line.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub at_unix_ms: i64,
+    pub org: OrgId,
+    pub kind: AuditKind,
+    pub product: Option<Product>,
+    pub email: Option<Email>,
+    pub lease: Option<(LeaseId, u64)>,
+    pub engine_id: Option<Box<str>>,
+    pub actor: Actor,
+    pub detail: Option<String>,
+}
+
+impl AuditEvent {
+    /// A grant, or the end of a lease.
+    pub fn lease(at_unix_ms: i64, org: &OrgId, lease: &Lease, ended: Option<LeaseEnd>) -> Self {
+        let (kind, actor) = match ended {
+            None => (AuditKind::LeaseGranted, Actor::Member(lease.email.clone())),
+            Some(LeaseEnd::Released) => {
+                (AuditKind::LeaseReleased, Actor::Member(lease.email.clone()))
+            }
+            Some(LeaseEnd::Expired) => (AuditKind::LeaseExpired, Actor::Daemon),
+            Some(LeaseEnd::Terminated) => (AuditKind::LeaseTerminated, Actor::Admin),
+        };
+        AuditEvent {
+            at_unix_ms,
+            org: org.clone(),
+            kind,
+            product: Some(lease.product),
+            email: Some(lease.email.clone()),
+            lease: Some((lease.id, lease.generation)),
+            engine_id: Some(lease.engine_id.clone()),
+            actor,
+            detail: None,
+        }
+    }
+
+    /// An acquire the broker refused, with the reason's metric name.
+    pub fn denied(
+        at_unix_ms: i64,
+        org: &OrgId,
+        email: &Email,
+        product: Product,
+        reason: &'static str,
+    ) -> Self {
+        AuditEvent {
+            at_unix_ms,
+            org: org.clone(),
+            kind: AuditKind::AcquireDenied,
+            product: Some(product),
+            email: Some(email.clone()),
+            lease: None,
+            engine_id: None,
+            actor: Actor::Member(email.clone()),
+            detail: Some(reason.into()),
+        }
+    }
+
+    /// The events of an admin change: one, or one per email of an assignment batch.
+    /// Admin calls are rare, so formatting details here is fine.
+    pub fn of_command(at_unix_ms: i64, principal: &Principal, command: &Command) -> Vec<Self> {
+        let event = |(kind, product, email, detail): Described| AuditEvent {
+            at_unix_ms,
+            org: command.org().clone(),
+            kind,
+            product,
+            email,
+            lease: None,
+            engine_id: None,
+            actor: Actor::of(principal),
+            detail,
+        };
+        match command {
+            Command::AssignLicenses {
+                product, emails, ..
+            } => emails
+                .iter()
+                .map(|email| {
+                    event((
+                        AuditKind::LicensesAssigned,
+                        Some(*product),
+                        Some(email.clone()),
+                        None,
+                    ))
+                })
+                .collect(),
+            Command::UnassignLicenses {
+                product, emails, ..
+            } => emails
+                .iter()
+                .map(|email| {
+                    event((
+                        AuditKind::LicensesUnassigned,
+                        Some(*product),
+                        Some(email.clone()),
+                        None,
+                    ))
+                })
+                .collect(),
+            _ => vec![event(describe(command))],
+        }
+    }
+}
+
+fn key_id(id: &ApiKeyId) -> String {
+    format!("key_id={id}")
+}
+
+type Described = (AuditKind, Option<Product>, Option<Email>, Option<String>);
+
+/// The kind and details of an admin command, without anything secret (assignment
+/// batches are split per email by [`AuditEvent::of_command`]).
+fn describe(command: &Command) -> Described {
+    use AuditKind as K;
+    match command {
+        Command::CreateOrganization {
+            display_name,
+            owner,
+            quota,
+            ..
+        } => (
+            K::OrganizationCreated,
+            None,
+            Some(owner.clone()),
+            Some(format!("name={display_name:?} {}", quota_text(quota))),
+        ),
+        Command::SetQuota { quota, .. } => (K::QuotaSet, None, None, Some(quota_text(quota))),
+        Command::AddMember { email, role, .. } => (
+            K::MemberAdded,
+            None,
+            Some(email.clone()),
+            Some(format!("role={role}")),
+        ),
+        Command::RemoveMember { email, .. } => (K::MemberRemoved, None, Some(email.clone()), None),
+        Command::SetRole { email, role, .. } => (
+            K::RoleSet,
+            None,
+            Some(email.clone()),
+            Some(format!("role={role}")),
+        ),
+        Command::AssignLicenses { product, .. } => {
+            (K::LicensesAssigned, Some(*product), None, None)
+        }
+        Command::UnassignLicenses { product, .. } => {
+            (K::LicensesUnassigned, Some(*product), None, None)
+        }
+        Command::TransferLicense {
+            product, from, to, ..
+        } => (
+            K::LicenseTransferred,
+            Some(*product),
+            Some(to.clone()),
+            Some(format!("from={from} to={to}")),
+        ),
+        Command::CreateApiKey {
+            key_id: id,
+            email,
+            label,
+            ..
+        } => (
+            K::ApiKeyCreated,
+            None,
+            Some(email.clone()),
+            Some(format!("{} label={label:?}", key_id(id))),
+        ),
+        Command::RevokeApiKey { key_id: id, .. } => {
+            (K::ApiKeyRevoked, None, None, Some(key_id(id)))
+        }
+    }
+}
+
+fn quota_text(quota: &crate::domain::Quota) -> String {
+    format!(
+        "kse_seats={} kre_sessions={} expires_at_unix_ms={}",
+        quota.kse_seats,
+        quota.kre_sessions,
+        quota.expires_at_unix_ms.unwrap_or(0)
+    )
+}
+
+/// One line of the audit record, as written and as read back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at_unix_ms: i64,
+    pub org: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_id: Option<String>,
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl From<&AuditEvent> for AuditRecord {
+    fn from(event: &AuditEvent) -> Self {
+        AuditRecord {
+            at_unix_ms: event.at_unix_ms,
+            org: event.org.to_string(),
+            kind: event.kind.as_str().into(),
+            product: event.product.map(|p| p.name().to_owned()),
+            email: event.email.as_ref().map(Email::to_string),
+            lease_id: event.lease.map(|(id, _)| id.to_string()),
+            generation: event.lease.map(|(_, generation)| generation),
+            engine_id: event.engine_id.as_deref().map(str::to_owned),
+            actor: event.actor.text(),
+            detail: event.detail.clone(),
+        }
+    }
+}
+
+/// Sizes of the audit files (configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// A file is closed and a new one started past this size.
+    pub file_bytes_max: u64,
+    /// The oldest files are deleted past this count.
+    pub files_max: u32,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            file_bytes_max: limits::AUDIT_FILE_BYTES_MAX_DEFAULT,
+            files_max: limits::AUDIT_FILES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// What the writer thread is asked to do.
+enum Message {
+    Event(AuditEvent),
+    /// Write out everything queued before this (and fsync when `sync`), then answer.
+    Flush {
+        sync: bool,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The handle of the audit record: record events, flush, query.
+pub struct AuditLog {
+    sender: mpsc::Sender<Message>,
+    files: Arc<AuditFiles>,
+}
+
+/// A page of events of one organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// More events of the range exist past the limit.
+    pub truncated: bool,
+}
+
+impl AuditLog {
+    /// Opens (or creates) `<data_dir>/audit` and starts the writer thread.
+    pub fn open(data_dir: &std::path::Path, options: AuditOptions) -> Result<Self, AuditError> {
+        let files = Arc::new(AuditFiles::open(data_dir.join("audit"), options)?);
+        let (sender, receiver) = mpsc::channel(limits::AUDIT_QUEUE_EVENTS_MAX);
+        let writer = Arc::clone(&files);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_until_closed(receiver, &writer))
+            .map_err(|source| AuditError::Io {
+                path: files.dir().to_path_buf(),
+                source,
+            })?;
+        Ok(AuditLog { sender, files })
+    }
+
+    /// Queues an event; never waits. A full queue drops the event and counts it.
+    pub fn record(&self, event: AuditEvent) {
+        if self.sender.try_send(Message::Event(event)).is_err() {
+            metrics::audit_event_dropped();
+        }
+    }
+
+    async fn flush_with(&self, sync: bool) -> Result<(), AuditError> {
+        let (done, written) = oneshot::channel();
+        self.sender
+            .send(Message::Flush { sync, done })
+            .await
+            .map_err(|_| AuditError::WriterStopped)?;
+        written.await.map_err(|_| AuditError::WriterStopped)
+    }
+
+    /// Waits until every event recorded before the call is in the files.
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        self.flush_with(false).await
+    }
+
+    /// Writes out and fsyncs everything recorded so far (at shutdown).
+    pub async fn close(&self) -> Result<(), AuditError> {
+        self.flush_with(true).await
+    }
+
+    /// The events of `org` in `[from_unix_ms, to_unix_ms)` (0: unbounded), oldest
+    /// first, at most `limit`. Flushes first, so an event recorded before the call is
+    /// found.
+    pub async fn query(
+        &self,
+        org: &OrgId,
+        from_unix_ms: i64,
+        to_unix_ms: i64,
+        limit: usize,
+    ) -> Result<AuditPage, AuditError> {
+        self.flush().await?;
+        let files = Arc::clone(&self.files);
+        let org = org.to_string();
+        tokio::task::spawn_blocking(move || files.query(&org, from_unix_ms, to_unix_ms, limit))
+            .await
+            .map_err(|_| AuditError::WriterStopped)?
+    }
+}
+
+/// The writer thread: takes events in batches and appends them; ends when every
+/// sender is gone.
+fn write_until_closed(mut receiver: mpsc::Receiver<Message>, files: &AuditFiles) {
+    let mut writer = files.writer();
+    while let Some(first) = receiver.blocking_recv() {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(message) = next.take() {
+            match message {
+                Message::Event(event) => writer.append(&AuditRecord::from(&event)),
+                Message::Flush { sync, done } => {
+                    writer.flush(sync);
+                    let _ = done.send(());
+                }
+            }
+            taken += 1;
+            if taken < limits::AUDIT_BATCH_EVENTS_MAX {
+                next = receiver.try_recv().ok();
+            }
+        }
+        writer.flush(false);
+    }
+    writer.flush(true);
+}

@@ -1,0 +1,235 @@
+//! The tower layer around every gRPC call: it refuses broker calls while the daemon is
+//! starting or draining (health and reflection stay reachable), opens the call's span
+//! (`rpc` with `method`, `org` and `code`; the edge records `org` once it knows it),
+//! and records the call's latency by method and status code.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use prost::Message;
+use tonic::codegen::http;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use super::metrics;
+
+/// Where the daemon is in its life, as the RPC layer and health see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Recovering: broker calls answer UNAVAILABLE.
+    Starting = 0,
+    Serving = 1,
+    /// Shutting down: new broker calls answer UNAVAILABLE; calls in flight finish.
+    Draining = 2,
+}
+
+/// The phase, shared by the server and the layer.
+#[derive(Debug)]
+pub struct PhaseCell(AtomicU8);
+
+impl PhaseCell {
+    pub fn new(phase: Phase) -> Self {
+        PhaseCell(AtomicU8::new(phase as u8))
+    }
+
+    pub fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Release);
+    }
+
+    pub fn get(&self) -> Phase {
+        match self.0.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            _ => Phase::Draining,
+        }
+    }
+}
+
+/// The path prefix of the calls that the phase gates.
+const BROKER_PATH_PREFIX: &str = "/seatbroker.";
+/// The label of a path that names no known method (bounded cardinality).
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// Every method the daemon serves, from the descriptor sets, as `/pkg.Service/Method`
+/// → `Service/Method`. Built once; the leaked labels are a few dozen short strings.
+fn method_labels() -> &'static HashMap<String, &'static str> {
+    static LABELS: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
+    LABELS.get_or_init(|| {
+        let sets = [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut labels = HashMap::new();
+        for encoded in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
+                continue;
+            };
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        let path =
+                            format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                        let label = format!("{}/{}", service.name(), method.name());
+                        labels.insert(path, &*Box::leak(label.into_boxed_str()));
+                    }
+                }
+            }
+        }
+        labels
+    })
+}
+
+fn method_label(path: &str) -> &'static str {
+    method_labels().get(path).copied().unwrap_or(UNKNOWN_METHOD)
+}
+
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The status of a unary answer: in the headers of an error (trailers-only), absent
+/// (sent in the trailers) for a success.
+fn code_name(headers: &http::HeaderMap) -> &'static str {
+    let Some(value) = headers.get("grpc-status") else {
+        return CODE_NAMES[0];
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<usize>().ok())
+        .and_then(|code| CODE_NAMES.get(code).copied())
+        .unwrap_or("UNKNOWN")
+}
+
+/// Adds [`RpcService`] around the server's routes.
+#[derive(Debug, Clone)]
+pub struct RpcLayer {
+    phase: Arc<PhaseCell>,
+}
+
+impl RpcLayer {
+    pub fn new(phase: Arc<PhaseCell>) -> Self {
+        RpcLayer { phase }
+    }
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcService {
+            inner,
+            phase: Arc::clone(&self.phase),
+        }
+    }
+}
+
+/// One span, one latency sample and one phase check per call.
+#[derive(Debug, Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    phase: Arc<PhaseCell>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, R> Service<http::Request<B>> for RpcService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let method = method_label(path);
+        let phase = self.phase.get();
+        if path.starts_with(BROKER_PATH_PREFIX) && phase != Phase::Serving {
+            let status = match phase {
+                Phase::Starting => {
+                    tonic::Status::unavailable("seatbroker is starting; retry shortly")
+                }
+                _ => tonic::Status::unavailable(
+                    "seatbroker is shutting down; retry on another instance or after the restart",
+                ),
+            };
+            metrics::rpc_finished(method, "UNAVAILABLE", std::time::Duration::ZERO);
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        let span = tracing::info_span!(
+            "rpc",
+            method,
+            org = tracing::field::Empty,
+            code = tracing::field::Empty
+        );
+        // The clone that was polled ready serves this call; the fresh one waits.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let started = tokio::time::Instant::now();
+        Box::pin(async move {
+            let response = inner.call(request).instrument(span.clone()).await?;
+            let code = code_name(response.headers());
+            let elapsed = started.elapsed();
+            span.record("code", code);
+            tracing::debug!(parent: &span, elapsed_us = elapsed.as_micros() as u64, "rpc finished");
+            metrics::rpc_finished(method, code, elapsed);
+            Ok(response)
+        })
+    }
+}
+
+/// Names the organization of the current call on its span.
+pub fn record_org(org: &str) {
+    tracing::Span::current().record("org", org);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_method_has_a_label_and_strangers_share_one() {
+        assert_eq!(
+            method_label("/seatbroker.v1.SessionService/Acquire"),
+            "SessionService/Acquire"
+        );
+        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "Health/Check");
+        assert_eq!(
+            method_label("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            "ServerReflection/ServerReflectionInfo"
+        );
+        assert_eq!(method_label("/x.Y/Z"), UNKNOWN_METHOD);
+    }
+}

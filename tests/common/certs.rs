@@ -1,0 +1,86 @@
+//! Test certificates made with rcgen: a CA, a server certificate for 127.0.0.1 and
+//! localhost, and a client certificate, all signed by the CA, written as PEM files.
+
+use std::path::PathBuf;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use seatbroker::tls::{ClientTlsFiles, ServerTlsFiles};
+
+pub struct TestCerts {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn leaf(names: &[&str], usage: ExtendedKeyUsagePurpose) -> (CertificateParams, KeyPair) {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let mut params = CertificateParams::new(names).expect("certificate names");
+    params.extended_key_usages = vec![usage];
+    (params, KeyPair::generate().expect("key pair"))
+}
+
+pub fn generate() -> TestCerts {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "seatbroker test CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let (server_params, server_key) = leaf(
+        &["localhost", "127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let server_cert = server_params
+        .signed_by(&server_key, &ca)
+        .expect("server certificate");
+    let (client_params, client_key) = leaf(&["engine.test"], ExtendedKeyUsagePurpose::ClientAuth);
+    let client_cert = client_params
+        .signed_by(&client_key, &ca)
+        .expect("client certificate");
+
+    let dir = tempfile::tempdir().expect("certificate directory");
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path
+    };
+    TestCerts {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", server_cert.pem()),
+        server_key: write("server.key", server_key.serialize_pem()),
+        client_cert: write("client.pem", client_cert.pem()),
+        client_key: write("client.key", client_key.serialize_pem()),
+        dir,
+    }
+}
+
+impl TestCerts {
+    pub fn server(&self, require_client_certificates: bool) -> ServerTlsFiles {
+        ServerTlsFiles {
+            cert: self.server_cert.clone(),
+            key: self.server_key.clone(),
+            client_ca: require_client_certificates.then(|| self.ca.clone()),
+        }
+    }
+
+    /// The client's files: the CA, and the client certificate when `with_certificate`.
+    pub fn client(&self, with_certificate: bool) -> ClientTlsFiles {
+        ClientTlsFiles {
+            ca: Some(self.ca.clone()),
+            cert: with_certificate.then(|| self.client_cert.clone()),
+            key: with_certificate.then(|| self.client_key.clone()),
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! The real binary, as an operator runs it: configuration checks, TLS with metrics and
+//! JSON logs, the CLI's usage view and audit export, no secret in any log line, and a
+//! clean stop on SIGTERM (an immediate one on a second signal).
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{self, Daemon};
+use common::*;
+use seatbroker::client::{self, BearerKey};
+use seatbroker::proto;
+use seatbroker::tls::ClientTlsFiles;
+use tokio_stream::StreamExt;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Runs `seatbroker ARGS` to completion; returns (exit code, stdout, stderr).
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let output = daemon::command()
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run the seatbroker binary");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seatbroker.toml");
+    std::fs::write(
+        &file,
+        "lease_ttl_ms = 5000\nshutdown_grace_ms = 999\n[metrics]\nlisten = \"127.0.0.1:9464\"\n[limits]\nleases_per_org_max = 500\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let secret = "operator-key-that-must-not-be-printed-0123456789";
+    let (code, out, err) = run(
+        &[
+            "serve",
+            "--check-config",
+            "--config",
+            file,
+            "--lease-ttl-ms",
+            "7000",
+        ],
+        &[
+            ("SEATBROKER_OPERATOR_KEY", secret),
+            ("SEATBROKER_SHUTDOWN_GRACE_MS", "1234"),
+            ("SEATBROKER_LEASE_TTL_MS", "6000"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "lease_ttl_ms = 7000",         // the flag beats the environment and the file
+        "shutdown_grace_ms = 1234",    // the environment beats the file
+        "leases_per_org_max = 500",    // the file beats the default
+        "request_bytes_max = 1048576", // the default
+        "listen = \"127.0.0.1:9464\"",
+        "operator_key = \"<redacted>\"",
+    ] {
+        assert!(out.contains(line), "{line:?} missing from:\n{out}");
+    }
+    assert!(!out.contains(secret) && !err.contains(secret));
+
+    for (args, needle) in [
+        (vec!["--lease-ttl-ms", "1"], "lease_ttl_ms"),
+        (vec!["--listen", "0.0.0.0:50051"], "--insecure"),
+        (
+            vec!["--tls-cert", "/no/such.pem", "--tls-key", "/no/such.key"],
+            "/no/such.pem",
+        ),
+        (vec!["--config", "/no/such.toml"], "/no/such.toml"),
+    ] {
+        let mut all = vec!["serve", "--check-config"];
+        all.extend(args);
+        let (code, _, err) = run(&all, &[]);
+        assert_eq!(code, 64, "{all:?}: {err}");
+        assert!(err.contains(needle), "{all:?}: {err}");
+    }
+    let (code, out, err) = run(
+        &[
+            "serve",
+            "--check-config",
+            "--listen",
+            "0.0.0.0:50051",
+            "--insecure",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("insecure = true"));
+}
+
+/// The binary as a client: `seatbroker ARGS --addr URL --tls-ca CA --key KEY`.
+fn cli(daemon: &Daemon, certs: &certs::TestCerts, key: &str, args: &[&str]) -> String {
+    let url = daemon.url("https");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--addr",
+        &url,
+        "--tls-ca",
+        certs.ca.to_str().unwrap(),
+        "--key",
+        key,
+    ]);
+    let (code, out, err) = run(&all, &[]);
+    assert_eq!(code, 0, "seatbroker {args:?}: {err}");
+    out
+}
+
+/// Polls `/metrics` until a line starts with `series` (sampled gauges lag a second).
+fn scrape_until(daemon: &Daemon, series: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = daemon.scrape();
+        if text.lines().any(|l| l.starts_with(series)) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {series} in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[track_caller]
+fn assert_series(metrics: &str, name: &str, labels: &[&str]) {
+    let found = metrics
+        .lines()
+        .any(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)));
+    assert!(found, "no {name} with {labels:?} in:\n{metrics}");
+}
+
+struct Walkthrough {
+    owner_key: String,
+    member_keys: Vec<String>,
+}
+
+/// The README walkthrough over the daemon's TLS port, with one refused acquire.
+async fn walkthrough(daemon: &Daemon, tls: &ClientTlsFiles) -> Walkthrough {
+    let channel = client::connect_with(&daemon.url("https"), tls)
+        .await
+        .unwrap();
+    let operator_key = BearerKey::new(Some(OPERATOR_KEY)).unwrap();
+    let mut operator = client::admin(channel.clone(), operator_key);
+    operator
+        .create_organization(proto::CreateOrganizationRequest {
+            org_id: "acme".into(),
+            display_name: "Acme".into(),
+            owner_email: "owner@acme.test".into(),
+            quota: Some(proto::Quota {
+                kse_seats: 1,
+                kre_sessions: 1,
+                expires_at_unix_ms: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    let owner_key = create_key(&mut operator, "acme", "owner@acme.test").await;
+    let mut member_keys = Vec::new();
+    for email in ["alice@acme.test", "bob@acme.test"] {
+        operator
+            .add_member(proto::AddMemberRequest {
+                org_id: "acme".into(),
+                email: email.into(),
+                role: 0,
+            })
+            .await
+            .unwrap();
+        member_keys.push(create_key(&mut operator, "acme", email).await);
+    }
+    let mut owner = client::admin(channel.clone(), BearerKey::new(Some(&owner_key)).unwrap());
+    owner
+        .assign_licenses(proto::AssignLicensesRequest {
+            org_id: "acme".into(),
+            product: KRE,
+            emails: vec!["alice@acme.test".into(), "bob@acme.test".into()],
+        })
+        .await
+        .unwrap();
+    let engine = |i: usize| {
+        client::session(
+            channel.clone(),
+            BearerKey::new(Some(&member_keys[i])).unwrap(),
+        )
+    };
+    let lease = engine(0)
+        .acquire(acquire_request(KRE, "runner-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    engine(0)
+        .heartbeat(proto::HeartbeatRequest {
+            lease_id: lease.lease_id.clone(),
+            generation: lease.generation,
+        })
+        .await
+        .unwrap();
+    assert!(
+        engine(1)
+            .acquire(acquire_request(KRE, "runner-2"))
+            .await
+            .is_err()
+    );
+    // A mistyped key is refused; it must not be logged either.
+    let mistyped = format!("{}x", &member_keys[1]);
+    let mut stranger = client::session(channel.clone(), BearerKey::new(Some(&mistyped)).unwrap());
+    assert!(
+        stranger
+            .acquire(acquire_request(KRE, "runner-3"))
+            .await
+            .is_err()
+    );
+    engine(0)
+        .release(proto::ReleaseRequest {
+            lease_id: lease.lease_id,
+            generation: lease.generation,
+        })
+        .await
+        .unwrap();
+    engine(1)
+        .acquire(acquire_request(KRE, "runner-2"))
+        .await
+        .unwrap();
+    Walkthrough {
+        owner_key,
+        member_keys,
+    }
+}
+
+fn check_metrics(daemon: &Daemon) {
+    let metrics = scrape_until(daemon, "seatbroker_org_active_sessions");
+    assert_series(
+        &metrics,
+        "seatbroker_org_active_sessions",
+        &["org=\"acme\"", "product=\"kre\""],
+    );
+    assert_series(
+        &metrics,
+        "seatbroker_active_sessions",
+        &["product=\"kre\"", "} 1"],
+    );
+    assert_series(&metrics, "seatbroker_quota", &["product=\"kre\"", "} 1"]);
+    assert_series(
+        &metrics,
+        "seatbroker_lease_grants_total",
+        &["product=\"kre\"", "} 2"],
+    );
+    assert_series(
+        &metrics,
+        "seatbroker_lease_ends_total",
+        &["product=\"kre\"", "reason=\"released\"", "} 1"],
+    );
+    assert_series(
+        &metrics,
+        "seatbroker_acquire_denials_total",
+        &["reason=\"quota_exhausted\"", "} 1"],
+    );
+    assert_series(
+        &metrics,
+        "seatbroker_heartbeat_lateness_seconds_bucket",
+        &["product=\"kre\""],
+    );
+    for code in ["OK", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"] {
+        assert_series(
+            &metrics,
+            "seatbroker_rpc_duration_seconds_bucket",
+            &[
+                "method=\"SessionService/Acquire\"",
+                &format!("code=\"{code}\""),
+            ],
+        );
+    }
+    assert!(
+        !metrics.contains('@') && !metrics.contains("lease_id"),
+        "per-user or per-lease labels"
+    );
+}
+
+fn check_cli(daemon: &Daemon, certs: &certs::TestCerts, owner_key: &str) {
+    let usage = cli(
+        daemon,
+        certs,
+        owner_key,
+        &["usage", "acme", "--window", "15m"],
+    );
+    assert!(
+        usage.contains("PEAK (15m)") && usage.contains("DENIALS (15m)"),
+        "{usage}"
+    );
+    let csv = cli(
+        daemon,
+        certs,
+        owner_key,
+        &["audit", "export", "acme", "--format", "csv"],
+    );
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("at_unix_ms,time,org_id,kind")
+    );
+    let kinds: Vec<&str> = lines.map(|l| l.split(',').nth(3).unwrap()).collect();
+    for kind in [
+        "lease_granted",
+        "lease_released",
+        "acquire_denied",
+        "licenses_assigned",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} in:\n{csv}");
+    }
+    let jsonl = cli(
+        daemon,
+        certs,
+        owner_key,
+        &[
+            "audit", "export", "acme", "--format", "jsonl", "--from", "0",
+        ],
+    );
+    let events: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), kinds.len());
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "lease_granted" && e["product"] == "PRODUCT_KRE")
+    );
+}
+
+/// Every line is JSON, no secret appears, and each call has its span.
+fn check_logs(lines: &[String], secrets: &[&str]) {
+    let mut acquire_spans = 0;
+    for line in lines {
+        let json: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        for secret in secrets {
+            assert!(!line.contains(secret), "a secret is in the log: {line}");
+        }
+        assert!(
+            !line.contains("sbk_") && !line.contains("sbo_"),
+            "key text in the log: {line}"
+        );
+        let span = &json["span"];
+        if span["method"] == "SessionService/Acquire" && json["fields"]["message"] == "rpc finished"
+        {
+            if span["code"] != "UNAUTHENTICATED" {
+                assert_eq!(span["org"], "acme", "{line}");
+            }
+            assert!(span["code"].is_string(), "{line}");
+            acquire_spans += 1;
+        }
+    }
+    assert!(acquire_spans >= 3, "rpc spans missing from the log");
+}
+
+type HealthWatch = tonic::Streaming<tonic_health::pb::HealthCheckResponse>;
+
+/// Opens a health watch of the whole server and waits until it says SERVING.
+async fn watch_health(channel: tonic::transport::Channel) -> HealthWatch {
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    next_status(&mut watch, 1).await;
+    watch
+}
+
+/// Reads the watch until it reports `status`.
+async fn next_status(watch: &mut HealthWatch, status: i32) {
+    while watch.next().await.unwrap().unwrap().status != status {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_metrics_and_json_logs_it_serves_and_stops_cleanly_on_sigterm() {
+    let certs = certs::generate();
+    let (cert, key) = (
+        certs.server_cert.to_str().unwrap(),
+        certs.server_key.to_str().unwrap(),
+    );
+    let mut daemon = daemon::start(
+        &[
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--metrics-per-org",
+        ],
+        "debug",
+    );
+    let tls = certs.client(false);
+    let story = walkthrough(&daemon, &tls).await;
+    check_metrics(&daemon);
+    check_cli(&daemon, &certs, &story.owner_key);
+
+    let channel = client::connect_with(&daemon.url("https"), &tls)
+        .await
+        .unwrap();
+    let mut watch = watch_health(channel).await;
+    daemon.signal("TERM");
+    next_status(&mut watch, 2).await; // NOT_SERVING while draining.
+    drop(watch);
+    let status = daemon.wait_exit(STOP_DEADLINE);
+    assert_eq!(status.code(), Some(0), "a clean stop exits 0");
+    assert!(
+        client::connect_with(&daemon.url("https"), &tls)
+            .await
+            .is_err(),
+        "it stopped listening"
+    );
+
+    let lines = daemon.log_lines();
+    assert!(lines.iter().any(|l| l.contains("seatbroker stopped")));
+    let mut secrets: Vec<&str> = story.member_keys.iter().map(String::as_str).collect();
+    secrets.extend([story.owner_key.as_str(), OPERATOR_KEY]);
+    check_logs(&lines, &secrets);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let mut daemon = daemon::start(&["--shutdown-grace-ms", "600000"], "info");
+    let channel = client::connect(&daemon.url("http")).await.unwrap();
+    let mut watch = watch_health(channel).await;
+    daemon.signal("INT");
+    // The open watch keeps the daemon draining, for up to the ten-minute grace.
+    next_status(&mut watch, 2).await;
+    daemon.signal("INT");
+    let status = daemon.wait_exit(STOP_DEADLINE);
+    assert_eq!(
+        status.code(),
+        Some(128 + 2),
+        "the second SIGINT exits at once, non-zero"
+    );
+}

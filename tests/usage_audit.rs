@@ -1,0 +1,253 @@
+//! Usage reports for admins: peak, grants and denials over a window, and the audit
+//! record of grants, releases, expiries, denials, terminations and admin changes,
+//! queried by time range.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use seatbroker::proto;
+use tonic::Code;
+
+fn usage_request(org: &str, window_seconds: u32) -> proto::GetUsageRequest {
+    proto::GetUsageRequest {
+        org_id: org.into(),
+        window_seconds,
+    }
+}
+
+#[tokio::test]
+async fn usage_reports_peak_grants_and_denials_over_a_window() {
+    let server = start().await;
+    let org = server.organization("acme", 0, 2, &["a", "b", "c"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let lease = server
+        .session(org.key(0))
+        .await
+        .acquire(acquire_request(KRE, "e-a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    server
+        .session(org.key(1))
+        .await
+        .acquire(acquire_request(KRE, "e-b"))
+        .await
+        .unwrap();
+    assert_status(
+        server
+            .session(org.key(2))
+            .await
+            .acquire(acquire_request(KRE, "e-c"))
+            .await,
+        Code::ResourceExhausted,
+        "2 of 2",
+    );
+    server
+        .session(org.key(0))
+        .await
+        .release(proto::ReleaseRequest {
+            lease_id: lease.lease_id,
+            generation: lease.generation,
+        })
+        .await
+        .unwrap();
+
+    let mut admin = server.admin(&org.owner_key).await;
+    let answer = admin
+        .get_usage(usage_request("acme", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.window_seconds, 3600, "0 asks for the default window");
+    let kre = answer.products.iter().find(|p| p.product == KRE).unwrap();
+    assert_eq!(
+        (
+            kre.active_sessions,
+            kre.window_peak_sessions,
+            kre.window_grants,
+            kre.window_denials
+        ),
+        (1, 2, 2, 1)
+    );
+    let kse = answer.products.iter().find(|p| p.product == KSE).unwrap();
+    assert_eq!((kse.window_peak_sessions, kse.window_grants), (0, 0));
+    assert_status(
+        admin.get_usage(usage_request("acme", 86_401)).await,
+        Code::InvalidArgument,
+        "window_seconds",
+    );
+}
+
+async fn audit(
+    server: &TestServer,
+    key: &str,
+    from: i64,
+    to: i64,
+    limit: u32,
+) -> Result<proto::ListAuditEventsResponse, tonic::Status> {
+    server
+        .admin(key)
+        .await
+        .list_audit_events(proto::ListAuditEventsRequest {
+            org_id: "acme".into(),
+            from_unix_ms: from,
+            to_unix_ms: to,
+            limit,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Polls the audit record until an event of `kind` shows up.
+async fn wait_for_event(server: &TestServer, key: &str, kind: &str) -> Vec<proto::AuditEvent> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = audit(server, key, 0, 0, 0).await.unwrap().events;
+        if events.iter().any(|e| e.kind == kind) {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "no {kind} event in {events:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_audit_record_tells_the_story_of_an_organization() {
+    let server = start_with_ttl(Duration::from_millis(300)).await;
+    let org = server.organization("acme", 1, 1, &["a", "b"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut a = server.session(org.key(0)).await;
+    let mut b = server.session(org.key(1)).await;
+    let first = a
+        .acquire(acquire_request(KRE, "e-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    assert_status(
+        b.acquire(acquire_request(KRE, "e-b")).await,
+        Code::ResourceExhausted,
+        "",
+    );
+    a.release(proto::ReleaseRequest {
+        lease_id: first.lease_id.clone(),
+        generation: first.generation,
+    })
+    .await
+    .unwrap();
+    let second = a
+        .acquire(acquire_request(KRE, "e-2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap();
+    server
+        .admin(&org.owner_key)
+        .await
+        .terminate_session(proto::TerminateSessionRequest {
+            org_id: "acme".into(),
+            lease_id: second.lease_id.clone(),
+        })
+        .await
+        .unwrap();
+    b.acquire(acquire_request(KRE, "e-b")).await.unwrap();
+
+    let events = wait_for_event(&server, &org.owner_key, "lease_expired").await;
+    let lease_story: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e.kind.starts_with("lease_") || e.kind == "acquire_denied")
+        .map(|e| (e.kind.as_str(), e.email.split('@').next().unwrap()))
+        .collect();
+    assert_eq!(
+        lease_story,
+        [
+            ("lease_granted", "a"),
+            ("acquire_denied", "b"),
+            ("lease_released", "a"),
+            ("lease_granted", "a"),
+            ("lease_terminated", "a"),
+            ("lease_granted", "b"),
+            ("lease_expired", "b"),
+        ]
+    );
+    let denial = events.iter().find(|e| e.kind == "acquire_denied").unwrap();
+    assert_eq!(
+        (denial.detail.as_str(), denial.product),
+        ("quota_exhausted", KRE)
+    );
+    let granted = events.iter().find(|e| e.kind == "lease_granted").unwrap();
+    assert_eq!(
+        (granted.lease_id.as_str(), granted.engine_id.as_str()),
+        (first.lease_id.as_str(), "e-1")
+    );
+    for kind in [
+        "organization_created",
+        "member_added",
+        "api_key_created",
+        "licenses_assigned",
+    ] {
+        assert!(events.iter().any(|e| e.kind == kind), "no {kind} event");
+    }
+    let assigned: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "licenses_assigned")
+        .map(|e| e.email.as_str())
+        .collect();
+    assert_eq!(assigned, [org.email(0), org.email(1)]);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.at_unix_ms > 0 && e.org_id == "acme")
+    );
+
+    // A time range selects by time; a limit cuts and says so.
+    let at = denial.at_unix_ms;
+    let in_that_ms = audit(&server, &org.owner_key, at, at + 1, 0).await.unwrap();
+    assert!(in_that_ms.events.iter().all(|e| e.at_unix_ms == at));
+    assert!(in_that_ms.events.iter().any(|e| e.kind == "acquire_denied"));
+    let cut = audit(&server, &org.owner_key, 0, 0, 2).await.unwrap();
+    assert_eq!((cut.events.len(), cut.truncated), (2, true));
+
+    // The record on disk holds no secret: API keys appear by id only.
+    let audit_dir = server.data_dir.path().join("audit");
+    for entry in std::fs::read_dir(audit_dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for (_, key) in &org.members {
+            assert!(
+                !text.contains(key.as_str()),
+                "a member key is in the audit record"
+            );
+        }
+        assert!(!text.contains(&org.owner_key) && !text.contains(OPERATOR_KEY));
+    }
+}
+
+#[tokio::test]
+async fn only_owners_admins_and_the_operator_read_the_audit_record() {
+    let server = start().await;
+    let org = server.organization("acme", 1, 1, &["a"]).await;
+    let other = server.organization("globex", 1, 1, &[]).await;
+    assert!(audit(&server, &org.owner_key, 0, 0, 0).await.is_ok());
+    assert!(audit(&server, OPERATOR_KEY, 0, 0, 0).await.is_ok());
+    assert_status(
+        audit(&server, org.key(0), 0, 0, 0).await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_status(
+        audit(&server, &other.owner_key, 0, 0, 0).await,
+        Code::PermissionDenied,
+        "",
+    );
+    assert_status(
+        audit(&server, &org.owner_key, 10, 5, 0).await,
+        Code::InvalidArgument,
+        "to_unix_ms",
+    );
+}
