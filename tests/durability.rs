@@ -375,12 +375,9 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
     let middle = 24 + 7 + 40;
     damaged[middle] ^= 0x40;
     std::fs::write(&segment, &damaged).unwrap();
-    let config = seatbroker::server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        lease_ttl: TTL,
-        operator_key: seatbroker::server::OperatorKeySource::Given(OPERATOR_KEY.into()),
-    };
+    let mut config = seatbroker::server::ServerConfig::for_data_dir(dir.path());
+    config.lease_ttl = TTL;
+    config.operator_key = seatbroker::server::OperatorKeySource::Given(OPERATOR_KEY.into());
     let refused = seatbroker::server::prepare(config.clone())
         .await
         .err()

@@ -101,7 +101,7 @@ impl Shared {
         let started = match &self.pacer {
             Some(pacer) => {
                 let scheduled = pacer.reserve();
-                tokio::time::sleep_until(scheduled.into()).await;
+                tokio::time::sleep_until(scheduled).await;
                 scheduled
             }
             None => Instant::now(),

@@ -42,8 +42,6 @@ mod setup;
 mod stats;
 
 #[cfg(test)]
-mod fake_broker;
-#[cfg(test)]
 mod tests;
 
 use std::io::Write as _;

@@ -30,6 +30,7 @@ fn config(workload: Workload) -> Config {
         backoff: Duration::from_millis(1),
         progress: Progress::Off,
         seed: 42,
+        rate: None,
     }
 }
 

@@ -369,14 +369,43 @@ impl ChildDaemon {
         format!("http://{}", self.addr)
     }
 
-    pub async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
+    /// A channel to the daemon once its health says SERVING (it listens before it is
+    /// ready, answering UNAVAILABLE meanwhile).
+    async fn ready_channel(&self) -> tonic::transport::Channel {
         let channel = client::connect(&self.url()).await.expect("connect");
-        client::admin(channel, BearerKey::new(Some(key)).unwrap())
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let request = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            let serving = health.check(request).await.is_ok_and(|r| {
+                r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            });
+            if serving {
+                return channel;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon never became SERVING"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
+        client::admin(
+            self.ready_channel().await,
+            BearerKey::new(Some(key)).unwrap(),
+        )
     }
 
     pub async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
-        let channel = client::connect(&self.url()).await.expect("connect");
-        client::session(channel, BearerKey::new(Some(key)).unwrap())
+        client::session(
+            self.ready_channel().await,
+            BearerKey::new(Some(key)).unwrap(),
+        )
     }
 
     /// SIGKILL: no chance to flush anything.

@@ -1,0 +1,86 @@
+//! The load generator against a real broker: it provisions organizations, members,
+//! licenses and keys through the real API, drives engines with their own keys, and its
+//! contention check confirms the broker never granted past the quota.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use seatbroker::loadgen::{self, BrokerTarget, Config, OperatorKey, Progress, Target, Workload};
+use seatbroker::proto;
+
+fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
+    Config {
+        workload,
+        orgs,
+        engines,
+        in_flight: 64,
+        connections: 2,
+        warmup: Duration::ZERO,
+        duration: Duration::from_millis(1_500),
+        quota,
+        hold_min: Duration::from_millis(1),
+        hold_max: Duration::from_millis(3),
+        think_max: Duration::ZERO,
+        backoff: Duration::from_millis(1),
+        progress: Progress::Off,
+        seed: 7,
+        rate: None,
+    }
+}
+
+fn target(server: &TestServer) -> Target {
+    Target::Broker(BrokerTarget {
+        uri: server.url(),
+        tls: None,
+        operator_key: OPERATOR_KEY.parse::<OperatorKey>().unwrap(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_release_provisions_through_the_real_api_and_runs_clean() {
+    let server = start().await;
+    let report = loadgen::execute(
+        &config(Workload::AcquireRelease, 2, 300, 150),
+        &target(&server),
+    )
+    .await
+    .expect("the run completes");
+    assert_eq!(report.errors_total, 0, "{:?}", report.errors);
+    assert!(report.ops > 0);
+    let organizations = server
+        .operator()
+        .await
+        .list_organizations(proto::ListOrganizationsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .organizations;
+    assert_eq!(organizations.len(), 2);
+    for org in &organizations {
+        assert!(org.org_id.starts_with("bench-"));
+        // 150 engines, one member each, plus the owner.
+        assert_eq!(org.member_count, 151);
+        assert_eq!(org.quota.unwrap().kre_sessions, 150);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_never_sees_more_sessions_than_the_quota() {
+    let server = start().await;
+    let report = loadgen::execute(&config(Workload::Contention, 1, 64, 8), &target(&server))
+        .await
+        .expect("the run completes");
+    let check = report
+        .quota_check
+        .as_ref()
+        .expect("contention checks the quota");
+    assert!(
+        report.quota_ok(),
+        "max concurrent {} > quota 8",
+        check.max_concurrent
+    );
+    assert!(check.max_concurrent <= 8);
+    assert!(check.max_concurrent > 0, "the run granted sessions");
+}
