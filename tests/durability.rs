@@ -143,6 +143,62 @@ async fn held_sessions_survive_a_restart_and_the_quota_holds() {
 }
 
 #[tokio::test]
+async fn ended_sessions_stay_ended_after_a_restart() {
+    let server = start().await;
+    let org = server.organization("acme", 0, 5, &["a", "b", "c"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut leases = Vec::new();
+    for i in 0..3 {
+        let mut engine = server.session(org.key(i)).await;
+        leases.push(
+            engine
+                .acquire(acquire_request(KRE, "e"))
+                .await
+                .unwrap()
+                .into_inner()
+                .lease
+                .unwrap(),
+        );
+    }
+    let mut owner = server.admin(&org.owner_key).await;
+    owner
+        .terminate_session(proto::TerminateSessionRequest {
+            org_id: org.id.clone(),
+            lease_id: leases[0].lease_id.clone(),
+        })
+        .await
+        .unwrap();
+    server
+        .session(org.key(1))
+        .await
+        .release(proto::ReleaseRequest {
+            lease_id: leases[1].lease_id.clone(),
+            generation: leases[1].generation,
+        })
+        .await
+        .unwrap();
+    let dir = server.stop().await;
+    let server = start_in(dir, TTL).await;
+    let sessions = server
+        .admin(&org.owner_key)
+        .await
+        .list_sessions(proto::ListSessionsRequest {
+            org_id: org.id.clone(),
+            product: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    let ids: Vec<&str> = sessions.iter().map(|s| s.lease_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![leases[2].lease_id.as_str()],
+        "only the held lease came back"
+    );
+}
+
+#[tokio::test]
 async fn generations_strictly_increase_across_a_hundred_restarts() {
     let mut server = start().await;
     let org = server.organization("acme", 0, 1, &["a"]).await;

@@ -484,7 +484,7 @@ impl LeaseTable {
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
         let lease = org
-            .remove(id)
+            .end(id, self.journal.as_ref())
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         org.counters_mut(lease.product).terminations += 1;
         org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated);
