@@ -453,6 +453,11 @@ fn write_until_closed(mut receiver: mpsc::Receiver<Message>, files: &AuditFiles)
             }
         }
         writer.flush(false);
+        // Let the next batch gather: one wake-up per pause instead of one per event
+        // keeps the writer from competing with the RPC threads for the cores.
+        std::thread::sleep(std::time::Duration::from_millis(
+            limits::AUDIT_WRITER_PAUSE_MS,
+        ));
     }
     writer.flush(true);
 }

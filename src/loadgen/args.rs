@@ -143,8 +143,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub seed: Option<u64>,
     /// Pace all RPCs to this many per second in total (default: as fast as the
-    /// in-flight bound allows). Latency is measured from each call's scheduled start,
-    /// so a server that falls behind shows it in the percentiles.
+    /// in-flight bound allows). Latency is measured from each call's send; the
+    /// achieved rate shows whether the server kept up.
     #[arg(long)]
     pub rate: Option<u32>,
 }

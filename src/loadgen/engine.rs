@@ -98,14 +98,12 @@ impl Shared {
             .acquire()
             .await
             .map_err(|_| Status::cancelled("the in-flight semaphore was closed"))?;
-        let started = match &self.pacer {
-            Some(pacer) => {
-                let scheduled = pacer.reserve();
-                tokio::time::sleep_until(scheduled).await;
-                scheduled
-            }
-            None => Instant::now(),
-        };
+        if let Some(pacer) = &self.pacer {
+            tokio::time::sleep_until(pacer.reserve()).await;
+        }
+        // Measured from the send, not the scheduled start: tokio's timer wakes at
+        // millisecond granularity, which would otherwise dominate the figure.
+        let started = Instant::now();
         let result = rpc.await;
         let finished = Instant::now();
         let answer = self.classify(method, &result);
