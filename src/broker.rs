@@ -367,15 +367,21 @@ impl Broker {
         generation: u64,
     ) -> Result<std::time::Duration, DomainError> {
         let (org, email) = Self::engine_identity(principal)?;
-        let now = self.now();
-        {
+        let license_expired = {
             let admin = self.admin.read();
-            if admin.organization(org)?.quota.expired_at(now.unix_ms) {
-                // The license ran out: the session ends now rather than at its deadline.
-                drop(self.leases.terminate(org, id));
-                return Err(DomainError::LicenseExpired(org.clone()));
-            }
+            admin
+                .organization(org)?
+                .quota
+                .expired_at(self.clock.unix_ms())
+        };
+        if license_expired {
+            // The license ran out: the caller's own session ends now rather than at its
+            // deadline (checked like a release: same user, same generation).
+            self.leases.release(org, email, id, generation)?;
+            return Err(DomainError::LicenseExpired(org.clone()));
         }
+        // Read after any wait for the admin lock: the heartbeat counts from now.
+        let now = self.now();
         let deadline = self
             .leases
             .heartbeat(org, email, id, generation, now.instant)?;

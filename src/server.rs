@@ -123,7 +123,6 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     let audit = AuditLog::open(data_dir, config.audit)?;
     let activity = Arc::new(Activity::new(Arc::clone(&clock), timing, audit));
     let mut leases = LeaseTable::new(timing, 0);
-    leases.set_observer(Arc::clone(&activity) as _);
     leases.set_leases_per_org_max(config.limits.leases_per_org_max);
     let opened = durable::open(
         &data_dir.join(WAL_DIR),
@@ -141,9 +140,12 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         "recovered the data directory"
     );
     let journal = opened.journal;
+    let mut leases = opened.leases;
+    // Only now: replaying the log must not reach the audit record or the metrics.
+    leases.set_observer(Arc::clone(&activity) as _);
     let broker = Arc::new(Broker::new(
         opened.admin,
-        opened.leases,
+        leases,
         operator,
         journal.clone(),
         clock,

@@ -189,6 +189,17 @@ async fn only_owners_and_admins_administer() {
         Code::PermissionDenied,
         "Owner role",
     );
+    // Nor mint a key that acts as the Owner.
+    let owner_key = proto::CreateApiKeyRequest {
+        org_id: org.id.clone(),
+        email: org.owner.clone(),
+        label: String::new(),
+    };
+    assert_status(
+        admin.create_api_key(owner_key).await,
+        Code::PermissionDenied,
+        "Owner role",
+    );
     // The last Owner cannot leave, even by their own hand.
     assert_status(
         owner.remove_member(remove_owner).await,

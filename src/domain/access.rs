@@ -123,12 +123,21 @@ pub fn authorize_command(
     };
     let organization = state.organization(org)?;
     let caller_is_owner = organization.role_of(caller) == Some(Role::Owner);
+    let is_owner = |email: &Email| organization.role_of(email) == Some(Role::Owner);
+    // An Owner's API key acts as that Owner, so minting or revoking one is an Owner's
+    // business too (an Admin could otherwise become an Owner through a key).
+    let key_subject_is_owner = |key_id| {
+        organization
+            .api_keys
+            .get(key_id)
+            .is_some_and(|record| is_owner(&record.email))
+    };
     let touches_owner = match command {
         Command::AddMember { role, .. } => *role == Role::Owner,
-        Command::SetRole { email, role, .. } => {
-            *role == Role::Owner || organization.role_of(email) == Some(Role::Owner)
-        }
-        Command::RemoveMember { email, .. } => organization.role_of(email) == Some(Role::Owner),
+        Command::SetRole { email, role, .. } => *role == Role::Owner || is_owner(email),
+        Command::RemoveMember { email, .. } => is_owner(email),
+        Command::CreateApiKey { email, .. } => is_owner(email) && email != caller,
+        Command::RevokeApiKey { key_id, .. } => key_subject_is_owner(key_id),
         _ => false,
     };
     if touches_owner && !caller_is_owner {

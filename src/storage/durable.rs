@@ -14,7 +14,7 @@ use std::time::Instant as WallInstant;
 use tokio::time::Instant;
 
 use super::codec::{self, LogBody, RecoveredLease};
-use super::{AdmissionQueue, Durable, Journal, LogPermit};
+use super::{Durable, Journal, LogPermit};
 use crate::domain::{AdminState, Command, DomainError, OrgId};
 use crate::leases::{Lease, LeaseId, LeaseTable};
 use crate::limits;
@@ -29,7 +29,6 @@ const _: () = assert!(
 
 pub struct WalJournal {
     wal: Arc<Wal>,
-    queue: AdmissionQueue,
     /// Lease ends dropped because the log was busy (each holds a seat one TTL longer
     /// after a crash, no more).
     dropped_lease_ends: AtomicU64,
@@ -68,7 +67,12 @@ fn log_diverged(error: &WalError) -> ! {
 
 impl Journal for WalJournal {
     fn admit(&self) -> Result<LogPermit, DomainError> {
-        self.queue.admit()
+        let pending = self.wal.pending_records().map_err(|_| {
+            DomainError::Unavailable(
+                "seatbroker is shutting down; retry against the restarted daemon".into(),
+            )
+        })?;
+        super::admit(pending, limits::LOG_QUEUE_RECORDS_MAX)
     }
 
     fn append_command(&self, permit: LogPermit, command: &Command) -> Durable {
@@ -200,7 +204,6 @@ pub async fn open(
     leases.start_epoch(boot_epoch);
     let journal = Arc::new(WalJournal {
         wal,
-        queue: AdmissionQueue::new(limits::LOG_QUEUE_RECORDS_MAX),
         dropped_lease_ends: AtomicU64::new(0),
     });
     leases.set_journal(journal.clone());

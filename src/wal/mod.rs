@@ -448,6 +448,16 @@ impl Wal {
         }
     }
 
+    /// Records submitted but not yet durable; `Err(Closed)` once the log is closing.
+    /// One short lock, cheap enough for every admitted call.
+    pub fn pending_records(&self) -> Result<u64, WalError> {
+        let queue = self.shared.queue.lock();
+        if queue.closing {
+            return Err(WalError::Closed);
+        }
+        Ok(queue.next_lsn - 1 - queue.durable_lsn)
+    }
+
     /// The current counters.
     pub fn stats(&self) -> WalStats {
         let counters = &self.shared.counters;
