@@ -43,17 +43,20 @@ impl WalJournal {
         self.dropped_lease_ends.load(Ordering::Relaxed)
     }
 
-    fn submit(&self, permit: LogPermit, record: Vec<u8>) -> Durable {
+    fn submit(&self, _admitted: LogPermit, record: Vec<u8>) -> Durable {
         match self.wal.submit(record) {
             Ok(ticket) => Box::pin(async move {
-                let result = ticket.await;
-                drop(permit);
-                result.map(|_| ()).map_err(|error| {
+                ticket.await.map(|_| ()).map_err(|error| {
                     DomainError::Unavailable(format!(
                         "the log could not make the change durable: {error}"
                     ))
                 })
             }),
+            // Shutting down: nothing more will be persisted and the process is about to
+            // exit, so the unlogged change dies with it; the caller gets UNAVAILABLE.
+            Err(WalError::Closed) => Box::pin(std::future::ready(Err(DomainError::Unavailable(
+                "seatbroker is shutting down; retry against the restarted daemon".into(),
+            )))),
             Err(error) => log_diverged(&error),
         }
     }
