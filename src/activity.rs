@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::audit::{AuditEvent, AuditLog};
 use crate::clock::Clock;
 use crate::domain::{Command, DomainError, OrgId, Principal, Product};
-use crate::leases::{Lease, LeaseEnd, LeaseObserver, LeaseTiming};
+use crate::leases::{LeaseEnd, LeaseObserver, LeaseRef, LeaseTiming};
 use crate::telemetry::metrics::{DENIAL_REASONS, LeaseMetrics};
 use crate::usage::{UsageWindows, WindowUsage};
 
@@ -91,19 +91,19 @@ impl Activity {
 }
 
 impl LeaseObserver for Activity {
-    fn granted(&self, org: &OrgId, lease: &Lease, active: u32) {
+    fn granted(&self, org: &OrgId, lease: LeaseRef<'_>, active: u32) {
         let now = self.clock.unix_ms();
         self.metrics.granted(lease.product);
         self.usage.granted(org, lease.product, active, now);
         self.audit.record(AuditEvent::lease(now, org, lease, None));
     }
 
-    fn renewed(&self, lease: &Lease, since_last_renewal: Duration) {
+    fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration) {
         let late_by = since_last_renewal.saturating_sub(self.timing.heartbeat_interval);
         self.metrics.heartbeat_late_by(lease.product, late_by);
     }
 
-    fn ended(&self, org: &OrgId, lease: &Lease, why: LeaseEnd, active: u32) {
+    fn ended(&self, org: &OrgId, lease: LeaseRef<'_>, why: LeaseEnd, active: u32) {
         let now = self.clock.unix_ms();
         self.metrics.ended(lease.product, why);
         self.usage.ended(org, lease.product, active, now);

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{ApiKeyId, Command, Email, OrgId, Principal, Product};
-use crate::leases::{Lease, LeaseEnd, LeaseId};
+use crate::leases::{LeaseEnd, LeaseId, LeaseRef};
 use crate::limits;
 use crate::telemetry::metrics;
 
@@ -126,7 +126,12 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// A grant, or the end of a lease.
-    pub fn lease(at_unix_ms: i64, org: &OrgId, lease: &Lease, ended: Option<LeaseEnd>) -> Self {
+    pub fn lease(
+        at_unix_ms: i64,
+        org: &OrgId,
+        lease: LeaseRef<'_>,
+        ended: Option<LeaseEnd>,
+    ) -> Self {
         let (kind, actor) = match ended {
             None => (AuditKind::LeaseGranted, Actor::Member(lease.email.clone())),
             Some(LeaseEnd::Released) => {
@@ -142,7 +147,7 @@ impl AuditEvent {
             product: Some(lease.product),
             email: Some(lease.email.clone()),
             lease: Some((lease.id, lease.generation)),
-            engine_id: Some(lease.engine_id.clone()),
+            engine_id: Some(lease.engine_id.into()),
             actor,
             detail: None,
         }

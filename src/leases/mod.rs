@@ -7,8 +7,17 @@
 //! and every grant gets a fresh `generation` from one strictly increasing counter, so a
 //! superseded engine is fenced off. Expiry is an ordered index per organization (see
 //! [`expiry`]); the table reads no clock: callers pass `now`.
+//!
+//! Leases are kept in a compact form (see `store`: a slab of 80-byte slots, deadlines
+//! in whole milliseconds rounded up), about 175 bytes a lease in all; [`Lease`] is the
+//! owned view handed to callers and [`LeaseRef`] the borrowed one handed to observers,
+//! both built on demand.
+//!
+//! - `expiry`: the per-organization heap of deadlines.
+//! - `store`: the per-organization slab, id index and millisecond clock.
 
 pub mod expiry;
+mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +33,7 @@ use crate::domain::{DomainError, Email, OrgId, Product};
 use crate::limits;
 use crate::storage::{Durable, Journal, VolatileJournal};
 use expiry::ExpiryIndex;
+use store::{LeaseStore, MsClock, Slot, StoredLease};
 
 /// A lease id: 128 bits derived from the engine's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,7 +77,7 @@ impl std::fmt::Display for LeaseId {
     }
 }
 
-/// One live session.
+/// One live session, owned (the table keeps a compact form and builds this on demand).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub id: LeaseId,
@@ -77,9 +87,57 @@ pub struct Lease {
     pub engine_id: Box<str>,
     pub hostname: Box<str>,
     pub label: Box<str>,
-    /// Monotonic instant after which the lease is gone: last heartbeat received + TTL.
+    /// Monotonic instant after which the lease is gone: last heartbeat received + TTL,
+    /// rounded up to the millisecond.
     pub deadline: Instant,
     pub acquired_at_unix_ms: i64,
+}
+
+/// One live session, borrowed from the table (under its organization's lock) or from a
+/// [`Lease`]: what observers are given, so that telling them costs no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRef<'a> {
+    pub id: LeaseId,
+    pub generation: u64,
+    pub product: Product,
+    pub email: &'a Email,
+    pub engine_id: &'a str,
+    pub hostname: &'a str,
+    pub label: &'a str,
+    pub deadline: Instant,
+    pub acquired_at_unix_ms: i64,
+}
+
+impl LeaseRef<'_> {
+    pub fn to_lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            generation: self.generation,
+            product: self.product,
+            email: self.email.clone(),
+            engine_id: self.engine_id.into(),
+            hostname: self.hostname.into(),
+            label: self.label.into(),
+            deadline: self.deadline,
+            acquired_at_unix_ms: self.acquired_at_unix_ms,
+        }
+    }
+}
+
+impl<'a> From<&'a Lease> for LeaseRef<'a> {
+    fn from(lease: &'a Lease) -> Self {
+        LeaseRef {
+            id: lease.id,
+            generation: lease.generation,
+            product: lease.product,
+            email: &lease.email,
+            engine_id: &lease.engine_id,
+            hostname: &lease.hostname,
+            label: &lease.label,
+            deadline: lease.deadline,
+            acquired_at_unix_ms: lease.acquired_at_unix_ms,
+        }
+    }
 }
 
 /// What an engine asks for.
@@ -136,29 +194,33 @@ pub enum LeaseEnd {
 /// Called under the organization's lock: an observer must be quick and never block.
 pub trait LeaseObserver: Send + Sync + 'static {
     /// A new lease; `active` is the product's active count with it.
-    fn granted(&self, org: &OrgId, lease: &Lease, active: u32);
-    /// A heartbeat arrived `since_last_renewal` after the previous one (or the grant).
-    fn renewed(&self, lease: &Lease, since_last_renewal: Duration);
+    fn granted(&self, org: &OrgId, lease: LeaseRef<'_>, active: u32);
+    /// A heartbeat arrived `since_last_renewal` after the previous one (or the grant),
+    /// to the millisecond.
+    fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration);
     /// A lease ended; `active` is the product's active count without it.
-    fn ended(&self, org: &OrgId, lease: &Lease, why: LeaseEnd, active: u32);
+    fn ended(&self, org: &OrgId, lease: LeaseRef<'_>, why: LeaseEnd, active: u32);
 }
 
 /// The observer of a table nobody watches.
 pub struct UnobservedLeases;
 
 impl LeaseObserver for UnobservedLeases {
-    fn granted(&self, _org: &OrgId, _lease: &Lease, _active: u32) {}
-    fn renewed(&self, _lease: &Lease, _since_last_renewal: Duration) {}
-    fn ended(&self, _org: &OrgId, _lease: &Lease, _why: LeaseEnd, _active: u32) {}
+    fn granted(&self, _org: &OrgId, _lease: LeaseRef<'_>, _active: u32) {}
+    fn renewed(&self, _lease: LeaseRef<'_>, _since_last_renewal: Duration) {}
+    fn ended(&self, _org: &OrgId, _lease: LeaseRef<'_>, _why: LeaseEnd, _active: u32) {}
 }
 
 /// The sessions of one organization.
 #[derive(Debug)]
 struct OrgLeases {
     id: OrgId,
-    leases: HashMap<LeaseId, Lease>,
+    /// Converts deadlines to the milliseconds the store and the expiry heap keep; its
+    /// base is the `now` of the call that first saw the organization.
+    clock: MsClock,
+    leases: LeaseStore,
     /// The KSE lease of each user holding one: a KSE license runs one engine at a time.
-    kse_holders: HashMap<Email, LeaseId>,
+    kse_holders: HashMap<Email, Slot>,
     counters: [ProductCounters; 2],
     expiry: ExpiryIndex,
 }
@@ -171,70 +233,77 @@ fn product_index(product: Product) -> usize {
 }
 
 impl OrgLeases {
-    fn new(id: OrgId) -> Self {
+    fn new(id: OrgId, now: Instant) -> Self {
         OrgLeases {
             id,
-            leases: HashMap::new(),
+            clock: MsClock::new(now),
+            leases: LeaseStore::default(),
             kse_holders: HashMap::new(),
             counters: Default::default(),
             expiry: ExpiryIndex::default(),
         }
     }
 
-    fn insert(&mut self, lease: Lease) {
+    /// Stores a lease whose id is not live yet.
+    fn insert(&mut self, lease: StoredLease) {
         let counters = self.counters_mut(lease.product);
         counters.active += 1;
         counters.peak = counters.peak.max(counters.active);
-        if lease.product == Product::Kse {
-            self.kse_holders.insert(lease.email.clone(), lease.id);
+        let (product, deadline_ms, generation) =
+            (lease.product, lease.deadline_ms, lease.generation);
+        let email = (product == Product::Kse).then(|| lease.email.clone());
+        let slot = self.leases.insert(lease);
+        if let Some(email) = email {
+            self.kse_holders.insert(email, slot);
         }
-        self.expiry
-            .schedule(lease.deadline, lease.id, lease.generation);
-        self.leases.insert(lease.id, lease);
+        self.expiry.schedule(deadline_ms, slot, generation);
     }
 
     /// Removes a lease and journals its end.
-    fn end(&mut self, id: LeaseId, journal: &dyn Journal) -> Option<Lease> {
-        let lease = self.remove(id)?;
-        journal.append_lease_ended(&self.id, id, lease.generation);
-        Some(lease)
+    fn end(&mut self, slot: Slot, journal: &dyn Journal) -> StoredLease {
+        let lease = self.remove(slot);
+        journal.append_lease_ended(&self.id, lease.id(), lease.generation);
+        lease
     }
 
     /// Tells the observer that `lease` ended, with the product's count after it.
-    fn observe_end(&self, observer: &dyn LeaseObserver, lease: &Lease, why: LeaseEnd) {
+    fn observe_end(&self, observer: &dyn LeaseObserver, lease: &StoredLease, why: LeaseEnd) {
         let active = self.counters[product_index(lease.product)].active;
-        observer.ended(&self.id, lease, why, active);
+        observer.ended(&self.id, lease.view(self.clock), why, active);
     }
 
     fn counters_mut(&mut self, product: Product) -> &mut ProductCounters {
         &mut self.counters[product_index(product)]
     }
 
-    fn remove(&mut self, id: LeaseId) -> Option<Lease> {
-        let lease = self.leases.remove(&id)?;
+    /// Removes the lease in an occupied slot.
+    fn remove(&mut self, slot: Slot) -> StoredLease {
+        let lease = self.leases.remove(slot);
         if lease.product == Product::Kse {
             self.kse_holders.remove(&lease.email);
         }
         self.counters_mut(lease.product).active -= 1;
         if self.expiry.needs_compaction(self.leases.len()) {
             let leases = &self.leases;
-            self.expiry.compact(|id, generation| {
-                leases.get(&id).is_some_and(|l| l.generation == generation)
+            self.expiry.compact(|slot, generation| {
+                leases.get(slot).is_some_and(|l| l.generation == generation)
             });
         }
-        Some(lease)
+        lease
     }
 
-    fn find_mut(
-        &mut self,
+    /// The slot of a live lease of `email` (of anyone's when `None`) at `generation`.
+    fn find(
+        &self,
         id: LeaseId,
         email: Option<&Email>,
         generation: u64,
-    ) -> Result<&mut Lease, DomainError> {
-        let lease = self
+    ) -> Result<Slot, DomainError> {
+        let (slot, lease) = self
             .leases
-            .get_mut(&id)
-            .filter(|lease| email.is_none_or(|e| *e == lease.email))
+            .find(id)
+            .and_then(|slot| Some((slot, self.leases.get(slot)?)))
+            .filter(|(_, lease)| email.is_none_or(|e| *e == lease.email))
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         if lease.generation != generation {
             return Err(DomainError::StaleGeneration {
@@ -243,7 +312,7 @@ impl OrgLeases {
                 presented: generation,
             });
         }
-        Ok(lease)
+        Ok(slot)
     }
 }
 
@@ -334,7 +403,8 @@ impl LeaseTable {
         self.timing
     }
 
-    fn organization(&self, org: &OrgId) -> Arc<Mutex<OrgLeases>> {
+    /// The organization's leases, created if need be with its clock based at `now`.
+    fn organization(&self, org: &OrgId, now: Instant) -> Arc<Mutex<OrgLeases>> {
         if let Some(existing) = self.organizations.get(org) {
             return Arc::clone(&existing);
         }
@@ -342,7 +412,7 @@ impl LeaseTable {
             &self
                 .organizations
                 .entry(org.clone())
-                .or_insert_with(|| Arc::new(Mutex::new(OrgLeases::new(org.clone())))),
+                .or_insert_with(|| Arc::new(Mutex::new(OrgLeases::new(org.clone(), now)))),
         )
     }
 
@@ -364,26 +434,28 @@ impl LeaseTable {
             request.engine_id,
         );
         let permit = self.journal.admit()?;
-        let cell = self.organization(request.org);
-        let mut org = cell.lock();
-        let deadline = now.instant + self.timing.ttl;
-        if let Some(lease) = org.leases.get_mut(&id) {
+        let cell = self.organization(request.org, now.instant);
+        let mut guard = cell.lock();
+        let org = &mut *guard;
+        let deadline_ms = org.clock.deadline_ms(now.instant + self.timing.ttl);
+        if let Some(slot) = org.leases.find(id) {
             // A retry of the same engine: same lease, extended like a heartbeat.
-            lease.deadline = deadline;
+            let lease = org.leases.get_mut(slot).expect("found slots are occupied");
+            lease.deadline_ms = deadline_ms;
             let granted = Granted {
-                lease: lease.clone(),
+                lease: lease.view(org.clock).to_lease(),
                 resumed: true,
             };
             return Ok((granted, Box::pin(std::future::ready(Ok(())))));
         }
         if request.product == Product::Kse
-            && let Some(holder) = org.kse_holders.get(request.email)
+            && let Some(&holder) = org.kse_holders.get(request.email)
         {
-            let other = &org.leases[holder];
+            let other = org.leases.get(holder).expect("KSE holders are live");
             return Err(DomainError::KseSessionInUse {
                 email: request.email.clone(),
-                engine_id: other.engine_id.to_string(),
-                lease_id: other.id.to_string(),
+                engine_id: other.engine_id().to_string(),
+                lease_id: other.id().to_string(),
             });
         }
         let counters = org.counters_mut(request.product);
@@ -416,15 +488,15 @@ impl LeaseTable {
             engine_id: request.engine_id.into(),
             hostname: request.hostname.into(),
             label: request.label.into(),
-            deadline,
+            deadline: org.clock.instant(deadline_ms),
             acquired_at_unix_ms: now.unix_ms,
         };
         let durable = self
             .journal
             .append_lease_granted(permit, request.org, &lease);
-        org.insert(lease.clone());
+        org.insert(StoredLease::new((&lease).into(), deadline_ms));
         let active = org.counters[product_index(lease.product)].active;
-        self.observer.granted(request.org, &lease, active);
+        self.observer.granted(request.org, (&lease).into(), active);
         let granted = Granted {
             lease,
             resumed: false,
@@ -444,16 +516,18 @@ impl LeaseTable {
         let cell = self
             .existing_organization(org)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
-        let mut org = cell.lock();
-        let lease = org.find_mut(id, Some(email), generation)?;
-        let renewed_deadline = now + self.timing.ttl;
+        let mut guard = cell.lock();
+        let org = &mut *guard;
+        let slot = org.find(id, Some(email), generation)?;
+        let renewed_ms = org.clock.deadline_ms(now + self.timing.ttl);
+        let lease = org.leases.get_mut(slot).expect("found slots are occupied");
         self.observer.renewed(
-            lease,
-            renewed_deadline.saturating_duration_since(lease.deadline),
+            lease.view(org.clock),
+            Duration::from_millis(renewed_ms.saturating_sub(lease.deadline_ms)),
         );
         // A deadline never moves back: a late, reordered heartbeat cannot shorten it.
-        lease.deadline = lease.deadline.max(renewed_deadline);
-        Ok(lease.deadline)
+        lease.deadline_ms = lease.deadline_ms.max(renewed_ms);
+        Ok(org.clock.instant(lease.deadline_ms))
     }
 
     /// Ends a lease of `email` at the engine's request.
@@ -468,12 +542,10 @@ impl LeaseTable {
             .existing_organization(org)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
-        let product = org.find_mut(id, Some(email), generation)?.product;
-        let lease = org.end(id, self.journal.as_ref());
-        org.counters_mut(product).releases += 1;
-        if let Some(lease) = lease {
-            org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Released);
-        }
+        let slot = org.find(id, Some(email), generation)?;
+        let lease = org.end(slot, self.journal.as_ref());
+        org.counters_mut(lease.product).releases += 1;
+        org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Released);
         Ok(())
     }
 
@@ -483,12 +555,14 @@ impl LeaseTable {
             .existing_organization(org)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
-        let lease = org
-            .end(id, self.journal.as_ref())
+        let slot = org
+            .leases
+            .find(id)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
+        let lease = org.end(slot, self.journal.as_ref());
         org.counters_mut(lease.product).terminations += 1;
         org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated);
-        Ok(lease)
+        Ok(lease.view(org.clock).to_lease())
     }
 
     /// Ends every session of the given users (of one product, or of both). Admin
@@ -502,21 +576,20 @@ impl LeaseTable {
             return 0;
         };
         let mut org = cell.lock();
-        let ending: Vec<LeaseId> = org
+        let ending: Vec<Slot> = org
             .leases
-            .values()
-            .filter(|lease| {
+            .iter()
+            .filter(|(_, lease)| {
                 users.iter().any(|(email, product)| {
                     *email == lease.email && product.is_none_or(|p| p == lease.product)
                 })
             })
-            .map(|lease| lease.id)
+            .map(|(slot, _)| slot)
             .collect();
-        for id in &ending {
-            if let Some(lease) = org.end(*id, self.journal.as_ref()) {
-                org.counters_mut(lease.product).terminations += 1;
-                org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated);
-            }
+        for &slot in &ending {
+            let lease = org.end(slot, self.journal.as_ref());
+            org.counters_mut(lease.product).terminations += 1;
+            org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated);
         }
         ending.len() as u32
     }
@@ -524,17 +597,18 @@ impl LeaseTable {
     /// Recovery: puts back a lease found in the log or a snapshot, live for one TTL
     /// from `now` so that its engine can keep it by heartbeating. A record of an older
     /// generation than the lease already held is ignored (records may overlap a snapshot).
-    pub fn restore(&self, org: &OrgId, mut lease: Lease, now: Instant) {
-        let cell = self.organization(org);
+    pub fn restore(&self, org: &OrgId, lease: Lease, now: Instant) {
+        let cell = self.organization(org, now);
         let mut org = cell.lock();
-        if let Some(existing) = org.leases.get(&lease.id) {
+        if let Some(slot) = org.leases.find(lease.id) {
+            let existing = org.leases.get(slot).expect("found slots are occupied");
             if existing.generation >= lease.generation {
                 return;
             }
-            org.remove(lease.id);
+            org.remove(slot);
         }
-        lease.deadline = now + self.timing.ttl;
-        org.insert(lease);
+        let deadline_ms = org.clock.deadline_ms(now + self.timing.ttl);
+        org.insert(StoredLease::new((&lease).into(), deadline_ms));
     }
 
     /// Recovery: removes a lease whose end was logged, if it is that generation.
@@ -543,12 +617,13 @@ impl LeaseTable {
             return;
         };
         let mut org = cell.lock();
-        if org
-            .leases
-            .get(&id)
-            .is_some_and(|l| l.generation == generation)
-        {
-            org.remove(id);
+        let live = org.leases.find(id).filter(|&slot| {
+            org.leases
+                .get(slot)
+                .is_some_and(|l| l.generation == generation)
+        });
+        if let Some(slot) = live {
+            org.remove(slot);
         }
     }
 
@@ -564,7 +639,11 @@ impl LeaseTable {
         let mut all = Vec::new();
         for cell in cells {
             let org = cell.lock();
-            all.extend(org.leases.values().map(|l| (org.id.clone(), l.clone())));
+            all.extend(
+                org.leases
+                    .iter()
+                    .map(|(_, l)| (org.id.clone(), l.view(org.clock).to_lease())),
+            );
         }
         all
     }
@@ -605,10 +684,11 @@ impl LeaseTable {
         let org = cell.lock();
         let mut leases: Vec<Lease> = org
             .leases
-            .values()
+            .iter()
+            .map(|(_, l)| l)
             .filter(|l| product.is_none_or(|p| p == l.product))
             .take(limit)
-            .cloned()
+            .map(|l| l.view(org.clock).to_lease())
             .collect();
         leases.sort_by_key(|l| l.generation);
         leases
@@ -629,22 +709,24 @@ fn expire_org(
     journal: &dyn Journal,
     observer: &dyn LeaseObserver,
 ) -> usize {
+    let Some(now_ms) = org.clock.elapsed_ms(now) else {
+        return 0; // Before the organization's clock began: nothing can be due.
+    };
     let mut expired = 0;
-    while let Some((id, generation)) = org.expiry.pop_due(now) {
-        let Some(lease) = org.leases.get(&id).filter(|l| l.generation == generation) else {
-            continue; // Released or re-granted since: a stale entry.
+    while let Some((slot, generation)) = org.expiry.pop_due(now_ms) {
+        let Some(lease) = org.leases.get(slot).filter(|l| l.generation == generation) else {
+            continue; // Released, or the slot re-granted since: a stale entry.
         };
-        if lease.deadline > now {
+        if lease.deadline_ms > now_ms {
             // Heartbeats moved it on; look again at its current deadline.
-            let deadline = lease.deadline;
-            org.expiry.schedule(deadline, id, generation);
+            let deadline_ms = lease.deadline_ms;
+            org.expiry.schedule(deadline_ms, slot, generation);
             continue;
         }
-        if let Some(lease) = org.end(id, journal) {
-            org.counters_mut(lease.product).expiries += 1;
-            org.observe_end(observer, &lease, LeaseEnd::Expired);
-            expired += 1;
-        }
+        let lease = org.end(slot, journal);
+        org.counters_mut(lease.product).expiries += 1;
+        org.observe_end(observer, &lease, LeaseEnd::Expired);
+        expired += 1;
         if expired >= limits::EXPIRIES_PER_SWEEP_MAX {
             break;
         }

@@ -210,3 +210,175 @@ fn lease_ids_round_trip_through_text() {
     assert!(LeaseId::parse("ls_123").is_err());
     assert!(LeaseId::parse("xx_00000000000000000000000000000000").is_err());
 }
+
+fn slot_of(table: &LeaseTable, id: LeaseId) -> Option<store::Slot> {
+    let cell = table.existing_organization(&org()).unwrap();
+    cell.lock().leases.find(id)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reused_slot_ignores_the_stale_entry_of_its_earlier_lease() {
+    let table = table();
+    let first = acquire(&table, 1, "e1", Product::Kre, 10).unwrap().lease;
+    let first_slot = slot_of(&table, first.id).unwrap();
+    table
+        .release(&org(), &email(1), first.id, first.generation)
+        .unwrap();
+    advance(TTL / 2).await;
+    // The next grant takes the freed slot; the first lease's heap entry is still there.
+    let second = acquire(&table, 2, "e2", Product::Kre, 10).unwrap().lease;
+    assert_eq!(slot_of(&table, second.id), Some(first_slot));
+    let cell = table.existing_organization(&org()).unwrap();
+    assert_eq!(cell.lock().expiry.len(), 2);
+    // The first lease's deadline passes: its entry is stale, the slot's new tenant lives.
+    advance(TTL / 2).await;
+    assert_eq!(table.expire_due(Instant::now()), 0);
+    assert_eq!(cell.lock().expiry.len(), 1);
+    table
+        .heartbeat(
+            &org(),
+            &email(2),
+            second.id,
+            second.generation,
+            Instant::now(),
+        )
+        .unwrap();
+    advance(TTL - Duration::from_millis(1)).await;
+    assert_eq!(table.expire_due(Instant::now()), 0);
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(table.expire_due(Instant::now()), 1);
+    assert_eq!(table.live_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadlines_round_up_to_the_millisecond_so_a_lease_never_expires_early() {
+    let ttl = Duration::from_micros(10_000_400);
+    let table = LeaseTable::new(LeaseTiming::from_ttl(ttl), 1);
+    let granted_at = Instant::now();
+    let lease = acquire(&table, 1, "e1", Product::Kre, 1).unwrap().lease;
+    assert_eq!(lease.deadline, granted_at + Duration::from_millis(10_001));
+    // At the exact deadline the stored one (rounded up) has not passed yet.
+    advance(ttl).await;
+    assert_eq!(table.expire_due(Instant::now()), 0);
+    advance(Duration::from_micros(599)).await;
+    assert_eq!(table.expire_due(Instant::now()), 0);
+    advance(Duration::from_micros(1)).await;
+    assert_eq!(table.expire_due(Instant::now()), 1);
+
+    // A heartbeat's deadline rounds up the same way.
+    let lease = acquire(&table, 1, "e1", Product::Kre, 1).unwrap().lease;
+    advance(Duration::from_micros(300)).await;
+    let beat_at = Instant::now();
+    let deadline = table
+        .heartbeat(&org(), &email(1), lease.id, lease.generation, beat_at)
+        .unwrap();
+    assert!(deadline >= beat_at + ttl);
+    assert!(deadline < beat_at + ttl + Duration::from_millis(1));
+}
+
+#[test]
+fn the_millisecond_clock_rounds_deadlines_up_and_elapsed_time_down() {
+    let clock = store::MsClock::new(Instant::now());
+    let base = clock.instant(0);
+    let before = base - Duration::from_secs(1);
+    let ms = Duration::from_millis;
+    let us = Duration::from_micros;
+    assert_eq!(clock.deadline_ms(base), 0);
+    assert_eq!(clock.deadline_ms(base + us(1)), 1);
+    assert_eq!(clock.deadline_ms(base + ms(2)), 2);
+    assert_eq!(clock.deadline_ms(base + us(2001)), 3);
+    // Before the base counts as the base: later, never earlier.
+    assert_eq!(clock.deadline_ms(before), 0);
+    assert_eq!(clock.elapsed_ms(before), None);
+    assert_eq!(clock.elapsed_ms(base + us(1999)), Some(1));
+    assert_eq!(clock.elapsed_ms(base + ms(2)), Some(2));
+    assert_eq!(
+        clock.instant(clock.deadline_ms(base + us(1500))),
+        base + ms(2)
+    );
+    assert_eq!(
+        clock.deadline_ms(base + ms(expiry::DEADLINE_MS_MAX + 5)),
+        expiry::DEADLINE_MS_MAX
+    );
+    // The clock begins well before the first instant it is given.
+    let first_seen = Instant::now();
+    let clock = store::MsClock::new(first_seen);
+    assert!(clock.instant(0) + Duration::from_secs(3600) <= first_seen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_store_finds_every_live_lease_through_growth_and_slot_reuse() {
+    let clock = store::MsClock::new(Instant::now());
+    let mut store = store::LeaseStore::default();
+    let stored = |n: usize, generation: u64| {
+        let email = email(n);
+        let lease = Lease {
+            id: LeaseId::derive(&org(), &email, Product::Kre, &format!("engine-{n}")),
+            generation,
+            product: Product::Kre,
+            email,
+            engine_id: format!("engine-{n}").into(),
+            hostname: "host".into(),
+            label: "label".into(),
+            deadline: clock.instant(n as u64),
+            acquired_at_unix_ms: n as i64,
+        };
+        (store::StoredLease::new((&lease).into(), n as u64), lease)
+    };
+    let mut slots = Vec::new();
+    for n in 0..5000 {
+        slots.push(store.insert(stored(n, 1).0));
+    }
+    for n in (0..5000).step_by(2) {
+        let removed = store.remove(slots[n]);
+        assert_eq!(removed.view(clock).to_lease(), stored(n, 1).1);
+    }
+    assert_eq!(store.len(), 2500);
+    for n in (0..5000).step_by(2) {
+        assert_eq!(store.find(stored(n, 1).1.id), None);
+        // Freed slots are reused before the slab grows.
+        let slot = store.insert(stored(n, 2).0);
+        assert!((slot.0 as usize) < 5000);
+        slots[n] = slot;
+    }
+    for (n, slot) in slots.iter().enumerate() {
+        let (_, lease) = stored(n, if n % 2 == 0 { 2 } else { 1 });
+        assert_eq!(store.find(lease.id), Some(*slot));
+        assert_eq!(store.get(*slot).unwrap().view(clock).to_lease(), lease);
+    }
+    assert_eq!(store.iter().count(), 5000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_granted_before_the_organization_was_first_seen_expire_on_time() {
+    let table = table();
+    let earlier = Instant::now();
+    let (org, email) = (org(), email(1));
+    let request = |engine_id| AcquireRequest {
+        org: &org,
+        email: &email,
+        product: Product::Kre,
+        engine_id,
+        hostname: "host",
+        label: "",
+        quota: 10,
+    };
+    // The organization is first seen an hour later than the next grant claims to be.
+    let later = Now {
+        instant: earlier + Duration::from_secs(3600),
+        unix_ms: 0,
+    };
+    let (_granted, _durable) = table.acquire(request("late"), later).unwrap();
+    let early = Now {
+        instant: earlier,
+        unix_ms: 0,
+    };
+    let (granted, _) = table.acquire(request("early"), early).unwrap();
+    assert_eq!(granted.lease.deadline, earlier + TTL);
+    assert_eq!(
+        table.expire_due(earlier + TTL - Duration::from_millis(1)),
+        0
+    );
+    assert_eq!(table.expire_due(earlier + TTL), 1);
+    assert_eq!(table.live_count(), 1);
+}
