@@ -221,6 +221,10 @@ struct OrgLeases {
     leases: LeaseStore,
     /// The KSE lease of each user holding one: a KSE license runs one engine at a time.
     kse_holders: HashMap<Email, Slot>,
+    /// Ends the journal could not take (the log was far behind). A seat they freed is
+    /// granted again only once they are logged, or a restart could bring back both the
+    /// old lease and the new one (see `log_unlogged_ends`).
+    unlogged_ends: Vec<(LeaseId, u64)>,
     counters: [ProductCounters; 2],
     expiry: ExpiryIndex,
 }
@@ -239,6 +243,7 @@ impl OrgLeases {
             clock: MsClock::new(now),
             leases: LeaseStore::default(),
             kse_holders: HashMap::new(),
+            unlogged_ends: Vec::new(),
             counters: Default::default(),
             expiry: ExpiryIndex::default(),
         }
@@ -259,11 +264,30 @@ impl OrgLeases {
         self.expiry.schedule(deadline_ms, slot, generation);
     }
 
-    /// Removes a lease and journals its end.
+    /// Removes a lease and journals its end (or keeps it to journal before the next
+    /// grant, when the log cannot take it now).
     fn end(&mut self, slot: Slot, journal: &dyn Journal) -> StoredLease {
         let lease = self.remove(slot);
-        journal.append_lease_ended(&self.id, lease.id(), lease.generation);
+        if !journal.append_lease_ended(&self.id, lease.id(), lease.generation) {
+            // Bounded by the organization's leases: no grant happens while any is held.
+            self.unlogged_ends.push((lease.id(), lease.generation));
+        }
         lease
+    }
+
+    /// Journals the ends that could not be journaled before; refuses a new grant while
+    /// it cannot. Otherwise a crash could restore both an ended lease (its end lost)
+    /// and the grant that reused its seat, and the quota would be exceeded.
+    fn log_unlogged_ends(&mut self, journal: &dyn Journal) -> Result<(), DomainError> {
+        while let Some(&(id, generation)) = self.unlogged_ends.last() {
+            if !journal.append_lease_ended(&self.id, id, generation) {
+                return Err(DomainError::Unavailable(
+                    "the durable log is far behind; retry shortly".into(),
+                ));
+            }
+            self.unlogged_ends.pop();
+        }
+        Ok(())
     }
 
     /// Tells the observer that `lease` ended, with the product's count after it.
@@ -279,7 +303,7 @@ impl OrgLeases {
     /// Removes the lease in an occupied slot.
     fn remove(&mut self, slot: Slot) -> StoredLease {
         let lease = self.leases.remove(slot);
-        if lease.product == Product::Kse {
+        if lease.product == Product::Kse && self.kse_holders.get(&lease.email) == Some(&slot) {
             self.kse_holders.remove(&lease.email);
         }
         self.counters_mut(lease.product).active -= 1;
@@ -439,14 +463,20 @@ impl LeaseTable {
         let org = &mut *guard;
         let deadline_ms = org.clock.deadline_ms(now.instant + self.timing.ttl);
         if let Some(slot) = org.leases.find(id) {
-            // A retry of the same engine: same lease, extended like a heartbeat.
+            // A retry of the same engine: same lease, extended like a heartbeat (never
+            // backwards). Its grant is appended again and awaited, because the first
+            // answer may not have been durable yet; replaying it twice changes nothing.
             let lease = org.leases.get_mut(slot).expect("found slots are occupied");
-            lease.deadline_ms = deadline_ms;
+            lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
+            let lease = lease.view(org.clock).to_lease();
+            let durable = self
+                .journal
+                .append_lease_granted(permit, request.org, &lease);
             let granted = Granted {
-                lease: lease.view(org.clock).to_lease(),
+                lease,
                 resumed: true,
             };
-            return Ok((granted, Box::pin(std::future::ready(Ok(())))));
+            return Ok((granted, durable));
         }
         if request.product == Product::Kse
             && let Some(&holder) = org.kse_holders.get(request.email)
@@ -473,6 +503,7 @@ impl LeaseTable {
                 },
             });
         }
+        org.log_unlogged_ends(self.journal.as_ref())?;
         if org.leases.len() >= self.leases_per_org_max {
             return Err(DomainError::LimitReached {
                 what: "leases per organization",
@@ -575,14 +606,18 @@ impl LeaseTable {
         let Some(cell) = self.existing_organization(org) else {
             return 0;
         };
+        let ending_products: HashMap<&Email, Option<Product>> = users
+            .iter()
+            .map(|(email, product)| (email, *product))
+            .collect();
         let mut org = cell.lock();
         let ending: Vec<Slot> = org
             .leases
             .iter()
             .filter(|(_, lease)| {
-                users.iter().any(|(email, product)| {
-                    *email == lease.email && product.is_none_or(|p| p == lease.product)
-                })
+                ending_products
+                    .get(&lease.email)
+                    .is_some_and(|product| product.is_none_or(|p| p == lease.product))
             })
             .map(|(slot, _)| slot)
             .collect();
@@ -606,6 +641,20 @@ impl LeaseTable {
                 return;
             }
             org.remove(slot);
+        }
+        if lease.product == Product::Kse
+            && let Some(&holder) = org.kse_holders.get(&lease.email)
+        {
+            // One KSE engine per user: the newer grant wins, as it did when it was made.
+            let held = org
+                .leases
+                .get(holder)
+                .expect("KSE holders are live")
+                .generation;
+            if held > lease.generation {
+                return;
+            }
+            org.remove(holder);
         }
         let deadline_ms = org.clock.deadline_ms(now + self.timing.ttl);
         org.insert(StoredLease::new((&lease).into(), deadline_ms));
@@ -687,10 +736,10 @@ impl LeaseTable {
             .iter()
             .map(|(_, l)| l)
             .filter(|l| product.is_none_or(|p| p == l.product))
-            .take(limit)
             .map(|l| l.view(org.clock).to_lease())
             .collect();
         leases.sort_by_key(|l| l.generation);
+        leases.truncate(limit);
         leases
     }
 

@@ -382,3 +382,106 @@ async fn leases_granted_before_the_organization_was_first_seen_expire_on_time() 
     assert_eq!(table.expire_due(earlier + TTL), 1);
     assert_eq!(table.live_count(), 1);
 }
+
+/// A journal that records what it is given and can refuse lease ends, standing in
+/// for a log that has fallen far behind.
+#[derive(Default)]
+struct RecordingJournal {
+    grants: std::sync::atomic::AtomicUsize,
+    ends: parking_lot::Mutex<Vec<(LeaseId, u64)>>,
+    refuse_ends: std::sync::atomic::AtomicBool,
+}
+
+impl Journal for RecordingJournal {
+    fn admit(&self) -> Result<crate::storage::LogPermit, DomainError> {
+        crate::storage::admit(0, 1)
+    }
+
+    fn append_command(
+        &self,
+        _permit: crate::storage::LogPermit,
+        _command: &crate::domain::Command,
+    ) -> Durable {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn append_lease_granted(
+        &self,
+        _permit: crate::storage::LogPermit,
+        _org: &OrgId,
+        _lease: &Lease,
+    ) -> Durable {
+        self.grants.fetch_add(1, Ordering::Relaxed);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn append_lease_ended(&self, _org: &OrgId, id: LeaseId, generation: u64) -> bool {
+        if self.refuse_ends.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.ends.lock().push((id, generation));
+        true
+    }
+
+    fn close(&self) -> Result<(), DomainError> {
+        Ok(())
+    }
+}
+
+fn journaled_table() -> (LeaseTable, Arc<RecordingJournal>) {
+    let mut table = table();
+    let journal = Arc::new(RecordingJournal::default());
+    table.set_journal(journal.clone());
+    (table, journal)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_acquire_journals_its_grant_again_and_never_shortens_the_lease() {
+    let (table, journal) = journaled_table();
+    let first = acquire(&table, 1, "e1", Product::Kre, 1).unwrap();
+    let again = acquire(&table, 1, "e1", Product::Kre, 1).unwrap();
+    assert!(again.resumed);
+    // The retry waits on its own durable record: the first answer may not have been.
+    assert_eq!(journal.grants.load(Ordering::Relaxed), 2);
+    assert!(again.lease.deadline >= first.lease.deadline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_end_the_log_could_not_take_is_journaled_before_its_seat_is_granted_again() {
+    let (table, journal) = journaled_table();
+    let old = acquire(&table, 1, "e1", Product::Kre, 1).unwrap().lease;
+    journal.refuse_ends.store(true, Ordering::Relaxed);
+    table
+        .release(&org(), &email(1), old.id, old.generation)
+        .unwrap();
+    // The seat is free in memory, but granting it now could over-admit after a crash.
+    let refused = acquire(&table, 2, "e2", Product::Kre, 1).unwrap_err();
+    assert!(
+        matches!(refused, DomainError::Unavailable(_)),
+        "{refused:?}"
+    );
+    journal.refuse_ends.store(false, Ordering::Relaxed);
+    acquire(&table, 2, "e2", Product::Kre, 1).unwrap();
+    assert_eq!(*journal.ends.lock(), vec![(old.id, old.generation)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_keeps_the_newest_kse_session_of_a_user() {
+    let table = table();
+    let newer = acquire(&table, 1, "e2", Product::Kse, 5).unwrap().lease;
+    let older = Lease {
+        id: LeaseId::derive(&org(), &email(1), Product::Kse, "e1"),
+        generation: newer.generation - 1,
+        engine_id: "e1".into(),
+        ..newer.clone()
+    };
+    // Log records after a snapshot: the older grant, then its end.
+    table.restore(&org(), older.clone(), Instant::now());
+    table.forget(&org(), older.id, older.generation);
+    assert_eq!(table.live_count(), 1);
+    let second = acquire(&table, 1, "e3", Product::Kse, 5).unwrap_err();
+    assert!(
+        matches!(second, DomainError::KseSessionInUse { .. }),
+        "{second:?}"
+    );
+}

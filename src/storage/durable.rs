@@ -20,17 +20,19 @@ use crate::leases::{Lease, LeaseId, LeaseTable};
 use crate::limits;
 use crate::wal::{self, FileSystem, Lsn, Wal, WalError, WalOptions};
 
-/// Lease-end records are dropped rather than queued past this many pending records.
-const PENDING_RECORDS_FOR_ENDS_MAX: u64 = (wal::QUEUE_RECORDS_MAX_DEFAULT / 2) as u64;
-const _: () = assert!(
-    limits::LOG_QUEUE_RECORDS_MAX as u64 + PENDING_RECORDS_FOR_ENDS_MAX
-        < wal::QUEUE_RECORDS_MAX_DEFAULT as u64
-);
+/// Lease ends are not queued past this many pending records, which leaves room in the
+/// log's queue for every admitted record (admission stops at
+/// `limits::LOG_QUEUE_RECORDS_MAX`, overshooting by at most one record per thread).
+const PENDING_RECORDS_FOR_ENDS_MAX: usize =
+    wal::QUEUE_RECORDS_MAX_DEFAULT - limits::LOG_QUEUE_RECORDS_MAX - ADMISSION_OVERSHOOT_MAX;
+/// More than the threads that can be between admission and append at once.
+const ADMISSION_OVERSHOOT_MAX: usize = 1024;
+const _: () = assert!(limits::LOG_QUEUE_RECORDS_MAX < PENDING_RECORDS_FOR_ENDS_MAX);
 
 pub struct WalJournal {
     wal: Arc<Wal>,
-    /// Lease ends dropped because the log was busy (each holds a seat one TTL longer
-    /// after a crash, no more).
+    /// Lease ends the log could not take at once (held back by the lease table and
+    /// appended before the organization's next grant).
     dropped_lease_ends: AtomicU64,
 }
 
@@ -86,19 +88,17 @@ impl Journal for WalJournal {
         self.submit(permit, codec::encode_lease_granted(org, lease))
     }
 
-    fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64) {
-        if self.wal.stats().pending_records > PENDING_RECORDS_FOR_ENDS_MAX {
-            self.dropped_lease_ends.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+    fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64) -> bool {
         // Nobody waits: the ticket is dropped, the record is still written.
-        if self
+        let record = codec::encode_lease_ended(org, id, generation);
+        let taken = self
             .wal
-            .submit(codec::encode_lease_ended(org, id, generation))
-            .is_err()
-        {
+            .submit_within(record, PENDING_RECORDS_FOR_ENDS_MAX)
+            .is_ok();
+        if !taken {
             self.dropped_lease_ends.fetch_add(1, Ordering::Relaxed);
         }
+        taken
     }
 
     fn close(&self) -> Result<(), DomainError> {

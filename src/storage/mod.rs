@@ -8,8 +8,10 @@
 //! - A lease grant is appended under its organization's lock and the engine is answered
 //!   only once it is durable, so a restart never forgets a seat it handed out.
 //! - A lease end (release, expiry, termination) is appended without waiting: if it is
-//!   lost, recovery brings the lease back and it expires one TTL later. Losing an end
-//!   can hold a seat a little longer; it can never over-admit.
+//!   lost in a crash, recovery brings the lease back and it expires one TTL later. Every
+//!   end is in the log before any grant that reuses its seat (an end the log could not
+//!   take is held back and appended before that organization's next grant), so a
+//!   restart never restores both and never over-admits.
 //!
 //! Readers may briefly see a change that is not yet durable; if the process dies
 //! before it is, nobody was answered, and recovery rebuilds the state from what is.
@@ -42,9 +44,10 @@ pub trait Journal: Send + Sync + 'static {
     fn append_command(&self, permit: LogPermit, command: &Command) -> Durable;
     /// Appends a lease grant; called under the organization's lock; must not block.
     fn append_lease_granted(&self, permit: LogPermit, org: &OrgId, lease: &Lease) -> Durable;
-    /// Appends a lease end; nobody waits for it, and it may be dropped when the queue is
-    /// full (see the module comment for why that is safe).
-    fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64);
+    /// Appends a lease end; nobody waits for it. Returns false when the log is too far
+    /// behind to take it; the lease table then holds it back and journals it before it
+    /// grants that organization's next seat.
+    fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64) -> bool;
     /// Makes everything appended so far durable and stops; blocking. Called once at
     /// shutdown, after the last call finished.
     fn close(&self) -> Result<(), DomainError>;
@@ -93,7 +96,9 @@ impl Journal for VolatileJournal {
         already_durable()
     }
 
-    fn append_lease_ended(&self, _org: &OrgId, _id: LeaseId, _generation: u64) {}
+    fn append_lease_ended(&self, _org: &OrgId, _id: LeaseId, _generation: u64) -> bool {
+        true
+    }
 
     fn close(&self) -> Result<(), DomainError> {
         Ok(())
