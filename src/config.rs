@@ -39,7 +39,7 @@ pub struct ConfigLayer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub operator_key: Option<String>,
+    pub operator_key: Option<SecretText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ttl_ms: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,6 +183,24 @@ impl ConfigLayer {
 }
 
 /// Why a configuration was refused.
+/// A secret held in the configuration (the operator key): its `Debug` never shows it,
+/// so no `{:?}` of a configuration can leak it into a log.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for SecretText {
+    fn from(text: &str) -> Self {
+        SecretText(text.to_owned())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -300,7 +318,7 @@ impl Config {
             )));
         }
         let operator_key = match layer.operator_key {
-            Some(text) => {
+            Some(SecretText(text)) => {
                 OperatorKey::from_text(&text).map_err(ConfigError::Invalid)?;
                 OperatorKeySource::Given(text)
             }

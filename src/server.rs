@@ -41,13 +41,22 @@ use crate::wal::{RealFs, WalOptions};
 
 pub use crate::config::Config as ServerConfig;
 
-/// Where the operator key comes from.
-#[derive(Debug, Clone)]
+/// Where the operator key comes from. Its `Debug` never shows a given key.
+#[derive(Clone)]
 pub enum OperatorKeySource {
     /// A key given in full (`SEATBROKER_OPERATOR_KEY`, or `operator_key` in the file).
     Given(String),
     /// The hash kept in the data directory; generated and printed on first start.
     DataDir,
+}
+
+impl std::fmt::Debug for OperatorKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OperatorKeySource::Given(_) => f.write_str("Given(<redacted>)"),
+            OperatorKeySource::DataDir => f.write_str("DataDir"),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

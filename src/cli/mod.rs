@@ -149,7 +149,9 @@ impl ServeArgs {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             insecure: self.insecure,
-            operator_key: std::env::var(OPERATOR_KEY_ENV).ok(),
+            operator_key: std::env::var(OPERATOR_KEY_ENV)
+                .ok()
+                .map(crate::config::SecretText),
             lease_ttl_ms: self.lease_ttl_ms,
             shutdown_grace_ms: self.shutdown_grace_ms,
             tls: TlsLayer {
