@@ -128,6 +128,8 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     })?;
     let (operator, generated_operator_key) = operator_key(&config.operator_key, data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    #[cfg(feature = "failpoints")]
+    recovery_delay_failpoint().await;
     let timing = LeaseTiming::from_ttl(config.lease_ttl);
     let audit = AuditLog::open(data_dir, config.audit)?;
     let activity = Arc::new(Activity::new(Arc::clone(&clock), timing, audit));
@@ -167,6 +169,18 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         boot_epoch: opened.boot_epoch,
         config,
     })
+}
+
+/// With the `failpoints` feature, `SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS=N` makes
+/// recovery take N ms longer, so tests can watch health during recovery.
+#[cfg(feature = "failpoints")]
+async fn recovery_delay_failpoint() {
+    let delay_ms = std::env::var("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS")
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok());
+    if let Some(delay_ms) = delay_ms {
+        tokio::time::sleep(Duration::from_millis(delay_ms.min(60_000))).await;
+    }
 }
 
 fn operator_key(
@@ -225,6 +239,15 @@ impl Prepared {
     /// Binds the gRPC socket and, when configured, the metrics socket.
     pub async fn bind(self) -> Result<(Bound, SocketAddr), ServerError> {
         let listener = bind(self.config.listen).await?;
+        self.bind_with(listener).await
+    }
+
+    /// Like [`Prepared::bind`], on a gRPC socket bound earlier (see
+    /// [`serve_health_while`]).
+    pub async fn bind_with(
+        self,
+        listener: TcpListener,
+    ) -> Result<(Bound, SocketAddr), ServerError> {
         let local = local_addr(&listener, self.config.listen)?;
         let metrics_listener = match self.config.metrics.listen {
             Some(addr) => Some(bind(addr).await?),
@@ -248,6 +271,75 @@ impl Prepared {
         };
         Ok((bound, local))
     }
+}
+
+/// Binds the gRPC socket before recovery, so that clients reach health (NOT_SERVING)
+/// instead of a refused connection while the log is replayed.
+pub async fn bind_early(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let listener = bind(addr).await?;
+    let local = local_addr(&listener, addr)?;
+    Ok((listener, local))
+}
+
+/// Accepts from a shared listener, so that two servers can use it one after the other.
+struct AcceptStream(Arc<TcpListener>);
+
+impl tokio_stream::Stream for AcceptStream {
+    type Item = std::io::Result<tokio::net::TcpStream>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_accept(cx).map(|accepted| {
+            Some(accepted.map(|(stream, _)| {
+                let _ = stream.set_nodelay(true);
+                stream
+            }))
+        })
+    }
+}
+
+/// How long the recovery-time health server may take to hand the socket over.
+const RECOVERY_SERVER_STOP: Duration = Duration::from_secs(2);
+
+/// Serves only health (NOT_SERVING for every service) and reflection on `listener`
+/// while `work` (recovery) runs, then stops that server and hands the socket back.
+pub async fn serve_health_while<T>(
+    listener: TcpListener,
+    tls_files: Option<&tls::ServerTlsFiles>,
+    work: impl Future<Output = T>,
+) -> Result<(T, TcpListener), ServerError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    report_health(&health, ServingStatus::NotServing).await;
+    let mut builder = Server::builder();
+    if let Some(files) = tls_files {
+        builder = builder.tls_config(tls::server_config(files)?)?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    let listener = Arc::new(listener);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
+        AcceptStream(Arc::clone(&listener)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let result = work.await;
+    let _ = stop.send(());
+    if tokio::time::timeout(RECOVERY_SERVER_STOP, &mut server)
+        .await
+        .is_err()
+    {
+        server.abort();
+        let _ = server.await;
+    }
+    let listener = Arc::try_unwrap(listener)
+        .map_err(|_| ServerError::Task("the recovery-time server kept the socket".into()))?;
+    Ok((result, listener))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {

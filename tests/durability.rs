@@ -541,3 +541,55 @@ async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
         );
     }
 }
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn health_is_not_serving_while_the_log_is_recovered() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Recovery made to take two seconds longer, so it can be watched.
+    let daemon = ChildDaemon::spawn(
+        dir.path(),
+        &[("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "2000")],
+    )
+    .unwrap();
+    let channel = seatbroker::client::connect(&daemon.url())
+        .await
+        .expect("the port answers during recovery");
+    let mut health = HealthClient::new(channel);
+    let status = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let during = health.check(status("")).await.unwrap().into_inner().status;
+    assert_eq!(
+        during,
+        ServingStatus::NotServing as i32,
+        "NOT_SERVING while recovering"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // The recovery-time server hands the socket over: reconnect as clients do.
+        if let Ok(channel) = seatbroker::client::connect(&daemon.url()).await {
+            let mut health = HealthClient::new(channel);
+            let answer = health.check(status("seatbroker.v1.SessionService")).await;
+            if answer.is_ok_and(|a| a.into_inner().status == ServingStatus::Serving as i32) {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never became SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And it works.
+    daemon
+        .admin(OPERATOR_KEY)
+        .await
+        .list_organizations(proto::ListOrganizationsRequest {})
+        .await
+        .unwrap();
+}

@@ -540,16 +540,30 @@ async fn run_daemon(config: Config) -> Result<(), String> {
         None => None,
     };
     let tls = config.tls.is_some();
-    let prepared = crate::server::prepare(config)
+    // Listen first: while the log is replayed, health answers NOT_SERVING.
+    let (listener, addr) = crate::server::bind_early(config.listen)
         .await
         .map_err(|e| e.to_string())?;
+    println!("seatbroker listening on {addr}");
+    let tls_files = config.tls.clone();
+    let (prepared, listener) = crate::server::serve_health_while(
+        listener,
+        tls_files.as_ref(),
+        crate::server::prepare(config),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let prepared = prepared.map_err(|e| e.to_string())?;
     if let Some(key) = &prepared.generated_operator_key {
         println!(
             "Generated the operator key. It is shown once; only its hash is kept:\n\n    {key}\n"
         );
         println!("Use it with: export SEATBROKER_KEY={key}\n");
     }
-    let (mut bound, addr) = prepared.bind().await.map_err(|e| e.to_string())?;
+    let (mut bound, addr) = prepared
+        .bind_with(listener)
+        .await
+        .map_err(|e| e.to_string())?;
     let metrics_addr = bound.metrics_addr();
     if let Some(handle) = metrics_handle {
         bound = bound.export_metrics(handle);
@@ -560,8 +574,6 @@ async fn run_daemon(config: Config) -> Result<(), String> {
         metrics_addr = metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
         "seatbroker serving"
     );
-    // One plain line on stdout for scripts and supervisors (the port may have been 0).
-    println!("seatbroker listening on {addr}");
     bound
         .serve(crate::shutdown::stop_signal())
         .await
