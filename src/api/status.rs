@@ -7,7 +7,7 @@ use crate::domain::DomainError;
 pub fn code_of(error: &DomainError) -> Code {
     use DomainError as E;
     match error {
-        E::InvalidArgument { .. } | E::InvalidRole(_) => Code::InvalidArgument,
+        E::InvalidArgument { .. } => Code::InvalidArgument,
         E::Unauthenticated(_) => Code::Unauthenticated,
         E::PermissionDenied(_) => Code::PermissionDenied,
         E::OrganizationNotFound(_) | E::ApiKeyNotFound(_) | E::LeaseNotFound(_) => Code::NotFound,

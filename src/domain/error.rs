@@ -1,7 +1,7 @@
 //! The one error type of the domain. Each variant says what a person can do about it;
 //! `api::status` maps each to exactly one gRPC status code.
 
-use super::types::{Email, OrgId, Product, Role};
+use super::types::{Email, OrgId, Product};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
@@ -98,9 +98,6 @@ pub enum DomainError {
 
     #[error("{what} limit reached: {limit}")]
     LimitReached { what: &'static str, limit: usize },
-
-    #[error("role {0} cannot be given this way")]
-    InvalidRole(Role),
 
     /// The durable log could not take the command (overloaded or shutting down).
     #[error("{0}")]
