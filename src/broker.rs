@@ -48,6 +48,8 @@ pub struct Executed {
 pub struct CreatedKey {
     pub record: ApiKeyRecord,
     pub full_text: String,
+    /// The command that created it (for the audit record).
+    pub command: Command,
 }
 
 pub struct Broker {
@@ -182,10 +184,11 @@ impl Broker {
             secret_sha256: record.secret_sha256,
             created_at_unix_ms: record.created_at_unix_ms,
         };
-        self.execute(principal, command).await?;
+        self.execute(principal, command.clone()).await?;
         Ok(CreatedKey {
             record,
             full_text: generated.full_text,
+            command,
         })
     }
 
@@ -381,11 +384,9 @@ impl Broker {
             return Err(DomainError::LicenseExpired(org.clone()));
         }
         // Read after any wait for the admin lock: the heartbeat counts from now.
-        let now = self.now();
-        let deadline = self
-            .leases
-            .heartbeat(org, email, id, generation, now.instant)?;
-        Ok(deadline.saturating_duration_since(now.instant))
+        let now = self.clock.now();
+        let deadline = self.leases.heartbeat(org, email, id, generation, now)?;
+        Ok(deadline.saturating_duration_since(now))
     }
 
     pub fn release(

@@ -413,21 +413,10 @@ impl AdminService for AdminApi {
         check_optional_text("label", &body.label, limits::LABEL_BYTES_MAX).map_err(to_status)?;
         let created = self
             .broker
-            .create_api_key(&principal, org.clone(), email, body.label)
+            .create_api_key(&principal, org, email, body.label)
             .await
             .map_err(to_status)?;
-        let record = &created.record;
-        self.activity.admin_changed(
-            &principal,
-            &Command::CreateApiKey {
-                org,
-                key_id: record.id.clone(),
-                email: record.email.clone(),
-                label: record.label.clone(),
-                secret_sha256: record.secret_sha256,
-                created_at_unix_ms: record.created_at_unix_ms,
-            },
-        );
+        self.activity.admin_changed(&principal, &created.command);
         Ok(Response::new(proto::CreateApiKeyResponse {
             key: Some(convert::api_key_to_wire(&created.record)),
             secret: created.full_text,

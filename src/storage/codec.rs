@@ -287,17 +287,17 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
         }
         Command::AssignLicenses {
             product, emails, ..
-        } => {
-            record.product = product_code(*product);
-            record.emails = strings(emails);
-            AdminKind::AssignLicenses
         }
-        Command::UnassignLicenses {
+        | Command::UnassignLicenses {
             product, emails, ..
         } => {
             record.product = product_code(*product);
             record.emails = strings(emails);
-            AdminKind::UnassignLicenses
+            if matches!(command, Command::AssignLicenses { .. }) {
+                AdminKind::AssignLicenses
+            } else {
+                AdminKind::UnassignLicenses
+            }
         }
         Command::TransferLicense {
             product, from, to, ..
