@@ -19,7 +19,9 @@ use crate::proto::{AcquireRequest, HeartbeatRequest, Lease, Product, ReleaseRequ
 use super::args::Workload;
 use super::channels::authorized;
 use super::config::Config;
+use super::error::LoadgenError;
 use super::limits::{ERROR_BACKOFF_MS, HEARTBEAT_INTERVAL_MS_MIN};
+use super::pacer::Pacer;
 use super::quota_check::Interval;
 use super::rng::Rng;
 use super::stats::{Answer, Method, Phases, Stats};
@@ -41,38 +43,18 @@ pub(crate) struct Shared {
     pub pacer: Option<Pacer>,
 }
 
-/// Hands out evenly spaced start times to all engines together (`--rate`).
-pub(crate) struct Pacer {
-    spacing: Duration,
-    /// The next free start time. A `parking_lot::Mutex`: held for two instructions.
-    next: parking_lot::Mutex<Instant>,
-}
-
-impl Pacer {
-    fn new(rate: u32) -> Self {
-        Self {
-            spacing: Duration::from_secs(1) / rate,
-            next: parking_lot::Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Reserves the next start time, never in the past.
-    fn reserve(&self) -> Instant {
-        let mut next = self.next.lock();
-        let start = (*next).max(Instant::now());
-        *next = start + self.spacing;
-        start
-    }
-}
-
 impl Shared {
     pub(crate) fn new(
         config: &Config,
         stats: Arc<Stats>,
         phases: Phases,
         intervals_per_engine_max: usize,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, LoadgenError> {
+        let pacer = match config.rate {
+            Some(rate) => Some(Pacer::start(rate, phases.deadline.into_std())?),
+            None => None,
+        };
+        Ok(Self {
             stats,
             in_flight: Semaphore::new(config.in_flight as usize),
             phases,
@@ -82,8 +64,8 @@ impl Shared {
             think_max: config.think_max,
             backoff: config.backoff,
             intervals_per_engine_max,
-            pacer: config.rate.map(Pacer::new),
-        }
+            pacer,
+        })
     }
 
     /// Makes one RPC under the in-flight bound and records it.
@@ -99,10 +81,10 @@ impl Shared {
             .await
             .map_err(|_| Status::cancelled("the in-flight semaphore was closed"))?;
         if let Some(pacer) = &self.pacer {
-            tokio::time::sleep_until(pacer.reserve()).await;
+            pacer.wait_turn().await;
         }
-        // Measured from the send, not the scheduled start: tokio's timer wakes at
-        // millisecond granularity, which would otherwise dominate the figure.
+        // Measured from the send, not the scheduled start: a start the client could
+        // not make on time is the generator's lateness, not the server's.
         let started = Instant::now();
         let result = rpc.await;
         let finished = Instant::now();

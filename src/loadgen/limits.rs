@@ -56,6 +56,10 @@ pub const LATENCY_US_MAX: u64 = 60_000_000;
 pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
 /// Histogram shards: engines record into `engine % STATS_SHARDS`, so a lock is rarely contended.
 pub const STATS_SHARDS: usize = 8;
+/// How often the `--rate` pacing thread releases start permits.
+pub const PACER_TICK_US: u64 = 50;
+/// Start permits the pacer keeps for busy engines, in ticks' worth.
+pub const PACER_BANKED_TICKS: u64 = 4;
 /// How often the progress line is written to stderr.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
 /// Concurrent streams per connection the in-process no-op server accepts.

@@ -34,6 +34,7 @@ mod engine;
 mod error;
 pub mod limits;
 mod noop;
+mod pacer;
 mod quota_check;
 mod report;
 mod rng;

@@ -116,7 +116,7 @@ async fn drive(
         stats.clone(),
         phases,
         intervals_per_engine_max,
-    ));
+    )?);
     let progress = (config.progress == Progress::Stderr).then(|| {
         let name = format!("{} {}", label.kind, config.workload.name());
         tokio::spawn(report_progress(stats.clone(), phases, name))
