@@ -115,28 +115,30 @@ fn cli(daemon: &Daemon, certs: &certs::TestCerts, key: &str, args: &[&str]) -> S
     out
 }
 
-/// Polls `/metrics` until a line starts with `series` (sampled gauges lag a second).
-fn scrape_until(daemon: &Daemon, series: &str) -> String {
+fn has_series(metrics: &str, name: &str, labels: &[&str]) -> bool {
+    metrics
+        .lines()
+        .any(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)))
+}
+
+/// Polls `/metrics` until every `(series, labels)` has a line, for at most 10 s
+/// (sampled gauges lag up to a second).
+fn scrape_until_all(daemon: &Daemon, expected: &[(&str, Vec<&str>)]) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = daemon.scrape();
-        if text.lines().any(|l| l.starts_with(series)) {
+        let missing = expected
+            .iter()
+            .find(|(name, labels)| !has_series(&text, name, labels));
+        let Some((name, labels)) = missing else {
             return text;
-        }
+        };
         assert!(
             std::time::Instant::now() < deadline,
-            "no {series} in:\n{text}"
+            "no {name} with {labels:?} in:\n{text}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-#[track_caller]
-fn assert_series(metrics: &str, name: &str, labels: &[&str]) {
-    let found = metrics
-        .lines()
-        .any(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)));
-    assert!(found, "no {name} with {labels:?} in:\n{metrics}");
 }
 
 struct Walkthrough {
@@ -239,48 +241,42 @@ async fn walkthrough(daemon: &Daemon, tls: &ClientTlsFiles) -> Walkthrough {
 }
 
 fn check_metrics(daemon: &Daemon) {
-    let metrics = scrape_until(daemon, "seatbroker_org_active_sessions");
-    assert_series(
-        &metrics,
-        "seatbroker_org_active_sessions",
-        &["org=\"acme\"", "product=\"kre\""],
-    );
-    assert_series(
-        &metrics,
-        "seatbroker_active_sessions",
-        &["product=\"kre\"", "} 1"],
-    );
-    assert_series(&metrics, "seatbroker_quota", &["product=\"kre\"", "} 1"]);
-    assert_series(
-        &metrics,
-        "seatbroker_lease_grants_total",
-        &["product=\"kre\"", "} 2"],
-    );
-    assert_series(
-        &metrics,
-        "seatbroker_lease_ends_total",
-        &["product=\"kre\"", "reason=\"released\"", "} 1"],
-    );
-    assert_series(
-        &metrics,
-        "seatbroker_acquire_denials_total",
-        &["reason=\"quota_exhausted\"", "} 1"],
-    );
-    assert_series(
-        &metrics,
-        "seatbroker_heartbeat_lateness_seconds_bucket",
-        &["product=\"kre\""],
-    );
-    for code in ["OK", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"] {
-        assert_series(
-            &metrics,
+    let codes: Vec<String> = ["OK", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED"]
+        .iter()
+        .map(|code| format!("code=\"{code}\""))
+        .collect();
+    let mut expected: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "seatbroker_org_active_sessions",
+            vec!["org=\"acme\"", "product=\"kre\""],
+        ),
+        ("seatbroker_active_sessions", vec!["product=\"kre\"", "} 1"]),
+        ("seatbroker_quota", vec!["product=\"kre\"", "} 1"]),
+        (
+            "seatbroker_lease_grants_total",
+            vec!["product=\"kre\"", "} 2"],
+        ),
+        (
+            "seatbroker_lease_ends_total",
+            vec!["product=\"kre\"", "reason=\"released\"", "} 1"],
+        ),
+        (
+            "seatbroker_acquire_denials_total",
+            vec!["reason=\"quota_exhausted\"", "} 1"],
+        ),
+        (
+            "seatbroker_heartbeat_lateness_seconds_bucket",
+            vec!["product=\"kre\""],
+        ),
+    ];
+    for code in &codes {
+        expected.push((
             "seatbroker_rpc_duration_seconds_bucket",
-            &[
-                "method=\"SessionService/Acquire\"",
-                &format!("code=\"{code}\""),
-            ],
-        );
+            vec!["method=\"SessionService/Acquire\"", code],
+        ));
     }
+    // Gauges are sampled periodically: scrape until a sample after the walkthrough.
+    let metrics = scrape_until_all(daemon, &expected);
     assert!(
         !metrics.contains('@') && !metrics.contains("lease_id"),
         "per-user or per-lease labels"
@@ -375,13 +371,16 @@ async fn watch_health(channel: tonic::transport::Channel) -> HealthWatch {
         .await
         .unwrap()
         .into_inner();
-    next_status(&mut watch, 1).await;
+    assert!(reports_status(&mut watch, 1).await, "never SERVING");
     watch
 }
 
-/// Reads the watch until it reports `status`.
-async fn next_status(watch: &mut HealthWatch, status: i32) {
-    while watch.next().await.unwrap().unwrap().status != status {}
+/// Reads the watch until it reports `status`; false if it does not within 30 s.
+async fn reports_status(watch: &mut HealthWatch, status: i32) -> bool {
+    let reported = async { while watch.next().await.unwrap().unwrap().status != status {} };
+    tokio::time::timeout(Duration::from_secs(30), reported)
+        .await
+        .is_ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,7 +412,11 @@ async fn over_tls_with_metrics_and_json_logs_it_serves_and_stops_cleanly_on_sigt
         .unwrap();
     let mut watch = watch_health(channel).await;
     daemon.signal("TERM");
-    next_status(&mut watch, 2).await; // NOT_SERVING while draining.
+    assert!(
+        reports_status(&mut watch, 2).await,
+        "no NOT_SERVING while draining; log:\n{}",
+        daemon.log_lines().join("\n")
+    );
     drop(watch);
     let status = daemon.wait_exit(STOP_DEADLINE);
     assert_eq!(status.code(), Some(0), "a clean stop exits 0");
@@ -438,7 +441,11 @@ async fn a_second_signal_exits_at_once() {
     let mut watch = watch_health(channel).await;
     daemon.signal("INT");
     // The open watch keeps the daemon draining, for up to the ten-minute grace.
-    next_status(&mut watch, 2).await;
+    assert!(
+        reports_status(&mut watch, 2).await,
+        "no NOT_SERVING after SIGINT; log:\n{}",
+        daemon.log_lines().join("\n")
+    );
     daemon.signal("INT");
     let status = daemon.wait_exit(STOP_DEADLINE);
     assert_eq!(

@@ -449,8 +449,16 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
         "the error names the offset: {message}"
     );
 
-    // A cut through the last record: the prefix before it is recovered.
-    std::fs::write(&segment, &original[..original.len() - 3]).unwrap();
+    // A cut through the last record: the prefix before it is recovered. The segment
+    // ends in preallocated zeros, so the last record ends at the last nonzero byte
+    // (or after it, if the record itself ends in zeros: the cut is inside it anyway).
+    let data_end = original
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .expect("records")
+        + 1;
+    assert!(data_end < original.len(), "the segment is preallocated");
+    std::fs::write(&segment, &original[..data_end - 3]).unwrap();
     let server = start_in(dir, TTL).await;
     let assigned = server
         .admin(&org.owner_key)

@@ -136,6 +136,11 @@ use writer::{Counters, Pending, Queue, SegmentWriter, Shared};
 /// Log sequence number: 1-based, strictly increasing, never reused.
 pub type Lsn = u64;
 
+/// Default `WalOptions::preallocate_bytes`: 1 MiB, flushed in about 1 ms here, once
+/// per MiB of log.
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 1024 * 1024;
+/// Upper bound of `WalOptions::preallocate_bytes`.
+pub const PREALLOCATE_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
 /// Default `WalOptions::segment_bytes_max`: 64 MiB.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Default `WalOptions::snapshot_log_bytes`: 256 MiB.
@@ -173,6 +178,9 @@ pub struct WalOptions {
     pub queue_records_max: usize,
     /// Payload bytes per record at most; a bigger record gets `WalError::RecordTooLarge`.
     pub record_bytes_max: usize,
+    /// Zeros the writer keeps written ahead of its appends in the active segment
+    /// (0: none). See `SegmentWriter::preallocate_ahead`.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for WalOptions {
@@ -183,6 +191,7 @@ impl Default for WalOptions {
             batch_records_max: BATCH_RECORDS_MAX_DEFAULT,
             queue_records_max: QUEUE_RECORDS_MAX_DEFAULT,
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
+            preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
         }
     }
 }
@@ -199,6 +208,8 @@ impl WalOptions {
             "queue_records_max must be positive".to_string()
         } else if !(1..=RECORD_BYTES_LIMIT).contains(&self.record_bytes_max) {
             format!("record_bytes_max must be in 1..={RECORD_BYTES_LIMIT}")
+        } else if self.preallocate_bytes > PREALLOCATE_BYTES_LIMIT {
+            format!("preallocate_bytes must be at most {PREALLOCATE_BYTES_LIMIT}")
         } else {
             return Ok(());
         };

@@ -24,7 +24,8 @@ pub(crate) struct ScannedRecord {
 /// How the valid prefix of a segment ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum ScanEnd {
-    /// The file ends exactly after a record (or inside a zero trailer).
+    /// The file ends after a record, or only zeros follow it (a block trailer or
+    /// the preallocated rest of the segment).
     Clean,
     /// No valid record starts at `offset`.
     Damaged {
@@ -42,6 +43,8 @@ pub(crate) struct SegmentScan {
     pub first_lsn: Lsn,
     /// The valid records, in file order.
     pub records: Vec<ScannedRecord>,
+    /// Where the valid records end: the damaged offset, or where appends continue.
+    pub valid_end: u64,
     /// Why reading stopped.
     pub end: ScanEnd,
 }
@@ -61,6 +64,7 @@ pub(crate) fn scan_segment(file: &[u8]) -> Result<SegmentScan, String> {
                 offset = to_usize(record.end);
                 records.push(record);
             }
+            Err(_) if file[offset..].iter().all(|&byte| byte == 0) => break ScanEnd::Clean,
             Err(reason) => {
                 break ScanEnd::Damaged {
                     offset: offset as u64,
@@ -72,6 +76,7 @@ pub(crate) fn scan_segment(file: &[u8]) -> Result<SegmentScan, String> {
     Ok(SegmentScan {
         first_lsn,
         records,
+        valid_end: offset.min(file.len()) as u64,
         end,
     })
 }

@@ -43,6 +43,8 @@ pub(crate) struct ActiveSegment {
     pub first_lsn: Lsn,
     /// Its valid length in bytes; appends continue here.
     pub length: u64,
+    /// Its size on disk: `length` plus preallocated zeros.
+    pub allocated: u64,
 }
 
 /// Everything `Wal::open` needs to continue.
@@ -224,6 +226,7 @@ fn start_fresh(
         active: ActiveSegment {
             first_lsn: 1,
             length: format::SEGMENT_HEADER_BYTES as u64,
+            allocated: format::SEGMENT_HEADER_BYTES as u64,
         },
         next_lsn: 1,
         snapshot_lsn: 0,
@@ -279,7 +282,7 @@ fn replay_segments(
         }
         check_lsn_order(&path, &scan)?;
         next_lsn = first_lsn + scan.records.len() as u64;
-        let length = valid_length(&file, &scan);
+        let length = scan.valid_end;
         let is_last = index + 1 == segments.len();
         let truncated_tail = match (&scan.end, is_last) {
             (ScanEnd::Clean, _) => None,
@@ -298,10 +301,18 @@ fn replay_segments(
             .filter(|record| record.prefix.lsn > snapshot_lsn);
         records.extend(after_snapshot.map(|record| (record.prefix.lsn, record.payload)));
         if is_last {
-            if let Some(tail) = &truncated_tail {
-                truncate_tail(fs, tail)?;
-            }
-            let active = ActiveSegment { first_lsn, length };
+            let allocated = match &truncated_tail {
+                Some(tail) => {
+                    truncate_tail(fs, tail)?;
+                    tail.offset
+                }
+                None => file.len() as u64,
+            };
+            let active = ActiveSegment {
+                first_lsn,
+                length,
+                allocated,
+            };
             return Ok(Replay {
                 records,
                 truncated_tail,
@@ -326,13 +337,6 @@ fn check_lsn_order(path: &Path, scan: &SegmentScan) -> Result<(), WalError> {
         }
     }
     Ok(())
-}
-
-fn valid_length(file: &[u8], scan: &SegmentScan) -> u64 {
-    match &scan.end {
-        ScanEnd::Clean => file.len() as u64,
-        ScanEnd::Damaged { offset, .. } => *offset,
-    }
 }
 
 /// Decides whether damage at `offset` of the last segment is a torn tail.
@@ -418,7 +422,7 @@ fn truncate_tail(fs: &dyn FileSystem, tail: &TailTruncation) -> Result<(), WalEr
         "truncating the torn tail of the WAL (records never acknowledged)"
     );
     let mut file = fs
-        .open_append(&tail.file)
+        .open_at(&tail.file, tail.offset)
         .map_err(|error| WalError::io("opening", &tail.file, error))?;
     if let Err(error) = file.set_len(tail.offset).and_then(|()| file.sync_data()) {
         fatal_io("tail truncation", &tail.file, &error);

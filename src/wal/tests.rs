@@ -34,6 +34,8 @@ fn small_options() -> WalOptions {
         batch_records_max: 64,
         queue_records_max: 100_000,
         record_bytes_max: 256 * 1024,
+        // Off: these tests cut and damage files at exact offsets from their end.
+        preallocate_bytes: 0,
     }
 }
 
@@ -176,6 +178,98 @@ fn roundtrip_on_real_fs() {
     let (_wal, recovered) =
         Wal::open(dir.path(), Arc::new(RealFs), small_options()).expect("reopen");
     check_records(&recovered, 1, &records);
+}
+
+#[test]
+fn preallocated_segments_end_in_zeros_and_reopen_exactly_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = WalOptions {
+        preallocate_bytes: 16 * 1024,
+        ..small_options()
+    };
+    let records: Vec<Vec<u8>> = (1..=120).map(|lsn| payload(lsn, 700)).collect();
+    let segment_sizes = || {
+        let mut names = RealFs.list(dir.path()).expect("list");
+        names.sort();
+        names
+            .iter()
+            .map(|name| {
+                std::fs::metadata(dir.path().join(name))
+                    .expect("stat")
+                    .len()
+            })
+            .collect::<Vec<u64>>()
+    };
+    // Three restarts, each appending a third: appends continue where the records
+    // end, over the zeros, and nothing of the zeros is read back as a record.
+    for (round, part) in records.chunks(40).enumerate() {
+        let (wal, recovered) = Wal::open(dir.path(), Arc::new(RealFs), options.clone())
+            .unwrap_or_else(|error| panic!("open in round {round}: {error}"));
+        check_records(&recovered, 1, &records[..round * 40]);
+        assert!(recovered.truncated_tail.is_none(), "zeros are no torn tail");
+        append_one_by_one(&wal, part);
+        let written = wal.stats().bytes_written;
+        drop(wal);
+        let on_disk: u64 = segment_sizes().iter().sum();
+        assert!(
+            on_disk > written,
+            "round {round}: {on_disk} bytes on disk hold only {written} written this round \
+             plus earlier rounds; the active segment has zeros ahead"
+        );
+    }
+    let (_wal, recovered) = Wal::open(dir.path(), Arc::new(RealFs), options).expect("reopen");
+    check_records(&recovered, 1, &records);
+    assert!(
+        segment_sizes().len() > 1,
+        "the records span several segments"
+    );
+    assert!(
+        segment_sizes()
+            .iter()
+            .all(|&size| size <= small_options().segment_bytes_max + 16 * 1024),
+        "zeros never run past the segment size limit by more than a group"
+    );
+}
+
+#[test]
+fn zeros_then_a_record_of_the_unsynced_group_is_a_torn_tail_cut_before_the_zeros() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        preallocate_bytes: 8 * 1024,
+        ..small_options()
+    };
+    let records: Vec<Vec<u8>> = (1..=4).map(|lsn| payload(lsn, 600)).collect();
+    let synced_end = {
+        let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
+        let (wal, _) = Wal::open_manual(&sim_dir(), fs, options.clone(), FsyncFailpoint::default())
+            .expect("open");
+        for record in &records[..2] {
+            let _ticket = wal.submit(record.clone()).expect("submit");
+            wal.manual_write(1);
+            wal.manual_sync();
+        }
+        let synced_end = wal.stats().bytes_written + format::SEGMENT_HEADER_BYTES as u64;
+        // Records 3 and 4 as one commit group.
+        let _tickets: Vec<DurableTicket> = records[2..]
+            .iter()
+            .map(|record| wal.submit(record.clone()).expect("submit"))
+            .collect();
+        wal.manual_write(2);
+        wal.manual_sync();
+        synced_end
+    };
+    // The first sector of the group never reached the disk: it reads as the zeros
+    // preallocated there, and record 4 after it is intact.
+    disk.corrupt(&segment_path(1), synced_end as usize, &[0u8; 512])
+        .expect("corrupt");
+    let (wal, recovered) = open_sim(&disk, options.clone()).expect("reopen");
+    check_records(&recovered, 1, &records[..2]);
+    let tail = recovered.truncated_tail.expect("a torn tail");
+    assert_eq!(tail.offset, synced_end);
+    append_one_by_one(&wal, &records[2..3]);
+    drop(wal);
+    let (_wal, recovered) = open_sim(&disk, options).expect("reopen after append");
+    check_records(&recovered, 1, &records[..3]);
 }
 
 #[test]

@@ -95,6 +95,8 @@ pub(crate) struct SegmentWriter {
     path: PathBuf,
     /// Its length in bytes, which is where the next append lands.
     length: u64,
+    /// Its size on disk: `length` plus the zeros written ahead of it.
+    allocated: u64,
     /// The injected fsync failure, in `failpoints` builds.
     failpoint: FsyncFailpoint,
     /// Reused encoding buffer; the whole group goes out in one append.
@@ -111,13 +113,14 @@ impl SegmentWriter {
         let path = shared.dir.join(format::segment_file_name(active.first_lsn));
         let file = shared
             .fs
-            .open_append(&path)
+            .open_at(&path, active.length)
             .map_err(|error| WalError::io("opening", &path, error))?;
         Ok(Self {
             shared,
             file,
             path,
             length: active.length,
+            allocated: active.allocated.max(active.length),
             failpoint,
             buffer: Vec::new(),
         })
@@ -147,6 +150,8 @@ impl SegmentWriter {
             fatal_io("append", &self.path, &error);
         }
         self.length += self.buffer.len() as u64;
+        self.allocated = self.allocated.max(self.length);
+        self.preallocate_ahead();
         assert_eq!(
             self.length % BLOCK_BYTES as u64,
             block_offset as u64 % BLOCK_BYTES as u64
@@ -162,6 +167,27 @@ impl SegmentWriter {
         counters
             .log_bytes_since_snapshot
             .fetch_add(framed, Ordering::Relaxed);
+    }
+
+    /// Keeps zeros written ahead of the appends, up to the segment's size limit, so
+    /// that most groups' fdatasync finds the file size unchanged and flushes data
+    /// only (an append that grows the file also makes fdatasync write its inode).
+    /// The zeros are extended by at least half of `preallocate_bytes` at a time;
+    /// they go to disk with this group's fdatasync. Readers treat a remainder of
+    /// zeros as the end of the segment.
+    fn preallocate_ahead(&mut self) {
+        let ahead = self.shared.options.preallocate_bytes;
+        if ahead == 0 || self.allocated >= self.length + ahead / 2 {
+            return;
+        }
+        let target = (self.length + ahead).min(self.shared.options.segment_bytes_max);
+        if target <= self.allocated {
+            return;
+        }
+        if let Err(error) = self.file.preallocate(self.allocated..target) {
+            fatal_io("preallocation", &self.path, &error);
+        }
+        self.allocated = target;
     }
 
     /// Makes everything written so far durable. A failure aborts the process.
@@ -199,6 +225,7 @@ impl SegmentWriter {
         self.file = file;
         self.path = path;
         self.length = format::SEGMENT_HEADER_BYTES as u64;
+        self.allocated = self.length;
     }
 }
 

@@ -11,13 +11,20 @@ pub use simulated::SimulatedDisk;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// An open file the WAL appends to.
 pub trait WalFile: Send {
-    /// Appends all of `bytes` at the end of the file (not durable yet).
+    /// Writes all of `bytes` at the append position and moves it past them (not
+    /// durable yet). The position starts where the file was opened or created.
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Writes zeros over `range`, which lies at or after the append position, without
+    /// moving it (not durable until `sync_data`). Appends that later overwrite these
+    /// zeros leave the file size unchanged, so their fdatasync flushes data only.
+    fn preallocate(&mut self, range: Range<u64>) -> io::Result<()>;
     /// Makes the file's data and size durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
     /// Truncates (or extends with zeros) the file to `length` bytes; later appends
@@ -35,8 +42,9 @@ pub trait FileSystem: Send + Sync + Debug {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Creates (or truncates) the file at `path` for appending.
     fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
-    /// Opens the existing file at `path` for appending at its end.
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// Opens the existing file at `path` with the append position at `offset`; what
+    /// follows it is overwritten by appends.
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WalFile>>;
     /// Atomically renames `from` to `to`, replacing `to` if it exists.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Removes the file at `path`.
@@ -51,13 +59,25 @@ pub struct RealFs;
 
 /// A `std::fs::File` behind the `WalFile` interface.
 struct RealFile {
-    /// The open file; writes go to its cursor, which is kept at the end.
+    /// The open file; appends go to its cursor, the append position.
     file: File,
 }
 
 impl WalFile for RealFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)
+    }
+
+    fn preallocate(&mut self, range: Range<u64>) -> io::Result<()> {
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = range.start;
+        while at < range.end {
+            let piece = (range.end - at).min(ZEROS.len() as u64);
+            // Positional writes leave the cursor, which is the append position.
+            self.file.write_all_at(&ZEROS[..piece as usize], at)?;
+            at += piece;
+        }
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -99,9 +119,9 @@ impl FileSystem for RealFs {
         Ok(Box::new(RealFile { file }))
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WalFile>> {
         let mut file = OpenOptions::new().write(true).open(path)?;
-        file.seek(SeekFrom::End(0))?;
+        file.seek(SeekFrom::Start(offset))?;
         Ok(Box::new(RealFile { file }))
     }
 

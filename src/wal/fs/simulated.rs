@@ -256,6 +256,8 @@ struct SimFile {
     inode: usize,
     /// The disk epoch at open; a crash makes the handle inert.
     epoch: u64,
+    /// Where the next append lands.
+    position: usize,
 }
 
 impl SimFile {
@@ -270,13 +272,30 @@ impl SimFile {
 impl WalFile for SimFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let inode = self.inode;
+        let offset = self.position;
+        self.position += bytes.len();
         self.with_live_inode(|state| {
             let file = &mut state.inodes[inode];
-            let offset = file.volatile.len();
-            file.volatile.extend_from_slice(bytes);
+            write_at(&mut file.volatile, offset, bytes);
             file.pending.push(PendingWrite::Write {
                 offset,
                 bytes: bytes.to_vec(),
+            });
+        });
+        Ok(())
+    }
+
+    fn preallocate(&mut self, range: std::ops::Range<u64>) -> io::Result<()> {
+        let start = usize::try_from(range.start).map_err(io::Error::other)?;
+        let end = usize::try_from(range.end).map_err(io::Error::other)?;
+        let inode = self.inode;
+        self.with_live_inode(|state| {
+            let file = &mut state.inodes[inode];
+            let zeros = vec![0; end.saturating_sub(start)];
+            write_at(&mut file.volatile, start, &zeros);
+            file.pending.push(PendingWrite::Write {
+                offset: start,
+                bytes: zeros,
             });
         });
         Ok(())
@@ -298,6 +317,7 @@ impl WalFile for SimFile {
     fn set_len(&mut self, length: u64) -> io::Result<()> {
         let length = usize::try_from(length).map_err(io::Error::other)?;
         let inode = self.inode;
+        self.position = length;
         self.with_live_inode(|state| {
             let file = &mut state.inodes[inode];
             file.volatile.resize(length, 0);
@@ -345,16 +365,18 @@ impl FileSystem for SimulatedDisk {
             state: Arc::clone(&self.state),
             inode,
             epoch,
+            position: 0,
         }))
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WalFile>> {
         let state = self.state.lock();
         let inode = lookup(&state, path)?;
         Ok(Box::new(SimFile {
             state: Arc::clone(&self.state),
             inode,
             epoch: state.epoch,
+            position: usize::try_from(offset).map_err(io::Error::other)?,
         }))
     }
 
