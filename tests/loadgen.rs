@@ -15,6 +15,7 @@ fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
         workload,
         orgs,
         engines,
+        members: engines,
         in_flight: 64,
         connections: 2,
         warmup: Duration::ZERO,
@@ -64,6 +65,38 @@ async fn acquire_release_provisions_through_the_real_api_and_runs_clean() {
         assert_eq!(org.member_count, 151);
         assert_eq!(org.quota.unwrap().kre_sessions, 150);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_sharing_members_hold_separate_sessions_on_their_keys() {
+    let server = start().await;
+    let config = Config {
+        members: 8,
+        hold_min: Duration::from_secs(60),
+        hold_max: Duration::from_secs(60),
+        ..config(Workload::Realistic, 2, 100, 50)
+    };
+    let report = loadgen::execute(&config, &target(&server))
+        .await
+        .expect("the run completes");
+    assert_eq!(report.errors_total, 0, "{:?}", report.errors);
+    let organizations = server
+        .operator()
+        .await
+        .list_organizations(proto::ListOrganizationsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .organizations;
+    assert_eq!(organizations.len(), 2);
+    for org in &organizations {
+        // 8 members over 2 organizations, plus the owner.
+        assert_eq!(org.member_count, 5);
+    }
+    assert_eq!(
+        report.methods["acquire"].count, 100,
+        "every engine holds its own session though members are shared"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,11 @@ pub struct BenchArgs {
     /// Simulated engines (default 2000 for `realistic`, else 256).
     #[arg(long)]
     pub engines: Option<u32>,
+    /// Members provisioned, each with one API key, shared round robin by the engines
+    /// as separate KRE sessions (default: one member per engine). Fewer members let
+    /// a run hold a million sessions without a million members and keys.
+    #[arg(long)]
+    pub members: Option<u32>,
     /// Bound on outstanding RPCs across all engines.
     #[arg(long, default_value_t = 256)]
     pub in_flight: u32,

@@ -99,6 +99,8 @@ pub struct Config {
     pub orgs: u32,
     /// Simulated engines, one task each.
     pub engines: u32,
+    /// Members with an API key each; engine `g` acts as member `g % members`.
+    pub members: u32,
     /// Bound on outstanding RPCs.
     pub in_flight: u32,
     /// HTTP/2 connections; engine `i` uses connection `i % connections`.
@@ -158,6 +160,7 @@ impl Config {
         let engines = args.engines.unwrap_or(defaults.engines);
         check_range("--engines", engines.into(), 1, ENGINES_MAX.into())?;
         check_range("--orgs", orgs.into(), 1, u64::from(ORGS_MAX.min(engines)))?;
+        let members = args.members.unwrap_or(engines);
         let engines_per_org = engines.div_ceil(orgs);
         let quota = match args.workload {
             Workload::Contention => args.quota.unwrap_or((engines / 4).max(1)),
@@ -167,6 +170,7 @@ impl Config {
             workload: args.workload,
             orgs,
             engines,
+            members,
             in_flight: args.in_flight,
             connections: args.connections,
             warmup: args.warmup,
@@ -196,6 +200,13 @@ impl Config {
             self.orgs.into(),
             1,
             u64::from(ORGS_MAX.min(self.engines)),
+        )?;
+        // Every organization needs a member; a member's engines share its key.
+        check_range(
+            "--members",
+            self.members.into(),
+            self.orgs.into(),
+            self.engines.into(),
         )?;
         check_range(
             "--in-flight",

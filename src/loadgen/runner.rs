@@ -96,6 +96,7 @@ fn layout_for(config: &Config) -> Layout {
         run_id: format!("{:08x}", Rng::new(config.seed).next_u64() as u32),
         orgs: config.orgs,
         engines: config.engines,
+        members: config.members,
     }
 }
 

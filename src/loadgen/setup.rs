@@ -1,9 +1,11 @@
 //! Provisioning on the broker, with the operator key, before a run: organizations
-//! `bench-<run>-<i>`, one member `engine<j>@bench.example` per engine, KRE assigned to
-//! every member (at most `EMAILS_PER_REQUEST_MAX` emails per call), and one API key
-//! per member, which its engine then uses. Engine `g` belongs to organization
-//! `g % orgs` as member `g / orgs`. Nothing is deleted afterwards (the API has no
-//! call for it); fresh run ids keep runs apart.
+//! `bench-<run>-<i>`, members `engine<j>@bench.example`, KRE assigned to every member
+//! (at most `EMAILS_PER_REQUEST_MAX` emails per call), and one API key per member.
+//! Member `m` belongs to organization `m % orgs` as `engine<m / orgs>`; engine `g`
+//! acts as member `g % members` with that member's key (one member per engine by
+//! default; fewer members make engines share a user, each with its own KRE
+//! session). Nothing is deleted afterwards (the API has no call for it); fresh run
+//! ids keep runs apart.
 
 use std::future::Future;
 use std::time::Duration;
@@ -29,6 +31,8 @@ pub(crate) struct Layout {
     pub run_id: String,
     pub orgs: u32,
     pub engines: u32,
+    /// At least `orgs`, at most `engines`.
+    pub members: u32,
 }
 
 impl Layout {
@@ -38,16 +42,31 @@ impl Layout {
         id
     }
 
-    pub(crate) fn org_of(&self, engine: u32) -> u32 {
-        engine % self.orgs
+    /// The member engine `engine` acts as.
+    pub(crate) fn member_of(&self, engine: u32) -> u32 {
+        engine % self.members
     }
 
-    pub(crate) fn email_of(&self, engine: u32) -> String {
-        format!("engine{}@bench.example", engine / self.orgs)
+    #[cfg(test)]
+    fn org_of(&self, engine: u32) -> u32 {
+        self.member_org(self.member_of(engine))
     }
 
-    fn engines_of(&self, org: u32) -> impl Iterator<Item = u32> + '_ {
-        (org..self.engines).step_by(self.orgs as usize)
+    #[cfg(test)]
+    fn email_of(&self, engine: u32) -> String {
+        self.member_email(self.member_of(engine))
+    }
+
+    fn member_org(&self, member: u32) -> u32 {
+        member % self.orgs
+    }
+
+    fn member_email(&self, member: u32) -> String {
+        format!("engine{}@bench.example", member / self.orgs)
+    }
+
+    fn members_of(&self, org: u32) -> impl Iterator<Item = u32> + '_ {
+        (org..self.members).step_by(self.orgs as usize)
     }
 }
 
@@ -108,9 +127,9 @@ async fn create_organizations(
 }
 
 async fn add_members(admin: &Admin, layout: &Layout) -> Result<(), LoadgenError> {
-    let requests = (0..layout.engines).map(|engine| AddMemberRequest {
-        org_id: layout.org_id(layout.org_of(engine)),
-        email: layout.email_of(engine),
+    let requests = (0..layout.members).map(|member| AddMemberRequest {
+        org_id: layout.org_id(layout.member_org(member)),
+        email: layout.member_email(member),
         role: Role::Member as i32,
     });
     for_each_bounded("AddMember", requests.collect(), |request| {
@@ -127,7 +146,10 @@ async fn add_members(admin: &Admin, layout: &Layout) -> Result<(), LoadgenError>
 async fn assign_licenses(admin: &Admin, layout: &Layout) -> Result<(), LoadgenError> {
     let mut requests = Vec::new();
     for org in 0..layout.orgs {
-        let emails: Vec<String> = layout.engines_of(org).map(|e| layout.email_of(e)).collect();
+        let emails: Vec<String> = layout
+            .members_of(org)
+            .map(|member| layout.member_email(member))
+            .collect();
         for chunk in emails.chunks(EMAILS_PER_REQUEST_MAX) {
             requests.push(AssignLicensesRequest {
                 org_id: layout.org_id(org),
@@ -151,9 +173,9 @@ async fn create_api_keys(
     admin: &Admin,
     layout: &Layout,
 ) -> Result<Vec<MetadataValue<Ascii>>, LoadgenError> {
-    let requests = (0..layout.engines).map(|engine| CreateApiKeyRequest {
-        org_id: layout.org_id(layout.org_of(engine)),
-        email: layout.email_of(engine),
+    let requests = (0..layout.members).map(|member| CreateApiKeyRequest {
+        org_id: layout.org_id(layout.member_org(member)),
+        email: layout.member_email(member),
         label: format!("bench {}", layout.run_id),
     });
     let secrets = for_each_bounded("CreateApiKey", requests.collect(), |request| {
@@ -165,7 +187,14 @@ async fn create_api_keys(
         }
     })
     .await?;
-    secrets.iter().map(|secret| bearer(secret)).collect()
+    let keys: Vec<MetadataValue<Ascii>> = secrets
+        .iter()
+        .map(|secret| bearer(secret))
+        .collect::<Result<_, _>>()?;
+    // Cloning a `MetadataValue` shares its bytes: engines of one member share one key.
+    Ok((0..layout.engines)
+        .map(|engine| keys[layout.member_of(engine) as usize].clone())
+        .collect())
 }
 
 /// Runs `call` on every item with at most `SETUP_IN_FLIGHT_MAX` outstanding, and
@@ -214,15 +243,40 @@ mod tests {
             run_id: "abcdef12".into(),
             orgs: 3,
             engines: 10,
+            members: 10,
         };
         assert_eq!(layout.org_id(2), "bench-abcdef12-2");
-        assert_eq!(layout.engines_of(0).collect::<Vec<_>>(), [0, 3, 6, 9]);
-        assert_eq!(layout.engines_of(2).collect::<Vec<_>>(), [2, 5, 8]);
+        assert_eq!(layout.members_of(0).collect::<Vec<_>>(), [0, 3, 6, 9]);
+        assert_eq!(layout.members_of(2).collect::<Vec<_>>(), [2, 5, 8]);
         assert_eq!(
             (layout.org_of(7), layout.email_of(7)),
             (1, "engine2@bench.example".to_owned())
         );
-        let total: usize = (0..3).map(|org| layout.engines_of(org).count()).sum();
+        let total: usize = (0..3).map(|org| layout.members_of(org).count()).sum();
         assert_eq!(total, 10);
+    }
+
+    #[test]
+    fn engines_share_fewer_members_within_their_organization() {
+        let layout = Layout {
+            run_id: "abcdef12".into(),
+            orgs: 2,
+            engines: 10,
+            members: 4,
+        };
+        let total: usize = (0..2).map(|org| layout.members_of(org).count()).sum();
+        assert_eq!(total, 4);
+        for engine in 0..10 {
+            let member = layout.member_of(engine);
+            assert!(member < 4);
+            // The member's organization is the engine's: its key is valid there.
+            assert_eq!(layout.org_of(engine), member % 2);
+            assert_eq!(layout.email_of(engine), layout.member_email(member));
+        }
+        assert_eq!(
+            layout.email_of(1),
+            layout.email_of(5),
+            "engines 1 and 5 share"
+        );
     }
 }

@@ -19,6 +19,7 @@ fn config(workload: Workload) -> Config {
         workload,
         orgs: 1,
         engines: 32,
+        members: 32,
         in_flight: 16,
         connections: 2,
         warmup: Duration::from_millis(200),
@@ -88,6 +89,7 @@ async fn realistic_acquires_heartbeats_and_releases() {
     let config = Config {
         orgs: 4,
         engines: 64,
+        members: 64,
         ..config(Workload::Realistic)
     };
     let report = check(config, fast_heartbeats(None)).await;
