@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use prost::Message;
 use tonic::codegen::http;
@@ -55,18 +56,42 @@ const BROKER_PATH_PREFIX: &str = "/seatbroker.";
 /// The label of a path that names no known method (bounded cardinality).
 const UNKNOWN_METHOD: &str = "unknown";
 
-/// Every method the daemon serves, from the descriptor sets, as `/pkg.Service/Method`
-/// → `Service/Method`. Built once; the leaked labels are a few dozen short strings.
-fn method_labels() -> &'static HashMap<String, &'static str> {
-    static LABELS: OnceLock<HashMap<String, &'static str>> = OnceLock::new();
-    LABELS.get_or_init(|| {
+/// A served method: its label (`Service/Method`) and its latency histogram for each
+/// status code. Handles are registered on first use, after `metrics::install`
+/// (like every handle), so recording a call is a push into the histogram, without
+/// hashing labels or looking the series up.
+struct MethodMetrics {
+    label: &'static str,
+    by_code: [OnceLock<::metrics::Histogram>; CODES],
+}
+
+impl MethodMetrics {
+    fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            by_code: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn record(&self, code: usize, elapsed: Duration) {
+        self.by_code[code]
+            .get_or_init(|| metrics::rpc_duration(self.label, CODE_NAMES[code]))
+            .record(elapsed.as_secs_f64());
+    }
+}
+
+/// Every method the daemon serves, from the descriptor sets, by `/pkg.Service/Method`.
+/// Built once; the leaked entries are a few dozen.
+fn served_methods() -> &'static HashMap<String, &'static MethodMetrics> {
+    static METHODS: OnceLock<HashMap<String, &'static MethodMetrics>> = OnceLock::new();
+    METHODS.get_or_init(|| {
         let sets = [
             crate::proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ];
-        let mut labels = HashMap::new();
+        let mut methods = HashMap::new();
         for encoded in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
                 continue;
@@ -77,20 +102,33 @@ fn method_labels() -> &'static HashMap<String, &'static str> {
                         let path =
                             format!("/{}.{}/{}", file.package(), service.name(), method.name());
                         let label = format!("{}/{}", service.name(), method.name());
-                        labels.insert(path, &*Box::leak(label.into_boxed_str()));
+                        let label: &'static str = Box::leak(label.into_boxed_str());
+                        methods.insert(path, &*Box::leak(Box::new(MethodMetrics::new(label))));
                     }
                 }
             }
         }
-        labels
+        methods
     })
 }
 
-fn method_label(path: &str) -> &'static str {
-    method_labels().get(path).copied().unwrap_or(UNKNOWN_METHOD)
+/// The metrics of the method at `path`; strangers share one label (bounded cardinality).
+fn method_metrics(path: &str) -> &'static MethodMetrics {
+    static UNKNOWN: OnceLock<MethodMetrics> = OnceLock::new();
+    served_methods()
+        .get(path)
+        .copied()
+        .unwrap_or_else(|| UNKNOWN.get_or_init(|| MethodMetrics::new(UNKNOWN_METHOD)))
 }
 
-const CODE_NAMES: [&str; 17] = [
+#[cfg(test)]
+fn method_label(path: &str) -> &'static str {
+    method_metrics(path).label
+}
+
+/// gRPC status codes, by number.
+const CODES: usize = 17;
+const CODE_NAMES: [&str; CODES] = [
     "OK",
     "CANCELLED",
     "UNKNOWN",
@@ -109,19 +147,21 @@ const CODE_NAMES: [&str; 17] = [
     "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
+const CODE_UNKNOWN: usize = 2;
+const CODE_UNAVAILABLE: usize = 14;
 
-/// The status of a unary answer: in the headers of an error (trailers-only), absent
-/// (sent in the trailers) for a success.
-fn code_name(headers: &http::HeaderMap) -> &'static str {
+/// The status code of a unary answer: in the headers of an error (trailers-only),
+/// absent (sent in the trailers) for a success.
+fn status_code(headers: &http::HeaderMap) -> usize {
     let Some(value) = headers.get("grpc-status") else {
-        return CODE_NAMES[0];
+        return 0;
     };
     value
         .to_str()
         .ok()
         .and_then(|text| text.parse::<usize>().ok())
-        .and_then(|code| CODE_NAMES.get(code).copied())
-        .unwrap_or("UNKNOWN")
+        .filter(|code| *code < CODES)
+        .unwrap_or(CODE_UNKNOWN)
 }
 
 /// Adds [`RpcService`] around the server's routes.
@@ -174,7 +214,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let method = method_label(path);
+        let method = method_metrics(path);
         let phase = self.phase.get();
         if path.starts_with(BROKER_PATH_PREFIX) && phase != Phase::Serving {
             let status = match phase {
@@ -185,12 +225,12 @@ where
                     "seatbroker is shutting down; retry on another instance or after the restart",
                 ),
             };
-            metrics::rpc_finished(method, "UNAVAILABLE", std::time::Duration::ZERO);
+            method.record(CODE_UNAVAILABLE, Duration::ZERO);
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
         let span = tracing::info_span!(
             "rpc",
-            method,
+            method = method.label,
             org = tracing::field::Empty,
             code = tracing::field::Empty
         );
@@ -200,11 +240,11 @@ where
         let started = tokio::time::Instant::now();
         Box::pin(async move {
             let response = inner.call(request).instrument(span.clone()).await?;
-            let code = code_name(response.headers());
+            let code = status_code(response.headers());
             let elapsed = started.elapsed();
-            span.record("code", code);
+            span.record("code", CODE_NAMES[code]);
             tracing::debug!(parent: &span, elapsed_us = elapsed.as_micros() as u64, "rpc finished");
-            metrics::rpc_finished(method, code, elapsed);
+            method.record(code, elapsed);
             Ok(response)
         })
     }
