@@ -12,9 +12,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prost::Message;
+use tokio::time::Instant;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use super::metrics;
 
@@ -60,7 +62,7 @@ const UNKNOWN_METHOD: &str = "unknown";
 /// status code. Handles are registered on first use, after `metrics::install`
 /// (like every handle), so recording a call is a push into the histogram, without
 /// hashing labels or looking the series up.
-struct MethodMetrics {
+pub struct MethodMetrics {
     label: &'static str,
     by_code: [OnceLock<::metrics::Histogram>; CODES],
 }
@@ -194,19 +196,59 @@ pub struct RpcService<S> {
     phase: Arc<PhaseCell>,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+pin_project_lite::pin_project! {
+    /// One call through the layer: the refusal of the phase, or the inner call in its
+    /// span followed by the latency sample. Not boxed: the inner future is polled in
+    /// place rather than moved into another allocation.
+    #[project = RpcFutureProjection]
+    pub enum RpcFuture<F, T> {
+        Refused { response: Option<T> },
+        Called {
+            #[pin]
+            inner: Instrumented<F>,
+            method: &'static MethodMetrics,
+            started: Instant,
+        },
+    }
+}
+
+impl<F, R, E> Future for RpcFuture<F, http::Response<R>>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = Result<http::Response<R>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RpcFutureProjection::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            RpcFutureProjection::Called {
+                mut inner,
+                method,
+                started,
+            } => {
+                let response = std::task::ready!(inner.as_mut().poll(cx))?;
+                let code = status_code(response.headers());
+                let elapsed = started.elapsed();
+                let span = inner.span();
+                span.record("code", CODE_NAMES[code]);
+                tracing::debug!(parent: span, elapsed_us = elapsed.as_micros() as u64, "rpc finished");
+                method.record(code, elapsed);
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
 
 impl<S, B, R> Service<http::Request<B>> for RpcService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-    R: Default + Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<S::Response, S::Error>;
+    type Future = RpcFuture<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -226,7 +268,9 @@ where
                 ),
             };
             method.record(CODE_UNAVAILABLE, Duration::ZERO);
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+            return RpcFuture::Refused {
+                response: Some(status.into_http()),
+            };
         }
         let span = tracing::info_span!(
             "rpc",
@@ -234,19 +278,14 @@ where
             org = tracing::field::Empty,
             code = tracing::field::Empty
         );
-        // The clone that was polled ready serves this call; the fresh one waits.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let started = tokio::time::Instant::now();
-        Box::pin(async move {
-            let response = inner.call(request).instrument(span.clone()).await?;
-            let code = status_code(response.headers());
-            let elapsed = started.elapsed();
-            span.record("code", CODE_NAMES[code]);
-            tracing::debug!(parent: &span, elapsed_us = elapsed.as_micros() as u64, "rpc finished");
-            method.record(code, elapsed);
-            Ok(response)
-        })
+        let started = Instant::now();
+        // `inner` was polled ready by `poll_ready`, so it takes the call now.
+        let inner = span.in_scope(|| self.inner.call(request)).instrument(span);
+        RpcFuture::Called {
+            inner,
+            method,
+            started,
+        }
     }
 }
 
