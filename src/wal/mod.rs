@@ -43,6 +43,14 @@
 //! lsn (u64 LE) | lsn - group_first_lsn (u32 LE) | group_last_lsn - lsn (u32 LE) | payload
 //! ```
 //!
+//! A segment may end in zeros: the writer keeps up to `preallocate_bytes` of zeros
+//! written ahead of its appends (never past `segment_bytes_max`) and overwrites them
+//! with later groups, so that most fdatasyncs find the file size unchanged and flush
+//! data only. A zero fragment type is never written, so where a record cannot be read
+//! and only zeros follow to the end of the file, the segment ends cleanly there, and
+//! appends continue at that offset. Zeros followed by anything else are damage (see
+//! Recovery).
+//!
 //! LSNs start at 1 and increase by one, without gaps, across segments: a segment
 //! named `N` holds records `N, N+1, ...`, and the next segment starts where it
 //! ends. The **commit group** bounds say which records were written by the same
