@@ -89,11 +89,11 @@ impl Journal for WalJournal {
     }
 
     fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64) -> bool {
-        // Nobody waits: the ticket is dropped, the record is still written.
+        // Nobody waits; the record goes out with the next commit group.
         let record = codec::encode_lease_ended(org, id, generation);
         let taken = self
             .wal
-            .submit_within(record, PENDING_RECORDS_FOR_ENDS_MAX)
+            .submit_unawaited(record, PENDING_RECORDS_FOR_ENDS_MAX)
             .is_ok();
         if !taken {
             self.dropped_lease_ends.fetch_add(1, Ordering::Relaxed);

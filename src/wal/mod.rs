@@ -367,6 +367,28 @@ impl Wal {
         record: Vec<u8>,
         queue_records_max: usize,
     ) -> Result<DurableTicket, WalError> {
+        let (done, receiver) = oneshot::channel();
+        let lsn = self.enqueue(record, queue_records_max, Some(done))?;
+        Ok(DurableTicket { lsn, receiver })
+    }
+
+    /// Queues a record nobody waits for (it is written with the next commit group
+    /// all the same), within `queue_records_max` like [`Wal::submit_within`]; returns
+    /// its LSN. Saves the ticket's channel on a path that would drop it at once.
+    pub fn submit_unawaited(
+        &self,
+        record: Vec<u8>,
+        queue_records_max: usize,
+    ) -> Result<Lsn, WalError> {
+        self.enqueue(record, queue_records_max, None)
+    }
+
+    fn enqueue(
+        &self,
+        record: Vec<u8>,
+        queue_records_max: usize,
+        done: Option<oneshot::Sender<()>>,
+    ) -> Result<Lsn, WalError> {
         let record_bytes_max = self.shared.options.record_bytes_max;
         if record.len() > record_bytes_max {
             return Err(WalError::RecordTooLarge {
@@ -374,7 +396,6 @@ impl Wal {
                 record_bytes_max,
             });
         }
-        let (done, receiver) = oneshot::channel();
         let lsn = {
             let mut queue = self.shared.queue.lock();
             if queue.closing {
@@ -397,7 +418,7 @@ impl Wal {
             lsn
         };
         self.shared.work_ready.notify_one();
-        Ok(DurableTicket { lsn, receiver })
+        Ok(lsn)
     }
 
     /// Installs a snapshot of the state as of `lsn` (the caller guarantees `bytes`

@@ -648,6 +648,27 @@ fn snapshot_refuses_unassigned_and_stale_lsns() {
 }
 
 #[test]
+fn unawaited_records_go_out_with_the_next_group_in_lsn_order() {
+    let disk = SimulatedDisk::new();
+    let records: Vec<Vec<u8>> = (1..=3).map(|lsn| payload(lsn, 200)).collect();
+    {
+        let (wal, _) = open_sim(&disk, small_options()).expect("open");
+        let first = wal
+            .submit_unawaited(records[0].clone(), 16)
+            .expect("queued");
+        let second = wal
+            .submit_unawaited(records[1].clone(), 16)
+            .expect("queued");
+        assert_eq!((first, second), (1, 2));
+        // A later awaited record is durable only with every record before it.
+        append_all(&wal, &records[2..]);
+        assert_eq!(wal.stats().durable_lsn, 3);
+    }
+    let (_wal, recovered) = open_sim(&disk, small_options()).expect("reopen");
+    check_records(&recovered, 1, &records);
+}
+
+#[test]
 fn back_pressure_and_record_size_bounds() {
     let disk = SimulatedDisk::new();
     let options = WalOptions {

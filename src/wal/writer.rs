@@ -62,8 +62,9 @@ pub(crate) struct Pending {
     pub lsn: Lsn,
     /// Its payload.
     pub record: Vec<u8>,
-    /// Resolves its `DurableTicket` once the record is durable.
-    pub done: oneshot::Sender<()>,
+    /// Resolves its `DurableTicket` once the record is durable; `None` when nobody
+    /// waits (`Wal::submit_unawaited`).
+    pub done: Option<oneshot::Sender<()>>,
 }
 
 /// Monotonic counters, updated by the writer and read by `stats`.
@@ -317,7 +318,9 @@ pub(crate) fn publish_durable(shared: &Shared, group: Vec<Pending>) {
         .store(group.len() as u64, Ordering::Relaxed);
     for pending in group {
         // A dropped ticket is fine: the caller stopped waiting, the record is durable anyway.
-        let _ = pending.done.send(());
+        if let Some(done) = pending.done {
+            let _ = done.send(());
+        }
     }
 }
 
