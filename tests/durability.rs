@@ -458,7 +458,10 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
         .expect("records")
         + 1;
     assert!(data_end < original.len(), "the segment is preallocated");
-    std::fs::write(&segment, &original[..data_end - 3]).unwrap();
+    // Zeros follow the cut, as they follow the records of a preallocated segment.
+    let mut cut = original[..data_end - 3].to_vec();
+    cut.resize(cut.len() + 64 * 1024, 0);
+    std::fs::write(&segment, &cut).unwrap();
     let server = start_in(dir, TTL).await;
     let assigned = server
         .admin(&org.owner_key)

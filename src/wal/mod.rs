@@ -91,7 +91,8 @@
 //! gaps across segments and after the snapshot.
 //!
 //! Damage found in a segment that is not the last one is corruption: that
-//! segment was fully synced before the next was created. In the last segment,
+//! segment was fully synced before the next was created, and trimmed to its
+//! records, so there even zeros after the records are damage. In the last segment,
 //! damage at offset `X` is a **torn tail**, truncated (logged, reported in
 //! [`Recovered::truncated_tail`] and cut from the file so appends follow valid
 //! data), when either nothing valid follows `X`, or everything valid after `X`
@@ -101,7 +102,13 @@
 //! next, such records were never acknowledged. Anything else, for example a
 //! flipped bit followed by valid records, or valid records of a later group, is
 //! corruption: open returns [`WalError::Corrupt`] naming the file and offset and
-//! how to proceed. Nothing is ever dropped silently.
+//! how to proceed. Nothing acknowledged is ever dropped, and nothing but zeros
+//! is dropped without a report: a commit group of which no byte reached the disk
+//! leaves the preallocated zeros as they were and reads as the end.
+//!
+//! The active segment is fdatasynced when the log opens, before anything new is
+//! acknowledged: records replayed from the page cache of a killed process would
+//! otherwise rest on a later fsync of that segment, which rotation may skip.
 //!
 //! Known limit: payloads are opaque, so a payload that itself contains a
 //! well-formed fragment (with a valid CRC) could be mistaken for a record while

@@ -285,6 +285,11 @@ fn replay_segments(
         let length = scan.valid_end;
         let is_last = index + 1 == segments.len();
         let truncated_tail = match (&scan.end, is_last) {
+            (ScanEnd::Clean, false) if length < file.len() as u64 => {
+                let detail = "zeros where records were expected, in a segment that is not the last \
+                              (the writer trims a full segment to its records before the next one starts)";
+                return Err(WalError::corrupt(&path, length, detail));
+            }
             (ScanEnd::Clean, _) => None,
             (ScanEnd::Damaged { offset, reason }, false) => {
                 let detail =
@@ -356,7 +361,12 @@ fn classify_tail(
     let expected_lsn = scan.first_lsn + scan.records.len() as u64;
     let damaged_groups = damaged_group_candidates(scan.records.last(), expected_lsn);
     let later = reader::records_after(file, offset);
-    let bytes_dropped = file.len() as u64 - offset;
+    // Preallocated zeros at the end are not dropped records.
+    let data_end = file
+        .iter()
+        .rposition(|&byte| byte != 0)
+        .map_or(0, |last| last as u64 + 1);
+    let bytes_dropped = data_end.saturating_sub(offset);
     let Some(first_later) = later.first() else {
         let reason = format!("{reason}; nothing valid follows");
         return Ok(tail(path, offset, bytes_dropped, reason));

@@ -98,6 +98,9 @@ pub(crate) struct SegmentWriter {
     length: u64,
     /// Its size on disk: `length` plus the zeros written ahead of it.
     allocated: u64,
+    /// Writing zeros ahead failed in this segment (a full disk, say): appends grow
+    /// the file instead until the next segment.
+    preallocation_failed: bool,
     /// The injected fsync failure, in `failpoints` builds.
     failpoint: FsyncFailpoint,
     /// Reused encoding buffer; the whole group goes out in one append.
@@ -112,16 +115,23 @@ impl SegmentWriter {
         failpoint: FsyncFailpoint,
     ) -> Result<Self, WalError> {
         let path = shared.dir.join(format::segment_file_name(active.first_lsn));
-        let file = shared
+        let mut file = shared
             .fs
             .open_at(&path, active.length)
             .map_err(|error| WalError::io("opening", &path, error))?;
+        // Records just replayed may sit in the page cache only (the last process was
+        // killed, the machine was not): make them durable before anything after them
+        // is acknowledged, since a later fsync may go to a new segment.
+        if let Err(error) = file.sync_data() {
+            fatal_io("fdatasync of the recovered segment", &path, &error);
+        }
         Ok(Self {
             shared,
             file,
             path,
             length: active.length,
             allocated: active.allocated.max(active.length),
+            preallocation_failed: false,
             failpoint,
             buffer: Vec::new(),
         })
@@ -176,9 +186,13 @@ impl SegmentWriter {
     /// The zeros are extended by at least half of `preallocate_bytes` at a time;
     /// they go to disk with this group's fdatasync. Readers treat a remainder of
     /// zeros as the end of the segment.
+    ///
+    /// A failure here is not fatal, unlike a failed append: the zeros are only an
+    /// optimisation, and a partial run of them still reads as the end. The writer
+    /// then stops preallocating until the next segment.
     fn preallocate_ahead(&mut self) {
         let ahead = self.shared.options.preallocate_bytes;
-        if ahead == 0 || self.allocated >= self.length + ahead / 2 {
+        if ahead == 0 || self.preallocation_failed || self.allocated >= self.length + ahead / 2 {
             return;
         }
         let target = (self.length + ahead).min(self.shared.options.segment_bytes_max);
@@ -186,7 +200,13 @@ impl SegmentWriter {
             return;
         }
         if let Err(error) = self.file.preallocate(self.allocated..target) {
-            fatal_io("preallocation", &self.path, &error);
+            tracing::warn!(
+                segment = %self.path.display(),
+                %error,
+                "could not write zeros ahead of the log; appends grow the segment instead"
+            );
+            self.preallocation_failed = true;
+            return;
         }
         self.allocated = target;
     }
@@ -205,6 +225,18 @@ impl SegmentWriter {
     /// Starts a new segment whose first record is `first_lsn`. The old one was synced
     /// with its last group, so it is complete on disk.
     fn rotate(&mut self, first_lsn: Lsn) {
+        // A full segment keeps no zeros after its records (a recovered one may, if it
+        // was preallocated under other options): readers may then take any zeros
+        // after the records of a segment that is not the last for damage.
+        if self.allocated > self.length || self.preallocation_failed {
+            let trimmed = self
+                .file
+                .set_len(self.length)
+                .and_then(|()| self.file.sync_data());
+            if let Err(error) = trimmed {
+                fatal_io("trimming a full segment", &self.path, &error);
+            }
+        }
         let (file, path) =
             match create_segment(self.shared.fs.as_ref(), &self.shared.dir, first_lsn) {
                 Ok(created) => created,
@@ -227,6 +259,7 @@ impl SegmentWriter {
         self.path = path;
         self.length = format::SEGMENT_HEADER_BYTES as u64;
         self.allocated = self.length;
+        self.preallocation_failed = false;
     }
 }
 

@@ -45,12 +45,19 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// `preallocate_bytes` is on in half the cases: segments then end in zeros that
-/// appends overwrite, and a crash may leave any mix of zeros and record sectors.
-fn options(preallocate_bytes: u64) -> WalOptions {
+/// The WAL layouts the cases run on, one third each: small segments without
+/// preallocation; small segments ending in zeros that appends overwrite; and
+/// segments longer than a block with zeros ahead across block boundaries. A crash
+/// may leave any mix of zeros and record sectors.
+fn options(layout: u8) -> WalOptions {
+    let (segment_bytes_max, preallocate_bytes) = match layout {
+        0 => (4096, 0),
+        1 => (4096, 3000),
+        _ => (80 * 1024, 40 * 1024),
+    };
     WalOptions {
         preallocate_bytes,
-        segment_bytes_max: 4096,
+        segment_bytes_max,
         snapshot_log_bytes: 16 * 1024,
         batch_records_max: 8,
         queue_records_max: 10_000,
@@ -73,12 +80,12 @@ struct Harness {
     acknowledged_lsn: Lsn,
     /// Makes every payload unique, also across reused LSNs.
     submissions: u64,
-    /// `WalOptions::preallocate_bytes` of this case.
-    preallocate_bytes: u64,
+    /// Which `options` this case runs on.
+    layout: u8,
 }
 
 impl Harness {
-    fn new(preallocate_bytes: u64) -> Self {
+    fn new(layout: u8) -> Self {
         let disk = SimulatedDisk::new();
         let mut harness = Harness {
             disk,
@@ -87,7 +94,7 @@ impl Harness {
             tickets: Vec::new(),
             acknowledged_lsn: 0,
             submissions: 0,
-            preallocate_bytes,
+            layout,
         };
         harness.reopen();
         harness
@@ -160,7 +167,7 @@ impl Harness {
         let opened = Wal::open_manual(
             &sim_dir(),
             fs,
-            options(self.preallocate_bytes),
+            options(self.layout),
             FsyncFailpoint::default(),
         );
         let (wal, recovered) = opened.unwrap_or_else(|error| panic!("recovery failed: {error}"));
@@ -240,8 +247,8 @@ proptest! {
     })]
 
     #[test]
-    fn crash_recovery_keeps_acknowledged_prefix(ops in prop::collection::vec(op(), 1..OPS_PER_CASE_MAX), final_seed in any::<u64>(), preallocate in any::<bool>()) {
-        let mut harness = Harness::new(if preallocate { 3000 } else { 0 });
+    fn crash_recovery_keeps_acknowledged_prefix(ops in prop::collection::vec(op(), 1..OPS_PER_CASE_MAX), final_seed in any::<u64>(), layout in 0u8..3) {
+        let mut harness = Harness::new(layout);
         for op in &ops {
             harness.apply(op);
         }
