@@ -531,6 +531,40 @@ fn damage_in_a_segment_that_is_not_the_last_is_corruption() {
 }
 
 #[test]
+fn full_segments_are_trimmed_and_zeros_after_their_records_are_corruption() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        segment_bytes_max: 4096,
+        preallocate_bytes: 3000,
+        ..small_options()
+    };
+    let records: Vec<Vec<u8>> = (1..=40).map(|lsn| payload(lsn, 500)).collect();
+    {
+        let (wal, _) = open_sim(&disk, options.clone()).expect("open");
+        append_one_by_one(&wal, &records);
+        assert!(wal.stats().segments > 2);
+    }
+    let file = disk.read(&segment_path(1)).expect("read");
+    assert_ne!(
+        file.last(),
+        Some(&0),
+        "a full segment ends with its records"
+    );
+    let (_wal, recovered) = open_sim(&disk, options.clone()).expect("reopen");
+    check_records(&recovered, 1, &records);
+    drop(_wal);
+    // Synced records of a full segment replaced by zeros (a lying disk): refused,
+    // naming the offset where the zeros start, not a later segment.
+    let zeroed_from = file.len() - 700;
+    disk.corrupt(&segment_path(1), zeroed_from, &vec![0; 700])
+        .expect("corrupt");
+    let (path, offset, detail) = expect_corrupt(open_sim(&disk, options));
+    assert_eq!(path, segment_path(1));
+    assert!(offset <= zeroed_from as u64, "offset {offset}: {detail}");
+    assert!(detail.contains("not the last"), "{detail}");
+}
+
+#[test]
 fn a_missing_segment_is_an_lsn_gap() {
     let disk = SimulatedDisk::new();
     let options = WalOptions {
