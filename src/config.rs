@@ -242,6 +242,9 @@ pub struct LimitsConfig {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub leases_per_org_max: usize,
+    /// Client connections open at once; more wait in the listen backlog. Fixed at
+    /// `limits::CONNECTIONS_MAX` for the daemon; tests lower it.
+    pub connections_max: usize,
 }
 
 impl Default for LimitsConfig {
@@ -252,6 +255,7 @@ impl Default for LimitsConfig {
             keepalive_interval: Duration::from_millis(limits::KEEPALIVE_INTERVAL_MS_DEFAULT),
             keepalive_timeout: Duration::from_millis(limits::KEEPALIVE_TIMEOUT_MS_DEFAULT),
             leases_per_org_max: limits::LEASES_PER_ORG_MAX,
+            connections_max: limits::CONNECTIONS_MAX,
         }
     }
 }
@@ -483,6 +487,7 @@ fn limits_config(layer: LimitsLayer) -> Result<LimitsConfig, ConfigError> {
             limits::LEASES_PER_ORG_MAX_FLOOR,
             limits::LEASES_PER_ORG_MAX_CEILING,
         )?,
+        connections_max: defaults.connections_max,
     })
 }
 

@@ -36,6 +36,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod leases;
 pub mod limits;

@@ -52,7 +52,8 @@ pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const LIST_ITEMS_MAX: usize = 100_000;
 /// Concurrent HTTP/2 streams per client connection.
 pub const CONCURRENT_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
-/// Concurrent client connections.
+/// Concurrent client connections; further clients wait in the listen backlog
+/// (`connections.rs`).
 pub const CONNECTIONS_MAX: usize = 10_000;
 
 // ----- Operational limits: configurable within hard bounds (see `config`). -----

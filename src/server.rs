@@ -13,8 +13,6 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -40,6 +38,7 @@ use crate::tls::{self, TlsError};
 use crate::wal::{RealFs, WalOptions};
 
 pub use crate::config::Config as ServerConfig;
+use crate::connections;
 
 /// Where the operator key comes from. Its `Debug` never shows a given key.
 #[derive(Clone)]
@@ -416,12 +415,8 @@ impl Bound {
         report_health(&health, ServingStatus::NotServing).await;
         let router = self.router(Arc::clone(&phase), health_service)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let incoming = TcpListenerStream::new(self.listener).map(|stream| {
-            if let Ok(stream) = &stream {
-                let _ = stream.set_nodelay(true);
-            }
-            stream
-        });
+        let incoming =
+            connections::limited_incoming(self.listener, self.config.limits.connections_max);
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         }));

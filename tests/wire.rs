@@ -4,8 +4,11 @@
 mod common;
 
 use common::*;
-use seatbroker::client;
+use std::time::Duration;
+
+use seatbroker::client::{self, Authorized};
 use seatbroker::proto;
+use seatbroker::proto::admin_service_client::AdminServiceClient;
 use seatbroker::tls::ClientTlsFiles;
 use tokio_stream::StreamExt;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -169,4 +172,39 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
         .list_organizations(proto::ListOrganizationsRequest {})
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_bound_wait_until_one_closes() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = start_configured(data_dir, |config| config.limits.connections_max = 2).await;
+    let list = |mut client: AdminServiceClient<Authorized>| async move {
+        client
+            .list_organizations(proto::ListOrganizationsRequest {})
+            .await
+            .map(|answer| answer.into_inner().organizations.len())
+    };
+    // Two connections, each answered and kept open.
+    let first = server.operator().await;
+    let second = server.operator().await;
+    assert!(list(first.clone()).await.is_ok());
+    assert!(list(second.clone()).await.is_ok());
+    // A third waits in the listen backlog: no answer while the two stay open.
+    let third = tokio::time::timeout(Duration::from_millis(500), async {
+        list(server.operator().await).await
+    })
+    .await;
+    assert!(
+        third.is_err(),
+        "a third connection was served while two were open: {third:?}"
+    );
+    // Closing one lets the next connection in.
+    drop(first);
+    let fourth = tokio::time::timeout(Duration::from_secs(20), async {
+        list(server.operator().await).await
+    })
+    .await
+    .expect("a connection is served once another one closed");
+    assert!(fourth.is_ok(), "{fourth:?}");
+    drop(second);
 }
