@@ -10,12 +10,16 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// Pause after a failed `accept` before the next one.
+const ACCEPT_ERROR_PAUSE_MS: u64 = 10;
 
 /// An accepted connection holding one of the listener's slots until it is dropped.
 pub struct LimitedStream {
@@ -42,14 +46,24 @@ pub fn limited_incoming(
                 () = accepted.closed() => return,
                 connection = listener.accept() => connection,
             };
-            let connection = connection.map(|(stream, _peer)| {
-                let _ = stream.set_nodelay(true);
-                LimitedStream {
-                    stream,
-                    _slot: slot,
+            let connection = match connection {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    LimitedStream {
+                        stream,
+                        _slot: slot,
+                    }
                 }
-            });
-            if accepted.send(connection).await.is_err() {
+                Err(error) => {
+                    // Out of file descriptors, say: the error repeats at once, so
+                    // pause rather than spin (the server only skips failed accepts).
+                    tracing::warn!(%error, "accepting a connection failed");
+                    drop(slot);
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+                    continue;
+                }
+            };
+            if accepted.send(Ok(connection)).await.is_err() {
                 return;
             }
         }
