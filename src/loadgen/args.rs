@@ -152,6 +152,12 @@ pub struct BenchArgs {
     /// achieved rate shows whether the server kept up.
     #[arg(long)]
     pub rate: Option<u32>,
+    /// Find the target's peak first (an unpaced run of the same workload), then
+    /// measure paced at half of it: the "p99 at half the peak" figure in one command.
+    /// The reports are of the paced runs (with `--compare-noop`, broker and no-op
+    /// both at half the broker's peak).
+    #[arg(long, conflicts_with = "rate")]
+    pub half_peak: bool,
 }
 
 /// Parses `250ms`, `10s`, `2m` or a bare number of seconds.

@@ -19,6 +19,8 @@ pub struct Plan {
     pub mode: Mode,
     /// Human text or one JSON object on stdout.
     pub output: Output,
+    /// Measure the peak first, then run paced at half of it (`--half-peak`).
+    pub half_peak: bool,
 }
 
 /// One target, or a broker run followed by the same load against the no-op server.
@@ -149,6 +151,7 @@ impl Plan {
             config,
             mode,
             output,
+            half_peak: args.half_peak,
         })
     }
 }

@@ -62,17 +62,45 @@ pub use stats::Latency;
 /// printing) when a contention check saw more sessions than the quota.
 pub async fn run(args: BenchArgs) -> Result<Outcome, LoadgenError> {
     let plan = Plan::from_args(args)?;
+    let config = if plan.half_peak {
+        paced_at_half_peak(&plan).await?
+    } else {
+        plan.config.clone()
+    };
     let outcome = match &plan.mode {
-        Mode::Single(target) => Outcome::Single(Box::new(execute(&plan.config, target).await?)),
+        Mode::Single(target) => Outcome::Single(Box::new(execute(&config, target).await?)),
         Mode::CompareNoop(broker, noop) => {
-            let broker = execute(&plan.config, &Target::Broker(broker.clone())).await?;
-            let noop = execute(&plan.config, noop).await?;
+            let broker = execute(&config, &Target::Broker(broker.clone())).await?;
+            let noop = execute(&config, noop).await?;
             Outcome::Compare(Box::new(Comparison::new(broker, noop)))
         }
     };
     print_outcome(&outcome, plan.output)?;
     check_quota(&outcome)?;
     Ok(outcome)
+}
+
+/// Runs the plan's first target unpaced and returns its config paced at half the
+/// rate it reached. The second run gets another seed, hence fresh organizations on
+/// a broker.
+async fn paced_at_half_peak(plan: &Plan) -> Result<Config, LoadgenError> {
+    let first = match &plan.mode {
+        Mode::Single(target) => target.clone(),
+        Mode::CompareNoop(broker, _) => Target::Broker(broker.clone()),
+    };
+    let peak = execute(&plan.config, &first).await?;
+    let rate = (peak.ops_per_sec / 2.0).round().max(1.0) as u32;
+    if plan.config.progress == Progress::Stderr {
+        eprintln!(
+            "bench: peak {:.0} ops/s; measuring paced at half of it, {rate} ops/s",
+            peak.ops_per_sec
+        );
+    }
+    Ok(Config {
+        rate: Some(rate),
+        seed: plan.config.seed.wrapping_add(1),
+        ..plan.config.clone()
+    })
 }
 
 /// `QuotaViolated` when any report's contention check failed.

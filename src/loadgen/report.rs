@@ -34,6 +34,8 @@ pub struct Report {
     pub warmup_s: f64,
     /// Measured window, seconds.
     pub measured_s: f64,
+    /// The pace asked for (`--rate`, `--half-peak`), calls per second; none when unpaced.
+    pub rate: Option<u32>,
     /// Calls answered in the measured window (successes and expected denials).
     pub ops: u64,
     /// `ops / measured_s`.
@@ -80,6 +82,7 @@ impl Report {
             quota: config.quota,
             warmup_s: config.warmup.as_secs_f64(),
             measured_s,
+            rate: config.rate,
             ops: snapshot.overall.count,
             ops_per_sec: snapshot.overall.count as f64 / measured_s,
             latency_us: snapshot.overall,
@@ -120,6 +123,9 @@ impl Report {
             self.warmup_s,
             self.measured_s
         );
+        if let Some(rate) = self.rate {
+            let _ = writeln!(text, "  paced at   {rate} ops/s");
+        }
         let _ = writeln!(
             text,
             "  throughput  {:.0} ops/s  ({} ops)",

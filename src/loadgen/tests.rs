@@ -205,6 +205,37 @@ fn arguments_resolve_per_workload_defaults() {
     ));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_peak_finds_the_peak_then_runs_paced_at_half_of_it() {
+    let argv = [
+        "bench",
+        "--target",
+        "noop",
+        "--noop-in-process",
+        "--half-peak",
+        "--engines",
+        "16",
+        "--duration",
+        "400ms",
+        "--warmup",
+        "0s",
+        "--quiet",
+    ];
+    let cli = Cli::try_parse_from(argv).expect("valid arguments");
+    let outcome = super::run(cli.bench).await.expect("the runs complete");
+    let Outcome::Single(report) = outcome else {
+        panic!("one target, one report")
+    };
+    let rate = report.rate.expect("the reported run was paced");
+    assert!(rate >= 1);
+    // Paced runs never go faster than asked (plus the few starts the pacer banks).
+    assert!(
+        report.ops_per_sec <= f64::from(rate) * 1.1 + 100.0,
+        "paced at {rate} ops/s, ran at {:.0}",
+        report.ops_per_sec
+    );
+}
+
 #[test]
 fn bad_arguments_are_refused_before_anything_is_sent() {
     for args in [
@@ -222,6 +253,18 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
         &["--target", "noop", "--in-flight", "0"],
         &["--target", "noop", "--duration", "61m"],
         &["--compare-noop", "--target", "noop"],
+        &["--target", "noop", "--half-peak", "--rate", "100"],
+        &["--target", "noop", "--engines", "10", "--members", "11"],
+        &[
+            "--target",
+            "noop",
+            "--orgs",
+            "4",
+            "--engines",
+            "10",
+            "--members",
+            "2",
+        ],
     ] {
         let error = plan(args).expect_err("refused");
         assert!(matches!(error, LoadgenError::Usage(_)), "{args:?}: {error}");
