@@ -2,8 +2,10 @@
 //! per line (an [`AuditRecord`]), appended in the order events were recorded.
 //!
 //! `seq` (ten digits) orders the files; `first_unix_ms` is the time of the file's first
-//! event, so a query skips files that end before its range. A file is closed (and
-//! fsynced) once it would pass `file_bytes_max`; past `files_max` files the oldest are
+//! event, so a query skips files that end before its range. The current file is
+//! fsynced every `limits::AUDIT_SYNC_BYTES` (small flushes that never hold the disk
+//! long enough to delay the log's fsyncs). A file is closed (and fsynced) once it
+//! would pass `file_bytes_max`; past `files_max` files the oldest are
 //! deleted, which bounds the record to about `file_bytes_max * files_max` bytes. Each
 //! daemon start begins a new file. A torn last line (a crash mid-write) is skipped
 //! when reading.
@@ -87,6 +89,7 @@ impl AuditFiles {
         AuditWriter {
             files: self,
             current: None,
+            unsynced_bytes: 0,
         }
     }
 
@@ -167,6 +170,8 @@ pub struct AuditWriter<'a> {
     files: &'a AuditFiles,
     /// The open file and the bytes in it.
     current: Option<(BufWriter<File>, u64)>,
+    /// Bytes written since the current file was last fsynced.
+    unsynced_bytes: u64,
 }
 
 /// The JSON line of a record, with its detail cut when the line would be too long.
@@ -213,10 +218,15 @@ impl AuditWriter<'_> {
         }
         if self.current.is_none() {
             self.current = Some((self.create(at_unix_ms)?, 0));
+            self.unsynced_bytes = 0;
         }
         let (file, size) = self.current.as_mut().expect("opened above");
         file.write_all(line)?;
         *size += length;
+        self.unsynced_bytes += length;
+        if self.unsynced_bytes >= limits::AUDIT_SYNC_BYTES {
+            self.flush(true);
+        }
         Ok(())
     }
 
@@ -246,6 +256,9 @@ impl AuditWriter<'_> {
                 Ok(())
             }
         });
+        if sync {
+            self.unsynced_bytes = 0;
+        }
         if let Err(error) = result {
             tracing::warn!(%error, "audit record flush failed");
         }

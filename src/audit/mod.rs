@@ -6,8 +6,9 @@
 //! queue (`limits::AUDIT_QUEUE_EVENTS_MAX`) with `try_send`, and a writer thread turns
 //! events into lines. When the queue is full the event is dropped and counted in the
 //! `seatbroker_audit_events_dropped_total` metric. The record is best effort: it is
-//! flushed to the operating system after every batch and fsynced at rotation and at
-//! shutdown, so a crash may lose the last moments; the write-ahead log, not this
+//! flushed to the operating system after every batch and fsynced every MiB
+//! (`limits::AUDIT_SYNC_BYTES`), at rotation and at shutdown, so a power loss may
+//! lose the last moments; the write-ahead log, not this
 //! record, is what the broker's state rests on. Secrets never enter it: API key
 //! events carry the key id and label only.
 
