@@ -31,6 +31,17 @@ fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
     }
 }
 
+async fn organizations(server: &TestServer) -> Vec<proto::Organization> {
+    server
+        .operator()
+        .await
+        .list_organizations(proto::ListOrganizationsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .organizations
+}
+
 fn target(server: &TestServer) -> Target {
     Target::Broker(BrokerTarget {
         uri: server.url(),
@@ -50,14 +61,7 @@ async fn acquire_release_provisions_through_the_real_api_and_runs_clean() {
     .expect("the run completes");
     assert_eq!(report.errors_total, 0, "{:?}", report.errors);
     assert!(report.ops > 0);
-    let organizations = server
-        .operator()
-        .await
-        .list_organizations(proto::ListOrganizationsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .organizations;
+    let organizations = organizations(&server).await;
     assert_eq!(organizations.len(), 2);
     for org in &organizations {
         assert!(org.org_id.starts_with("bench-"));
@@ -80,14 +84,7 @@ async fn engines_sharing_members_hold_separate_sessions_on_their_keys() {
         .await
         .expect("the run completes");
     assert_eq!(report.errors_total, 0, "{:?}", report.errors);
-    let organizations = server
-        .operator()
-        .await
-        .list_organizations(proto::ListOrganizationsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .organizations;
+    let organizations = organizations(&server).await;
     assert_eq!(organizations.len(), 2);
     for org in &organizations {
         // 8 members over 2 organizations, plus the owner.
