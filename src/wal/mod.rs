@@ -71,7 +71,9 @@
 //! - One writer thread does all log I/O (group commit): it takes everything
 //!   queued (at most `batch_records_max` records), encodes it into one buffer,
 //!   appends it with one write, calls fdatasync once and then resolves all the
-//!   tickets of that group. It writes a group only after the previous group's
+//!   tickets of that group. Records nobody awaits ([`Wal::submit_unawaited`]) do
+//!   not start a group by themselves: they ride with the next awaited record, or
+//!   go out `unawaited_delay` after they were queued. It writes a group only after the previous group's
 //!   fdatasync returned, so at any moment at most one commit group is unsynced.
 //! - A failed write or fdatasync aborts the process (see `fatal.rs`): never
 //!   retried, never acknowledged. With the `failpoints` feature,
@@ -133,6 +135,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
@@ -166,6 +169,11 @@ pub const BATCH_RECORDS_MAX_DEFAULT: usize = 1024;
 pub const QUEUE_RECORDS_MAX_DEFAULT: usize = 65_536;
 /// Default `WalOptions::record_bytes_max`: 2 MiB (the broker's largest request is 1 MiB).
 pub const RECORD_BYTES_MAX_DEFAULT: usize = 2 * 1024 * 1024;
+/// Default `WalOptions::unawaited_delay`: a lease end reaches the disk within 20 ms
+/// even when no grant carries it sooner.
+pub const UNAWAITED_DELAY_DEFAULT: Duration = Duration::from_millis(20);
+/// Upper bound of `WalOptions::unawaited_delay`.
+pub const UNAWAITED_DELAY_LIMIT: Duration = Duration::from_secs(60);
 /// Hard bound on `batch_records_max`: the commit-group bounds are stored as u32 deltas.
 pub const BATCH_RECORDS_LIMIT: usize = 1 << 20;
 /// Hard lower bound on `segment_bytes_max` (small segments are for tests).
@@ -196,6 +204,11 @@ pub struct WalOptions {
     /// Zeros the writer keeps written ahead of its appends in the active segment
     /// (0: none). See `SegmentWriter::preallocate_ahead`.
     pub preallocate_bytes: u64,
+    /// Records nobody waits for ([`Wal::submit_unawaited`]) do not start a commit
+    /// group of their own: they go out with the next awaited record, with a full
+    /// batch, at close, or at the latest this long after they were queued. Saves an
+    /// fdatasync per lone lease end, and the grant queued behind it the wait.
+    pub unawaited_delay: Duration,
 }
 
 impl Default for WalOptions {
@@ -207,6 +220,7 @@ impl Default for WalOptions {
             queue_records_max: QUEUE_RECORDS_MAX_DEFAULT,
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
             preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
+            unawaited_delay: UNAWAITED_DELAY_DEFAULT,
         }
     }
 }
@@ -225,6 +239,8 @@ impl WalOptions {
             format!("record_bytes_max must be in 1..={RECORD_BYTES_LIMIT}")
         } else if self.preallocate_bytes > PREALLOCATE_BYTES_LIMIT {
             format!("preallocate_bytes must be at most {PREALLOCATE_BYTES_LIMIT}")
+        } else if self.unawaited_delay > UNAWAITED_DELAY_LIMIT {
+            format!("unawaited_delay must be at most {UNAWAITED_DELAY_LIMIT:?}")
         } else {
             return Ok(());
         };
@@ -337,6 +353,8 @@ impl Wal {
             pending: Default::default(),
             next_lsn: outcome.next_lsn,
             durable_lsn: outcome.next_lsn - 1,
+            awaited: 0,
+            oldest_queued_at: None,
             closing: false,
             writer_running: true,
         };
@@ -379,9 +397,10 @@ impl Wal {
         Ok(DurableTicket { lsn, receiver })
     }
 
-    /// Queues a record nobody waits for (it is written with the next commit group
-    /// all the same), within `queue_records_max` like [`Wal::submit_within`]; returns
-    /// its LSN. Saves the ticket's channel on a path that would drop it at once.
+    /// Queues a record nobody waits for, within `queue_records_max` like
+    /// [`Wal::submit_within`]; returns its LSN. It is written with the next awaited
+    /// record's commit group, or within `WalOptions::unawaited_delay` (see there),
+    /// always in LSN order. Saves the ticket's channel on a path that would drop it.
     pub fn submit_unawaited(
         &self,
         record: Vec<u8>,
@@ -403,7 +422,7 @@ impl Wal {
                 record_bytes_max,
             });
         }
-        let lsn = {
+        let (lsn, worth_a_group) = {
             let mut queue = self.shared.queue.lock();
             if queue.closing {
                 return Err(WalError::Closed);
@@ -421,10 +440,17 @@ impl Wal {
             }
             let lsn = queue.next_lsn;
             queue.next_lsn += 1;
-            queue.pending.push_back(Pending { lsn, record, done });
-            lsn
+            let awaited = done.is_some();
+            queue.push(Pending { lsn, record, done });
+            // The writer waits for an awaited record or a full batch; a lone
+            // unawaited record is flushed by its timed wait instead.
+            let worth_a_group =
+                awaited || queue.pending.len() == self.shared.options.batch_records_max;
+            (lsn, worth_a_group)
         };
-        self.shared.work_ready.notify_one();
+        if worth_a_group {
+            self.shared.work_ready.notify_one();
+        }
         Ok(lsn)
     }
 

@@ -36,6 +36,7 @@ fn small_options() -> WalOptions {
         record_bytes_max: 256 * 1024,
         // Off: these tests cut and damage files at exact offsets from their end.
         preallocate_bytes: 0,
+        unawaited_delay: crate::wal::UNAWAITED_DELAY_DEFAULT,
     }
 }
 
@@ -721,6 +722,102 @@ fn unawaited_records_go_out_with_the_next_group_in_lsn_order() {
     }
     let (_wal, recovered) = open_sim(&disk, small_options()).expect("reopen");
     check_records(&recovered, 1, &records);
+}
+
+/// Polls `wal` until `durable_lsn` reaches `lsn`; panics after 30 s.
+fn wait_until_durable(wal: &Wal, lsn: Lsn) -> WalStats {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = wal.stats();
+        if stats.durable_lsn >= lsn {
+            return stats;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lsn {lsn} not durable: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn unawaited_records_start_no_group_and_share_the_next_awaited_ones_fsync() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        unawaited_delay: UNAWAITED_DELAY_LIMIT,
+        ..small_options()
+    };
+    let records: Vec<Vec<u8>> = (1..=4).map(|lsn| payload(lsn, 100)).collect();
+    let (wal, _) = open_sim(&disk, options).expect("open");
+    for record in &records[..3] {
+        wal.submit_unawaited(record.clone(), 16).expect("queued");
+    }
+    // Give a writer that would flush them every chance to.
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = wal.stats();
+    assert_eq!((stats.fsyncs, stats.durable_lsn), (0, 0), "{stats:?}");
+    append_all(&wal, &records[3..]);
+    let stats = wal.stats();
+    assert_eq!((stats.fsyncs, stats.durable_lsn), (1, 4), "{stats:?}");
+    assert_eq!(stats.last_group_records, 4);
+}
+
+#[test]
+fn unawaited_records_are_flushed_after_the_delay_by_a_full_batch_or_at_close() {
+    let disk = SimulatedDisk::new();
+    let records: Vec<Vec<u8>> = (1..=7).map(|lsn| payload(lsn, 100)).collect();
+    {
+        // Alone, after the delay.
+        let options = WalOptions {
+            unawaited_delay: Duration::from_millis(20),
+            ..small_options()
+        };
+        let (wal, _) = open_sim(&disk, options).expect("open");
+        wal.submit_unawaited(records[0].clone(), 16)
+            .expect("queued");
+        let stats = wait_until_durable(&wal, 1);
+        assert_eq!(stats.fsyncs, 1);
+    }
+    {
+        // A full batch goes out at once; the remainder waits for the close.
+        let options = WalOptions {
+            unawaited_delay: UNAWAITED_DELAY_LIMIT,
+            batch_records_max: 4,
+            ..small_options()
+        };
+        let (wal, _) = open_sim(&disk, options).expect("reopen");
+        for record in &records[1..] {
+            wal.submit_unawaited(record.clone(), 16).expect("queued");
+        }
+        let stats = wait_until_durable(&wal, 5);
+        assert_eq!(stats.last_group_records, 4, "{stats:?}");
+        wal.close().expect("close");
+    }
+    let (_wal, recovered) = open_sim(&disk, small_options()).expect("reopen");
+    check_records(&recovered, 1, &records);
+}
+
+#[test]
+fn options_out_of_bounds_are_refused() {
+    let refused = |options: WalOptions| {
+        matches!(
+            open_sim(&SimulatedDisk::new(), options),
+            Err(WalError::InvalidOptions(_))
+        )
+    };
+    assert!(refused(WalOptions {
+        unawaited_delay: UNAWAITED_DELAY_LIMIT + Duration::from_millis(1),
+        ..small_options()
+    }));
+    assert!(refused(WalOptions {
+        preallocate_bytes: PREALLOCATE_BYTES_LIMIT + 1,
+        ..small_options()
+    }));
+    assert!(refused(WalOptions {
+        batch_records_max: 0,
+        ..small_options()
+    }));
+    assert!(!refused(small_options()));
 }
 
 #[test]

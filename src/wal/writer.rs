@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
@@ -45,6 +46,11 @@ pub(crate) struct Shared {
 pub(crate) struct Queue {
     /// Records waiting for the writer, in LSN order.
     pub pending: VecDeque<Pending>,
+    /// How many of `pending` somebody awaits (`Pending::done` is set).
+    pub awaited: usize,
+    /// When the oldest record of `pending` was queued, or earlier; `None` when
+    /// `pending` is empty. Bounds how long unawaited records wait.
+    pub oldest_queued_at: Option<Instant>,
     /// The LSN the next submitted record gets.
     pub next_lsn: Lsn,
     /// Every record up to this LSN is durable.
@@ -53,6 +59,29 @@ pub(crate) struct Queue {
     pub closing: bool,
     /// Cleared when the writer exits (normally or by panic).
     pub writer_running: bool,
+}
+
+impl Queue {
+    /// Queues a record (the caller assigned its LSN).
+    pub fn push(&mut self, pending: Pending) {
+        if self.pending.is_empty() {
+            self.oldest_queued_at = Some(Instant::now());
+        }
+        self.awaited += usize::from(pending.done.is_some());
+        self.pending.push_back(pending);
+    }
+
+    /// Takes up to `count` records from the front.
+    fn take(&mut self, count: usize) -> Vec<Pending> {
+        let count = count.min(self.pending.len());
+        let group: Vec<Pending> = self.pending.drain(..count).collect();
+        self.awaited -= group.iter().filter(|p| p.done.is_some()).count();
+        if self.pending.is_empty() {
+            // Otherwise the old instant stays: it is no later than the new front's.
+            self.oldest_queued_at = None;
+        }
+        group
+    }
 }
 
 /// A record waiting to be written.
@@ -299,19 +328,30 @@ pub(crate) fn create_durable_file(
     Ok(file)
 }
 
-/// Takes the next commit group: up to `batch_records_max` queued records. Waits for
-/// work; returns `None` once the WAL is closing and the queue is drained.
+/// Takes the next commit group: up to `batch_records_max` queued records, once one
+/// of them is awaited, a batch is full, the log is closing or the oldest has waited
+/// `unawaited_delay`. Waits for that; returns `None` once the WAL is closing and the
+/// queue is drained.
 pub(crate) fn take_group(shared: &Shared) -> Option<Vec<Pending>> {
+    let batch_records_max = shared.options.batch_records_max;
     let mut queue = shared.queue.lock();
     loop {
-        if !queue.pending.is_empty() {
-            let count = queue.pending.len().min(shared.options.batch_records_max);
-            return Some(queue.pending.drain(..count).collect());
+        let Some(oldest_queued_at) = queue.oldest_queued_at else {
+            if queue.closing {
+                return None;
+            }
+            shared.work_ready.wait(&mut queue);
+            continue;
+        };
+        let flush_at = oldest_queued_at + shared.options.unawaited_delay;
+        if queue.awaited > 0
+            || queue.closing
+            || queue.pending.len() >= batch_records_max
+            || Instant::now() >= flush_at
+        {
+            return Some(queue.take(batch_records_max));
         }
-        if queue.closing {
-            return None;
-        }
-        shared.work_ready.wait(&mut queue);
+        shared.work_ready.wait_until(&mut queue, flush_at);
     }
 }
 
@@ -320,12 +360,7 @@ pub(crate) fn take_group(shared: &Shared) -> Option<Vec<Pending>> {
 #[cfg(test)]
 pub(crate) fn take_group_now(shared: &Shared, records_max: usize) -> Vec<Pending> {
     let mut queue = shared.queue.lock();
-    let count = queue
-        .pending
-        .len()
-        .min(records_max)
-        .min(shared.options.batch_records_max);
-    queue.pending.drain(..count).collect()
+    queue.take(records_max.min(shared.options.batch_records_max))
 }
 
 /// Publishes a synced group: advances `durable_lsn`, then resolves its tickets.
@@ -379,7 +414,8 @@ impl Drop for StoppedGuard {
         let abandoned: Vec<Pending> = {
             let mut queue = self.0.queue.lock();
             queue.writer_running = false;
-            queue.pending.drain(..).collect()
+            let all = queue.pending.len();
+            queue.take(all)
         };
         self.0.durable_advanced.notify_all();
         drop(abandoned);

@@ -62,6 +62,7 @@ fn options(layout: u8) -> WalOptions {
         batch_records_max: 8,
         queue_records_max: 10_000,
         record_bytes_max: 80_000,
+        unawaited_delay: crate::wal::UNAWAITED_DELAY_DEFAULT,
     }
 }
 
