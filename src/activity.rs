@@ -95,7 +95,8 @@ impl LeaseObserver for Activity {
         let now = self.clock.unix_ms();
         self.metrics.granted(lease.product);
         self.usage.granted(org, lease.product, active, now);
-        self.audit.record(AuditEvent::lease(now, org, lease, None));
+        self.audit
+            .record(AuditEvent::lease(now, org, lease, None, None));
     }
 
     fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration) {
@@ -103,11 +104,18 @@ impl LeaseObserver for Activity {
         self.metrics.heartbeat_late_by(lease.product, late_by);
     }
 
-    fn ended(&self, org: &OrgId, lease: LeaseRef<'_>, why: LeaseEnd, active: u32) {
+    fn ended(
+        &self,
+        org: &OrgId,
+        lease: LeaseRef<'_>,
+        why: LeaseEnd,
+        by: Option<&Principal>,
+        active: u32,
+    ) {
         let now = self.clock.unix_ms();
         self.metrics.ended(lease.product, why);
         self.usage.ended(org, lease.product, active, now);
         self.audit
-            .record(AuditEvent::lease(now, org, lease, Some(why)));
+            .record(AuditEvent::lease(now, org, lease, Some(why), by));
     }
 }

@@ -130,7 +130,7 @@ impl Broker {
             let durable = self.journal.append_command(permit, &command);
             // Ending sessions under the admin lock keeps an acquire that checked the
             // old assignment from slipping in after the cleanup.
-            let sessions_ended = self.end_sessions_for(&command);
+            let sessions_ended = self.end_sessions_for(principal, &command);
             let executed = Executed {
                 outcome,
                 sessions_ended,
@@ -141,13 +141,14 @@ impl Broker {
         Ok(executed)
     }
 
-    fn end_sessions_for(&self, command: &Command) -> u32 {
+    fn end_sessions_for(&self, principal: &Principal, command: &Command) -> u32 {
         let users: Vec<(Email, Option<Product>)> = command
             .sessions_to_end()
             .into_iter()
             .map(|s| (s.email, s.product))
             .collect();
-        self.leases.end_sessions_of(command.org(), &users)
+        self.leases
+            .end_sessions_of(command.org(), &users, Some(principal))
     }
 
     /// Creates an API key for `email` (the caller when `None`).
@@ -305,7 +306,7 @@ impl Broker {
         let admin = self.admin.read();
         authorize(&admin, principal, Action::Administer, org, None)?;
         admin.organization(org)?;
-        self.leases.terminate(org, id)
+        self.leases.terminate(org, id, principal)
     }
 
     // ----- Engine calls: the hot path. -----

@@ -124,6 +124,10 @@ pub const AUDIT_LINE_BYTES_MAX: usize = 4 * 1024;
 pub const AUDIT_SYNC_BYTES: u64 = 1024 * 1024;
 /// Events in one `ListAuditEvents` answer.
 pub const AUDIT_EVENTS_PER_QUERY_MAX: u32 = 5_000;
+/// `ListAuditEvents` calls reading the files at once; more are refused with
+/// RESOURCE_EXHAUSTED. A query may scan every audit file (up to 16 x 64 MiB by
+/// default) on the blocking pool.
+pub const AUDIT_QUERIES_MAX: usize = 4;
 
 const _: () = assert!(EMAILS_PER_REQUEST_MAX * (EMAIL_BYTES_MAX + 8) < REQUEST_BYTES_MAX_FLOOR);
 const _: () = assert!(REQUEST_BYTES_MAX_FLOOR <= REQUEST_BYTES_MAX);

@@ -176,6 +176,16 @@ async fn the_audit_record_tells_the_story_of_an_organization() {
             ("lease_expired", "b"),
         ]
     );
+    let terminated = events
+        .iter()
+        .find(|e| e.kind == "lease_terminated")
+        .unwrap();
+    assert_eq!(
+        terminated.actor, org.owner,
+        "the termination names who ended it"
+    );
+    let released = events.iter().find(|e| e.kind == "lease_released").unwrap();
+    assert_eq!(released.actor, org.email(0));
     let denial = events.iter().find(|e| e.kind == "acquire_denied").unwrap();
     assert_eq!(
         (denial.detail.as_str(), denial.product),

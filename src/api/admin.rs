@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::to_status;
 use crate::activity::Activity;
+use crate::audit::AuditError;
 use crate::broker::{Broker, Executed};
 use crate::domain::types::{check_optional_text, check_required_text};
 use crate::domain::{Action, Command, CommandOutcome, DomainError, Email, Principal, Role};
@@ -483,7 +484,10 @@ impl AdminService for AdminApi {
             .audit()
             .query(&org, range.0, range.1, limit as usize)
             .await
-            .map_err(|error| Status::internal(format!("reading the audit record: {error}")))?;
+            .map_err(|error| match error {
+                AuditError::Busy(_) => Status::resource_exhausted(error.to_string()),
+                error => Status::internal(format!("reading the audit record: {error}")),
+            })?;
         Ok(Response::new(proto::ListAuditEventsResponse {
             events: page
                 .records

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::domain::{ApiKeyId, Command, Email, OrgId, Principal, Product};
 use crate::leases::{LeaseEnd, LeaseId, LeaseRef};
@@ -37,6 +37,8 @@ pub enum AuditError {
     },
     #[error("the audit writer has stopped")]
     WriterStopped,
+    #[error("{0} audit queries are running, the most allowed at once; retry shortly")]
+    Busy(usize),
 }
 
 /// What happened, as it is named in the record.
@@ -86,7 +88,7 @@ impl AuditKind {
 pub enum Actor {
     Operator,
     Member(Email),
-    /// An Owner or Admin ended a session; the admin change itself names who.
+    /// An Owner or Admin whom the lease table was not told of ended a session.
     Admin,
     /// The daemon itself (expiries).
     Daemon,
@@ -126,12 +128,13 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// A grant, or the end of a lease.
+    /// A grant, or the end of a lease; `terminated_by` names the admin who ended it.
     pub fn lease(
         at_unix_ms: i64,
         org: &OrgId,
         lease: LeaseRef<'_>,
         ended: Option<LeaseEnd>,
+        terminated_by: Option<&Principal>,
     ) -> Self {
         let (kind, actor) = match ended {
             None => (AuditKind::LeaseGranted, Actor::Member(lease.email.clone())),
@@ -139,7 +142,10 @@ impl AuditEvent {
                 (AuditKind::LeaseReleased, Actor::Member(lease.email.clone()))
             }
             Some(LeaseEnd::Expired) => (AuditKind::LeaseExpired, Actor::Daemon),
-            Some(LeaseEnd::Terminated) => (AuditKind::LeaseTerminated, Actor::Admin),
+            Some(LeaseEnd::Terminated) => (
+                AuditKind::LeaseTerminated,
+                terminated_by.map_or(Actor::Admin, Actor::of),
+            ),
         };
         AuditEvent {
             at_unix_ms,
@@ -367,6 +373,8 @@ enum Message {
 pub struct AuditLog {
     sender: mpsc::Sender<Message>,
     files: Arc<AuditFiles>,
+    /// One permit per query reading the files (`limits::AUDIT_QUERIES_MAX`).
+    queries: Arc<Semaphore>,
 }
 
 /// A page of events of one organization.
@@ -390,7 +398,11 @@ impl AuditLog {
                 path: files.dir().to_path_buf(),
                 source,
             })?;
-        Ok(AuditLog { sender, files })
+        Ok(AuditLog {
+            sender,
+            files,
+            queries: Arc::new(Semaphore::new(limits::AUDIT_QUERIES_MAX)),
+        })
     }
 
     /// Queues an event; never waits. A full queue drops the event and counts it.
@@ -421,7 +433,7 @@ impl AuditLog {
 
     /// The events of `org` in `[from_unix_ms, to_unix_ms)` (0: unbounded), oldest
     /// first, at most `limit`. Flushes first, so an event recorded before the call is
-    /// found.
+    /// found. `Err(Busy)` while `limits::AUDIT_QUERIES_MAX` queries run.
     pub async fn query(
         &self,
         org: &OrgId,
@@ -429,6 +441,9 @@ impl AuditLog {
         to_unix_ms: i64,
         limit: usize,
     ) -> Result<AuditPage, AuditError> {
+        let _running = Arc::clone(&self.queries)
+            .try_acquire_owned()
+            .map_err(|_| AuditError::Busy(limits::AUDIT_QUERIES_MAX))?;
         self.flush().await?;
         let files = Arc::clone(&self.files);
         let org = org.to_string();
@@ -466,4 +481,31 @@ fn write_until_closed(mut receiver: mpsc::Receiver<Message>, files: &AuditFiles)
         ));
     }
     writer.flush(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queries_past_the_bound_are_refused_until_one_finishes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = AuditLog::open(dir.path(), AuditOptions::default()).expect("open");
+        let org = OrgId::parse("acme").expect("org id");
+        let running: Vec<_> = (0..limits::AUDIT_QUERIES_MAX)
+            .map(|_| {
+                Arc::clone(&audit.queries)
+                    .try_acquire_owned()
+                    .expect("permit")
+            })
+            .collect();
+        let refused = audit.query(&org, 0, 0, 10).await;
+        assert!(
+            matches!(refused, Err(AuditError::Busy(limits::AUDIT_QUERIES_MAX))),
+            "{refused:?}"
+        );
+        drop(running);
+        let page = audit.query(&org, 0, 0, 10).await.expect("answered");
+        assert!(page.records.is_empty());
+    }
 }

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::domain::{DomainError, Email, OrgId, Product};
+use crate::domain::{DomainError, Email, OrgId, Principal, Product};
 use crate::limits;
 use crate::storage::{Durable, Journal, VolatileJournal};
 use expiry::ExpiryIndex;
@@ -198,8 +198,16 @@ pub trait LeaseObserver: Send + Sync + 'static {
     /// A heartbeat arrived `since_last_renewal` after the previous one (or the grant),
     /// to the millisecond.
     fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration);
-    /// A lease ended; `active` is the product's active count without it.
-    fn ended(&self, org: &OrgId, lease: LeaseRef<'_>, why: LeaseEnd, active: u32);
+    /// A lease ended; `active` is the product's active count without it. `by` names
+    /// who terminated it, when it was terminated by a caller the table was told of.
+    fn ended(
+        &self,
+        org: &OrgId,
+        lease: LeaseRef<'_>,
+        why: LeaseEnd,
+        by: Option<&Principal>,
+        active: u32,
+    );
 }
 
 /// The observer of a table nobody watches.
@@ -208,7 +216,15 @@ pub struct UnobservedLeases;
 impl LeaseObserver for UnobservedLeases {
     fn granted(&self, _org: &OrgId, _lease: LeaseRef<'_>, _active: u32) {}
     fn renewed(&self, _lease: LeaseRef<'_>, _since_last_renewal: Duration) {}
-    fn ended(&self, _org: &OrgId, _lease: LeaseRef<'_>, _why: LeaseEnd, _active: u32) {}
+    fn ended(
+        &self,
+        _org: &OrgId,
+        _lease: LeaseRef<'_>,
+        _why: LeaseEnd,
+        _by: Option<&Principal>,
+        _active: u32,
+    ) {
+    }
 }
 
 /// The sessions of one organization.
@@ -291,9 +307,15 @@ impl OrgLeases {
     }
 
     /// Tells the observer that `lease` ended, with the product's count after it.
-    fn observe_end(&self, observer: &dyn LeaseObserver, lease: &StoredLease, why: LeaseEnd) {
+    fn observe_end(
+        &self,
+        observer: &dyn LeaseObserver,
+        lease: &StoredLease,
+        why: LeaseEnd,
+        by: Option<&Principal>,
+    ) {
         let active = self.counters[product_index(lease.product)].active;
-        observer.ended(&self.id, lease.view(self.clock), why, active);
+        observer.ended(&self.id, lease.view(self.clock), why, by, active);
     }
 
     fn counters_mut(&mut self, product: Product) -> &mut ProductCounters {
@@ -576,12 +598,17 @@ impl LeaseTable {
         let slot = org.find(id, Some(email), generation)?;
         let lease = org.end(slot, self.journal.as_ref());
         org.counters_mut(lease.product).releases += 1;
-        org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Released);
+        org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Released, None);
         Ok(())
     }
 
-    /// Ends a lease at an admin's request, whoever holds it.
-    pub fn terminate(&self, org: &OrgId, id: LeaseId) -> Result<Lease, DomainError> {
+    /// Ends a lease at the request of admin `by`, whoever holds it.
+    pub fn terminate(
+        &self,
+        org: &OrgId,
+        id: LeaseId,
+        by: &Principal,
+    ) -> Result<Lease, DomainError> {
         let cell = self
             .existing_organization(org)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
@@ -592,14 +619,25 @@ impl LeaseTable {
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let lease = org.end(slot, self.journal.as_ref());
         org.counters_mut(lease.product).terminations += 1;
-        org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated);
+        org.observe_end(
+            self.observer.as_ref(),
+            &lease,
+            LeaseEnd::Terminated,
+            Some(by),
+        );
         Ok(lease.view(org.clock).to_lease())
     }
 
-    /// Ends every session of the given users (of one product, or of both). Admin
-    /// commands are rare, so this scans the organization's leases once per command
-    /// rather than keeping a per-user index on the hot path.
-    pub fn end_sessions_of(&self, org: &OrgId, users: &[(Email, Option<Product>)]) -> u32 {
+    /// Ends every session of the given users (of one product, or of both), for an
+    /// admin command of `by` (`None` when replaying the log). Admin commands are
+    /// rare, so this scans the organization's leases once per command rather than
+    /// keeping a per-user index on the hot path.
+    pub fn end_sessions_of(
+        &self,
+        org: &OrgId,
+        users: &[(Email, Option<Product>)],
+        by: Option<&Principal>,
+    ) -> u32 {
         if users.is_empty() {
             return 0;
         }
@@ -624,7 +662,7 @@ impl LeaseTable {
         for &slot in &ending {
             let lease = org.end(slot, self.journal.as_ref());
             org.counters_mut(lease.product).terminations += 1;
-            org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated);
+            org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated, by);
         }
         ending.len() as u32
     }
@@ -774,7 +812,7 @@ fn expire_org(
         }
         let lease = org.end(slot, journal);
         org.counters_mut(lease.product).expiries += 1;
-        org.observe_end(observer, &lease, LeaseEnd::Expired);
+        org.observe_end(observer, &lease, LeaseEnd::Expired, None);
         expired += 1;
         if expired >= limits::EXPIRIES_PER_SWEEP_MAX {
             break;

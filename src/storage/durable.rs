@@ -183,7 +183,7 @@ pub async fn open(
                     .into_iter()
                     .map(|s| (s.email, s.product))
                     .collect();
-                leases.end_sessions_of(command.org(), &users);
+                leases.end_sessions_of(command.org(), &users, None);
             }
             LogBody::LeaseGranted(record) => {
                 let lease = codec::lease_from(&record)
