@@ -44,6 +44,14 @@ fn open_sim(disk: &SimulatedDisk, options: WalOptions) -> Result<(Wal, Recovered
     Wal::open(&sim_dir(), Arc::new(disk.clone()), options)
 }
 
+/// A WAL on `disk` whose writer the test drives (`manual_write`, `manual_sync`).
+fn open_manual_sim(disk: &SimulatedDisk, options: WalOptions) -> Wal {
+    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
+    let (wal, _) =
+        Wal::open_manual(&sim_dir(), fs, options, FsyncFailpoint::default()).expect("open");
+    wal
+}
+
 /// Submits every record and waits for all of them; returns their LSNs.
 fn append_all(wal: &Wal, records: &[Vec<u8>]) -> Vec<Lsn> {
     let tickets: Vec<DurableTicket> = records
@@ -253,9 +261,7 @@ fn a_lost_first_sector_of_a_group_in_a_preallocated_segment_is_a_torn_tail() {
     };
     let records: Vec<Vec<u8>> = (1..=4).map(|lsn| payload(lsn, 600)).collect();
     let synced_end = {
-        let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
-        let (wal, _) = Wal::open_manual(&sim_dir(), fs, options.clone(), FsyncFailpoint::default())
-            .expect("open");
+        let wal = open_manual_sim(&disk, options.clone());
         for record in &records[..2] {
             let _ticket = wal.submit(record.clone()).expect("submit");
             wal.manual_write(1);
@@ -464,9 +470,7 @@ fn bit_flip_followed_by_valid_records_is_corruption_naming_file_and_offset() {
 #[test]
 fn zeroed_sector_followed_by_a_later_commit_group_is_corruption() {
     let disk = SimulatedDisk::new();
-    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
-    let (wal, _) =
-        Wal::open_manual(&sim_dir(), fs, small_options(), FsyncFailpoint::default()).expect("open");
+    let wal = open_manual_sim(&disk, small_options());
     for lsn in 1..=6 {
         wal.submit(payload(lsn, 600)).expect("submit");
     }
@@ -487,9 +491,7 @@ fn zeroed_sector_followed_by_a_later_commit_group_is_corruption() {
 #[test]
 fn torn_commit_group_with_surviving_later_sectors_is_a_torn_tail() {
     let disk = SimulatedDisk::new();
-    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
-    let (wal, _) =
-        Wal::open_manual(&sim_dir(), fs, small_options(), FsyncFailpoint::default()).expect("open");
+    let wal = open_manual_sim(&disk, small_options());
     for lsn in 1..=6 {
         wal.submit(payload(lsn, 600)).expect("submit");
     }
@@ -828,9 +830,7 @@ fn back_pressure_and_record_size_bounds() {
         record_bytes_max: 10,
         ..small_options()
     };
-    let fs: Arc<dyn FileSystem> = Arc::new(disk.clone());
-    let (wal, _) =
-        Wal::open_manual(&sim_dir(), fs, options, FsyncFailpoint::default()).expect("open");
+    let wal = open_manual_sim(&disk, options);
     let mut tickets: Vec<DurableTicket> = (0..4)
         .map(|_| wal.submit(vec![1]).expect("submit"))
         .collect();
