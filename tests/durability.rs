@@ -89,15 +89,7 @@ async fn held_sessions_survive_a_restart_and_the_quota_holds() {
     let mut leases = Vec::new();
     for i in 0..5 {
         let mut engine = server.session(org.key(i)).await;
-        leases.push(
-            engine
-                .acquire(acquire_request(KRE, &format!("engine-{i}")))
-                .await
-                .unwrap()
-                .into_inner()
-                .lease
-                .unwrap(),
-        );
+        leases.push(acquire_lease(&mut engine, KRE, &format!("engine-{i}")).await);
     }
     let dir = server.stop().await;
     let server = start_in(dir, TTL).await;
@@ -150,15 +142,7 @@ async fn ended_sessions_stay_ended_after_a_restart() {
     let mut leases = Vec::new();
     for i in 0..3 {
         let mut engine = server.session(org.key(i)).await;
-        leases.push(
-            engine
-                .acquire(acquire_request(KRE, "e"))
-                .await
-                .unwrap()
-                .into_inner()
-                .lease
-                .unwrap(),
-        );
+        leases.push(acquire_lease(&mut engine, KRE, "e").await);
     }
     let mut owner = server.admin(&org.owner_key).await;
     owner
@@ -210,13 +194,7 @@ async fn generations_strictly_increase_across_a_hundred_restarts() {
     let mut last = 0;
     for round in 0..restarts {
         let mut engine = server.session(org.key(0)).await;
-        let lease = engine
-            .acquire(acquire_request(KRE, &format!("e{round}")))
-            .await
-            .unwrap()
-            .into_inner()
-            .lease
-            .unwrap();
+        let lease = acquire_lease(&mut engine, KRE, &format!("e{round}")).await;
         assert!(
             lease.generation > last,
             "round {round}: {} after {last}",

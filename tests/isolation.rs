@@ -189,22 +189,10 @@ async fn leases_of_one_organization_are_invisible_to_another() {
     a.assign(&server, KRE, a.emails()).await.unwrap();
     b.assign(&server, KRE, b.emails()).await.unwrap();
     let mut engine_b = server.session(b.key(0)).await;
-    let lease_b = engine_b
-        .acquire(acquire_request(KRE, "shared-name"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let lease_b = acquire_lease(&mut engine_b, KRE, "shared-name").await;
     // Same engine id in alpha: a different lease, counted against alpha.
     let mut engine_a = server.session(a.key(0)).await;
-    let lease_a = engine_a
-        .acquire(acquire_request(KRE, "shared-name"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let lease_a = acquire_lease(&mut engine_a, KRE, "shared-name").await;
     assert_ne!(lease_a.lease_id, lease_b.lease_id);
     let heartbeat = proto::HeartbeatRequest {
         lease_id: lease_b.lease_id.clone(),

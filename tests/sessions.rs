@@ -17,13 +17,7 @@ async fn kre_quota_is_a_hard_boundary() {
     let mut a = server.session(org.key(0)).await;
     let mut b = server.session(org.key(1)).await;
     let mut c = server.session(org.key(2)).await;
-    let lease_a = a
-        .acquire(acquire_request(KRE, "engine-a"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let lease_a = acquire_lease(&mut a, KRE, "engine-a").await;
     b.acquire(acquire_request(KRE, "engine-b")).await.unwrap();
     assert_status(
         c.acquire(acquire_request(KRE, "engine-c")).await,
@@ -141,13 +135,7 @@ async fn generations_increase_and_stale_ones_are_refused() {
     let mut engine = server.session(org.key(0)).await;
     let mut last = 0;
     for _ in 0..5 {
-        let lease = engine
-            .acquire(acquire_request(KRE, "engine"))
-            .await
-            .unwrap()
-            .into_inner()
-            .lease
-            .unwrap();
+        let lease = acquire_lease(&mut engine, KRE, "engine").await;
         assert!(lease.generation > last);
         last = lease.generation;
         let stale = proto::HeartbeatRequest {
@@ -212,13 +200,7 @@ async fn a_lease_lives_while_heartbeating_and_expires_within_ttl_plus_a_second_a
     let org = server.organization("acme", 0, 1, &["a", "b"]).await;
     org.assign(&server, KRE, org.emails()).await.unwrap();
     let mut a = server.session(org.key(0)).await;
-    let lease = a
-        .acquire(acquire_request(KRE, "engine"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let lease = acquire_lease(&mut a, KRE, "engine").await;
     assert_eq!(lease.heartbeat_interval_ms, 200);
     // Heartbeating at the advertised interval over several TTLs keeps the lease.
     for _ in 0..9 {
@@ -270,13 +252,7 @@ async fn removing_a_member_or_a_license_ends_their_sessions() {
     let mut b = server.session(org.key(1)).await;
     a.acquire(acquire_request(KRE, "a-1")).await.unwrap();
     a.acquire(acquire_request(KRE, "a-2")).await.unwrap();
-    let kse_lease = a
-        .acquire(acquire_request(KSE, "a-studio"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let kse_lease = acquire_lease(&mut a, KSE, "a-studio").await;
     b.acquire(acquire_request(KRE, "b-1")).await.unwrap();
     let mut owner = server.admin(&org.owner_key).await;
 
@@ -325,14 +301,7 @@ async fn lowering_the_kre_quota_grants_nothing_new_until_under_it() {
     let mut a = server.session(org.key(0)).await;
     let mut leases = Vec::new();
     for i in 0..3 {
-        leases.push(
-            a.acquire(acquire_request(KRE, &format!("e{i}")))
-                .await
-                .unwrap()
-                .into_inner()
-                .lease
-                .unwrap(),
-        );
+        leases.push(acquire_lease(&mut a, KRE, &format!("e{i}")).await);
     }
     server
         .operator()
@@ -416,13 +385,7 @@ async fn an_admin_can_list_and_terminate_sessions() {
     let org = server.organization("acme", 0, 3, &["a"]).await;
     org.assign(&server, KRE, org.emails()).await.unwrap();
     let mut a = server.session(org.key(0)).await;
-    let lease = a
-        .acquire(acquire_request(KRE, "e"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let lease = acquire_lease(&mut a, KRE, "e").await;
     let mut owner = server.admin(&org.owner_key).await;
     let listed = owner
         .list_sessions(proto::ListSessionsRequest {

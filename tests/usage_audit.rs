@@ -22,15 +22,7 @@ async fn usage_reports_peak_grants_and_denials_over_a_window() {
     let server = start().await;
     let org = server.organization("acme", 0, 2, &["a", "b", "c"]).await;
     org.assign(&server, KRE, org.emails()).await.unwrap();
-    let lease = server
-        .session(org.key(0))
-        .await
-        .acquire(acquire_request(KRE, "e-a"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let lease = acquire_lease(&mut server.session(org.key(0)).await, KRE, "e-a").await;
     server
         .session(org.key(1))
         .await
@@ -122,13 +114,7 @@ async fn the_audit_record_tells_the_story_of_an_organization() {
     org.assign(&server, KRE, org.emails()).await.unwrap();
     let mut a = server.session(org.key(0)).await;
     let mut b = server.session(org.key(1)).await;
-    let first = a
-        .acquire(acquire_request(KRE, "e-1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let first = acquire_lease(&mut a, KRE, "e-1").await;
     assert_status(
         b.acquire(acquire_request(KRE, "e-b")).await,
         Code::ResourceExhausted,
@@ -140,13 +126,7 @@ async fn the_audit_record_tells_the_story_of_an_organization() {
     })
     .await
     .unwrap();
-    let second = a
-        .acquire(acquire_request(KRE, "e-2"))
-        .await
-        .unwrap()
-        .into_inner()
-        .lease
-        .unwrap();
+    let second = acquire_lease(&mut a, KRE, "e-2").await;
     server
         .admin(&org.owner_key)
         .await

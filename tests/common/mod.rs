@@ -293,6 +293,21 @@ pub fn acquire_request(product: i32, engine: &str) -> proto::AcquireRequest {
     }
 }
 
+/// Acquires a session for `engine_id` and returns its lease; panics if refused.
+pub async fn acquire_lease(
+    engine: &mut SessionServiceClient<Authorized>,
+    product: i32,
+    engine_id: &str,
+) -> proto::Lease {
+    engine
+        .acquire(acquire_request(product, engine_id))
+        .await
+        .unwrap_or_else(|status| panic!("acquire for {engine_id} refused: {status:?}"))
+        .into_inner()
+        .lease
+        .expect("a granted acquire carries its lease")
+}
+
 /// Asserts a call failed with `code` and a message containing `needle`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(
