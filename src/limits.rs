@@ -128,6 +128,8 @@ pub const AUDIT_EVENTS_PER_QUERY_MAX: u32 = 5_000;
 /// RESOURCE_EXHAUSTED. A query may scan every audit file (up to 16 x 64 MiB by
 /// default) on the blocking pool.
 pub const AUDIT_QUERIES_MAX: usize = 4;
+/// A `ListAuditEvents` page token (the daemon's own are about 30 bytes).
+pub const PAGE_TOKEN_BYTES_MAX: usize = 64;
 
 const _: () = assert!(EMAILS_PER_REQUEST_MAX * (EMAIL_BYTES_MAX + 8) < REQUEST_BYTES_MAX_FLOOR);
 const _: () = assert!(REQUEST_BYTES_MAX_FLOOR <= REQUEST_BYTES_MAX);

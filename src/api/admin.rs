@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::to_status;
 use crate::activity::Activity;
-use crate::audit::AuditError;
+use crate::audit::{AuditCursor, AuditError, AuditQuery};
 use crate::broker::{Broker, Executed};
 use crate::domain::types::{check_optional_text, check_required_text};
 use crate::domain::{Action, Command, CommandOutcome, DomainError, Email, Principal, Role};
@@ -479,10 +479,29 @@ impl AdminService for AdminApi {
             0 => limits::AUDIT_EVENTS_PER_QUERY_MAX,
             n => n.min(limits::AUDIT_EVENTS_PER_QUERY_MAX),
         };
+        let after = match body.page_token.as_str() {
+            "" => None,
+            token => Some(
+                AuditCursor::from_token(token)
+                    .filter(|_| token.len() <= limits::PAGE_TOKEN_BYTES_MAX)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(
+                            "page_token: not a token this daemon issued; send the next_page_token of the previous answer, or none for the first page",
+                        )
+                    })?,
+            ),
+        };
+        let query = AuditQuery {
+            org: org.to_string(),
+            from_unix_ms: range.0,
+            to_unix_ms: range.1,
+            limit: limit as usize,
+            after,
+        };
         let page = self
             .activity
             .audit()
-            .query(&org, range.0, range.1, limit as usize)
+            .query(query)
             .await
             .map_err(|error| match error {
                 AuditError::Busy(_) => Status::resource_exhausted(error.to_string()),
@@ -494,7 +513,8 @@ impl AdminService for AdminApi {
                 .iter()
                 .map(convert::audit_event_to_wire)
                 .collect(),
-            truncated: page.truncated,
+            truncated: page.next.is_some(),
+            next_page_token: page.next.map(AuditCursor::to_token).unwrap_or_default(),
         }))
     }
 }

@@ -11,11 +11,11 @@
 //! when reading.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{AuditError, AuditOptions, AuditPage, AuditRecord};
+use super::{AuditCursor, AuditError, AuditOptions, AuditPage, AuditQuery, AuditRecord};
 use crate::limits;
 
 /// Events of one file may be up to this much older than the next file's first event
@@ -105,24 +105,27 @@ impl AuditFiles {
         Ok(())
     }
 
-    /// Reads the events of `org` in `[from, to)` (0: unbounded), at most `limit`.
-    pub fn query(
-        &self,
-        org: &str,
-        from_unix_ms: i64,
-        to_unix_ms: i64,
-        limit: usize,
-    ) -> Result<AuditPage, AuditError> {
+    /// Reads the events of `query.org` in its time range, in file order, from where
+    /// `query.after` says a previous page stopped; at most `query.limit`. A page that
+    /// is cut says where the next one starts.
+    pub fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
         let io = |source| AuditError::Io {
             path: self.dir.clone(),
             source,
         };
+        let (from_unix_ms, to_unix_ms) = (query.from_unix_ms, query.to_unix_ms);
         let entries = self.list().map_err(io)?;
         let in_range = |at: i64| at >= from_unix_ms && (to_unix_ms == 0 || at < to_unix_ms);
         // A cheap test before parsing: the line names the organization.
-        let org_field = format!("\"org\":{}", serde_json::Value::from(org));
+        let org_field = format!("\"org\":{}", serde_json::Value::from(query.org.as_str()));
         let mut records = Vec::new();
+        let mut line = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
+            let resume_at = match query.after {
+                Some(after) if entry.seq < after.seq => continue,
+                Some(after) if entry.seq == after.seq => after.offset,
+                _ => 0,
+            };
             let next_starts_before_range = entries
                 .get(i + 1)
                 .is_some_and(|next| next.first_unix_ms + FILE_ORDER_SLACK_MS < from_unix_ms);
@@ -131,27 +134,45 @@ impl AuditFiles {
             if next_starts_before_range || starts_after_range {
                 continue;
             }
-            let file = match File::open(&entry.path) {
+            let mut file = match File::open(&entry.path) {
                 Ok(file) => file,
                 // Pruned since it was listed.
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(io(error)),
             };
-            for line in BufReader::new(file).lines() {
-                let line = line.map_err(io)?;
-                if !line.contains(&org_field) {
-                    continue;
+            file.seek(SeekFrom::Start(resume_at)).map_err(io)?;
+            let mut reader = BufReader::new(file);
+            let mut offset = resume_at;
+            loop {
+                line.clear();
+                let read = reader.read_until(b'\n', &mut line).map_err(io)?;
+                let line_start = offset;
+                offset += read as u64;
+                // The end, or a line still being written or torn by a crash: never
+                // step past it, so a later page reads it once it is whole.
+                if line.last() != Some(&b'\n') {
+                    break;
                 }
-                let Ok(record) = serde_json::from_str::<AuditRecord>(&line) else {
-                    continue; // A torn line.
+                let Ok(text) = std::str::from_utf8(&line) else {
+                    continue;
                 };
-                if record.org != org || !in_range(record.at_unix_ms) {
+                if !text.contains(&org_field) {
                     continue;
                 }
-                if records.len() == limit {
+                let Ok(record) = serde_json::from_str::<AuditRecord>(text) else {
+                    continue;
+                };
+                if record.org != query.org || !in_range(record.at_unix_ms) {
+                    continue;
+                }
+                if records.len() == query.limit {
+                    let next = AuditCursor {
+                        seq: entry.seq,
+                        offset: line_start,
+                    };
                     return Ok(AuditPage {
                         records,
-                        truncated: true,
+                        next: Some(next),
                     });
                 }
                 records.push(record);
@@ -159,7 +180,7 @@ impl AuditFiles {
         }
         Ok(AuditPage {
             records,
-            truncated: false,
+            next: None,
         })
     }
 }
@@ -300,17 +321,112 @@ mod tests {
         (files, dir)
     }
 
+    fn query(org: &str, from_unix_ms: i64, to_unix_ms: i64, limit: usize) -> AuditQuery {
+        AuditQuery {
+            org: org.into(),
+            from_unix_ms,
+            to_unix_ms,
+            limit,
+            after: None,
+        }
+    }
+
+    /// Every page of `query`, following the cursors.
+    fn all_pages(files: &AuditFiles, mut query: AuditQuery) -> Vec<Vec<AuditRecord>> {
+        let mut pages = Vec::new();
+        loop {
+            let page = files.query(&query).unwrap();
+            assert!(page.records.len() <= query.limit);
+            pages.push(page.records);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return pages,
+            }
+        }
+    }
+
     #[test]
     fn a_query_returns_one_organization_in_its_time_range_and_says_when_it_is_cut() {
         let (files, _dir) = check(1 << 20, 4, 100);
-        let page = files.query("acme", 10, 20, 100).unwrap();
+        let page = files.query(&query("acme", 10, 20, 100)).unwrap();
         let times: Vec<i64> = page.records.iter().map(|r| r.at_unix_ms).collect();
         assert_eq!(times, vec![10, 12, 14, 16, 18]);
-        assert!(!page.truncated);
-        let page = files.query("acme", 0, 0, 3).unwrap();
+        assert!(page.next.is_none());
+        let page = files.query(&query("acme", 0, 0, 3)).unwrap();
         assert_eq!(page.records.len(), 3);
-        assert!(page.truncated);
+        assert!(page.next.is_some());
         assert_eq!(page.records[0], record(0, "acme"));
+    }
+
+    #[test]
+    fn pages_cover_a_range_exactly_once_across_files_shared_milliseconds_and_clock_disorder() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = AuditOptions {
+            file_bytes_max: 4096,
+            files_max: 100,
+        };
+        let files = AuditFiles::open(dir.path().join("audit"), options).unwrap();
+        let mut writer = files.writer();
+        // 300 events in write order: ten share each millisecond, and every seventh
+        // carries an earlier time than the one before it (two threads read the clock
+        // in one order and queued in the other).
+        let mut written = Vec::new();
+        for i in 0..300i64 {
+            let at = 1_000 + i / 10 - if i % 7 == 0 { 3 } else { 0 };
+            let mut event = record(at, "acme");
+            event.generation = Some(i as u64);
+            writer.append(&event);
+            writer.append(&record(at, "other"));
+            written.push(event);
+        }
+        writer.flush(true);
+        drop(writer);
+        assert!(
+            files.list().unwrap().len() > 5,
+            "the events span many files"
+        );
+        for limit in [1, 7, 10, 64, 1000] {
+            let pages = all_pages(&files, query("acme", 0, 0, limit));
+            let read: Vec<AuditRecord> = pages.concat();
+            assert_eq!(read, written, "limit {limit}");
+        }
+        // A bounded range: exactly the events inside it, in write order.
+        let inside: Vec<AuditRecord> = written
+            .iter()
+            .filter(|e| (1_005..1_020).contains(&e.at_unix_ms))
+            .cloned()
+            .collect();
+        assert_eq!(
+            all_pages(&files, query("acme", 1_005, 1_020, 9)).concat(),
+            inside
+        );
+    }
+
+    #[test]
+    fn a_line_still_being_written_is_read_by_a_later_page_once_whole() {
+        let (files, _dir) = check(1 << 20, 4, 4);
+        let path = files.list().unwrap()[0].path.clone();
+        let whole = serde_json::to_string(&record(9, "acme")).unwrap();
+        let (head, tail) = whole.split_at(20);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(head.as_bytes()).unwrap();
+        let first = files.query(&query("acme", 0, 0, 1)).unwrap();
+        assert_eq!(first.records, vec![record(0, "acme")]);
+        let cursor = first.next.expect("cut at the limit");
+        let mut rest = query("acme", 0, 0, 10);
+        rest.after = Some(cursor);
+        let page = files.query(&rest).unwrap();
+        assert_eq!((page.records, page.next), (vec![record(2, "acme")], None));
+        file.write_all(format!("{tail}\n").as_bytes()).unwrap();
+        let page = files.query(&rest).unwrap();
+        assert_eq!(page.records, vec![record(2, "acme"), record(9, "acme")]);
+        assert_eq!(
+            AuditCursor::from_token(&cursor.to_token()),
+            Some(cursor),
+            "the token round-trips"
+        );
+        assert_eq!(AuditCursor::from_token("a1.x.3"), None);
+        assert_eq!(AuditCursor::from_token("12.3"), None);
     }
 
     #[test]
@@ -321,7 +437,7 @@ mod tests {
         for entry in &entries {
             assert!(std::fs::metadata(&entry.path).unwrap().len() <= 4096);
         }
-        let page = files.query("acme", 0, 0, 1000).unwrap();
+        let page = files.query(&query("acme", 0, 0, 1000)).unwrap();
         assert!(page.records.len() < 100, "the oldest events were pruned");
         assert_eq!(page.records.last().unwrap().at_unix_ms, 198);
     }
@@ -333,7 +449,10 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(path).unwrap();
         file.write_all(b"{\"at_unix_ms\":9,\"org\":\"acme\",\"ki")
             .unwrap();
-        assert_eq!(files.query("acme", 0, 0, 10).unwrap().records.len(), 2);
+        assert_eq!(
+            files.query(&query("acme", 0, 0, 10)).unwrap().records.len(),
+            2
+        );
         let reopened = AuditFiles::open(dir.path().join("audit"), files.options).unwrap();
         assert_eq!(reopened.next_seq.load(Ordering::Relaxed), 1);
     }

@@ -377,12 +377,53 @@ pub struct AuditLog {
     queries: Arc<Semaphore>,
 }
 
+/// What to read: the events of one organization in `[from_unix_ms, to_unix_ms)`
+/// (0: unbounded), at most `limit`, after `after` when continuing a previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub org: String,
+    pub from_unix_ms: i64,
+    pub to_unix_ms: i64,
+    pub limit: usize,
+    pub after: Option<AuditCursor>,
+}
+
 /// A page of events of one organization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditPage {
     pub records: Vec<AuditRecord>,
-    /// More events of the range exist past the limit.
-    pub truncated: bool,
+    /// Where the next page starts, when more events of the range exist past the limit.
+    pub next: Option<AuditCursor>,
+}
+
+/// A position in the audit files: the line a page stopped before. Pages follow the
+/// files' order, so a range is read exactly once however many events share a
+/// millisecond and however the clock ordered them. Handed to clients as an opaque
+/// page token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditCursor {
+    /// The file's sequence number.
+    pub seq: u64,
+    /// The byte offset of the line in that file.
+    pub offset: u64,
+}
+
+impl AuditCursor {
+    const TOKEN_PREFIX: &str = "a1.";
+
+    pub fn to_token(self) -> String {
+        format!("{}{}.{}", Self::TOKEN_PREFIX, self.seq, self.offset)
+    }
+
+    /// `None` for a token this daemon did not issue (it is checked for shape only: a
+    /// forged position reads nothing it could not read from the start of the range).
+    pub fn from_token(token: &str) -> Option<Self> {
+        let (seq, offset) = token.strip_prefix(Self::TOKEN_PREFIX)?.split_once('.')?;
+        Some(AuditCursor {
+            seq: seq.parse().ok()?,
+            offset: offset.parse().ok()?,
+        })
+    }
 }
 
 impl AuditLog {
@@ -431,23 +472,16 @@ impl AuditLog {
         self.flush_with(true).await
     }
 
-    /// The events of `org` in `[from_unix_ms, to_unix_ms)` (0: unbounded), oldest
-    /// first, at most `limit`. Flushes first, so an event recorded before the call is
-    /// found. `Err(Busy)` while `limits::AUDIT_QUERIES_MAX` queries run.
-    pub async fn query(
-        &self,
-        org: &OrgId,
-        from_unix_ms: i64,
-        to_unix_ms: i64,
-        limit: usize,
-    ) -> Result<AuditPage, AuditError> {
+    /// Runs `query` (see [`AuditFiles::query`]). Flushes first, so an event recorded
+    /// before the call is found. `Err(Busy)` while `limits::AUDIT_QUERIES_MAX` queries
+    /// run.
+    pub async fn query(&self, query: AuditQuery) -> Result<AuditPage, AuditError> {
         let _running = Arc::clone(&self.queries)
             .try_acquire_owned()
             .map_err(|_| AuditError::Busy(limits::AUDIT_QUERIES_MAX))?;
         self.flush().await?;
         let files = Arc::clone(&self.files);
-        let org = org.to_string();
-        tokio::task::spawn_blocking(move || files.query(&org, from_unix_ms, to_unix_ms, limit))
+        tokio::task::spawn_blocking(move || files.query(&query))
             .await
             .map_err(|_| AuditError::WriterStopped)?
     }
@@ -491,7 +525,13 @@ mod tests {
     async fn queries_past_the_bound_are_refused_until_one_finishes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let audit = AuditLog::open(dir.path(), AuditOptions::default()).expect("open");
-        let org = OrgId::parse("acme").expect("org id");
+        let query = AuditQuery {
+            org: "acme".into(),
+            from_unix_ms: 0,
+            to_unix_ms: 0,
+            limit: 10,
+            after: None,
+        };
         let running: Vec<_> = (0..limits::AUDIT_QUERIES_MAX)
             .map(|_| {
                 Arc::clone(&audit.queries)
@@ -499,13 +539,13 @@ mod tests {
                     .expect("permit")
             })
             .collect();
-        let refused = audit.query(&org, 0, 0, 10).await;
+        let refused = audit.query(query.clone()).await;
         assert!(
             matches!(refused, Err(AuditError::Busy(limits::AUDIT_QUERIES_MAX))),
             "{refused:?}"
         );
         drop(running);
-        let page = audit.query(&org, 0, 0, 10).await.expect("answered");
+        let page = audit.query(query).await.expect("answered");
         assert!(page.records.is_empty());
     }
 }

@@ -88,12 +88,12 @@ fn write_event(
     }
 }
 
-/// Pages through the range: each next page starts at the last time seen, skipping the
-/// events at that very millisecond that were already written.
+/// Pages through the range with the daemon's page tokens, so every event of the range
+/// is written exactly once.
 pub async fn export(
     admin: &mut AdminServiceClient<Authorized>,
     org_id: String,
-    (mut from, to): (i64, i64),
+    (from, to): (i64, i64),
     format: ExportFormat,
 ) -> Result<(), Status> {
     let stdout = std::io::stdout();
@@ -102,48 +102,28 @@ pub async fn export(
     if let ExportFormat::Csv = format {
         writeln!(out, "{CSV_HEADER}").map_err(io)?;
     }
-    let mut written_at_from = 0usize;
+    let mut page_token = String::new();
     loop {
         let request = proto::ListAuditEventsRequest {
             org_id: org_id.clone(),
             from_unix_ms: from,
             to_unix_ms: to,
             limit: limits::AUDIT_EVENTS_PER_QUERY_MAX,
+            page_token,
         };
         let page = admin.list_audit_events(request).await?.into_inner();
-        let mut skip = written_at_from;
-        let mut fresh = 0usize;
         for event in &page.events {
-            if event.at_unix_ms == from && skip > 0 {
-                skip -= 1;
-                continue;
-            }
             write_event(&mut out, format, event).map_err(io)?;
-            fresh += 1;
         }
-        let Some(last) = page.events.last() else {
-            break;
-        };
         if !page.truncated {
             break;
         }
-        if fresh == 0 {
-            return Err(Status::resource_exhausted(format!(
-                "more than {} events share the millisecond {from}; cannot page past it",
-                limits::AUDIT_EVENTS_PER_QUERY_MAX
-            )));
+        if page.next_page_token.is_empty() {
+            return Err(Status::internal(
+                "the daemon cut the answer without a page token to continue from; it is older than this CLI",
+            ));
         }
-        let at_last = page
-            .events
-            .iter()
-            .filter(|e| e.at_unix_ms == last.at_unix_ms)
-            .count();
-        written_at_from = if last.at_unix_ms == from {
-            written_at_from + at_last
-        } else {
-            at_last
-        };
-        from = last.at_unix_ms;
+        page_token = page.next_page_token;
     }
     out.flush().map_err(io)
 }
