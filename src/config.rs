@@ -49,6 +49,7 @@ pub struct ConfigLayer {
     pub metrics: MetricsLayer,
     pub limits: LimitsLayer,
     pub audit: AuditLayer,
+    pub wal: WalLayer,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +103,13 @@ pub struct AuditLayer {
     pub file_bytes_max: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files_max: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalLayer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_delay_us: Option<u32>,
 }
 
 impl ConfigLayer {
@@ -177,6 +185,9 @@ impl ConfigLayer {
             audit: AuditLayer {
                 file_bytes_max: self.audit.file_bytes_max.or(lower.audit.file_bytes_max),
                 files_max: self.audit.files_max.or(lower.audit.files_max),
+            },
+            wal: WalLayer {
+                commit_delay_us: self.wal.commit_delay_us.or(lower.wal.commit_delay_us),
             },
         }
     }
@@ -276,6 +287,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
     pub audit: AuditOptions,
+    /// How long a commit group of the log may wait for more records (see
+    /// `WalOptions::commit_delay`).
+    pub commit_delay: Duration,
 }
 
 /// The default listen address: loopback, where plaintext is allowed.
@@ -365,6 +379,12 @@ impl Config {
             },
             limits: limits_config(layer.limits)?,
             audit: audit_options(layer.audit)?,
+            commit_delay: Duration::from_micros(u64::from(check_range(
+                "wal.commit_delay_us",
+                layer.wal.commit_delay_us.unwrap_or(0),
+                0,
+                crate::wal::COMMIT_DELAY_LIMIT.as_micros() as u32,
+            )?)),
         })
     }
 
@@ -413,6 +433,9 @@ impl Config {
             audit: AuditLayer {
                 file_bytes_max: Some(self.audit.file_bytes_max),
                 files_max: Some(self.audit.files_max),
+            },
+            wal: WalLayer {
+                commit_delay_us: Some(self.commit_delay.as_micros() as u32),
             },
         }
     }

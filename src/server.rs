@@ -137,7 +137,10 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     let opened = durable::open(
         &data_dir.join(WAL_DIR),
         Arc::new(RealFs),
-        WalOptions::default(),
+        WalOptions {
+            commit_delay: config.commit_delay,
+            ..WalOptions::default()
+        },
         leases,
     )
     .await?;

@@ -36,7 +36,7 @@ fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones
     let file = dir.path().join("seatbroker.toml");
     std::fs::write(
         &file,
-        "lease_ttl_ms = 5000\nshutdown_grace_ms = 999\n[metrics]\nlisten = \"127.0.0.1:9464\"\n[limits]\nleases_per_org_max = 500\n",
+        "lease_ttl_ms = 5000\nshutdown_grace_ms = 999\n[metrics]\nlisten = \"127.0.0.1:9464\"\n[limits]\nleases_per_org_max = 500\n[wal]\ncommit_delay_us = 250\n",
     )
     .unwrap();
     let file = file.to_str().unwrap();
@@ -64,6 +64,7 @@ fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones
         "request_bytes_max = 1048576", // the default
         "listen = \"127.0.0.1:9464\"",
         "operator_key = \"<redacted>\"",
+        "commit_delay_us = 250",
     ] {
         assert!(out.contains(line), "{line:?} missing from:\n{out}");
     }
@@ -77,6 +78,7 @@ fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones
             "/no/such.pem",
         ),
         (vec!["--config", "/no/such.toml"], "/no/such.toml"),
+        (vec!["--commit-delay-us", "10001"], "wal.commit_delay_us"),
     ] {
         let mut all = vec!["serve", "--check-config"];
         all.extend(args);

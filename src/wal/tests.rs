@@ -37,6 +37,7 @@ fn small_options() -> WalOptions {
         // Off: these tests cut and damage files at exact offsets from their end.
         preallocate_bytes: 0,
         unawaited_delay: crate::wal::UNAWAITED_DELAY_DEFAULT,
+        commit_delay: Duration::ZERO,
     }
 }
 
@@ -800,6 +801,36 @@ fn unawaited_records_are_flushed_after_the_delay_by_a_full_batch_or_at_close() {
 }
 
 #[test]
+fn a_commit_delay_gathers_the_records_queued_within_it_into_one_group() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        commit_delay: COMMIT_DELAY_LIMIT,
+        ..small_options()
+    };
+    let (wal, _) = open_sim(&disk, options).expect("open");
+    let tickets: Vec<DurableTicket> = (1..=3)
+        .map(|lsn| wal.submit(payload(lsn, 100)).expect("submit"))
+        .collect();
+    for ticket in tickets {
+        ticket.wait_blocking().expect("durable");
+    }
+    let stats = wal.stats();
+    assert_eq!(
+        (stats.fsyncs, stats.last_group_records),
+        (1, 3),
+        "{stats:?}"
+    );
+    // A full batch does not wait for the delay to pass.
+    let batch: Vec<DurableTicket> = (4..4 + small_options().batch_records_max as u64)
+        .map(|lsn| wal.submit(payload(lsn, 10)).expect("submit"))
+        .collect();
+    for ticket in batch {
+        ticket.wait_blocking().expect("durable");
+    }
+    assert_eq!(wal.stats().fsyncs, 2);
+}
+
+#[test]
 fn options_out_of_bounds_are_refused() {
     let refused = |options: WalOptions| {
         matches!(
@@ -809,6 +840,10 @@ fn options_out_of_bounds_are_refused() {
     };
     assert!(refused(WalOptions {
         unawaited_delay: UNAWAITED_DELAY_LIMIT + Duration::from_millis(1),
+        ..small_options()
+    }));
+    assert!(refused(WalOptions {
+        commit_delay: COMMIT_DELAY_LIMIT + Duration::from_micros(1),
         ..small_options()
     }));
     assert!(refused(WalOptions {

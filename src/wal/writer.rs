@@ -328,10 +328,10 @@ pub(crate) fn create_durable_file(
     Ok(file)
 }
 
-/// Takes the next commit group: up to `batch_records_max` queued records, once one
-/// of them is awaited, a batch is full, the log is closing or the oldest has waited
-/// `unawaited_delay`. Waits for that; returns `None` once the WAL is closing and the
-/// queue is drained.
+/// Takes the next commit group: up to `batch_records_max` queued records, once a
+/// batch is full, the log is closing, or the oldest has waited `commit_delay` (when
+/// one of them is awaited) or `unawaited_delay` (when none is). Waits for that;
+/// returns `None` once the WAL is closing and the queue is drained.
 pub(crate) fn take_group(shared: &Shared) -> Option<Vec<Pending>> {
     let batch_records_max = shared.options.batch_records_max;
     let mut queue = shared.queue.lock();
@@ -343,12 +343,13 @@ pub(crate) fn take_group(shared: &Shared) -> Option<Vec<Pending>> {
             shared.work_ready.wait(&mut queue);
             continue;
         };
-        let flush_at = oldest_queued_at + shared.options.unawaited_delay;
-        if queue.awaited > 0
-            || queue.closing
-            || queue.pending.len() >= batch_records_max
-            || Instant::now() >= flush_at
-        {
+        let delay = if queue.awaited > 0 {
+            shared.options.commit_delay
+        } else {
+            shared.options.unawaited_delay
+        };
+        let flush_at = oldest_queued_at + delay;
+        if queue.closing || queue.pending.len() >= batch_records_max || Instant::now() >= flush_at {
             return Some(queue.take(batch_records_max));
         }
         shared.work_ready.wait_until(&mut queue, flush_at);

@@ -63,6 +63,7 @@ fn options(layout: u8) -> WalOptions {
         queue_records_max: 10_000,
         record_bytes_max: 80_000,
         unawaited_delay: crate::wal::UNAWAITED_DELAY_DEFAULT,
+        commit_delay: std::time::Duration::ZERO,
     }
 }
 
