@@ -505,6 +505,7 @@ impl AdminService for AdminApi {
             .await
             .map_err(|error| match error {
                 AuditError::Busy(_) => Status::resource_exhausted(error.to_string()),
+                AuditError::PageGone => Status::failed_precondition(error.to_string()),
                 error => Status::internal(format!("reading the audit record: {error}")),
             })?;
         Ok(Response::new(proto::ListAuditEventsResponse {

@@ -115,6 +115,13 @@ impl AuditFiles {
         };
         let (from_unix_ms, to_unix_ms) = (query.from_unix_ms, query.to_unix_ms);
         let entries = self.list().map_err(io)?;
+        // A page continues in the file it stopped in; if rotation deleted that file,
+        // events were lost to the reader, and it is told rather than given a gap.
+        if let Some(after) = query.after
+            && !entries.iter().any(|entry| entry.seq == after.seq)
+        {
+            return Err(AuditError::PageGone);
+        }
         let in_range = |at: i64| at >= from_unix_ms && (to_unix_ms == 0 || at < to_unix_ms);
         // A cheap test before parsing: the line names the organization.
         let org_field = format!("\"org\":{}", serde_json::Value::from(query.org.as_str()));
@@ -136,8 +143,12 @@ impl AuditFiles {
             }
             let mut file = match File::open(&entry.path) {
                 Ok(file) => file,
-                // Pruned since it was listed.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    if query.after.is_some_and(|after| after.seq == entry.seq) {
+                        return Err(AuditError::PageGone);
+                    }
+                    continue; // Pruned since it was listed.
+                }
                 Err(error) => return Err(io(error)),
             };
             file.seek(SeekFrom::Start(resume_at)).map_err(io)?;
@@ -426,7 +437,22 @@ mod tests {
             "the token round-trips"
         );
         assert_eq!(AuditCursor::from_token("a1.x.3"), None);
+        assert_eq!(AuditCursor::from_token("a1.0.18446744073709551615"), None);
         assert_eq!(AuditCursor::from_token("12.3"), None);
+    }
+
+    #[test]
+    fn a_page_token_into_a_deleted_file_is_refused_rather_than_leaving_a_gap() {
+        let (files, _dir) = check(4096, 100, 200);
+        let entries = files.list().unwrap();
+        assert!(entries.len() > 2);
+        let first = files.query(&query("acme", 0, 0, 1)).unwrap();
+        let cursor = first.next.expect("more events");
+        assert_eq!(cursor.seq, entries[0].seq);
+        std::fs::remove_file(&entries[0].path).unwrap();
+        let mut next = query("acme", 0, 0, 10);
+        next.after = Some(cursor);
+        assert!(matches!(files.query(&next), Err(AuditError::PageGone)));
     }
 
     #[test]

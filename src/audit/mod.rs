@@ -39,6 +39,10 @@ pub enum AuditError {
     WriterStopped,
     #[error("{0} audit queries are running, the most allowed at once; retry shortly")]
     Busy(usize),
+    #[error(
+        "the audit events after this page token were deleted by rotation (audit.files_max); export again from a later time"
+    )]
+    PageGone,
 }
 
 /// What happened, as it is named in the record.
@@ -419,9 +423,12 @@ impl AuditCursor {
     /// forged position reads nothing it could not read from the start of the range).
     pub fn from_token(token: &str) -> Option<Self> {
         let (seq, offset) = token.strip_prefix(Self::TOKEN_PREFIX)?.split_once('.')?;
+        let offset: u64 = offset.parse().ok()?;
+        // A file offset is an i64 to the operating system.
+        i64::try_from(offset).ok()?;
         Some(AuditCursor {
             seq: seq.parse().ok()?,
-            offset: offset.parse().ok()?,
+            offset,
         })
     }
 }
@@ -476,14 +483,19 @@ impl AuditLog {
     /// before the call is found. `Err(Busy)` while `limits::AUDIT_QUERIES_MAX` queries
     /// run.
     pub async fn query(&self, query: AuditQuery) -> Result<AuditPage, AuditError> {
-        let _running = Arc::clone(&self.queries)
+        let running = Arc::clone(&self.queries)
             .try_acquire_owned()
             .map_err(|_| AuditError::Busy(limits::AUDIT_QUERIES_MAX))?;
         self.flush().await?;
         let files = Arc::clone(&self.files);
-        tokio::task::spawn_blocking(move || files.query(&query))
-            .await
-            .map_err(|_| AuditError::WriterStopped)?
+        // The permit goes with the scan: a caller that gives up (and drops this
+        // future) does not free a slot while its scan still runs.
+        tokio::task::spawn_blocking(move || {
+            let _running = running;
+            files.query(&query)
+        })
+        .await
+        .map_err(|_| AuditError::WriterStopped)?
     }
 }
 

@@ -454,11 +454,12 @@ impl Wal {
             queue.next_lsn += 1;
             let awaited = done.is_some();
             queue.push(Pending { lsn, record, done });
-            // The writer is told of a full batch, and of an awaited record that moves
-            // its deadline: at once without a commit delay, else the first awaited
-            // one (until then it waits for unawaited records only).
+            // The writer is told of what moves its deadline: the first record of an
+            // empty queue (it may be waiting without one), an awaited record (each
+            // without a commit delay, else the first), and a full batch.
             let options = &self.shared.options;
-            let moves_deadline = awaited && (options.commit_delay.is_zero() || queue.awaited == 1);
+            let moves_deadline = queue.pending.len() == 1
+                || (awaited && (options.commit_delay.is_zero() || queue.awaited == 1));
             let worth_a_group = moves_deadline || queue.pending.len() == options.batch_records_max;
             (lsn, worth_a_group)
         };

@@ -776,6 +776,8 @@ fn unawaited_records_are_flushed_after_the_delay_by_a_full_batch_or_at_close() {
             ..small_options()
         };
         let (wal, _) = open_sim(&disk, options).expect("open");
+        // Let the writer go idle first, waiting with no deadline.
+        std::thread::sleep(Duration::from_millis(50));
         wal.submit_unawaited(records[0].clone(), 16)
             .expect("queued");
         let stats = wait_until_durable(&wal, 1);
