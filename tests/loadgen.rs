@@ -47,6 +47,8 @@ fn target(server: &TestServer) -> Target {
         uri: server.url(),
         tls: None,
         operator_key: OPERATOR_KEY.parse::<OperatorKey>().unwrap(),
+        // The test broker runs in this process.
+        server_pid: Some(std::process::id()),
     })
 }
 
@@ -61,6 +63,11 @@ async fn acquire_release_provisions_through_the_real_api_and_runs_clean() {
     .expect("the run completes");
     assert_eq!(report.errors_total, 0, "{:?}", report.errors);
     assert!(report.ops > 0);
+    let cpu = report.cpu_per_op;
+    assert!(
+        cpu.server_us.is_some_and(|us| us > 0.0) && cpu.client_us.is_some_and(|us| us > 0.0),
+        "CPU per call read from /proc: {cpu:?}"
+    );
     let organizations = organizations(&server).await;
     assert_eq!(organizations.len(), 2);
     for org in &organizations {
@@ -113,4 +120,43 @@ async fn contention_never_sees_more_sessions_than_the_quota() {
     );
     assert!(check.max_concurrent <= 8);
     assert!(check.max_concurrent > 0, "the run granted sessions");
+}
+
+#[test]
+fn the_noop_server_runs_as_its_own_process_and_its_cpu_per_call_is_reported() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"))
+        .args([
+            "bench",
+            "--target",
+            "noop",
+            "--workload",
+            "acquire-release",
+            "--engines",
+            "16",
+            "--warmup",
+            "200ms",
+            "--duration",
+            "1s",
+            "--json",
+        ])
+        .output()
+        .expect("the bench runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(
+        report["ops"].as_u64().is_some_and(|ops| ops > 0),
+        "{report}"
+    );
+    for side in ["server_us", "client_us"] {
+        assert!(
+            report["cpu_per_op"][side]
+                .as_f64()
+                .is_some_and(|us| us > 0.0),
+            "{side} in {report}"
+        );
+    }
 }

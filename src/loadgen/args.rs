@@ -141,6 +141,10 @@ pub struct BenchArgs {
     /// Print one JSON object to stdout instead of the human report.
     #[arg(long)]
     pub json: bool,
+    /// The broker daemon's process id: the report then gives its CPU per operation
+    /// (read from /proc; the no-op server's is always given).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,

@@ -63,6 +63,8 @@ pub struct BrokerTarget {
     pub tls: Option<TlsSettings>,
     /// Provisions organizations, members, licenses and API keys.
     pub operator_key: OperatorKey,
+    /// The daemon's process, for its CPU per operation.
+    pub server_pid: Option<u32>,
 }
 
 /// Client TLS: the CA certificate and the name to verify.
@@ -313,6 +315,7 @@ impl BrokerTarget {
             uri: args.addr.clone(),
             tls,
             operator_key,
+            server_pid: args.server_pid,
         })
     }
 }

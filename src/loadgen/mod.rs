@@ -30,6 +30,7 @@
 mod args;
 mod channels;
 mod config;
+mod cpu;
 mod engine;
 mod error;
 pub mod limits;

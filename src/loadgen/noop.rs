@@ -148,6 +148,10 @@ impl ChildNoopServer {
         format!("http://{}", self.addr)
     }
 
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub(crate) async fn stop(&mut self) {
         let _ = self.child.kill().await;
     }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::args::Workload;
 use super::config::Config;
+use super::cpu::{CpuPerOp, CpuUsed};
 use super::quota_check::{QuotaCheck, Verdict};
 use super::stats::{Latency, Snapshot};
 
@@ -54,6 +55,8 @@ pub struct Report {
     pub engines_unfinished: u64,
     /// Present for `contention`.
     pub quota_check: Option<QuotaCheck>,
+    /// CPU per answered call in the measured window.
+    pub cpu_per_op: CpuPerOp,
 }
 
 /// Where a report's target was.
@@ -67,10 +70,12 @@ impl Report {
         config: &Config,
         target: TargetLabel,
         snapshot: Snapshot,
+        cpu_used: CpuUsed,
         engines_unfinished: u64,
         quota_check: Option<QuotaCheck>,
     ) -> Self {
         let measured_s = config.duration.as_secs_f64();
+        let cpu_per_op = cpu_used.per_op(snapshot.overall.count);
         Self {
             target: target.kind,
             addr: target.addr,
@@ -92,6 +97,7 @@ impl Report {
             denials: snapshot.denials,
             engines_unfinished,
             quota_check,
+            cpu_per_op,
         }
     }
 
@@ -141,6 +147,13 @@ impl Report {
             );
         }
         let _ = writeln!(text, "  errors      {}", errors_text(&self.errors));
+        let show = |us: Option<f64>| us.map_or("n/a".to_owned(), |us| format!("{us:.1} us"));
+        let _ = writeln!(
+            text,
+            "  cpu per op  server {}  client {}",
+            show(self.cpu_per_op.server_us),
+            show(self.cpu_per_op.client_us)
+        );
         if self.workload == Workload::Contention {
             let _ = writeln!(
                 text,
@@ -192,6 +205,8 @@ pub struct Ratio {
     pub p99: Option<f64>,
     /// 99.9th percentile latency ratio.
     pub p999: Option<f64>,
+    /// Server CPU per call: above 1 means the broker spends more than the ceiling.
+    pub server_cpu_per_op: Option<f64>,
 }
 
 /// The same workload against the broker and against the no-op server.
@@ -214,6 +229,11 @@ impl Comparison {
             p50: divide(broker.latency_us.p50 as f64, noop.latency_us.p50 as f64),
             p99: divide(broker.latency_us.p99 as f64, noop.latency_us.p99 as f64),
             p999: divide(broker.latency_us.p999 as f64, noop.latency_us.p999 as f64),
+            server_cpu_per_op: broker
+                .cpu_per_op
+                .server_us
+                .zip(noop.cpu_per_op.server_us)
+                .and_then(|(b, n)| divide(b, n)),
         };
         Self {
             broker,
@@ -226,13 +246,14 @@ impl Comparison {
     pub fn to_text(&self) -> String {
         let show = |value: Option<f64>| value.map_or("n/a".to_owned(), |v| format!("{v:.2}x"));
         format!(
-            "{}\n{}\nbroker/noop: throughput {}  p50 {}  p99 {}  p99.9 {}\n",
+            "{}\n{}\nbroker/noop: throughput {}  p50 {}  p99 {}  p99.9 {}  server cpu/op {}\n",
             self.broker.to_text(),
             self.noop.to_text(),
             show(self.ratio.ops_per_sec),
             show(self.ratio.p50),
             show(self.ratio.p99),
-            show(self.ratio.p999)
+            show(self.ratio.p999),
+            show(self.ratio.server_cpu_per_op)
         )
     }
 }

@@ -14,6 +14,7 @@ use crate::proto::session_service_client::SessionServiceClient;
 use super::args::Workload;
 use super::channels::{ChannelSpec, bearer, connect_all};
 use super::config::{BrokerTarget, Config, Progress};
+use super::cpu::{self, CpuUsed};
 use super::engine::{self, Engine, EngineOutcome, Shared};
 use super::error::LoadgenError;
 use super::limits::{DRAIN_MS_MAX, INTERVALS_MAX};
@@ -50,7 +51,7 @@ pub(crate) async fn execute_broker(
         kind: "broker",
         addr: spec.addr.clone(),
     };
-    drive(config, &layout, channels, keys, label).await
+    drive(config, &layout, channels, keys, label, target.server_pid).await
 }
 
 /// Starts the in-process no-op server, drives it, and stops it.
@@ -60,7 +61,8 @@ pub(crate) async fn execute_noop(
 ) -> Result<Report, LoadgenError> {
     config.validate()?;
     let server = NoopServer::start(options).await?;
-    let result = drive_noop(config, &server).await;
+    // The server runs in this process: its CPU is not told apart from the client's.
+    let result = drive_noop_at(config, server.uri(), None).await;
     server.stop().await;
     result
 }
@@ -70,16 +72,16 @@ pub(crate) async fn execute_noop_process(config: &Config) -> Result<Report, Load
     config.validate()?;
     let options = NoopOptions::for_config(config);
     let mut child = super::noop::ChildNoopServer::spawn(options).await?;
-    let result = drive_noop_at(config, child.uri()).await;
+    let result = drive_noop_at(config, child.uri(), child.pid()).await;
     child.stop().await;
     result
 }
 
-async fn drive_noop(config: &Config, server: &NoopServer) -> Result<Report, LoadgenError> {
-    drive_noop_at(config, server.uri()).await
-}
-
-async fn drive_noop_at(config: &Config, uri: String) -> Result<Report, LoadgenError> {
+async fn drive_noop_at(
+    config: &Config,
+    uri: String,
+    server_pid: Option<u32>,
+) -> Result<Report, LoadgenError> {
     let spec = ChannelSpec::plaintext(uri)?;
     let channels = connect_all(&spec, config.connections).await?;
     let key = bearer("noop")?;
@@ -88,7 +90,15 @@ async fn drive_noop_at(config: &Config, uri: String) -> Result<Report, LoadgenEr
         kind: "noop",
         addr: spec.addr.clone(),
     };
-    drive(config, &layout_for(config), channels, keys, label).await
+    drive(
+        config,
+        &layout_for(config),
+        channels,
+        keys,
+        label,
+        server_pid,
+    )
+    .await
 }
 
 fn layout_for(config: &Config) -> Layout {
@@ -107,10 +117,12 @@ async fn drive(
     channels: Vec<Channel>,
     keys: Vec<MetadataValue<Ascii>>,
     label: TargetLabel,
+    server_pid: Option<u32>,
 ) -> Result<Report, LoadgenError> {
     debug_assert_eq!(keys.len(), config.engines as usize);
     let stats = Arc::new(Stats::new()?);
     let phases = Phases::starting_now(config.warmup, config.duration);
+    let cpu = cpu::measure(server_pid, phases.measure_from, phases.deadline);
     let intervals_per_engine_max = INTERVALS_MAX / config.engines as usize;
     let shared = Arc::new(Shared::new(
         config,
@@ -132,6 +144,10 @@ async fn drive(
         progress.abort();
     }
     let collected = collected?;
+    let cpu_used = match tokio::time::timeout(cpu::SAMPLER_WAIT_MAX, cpu).await {
+        Ok(Ok(used)) => used,
+        _ => CpuUsed::default(),
+    };
     let quota_check = (config.workload == Workload::Contention).then(|| {
         QuotaCheck::run(
             &collected.intervals,
@@ -143,6 +159,7 @@ async fn drive(
         config,
         label,
         stats.snapshot()?,
+        cpu_used,
         collected.unfinished,
         quota_check,
     ))
