@@ -381,7 +381,10 @@ impl Config {
             audit: audit_options(layer.audit)?,
             commit_delay: Duration::from_micros(u64::from(check_range(
                 "wal.commit_delay_us",
-                layer.wal.commit_delay_us.unwrap_or(0),
+                layer
+                    .wal
+                    .commit_delay_us
+                    .unwrap_or(crate::wal::COMMIT_DELAY_DEFAULT.as_micros() as u32),
                 0,
                 crate::wal::COMMIT_DELAY_LIMIT.as_micros() as u32,
             )?)),

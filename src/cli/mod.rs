@@ -137,9 +137,9 @@ pub struct ServeArgs {
     /// Audit files kept, at most [default: 16].
     #[arg(long, env = "SEATBROKER_AUDIT_FILES_MAX")]
     pub audit_files_max: Option<u32>,
-    /// How long a commit group of the log may wait for more records, in
-    /// microseconds, at most 10000: fewer fsyncs under heavy load, each grant
-    /// answered up to this much later [default: 0].
+    /// How long a commit group of a busy log may wait for more records, in
+    /// microseconds, at most 10000 (0: never): fewer fsyncs under load, each grant
+    /// answered up to this much later; an idle log never waits [default: 500].
     #[arg(long, env = "SEATBROKER_COMMIT_DELAY_US")]
     pub commit_delay_us: Option<u32>,
 }

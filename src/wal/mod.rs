@@ -175,6 +175,8 @@ pub const RECORD_BYTES_MAX_DEFAULT: usize = 2 * 1024 * 1024;
 pub const UNAWAITED_DELAY_DEFAULT: Duration = Duration::from_millis(20);
 /// Upper bound of `WalOptions::unawaited_delay`.
 pub const UNAWAITED_DELAY_LIMIT: Duration = Duration::from_secs(60);
+/// Default `WalOptions::commit_delay`: 0.5 ms, which only a busy log waits.
+pub const COMMIT_DELAY_DEFAULT: Duration = Duration::from_micros(500);
 /// Upper bound of `WalOptions::commit_delay`.
 pub const COMMIT_DELAY_LIMIT: Duration = Duration::from_millis(10);
 /// Hard bound on `batch_records_max`: the commit-group bounds are stored as u32 deltas.
@@ -212,11 +214,14 @@ pub struct WalOptions {
     /// batch, at close, or at the latest this long after they were queued. Saves an
     /// fdatasync per lone lease end, and the grant queued behind it the wait.
     pub unawaited_delay: Duration,
-    /// How long a commit group may wait for more records once one is queued (0: not
-    /// at all, the default), unless `batch_records_max` are queued first, as MySQL's
-    /// `binlog_group_commit_sync_delay`. Each awaited record may answer up to this
-    /// much later; in exchange a saturated log makes fewer, bigger fdatasyncs, whose
-    /// CPU is what the broker runs short of first on a small machine.
+    /// How long a commit group of a busy log may wait for more records (0: not at
+    /// all; default 0.5 ms), unless `batch_records_max` are queued first, as MySQL's
+    /// `binlog_group_commit_sync_delay`. The log is busy when an awaited record
+    /// arrived while the previous group was written and synced (PostgreSQL's
+    /// `commit_siblings` asks the same of concurrent transactions); a record reaching
+    /// an idle log goes out at once. Under load each awaited record may answer up to
+    /// this much later, and the log makes fewer, bigger fdatasyncs, whose CPU and
+    /// interrupts are what a small machine runs short of first.
     pub commit_delay: Duration,
 }
 
@@ -230,7 +235,7 @@ impl Default for WalOptions {
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
             preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
             unawaited_delay: UNAWAITED_DELAY_DEFAULT,
-            commit_delay: Duration::ZERO,
+            commit_delay: COMMIT_DELAY_DEFAULT,
         }
     }
 }
@@ -367,6 +372,7 @@ impl Wal {
             durable_lsn: outcome.next_lsn - 1,
             awaited: 0,
             oldest_queued_at: None,
+            busy: false,
             closing: false,
             writer_running: true,
         };

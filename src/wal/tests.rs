@@ -803,13 +803,15 @@ fn unawaited_records_are_flushed_after_the_delay_by_a_full_batch_or_at_close() {
 }
 
 #[test]
-fn a_commit_delay_gathers_the_records_queued_within_it_into_one_group() {
+fn a_busy_log_gathers_the_records_queued_within_its_commit_delay_into_one_group() {
     let disk = SimulatedDisk::new();
     let options = WalOptions {
         commit_delay: COMMIT_DELAY_LIMIT,
         ..small_options()
     };
     let (wal, _) = open_sim(&disk, options).expect("open");
+    // As if a grant had arrived during the previous group's fdatasync.
+    wal.shared.queue.lock().busy = true;
     let tickets: Vec<DurableTicket> = (1..=3)
         .map(|lsn| wal.submit(payload(lsn, 100)).expect("submit"))
         .collect();
@@ -823,6 +825,7 @@ fn a_commit_delay_gathers_the_records_queued_within_it_into_one_group() {
         "{stats:?}"
     );
     // A full batch does not wait for the delay to pass.
+    wal.shared.queue.lock().busy = true;
     let batch: Vec<DurableTicket> = (4..4 + small_options().batch_records_max as u64)
         .map(|lsn| wal.submit(payload(lsn, 10)).expect("submit"))
         .collect();
@@ -830,6 +833,52 @@ fn a_commit_delay_gathers_the_records_queued_within_it_into_one_group() {
         ticket.wait_blocking().expect("durable");
     }
     assert_eq!(wal.stats().fsyncs, 2);
+}
+
+#[test]
+fn a_group_is_due_at_once_at_an_idle_log_and_after_the_commit_delay_at_a_busy_one() {
+    let options = WalOptions {
+        commit_delay: Duration::from_millis(2),
+        unawaited_delay: Duration::from_millis(20),
+        batch_records_max: 3,
+        ..small_options()
+    };
+    let mut queue = writer::Queue {
+        pending: Default::default(),
+        next_lsn: 1,
+        durable_lsn: 0,
+        awaited: 0,
+        oldest_queued_at: None,
+        busy: false,
+        closing: false,
+        writer_running: true,
+    };
+    assert_eq!(queue.group_due(&options), None, "nothing queued");
+    let pending = |lsn: Lsn, awaited: bool| writer::Pending {
+        lsn,
+        record: vec![1],
+        done: awaited.then(|| tokio::sync::oneshot::channel().0),
+    };
+    queue.push(pending(1, false));
+    let oldest = queue.oldest_queued_at.expect("set by the first record");
+    let due = |queue: &writer::Queue| queue.group_due(&options).map(|at| at - oldest);
+    assert_eq!(
+        due(&queue),
+        Some(options.unawaited_delay),
+        "a lone lease end"
+    );
+    queue.push(pending(2, true));
+    assert_eq!(due(&queue), Some(Duration::ZERO), "an idle log: at once");
+    queue.busy = true;
+    assert_eq!(due(&queue), Some(options.commit_delay), "a busy log waits");
+    queue.push(pending(3, true));
+    assert_eq!(
+        due(&queue),
+        Some(Duration::ZERO),
+        "a full batch goes at once"
+    );
+    queue.take(3);
+    assert_eq!((queue.awaited, queue.oldest_queued_at), (0, None));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
@@ -51,6 +51,10 @@ pub(crate) struct Queue {
     /// When the oldest record of `pending` was queued, or earlier; `None` when
     /// `pending` is empty. Bounds how long unawaited records wait.
     pub oldest_queued_at: Option<Instant>,
+    /// An awaited record arrived while the last group was written and synced: the
+    /// log is busy, and the next group may wait `commit_delay` for company. At an
+    /// idle log a record goes out at once.
+    pub busy: bool,
     /// The LSN the next submitted record gets.
     pub next_lsn: Lsn,
     /// Every record up to this LSN is durable.
@@ -71,8 +75,25 @@ impl Queue {
         self.pending.push_back(pending);
     }
 
+    /// When the next group is due, `None` while nothing is queued: at once for a full
+    /// batch or a closing log; `commit_delay` after the oldest record when one is
+    /// awaited and the log is busy (at once when it is idle); `unawaited_delay`
+    /// after it when none is awaited.
+    pub fn group_due(&self, options: &WalOptions) -> Option<Instant> {
+        let oldest_queued_at = self.oldest_queued_at?;
+        if self.closing || self.pending.len() >= options.batch_records_max {
+            return Some(oldest_queued_at);
+        }
+        let delay = match (self.awaited > 0, self.busy) {
+            (true, true) => options.commit_delay,
+            (true, false) => Duration::ZERO,
+            (false, _) => options.unawaited_delay,
+        };
+        Some(oldest_queued_at + delay)
+    }
+
     /// Takes up to `count` records from the front.
-    fn take(&mut self, count: usize) -> Vec<Pending> {
+    pub(crate) fn take(&mut self, count: usize) -> Vec<Pending> {
         let count = count.min(self.pending.len());
         let group: Vec<Pending> = self.pending.drain(..count).collect();
         self.awaited -= group.iter().filter(|p| p.done.is_some()).count();
@@ -330,31 +351,23 @@ pub(crate) fn create_durable_file(
     Ok(file)
 }
 
-/// Takes the next commit group: up to `batch_records_max` queued records, once a
-/// batch is full, the log is closing, or the oldest has waited `commit_delay` (when
-/// one of them is awaited) or `unawaited_delay` (when none is). Waits for that;
-/// returns `None` once the WAL is closing and the queue is drained.
+/// Takes the next commit group, up to `batch_records_max` queued records, when
+/// `Queue::group_due` says. Waits for that; returns `None` once the WAL is closing and
+/// the queue is drained.
 pub(crate) fn take_group(shared: &Shared) -> Option<Vec<Pending>> {
-    let batch_records_max = shared.options.batch_records_max;
     let mut queue = shared.queue.lock();
     loop {
-        let Some(oldest_queued_at) = queue.oldest_queued_at else {
+        let Some(due) = queue.group_due(&shared.options) else {
             if queue.closing {
                 return None;
             }
             shared.work_ready.wait(&mut queue);
             continue;
         };
-        let delay = if queue.awaited > 0 {
-            shared.options.commit_delay
-        } else {
-            shared.options.unawaited_delay
-        };
-        let flush_at = oldest_queued_at + delay;
-        if queue.closing || queue.pending.len() >= batch_records_max || Instant::now() >= flush_at {
-            return Some(queue.take(batch_records_max));
+        if Instant::now() >= due {
+            return Some(queue.take(shared.options.batch_records_max));
         }
-        shared.work_ready.wait_until(&mut queue, flush_at);
+        shared.work_ready.wait_until(&mut queue, due);
     }
 }
 
@@ -378,6 +391,8 @@ pub(crate) fn publish_durable(shared: &Shared, group: Vec<Pending>) {
             "groups are synced in LSN order"
         );
         queue.durable_lsn = last.lsn;
+        // What arrived during this group's write and fdatasync says how busy the log is.
+        queue.busy = queue.awaited > 0;
     }
     shared.durable_advanced.notify_all();
     let counters = &shared.counters;
