@@ -175,8 +175,10 @@ pub const RECORD_BYTES_MAX_DEFAULT: usize = 2 * 1024 * 1024;
 pub const UNAWAITED_DELAY_DEFAULT: Duration = Duration::from_millis(20);
 /// Upper bound of `WalOptions::unawaited_delay`.
 pub const UNAWAITED_DELAY_LIMIT: Duration = Duration::from_secs(60);
-/// Default `WalOptions::commit_delay`: 0.5 ms, which only a busy log waits.
-pub const COMMIT_DELAY_DEFAULT: Duration = Duration::from_micros(500);
+/// Default `WalOptions::commit_delay`: none. A delay pays off only while records
+/// keep arriving (a saturated server); with a few callers that all wait in the group
+/// already, it is dead time (see the README's "Tuning the log").
+pub const COMMIT_DELAY_DEFAULT: Duration = Duration::ZERO;
 /// Upper bound of `WalOptions::commit_delay`.
 pub const COMMIT_DELAY_LIMIT: Duration = Duration::from_millis(10);
 /// Hard bound on `batch_records_max`: the commit-group bounds are stored as u32 deltas.
@@ -215,7 +217,7 @@ pub struct WalOptions {
     /// fdatasync per lone lease end, and the grant queued behind it the wait.
     pub unawaited_delay: Duration,
     /// How long a commit group of a busy log may wait for more records (0: not at
-    /// all; default 0.5 ms), unless `batch_records_max` are queued first, as MySQL's
+    /// all, the default), unless `batch_records_max` are queued first, as MySQL's
     /// `binlog_group_commit_sync_delay`. The log is busy when an awaited record
     /// arrived while the previous group was written and synced (PostgreSQL's
     /// `commit_siblings` asks the same of concurrent transactions); a record reaching
