@@ -139,7 +139,7 @@ pub struct ServeArgs {
     pub audit_files_max: Option<u32>,
     /// How long a commit group of a busy log may wait for more records, in
     /// microseconds, at most 10000 (0: never): fewer fsyncs under load, each grant
-    /// answered up to this much later; an idle log never waits [default: 0].
+    /// answered up to this much later; an idle log never waits [default: 500].
     #[arg(long, env = "SEATBROKER_COMMIT_DELAY_US")]
     pub commit_delay_us: Option<u32>,
 }

@@ -175,10 +175,9 @@ pub const RECORD_BYTES_MAX_DEFAULT: usize = 2 * 1024 * 1024;
 pub const UNAWAITED_DELAY_DEFAULT: Duration = Duration::from_millis(20);
 /// Upper bound of `WalOptions::unawaited_delay`.
 pub const UNAWAITED_DELAY_LIMIT: Duration = Duration::from_secs(60);
-/// Default `WalOptions::commit_delay`: none. A delay pays off only while records
-/// keep arriving (a saturated server); with a few callers that all wait in the group
-/// already, it is dead time (see the README's "Tuning the log").
-pub const COMMIT_DELAY_DEFAULT: Duration = Duration::ZERO;
+/// Default `WalOptions::commit_delay`: 0.5 ms, waited only by a busy log and only
+/// while records keep arriving (see the README's "Tuning the log").
+pub const COMMIT_DELAY_DEFAULT: Duration = Duration::from_micros(500);
 /// Upper bound of `WalOptions::commit_delay`.
 pub const COMMIT_DELAY_LIMIT: Duration = Duration::from_millis(10);
 /// Hard bound on `batch_records_max`: the commit-group bounds are stored as u32 deltas.
@@ -216,14 +215,15 @@ pub struct WalOptions {
     /// batch, at close, or at the latest this long after they were queued. Saves an
     /// fdatasync per lone lease end, and the grant queued behind it the wait.
     pub unawaited_delay: Duration,
-    /// How long a commit group of a busy log may wait for more records (0: not at
-    /// all, the default), unless `batch_records_max` are queued first, as MySQL's
-    /// `binlog_group_commit_sync_delay`. The log is busy when an awaited record
-    /// arrived while the previous group was written and synced (PostgreSQL's
-    /// `commit_siblings` asks the same of concurrent transactions); a record reaching
-    /// an idle log goes out at once. Under load each awaited record may answer up to
-    /// this much later, and the log makes fewer, bigger fdatasyncs, whose CPU and
-    /// interrupts are what a small machine runs short of first.
+    /// How long the commit group of a busy log may wait for more records after its
+    /// oldest (0: not at all; default 0.5 ms), as MySQL's
+    /// `binlog_group_commit_sync_delay`; it goes sooner when a batch fills or when
+    /// no record came for 50 us (`writer::COMMIT_GAP`). The log is busy when an
+    /// awaited record arrived while the previous group was written and synced
+    /// (PostgreSQL's `commit_siblings` asks the same of concurrent transactions); a
+    /// record reaching an idle log goes out at once. Under load each awaited record
+    /// may answer up to this much later, and the log makes fewer, bigger fdatasyncs,
+    /// whose CPU and interrupts are what a small machine runs short of first.
     pub commit_delay: Duration,
 }
 
@@ -374,6 +374,7 @@ impl Wal {
             durable_lsn: outcome.next_lsn - 1,
             awaited: 0,
             oldest_queued_at: None,
+            newest_queued_at: None,
             busy: false,
             closing: false,
             writer_running: true,

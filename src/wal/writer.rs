@@ -51,6 +51,8 @@ pub(crate) struct Queue {
     /// When the oldest record of `pending` was queued, or earlier; `None` when
     /// `pending` is empty. Bounds how long unawaited records wait.
     pub oldest_queued_at: Option<Instant>,
+    /// When the newest record of `pending` was queued; `None` when it is empty.
+    pub newest_queued_at: Option<Instant>,
     /// An awaited record arrived while the last group was written and synced: the
     /// log is busy, and the next group may wait `commit_delay` for company. At an
     /// idle log a record goes out at once.
@@ -68,28 +70,34 @@ pub(crate) struct Queue {
 impl Queue {
     /// Queues a record (the caller assigned its LSN).
     pub fn push(&mut self, pending: Pending) {
+        let now = Instant::now();
         if self.pending.is_empty() {
-            self.oldest_queued_at = Some(Instant::now());
+            self.oldest_queued_at = Some(now);
         }
+        self.newest_queued_at = Some(now);
         self.awaited += usize::from(pending.done.is_some());
         self.pending.push_back(pending);
     }
 
     /// When the next group is due, `None` while nothing is queued: at once for a full
-    /// batch or a closing log; `commit_delay` after the oldest record when one is
-    /// awaited and the log is busy (at once when it is idle); `unawaited_delay`
-    /// after it when none is awaited.
+    /// batch or a closing log; when a record is awaited, at once at an idle log, and
+    /// at a busy one `commit_delay` after the oldest record or `COMMIT_GAP` after the
+    /// newest, whichever comes first (records stopped coming: waiting longer gains
+    /// nothing); `unawaited_delay` after the oldest when none is awaited.
     pub fn group_due(&self, options: &WalOptions) -> Option<Instant> {
         let oldest_queued_at = self.oldest_queued_at?;
         if self.closing || self.pending.len() >= options.batch_records_max {
             return Some(oldest_queued_at);
         }
-        let delay = match (self.awaited > 0, self.busy) {
-            (true, true) => options.commit_delay,
-            (true, false) => Duration::ZERO,
-            (false, _) => options.unawaited_delay,
-        };
-        Some(oldest_queued_at + delay)
+        Some(match (self.awaited > 0, self.busy) {
+            (true, true) => {
+                let newest_queued_at = self.newest_queued_at.unwrap_or(oldest_queued_at);
+                (oldest_queued_at + options.commit_delay)
+                    .min(newest_queued_at + COMMIT_GAP.min(options.commit_delay))
+            }
+            (true, false) => oldest_queued_at,
+            (false, _) => oldest_queued_at + options.unawaited_delay,
+        })
     }
 
     /// Takes up to `count` records from the front.
@@ -99,6 +107,7 @@ impl Queue {
         self.awaited -= group.iter().filter(|p| p.done.is_some()).count();
         if self.pending.is_empty() {
             self.oldest_queued_at = None;
+            self.newest_queued_at = None;
         }
         // Otherwise the old instant stays: it is no later than the new front's, so the
         // rest of a cut batch goes out at once rather than late (under overload the
@@ -106,6 +115,11 @@ impl Queue {
         group
     }
 }
+
+/// A busy log's group waits no longer than this after its newest record: a pause in
+/// arrivals means the callers are all waiting in the group already (a closed loop of
+/// a few), where more delay is dead time.
+pub(crate) const COMMIT_GAP: Duration = Duration::from_micros(50);
 
 /// A record waiting to be written.
 #[derive(Debug)]
