@@ -73,8 +73,11 @@
 //!   appends it with one write, calls fdatasync once and then resolves all the
 //!   tickets of that group. Records nobody awaits ([`Wal::submit_unawaited`]) do
 //!   not start a group by themselves: they ride with the next awaited record, or
-//!   go out `unawaited_delay` after they were queued. With a `commit_delay`, a
-//!   group waits that long after its first record for more, unless a batch fills. It writes a group only after the previous group's
+//!   go out `unawaited_delay` after they were queued. When the log is busy (an
+//!   awaited record arrived during the previous group's write and fdatasync), a
+//!   group waits for more: up to `commit_delay` after its oldest record, at most
+//!   `COMMIT_GAP` after its newest, never once a batch is full (see
+//!   `writer::Queue::group_due`). It writes a group only after the previous group's
 //!   fdatasync returned, so at any moment at most one commit group is unsynced.
 //! - A failed write or fdatasync aborts the process (see `fatal.rs`): never
 //!   retried, never acknowledged. With the `failpoints` feature,

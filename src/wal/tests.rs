@@ -877,6 +877,18 @@ fn a_group_is_due_at_once_at_an_idle_log_and_after_the_commit_delay_at_a_busy_on
         Some(options.commit_delay),
         "at most the commit delay"
     );
+    let short = WalOptions {
+        commit_delay: writer::COMMIT_GAP / 2,
+        ..options.clone()
+    };
+    assert_eq!(
+        queue.group_due(&short).map(|due| due - oldest),
+        Some(short.commit_delay),
+        "a delay shorter than the gap bounds the wait alone"
+    );
+    queue.closing = true;
+    assert_eq!(due(&queue), Some(Duration::ZERO), "a closing log drains");
+    queue.closing = false;
     queue.push(pending(3, true));
     assert_eq!(
         due(&queue),
@@ -884,7 +896,14 @@ fn a_group_is_due_at_once_at_an_idle_log_and_after_the_commit_delay_at_a_busy_on
         "a full batch goes at once"
     );
     queue.take(3);
-    assert_eq!((queue.awaited, queue.oldest_queued_at), (0, None));
+    assert_eq!(
+        (
+            queue.awaited,
+            queue.oldest_queued_at,
+            queue.newest_queued_at
+        ),
+        (0, None, None)
+    );
 }
 
 #[test]

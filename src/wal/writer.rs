@@ -51,7 +51,8 @@ pub(crate) struct Queue {
     /// When the oldest record of `pending` was queued, or earlier; `None` when
     /// `pending` is empty. Bounds how long unawaited records wait.
     pub oldest_queued_at: Option<Instant>,
-    /// When the newest record of `pending` was queued; `None` when it is empty.
+    /// When the newest record of `pending` (awaited or not: a lease end is a sign of
+    /// a busy broker too) was queued; `None` when it is empty.
     pub newest_queued_at: Option<Instant>,
     /// An awaited record arrived while the last group was written and synced: the
     /// log is busy, and the next group may wait `commit_delay` for company. At an
