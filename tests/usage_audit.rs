@@ -74,6 +74,7 @@ async fn usage_reports_peak_grants_and_denials_over_a_window() {
     );
 }
 
+/// The first page of acme's audit record in `[from, to)`.
 async fn audit(
     server: &TestServer,
     key: &str,
@@ -81,18 +82,7 @@ async fn audit(
     to: i64,
     limit: u32,
 ) -> Result<proto::ListAuditEventsResponse, tonic::Status> {
-    server
-        .admin(key)
-        .await
-        .list_audit_events(proto::ListAuditEventsRequest {
-            org_id: "acme".into(),
-            from_unix_ms: from,
-            to_unix_ms: to,
-            limit,
-            page_token: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner())
+    list_audit(server, key, (from, to), limit, String::new()).await
 }
 
 /// One page of the whole record of acme, continuing from `page_token`.
@@ -102,13 +92,23 @@ async fn audit_page(
     limit: u32,
     page_token: String,
 ) -> Result<proto::ListAuditEventsResponse, tonic::Status> {
+    list_audit(server, key, (0, 0), limit, page_token).await
+}
+
+async fn list_audit(
+    server: &TestServer,
+    key: &str,
+    (from_unix_ms, to_unix_ms): (i64, i64),
+    limit: u32,
+    page_token: String,
+) -> Result<proto::ListAuditEventsResponse, tonic::Status> {
     server
         .admin(key)
         .await
         .list_audit_events(proto::ListAuditEventsRequest {
             org_id: "acme".into(),
-            from_unix_ms: 0,
-            to_unix_ms: 0,
+            from_unix_ms,
+            to_unix_ms,
             limit,
             page_token,
         })

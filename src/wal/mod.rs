@@ -371,17 +371,7 @@ impl Wal {
         counters
             .log_bytes_since_snapshot
             .store(outcome.log_bytes_since_snapshot, Ordering::Relaxed);
-        let queue = Queue {
-            pending: Default::default(),
-            next_lsn: outcome.next_lsn,
-            durable_lsn: outcome.next_lsn - 1,
-            awaited: 0,
-            oldest_queued_at: None,
-            newest_queued_at: None,
-            busy: false,
-            closing: false,
-            writer_running: true,
-        };
+        let queue = Queue::new(outcome.next_lsn);
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             fs,

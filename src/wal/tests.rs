@@ -834,17 +834,7 @@ fn a_group_is_due_at_once_at_an_idle_log_and_after_the_commit_delay_at_a_busy_on
         batch_records_max: 3,
         ..small_options()
     };
-    let mut queue = writer::Queue {
-        pending: Default::default(),
-        next_lsn: 1,
-        durable_lsn: 0,
-        awaited: 0,
-        oldest_queued_at: None,
-        newest_queued_at: None,
-        busy: false,
-        closing: false,
-        writer_running: true,
-    };
+    let mut queue = writer::Queue::new(1);
     assert_eq!(queue.group_due(&options), None, "nothing queued");
     let pending = |lsn: Lsn, awaited: bool| writer::Pending {
         lsn,

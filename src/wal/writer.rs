@@ -69,6 +69,21 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    /// An empty queue whose next record gets `next_lsn`, everything before it durable.
+    pub fn new(next_lsn: Lsn) -> Self {
+        Queue {
+            pending: VecDeque::new(),
+            next_lsn,
+            durable_lsn: next_lsn - 1,
+            awaited: 0,
+            oldest_queued_at: None,
+            newest_queued_at: None,
+            busy: false,
+            closing: false,
+            writer_running: true,
+        }
+    }
+
     /// Queues a record (the caller assigned its LSN).
     pub fn push(&mut self, pending: Pending) {
         let now = Instant::now();
