@@ -436,6 +436,7 @@ impl Wal {
                 record_bytes_max,
             });
         }
+        let queued_at = std::time::Instant::now();
         let (lsn, worth_a_group) = {
             let mut queue = self.shared.queue.lock();
             if queue.closing {
@@ -455,7 +456,7 @@ impl Wal {
             let lsn = queue.next_lsn;
             queue.next_lsn += 1;
             let awaited = done.is_some();
-            queue.push(Pending { lsn, record, done });
+            queue.push(Pending { lsn, record, done }, queued_at);
             // The writer is told of what moves its deadline: the first record of an
             // empty queue (it may be waiting without one), an awaited record (each
             // without a commit delay, else the first), and a full batch.

@@ -843,7 +843,7 @@ fn a_group_is_due_at_once_at_an_idle_log_and_after_the_commit_delay_at_a_busy_on
     };
     let oldest = std::time::Instant::now();
     let at = |micros: u64| oldest + Duration::from_micros(micros);
-    queue.push(pending(1, false));
+    queue.push(pending(1, false), oldest);
     queue.oldest_queued_at = Some(oldest);
     queue.newest_queued_at = Some(oldest);
     let due = |queue: &writer::Queue| queue.group_due(&options).map(|due| due - oldest);
@@ -852,7 +852,7 @@ fn a_group_is_due_at_once_at_an_idle_log_and_after_the_commit_delay_at_a_busy_on
         Some(options.unawaited_delay),
         "a lone lease end"
     );
-    queue.push(pending(2, true));
+    queue.push(pending(2, true), oldest);
     queue.newest_queued_at = Some(at(10));
     assert_eq!(due(&queue), Some(Duration::ZERO), "an idle log: at once");
     queue.busy = true;
@@ -879,7 +879,7 @@ fn a_group_is_due_at_once_at_an_idle_log_and_after_the_commit_delay_at_a_busy_on
     queue.closing = true;
     assert_eq!(due(&queue), Some(Duration::ZERO), "a closing log drains");
     queue.closing = false;
-    queue.push(pending(3, true));
+    queue.push(pending(3, true), oldest);
     assert_eq!(
         due(&queue),
         Some(Duration::ZERO),

@@ -84,9 +84,9 @@ impl Queue {
         }
     }
 
-    /// Queues a record (the caller assigned its LSN).
-    pub fn push(&mut self, pending: Pending) {
-        let now = Instant::now();
+    /// Queues a record (the caller assigned its LSN). `now` is read by the caller
+    /// before it takes the lock, which every submitter shares.
+    pub fn push(&mut self, pending: Pending, now: Instant) {
         if self.pending.is_empty() {
             self.oldest_queued_at = Some(now);
         }
