@@ -208,16 +208,19 @@ impl Broker {
         Ok(read(admin.organization(org)?))
     }
 
-    pub fn list_organizations(
+    /// Runs `read` on the admin state after checking that the caller is the operator
+    /// (who alone sees every organization).
+    pub fn read_organizations<T>(
         &self,
         principal: &Principal,
-    ) -> Result<Vec<Organization>, DomainError> {
+        read: impl FnOnce(&AdminState) -> T,
+    ) -> Result<T, DomainError> {
         if *principal != Principal::Operator {
             return Err(DomainError::PermissionDenied(
                 "only the operator may list organizations".into(),
             ));
         }
-        Ok(self.admin.read().organizations().cloned().collect())
+        Ok(read(&self.admin.read()))
     }
 
     /// Each organization's quota, for the metrics sampler (no members or keys copied).
@@ -233,31 +236,26 @@ impl Broker {
         self.admin.read().organization(org).cloned()
     }
 
-    /// API keys visible to the caller: all of the organization's for Owners and Admins,
-    /// their own for members.
-    pub fn list_api_keys(
+    /// Runs `read` on the organization whose API keys the caller may see: all of them
+    /// for Owners, Admins and the operator (`read` is given `None`), only their own for
+    /// members (`read` is given their email).
+    pub fn read_api_keys<T>(
         &self,
         principal: &Principal,
         org: &OrgId,
-    ) -> Result<Vec<ApiKeyRecord>, DomainError> {
+        read: impl FnOnce(&Organization, Option<&Email>) -> T,
+    ) -> Result<T, DomainError> {
         let admin = self.admin.read();
         authorize(&admin, principal, Action::ManageKeysOf, org, None)?;
         let organization = admin.organization(org)?;
-        let sees_all = match principal {
-            Principal::Operator => true,
+        let only_of = match principal {
+            Principal::Operator => None,
             Principal::Member { email, .. } => {
-                organization.role_of(email).is_some_and(Role::administers)
+                let administers = organization.role_of(email).is_some_and(Role::administers);
+                (!administers).then_some(email)
             }
         };
-        Ok(organization
-            .api_keys
-            .values()
-            .filter(|k| {
-                sees_all
-                    || matches!(principal, Principal::Member { email, .. } if *email == k.email)
-            })
-            .cloned()
-            .collect())
+        Ok(read(organization, only_of))
     }
 
     pub fn usage(
@@ -285,16 +283,18 @@ impl Broker {
         Ok((usage, quota.expires_at_unix_ms))
     }
 
+    /// A page of the organization's live sessions in the lease table's slot order,
+    /// from slot `from`; see [`LeaseTable::list_page`].
     pub fn list_sessions(
         &self,
         principal: &Principal,
         org: &OrgId,
         product: Option<Product>,
-    ) -> Result<Vec<Lease>, DomainError> {
+        from: u32,
+        size: usize,
+    ) -> Result<(Vec<Lease>, Option<u32>), DomainError> {
         self.read_organization(principal, Action::Administer, org, |_| ())?;
-        Ok(self
-            .leases
-            .list(org, product, crate::limits::LIST_ITEMS_MAX))
+        Ok(self.leases.list_page(org, product, from, size))
     }
 
     pub fn terminate_session(

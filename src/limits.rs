@@ -46,10 +46,6 @@ pub const EXPIRIES_PER_SWEEP_MAX: usize = 65_536;
 /// gRPC request size: the largest legitimate request is an assignment batch of
 /// `EMAILS_PER_REQUEST_MAX` emails.
 pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
-/// gRPC responses (listings of members, keys and sessions).
-pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Items in one listing response (members, keys, sessions, assignments).
-pub const LIST_ITEMS_MAX: usize = 100_000;
 /// Concurrent HTTP/2 streams per client connection.
 pub const CONCURRENT_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 /// Concurrent client connections; further clients wait in the listen backlog
@@ -149,8 +145,9 @@ const _: () = assert!(AUDIT_FILE_BYTES_MAX_DEFAULT <= AUDIT_FILE_BYTES_MAX_CEILI
 const _: () = assert!(AUDIT_FILES_MAX_DEFAULT <= AUDIT_FILES_MAX_CEILING);
 const _: () = assert!(AUDIT_BATCH_EVENTS_MAX <= AUDIT_QUEUE_EVENTS_MAX);
 const _: () = assert!(AUDIT_WRITER_PAUSE_MS <= 100, "queries wait for a flush");
-const _: () =
-    assert!((AUDIT_EVENTS_PER_QUERY_MAX as usize) * AUDIT_LINE_BYTES_MAX <= RESPONSE_BYTES_MAX);
+const _: () = assert!(
+    (AUDIT_EVENTS_PER_QUERY_MAX as usize) * AUDIT_LINE_BYTES_MAX <= AUDIT_RESPONSE_BYTES_MAX
+);
 
 /// The operator key, when given by the environment, must be at least this long.
 pub const OPERATOR_KEY_BYTES_MIN: usize = 32;
@@ -170,3 +167,91 @@ const _: () = assert!(OPERATOR_KEY_BYTES_MAX <= BEARER_TOKEN_BYTES_MAX);
 /// Records (admin commands, lease grants) applied in memory and waiting for the log to
 /// make them durable. Past it, calls get UNAVAILABLE until the disk catches up.
 pub const LOG_QUEUE_RECORDS_MAX: usize = 16_384;
+
+// ----- Listings: every List call pages (AIP-158), and responses are bounded by it. -----
+
+/// Items in a page of ListOrganizations, ListMembers, ListAssignments, ListApiKeys and
+/// ListSessions when the request's `page_size` is 0 (AIP-158 leaves the default to the
+/// service; etcd's clients page ranges by 500 or so).
+pub const LIST_PAGE_SIZE_DEFAULT: usize = 500;
+/// Items in one page at most: a larger `page_size` is lowered to it (AIP-158 coerces
+/// rather than refuses).
+pub const LIST_PAGE_SIZE_MAX: usize = 1000;
+/// Entries one page examines at most: keys of other members (a member lists only their
+/// own), sessions of the other product, vacant slots of the lease table. Past it the
+/// page comes back short, even empty, with a `next_page_token`, so that the admin read
+/// lock or an organization's lease lock is held for a bounded time.
+pub const LIST_ENTRIES_SCANNED_PER_PAGE_MAX: usize = 65_536;
+/// A listing's page token: base64url of version, listing, filter fingerprint, the last
+/// key returned (an email at most) and a checksum; the daemon's own are at most 360 bytes.
+pub const LIST_PAGE_TOKEN_BYTES_MAX: usize = 512;
+
+/// One length-delimited field of at most `content` bytes on the wire: a tag byte, a
+/// length of up to 2 bytes (below 16 KiB), the content.
+const fn wire_field_bytes(content: usize) -> usize {
+    1 + 2 + content
+}
+/// One varint field on the wire at most: a tag byte and 10 bytes.
+const WIRE_VARINT_FIELD_BYTES_MAX: usize = 11;
+/// The largest item a listing returns, a session (`Lease`), on the wire: lease id (35
+/// bytes), organization, email, engine id, hostname, label, and six numbers.
+pub const LIST_LEASE_WIRE_BYTES_MAX: usize = wire_field_bytes(35)
+    + wire_field_bytes(ORG_ID_BYTES_MAX)
+    + wire_field_bytes(EMAIL_BYTES_MAX)
+    + wire_field_bytes(ENGINE_ID_BYTES_MAX)
+    + wire_field_bytes(HOSTNAME_BYTES_MAX)
+    + wire_field_bytes(LABEL_BYTES_MAX)
+    + 6 * WIRE_VARINT_FIELD_BYTES_MAX;
+/// An API key on the wire: key id (at most 64 bytes), email, label, creation time.
+pub const LIST_API_KEY_WIRE_BYTES_MAX: usize = wire_field_bytes(64)
+    + wire_field_bytes(EMAIL_BYTES_MAX)
+    + wire_field_bytes(LABEL_BYTES_MAX)
+    + WIRE_VARINT_FIELD_BYTES_MAX;
+/// An organization on the wire: id, display name, quota (three numbers), member count.
+pub const LIST_ORGANIZATION_WIRE_BYTES_MAX: usize = wire_field_bytes(ORG_ID_BYTES_MAX)
+    + wire_field_bytes(DISPLAY_NAME_BYTES_MAX)
+    + wire_field_bytes(3 * WIRE_VARINT_FIELD_BYTES_MAX)
+    + WIRE_VARINT_FIELD_BYTES_MAX;
+/// One listed item on the wire at most, with its own field header in the answer.
+pub const LIST_ITEM_BYTES_MAX: usize = 1024;
+/// One listing answer on the wire at most: a full page of the largest items, the page
+/// token and the few other fields (ListAssignments' quota). 1.0 MiB.
+pub const LIST_RESPONSE_BYTES_MAX: usize =
+    LIST_PAGE_SIZE_MAX * LIST_ITEM_BYTES_MAX + LIST_PAGE_TOKEN_BYTES_MAX + 1024;
+/// One `ListAuditEvents` answer on the wire at most: a full page of events, none
+/// longer on the wire than its audit line, and the token. 19.5 MiB.
+pub const AUDIT_RESPONSE_BYTES_MAX: usize =
+    AUDIT_EVENTS_PER_QUERY_MAX as usize * AUDIT_LINE_BYTES_MAX + 4096;
+/// The `AdminService`'s answers (tonic's `max_encoding_message_size`, one value per
+/// service): the larger of a listing page and an audit page. An answer past it would be
+/// a bug, and tonic turns it into an error rather than send it.
+pub const ADMIN_RESPONSE_BYTES_MAX: usize = if LIST_RESPONSE_BYTES_MAX > AUDIT_RESPONSE_BYTES_MAX {
+    LIST_RESPONSE_BYTES_MAX
+} else {
+    AUDIT_RESPONSE_BYTES_MAX
+};
+/// The `SessionService`'s answers: one lease at most.
+pub const SESSION_RESPONSE_BYTES_MAX: usize = 16 * 1024;
+/// The listing answers one connection can make the daemon hold while its client reads
+/// nothing: a full page on every concurrent stream (1 GiB with the default 1024
+/// streams, and only with every field at its longest; a page of members with 30-byte
+/// emails is about 40 KiB). Before pages, one unread ListMembers answer alone could be
+/// 64 MiB.
+pub const LIST_RESPONSE_BYTES_PER_CONNECTION_MAX: usize =
+    LIST_RESPONSE_BYTES_MAX * CONCURRENT_STREAMS_PER_CONNECTION_MAX as usize;
+
+const _: () = assert!(0 < LIST_PAGE_SIZE_DEFAULT && LIST_PAGE_SIZE_DEFAULT <= LIST_PAGE_SIZE_MAX);
+const _: () = assert!(LIST_PAGE_SIZE_MAX <= LIST_ENTRIES_SCANNED_PER_PAGE_MAX);
+const _: () = assert!(LIST_LEASE_WIRE_BYTES_MAX + 3 <= LIST_ITEM_BYTES_MAX);
+const _: () = assert!(LIST_API_KEY_WIRE_BYTES_MAX + 3 <= LIST_ITEM_BYTES_MAX);
+const _: () = assert!(LIST_ORGANIZATION_WIRE_BYTES_MAX + 3 <= LIST_ITEM_BYTES_MAX);
+const _: () = assert!(
+    wire_field_bytes(EMAIL_BYTES_MAX) + WIRE_VARINT_FIELD_BYTES_MAX + 3 <= LIST_ITEM_BYTES_MAX
+);
+// Every length above fits the 2-byte length the field sizes assume.
+const _: () = assert!(HOSTNAME_BYTES_MAX < 16 * 1024 && DISPLAY_NAME_BYTES_MAX < 16 * 1024);
+// A token holds the longest key: an email (the longest), plus 14 bytes, in base64.
+const _: () = assert!((EMAIL_BYTES_MAX + 14).div_ceil(3) * 4 <= LIST_PAGE_TOKEN_BYTES_MAX);
+const _: () = assert!(LIST_RESPONSE_BYTES_MAX <= ADMIN_RESPONSE_BYTES_MAX);
+const _: () = assert!(AUDIT_RESPONSE_BYTES_MAX <= ADMIN_RESPONSE_BYTES_MAX);
+const _: () = assert!(LIST_LEASE_WIRE_BYTES_MAX + 64 <= SESSION_RESPONSE_BYTES_MAX);

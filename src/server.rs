@@ -467,13 +467,13 @@ impl Bound {
             Arc::clone(activity),
         ))
         .max_decoding_message_size(limits.request_bytes_max)
-        .max_encoding_message_size(limits::RESPONSE_BYTES_MAX);
+        .max_encoding_message_size(limits::SESSION_RESPONSE_BYTES_MAX);
         let admin = AdminServiceServer::new(AdminApi::new(
             Arc::clone(&self.broker),
             Arc::clone(activity),
         ))
         .max_decoding_message_size(limits.request_bytes_max)
-        .max_encoding_message_size(limits::RESPONSE_BYTES_MAX);
+        .max_encoding_message_size(limits::ADMIN_RESPONSE_BYTES_MAX);
         let mut builder = Server::builder();
         if let Some(files) = &self.config.tls {
             builder = builder.tls_config(tls::server_config(files)?)?;

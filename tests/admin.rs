@@ -14,6 +14,7 @@ async fn assigned(server: &TestServer, org: &Org, product: i32) -> Vec<String> {
         .list_assignments(proto::ListAssignmentsRequest {
             org_id: org.id.clone(),
             product,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -219,7 +220,7 @@ async fn only_owners_and_admins_administer() {
     );
     assert_status(
         owner
-            .list_organizations(proto::ListOrganizationsRequest {})
+            .list_organizations(proto::ListOrganizationsRequest::default())
             .await,
         Code::PermissionDenied,
         "operator",
@@ -235,6 +236,7 @@ async fn only_owners_and_admins_administer() {
         .unwrap();
     let list = proto::ListMembersRequest {
         org_id: org.id.clone(),
+        ..Default::default()
     };
     assert_status(
         admin.list_members(list).await,
@@ -303,6 +305,7 @@ async fn members_manage_their_own_keys_only() {
     let listed = a
         .list_api_keys(proto::ListApiKeysRequest {
             org_id: org.id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -315,6 +318,7 @@ async fn members_manage_their_own_keys_only() {
         .await
         .list_api_keys(proto::ListApiKeysRequest {
             org_id: org.id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -348,6 +352,7 @@ async fn members_manage_their_own_keys_only() {
     let after = with_new_key
         .list_api_keys(proto::ListApiKeysRequest {
             org_id: org.id.clone(),
+            ..Default::default()
         })
         .await;
     assert_status(after, Code::Unauthenticated, "unknown or was revoked");
@@ -359,6 +364,7 @@ async fn bad_credentials_are_unauthenticated() {
     let org = server.organization("acme", 5, 5, &["a"]).await;
     let request = || proto::ListMembersRequest {
         org_id: org.id.clone(),
+        ..Default::default()
     };
     let mut no_key = seatbroker::client::admin(
         seatbroker::client::connect(&server.url()).await.unwrap(),

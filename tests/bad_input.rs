@@ -77,7 +77,7 @@ async fn organization_fields_are_checked() {
         "kse_seats",
     );
     let listed = operator
-        .list_organizations(proto::ListOrganizationsRequest {})
+        .list_organizations(proto::ListOrganizationsRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -42,6 +42,7 @@ async fn acknowledged_admin_state_survives_a_restart() {
     let before = owner
         .list_members(proto::ListMembersRequest {
             org_id: org.id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -53,6 +54,7 @@ async fn acknowledged_admin_state_survives_a_restart() {
     let after = owner
         .list_members(proto::ListMembersRequest {
             org_id: org.id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -62,6 +64,7 @@ async fn acknowledged_admin_state_survives_a_restart() {
         .list_assignments(proto::ListAssignmentsRequest {
             org_id: org.id.clone(),
             product: KSE,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -169,6 +172,7 @@ async fn ended_sessions_stay_ended_after_a_restart() {
         .list_sessions(proto::ListSessionsRequest {
             org_id: org.id.clone(),
             product: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -328,6 +332,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             .list_assignments(proto::ListAssignmentsRequest {
                 org_id: org.clone(),
                 product: KRE,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -372,6 +377,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                     .list_assignments(proto::ListAssignmentsRequest {
                         org_id: org.clone(),
                         product: KRE,
+                        ..Default::default()
                     })
                     .await
                     .unwrap()
@@ -447,6 +453,7 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
         .list_assignments(proto::ListAssignmentsRequest {
             org_id: org.id.clone(),
             product: KRE,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -460,6 +467,7 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
         .await
         .list_members(proto::ListMembersRequest {
             org_id: org.id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -518,6 +526,7 @@ async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
         .await
         .list_members(proto::ListMembersRequest {
             org_id: "acme".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -586,7 +595,7 @@ async fn health_is_not_serving_while_the_log_is_recovered() {
     daemon
         .admin(OPERATOR_KEY)
         .await
-        .list_organizations(proto::ListOrganizationsRequest {})
+        .list_organizations(proto::ListOrganizationsRequest::default())
         .await
         .unwrap();
 }

@@ -51,6 +51,7 @@ async fn every_admin_rpc_refuses_another_organizations_key() {
             admin
                 .list_members(proto::ListMembersRequest {
                     org_id: target.clone(),
+                    ..Default::default()
                 })
                 .await,
         );
@@ -87,6 +88,7 @@ async fn every_admin_rpc_refuses_another_organizations_key() {
                 .list_assignments(proto::ListAssignmentsRequest {
                     org_id: target.clone(),
                     product: KSE,
+                    ..Default::default()
                 })
                 .await,
         );
@@ -103,6 +105,7 @@ async fn every_admin_rpc_refuses_another_organizations_key() {
                 .list_sessions(proto::ListSessionsRequest {
                     org_id: target.clone(),
                     product: 0,
+                    ..Default::default()
                 })
                 .await,
         );
@@ -127,6 +130,7 @@ async fn every_admin_rpc_refuses_another_organizations_key() {
             admin
                 .list_api_keys(proto::ListApiKeysRequest {
                     org_id: target.clone(),
+                    ..Default::default()
                 })
                 .await,
         );
@@ -158,7 +162,7 @@ async fn every_admin_rpc_refuses_another_organizations_key() {
         );
         denied(
             admin
-                .list_organizations(proto::ListOrganizationsRequest {})
+                .list_organizations(proto::ListOrganizationsRequest::default())
                 .await,
         );
     }
@@ -168,6 +172,7 @@ async fn every_admin_rpc_refuses_another_organizations_key() {
         .await
         .list_members(proto::ListMembersRequest {
             org_id: b.id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -227,6 +232,7 @@ async fn leases_of_one_organization_are_invisible_to_another() {
         .list_sessions(proto::ListSessionsRequest {
             org_id: a.id.clone(),
             product: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -35,7 +35,7 @@ async fn organizations(server: &TestServer) -> Vec<proto::Organization> {
     server
         .operator()
         .await
-        .list_organizations(proto::ListOrganizationsRequest {})
+        .list_organizations(proto::ListOrganizationsRequest::default())
         .await
         .unwrap()
         .into_inner()

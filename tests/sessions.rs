@@ -391,6 +391,7 @@ async fn an_admin_can_list_and_terminate_sessions() {
         .list_sessions(proto::ListSessionsRequest {
             org_id: org.id.clone(),
             product: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

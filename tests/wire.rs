@@ -169,7 +169,7 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     server
         .operator()
         .await
-        .list_organizations(proto::ListOrganizationsRequest {})
+        .list_organizations(proto::ListOrganizationsRequest::default())
         .await
         .unwrap();
 }
@@ -180,7 +180,7 @@ async fn connections_beyond_the_bound_wait_until_one_closes() {
     let server = start_configured(data_dir, |config| config.limits.connections_max = 2).await;
     let list = |mut client: AdminServiceClient<Authorized>| async move {
         client
-            .list_organizations(proto::ListOrganizationsRequest {})
+            .list_organizations(proto::ListOrganizationsRequest::default())
             .await
             .map(|answer| answer.into_inner().organizations.len())
     };

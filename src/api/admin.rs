@@ -2,17 +2,21 @@
 //! sessions and API keys. Mutations become domain commands and go through
 //! [`Broker::execute`]; reads go through the broker's authorized read helpers.
 
+use std::ops::Bound;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::paging::{Listing, Pager, SlotPosition, take_page};
 use super::status::to_status;
 use crate::activity::Activity;
 use crate::audit::{AuditCursor, AuditError, AuditQuery};
 use crate::broker::{Broker, Executed};
 use crate::domain::types::{check_optional_text, check_required_text};
-use crate::domain::{Action, Command, CommandOutcome, DomainError, Email, Principal, Role};
+use crate::domain::{
+    Action, Command, CommandOutcome, DomainError, Email, OrgId, Principal, Product, Role,
+};
 use crate::leases::LeaseId;
 use crate::limits;
 use crate::proto::{self, admin_service_server::AdminService};
@@ -132,16 +136,29 @@ impl AdminService for AdminApi {
         request: Request<proto::ListOrganizationsRequest>,
     ) -> Answer<proto::ListOrganizationsResponse> {
         let principal = super::principal(&self.broker, &request)?;
-        let organizations = self
+        let body = request.get_ref();
+        let pager = Pager::new(Listing::Organizations, "fields", &[]);
+        let page = pager
+            .page(body.page_size, &body.page_token)
+            .map_err(to_status)?;
+        let after = page.after_key(OrgId::parse).map_err(to_status)?;
+        let (organizations, last) = self
             .broker
-            .list_organizations(&principal)
+            .read_organizations(&principal, |state| {
+                let entries = state
+                    .organizations_after(after.as_ref())
+                    .map(|o| (&o.id, Some(o)));
+                let (page_items, last) = take_page(entries, page.size);
+                let wire: Vec<_> = page_items
+                    .into_iter()
+                    .map(convert::organization_to_wire)
+                    .collect();
+                (wire, last.cloned())
+            })
             .map_err(to_status)?;
         Ok(Response::new(proto::ListOrganizationsResponse {
-            organizations: organizations
-                .iter()
-                .take(limits::LIST_ITEMS_MAX)
-                .map(convert::organization_to_wire)
-                .collect(),
+            organizations,
+            next_page_token: pager.next_token(last.as_ref().map(|id| id.as_str().as_bytes())),
         }))
     }
 
@@ -214,21 +231,36 @@ impl AdminService for AdminApi {
         request: Request<proto::ListMembersRequest>,
     ) -> Answer<proto::ListMembersResponse> {
         let principal = super::principal(&self.broker, &request)?;
-        let org = convert::org_id(&request.get_ref().org_id).map_err(to_status)?;
-        let members = self
+        let body = request.get_ref();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        let pager = Pager::new(Listing::Members, "org_id", &[org.as_str()]);
+        let page = pager
+            .page(body.page_size, &body.page_token)
+            .map_err(to_status)?;
+        let after = page.after_key(Email::parse).map_err(to_status)?;
+        let (members, last) = self
             .broker
             .read_organization(&principal, Action::Administer, &org, |o| {
-                o.members
-                    .iter()
-                    .take(limits::LIST_ITEMS_MAX)
+                let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+                let entries = o
+                    .members
+                    .range((start, Bound::Unbounded))
+                    .map(|(email, role)| (email, Some((email, *role))));
+                let (page_items, last) = take_page(entries, page.size);
+                let wire: Vec<_> = page_items
+                    .into_iter()
                     .map(|(email, role)| proto::Member {
                         email: email.to_string(),
-                        role: convert::role_to_wire(*role),
+                        role: convert::role_to_wire(role),
                     })
-                    .collect()
+                    .collect();
+                (wire, last.cloned())
             })
             .map_err(to_status)?;
-        Ok(Response::new(proto::ListMembersResponse { members }))
+        Ok(Response::new(proto::ListMembersResponse {
+            members,
+            next_page_token: pager.next_token(last.as_ref().map(|e| e.as_str().as_bytes())),
+        }))
     }
 
     async fn assign_licenses(
@@ -300,21 +332,32 @@ impl AdminService for AdminApi {
         let body = request.get_ref();
         let org = convert::org_id(&body.org_id).map_err(to_status)?;
         let product = convert::product(body.product).map_err(to_status)?;
-        let (emails, quota) = self
+        let pager = Pager::new(
+            Listing::Assignments,
+            "org_id or product",
+            &[org.as_str(), product.name()],
+        );
+        let page = pager
+            .page(body.page_size, &body.page_token)
+            .map_err(to_status)?;
+        let after = page.after_key(Email::parse).map_err(to_status)?;
+        let (emails, quota, last) = self
             .broker
             .read_organization(&principal, Action::Administer, &org, |o| {
-                let emails = o
+                let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+                let entries = o
                     .assigned(product)
-                    .iter()
-                    .take(limits::LIST_ITEMS_MAX)
-                    .map(|e| e.to_string())
-                    .collect();
-                (emails, o.quota.for_product(product))
+                    .range((start, Bound::Unbounded))
+                    .map(|email| (email, Some(email)));
+                let (page_items, last) = take_page(entries, page.size);
+                let emails: Vec<_> = page_items.into_iter().map(Email::to_string).collect();
+                (emails, o.quota.for_product(product), last.cloned())
             })
             .map_err(to_status)?;
         Ok(Response::new(proto::ListAssignmentsResponse {
             emails,
             quota,
+            next_page_token: pager.next_token(last.as_ref().map(|e| e.as_str().as_bytes())),
         }))
     }
 
@@ -362,9 +405,20 @@ impl AdminService for AdminApi {
         let body = request.get_ref();
         let org = convert::org_id(&body.org_id).map_err(to_status)?;
         let product = convert::product_filter(body.product).map_err(to_status)?;
-        let leases = self
+        let product_name = product.map_or("any", Product::name);
+        let pager = Pager::new(
+            Listing::Sessions,
+            "org_id or product",
+            &[org.as_str(), product_name],
+        );
+        let page = pager
+            .page(body.page_size, &body.page_token)
+            .map_err(to_status)?;
+        let boot_epoch = self.broker.leases().boot_epoch();
+        let from = SlotPosition::first_slot(&page, boot_epoch).map_err(to_status)?;
+        let (leases, next_slot) = self
             .broker
-            .list_sessions(&principal, &org, product)
+            .list_sessions(&principal, &org, product, from, page.size)
             .map_err(to_status)?;
         let timing = self.broker.leases().timing();
         let now = self.broker.clock().now();
@@ -382,7 +436,11 @@ impl AdminService for AdminApi {
                 )
             })
             .collect();
-        Ok(Response::new(proto::ListSessionsResponse { sessions }))
+        let next = next_slot.map(|slot| SlotPosition { boot_epoch, slot }.to_bytes());
+        Ok(Response::new(proto::ListSessionsResponse {
+            sessions,
+            next_page_token: pager.next_token(next.as_ref().map(|bytes| &bytes[..])),
+        }))
     }
 
     async fn terminate_session(
@@ -429,17 +487,34 @@ impl AdminService for AdminApi {
         request: Request<proto::ListApiKeysRequest>,
     ) -> Answer<proto::ListApiKeysResponse> {
         let principal = super::principal(&self.broker, &request)?;
-        let org = convert::org_id(&request.get_ref().org_id).map_err(to_status)?;
-        let keys = self
+        let body = request.get_ref();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        let pager = Pager::new(Listing::ApiKeys, "org_id", &[org.as_str()]);
+        let page = pager
+            .page(body.page_size, &body.page_token)
+            .map_err(to_status)?;
+        let after = page
+            .after_key(|text| Ok(text.to_owned()))
+            .map_err(to_status)?;
+        let (keys, last) = self
             .broker
-            .list_api_keys(&principal, &org)
+            .read_api_keys(&principal, &org, |o, only_of| {
+                let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                let entries = o
+                    .api_keys
+                    .range::<str, _>((start, Bound::Unbounded))
+                    .map(|(id, key)| (id, only_of.is_none_or(|e| *e == key.email).then_some(key)));
+                let (page_items, last) = take_page(entries, page.size);
+                let wire: Vec<_> = page_items
+                    .into_iter()
+                    .map(convert::api_key_to_wire)
+                    .collect();
+                (wire, last.cloned())
+            })
             .map_err(to_status)?;
         Ok(Response::new(proto::ListApiKeysResponse {
-            keys: keys
-                .iter()
-                .take(limits::LIST_ITEMS_MAX)
-                .map(convert::api_key_to_wire)
-                .collect(),
+            keys,
+            next_page_token: pager.next_token(last.as_ref().map(|id| id.as_str().as_bytes())),
         }))
     }
 

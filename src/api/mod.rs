@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod paging;
 pub mod session;
 pub mod status;
 

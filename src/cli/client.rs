@@ -14,6 +14,34 @@ use crate::proto::{
     self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
 };
 
+/// The page size the CLI asks for: the daemon's largest, so a listing takes the fewest
+/// calls.
+const PAGE_SIZE: i32 = crate::limits::LIST_PAGE_SIZE_MAX as i32;
+
+/// Calls a List RPC page after page, from the first, until its `next_page_token` is
+/// empty, and returns every item. `call` takes the page token and returns the page's
+/// items and the next token.
+async fn all_pages<T, Page>(mut call: impl FnMut(String) -> Page) -> Result<Vec<T>, Status>
+where
+    Page: std::future::Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (page, next) = call(page_token.clone()).await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        if next == page_token {
+            return Err(Status::internal(
+                "the daemon answered the same page token twice; the listing would not end",
+            ));
+        }
+        page_token = next;
+    }
+}
+
 struct Clients {
     admin: AdminServiceClient<Authorized>,
     session: SessionServiceClient<Authorized>,
@@ -130,11 +158,23 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
             output::organizations(json, answer.organization.as_slice(), &answer);
         }
         Command::Org(OrgCommand::List { .. }) => {
-            let answer = c
-                .admin
-                .list_organizations(proto::ListOrganizationsRequest {})
-                .await?
-                .into_inner();
+            let admin = c.admin.clone();
+            let organizations = all_pages(|page_token| {
+                let mut admin = admin.clone();
+                async move {
+                    let request = proto::ListOrganizationsRequest {
+                        page_size: PAGE_SIZE,
+                        page_token,
+                    };
+                    let page = admin.list_organizations(request).await?.into_inner();
+                    Ok((page.organizations, page.next_page_token))
+                }
+            })
+            .await?;
+            let answer = proto::ListOrganizationsResponse {
+                organizations,
+                next_page_token: String::new(),
+            };
             output::organizations(json, &answer.organizations, &answer);
         }
         Command::Quota(QuotaCommand::Set {
@@ -191,11 +231,24 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
             output::members(json, answer.member.as_slice(), &answer);
         }
         Command::Member(MemberCommand::List { org_id, .. }) => {
-            let answer = c
-                .admin
-                .list_members(proto::ListMembersRequest { org_id })
-                .await?
-                .into_inner();
+            let admin = c.admin.clone();
+            let members = all_pages(|page_token| {
+                let (mut admin, org_id) = (admin.clone(), org_id.clone());
+                async move {
+                    let request = proto::ListMembersRequest {
+                        org_id,
+                        page_size: PAGE_SIZE,
+                        page_token,
+                    };
+                    let page = admin.list_members(request).await?.into_inner();
+                    Ok((page.members, page.next_page_token))
+                }
+            })
+            .await?;
+            let answer = proto::ListMembersResponse {
+                members,
+                next_page_token: String::new(),
+            };
             output::members(json, &answer.members, &answer);
         }
         Command::Key(KeyCommand::Create {
@@ -225,11 +278,24 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
             );
         }
         Command::Key(KeyCommand::List { org_id, .. }) => {
-            let answer = c
-                .admin
-                .list_api_keys(proto::ListApiKeysRequest { org_id })
-                .await?
-                .into_inner();
+            let admin = c.admin.clone();
+            let keys = all_pages(|page_token| {
+                let (mut admin, org_id) = (admin.clone(), org_id.clone());
+                async move {
+                    let request = proto::ListApiKeysRequest {
+                        org_id,
+                        page_size: PAGE_SIZE,
+                        page_token,
+                    };
+                    let page = admin.list_api_keys(request).await?.into_inner();
+                    Ok((page.keys, page.next_page_token))
+                }
+            })
+            .await?;
+            let answer = proto::ListApiKeysResponse {
+                keys,
+                next_page_token: String::new(),
+            };
             let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED"]);
             for key in &answer.keys {
                 table.row(vec![
@@ -300,11 +366,28 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
         Command::License(LicenseCommand::List {
             org_id, product: p, ..
         }) => {
-            let request = proto::ListAssignmentsRequest {
-                org_id,
-                product: product(p),
+            let admin = c.admin.clone();
+            let quota = std::cell::Cell::new(0);
+            let emails = all_pages(|page_token| {
+                let (mut admin, org_id, quota) = (admin.clone(), org_id.clone(), &quota);
+                async move {
+                    let request = proto::ListAssignmentsRequest {
+                        org_id,
+                        product: product(p),
+                        page_size: PAGE_SIZE,
+                        page_token,
+                    };
+                    let page = admin.list_assignments(request).await?.into_inner();
+                    quota.set(page.quota);
+                    Ok((page.emails, page.next_page_token))
+                }
+            })
+            .await?;
+            let answer = proto::ListAssignmentsResponse {
+                emails,
+                quota: quota.get(),
+                next_page_token: String::new(),
             };
-            let answer = c.admin.list_assignments(request).await?.into_inner();
             let mut table = Table::new(&["EMAIL"]);
             for email in &answer.emails {
                 table.row(vec![email.clone()]);
@@ -390,11 +473,25 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
         Command::Session(SessionCommand::List {
             org_id, product: p, ..
         }) => {
-            let request = proto::ListSessionsRequest {
-                org_id,
-                product: p.map(product).unwrap_or_default(),
+            let admin = c.admin.clone();
+            let sessions = all_pages(|page_token| {
+                let (mut admin, org_id) = (admin.clone(), org_id.clone());
+                async move {
+                    let request = proto::ListSessionsRequest {
+                        org_id,
+                        product: p.map(product).unwrap_or_default(),
+                        page_size: PAGE_SIZE,
+                        page_token,
+                    };
+                    let page = admin.list_sessions(request).await?.into_inner();
+                    Ok((page.sessions, page.next_page_token))
+                }
+            })
+            .await?;
+            let answer = proto::ListSessionsResponse {
+                sessions,
+                next_page_token: String::new(),
             };
-            let answer = c.admin.list_sessions(request).await?.into_inner();
             output::leases(json, &answer.sessions, &answer);
         }
         Command::Session(SessionCommand::Terminate {

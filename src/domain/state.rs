@@ -4,6 +4,7 @@
 //! all-or-nothing. The live path and recovery both call it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use super::command::{AssignmentOutcome, Command, CommandOutcome};
 use super::error::DomainError;
@@ -92,6 +93,18 @@ impl AdminState {
 
     pub fn organizations(&self) -> impl Iterator<Item = &Organization> {
         self.organizations.values()
+    }
+
+    /// The organizations after `after` in id order (all of them for `None`): a range
+    /// read for pages of a listing.
+    pub fn organizations_after(
+        &self,
+        after: Option<&OrgId>,
+    ) -> impl Iterator<Item = &Organization> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.organizations
+            .range((start, Bound::Unbounded))
+            .map(|(_, org)| org)
     }
 
     /// Finds an API key record by id, across organizations.

@@ -763,22 +763,38 @@ impl LeaseTable {
             .unwrap_or_default()
     }
 
-    /// The live leases of an organization, at most `limit`, ordered by acquisition.
-    pub fn list(&self, org: &OrgId, product: Option<Product>, limit: usize) -> Vec<Lease> {
+    /// A page of an organization's live leases of `product` (both when `None`) in slot
+    /// order, from slot `from`: at most `size` leases, examining at most
+    /// `limits::LIST_ENTRIES_SCANNED_PER_PAGE_MAX` slots under the organization's lock,
+    /// and copying only the leases returned. Returns them and, when slots remain, the
+    /// slot the next page starts at. A lease keeps its slot while it lives, so a lease
+    /// that lives through a whole listing is listed exactly once; a grant made meanwhile
+    /// may take a vacant slot already passed and then is not listed.
+    pub fn list_page(
+        &self,
+        org: &OrgId,
+        product: Option<Product>,
+        from: u32,
+        size: usize,
+    ) -> (Vec<Lease>, Option<u32>) {
         let Some(cell) = self.existing_organization(org) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let org = cell.lock();
-        let mut leases: Vec<Lease> = org
-            .leases
-            .iter()
-            .map(|(_, l)| l)
-            .filter(|l| product.is_none_or(|p| p == l.product))
-            .map(|l| l.view(org.clock).to_lease())
-            .collect();
-        leases.sort_by_key(|l| l.generation);
-        leases.truncate(limit);
-        leases
+        let mut leases = Vec::with_capacity(size.min(limits::LIST_PAGE_SIZE_MAX));
+        for (examined, (slot, stored)) in org.leases.slots_from(from).enumerate() {
+            if leases.len() == size || examined == limits::LIST_ENTRIES_SCANNED_PER_PAGE_MAX {
+                return (leases, Some(slot.0));
+            }
+            let listed = stored.filter(|l| product.is_none_or(|p| p == l.product));
+            leases.extend(listed.map(|l| l.view(org.clock).to_lease()));
+        }
+        (leases, None)
+    }
+
+    /// The boot epoch of the generations this table grants (their high bits).
+    pub fn boot_epoch(&self) -> u64 {
+        self.next_generation() >> GENERATION_EPOCH_SHIFT
     }
 
     /// Live leases across all organizations.

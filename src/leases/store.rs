@@ -248,6 +248,16 @@ impl LeaseStore {
         lease
     }
 
+    /// Every slot from `from` on, vacant ones as `None`, in slot order: a range read
+    /// for pages of a listing.
+    pub fn slots_from(&self, from: u32) -> impl Iterator<Item = (Slot, Option<&StoredLease>)> {
+        let from = (from as usize).min(self.slots.len());
+        self.slots[from..]
+            .iter()
+            .enumerate()
+            .map(move |(offset, lease)| (Slot((from + offset) as u32), lease.as_ref()))
+    }
+
     /// The live leases with their slots, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (Slot, &StoredLease)> {
         self.slots
