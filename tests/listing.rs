@@ -310,33 +310,35 @@ async fn a_large_listing_pages_by_default_and_the_cli_prints_every_item() {
     let negative = members(operator.clone(), big(), -1, String::new()).await;
     assert_status(negative, Code::InvalidArgument, "page_size");
 
-    // The CLI walks the pages itself (1000 at a time here) and prints every member.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"))
-        .args([
-            "member",
-            "list",
-            "big",
-            "--addr",
-            &server.url(),
-            "--key",
-            OPERATOR_KEY,
-        ])
-        .output()
-        .await
-        .expect("run the CLI");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: Vec<String> = stdout
+    // The CLI walks the pages itself (1000 at a time) and prints every member, as a
+    // table and as one JSON answer.
+    let table = cli(&server, &["member", "list", "big"]).await;
+    let printed: Vec<String> = table
         .lines()
         .filter_map(|line| line.split_whitespace().next())
         .filter(|cell| cell.contains('@'))
         .map(str::to_string)
         .collect();
     assert_eq!(printed, expected);
+    let json = cli(&server, &["member", "list", "big", "--json"]).await;
+    let answer: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let listed = answer["members"].as_array().expect("a members array");
+    assert_eq!(listed.len(), expected.len());
+    assert_eq!(listed[2_500]["email"], expected[2_500]);
+}
+
+/// Runs the real binary as a client of `server` with the operator key; returns its
+/// standard output, asserting it succeeded.
+async fn cli(server: &TestServer, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"))
+        .args(args)
+        .args(["--addr", &server.url(), "--key", OPERATOR_KEY])
+        .output()
+        .await
+        .expect("run the CLI");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "seatbroker {args:?}: {stderr}");
+    String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,7 +419,21 @@ async fn thousands_of_sessions_list_completely_by_pages() {
             .iter()
             .all(|p| p.len() <= limits::LIST_PAGE_SIZE_DEFAULT)
     );
-    assert_eq!(sorted(concat_once(pages)), sorted(granted));
+    let granted = sorted(granted);
+    assert_eq!(sorted(concat_once(pages)), granted);
+
+    let table = cli(&server, &["session", "list", "fleet"]).await;
+    let printed: Vec<String> = table
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|cell| cell.starts_with("ls_"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(printed.len(), granted.len(), "the CLI prints every session");
+    assert!(
+        sorted(printed) == granted,
+        "the CLI prints the sessions listed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

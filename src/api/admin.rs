@@ -137,7 +137,7 @@ impl AdminService for AdminApi {
     ) -> Answer<proto::ListOrganizationsResponse> {
         let principal = super::principal(&self.broker, &request)?;
         let body = request.get_ref();
-        let pager = Pager::new(Listing::Organizations, "fields", &[]);
+        let pager = Pager::new(Listing::Organizations, "filters", &[]);
         let page = pager
             .page(body.page_size, &body.page_token)
             .map_err(to_status)?;

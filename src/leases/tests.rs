@@ -485,3 +485,57 @@ async fn recovery_keeps_the_newest_kse_session_of_a_user() {
         "{second:?}"
     );
 }
+
+/// Walks `list_page` from the first slot; returns each page's lease ids.
+fn pages_of(table: &LeaseTable, product: Option<Product>, size: usize) -> Vec<Vec<LeaseId>> {
+    let mut pages = Vec::new();
+    let mut from = Some(0);
+    while let Some(slot) = from {
+        let (leases, next) = table.list_page(&org(), product, slot, size);
+        assert!(leases.len() <= size);
+        pages.push(leases.iter().map(|l| l.id).collect());
+        assert!(next.is_none_or(|next| next > slot), "a page must move on");
+        from = next;
+    }
+    pages
+}
+
+#[tokio::test(start_paused = true)]
+async fn pages_list_each_live_lease_once_and_examine_boundedly_many_slots() {
+    let table = table();
+    let scanned_max = limits::LIST_ENTRIES_SCANNED_PER_PAGE_MAX;
+    let kre: Vec<Granted> = (0..scanned_max + 10)
+        .map(|i| acquire(&table, 0, &format!("e{i}"), Product::Kre, u32::MAX).unwrap())
+        .collect();
+    let kse: Vec<LeaseId> = (1..=3)
+        .map(|user| {
+            acquire(&table, user, "kse", Product::Kse, 10)
+                .unwrap()
+                .lease
+                .id
+        })
+        .collect();
+    // Every other KRE lease ends: its slot stays vacant until a grant reuses it.
+    for granted in kre.iter().step_by(2) {
+        let lease = &granted.lease;
+        table
+            .release(&org(), &email(0), lease.id, lease.generation)
+            .unwrap();
+    }
+
+    // The KSE leases sit past more KRE slots than one page examines: the first page
+    // comes back empty, with where to go on, and the next one finds them all.
+    let pages = pages_of(&table, Some(Product::Kse), 1000);
+    assert_eq!(pages.len(), 2);
+    assert!(pages[0].is_empty());
+    assert_eq!(pages[1], kse);
+
+    let listed: Vec<LeaseId> = pages_of(&table, Some(Product::Kre), 1000)
+        .into_iter()
+        .flatten()
+        .collect();
+    let live: Vec<LeaseId> = kre.iter().skip(1).step_by(2).map(|g| g.lease.id).collect();
+    assert_eq!(listed, live, "each live lease once, in slot order");
+    let both = pages_of(&table, None, 7).into_iter().flatten().count();
+    assert_eq!(both, live.len() + kse.len());
+}
