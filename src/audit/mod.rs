@@ -64,7 +64,7 @@ pub enum AuditError {
     #[error("{0} audit queries are running, the most allowed at once; retry shortly")]
     Busy(usize),
     #[error(
-        "the audit events after this page token were deleted by rotation (audit.files_max); export again from a later time"
+        "the audit events after this page token are gone (deleted to keep the record within audit.files_max x audit.file_bytes_max), or the token is of another organization; export again from a later time"
     )]
     PageGone,
 }
@@ -640,7 +640,9 @@ fn write_until_closed(
         let first = if repeats.is_empty() {
             timer.block_on(receiver.recv())
         } else {
-            match timer.block_on(tokio::time::timeout(until_period_end(now), receiver.recv())) {
+            let wait = until_period_end(now);
+            // The timer is made inside the runtime, which it needs.
+            match timer.block_on(async { tokio::time::timeout(wait, receiver.recv()).await }) {
                 Ok(message) => message,
                 Err(_) => continue, // A minute ended: write its counts.
             }
