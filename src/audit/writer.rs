@@ -229,11 +229,11 @@ impl AuditWriter {
         std::fs::create_dir_all(&dir)?;
         let seq = self.files.take_seq();
         let path = dir.join(format!("{seq:010}-{}.jsonl", first_unix_ms.max(0)));
+        self.make_room();
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(&path)?;
-        self.make_room();
         self.uses += 1;
         self.open.insert(
             org.into(),
@@ -258,6 +258,7 @@ impl AuditWriter {
         self.uses += 1;
         let uses = self.uses;
         if !self.open.contains_key(org) {
+            self.make_room();
             let files = self.orgs.get_mut(org).expect("rotate made one");
             let current = files.files.back_mut().expect("rotate made one");
             let length = trim_torn_tail(&current.path)?;
@@ -268,7 +269,6 @@ impl AuditWriter {
             self.total_bytes = self.total_bytes - current.bytes + length;
             current.bytes = length;
             let seq = current.seq;
-            self.make_room();
             self.open.insert(
                 org.into(),
                 OpenFile {
@@ -284,7 +284,8 @@ impl AuditWriter {
         Ok(open)
     }
 
-    /// Closes the least recently used file when `limits::AUDIT_OPEN_FILES_MAX` are open.
+    /// Closes the least recently used file when `limits::AUDIT_OPEN_FILES_MAX` are open
+    /// (before opening another, so that never more are open).
     fn make_room(&mut self) {
         while self.open.len() >= limits::AUDIT_OPEN_FILES_MAX {
             let Some(oldest) = self
