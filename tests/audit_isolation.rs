@@ -173,6 +173,10 @@ async fn a_flood_of_refusals_and_churn_by_one_organization_leaves_anothers_recor
         "the churn went past the record's budget: the attacker's oldest events were deleted ({leases} left)"
     );
     let on_disk = bytes_under(&server.data_dir.path().join("audit"));
+    eprintln!(
+        "attacker: {} refusals in {denial_lines} lines, {leases} lease events kept; {on_disk} bytes on disk",
+        FLOOD_CLIENTS * DENIALS_PER_CLIENT
+    );
     assert!(
         on_disk <= FILE_BYTES_MAX * u64::from(FILES_MAX),
         "{on_disk} bytes on disk"
