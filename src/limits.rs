@@ -120,10 +120,10 @@ pub const AUDIT_LINE_BYTES_MAX: usize = 4 * 1024;
 pub const AUDIT_SYNC_BYTES: u64 = 1024 * 1024;
 /// Events in one `ListAuditEvents` answer.
 pub const AUDIT_EVENTS_PER_QUERY_MAX: u32 = 5_000;
-/// `ListAuditEvents` calls reading the files at once; more are refused with
-/// RESOURCE_EXHAUSTED. A query may scan every audit file (up to 16 x 64 MiB by
-/// default) on the blocking pool.
-pub const AUDIT_QUERIES_MAX: usize = 4;
+/// `ListAuditEvents` calls reading the files at once, all organizations together;
+/// more are refused with RESOURCE_EXHAUSTED. This bound only protects the daemon (the
+/// blocking pool, descriptors); `AUDIT_QUERIES_PER_ORG_MAX` shares it fairly.
+pub const AUDIT_QUERIES_MAX: usize = 8;
 /// A `ListAuditEvents` page token (the daemon's own are about 30 bytes).
 pub const PAGE_TOKEN_BYTES_MAX: usize = 64;
 
@@ -255,3 +255,30 @@ const _: () = assert!((EMAIL_BYTES_MAX + 14).div_ceil(3) * 4 <= LIST_PAGE_TOKEN_
 const _: () = assert!(LIST_RESPONSE_BYTES_MAX <= ADMIN_RESPONSE_BYTES_MAX);
 const _: () = assert!(AUDIT_RESPONSE_BYTES_MAX <= ADMIN_RESPONSE_BYTES_MAX);
 const _: () = assert!(LIST_LEASE_WIRE_BYTES_MAX + 64 <= SESSION_RESPONSE_BYTES_MAX);
+
+// ----- Audit isolation between organizations (issue 10, items 5 and 6). -----
+
+/// `ListAuditEvents` calls of one organization reading the files at once: one
+/// organization's Owner looping queries holds at most this many of
+/// `AUDIT_QUERIES_MAX`, so every other organization still finds a free slot.
+pub const AUDIT_QUERIES_PER_ORG_MAX: usize = 2;
+/// Audit files the writer keeps open at once (one per organization written lately,
+/// least recently used closed first). With `AUDIT_QUERIES_MAX` readers (one file
+/// each at a time), the audit record holds at most 64 + 8 descriptors.
+pub const AUDIT_OPEN_FILES_MAX: usize = 64;
+/// Refused acquires are aggregated per organization, member, product and reason over
+/// this period: the first is written, the rest counted and written as one
+/// `acquire_denied_repeated` event with the count when the period ends (or when the
+/// organization's record is queried).
+pub const AUDIT_DENIAL_REPEAT_MS: i64 = 60_000;
+/// (organization, member, product, reason) series counted at once; when full, every
+/// count is written out and counting starts afresh. About 200 bytes each: 3 MiB.
+pub const AUDIT_DENIAL_SERIES_MAX: usize = 16_384;
+
+const _: () = assert!(AUDIT_QUERIES_PER_ORG_MAX >= 1);
+const _: () = assert!(
+    2 * AUDIT_QUERIES_PER_ORG_MAX <= AUDIT_QUERIES_MAX,
+    "one organization at its bound leaves another its whole share"
+);
+const _: () = assert!(AUDIT_OPEN_FILES_MAX >= 1);
+const _: () = assert!(AUDIT_DENIAL_REPEAT_MS >= 1_000);

@@ -579,8 +579,12 @@ impl AdminService for AdminApi {
             .query(query)
             .await
             .map_err(|error| match error {
-                AuditError::Busy(_) => Status::resource_exhausted(error.to_string()),
+                AuditError::Busy(_) | AuditError::BusyOrganization(_) => {
+                    Status::resource_exhausted(error.to_string())
+                }
                 AuditError::PageGone => Status::failed_precondition(error.to_string()),
+                // A passing shortage of the process, not a broken record: retry.
+                AuditError::OutOfDescriptors { .. } => Status::unavailable(error.to_string()),
                 error => Status::internal(format!("reading the audit record: {error}")),
             })?;
         Ok(Response::new(proto::ListAuditEventsResponse {

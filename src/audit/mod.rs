@@ -1,20 +1,31 @@
 //! The audit record: an append-only account of lease grants, releases, expiries,
 //! terminations, refused acquires and admin changes, with their times, kept as JSON
-//! lines in rotating files under `<data dir>/audit/` (see [`files`] for the format).
+//! lines in rotating files, one directory per organization under `<data dir>/audit/`
+//! (see [`files`] for the format, [`writer`] for retention).
 //!
 //! Recording never slows an RPC: [`AuditLog::record`] puts the event on a bounded
 //! queue (`limits::AUDIT_QUEUE_EVENTS_MAX`) with `try_send`, and a writer thread turns
 //! events into lines. When the queue is full the event is dropped and counted in the
-//! `seatbroker_audit_events_dropped_total` metric. The record is best effort: it is
-//! flushed to the operating system after every batch and fsynced every MiB
+//! `seatbroker_audit_events_dropped_total` metric. Repeated refused acquires are
+//! counted rather than written one by one ([`repeats`]). The record is best effort: it
+//! is flushed to the operating system after every batch and fsynced every MiB
 //! (`limits::AUDIT_SYNC_BYTES`), at rotation and at shutdown, so a power loss may
 //! lose the last moments; the write-ahead log, not this
 //! record, is what the broker's state rests on. Secrets never enter it: API key
 //! events carry the key id and label only.
+//!
+//! One organization cannot crowd out another: retention deletes from the organization
+//! holding the most of the record ([`writer`]), and queries are admitted at most
+//! `limits::AUDIT_QUERIES_PER_ORG_MAX` per organization within the daemon's
+//! `limits::AUDIT_QUERIES_MAX` ([`AuditLog::query`]); a query reads only its
+//! organization's files.
 
 pub mod files;
+mod repeats;
+pub mod writer;
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -35,14 +46,39 @@ pub enum AuditError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The process (or the system) has no file descriptor left to open an audit file:
+    /// a passing condition, not a broken record.
+    #[error(
+        "cannot open the audit record ({path}): the daemon is out of file descriptors; retry shortly"
+    )]
+    OutOfDescriptors {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the audit writer has stopped")]
     WriterStopped,
+    #[error(
+        "{0} audit queries of this organization are running, the most allowed at once; retry when one has finished"
+    )]
+    BusyOrganization(usize),
     #[error("{0} audit queries are running, the most allowed at once; retry shortly")]
     Busy(usize),
     #[error(
-        "the audit events after this page token were deleted by rotation (audit.files_max); export again from a later time"
+        "the audit events after this page token are gone (deleted to keep the record within audit.files_max x audit.file_bytes_max), or the token is of another organization; export again from a later time"
     )]
     PageGone,
+}
+
+impl AuditError {
+    /// The error of an I/O call on `path`, telling descriptor exhaustion (EMFILE,
+    /// ENFILE) apart.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        match source.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => AuditError::OutOfDescriptors { path, source },
+            _ => AuditError::Io { path, source },
+        }
+    }
 }
 
 /// What happened, as it is named in the record.
@@ -53,6 +89,8 @@ pub enum AuditKind {
     LeaseExpired,
     LeaseTerminated,
     AcquireDenied,
+    /// The count of refused acquires after the first of a minute ([`repeats`]).
+    AcquireDeniedRepeated,
     OrganizationCreated,
     QuotaSet,
     MemberAdded,
@@ -73,6 +111,7 @@ impl AuditKind {
             AuditKind::LeaseExpired => "lease_expired",
             AuditKind::LeaseTerminated => "lease_terminated",
             AuditKind::AcquireDenied => "acquire_denied",
+            AuditKind::AcquireDeniedRepeated => "acquire_denied_repeated",
             AuditKind::OrganizationCreated => "organization_created",
             AuditKind::QuotaSet => "quota_set",
             AuditKind::MemberAdded => "member_added",
@@ -366,19 +405,87 @@ impl Default for AuditOptions {
 /// What the writer thread is asked to do.
 enum Message {
     Event(AuditEvent),
-    /// Write out everything queued before this (and fsync when `sync`), then answer.
+    /// Write out everything queued before this, then answer.
     Flush {
-        sync: bool,
+        scope: FlushScope,
         done: oneshot::Sender<()>,
     },
+}
+
+/// What a flush writes out besides the queued events.
+enum FlushScope {
+    /// The counts of one organization's repeated refusals (before a query of it).
+    Organization(String),
+    /// Every count, and fsync (at shutdown).
+    Everything,
 }
 
 /// The handle of the audit record: record events, flush, query.
 pub struct AuditLog {
     sender: mpsc::Sender<Message>,
     files: Arc<AuditFiles>,
-    /// One permit per query reading the files (`limits::AUDIT_QUERIES_MAX`).
-    queries: Arc<Semaphore>,
+    queries: QueryAdmission,
+}
+
+/// Admission of queries: at most `limits::AUDIT_QUERIES_PER_ORG_MAX` of one
+/// organization and `limits::AUDIT_QUERIES_MAX` in all (as a fair queue gives each
+/// flow its share, and the total only protects the daemon). Never waits: a query over
+/// either bound is refused at once.
+#[derive(Clone)]
+struct QueryAdmission {
+    all: Arc<Semaphore>,
+    /// Running queries per organization; an entry exists only while one runs, so
+    /// it holds at most `limits::AUDIT_QUERIES_MAX` entries.
+    per_org: Arc<parking_lot::Mutex<HashMap<String, usize>>>,
+}
+
+/// A query's place; gives it back when dropped.
+struct QueryPermit {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    org: String,
+    per_org: Arc<parking_lot::Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for QueryPermit {
+    fn drop(&mut self) {
+        let mut per_org = self.per_org.lock();
+        if let Some(running) = per_org.get_mut(&self.org) {
+            *running -= 1;
+            if *running == 0 {
+                per_org.remove(&self.org);
+            }
+        }
+    }
+}
+
+impl QueryAdmission {
+    fn new() -> Self {
+        QueryAdmission {
+            all: Arc::new(Semaphore::new(limits::AUDIT_QUERIES_MAX)),
+            per_org: Arc::default(),
+        }
+    }
+
+    /// A place for a query of `org`, taken from its organization's share first so
+    /// that an organization at its bound takes nothing from the others.
+    fn admit(&self, org: &str) -> Result<QueryPermit, AuditError> {
+        let mut per_org = self.per_org.lock();
+        let running = per_org.get(org).copied().unwrap_or(0);
+        if running >= limits::AUDIT_QUERIES_PER_ORG_MAX {
+            return Err(AuditError::BusyOrganization(
+                limits::AUDIT_QUERIES_PER_ORG_MAX,
+            ));
+        }
+        let all = Arc::clone(&self.all)
+            .try_acquire_owned()
+            .map_err(|_| AuditError::Busy(limits::AUDIT_QUERIES_MAX))?;
+        per_org.insert(org.to_owned(), running + 1);
+        Ok(QueryPermit {
+            _all: all,
+            org: org.to_owned(),
+            per_org: Arc::clone(&self.per_org),
+        })
+    }
 }
 
 /// What to read: the events of one organization in `[from_unix_ms, to_unix_ms)`
@@ -435,21 +542,25 @@ impl AuditCursor {
 
 impl AuditLog {
     /// Opens (or creates) `<data_dir>/audit` and starts the writer thread.
+    /// Files of the older layout are kept and read (see [`files`]).
     pub fn open(data_dir: &std::path::Path, options: AuditOptions) -> Result<Self, AuditError> {
         let files = Arc::new(AuditFiles::open(data_dir.join("audit"), options)?);
+        let writer = writer::AuditWriter::new(Arc::clone(&files))?;
+        let io = |source| AuditError::io(files.dir(), source);
+        // The writer waits for events or the end of a minute of counted refusals.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(io)?;
         let (sender, receiver) = mpsc::channel(limits::AUDIT_QUEUE_EVENTS_MAX);
-        let writer = Arc::clone(&files);
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_until_closed(receiver, &writer))
-            .map_err(|source| AuditError::Io {
-                path: files.dir().to_path_buf(),
-                source,
-            })?;
+            .spawn(move || write_until_closed(receiver, writer, &timer))
+            .map_err(io)?;
         Ok(AuditLog {
             sender,
             files,
-            queries: Arc::new(Semaphore::new(limits::AUDIT_QUERIES_MAX)),
+            queries: QueryAdmission::new(),
         })
     }
 
@@ -460,33 +571,35 @@ impl AuditLog {
         }
     }
 
-    async fn flush_with(&self, sync: bool) -> Result<(), AuditError> {
+    async fn flush_with(&self, scope: FlushScope) -> Result<(), AuditError> {
         let (done, written) = oneshot::channel();
         self.sender
-            .send(Message::Flush { sync, done })
+            .send(Message::Flush { scope, done })
             .await
             .map_err(|_| AuditError::WriterStopped)?;
         written.await.map_err(|_| AuditError::WriterStopped)
     }
 
-    /// Waits until every event recorded before the call is in the files.
-    pub async fn flush(&self) -> Result<(), AuditError> {
-        self.flush_with(false).await
+    /// Waits until every event of `org` recorded before the call is in the files,
+    /// with the counts of its repeated refusals so far.
+    pub async fn flush(&self, org: &str) -> Result<(), AuditError> {
+        self.flush_with(FlushScope::Organization(org.to_owned()))
+            .await
     }
 
-    /// Writes out and fsyncs everything recorded so far (at shutdown).
+    /// Writes out and fsyncs everything recorded so far, every count included (at
+    /// shutdown).
     pub async fn close(&self) -> Result<(), AuditError> {
-        self.flush_with(true).await
+        self.flush_with(FlushScope::Everything).await
     }
 
     /// Runs `query` (see [`AuditFiles::query`]). Flushes first, so an event recorded
-    /// before the call is found. `Err(Busy)` while `limits::AUDIT_QUERIES_MAX` queries
-    /// run.
+    /// before the call is found. `Err(BusyOrganization)` while
+    /// `limits::AUDIT_QUERIES_PER_ORG_MAX` queries of the organization run,
+    /// `Err(Busy)` while `limits::AUDIT_QUERIES_MAX` run in all.
     pub async fn query(&self, query: AuditQuery) -> Result<AuditPage, AuditError> {
-        let running = Arc::clone(&self.queries)
-            .try_acquire_owned()
-            .map_err(|_| AuditError::Busy(limits::AUDIT_QUERIES_MAX))?;
-        self.flush().await?;
+        let running = self.queries.admit(&query.org)?;
+        self.flush(&query.org).await?;
         let files = Arc::clone(&self.files);
         // The permit goes with the scan: a caller that gives up (and drops this
         // future) does not free a slot while its scan still runs.
@@ -499,18 +612,62 @@ impl AuditLog {
     }
 }
 
-/// The writer thread: takes events in batches and appends them; ends when every
-/// sender is gone.
-fn write_until_closed(mut receiver: mpsc::Receiver<Message>, files: &AuditFiles) {
-    let mut writer = files.writer();
-    while let Some(first) = receiver.blocking_recv() {
+/// The wall clock of the writer thread (the daemon's events carry the same clock's
+/// times).
+fn unix_ms_now() -> i64 {
+    use crate::clock::Clock;
+    crate::clock::SystemClock.unix_ms()
+}
+
+/// How long until the minute of `now_unix_ms` ends.
+fn until_period_end(now_unix_ms: i64) -> std::time::Duration {
+    let period = limits::AUDIT_DENIAL_REPEAT_MS;
+    let left = period - now_unix_ms.rem_euclid(period);
+    std::time::Duration::from_millis(left as u64)
+}
+
+/// The writer thread: takes events in batches and appends them, writes the counts of
+/// repeated refusals when their minute ends; ends when every sender is gone.
+fn write_until_closed(
+    mut receiver: mpsc::Receiver<Message>,
+    mut writer: writer::AuditWriter,
+    timer: &tokio::runtime::Runtime,
+) {
+    let mut repeats = repeats::DenialRepeats::default();
+    loop {
+        let now = unix_ms_now();
+        repeats.end_periods_before(now, &mut |record| writer.append(record));
+        let first = if repeats.is_empty() {
+            timer.block_on(receiver.recv())
+        } else {
+            let wait = until_period_end(now);
+            // The timer is made inside the runtime, which it needs.
+            match timer.block_on(async { tokio::time::timeout(wait, receiver.recv()).await }) {
+                Ok(message) => message,
+                Err(_) => continue, // A minute ended: write its counts.
+            }
+        };
+        let Some(first) = first else {
+            break;
+        };
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(message) = next.take() {
             match message {
-                Message::Event(event) => writer.append(&AuditRecord::from(&event)),
-                Message::Flush { sync, done } => {
-                    writer.flush(sync);
+                Message::Event(event) => {
+                    repeats.record(&event, &mut |record| writer.append(record));
+                }
+                Message::Flush { scope, done } => {
+                    match scope {
+                        FlushScope::Organization(org) => {
+                            repeats.write_org(&org, &mut |record| writer.append(record));
+                            writer.flush(false);
+                        }
+                        FlushScope::Everything => {
+                            repeats.write_all(&mut |record| writer.append(record));
+                            writer.flush(true);
+                        }
+                    }
                     let _ = done.send(());
                 }
             }
@@ -526,6 +683,7 @@ fn write_until_closed(mut receiver: mpsc::Receiver<Message>, files: &AuditFiles)
             limits::AUDIT_WRITER_PAUSE_MS,
         ));
     }
+    repeats.write_all(&mut |record| writer.append(record));
     writer.flush(true);
 }
 
@@ -533,31 +691,60 @@ fn write_until_closed(mut receiver: mpsc::Receiver<Message>, files: &AuditFiles)
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn queries_past_the_bound_are_refused_until_one_finishes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let audit = AuditLog::open(dir.path(), AuditOptions::default()).expect("open");
-        let query = AuditQuery {
-            org: "acme".into(),
+    fn query(org: &str) -> AuditQuery {
+        AuditQuery {
+            org: org.into(),
             from_unix_ms: 0,
             to_unix_ms: 0,
             limit: 10,
             after: None,
-        };
-        let running: Vec<_> = (0..limits::AUDIT_QUERIES_MAX)
-            .map(|_| {
-                Arc::clone(&audit.queries)
-                    .try_acquire_owned()
-                    .expect("permit")
-            })
+        }
+    }
+
+    #[tokio::test]
+    async fn queries_past_an_organizations_share_or_the_total_are_refused_until_one_finishes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let audit = AuditLog::open(dir.path(), AuditOptions::default()).expect("open");
+        let acme: Vec<_> = (0..limits::AUDIT_QUERIES_PER_ORG_MAX)
+            .map(|_| audit.queries.admit("acme").expect("acme's share"))
             .collect();
-        let refused = audit.query(query.clone()).await;
+        let refused = audit.query(query("acme")).await;
         assert!(
-            matches!(refused, Err(AuditError::Busy(limits::AUDIT_QUERIES_MAX))),
+            matches!(refused, Err(AuditError::BusyOrganization(_))),
             "{refused:?}"
         );
-        drop(running);
-        let page = audit.query(query).await.expect("answered");
+        // Another organization is not affected by acme's queries.
+        assert!(audit.query(query("globex")).await.is_ok());
+        // Fill the daemon's bound with other organizations' shares.
+        let mut others = Vec::new();
+        for i in 0.. {
+            match audit.queries.admit(&format!("org-{i}")) {
+                Ok(permit) => others.push(permit),
+                Err(AuditError::Busy(limits::AUDIT_QUERIES_MAX)) => break,
+                Err(error) => panic!("{error}"),
+            }
+        }
+        assert_eq!(acme.len() + others.len(), limits::AUDIT_QUERIES_MAX);
+        let refused = audit.query(query("globex")).await;
+        assert!(matches!(refused, Err(AuditError::Busy(_))), "{refused:?}");
+        drop(acme);
+        let page = audit.query(query("acme")).await.expect("answered");
         assert!(page.records.is_empty());
+        assert!(audit.queries.per_org.lock().len() <= limits::AUDIT_QUERIES_MAX);
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_told_apart_from_a_broken_disk() {
+        let path = Path::new("audit");
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            let error = AuditError::io(path, std::io::Error::from_raw_os_error(errno));
+            assert!(
+                matches!(error, AuditError::OutOfDescriptors { .. }),
+                "{error}"
+            );
+            assert!(error.to_string().contains("out of file descriptors"));
+        }
+        let error = AuditError::io(path, std::io::Error::from_raw_os_error(libc::EIO));
+        assert!(matches!(error, AuditError::Io { .. }), "{error}");
     }
 }

@@ -33,11 +33,20 @@ pub fn range(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), String>
     Ok((from, to))
 }
 
+/// A CSV field: a value a spreadsheet would run as a formula (one starting with `=`,
+/// `+`, `-`, `@`, a tab or a carriage return, as OWASP's CSV injection advice lists)
+/// gets a leading single quote, so it is shown as text; then a value with a comma,
+/// quote or line break is quoted.
 fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
+    let neutral = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
     } else {
         text.to_owned()
+    };
+    if neutral.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", neutral.replace('"', "\"\""))
+    } else {
+        neutral
     }
 }
 
@@ -137,6 +146,38 @@ mod tests {
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn csv_fields_a_spreadsheet_would_run_as_formulas_are_neutralized() {
+        for (value, field) in [
+            ("=1+2", "'=1+2"),
+            ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "\"'\r=1\""),
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"",
+            ),
+            ("name=\"a=b\"", "\"name=\"\"a=b\"\"\""),
+            ("a-b@c", "a-b@c"),
+        ] {
+            assert_eq!(csv_field(value), field, "{value:?}");
+        }
+        // A whole row: a label made by a member cannot reach a spreadsheet as a formula.
+        let event = proto::AuditEvent {
+            at_unix_ms: 1_000,
+            org_id: "acme".into(),
+            kind: "api_key_created".into(),
+            email: "a@acme.test".into(),
+            actor: "a@acme.test".into(),
+            detail: "=cmd".into(),
+            ..Default::default()
+        };
+        let row = csv_row(&event);
+        assert!(row.ends_with(",a@acme.test,'=cmd"), "{row}");
     }
 
     #[test]
