@@ -348,3 +348,29 @@ impl Drop for ChargedBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_announced_length_is_read_from_a_prefix_split_across_frames() {
+        let mut prefix = GrpcPrefix::default();
+        assert_eq!(prefix.read(&[0, 0]), None);
+        assert_eq!(prefix.read(&[0x10, 0x00]), None);
+        // The last byte of the length, then the message's first bytes.
+        assert_eq!(prefix.read(&[0x01, 7, 7, 7]), Some(0x10_0001 + 5));
+        // Later frames change nothing.
+        assert_eq!(prefix.read(&[1, 2, 3, 4, 5, 6]), Some(0x10_0001 + 5));
+    }
+
+    #[test]
+    fn a_charge_past_the_bound_takes_nothing() {
+        let held = AtomicUsize::new(0);
+        assert!(charge(&held, 10, 6));
+        assert!(!charge(&held, 10, 5));
+        assert_eq!(held.load(Ordering::Relaxed), 6);
+        assert!(charge(&held, 10, 4));
+        assert_eq!(held.load(Ordering::Relaxed), 10);
+    }
+}
