@@ -216,7 +216,8 @@ impl LimitedStream {
         let state = &self.info.state;
         let fired = match cx {
             Some(cx) => self.deadline.as_mut().poll(cx).is_ready(),
-            None => self.deadline.is_elapsed(),
+            // The timer may never have been polled (reads that never wait): the clock.
+            None => Instant::now() >= self.deadline.deadline(),
         };
         if !fired {
             return false;
