@@ -94,6 +94,12 @@ pub struct LimitsLayer {
     pub keepalive_timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leases_per_org_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_bodies_bytes_max: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +187,15 @@ impl ConfigLayer {
                     .limits
                     .leases_per_org_max
                     .or(lower.limits.leases_per_org_max),
+                request_bodies_bytes_max: self
+                    .limits
+                    .request_bodies_bytes_max
+                    .or(lower.limits.request_bodies_bytes_max),
+                handshake_timeout_ms: self
+                    .limits
+                    .handshake_timeout_ms
+                    .or(lower.limits.handshake_timeout_ms),
+                idle_timeout_ms: self.limits.idle_timeout_ms.or(lower.limits.idle_timeout_ms),
             },
             audit: AuditLayer {
                 file_bytes_max: self.audit.file_bytes_max.or(lower.audit.file_bytes_max),
@@ -253,9 +268,16 @@ pub struct LimitsConfig {
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     pub leases_per_org_max: usize,
-    /// Client connections open at once; more wait in the listen backlog. Fixed at
-    /// `limits::CONNECTIONS_MAX` for the daemon; tests lower it.
+    /// Client connections open at once; more wait in the listen backlog. At most
+    /// `limits::CONNECTIONS_MAX`, lowered at start to fit the descriptor limit
+    /// (`connections::connections_cap_for_descriptors`); tests lower it.
     pub connections_max: usize,
+    /// Bytes held in request bodies not yet complete, across the daemon.
+    pub request_bodies_bytes_max: usize,
+    /// Time from accepting a connection to its first call's headers.
+    pub handshake_timeout: Duration,
+    /// A connection with no call for a whole period of this is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -267,6 +289,9 @@ impl Default for LimitsConfig {
             keepalive_timeout: Duration::from_millis(limits::KEEPALIVE_TIMEOUT_MS_DEFAULT),
             leases_per_org_max: limits::LEASES_PER_ORG_MAX,
             connections_max: limits::CONNECTIONS_MAX,
+            request_bodies_bytes_max: limits::REQUEST_BODIES_BYTES_MAX,
+            handshake_timeout: Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS_DEFAULT),
+            idle_timeout: Duration::from_millis(limits::IDLE_TIMEOUT_MS_DEFAULT),
         }
     }
 }
@@ -432,6 +457,9 @@ impl Config {
                 keepalive_interval_ms: Some(self.limits.keepalive_interval.as_millis() as u64),
                 keepalive_timeout_ms: Some(self.limits.keepalive_timeout.as_millis() as u64),
                 leases_per_org_max: Some(self.limits.leases_per_org_max),
+                request_bodies_bytes_max: Some(self.limits.request_bodies_bytes_max),
+                handshake_timeout_ms: Some(self.limits.handshake_timeout.as_millis() as u64),
+                idle_timeout_ms: Some(self.limits.idle_timeout.as_millis() as u64),
             },
             audit: AuditLayer {
                 file_bytes_max: Some(self.audit.file_bytes_max),
@@ -474,14 +502,38 @@ fn limits_config(layer: LimitsLayer) -> Result<LimitsConfig, ConfigError> {
         check_range(name, value.unwrap_or(default.as_millis() as u64), min, max)
             .map(Duration::from_millis)
     };
+    let request_bytes_max = check_range(
+        "limits.request_bytes_max",
+        layer
+            .request_bytes_max
+            .unwrap_or(defaults.request_bytes_max),
+        limits::REQUEST_BYTES_MAX_FLOOR,
+        limits::REQUEST_BYTES_MAX_CEILING,
+    )?;
     Ok(LimitsConfig {
-        request_bytes_max: check_range(
-            "limits.request_bytes_max",
+        request_bytes_max,
+        // A whole request of the largest size must fit in the daemon's budget.
+        request_bodies_bytes_max: check_range(
+            "limits.request_bodies_bytes_max",
             layer
-                .request_bytes_max
-                .unwrap_or(defaults.request_bytes_max),
-            limits::REQUEST_BYTES_MAX_FLOOR,
-            limits::REQUEST_BYTES_MAX_CEILING,
+                .request_bodies_bytes_max
+                .unwrap_or(defaults.request_bodies_bytes_max),
+            request_bytes_max,
+            limits::REQUEST_BODIES_BYTES_MAX_CEILING,
+        )?,
+        handshake_timeout: ms(
+            "limits.handshake_timeout_ms",
+            layer.handshake_timeout_ms,
+            defaults.handshake_timeout,
+            limits::HANDSHAKE_TIMEOUT_MS_MIN,
+            limits::HANDSHAKE_TIMEOUT_MS_MAX,
+        )?,
+        idle_timeout: ms(
+            "limits.idle_timeout_ms",
+            layer.idle_timeout_ms,
+            defaults.idle_timeout,
+            limits::IDLE_TIMEOUT_MS_MIN,
+            limits::IDLE_TIMEOUT_MS_MAX,
         )?,
         concurrent_streams_per_connection_max: check_range(
             "limits.concurrent_streams_per_connection_max",
@@ -590,6 +642,33 @@ mod tests {
         assert!(check(half).unwrap_err().contains("go together"));
         let bad_filter = ConfigLayer::parse("[log]\nfilter = \"info,[\"").unwrap();
         assert!(check(bad_filter).is_err());
+    }
+
+    #[test]
+    fn edge_bounds_are_checked_and_the_body_budget_holds_a_whole_request() {
+        let config = check(ConfigLayer::default()).unwrap();
+        assert_eq!(config.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(300));
+        assert_eq!(
+            config.limits.request_bodies_bytes_max,
+            limits::REQUEST_BODIES_BYTES_MAX
+        );
+        let small_budget = ConfigLayer::parse(
+            "[limits]\nrequest_bytes_max = 2097152\nrequest_bodies_bytes_max = 1048576\n",
+        )
+        .unwrap();
+        assert!(
+            check(small_budget)
+                .unwrap_err()
+                .contains("limits.request_bodies_bytes_max")
+        );
+        let fast = ConfigLayer::parse("[limits]\nhandshake_timeout_ms = 1\n").unwrap();
+        assert!(check(fast).unwrap_err().contains("handshake_timeout_ms"));
+        let idle = ConfigLayer::parse("[limits]\nidle_timeout_ms = 1000\n").unwrap();
+        assert_eq!(
+            check(idle).unwrap().limits.idle_timeout,
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

@@ -1,42 +1,161 @@
-//! The bound on concurrent client connections (`LimitsConfig::connections_max`).
+//! Client connections: how many are open at once, how long one may stay silent, and
+//! how many the descriptor limit allows.
 //!
 //! An accept task takes a slot before each `accept`, so once every slot is held the
 //! next clients wait in the kernel's listen backlog (and time out there, on their
 //! side) instead of each costing the daemon a task, buffers and TLS state. Each
 //! accepted stream carries its slot and returns it when the connection closes. The
-//! task stops, closing the listener, as soon as the server stops taking connections.
+//! task stops, closing its hold on the listener, as soon as the server stops taking
+//! connections.
+//!
+//! A slot is not held forever by a client that does nothing: each connection has a
+//! deadline, checked by its [`LimitedStream`] whenever the server reads from it. A
+//! connection whose first call has not started within the handshake timeout (TLS
+//! handshake, HTTP/2 preface and the request's headers: nginx's
+//! `client_header_timeout`, Envoy's `request_headers_timeout`), or that had no call in
+//! flight and none started during a whole idle period (gRPC's `MAX_CONNECTION_IDLE`,
+//! Envoy's `idle_timeout`), reads as timed out, and the server closes it. The RPC
+//! layer tells the connection about its calls through [`ConnectionState`], which
+//! reaches it in the request's extensions as [`ConnectionInfo`].
 
+use std::future::Future as _;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
+
+use crate::limits;
 
 /// Pause after a failed `accept` before the next one.
 const ACCEPT_ERROR_PAUSE_MS: u64 = 10;
 
-/// An accepted connection holding one of the listener's slots until it is dropped.
+/// The bounds of the connections of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more wait in the listen backlog.
+    pub connections_max: usize,
+    /// Time from `accept` to the first call's headers.
+    pub handshake_timeout: Duration,
+    /// A period with no call in flight and none started closes the connection.
+    pub idle_timeout: Duration,
+    /// Bytes of unfinished request bodies one connection may hold.
+    pub request_bodies_bytes_max: usize,
+}
+
+/// What one connection's calls share with the connection: the RPC layer counts calls
+/// in, the stream reads the counts at its deadline; the request-body budget charges
+/// the connection's share.
+#[derive(Debug)]
+pub struct ConnectionState {
+    calls_started: AtomicU64,
+    calls_in_flight: AtomicU32,
+    body_bytes_held: AtomicUsize,
+    body_bytes_max: usize,
+}
+
+impl ConnectionState {
+    fn new(body_bytes_max: usize) -> Self {
+        ConnectionState {
+            calls_started: AtomicU64::new(0),
+            calls_in_flight: AtomicU32::new(0),
+            body_bytes_held: AtomicUsize::new(0),
+            body_bytes_max,
+        }
+    }
+
+    /// Counts a call in; it is in flight until the guard is dropped.
+    pub fn call_started(self: &Arc<Self>) -> CallInFlight {
+        self.calls_started.fetch_add(1, Ordering::Relaxed);
+        self.calls_in_flight.fetch_add(1, Ordering::Relaxed);
+        CallInFlight(Arc::clone(self))
+    }
+
+    /// Counts a call that was answered at once (refused) as a sign of life.
+    pub fn call_answered(&self) {
+        self.calls_started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes `bytes` of this connection's request-body share; false (nothing taken)
+    /// when the share is used up.
+    pub fn charge_body_bytes(&self, bytes: usize) -> bool {
+        charge(&self.body_bytes_held, self.body_bytes_max, bytes)
+    }
+
+    pub fn release_body_bytes(&self, bytes: usize) {
+        self.body_bytes_held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn body_bytes_max(&self) -> usize {
+        self.body_bytes_max
+    }
+}
+
+/// Adds `bytes` to `held` unless that passes `max`.
+pub fn charge(held: &AtomicUsize, max: usize, bytes: usize) -> bool {
+    let after = held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    if after > max {
+        held.fetch_sub(bytes, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+/// A call in flight on its connection (see [`ConnectionState::call_started`]).
+#[derive(Debug)]
+pub struct CallInFlight(Arc<ConnectionState>);
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.0.calls_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connect info of a [`LimitedStream`], in every request's extensions (also under
+/// TLS: tonic inserts the inner stream's info too).
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub remote_addr: Option<SocketAddr>,
+    pub state: Arc<ConnectionState>,
+}
+
+/// An accepted connection holding one of the listener's slots until it is dropped,
+/// and reading as timed out once past its deadline.
 pub struct LimitedStream {
     stream: TcpStream,
+    info: ConnectionInfo,
+    deadline: Pin<Box<Sleep>>,
+    /// `calls_started` when the deadline was last armed.
+    calls_seen: u64,
+    idle_timeout: Duration,
+    timed_out: bool,
     _slot: OwnedSemaphorePermit,
 }
 
-/// The accepted connections of `listener`, at most `connections_max` open at once,
-/// with `TCP_NODELAY` set.
-pub fn limited_incoming(
-    listener: TcpListener,
-    connections_max: usize,
-) -> ReceiverStream<io::Result<LimitedStream>> {
+/// The accept task of a listener and the connections it hands over.
+pub struct Incoming {
+    pub connections: ReceiverStream<io::Result<LimitedStream>>,
+    /// Ends soon after `connections` is dropped, releasing the listener.
+    pub task: JoinHandle<()>,
+}
+
+/// The accepted connections of `listener`, at most `limits.connections_max` open at
+/// once, with `TCP_NODELAY` set and the deadlines of `limits`.
+pub fn limited_incoming(listener: Arc<TcpListener>, limits: ConnectionLimits) -> Incoming {
     // Capacity 1: nothing is accepted ahead of the server asking for it.
-    let (accepted, incoming) = mpsc::channel(1);
-    let slots = Arc::new(Semaphore::new(connections_max));
-    tokio::spawn(async move {
+    let (accepted, connections) = mpsc::channel(1);
+    let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let task = tokio::spawn(async move {
         loop {
             let slot = tokio::select! {
                 () = accepted.closed() => return,
@@ -47,13 +166,7 @@ pub fn limited_incoming(
                 connection = listener.accept() => connection,
             };
             let connection = match connection {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    LimitedStream {
-                        stream,
-                        _slot: slot,
-                    }
-                }
+                Ok((stream, peer)) => LimitedStream::new(stream, peer, slot, &limits),
                 Err(error) => {
                     // Out of file descriptors, say: the error repeats at once, so
                     // pause rather than spin (the server only skips failed accepts).
@@ -68,14 +181,76 @@ pub fn limited_incoming(
             }
         }
     });
-    ReceiverStream::new(incoming)
+    Incoming {
+        connections: ReceiverStream::new(connections),
+        task,
+    }
+}
+
+impl LimitedStream {
+    fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        limits: &ConnectionLimits,
+    ) -> Self {
+        let _ = stream.set_nodelay(true);
+        LimitedStream {
+            stream,
+            info: ConnectionInfo {
+                remote_addr: Some(peer),
+                state: Arc::new(ConnectionState::new(limits.request_bodies_bytes_max)),
+            },
+            deadline: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
+            calls_seen: 0,
+            idle_timeout: limits.idle_timeout,
+            timed_out: false,
+            _slot: slot,
+        }
+    }
+
+    /// Whether the connection is past its deadline: its timer fired, no call is in
+    /// flight and none started since the timer was armed. Otherwise re-arms the timer
+    /// for one idle period (and registers `cx` with it when given).
+    fn past_deadline(&mut self, cx: Option<&mut Context<'_>>) -> bool {
+        let state = &self.info.state;
+        let fired = match cx {
+            Some(cx) => self.deadline.as_mut().poll(cx).is_ready(),
+            // The timer may never have been polled (reads that never wait): the clock.
+            None => Instant::now() >= self.deadline.deadline(),
+        };
+        if !fired {
+            return false;
+        }
+        let started = state.calls_started.load(Ordering::Relaxed);
+        if started == self.calls_seen && state.calls_in_flight.load(Ordering::Relaxed) == 0 {
+            tracing::debug!(
+                remote = ?self.info.remote_addr,
+                calls = started,
+                "closing a connection past its handshake or idle deadline"
+            );
+            return true;
+        }
+        self.calls_seen = started;
+        self.deadline
+            .as_mut()
+            .reset(Instant::now() + self.idle_timeout);
+        false
+    }
+
+    fn timed_out_error() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no call started within the handshake timeout or the idle timeout",
+        )
+    }
 }
 
 impl Connected for LimitedStream {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 
@@ -85,7 +260,23 @@ impl AsyncRead for LimitedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.timed_out {
+            return Poll::Ready(Err(Self::timed_out_error()));
+        }
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            // A client that keeps sending (pings, say) without ever starting a call
+            // is closed too: the deadline is checked on every read.
+            Poll::Ready(Ok(())) if this.past_deadline(None) => {
+                this.timed_out = true;
+                Poll::Ready(Err(Self::timed_out_error()))
+            }
+            Poll::Pending if this.past_deadline(Some(cx)) => {
+                this.timed_out = true;
+                Poll::Ready(Err(Self::timed_out_error()))
+            }
+            other => other,
+        }
     }
 }
 
@@ -117,4 +308,60 @@ impl AsyncWrite for LimitedStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
+}
+
+/// Raises the soft limit on open file descriptors to the hard limit, and returns the
+/// connection cap that fits in it: at most `configured`, and at most the limit minus
+/// [`limits::DESCRIPTORS_RESERVED`] (never below [`limits::CONNECTIONS_MIN`]). Logs
+/// the limit and the cap.
+pub fn connections_cap_for_descriptors(configured: usize) -> usize {
+    let (soft_before, descriptors) = raise_descriptor_limit();
+    let available = descriptors.saturating_sub(limits::DESCRIPTORS_RESERVED);
+    let cap = usize::try_from(available)
+        .unwrap_or(usize::MAX)
+        .min(configured)
+        .max(limits::CONNECTIONS_MIN);
+    tracing::info!(
+        descriptors_soft_limit_at_start = soft_before,
+        descriptors_limit = descriptors,
+        descriptors_reserved = limits::DESCRIPTORS_RESERVED,
+        connections_max = cap,
+        connections_max_configured = configured,
+        "connection cap set from the descriptor limit"
+    );
+    if available < limits::CONNECTIONS_MIN as u64 {
+        tracing::warn!(
+            descriptors_limit = descriptors,
+            "the descriptor limit is too low for the daemon's reserve and its minimum of connections; raise `ulimit -n` (LimitNOFILE= under systemd)"
+        );
+    }
+    cap
+}
+
+/// The soft `RLIMIT_NOFILE` before, and after raising it to the hard limit (unchanged
+/// when that fails).
+fn raise_descriptor_limit() -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "cannot read the descriptor limit");
+        return (1024, 1024);
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `setrlimit` reads one `rlimit` through a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!(error = %io::Error::last_os_error(), "cannot raise the descriptor limit");
+        }
+    }
+    (before, limit.rlim_cur)
 }

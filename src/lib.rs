@@ -26,8 +26,10 @@
 //! - [`activity`]: fans lease events, refused acquires and admin changes out to
 //!   metrics, [`usage`] windows and the [`audit`] record.
 //! - [`shutdown`]: stop signals (graceful first, immediate second).
+//! - [`allocator`]: gives memory freed after a burst back to the system.
 
 pub mod activity;
+pub mod allocator;
 pub mod api;
 pub mod audit;
 pub mod auth;

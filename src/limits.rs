@@ -46,8 +46,9 @@ pub const EXPIRIES_PER_SWEEP_MAX: usize = 65_536;
 /// gRPC request size: the largest legitimate request is an assignment batch of
 /// `EMAILS_PER_REQUEST_MAX` emails.
 pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
-/// Concurrent HTTP/2 streams per client connection.
-pub const CONCURRENT_STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+/// Concurrent HTTP/2 streams per client connection: nginx's `http2_max_concurrent_streams`
+/// default (Envoy's edge guidance says 100). More calls wait on the client's side.
+pub const CONCURRENT_STREAMS_PER_CONNECTION_MAX: u32 = 128;
 /// Concurrent client connections; further clients wait in the listen backlog
 /// (`connections.rs`).
 pub const CONNECTIONS_MAX: usize = 10_000;
@@ -233,7 +234,7 @@ pub const ADMIN_RESPONSE_BYTES_MAX: usize = if LIST_RESPONSE_BYTES_MAX > AUDIT_R
 /// The `SessionService`'s answers: one lease at most.
 pub const SESSION_RESPONSE_BYTES_MAX: usize = 16 * 1024;
 /// The listing answers one connection can make the daemon hold while its client reads
-/// nothing: a full page on every concurrent stream (1 GiB with the default 1024
+/// nothing: a full page on every concurrent stream (128 MiB with the default 128
 /// streams, and only with every field at its longest; a page of members with 30-byte
 /// emails is about 40 KiB). Before pages, one unread ListMembers answer alone could be
 /// 64 MiB.
@@ -282,3 +283,73 @@ const _: () = assert!(
 );
 const _: () = assert!(AUDIT_OPEN_FILES_MAX >= 1);
 const _: () = assert!(AUDIT_DENIAL_REPEAT_MS >= 1_000);
+
+// ----- The gRPC edge: connections, HTTP/2 and request bodies (issue 10). -----
+// Where each is enforced: `connections.rs` (slots, handshake and idle deadlines),
+// `server::http2_limits` (HTTP/2 settings, message sizes per service), `api::guard`
+// (authentication from headers, the request-body budgets).
+
+/// SessionService requests (engine id, hostname, label: under 1 KiB) are refused past
+/// this, from their 5-byte gRPC prefix, before their body is read.
+pub const SESSION_REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Health and reflection requests, the calls anyone may make without a key.
+pub const UNAUTHENTICATED_REQUEST_BYTES_MAX: usize = 16 * 1024;
+/// HTTP/2 flow control: what a client may send on one stream, and on one connection,
+/// before the daemon reads it (RFC 9113's default stream window is 64 KiB; hyper's
+/// default of 1 MiB per stream would let 128 streams queue 128 MiB unread).
+pub const HTTP2_STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+pub const HTTP2_CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+/// The largest HTTP/2 frame a client may send (the protocol's default and minimum).
+pub const HTTP2_FRAME_BYTES_MAX: u32 = 16 * 1024;
+/// The request headers (gRPC metadata) of one call, decoded (gRPC's 8 KiB default
+/// metadata size, doubled).
+pub const HTTP2_HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
+/// Streams a client opened and reset before the daemon took them (the rapid-reset
+/// attack, CVE-2023-44487): past this the connection gets GOAWAY (h2's default).
+pub const HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX: usize = 20;
+/// Streams the daemon reset for protocol errors before it closes the connection.
+pub const HTTP2_LOCAL_ERROR_RESET_STREAMS_MAX: usize = 1024;
+
+/// Bytes held in request bodies not yet complete, across the daemon (the body of every
+/// call is charged as it is read, until its message is decoded). Past it, calls whose
+/// body needs more get RESOURCE_EXHAUSTED.
+pub const REQUEST_BODIES_BYTES_MAX: usize = 32 * 1024 * 1024;
+pub const REQUEST_BODIES_BYTES_MAX_CEILING: usize = 4 * 1024 * 1024 * 1024;
+/// The same, per connection, as a multiple of the largest request: one client cannot
+/// take the whole daemon's budget with one connection.
+pub const REQUEST_BODIES_PER_CONNECTION_REQUESTS_MAX: usize = 4;
+
+/// A connection must start its first call (TLS handshake, HTTP/2 preface, request
+/// headers) within this, or it is closed (nginx `client_header_timeout`, Envoy
+/// `request_headers_timeout`).
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+pub const HANDSHAKE_TIMEOUT_MS_MIN: u64 = 100;
+pub const HANDSHAKE_TIMEOUT_MS_MAX: u64 = 300_000;
+/// A connection with no call in flight and none started for a whole period of this
+/// length is closed (gRPC's MAX_CONNECTION_IDLE, Envoy's `idle_timeout`), so it is
+/// closed after 1 to 2 periods of idleness.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 300_000;
+pub const IDLE_TIMEOUT_MS_MIN: u64 = 1_000;
+pub const IDLE_TIMEOUT_MS_MAX: u64 = 86_400_000;
+/// File descriptors kept for the log, the audit files, snapshots, the metrics listener
+/// and the runtime: the connection cap is at most the descriptor limit minus this.
+pub const DESCRIPTORS_RESERVED: u64 = 128;
+/// The connection cap never goes below this, whatever the descriptor limit.
+pub const CONNECTIONS_MIN: usize = 16;
+/// How often the daemon asks its allocator to give freed memory back (`allocator`).
+pub const ALLOCATOR_COLLECT_INTERVAL_MS: u64 = 1_000;
+
+const _: () = assert!(SESSION_REQUEST_BYTES_MAX <= REQUEST_BYTES_MAX_FLOOR);
+const _: () = assert!(UNAUTHENTICATED_REQUEST_BYTES_MAX <= SESSION_REQUEST_BYTES_MAX);
+const _: () = assert!(HTTP2_STREAM_WINDOW_BYTES <= HTTP2_CONNECTION_WINDOW_BYTES);
+const _: () = assert!(HTTP2_FRAME_BYTES_MAX <= HTTP2_STREAM_WINDOW_BYTES);
+const _: () = assert!(
+    REQUEST_BODIES_PER_CONNECTION_REQUESTS_MAX * REQUEST_BYTES_MAX <= REQUEST_BODIES_BYTES_MAX
+);
+const _: () = assert!(REQUEST_BYTES_MAX_CEILING <= REQUEST_BODIES_BYTES_MAX);
+const _: () = assert!(REQUEST_BODIES_BYTES_MAX <= REQUEST_BODIES_BYTES_MAX_CEILING);
+const _: () = assert!(HANDSHAKE_TIMEOUT_MS_MIN <= HANDSHAKE_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(HANDSHAKE_TIMEOUT_MS_DEFAULT <= HANDSHAKE_TIMEOUT_MS_MAX);
+const _: () = assert!(IDLE_TIMEOUT_MS_MIN <= IDLE_TIMEOUT_MS_DEFAULT);
+const _: () = assert!(IDLE_TIMEOUT_MS_DEFAULT <= IDLE_TIMEOUT_MS_MAX);
+const _: () = assert!(CONNECTIONS_MIN <= CONNECTIONS_MAX);

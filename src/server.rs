@@ -22,6 +22,7 @@ use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 
 use crate::activity::Activity;
+use crate::api::guard::{AuthLayer, BodyBudgetLayer, RequestBodies};
 use crate::api::{AdminApi, SessionApi};
 use crate::audit::{AuditError, AuditLog};
 use crate::auth::{self, OperatorKey};
@@ -38,7 +39,8 @@ use crate::tls::{self, TlsError};
 use crate::wal::{RealFs, WalOptions};
 
 pub use crate::config::Config as ServerConfig;
-use crate::connections;
+use crate::config::LimitsConfig;
+use crate::connections::{self, ConnectionLimits};
 
 /// Where the operator key comes from. Its `Debug` never shows a given key.
 #[derive(Clone)]
@@ -283,49 +285,37 @@ pub async fn bind_early(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), S
     Ok((listener, local))
 }
 
-/// Accepts from a shared listener, so that two servers can use it one after the other.
-struct AcceptStream(Arc<TcpListener>);
-
-impl tokio_stream::Stream for AcceptStream {
-    type Item = std::io::Result<tokio::net::TcpStream>;
-
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_accept(cx).map(|accepted| {
-            Some(accepted.map(|(stream, _)| {
-                let _ = stream.set_nodelay(true);
-                stream
-            }))
-        })
-    }
-}
-
 /// How long the recovery-time health server may take to hand the socket over.
 const RECOVERY_SERVER_STOP: Duration = Duration::from_secs(2);
 
 /// Serves only health (NOT_SERVING for every service) and reflection on `listener`
 /// while `work` (recovery) runs, then stops that server and hands the socket back.
+/// Broker calls answer UNAVAILABLE ("recovering") from their headers, so clients
+/// retry rather than give up, and no body of theirs is read; connections have the
+/// same bounds as later.
 pub async fn serve_health_while<T>(
     listener: TcpListener,
-    tls_files: Option<&tls::ServerTlsFiles>,
+    config: &ServerConfig,
     work: impl Future<Output = T>,
 ) -> Result<(T, TcpListener), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     report_health(&health, ServingStatus::NotServing).await;
-    let mut builder = Server::builder();
-    if let Some(files) = tls_files {
-        builder = builder.tls_config(tls::server_config(files)?)?;
-    }
-    let router = builder
-        .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?);
+    let limits = &config.limits;
+    let bodies = Arc::new(RequestBodies::new(
+        limits.request_bodies_bytes_max,
+        limits::UNAUTHENTICATED_REQUEST_BYTES_MAX,
+    ));
+    let router = with_health_and_reflection(
+        http2_server(config)?
+            .layer(RpcLayer::new(Arc::new(PhaseCell::new(Phase::Starting))))
+            .layer(BodyBudgetLayer::new(bodies)),
+        health_service,
+    )?;
     let listener = Arc::new(listener);
+    let incoming = connections::limited_incoming(Arc::clone(&listener), connection_limits(limits));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
-        AcceptStream(Arc::clone(&listener)),
+        incoming.connections,
         async {
             let _ = stopped.await;
         },
@@ -339,9 +329,69 @@ pub async fn serve_health_while<T>(
         server.abort();
         let _ = server.await;
     }
+    // The accept task ends once the server dropped its connections' receiver.
+    let _ = incoming.task.await;
     let listener = Arc::try_unwrap(listener)
         .map_err(|_| ServerError::Task("the recovery-time server kept the socket".into()))?;
     Ok((result, listener))
+}
+
+/// The connection bounds of `limits` (see `connections`).
+fn connection_limits(limits: &LimitsConfig) -> ConnectionLimits {
+    ConnectionLimits {
+        connections_max: limits.connections_max,
+        handshake_timeout: limits.handshake_timeout,
+        idle_timeout: limits.idle_timeout,
+        request_bodies_bytes_max: limits
+            .request_bytes_max
+            .saturating_mul(limits::REQUEST_BODIES_PER_CONNECTION_REQUESTS_MAX)
+            .min(limits.request_bodies_bytes_max),
+    }
+}
+
+/// A server builder with TLS when configured and every HTTP/2 bound of the daemon:
+/// concurrent streams per connection, flow-control windows (what a client can make
+/// the daemon buffer before it reads), frame and header sizes, the rapid-reset
+/// guards, keepalive.
+fn http2_server(config: &ServerConfig) -> Result<Server, ServerError> {
+    let limits = &config.limits;
+    let mut builder = Server::builder();
+    if let Some(files) = &config.tls {
+        builder =
+            builder.tls_config(tls::server_config(files)?.timeout(limits.handshake_timeout))?;
+    }
+    Ok(builder
+        .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
+        .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)
+        .max_frame_size(limits::HTTP2_FRAME_BYTES_MAX)
+        .http2_max_header_list_size(limits::HTTP2_HEADER_LIST_BYTES_MAX)
+        .http2_max_pending_accept_reset_streams(Some(
+            limits::HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX,
+        ))
+        .http2_max_local_error_reset_streams(Some(limits::HTTP2_LOCAL_ERROR_RESET_STREAMS_MAX))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout)))
+}
+
+/// Adds health and reflection, the services open to callers without a key, with
+/// their small request bound.
+fn with_health_and_reflection<L, H: Health>(
+    mut server: Server<L>,
+    health_service: HealthServer<H>,
+) -> Result<Router<L>, ServerError>
+where
+    L: Clone,
+{
+    let open = limits::UNAUTHENTICATED_REQUEST_BYTES_MAX;
+    Ok(server
+        .add_service(health_service.max_decoding_message_size(open))
+        .add_service(reflection().build_v1()?.max_decoding_message_size(open))
+        .add_service(
+            reflection()
+                .build_v1alpha()?
+                .max_decoding_message_size(open),
+        ))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -418,11 +468,16 @@ impl Bound {
         report_health(&health, ServingStatus::NotServing).await;
         let router = self.router(Arc::clone(&phase), health_service)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let incoming =
-            connections::limited_incoming(self.listener, self.config.limits.connections_max);
-        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        }));
+        let incoming = connections::limited_incoming(
+            Arc::new(self.listener),
+            connection_limits(&self.config.limits),
+        );
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
+            incoming.connections,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let mut background = spawn_background(
             &self.broker,
             self.config.metrics.per_org,
@@ -455,18 +510,22 @@ impl Bound {
         result
     }
 
+    /// Every service behind the layers: the phase gate and telemetry, authentication
+    /// from the headers, the request-body budget. Each service refuses requests past
+    /// its own size from their 5-byte prefix: engine calls are small, admin calls up
+    /// to `request_bytes_max` (1,000 emails).
     fn router<H: Health>(
         &self,
         phase: Arc<PhaseCell>,
         health_service: HealthServer<H>,
-    ) -> Result<Router<Stack<RpcLayer, Identity>>, ServerError> {
+    ) -> Result<Router<EdgeLayers>, ServerError> {
         let limits = &self.config.limits;
         let activity = &self.activity;
         let sessions = SessionServiceServer::new(SessionApi::new(
             Arc::clone(&self.broker),
             Arc::clone(activity),
         ))
-        .max_decoding_message_size(limits.request_bytes_max)
+        .max_decoding_message_size(limits::SESSION_REQUEST_BYTES_MAX)
         .max_encoding_message_size(limits::SESSION_RESPONSE_BYTES_MAX);
         let admin = AdminServiceServer::new(AdminApi::new(
             Arc::clone(&self.broker),
@@ -474,22 +533,22 @@ impl Bound {
         ))
         .max_decoding_message_size(limits.request_bytes_max)
         .max_encoding_message_size(limits::ADMIN_RESPONSE_BYTES_MAX);
-        let mut builder = Server::builder();
-        if let Some(files) = &self.config.tls {
-            builder = builder.tls_config(tls::server_config(files)?)?;
-        }
-        Ok(builder
-            .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
-            .http2_keepalive_interval(Some(limits.keepalive_interval))
-            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        let bodies = Arc::new(RequestBodies::new(
+            limits.request_bodies_bytes_max,
+            limits.request_bytes_max,
+        ));
+        let server = http2_server(&self.config)?
             .layer(RpcLayer::new(phase))
-            .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?)
+            .layer(AuthLayer::new(Arc::clone(&self.broker)))
+            .layer(BodyBudgetLayer::new(bodies));
+        Ok(with_health_and_reflection(server, health_service)?
             .add_service(sessions)
             .add_service(admin))
     }
 }
+
+/// The layers of the serving router, outermost first.
+type EdgeLayers = Stack<BodyBudgetLayer, Stack<AuthLayer, Stack<RpcLayer, Identity>>>;
 
 /// Server reflection over our protos and health's; v1 and v1alpha are built from it.
 fn reflection() -> tonic_reflection::server::Builder<'static> {

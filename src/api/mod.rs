@@ -1,10 +1,11 @@
 //! The gRPC edge: turns wire messages into validated domain values, resolves the
-//! caller from the `authorization` metadata, calls the broker, and turns the answer
-//! (or the domain error, through [`status`]) back into wire messages. No license rule
-//! lives here.
+//! caller from the `authorization` metadata (once per call, in [`guard::AuthLayer`]),
+//! calls the broker, and turns the answer (or the domain error, through [`status`])
+//! back into wire messages. No license rule lives here.
 
 pub mod admin;
 pub mod convert;
+pub mod guard;
 pub mod paging;
 pub mod session;
 pub mod status;
@@ -19,7 +20,12 @@ pub use session::SessionApi;
 
 /// Reads the bearer token from the request's metadata.
 pub fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
-    let Some(value) = request.metadata().get("authorization") else {
+    bearer_token_of(request.metadata().as_ref())
+}
+
+/// Reads the bearer token from a request's headers.
+pub fn bearer_token_of(headers: &tonic::codegen::http::HeaderMap) -> Result<&str, Status> {
+    let Some(value) = headers.get("authorization") else {
         return Err(Status::unauthenticated(
             "missing API key: send metadata 'authorization: Bearer <key>'",
         ));
@@ -36,13 +42,13 @@ pub fn bearer_token<T>(request: &Request<T>) -> Result<&str, Status> {
     Ok(token.trim())
 }
 
-/// Resolves the caller of a request, and names a member's organization on the call's
-/// span (the operator's calls name theirs when the request's `org_id` is parsed).
+/// The caller of a request: the one [`guard::AuthLayer`] resolved from its headers
+/// and left in its extensions, or (for a request that did not pass the layer)
+/// resolved now. Names a member's organization on the call's span (the operator's
+/// calls name theirs when the request's `org_id` is parsed).
 pub fn principal<T>(broker: &Broker, request: &Request<T>) -> Result<Principal, Status> {
-    let token = bearer_token(request)?;
-    let principal = broker.authenticate(token).map_err(status::to_status)?;
-    if let Some(org) = principal.org() {
-        crate::telemetry::rpc::record_org(org.as_str());
+    if let Some(principal) = request.extensions().get::<Principal>() {
+        return Ok(principal.clone());
     }
-    Ok(principal)
+    guard::authenticate(broker, request.metadata().as_ref())
 }

@@ -119,7 +119,7 @@ pub struct ServeArgs {
     /// Largest gRPC request in bytes [default: 1048576].
     #[arg(long, env = "SEATBROKER_REQUEST_BYTES_MAX")]
     pub request_bytes_max: Option<usize>,
-    /// Concurrent HTTP/2 streams per client connection [default: 1024].
+    /// Concurrent HTTP/2 streams per client connection [default: 128].
     #[arg(long, env = "SEATBROKER_CONCURRENT_STREAMS_PER_CONNECTION_MAX")]
     pub concurrent_streams_per_connection_max: Option<u32>,
     /// HTTP/2 keepalive ping interval [default: 30000].
@@ -131,6 +131,18 @@ pub struct ServeArgs {
     /// Live leases of one organization, at most [default: 2000000].
     #[arg(long, env = "SEATBROKER_LEASES_PER_ORG_MAX")]
     pub leases_per_org_max: Option<usize>,
+    /// Bytes held in request bodies not yet complete, across the daemon; past it,
+    /// calls get RESOURCE_EXHAUSTED [default: 33554432].
+    #[arg(long, env = "SEATBROKER_REQUEST_BODIES_BYTES_MAX")]
+    pub request_bodies_bytes_max: Option<usize>,
+    /// A connection must start its first call (TLS, HTTP/2 preface, headers) within
+    /// this many milliseconds, or it is closed [default: 10000].
+    #[arg(long, env = "SEATBROKER_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// A connection with no call in flight and none started for a whole period of
+    /// this many milliseconds is closed [default: 300000].
+    #[arg(long, env = "SEATBROKER_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
     /// Audit files rotate at this size [default: 67108864].
     #[arg(long, env = "SEATBROKER_AUDIT_FILE_BYTES_MAX")]
     pub audit_file_bytes_max: Option<u64>,
@@ -179,6 +191,9 @@ impl ServeArgs {
                 keepalive_interval_ms: self.keepalive_interval_ms,
                 keepalive_timeout_ms: self.keepalive_timeout_ms,
                 leases_per_org_max: self.leases_per_org_max,
+                request_bodies_bytes_max: self.request_bodies_bytes_max,
+                handshake_timeout_ms: self.handshake_timeout_ms,
+                idle_timeout_ms: self.idle_timeout_ms,
             },
             audit: AuditLayer {
                 file_bytes_max: self.audit_file_bytes_max,
@@ -543,7 +558,10 @@ async fn bench(args: crate::loadgen::BenchArgs) -> ExitCode {
 
 /// Installs metrics (before the broker registers its handles), prepares, binds, and
 /// serves until a stop signal.
-async fn run_daemon(config: Config) -> Result<(), String> {
+async fn run_daemon(mut config: Config) -> Result<(), String> {
+    config.limits.connections_max =
+        crate::connections::connections_cap_for_descriptors(config.limits.connections_max);
+    tokio::spawn(crate::allocator::collect_freed_memory_forever());
     let metrics_handle = match config.metrics.listen {
         Some(_) => Some(metrics::install().map_err(|e| e.to_string())?),
         None => None,
@@ -554,10 +572,10 @@ async fn run_daemon(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     println!("seatbroker listening on {addr}");
-    let tls_files = config.tls.clone();
+    let recovery_config = config.clone();
     let (prepared, listener) = crate::server::serve_health_while(
         listener,
-        tls_files.as_ref(),
+        &recovery_config,
         crate::server::prepare(config),
     )
     .await

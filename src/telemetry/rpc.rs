@@ -1,7 +1,8 @@
 //! The tower layer around every gRPC call: it refuses broker calls while the daemon is
 //! starting or draining (health and reflection stay reachable), opens the call's span
 //! (`rpc` with `method`, `org` and `code`; the edge records `org` once it knows it),
-//! and records the call's latency by method and status code.
+//! records the call's latency by method and status code, and counts the call in and
+//! out of its connection (for the connection's handshake and idle deadlines).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,12 +20,13 @@ use tracing::Instrument;
 use tracing::instrument::Instrumented;
 
 use super::metrics;
+use crate::connections::{CallInFlight, ConnectionInfo};
 
 /// Where the daemon is in its life, as the RPC layer and health see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Phase {
-    /// Recovering: broker calls answer UNAVAILABLE.
+    /// Recovering the log: broker calls answer UNAVAILABLE.
     Starting = 0,
     Serving = 1,
     /// Shutting down: new broker calls answer UNAVAILABLE; calls in flight finish.
@@ -208,6 +210,7 @@ pin_project_lite::pin_project! {
             inner: Instrumented<F>,
             method: &'static MethodMetrics,
             started: Instant,
+            call: Option<CallInFlight>,
         },
     }
 }
@@ -227,6 +230,7 @@ where
                 mut inner,
                 method,
                 started,
+                call,
             } => {
                 let response = std::task::ready!(inner.as_mut().poll(cx))?;
                 let code = status_code(response.headers());
@@ -235,6 +239,7 @@ where
                 span.record("code", CODE_NAMES[code]);
                 tracing::debug!(parent: span, elapsed_us = elapsed.as_micros() as u64, "rpc finished");
                 method.record(code, elapsed);
+                call.take();
                 Poll::Ready(Ok(response))
             }
         }
@@ -258,11 +263,18 @@ where
         let path = request.uri().path();
         let method = method_metrics(path);
         let phase = self.phase.get();
+        let connection = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|info| &info.state);
         if path.starts_with(BROKER_PATH_PREFIX) && phase != Phase::Serving {
+            if let Some(connection) = connection {
+                connection.call_answered();
+            }
             let status = match phase {
-                Phase::Starting => {
-                    tonic::Status::unavailable("seatbroker is starting; retry shortly")
-                }
+                Phase::Starting => tonic::Status::unavailable(
+                    "seatbroker is starting: it is recovering its log; retry shortly",
+                ),
                 _ => tonic::Status::unavailable(
                     "seatbroker is shutting down; retry on another instance or after the restart",
                 ),
@@ -278,6 +290,7 @@ where
             org = tracing::field::Empty,
             code = tracing::field::Empty
         );
+        let call = connection.map(|connection| connection.call_started());
         let started = Instant::now();
         // `inner` was polled ready by `poll_ready`, so it takes the call now.
         let inner = span.in_scope(|| self.inner.call(request)).instrument(span);
@@ -285,6 +298,7 @@ where
             inner,
             method,
             started,
+            call,
         }
     }
 }

@@ -37,8 +37,28 @@ pub fn command() -> Command {
 /// Starts `seatbroker serve` with `args` (after `--listen 127.0.0.1:0`, a temporary
 /// data directory and JSON logs filtered by `log_filter`), and waits until it serves.
 pub fn start(args: &[&str], log_filter: &str) -> Daemon {
+    start_from(command(), args, log_filter)
+}
+
+/// Like [`start`], under a limit of `descriptors` open files (soft and hard, set by
+/// the shell that then becomes the daemon: the pid stays the daemon's).
+pub fn start_with_descriptor_limit(descriptors: u32, args: &[&str], log_filter: &str) -> Daemon {
+    let mut shell = Command::new("sh");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SEATBROKER_") {
+            shell.env_remove(name);
+        }
+    }
+    shell
+        .arg("-c")
+        .arg(format!("ulimit -n {descriptors} && exec \"$0\" \"$@\""))
+        .arg(BINARY);
+    start_from(shell, args, log_filter)
+}
+
+fn start_from(mut command: Command, args: &[&str], log_filter: &str) -> Daemon {
     let data_dir = tempfile::tempdir().expect("data directory");
-    let mut child = command()
+    let mut child = command
         .args([
             "serve",
             "--listen",

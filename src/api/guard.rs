@@ -1,0 +1,376 @@
+//! The edge's guards around every call, inside the RPC layer and before any byte of a
+//! request body is read (as qdrant's `src/tonic/auth.rs` and tonic's authentication
+//! example do):
+//!
+//! - [`AuthLayer`] authenticates each broker call (`/seatbroker.…`) from its
+//!   `authorization` header. A call without a valid key is answered UNAUTHENTICATED at
+//!   once, so its body is never buffered; a valid one carries its [`Principal`] in the
+//!   request's extensions, where [`super::principal`] takes it (one authentication per
+//!   call). Health and reflection stay open to everyone.
+//! - [`BodyBudgetLayer`] charges every request body against the connection's share
+//!   ([`ConnectionState`]) and the daemon's budget ([`RequestBodies`]), and gives the
+//!   bytes back when the call's body is dropped (right after its message is decoded).
+//!   A body is charged the length its 5-byte gRPC prefix announces as soon as the
+//!   prefix arrives (tonic's decoder reserves that much at once), and any bytes
+//!   beyond it as they are read. A body that would pass either bound ends the call
+//!   with RESOURCE_EXHAUSTED, so clients that open many streams, announce large
+//!   messages and never finish them hold a bounded amount of memory.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tower::{Layer, Service};
+
+use crate::broker::Broker;
+use crate::connections::{ConnectionInfo, ConnectionState, charge};
+use crate::domain::Principal;
+
+/// The bytes before each gRPC message: a compression flag and the length.
+const GRPC_PREFIX_BYTES: usize = 5;
+
+/// The path prefix of the broker's services, the ones that need a key.
+pub const BROKER_PATH_PREFIX: &str = "/seatbroker.";
+
+/// Authenticates the caller of `headers` (the bearer token of `authorization`).
+pub fn authenticate(broker: &Broker, headers: &http::HeaderMap) -> Result<Principal, Status> {
+    let token = super::bearer_token_of(headers)?;
+    let principal = broker
+        .authenticate(token)
+        .map_err(super::status::to_status)?;
+    if let Some(org) = principal.org() {
+        crate::telemetry::rpc::record_org(org.as_str());
+    }
+    Ok(principal)
+}
+
+/// Adds [`AuthService`] around the routes.
+#[derive(Clone)]
+pub struct AuthLayer {
+    broker: Arc<Broker>,
+}
+
+impl AuthLayer {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        AuthLayer { broker }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            broker: Arc::clone(&self.broker),
+        }
+    }
+}
+
+/// Refuses broker calls without a valid key from their headers.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    broker: Arc<Broker>,
+}
+
+pin_project_lite::pin_project! {
+    /// A call through a guard: answered at once, or passed on.
+    #[project = GuardFutureProjection]
+    pub enum GuardFuture<F, T> {
+        Refused { response: Option<T> },
+        Called { #[pin] inner: F },
+    }
+}
+
+impl<F, T, E> Future for GuardFuture<F, T>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardFutureProjection::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            GuardFutureProjection::Called { inner } => inner.poll(cx),
+        }
+    }
+}
+
+impl<S, B, R> Service<http::Request<B>> for AuthService<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = GuardFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if request.uri().path().starts_with(BROKER_PATH_PREFIX) {
+            match authenticate(&self.broker, request.headers()) {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                }
+                Err(status) => {
+                    return GuardFuture::Refused {
+                        response: Some(status.into_http()),
+                    };
+                }
+            }
+        }
+        GuardFuture::Called {
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+/// The daemon-wide budget of bytes held in request bodies still being read.
+#[derive(Debug)]
+pub struct RequestBodies {
+    held_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// The largest message any service takes: a larger announcement is not charged,
+    /// as the decoder refuses it (OUT_OF_RANGE) before reading on.
+    message_bytes_max: usize,
+}
+
+impl RequestBodies {
+    pub fn new(max_bytes: usize, message_bytes_max: usize) -> Self {
+        RequestBodies {
+            held_bytes: AtomicUsize::new(0),
+            max_bytes,
+            message_bytes_max,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Adds [`BodyBudgetService`] around the routes.
+#[derive(Clone)]
+pub struct BodyBudgetLayer {
+    bodies: Arc<RequestBodies>,
+}
+
+impl BodyBudgetLayer {
+    pub fn new(bodies: Arc<RequestBodies>) -> Self {
+        BodyBudgetLayer { bodies }
+    }
+}
+
+impl<S> Layer<S> for BodyBudgetLayer {
+    type Service = BodyBudgetService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyBudgetService {
+            inner,
+            bodies: Arc::clone(&self.bodies),
+        }
+    }
+}
+
+/// Wraps each request body in a [`ChargedBody`].
+#[derive(Clone)]
+pub struct BodyBudgetService<S> {
+    inner: S,
+    bodies: Arc<RequestBodies>,
+}
+
+impl<S> Service<http::Request<Body>> for BodyBudgetService<S>
+where
+    S: Service<http::Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let connection = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|info| Arc::clone(&info.state));
+        let bodies = Arc::clone(&self.bodies);
+        let request = request.map(|body| {
+            Body::new(ChargedBody {
+                inner: body,
+                bodies,
+                connection,
+                charged_bytes: 0,
+                received_bytes: 0,
+                prefix: GrpcPrefix::default(),
+            })
+        });
+        self.inner.call(request)
+    }
+}
+
+/// A request body whose bytes are charged as they are read, and given back when it
+/// is dropped.
+pub struct ChargedBody {
+    inner: Body,
+    bodies: Arc<RequestBodies>,
+    /// `None` for streams that are not [`crate::connections::LimitedStream`]s.
+    connection: Option<Arc<ConnectionState>>,
+    charged_bytes: usize,
+    received_bytes: usize,
+    prefix: GrpcPrefix,
+}
+
+/// The 5-byte prefix of a body's first gRPC message (a flag, then the message's
+/// length, big-endian), read as its bytes arrive.
+#[derive(Default)]
+struct GrpcPrefix {
+    bytes: [u8; GRPC_PREFIX_BYTES],
+    read: usize,
+}
+
+impl GrpcPrefix {
+    /// Reads what `data` holds of the prefix; the message's length with its prefix
+    /// once the prefix is complete.
+    fn read(&mut self, data: &[u8]) -> Option<usize> {
+        let wanted = self.bytes.len() - self.read;
+        let taken = wanted.min(data.len());
+        self.bytes[self.read..self.read + taken].copy_from_slice(&data[..taken]);
+        self.read += taken;
+        self.announced_bytes()
+    }
+
+    fn announced_bytes(&self) -> Option<usize> {
+        if self.read < self.bytes.len() {
+            return None;
+        }
+        let [_, length @ ..] = self.bytes;
+        Some(u32::from_be_bytes(length) as usize + self.bytes.len())
+    }
+}
+
+impl ChargedBody {
+    /// Charges what the body holds or announced after `data` arrived, beyond what it
+    /// was charged already.
+    fn charge_frame(&mut self, data: &[u8]) -> Result<(), Status> {
+        self.received_bytes += data.len();
+        let announced = self
+            .prefix
+            .read(data)
+            .filter(|announced| *announced <= self.bodies.message_bytes_max + GRPC_PREFIX_BYTES)
+            .unwrap_or(0);
+        let due = self.received_bytes.max(announced);
+        if due <= self.charged_bytes {
+            return Ok(());
+        }
+        self.charge(due - self.charged_bytes)
+    }
+
+    fn charge(&mut self, bytes: usize) -> Result<(), Status> {
+        if let Some(connection) = &self.connection
+            && !connection.charge_body_bytes(bytes)
+        {
+            return Err(Status::resource_exhausted(format!(
+                "this connection holds {} bytes of request bodies not yet complete, its \
+                 bound (4 of the largest requests); finish or cancel calls, or use \
+                 another connection",
+                connection.body_bytes_max()
+            )));
+        }
+        if !charge(&self.bodies.held_bytes, self.bodies.max_bytes, bytes) {
+            if let Some(connection) = &self.connection {
+                connection.release_body_bytes(bytes);
+            }
+            return Err(Status::resource_exhausted(format!(
+                "the daemon holds {} bytes of request bodies not yet complete, its bound \
+                 (limits.request_bodies_bytes_max); retry shortly",
+                self.bodies.max_bytes
+            )));
+        }
+        self.charged_bytes += bytes;
+        Ok(())
+    }
+}
+
+impl HttpBody for ChargedBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+            && let Err(status) = this.charge_frame(data)
+        {
+            return Poll::Ready(Some(Err(status)));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ChargedBody {
+    fn drop(&mut self) {
+        if self.charged_bytes == 0 {
+            return;
+        }
+        self.bodies
+            .held_bytes
+            .fetch_sub(self.charged_bytes, Ordering::Relaxed);
+        if let Some(connection) = &self.connection {
+            connection.release_body_bytes(self.charged_bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_announced_length_is_read_from_a_prefix_split_across_frames() {
+        let mut prefix = GrpcPrefix::default();
+        assert_eq!(prefix.read(&[0, 0]), None);
+        assert_eq!(prefix.read(&[0x10, 0x00]), None);
+        // The last byte of the length, then the message's first bytes.
+        assert_eq!(prefix.read(&[0x01, 7, 7, 7]), Some(0x10_0001 + 5));
+        // Later frames change nothing.
+        assert_eq!(prefix.read(&[1, 2, 3, 4, 5, 6]), Some(0x10_0001 + 5));
+    }
+
+    #[test]
+    fn a_charge_past_the_bound_takes_nothing() {
+        let held = AtomicUsize::new(0);
+        assert!(charge(&held, 10, 6));
+        assert!(!charge(&held, 10, 5));
+        assert_eq!(held.load(Ordering::Relaxed), 6);
+        assert!(charge(&held, 10, 4));
+        assert_eq!(held.load(Ordering::Relaxed), 10);
+    }
+}
