@@ -45,6 +45,11 @@ impl WalJournal {
         self.dropped_lease_ends.load(Ordering::Relaxed)
     }
 
+    /// Why the log refuses new grants and admin changes, while it does (a full disk).
+    pub fn alarm(&self) -> Option<wal::Alarm> {
+        self.wal.alarm()
+    }
+
     fn submit(&self, _admitted: LogPermit, record: Vec<u8>) -> Durable {
         match self.wal.submit(record) {
             Ok(ticket) => Box::pin(async move {
@@ -72,10 +77,15 @@ fn log_diverged(error: &WalError) -> ! {
 
 impl Journal for WalJournal {
     fn admit(&self) -> Result<LogPermit, DomainError> {
-        let pending = self.wal.pending_records().map_err(|_| {
-            DomainError::Unavailable(
+        let pending = self.wal.admission().map_err(|error| match error {
+            // Read-only until the log can reserve room again: reads, heartbeats and
+            // releases go on; grants and admin changes are refused before they apply.
+            WalError::Alarm(alarm) => {
+                DomainError::Unavailable(format!("seatbroker is read-only for now: {alarm}"))
+            }
+            _ => DomainError::Unavailable(
                 "seatbroker is shutting down; retry against the restarted daemon".into(),
-            )
+            ),
         })?;
         super::admit(pending, limits::LOG_QUEUE_RECORDS_MAX)
     }

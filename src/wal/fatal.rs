@@ -11,6 +11,12 @@
 //!   aborts on sync number `N + 1` (`N = 0`: the first record submitted aborts).
 //! - `set_abort_hook`: a function called instead of aborting right away (a test can
 //!   record the message and panic to unwind the writer thread).
+//! - `SEATBROKER_FAILPOINT_WAL_SEGMENT_BYTES=N` (read by `Wal::open`): segments of `N`
+//!   bytes instead of the default, so that tests of the real binary rotate often.
+//!
+//! Only a failed write or fsync of data is fatal. Failing to reserve room ahead of
+//! the appends (zeros, the next segment: ENOSPC, EMFILE) raises the log's `Alarm`
+//! instead (see `writer.rs`), and a failed snapshot is retried later.
 
 use std::io;
 use std::path::Path;
@@ -26,6 +32,24 @@ pub(crate) fn fatal_io(operation: &str, path: &Path, error: &io::Error) -> ! {
     hook::run(&message);
     let _ = message;
     std::process::abort()
+}
+
+/// Name of the environment variable that sets the segment size in `failpoints` builds.
+pub const SEGMENT_BYTES_FAILPOINT_ENV: &str = "SEATBROKER_FAILPOINT_WAL_SEGMENT_BYTES";
+
+/// `options` with `segment_bytes_max` from `SEATBROKER_FAILPOINT_WAL_SEGMENT_BYTES`, in
+/// `failpoints` builds only (`Wal::open` validates it like any option).
+pub(crate) fn segment_bytes_failpoint(mut options: super::WalOptions) -> super::WalOptions {
+    if !cfg!(feature = "failpoints") {
+        return options;
+    }
+    let bytes = std::env::var(SEGMENT_BYTES_FAILPOINT_ENV)
+        .ok()
+        .and_then(|text| text.trim().parse().ok());
+    if let Some(bytes) = bytes {
+        options.segment_bytes_max = bytes;
+    }
+    options
 }
 
 /// The fsync failpoint of one WAL: which commit-group sync fails.

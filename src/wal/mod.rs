@@ -136,7 +136,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -144,16 +144,16 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-pub use error::WalError;
+pub use error::{Alarm, WalError};
 pub use fatal::FAILPOINT_ENV;
 #[cfg(feature = "failpoints")]
 pub use fatal::set_abort_hook;
 pub use format::{BLOCK_BYTES, RECORD_BYTES_LIMIT};
-pub use fs::{FileSystem, RealFs, SimulatedDisk, WalFile, bench_raw_fsync_rate};
+pub use fs::{FileSystem, RealFs, SimulatedDisk, WalDir, WalFile, bench_raw_fsync_rate};
 pub use recovery::{Recovered, TailTruncation};
 
 use fatal::FsyncFailpoint;
-use writer::{Counters, Pending, Queue, SegmentWriter, Shared};
+use writer::{Counters, Pending, Queue, SegmentWriter, Shared, segment_bytes_max_of};
 
 /// Log sequence number: 1-based, strictly increasing, never reused.
 pub type Lsn = u64;
@@ -345,6 +345,7 @@ impl Wal {
         fs: Arc<dyn FileSystem>,
         options: WalOptions,
     ) -> Result<(Wal, Recovered), WalError> {
+        let options = fatal::segment_bytes_failpoint(options);
         let (wal, recovered, writer) =
             Self::open_parts(dir, fs, options, FsyncFailpoint::from_env())?;
         let thread = std::thread::Builder::new()
@@ -372,6 +373,9 @@ impl Wal {
             .log_bytes_since_snapshot
             .store(outcome.log_bytes_since_snapshot, Ordering::Relaxed);
         let queue = Queue::new(outcome.next_lsn);
+        let dir_handle = fs
+            .open_dir(dir)
+            .map_err(|error| WalError::io("opening", dir, error))?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             fs,
@@ -381,6 +385,8 @@ impl Wal {
             durable_advanced: Condvar::new(),
             segments: Mutex::new(outcome.segments),
             counters,
+            dir_handle,
+            room_bytes: AtomicU64::new(0),
         });
         let writer = SegmentWriter::open(Arc::clone(&shared), &outcome.active, failpoint)?;
         let wal = Wal {
@@ -452,6 +458,16 @@ impl Wal {
                     pending_records,
                     queue_records_max,
                 });
+            }
+            // Under the alarm, a record nobody awaits is queued only while the room
+            // left ahead of the appends holds it and everything queued before it.
+            if done.is_none()
+                && let Some(alarm) = &queue.alarm
+            {
+                let room = self.shared.room_bytes.load(Ordering::Relaxed);
+                if queue.pending_bytes + segment_bytes_max_of(&record) > room {
+                    return Err(WalError::Alarm(alarm.clone()));
+                }
             }
             let lsn = queue.next_lsn;
             queue.next_lsn += 1;
@@ -549,6 +565,27 @@ impl Wal {
         Ok(queue.next_lsn - 1 - queue.durable_lsn)
     }
 
+    /// Whether a new awaited record may be admitted: the records submitted but not yet
+    /// durable, `Err(Closed)` once the log is closing, `Err(Alarm)` while the writer
+    /// cannot reserve room ahead of its appends (see [`Alarm`]). One short lock.
+    /// [`Wal::submit`] itself never refuses for the alarm: what a caller admitted
+    /// before it was raised must still be logged, since it is applied in memory.
+    pub fn admission(&self) -> Result<u64, WalError> {
+        let queue = self.shared.queue.lock();
+        if queue.closing {
+            return Err(WalError::Closed);
+        }
+        if let Some(alarm) = &queue.alarm {
+            return Err(WalError::Alarm(alarm.clone()));
+        }
+        Ok(queue.next_lsn - 1 - queue.durable_lsn)
+    }
+
+    /// The alarm, while the log cannot reserve room for new records.
+    pub fn alarm(&self) -> Option<Alarm> {
+        self.shared.queue.lock().alarm.clone()
+    }
+
     /// The current counters.
     pub fn stats(&self) -> WalStats {
         let counters = &self.shared.counters;
@@ -609,8 +646,10 @@ impl Wal {
             return;
         }
         *written = writer::take_group_now(&self.shared, records_max);
-        if !written.is_empty() {
-            writer.write_group(written);
+        if !written.is_empty()
+            && let Err(alarm) = writer.write_group(written)
+        {
+            panic!("no room for a manual group: {alarm}");
         }
     }
 
