@@ -569,7 +569,7 @@ async fn report_serving(reporter: &HealthReporter, alarm: Option<&crate::wal::Al
 }
 
 /// How often the daemon looks at the log's alarm, for health and the metrics.
-const LOG_ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+const LOG_ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(limits::LOG_ALARM_CHECK_MS);
 
 /// Follows the log's alarm (raised and cleared by the WAL writer, which retries the
 /// reservation by itself): metrics, health and a log line on each change.
@@ -635,17 +635,28 @@ async fn sweep_expired_leases(broker: Arc<Broker>) {
 const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Writes a snapshot whenever the log has grown past its bound, so that disk use and
-/// recovery time stay bounded under endless churn.
+/// recovery time stay bounded under endless churn. A failed one (no space, no
+/// descriptor) is retried after `SNAPSHOT_RETRY_MS_MIN`, doubling up to
+/// `SNAPSHOT_RETRY_MS_MAX`: each try copies the admin state.
 async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoch: u64) {
     let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retry_min = Duration::from_millis(limits::SNAPSHOT_RETRY_MS_MIN);
+    let retry_max = Duration::from_millis(limits::SNAPSHOT_RETRY_MS_MAX);
+    let mut backoff = retry_min;
+    let mut next_try = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        if !journal.wal().snapshot_due() {
+        if !journal.wal().snapshot_due() || tokio::time::Instant::now() < next_try {
             continue;
         }
-        if let Err(error) = snapshot_now(&broker, &journal, boot_epoch).await {
-            tracing::error!(%error, "snapshot failed; the log keeps growing until one succeeds");
+        match snapshot_now(&broker, &journal, boot_epoch).await {
+            Ok(_) => backoff = retry_min,
+            Err(error) => {
+                tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "snapshot failed; the log keeps growing until one succeeds");
+                next_try = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(retry_max);
+            }
         }
     }
 }

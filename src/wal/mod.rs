@@ -13,7 +13,9 @@
 //! - `*.tmp`, a file being created. Every new file is written under a temporary
 //!   name, fsynced, renamed into place and then the directory is fsynced, so after
 //!   a crash a file either exists with its full content or not at all. Recovery
-//!   deletes leftover temporaries.
+//!   deletes leftover temporaries. `next-segment.wal.tmp` is the next segment,
+//!   created (zeros, fsync) and kept open once the active one is half full; rotation
+//!   writes its header, fsyncs it and renames it into place.
 //!
 //! # Segment format
 //!
@@ -79,6 +81,17 @@
 //!   `COMMIT_GAP` after its newest, never once a batch is full (see
 //!   `writer::Queue::group_due`). It writes a group only after the previous group's
 //!   fdatasync returned, so at any moment at most one commit group is unsynced.
+//! - The writer appends only into zeros it wrote ahead (with `preallocate_bytes`
+//!   above 0): room for a group is reserved before the group is written, and the
+//!   next segment exists, preallocated and open, before the rotation; the directory
+//!   is kept open for its fsyncs. So a full disk (ENOSPC) or a process out of
+//!   descriptors (EMFILE) is met by a reservation, never by an append. A failed
+//!   reservation raises the [`Alarm`]: [`Wal::admission`] refuses new awaited
+//!   records (the broker answers UNAVAILABLE, "disk full"), records nobody awaits are
+//!   queued only while they fit in the room left, and the writer retries every
+//!   `limits::LOG_ROOM_RETRY_MS` and clears the alarm on the first success. A group
+//!   admitted before the alarm that does not fit waits, unacknowledged, for that
+//!   retry; at close it is abandoned (its tickets fail).
 //! - A failed write or fdatasync aborts the process (see `fatal.rs`): never
 //!   retried, never acknowledged. With the `failpoints` feature,
 //!   `SEATBROKER_FAILPOINT=wal-fsync-fail-after:N` makes the fdatasync after the
@@ -317,7 +330,7 @@ enum WriterSlot {
     #[cfg(test)]
     Manual {
         /// The writer, run on the test's thread.
-        writer: SegmentWriter,
+        writer: Box<SegmentWriter>,
         /// The group written but not yet synced.
         written: Vec<Pending>,
     },
@@ -629,7 +642,7 @@ impl Wal {
     ) -> Result<(Wal, Recovered), WalError> {
         let (wal, recovered, writer) = Self::open_parts(dir, fs, options, failpoint)?;
         *wal.writer.lock() = WriterSlot::Manual {
-            writer,
+            writer: Box::new(writer),
             written: Vec::new(),
         };
         Ok((wal, recovered))

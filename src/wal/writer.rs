@@ -244,7 +244,8 @@ struct NextSegment {
 pub(crate) const NEXT_SEGMENT_TMP: &str = "next-segment.wal.tmp";
 
 /// How often a failed reservation (space ahead, the next segment) is retried.
-pub(crate) const RESERVE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const RESERVE_RETRY_INTERVAL: Duration =
+    Duration::from_millis(crate::limits::LOG_ROOM_RETRY_MS);
 
 impl SegmentWriter {
     /// Opens the active segment left by recovery and reserves room ahead of it (a
