@@ -238,22 +238,28 @@ fn assert_disk_full(result: Result<impl std::fmt::Debug, tonic::Status>) {
     common::assert_status(result, Code::Unavailable, "disk full");
 }
 
-/// A tmpfs of a few MiB mounted for one test, unmounted when dropped.
+/// A disk that can be filled and freed: a tmpfs of a few MiB mounted for one test
+/// (unmounted when dropped), or where mounting is not permitted (not root), the
+/// `failpoints` build's simulated full disk (writing zeros ahead and creating files
+/// in the WAL fail with ENOSPC while a marker file exists).
 struct SmallDisk {
     dir: tempfile::TempDir,
+    mounted: bool,
 }
 
 impl SmallDisk {
-    /// `None` where mounting is not permitted (the test needs root).
-    fn mount(size_mib: u32) -> Option<SmallDisk> {
+    /// `None` where neither is possible. `DISK_FULL_TEST_NO_MOUNT=1` picks the
+    /// failpoint even as root.
+    fn new(size_mib: u32) -> Option<SmallDisk> {
         let dir = tempfile::tempdir().expect("mount point");
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        mounted.then_some(SmallDisk { dir })
+        let mounted = std::env::var_os("DISK_FULL_TEST_NO_MOUNT").is_none()
+            && Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+                .arg(dir.path())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+        (mounted || cfg!(feature = "failpoints")).then_some(SmallDisk { dir, mounted })
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -264,9 +270,21 @@ impl SmallDisk {
         self.dir.path().join("filler")
     }
 
-    /// Writes a file until the disk has no byte left.
+    /// What the daemon needs to see this disk fill up.
+    fn envs(&self) -> Vec<(&'static str, String)> {
+        if self.mounted {
+            return Vec::new();
+        }
+        let marker = self.filler().to_string_lossy().into_owned();
+        vec![("SEATBROKER_FAILPOINT_WAL_DISK_FULL_WHILE", marker)]
+    }
+
+    /// Leaves no byte free (or sets the marker).
     fn fill(&self) {
         let mut file = std::fs::File::create(self.filler()).expect("create the filler");
+        if !self.mounted {
+            return;
+        }
         for chunk in [64 * 1024, 4096, 512, 1] {
             let zeros = vec![0u8; chunk];
             while file.write_all(&zeros).is_ok() {}
@@ -309,11 +327,13 @@ async fn churn_until_refused(engine: &mut SessionServiceClient<Authorized>) -> t
 #[tokio::test]
 async fn a_full_disk_makes_the_daemon_read_only_across_a_restart_and_it_resumes_when_space_returns()
 {
-    let Some(disk) = SmallDisk::mount(8) else {
-        eprintln!("skipped: mounting a tmpfs needs root");
+    let Some(disk) = SmallDisk::new(8) else {
+        eprintln!("skipped: mounting a tmpfs needs root, or build with --features failpoints");
         return;
     };
-    let mut daemon = Daemon::spawn(&disk.data_dir(), None, &[]);
+    let envs = disk.envs();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let mut daemon = Daemon::spawn(&disk.data_dir(), None, &envs);
     daemon.wait_health("", ServingStatus::Serving).await;
     let mut operator = daemon.admin(OPERATOR_KEY).await;
     let key = provision(&mut operator).await;
@@ -349,7 +369,7 @@ async fn a_full_disk_makes_the_daemon_read_only_across_a_restart_and_it_resumes_
 
     // A restart on the still-full disk comes up read-only rather than crash-looping.
     daemon.kill();
-    let mut daemon = Daemon::spawn(&disk.data_dir(), None, &[]);
+    let mut daemon = Daemon::spawn(&disk.data_dir(), None, &envs);
     daemon.wait_health(SESSIONS, ServingStatus::Serving).await;
     let mut engine = daemon.session(&key).await;
     heartbeat(&mut engine, &held)

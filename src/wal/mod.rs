@@ -359,6 +359,7 @@ impl Wal {
         options: WalOptions,
     ) -> Result<(Wal, Recovered), WalError> {
         let options = fatal::segment_bytes_failpoint(options);
+        let fs = fatal::disk_full_failpoint(fs);
         let (wal, recovered, writer) =
             Self::open_parts(dir, fs, options, FsyncFailpoint::from_env())?;
         let thread = std::thread::Builder::new()
