@@ -265,3 +265,24 @@ pub fn install_snapshot(wal: &Wal, cut: SnapshotCut) -> Result<usize, WalError> 
     wal.install_snapshot(cut.lsn, &bytes)?;
     Ok(bytes.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arithmetic behind `limits::LOG_LEASE_ENDS_IN_RESERVE_MIN`: the longest
+    /// lease end, framed and split across a block, fits `LOG_LEASE_END_BYTES_MAX`.
+    #[test]
+    fn the_longest_lease_end_fits_its_bound_in_the_log() {
+        let org = OrgId::parse(&"a".repeat(limits::ORG_ID_BYTES_MAX)).unwrap();
+        let id = codec::lease_id_from(&[0xff; 16]).unwrap();
+        let record = codec::encode_lease_ended(&org, id, u64::MAX);
+        // Fragment header and record prefix, one more fragment header and a skipped
+        // block tail where it crosses a block.
+        let in_log = record.len() + 7 + 16 + 7 + 6;
+        assert!(
+            in_log as u64 <= limits::LOG_LEASE_END_BYTES_MAX,
+            "{in_log} bytes"
+        );
+    }
+}
