@@ -1122,16 +1122,16 @@ fn out_of_descriptors_the_log_rotates_into_the_segment_opened_ahead_then_refuses
 fn a_full_disk_makes_the_log_read_only_until_space_returns_and_nothing_aborts() {
     let disk = SimulatedDisk::new();
     let options = WalOptions {
-        segment_bytes_max: 1024 * 1024,
+        segment_bytes_max: 64 * 1024,
         preallocate_bytes: 16 * 1024,
         ..small_options()
     };
     let (wal, _) = open_sim(&disk, options.clone()).expect("open");
     let mut records = vec![payload(1, 100)];
     append_one_by_one(&wal, &records);
-    // Nothing more fits on the disk: groups go into the zeros written ahead, until
-    // the writer fails to extend them and raises the alarm.
-    disk.set_capacity(Some(disk.used_bytes()));
+    // Little more fits on the disk: groups go into the zeros written ahead, until
+    // the writer fails to extend them (writing some of them) and raises the alarm.
+    disk.set_capacity(Some(disk.used_bytes() + 3000));
     let alarm = loop {
         assert!(records.len() < 1000, "the alarm never came");
         if let Err(WalError::Alarm(alarm)) = wal.admission() {
@@ -1154,8 +1154,12 @@ fn a_full_disk_makes_the_log_read_only_until_space_returns_and_nothing_aborts() 
     disk.set_capacity(None);
     wait_until("the alarm clears", || wal.alarm().is_none());
     big.wait_blocking().expect("durable once space returned");
-    records.push(payload(records.len() as Lsn + 1, 100));
-    append_one_by_one(&wal, &records[records.len() - 1..]);
+    // On into the next segments: the one that filled up was trimmed of every zero.
+    while wal.stats().rotations < 2 {
+        assert!(records.len() < 2000, "no rotation");
+        records.push(payload(records.len() as Lsn + 1, 100));
+        append_one_by_one(&wal, &records[records.len() - 1..]);
+    }
     wal.close().expect("close");
     drop(wal);
     let (_wal, recovered) = open_sim(&disk, options).expect("reopen");

@@ -213,6 +213,10 @@ pub(crate) struct SegmentWriter {
     length: u64,
     /// Its size on disk: `length` plus the zeros written ahead of it.
     allocated: u64,
+    /// A failed extension may have left zeros past `allocated`: trim at rotation
+    /// (belt and braces: the targets of extensions only grow, so a later success or
+    /// the appends that fill the segment cover them).
+    zeros_past_allocated: bool,
     /// The next segment, created ahead of its rotation.
     next: Option<NextSegment>,
     /// No attempt to create the next segment before this, after a failed one.
@@ -272,6 +276,7 @@ impl SegmentWriter {
             path,
             length: active.length,
             allocated: active.allocated.max(active.length),
+            zeros_past_allocated: false,
             next: None,
             next_retry_at: None,
             next_failure: None,
@@ -373,11 +378,14 @@ impl SegmentWriter {
                 self.allocated = target;
                 Ok(())
             }
-            Err(error) => Err(Alarm::from_io(
-                "writing zeros ahead of the log in",
-                &self.path,
-                &error,
-            )),
+            Err(error) => {
+                self.zeros_past_allocated = true;
+                Err(Alarm::from_io(
+                    "writing zeros ahead of the log in",
+                    &self.path,
+                    &error,
+                ))
+            }
         }
     }
 
@@ -497,7 +505,7 @@ impl SegmentWriter {
         // A full segment keeps no zeros after its records (a recovered one may, if it
         // was preallocated under other options): readers may then take any zeros
         // after the records of a segment that is not the last for damage.
-        if self.allocated > self.length {
+        if self.allocated > self.length || self.zeros_past_allocated {
             let trimmed = self
                 .file
                 .set_len(self.length)
@@ -537,6 +545,7 @@ impl SegmentWriter {
         self.path = path;
         self.length = format::SEGMENT_HEADER_BYTES as u64;
         self.allocated = allocated.max(self.length);
+        self.zeros_past_allocated = false;
         self.next_retry_at = None;
         Ok(())
     }

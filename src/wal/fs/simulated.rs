@@ -357,10 +357,19 @@ impl WalFile for SimFile {
 
     fn preallocate(&mut self, range: std::ops::Range<u64>) -> io::Result<()> {
         let start = usize::try_from(range.start).map_err(io::Error::other)?;
-        let end = usize::try_from(range.end).map_err(io::Error::other)?;
-        self.check_growth(end)?;
+        let requested_end = usize::try_from(range.end).map_err(io::Error::other)?;
         let inode = self.inode;
+        let mut outcome = Ok(());
         self.with_live_inode(|state| {
+            // Like a real write on a disk that fills up: the zeros that fit are
+            // written, then ENOSPC.
+            let mut end = requested_end;
+            if let Err(error) = state.check_growth(inode, end) {
+                let others = state.used_bytes() - state.inodes[inode].volatile.len();
+                let capacity = state.capacity_bytes.unwrap_or(usize::MAX);
+                end = capacity.saturating_sub(others).max(start).min(end);
+                outcome = Err(error);
+            }
             let file = &mut state.inodes[inode];
             let zeros = vec![0; end.saturating_sub(start)];
             write_at(&mut file.volatile, start, &zeros);
@@ -369,7 +378,7 @@ impl WalFile for SimFile {
                 bytes: zeros,
             });
         });
-        Ok(())
+        outcome
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
