@@ -353,3 +353,37 @@ const _: () = assert!(HANDSHAKE_TIMEOUT_MS_DEFAULT <= HANDSHAKE_TIMEOUT_MS_MAX);
 const _: () = assert!(IDLE_TIMEOUT_MS_MIN <= IDLE_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(IDLE_TIMEOUT_MS_DEFAULT <= IDLE_TIMEOUT_MS_MAX);
 const _: () = assert!(CONNECTIONS_MIN <= CONNECTIONS_MAX);
+
+// ----- The log's room on disk: a full disk, descriptor exhaustion (issue 10 items 2, 13). -----
+
+/// How often the WAL writer retries a failed reservation of room ahead of its appends
+/// (zeros in the active segment, the next segment created ahead of time), and how long
+/// a commit group that found no room waits between tries. While one fails, grants and
+/// admin changes answer UNAVAILABLE; the first success resumes them.
+pub const LOG_ROOM_RETRY_MS: u64 = 1_000;
+/// How often the daemon looks at the log's alarm for health and the metrics.
+pub const LOG_ALARM_CHECK_MS: u64 = 250;
+/// A failed snapshot (no space, no descriptor) is retried after this long, doubling
+/// up to the maximum, so that a full disk does not cost a state copy every second.
+pub const SNAPSHOT_RETRY_MS_MIN: u64 = 1_000;
+pub const SNAPSHOT_RETRY_MS_MAX: u64 = 60_000;
+/// A lease-end record in the log at most: org id (63 B), lease id (16 B), generation
+/// (10 B varint) and protobuf tags (< 10 B) make under 100 B of payload, plus a
+/// fragment header (7 B) and the record prefix (16 B), plus one more fragment header
+/// and a skipped block tail (13 B) if it crosses a block.
+pub const LOG_LEASE_END_BYTES_MAX: u64 = 160;
+/// Lease ends the log takes, at least, once its alarm is up (at default options). The
+/// writer extends the zeros ahead of its appends when fewer than half of
+/// `wal::PREALLOCATE_BYTES_DEFAULT` (512 KiB) remain, so a failed extension leaves
+/// that half less the group just written: a quarter for that group (256 grants of
+/// 1 KiB), a quarter for lease ends (queued only while they fit). Records admitted
+/// before the alarm that do not fit are never appended past the zeros: their group
+/// waits, unacknowledged, until space returns (`wal::writer`).
+pub const LOG_LEASE_ENDS_IN_RESERVE_MIN: u64 = 1_000;
+
+const _: () = assert!(LOG_ALARM_CHECK_MS <= LOG_ROOM_RETRY_MS);
+const _: () = assert!(SNAPSHOT_RETRY_MS_MIN <= SNAPSHOT_RETRY_MS_MAX);
+const _: () = assert!(
+    LOG_LEASE_ENDS_IN_RESERVE_MIN * LOG_LEASE_END_BYTES_MAX
+        <= crate::wal::PREALLOCATE_BYTES_DEFAULT / 4
+);

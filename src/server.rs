@@ -493,12 +493,23 @@ impl Bound {
             return Err(error);
         }
         phase.set(Phase::Serving);
-        report_health(&health, ServingStatus::Serving).await;
+        let alarm = self.journal.alarm();
+        report_serving(&health, alarm.as_ref()).await;
+        let alarm_watch = tokio::spawn(watch_log_alarm(
+            Arc::clone(&self.journal),
+            health.clone(),
+            alarm,
+        ));
 
         let result = tokio::select! {
-            () = shutdown => drain(&phase, &health, stop, &mut server, self.config.shutdown_grace).await,
+            () = shutdown => {
+                // Nothing may report SERVING once the drain said NOT_SERVING.
+                alarm_watch.abort();
+                drain(&phase, &health, stop, &mut server, self.config.shutdown_grace).await
+            }
             joined = &mut server => flatten(joined),
         };
+        alarm_watch.abort();
         for task in background {
             task.abort();
         }
@@ -597,6 +608,57 @@ async fn drain(
     }
 }
 
+/// Health while serving. With the log's alarm on (a full disk), the daemon is
+/// read-only: the whole server ("") and AdminService report NOT_SERVING, as etcd's
+/// `/health` reports false with "ALARM NOSPACE" while it keeps serving reads;
+/// SessionService stays SERVING because heartbeats and releases, which keep engines'
+/// seats, still work (acquires answer UNAVAILABLE "disk full").
+async fn report_serving(reporter: &HealthReporter, alarm: Option<&crate::wal::Alarm>) {
+    let degraded = if alarm.is_some() {
+        ServingStatus::NotServing
+    } else {
+        ServingStatus::Serving
+    };
+    let [whole, sessions, admin] = HEALTH_SERVICES;
+    reporter.set_service_status(whole, degraded).await;
+    reporter.set_service_status(admin, degraded).await;
+    reporter
+        .set_service_status(sessions, ServingStatus::Serving)
+        .await;
+}
+
+/// How often the daemon looks at the log's alarm, for health and the metrics.
+const LOG_ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(limits::LOG_ALARM_CHECK_MS);
+
+/// Follows the log's alarm (raised and cleared by the WAL writer, which retries the
+/// reservation by itself): metrics, health and a log line on each change.
+async fn watch_log_alarm(
+    journal: Arc<WalJournal>,
+    health: HealthReporter,
+    mut reported: Option<crate::wal::Alarm>,
+) {
+    metrics::log_alarm(reported.as_ref());
+    let mut tick = tokio::time::interval(LOG_ALARM_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let alarm = journal.alarm();
+        if alarm == reported {
+            continue;
+        }
+        match &alarm {
+            Some(alarm) => tracing::error!(
+                %alarm,
+                "read-only: grants and admin changes answer UNAVAILABLE until the log can reserve room"
+            ),
+            None => tracing::warn!("the log reserved room again: serving grants and admin changes"),
+        }
+        metrics::log_alarm(alarm.as_ref());
+        report_serving(&health, alarm.as_ref()).await;
+        reported = alarm;
+    }
+}
+
 /// The tasks that live as long as the server: expiry, metrics sampling and export.
 fn spawn_background(
     broker: &Arc<Broker>,
@@ -632,17 +694,28 @@ async fn sweep_expired_leases(broker: Arc<Broker>) {
 const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Writes a snapshot whenever the log has grown past its bound, so that disk use and
-/// recovery time stay bounded under endless churn.
+/// recovery time stay bounded under endless churn. A failed one (no space, no
+/// descriptor) is retried after `SNAPSHOT_RETRY_MS_MIN`, doubling up to
+/// `SNAPSHOT_RETRY_MS_MAX`: each try copies the admin state.
 async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoch: u64) {
     let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let retry_min = Duration::from_millis(limits::SNAPSHOT_RETRY_MS_MIN);
+    let retry_max = Duration::from_millis(limits::SNAPSHOT_RETRY_MS_MAX);
+    let mut backoff = retry_min;
+    let mut next_try = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        if !journal.wal().snapshot_due() {
+        if !journal.wal().snapshot_due() || tokio::time::Instant::now() < next_try {
             continue;
         }
-        if let Err(error) = snapshot_now(&broker, &journal, boot_epoch).await {
-            tracing::error!(%error, "snapshot failed; the log keeps growing until one succeeds");
+        match snapshot_now(&broker, &journal, boot_epoch).await {
+            Ok(_) => backoff = retry_min,
+            Err(error) => {
+                tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "snapshot failed; the log keeps growing until one succeeds");
+                next_try = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(retry_max);
+            }
         }
     }
 }

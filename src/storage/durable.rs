@@ -45,6 +45,11 @@ impl WalJournal {
         self.dropped_lease_ends.load(Ordering::Relaxed)
     }
 
+    /// Why the log refuses new grants and admin changes, while it does (a full disk).
+    pub fn alarm(&self) -> Option<wal::Alarm> {
+        self.wal.alarm()
+    }
+
     fn submit(&self, _admitted: LogPermit, record: Vec<u8>) -> Durable {
         match self.wal.submit(record) {
             Ok(ticket) => Box::pin(async move {
@@ -72,10 +77,15 @@ fn log_diverged(error: &WalError) -> ! {
 
 impl Journal for WalJournal {
     fn admit(&self) -> Result<LogPermit, DomainError> {
-        let pending = self.wal.pending_records().map_err(|_| {
-            DomainError::Unavailable(
+        let pending = self.wal.admission().map_err(|error| match error {
+            // Read-only until the log can reserve room again: reads, heartbeats and
+            // releases go on; grants and admin changes are refused before they apply.
+            WalError::Alarm(alarm) => {
+                DomainError::Unavailable(format!("seatbroker is read-only for now: {alarm}"))
+            }
+            _ => DomainError::Unavailable(
                 "seatbroker is shutting down; retry against the restarted daemon".into(),
-            )
+            ),
         })?;
         super::admit(pending, limits::LOG_QUEUE_RECORDS_MAX)
     }
@@ -254,4 +264,25 @@ pub fn install_snapshot(wal: &Wal, cut: SnapshotCut) -> Result<usize, WalError> 
     let bytes = codec::encode_snapshot(&cut.admin, leases, cut.boot_epoch);
     wal.install_snapshot(cut.lsn, &bytes)?;
     Ok(bytes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arithmetic behind `limits::LOG_LEASE_ENDS_IN_RESERVE_MIN`: the longest
+    /// lease end, framed and split across a block, fits `LOG_LEASE_END_BYTES_MAX`.
+    #[test]
+    fn the_longest_lease_end_fits_its_bound_in_the_log() {
+        let org = OrgId::parse(&"a".repeat(limits::ORG_ID_BYTES_MAX)).unwrap();
+        let id = codec::lease_id_from(&[0xff; 16]).unwrap();
+        let record = codec::encode_lease_ended(&org, id, u64::MAX);
+        // Fragment header and record prefix, one more fragment header and a skipped
+        // block tail where it crosses a block.
+        let in_log = record.len() + 7 + 16 + 7 + 6;
+        assert!(
+            in_log as u64 <= limits::LOG_LEASE_END_BYTES_MAX,
+            "{in_log} bytes"
+        );
+    }
 }

@@ -37,7 +37,9 @@ pub struct LogPermit {
 }
 
 pub trait Journal: Send + Sync + 'static {
-    /// Takes a place in the queue, or refuses with UNAVAILABLE when it is full or closed.
+    /// Takes a place in the queue, or refuses with UNAVAILABLE when it is full or closed,
+    /// or while the log cannot reserve room for new records (a full disk: the daemon is
+    /// read-only until the log's writer reserves room again).
     fn admit(&self) -> Result<LogPermit, DomainError>;
     /// Appends an admin command after every earlier record. Called with the admin lock
     /// held, right after the command applied; it must not block on I/O.

@@ -54,6 +54,11 @@ pub const WAL_SNAPSHOT_SECONDS: &str = "seatbroker_wal_snapshot_seconds";
 pub const WAL_SNAPSHOT_BYTES: &str = "seatbroker_wal_snapshot_bytes";
 pub const WAL_RECOVERY_SECONDS: &str = "seatbroker_wal_recovery_seconds";
 pub const WAL_RECOVERY_RECORDS: &str = "seatbroker_wal_recovery_records";
+/// 1 while the log cannot reserve disk space (ENOSPC) and the daemon is read-only, else 0.
+pub const DISK_FULL: &str = "seatbroker_disk_full";
+/// 1 while the log refuses grants and admin changes for any reason it cannot reserve
+/// room (a full disk, no descriptor for the next segment), else 0.
+pub const WAL_READ_ONLY: &str = "seatbroker_wal_read_only";
 
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -117,6 +122,13 @@ pub fn snapshot(duration: Duration, bytes: u64) {
 pub fn recovery(duration: Duration, records: u64) {
     gauge!(WAL_RECOVERY_SECONDS).set(duration.as_secs_f64());
     gauge!(WAL_RECOVERY_RECORDS).set(records as f64);
+}
+
+/// Records the log's alarm: read-only or not, and whether for a full disk.
+pub fn log_alarm(alarm: Option<&crate::wal::Alarm>) {
+    let disk_full = alarm.is_some_and(crate::wal::Alarm::is_disk_full);
+    gauge!(DISK_FULL).set(if disk_full { 1.0 } else { 0.0 });
+    gauge!(WAL_READ_ONLY).set(if alarm.is_some() { 1.0 } else { 0.0 });
 }
 
 // ----- Everything else. -----

@@ -4,7 +4,7 @@
 //! cannot be trusted.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::Lsn;
 
@@ -29,6 +29,10 @@ pub enum WalError {
         /// The configured bound.
         record_bytes_max: usize,
     },
+    /// The log cannot reserve room for what comes next (a full disk, no descriptor
+    /// for the next segment): new awaited records are not admitted until it can.
+    #[error(transparent)]
+    Alarm(#[from] Alarm),
     /// `close` was called; no record is accepted any more.
     #[error("WAL is closed")]
     Closed,
@@ -97,5 +101,48 @@ impl WalError {
             offset,
             detail: detail.into(),
         }
+    }
+}
+
+/// Why the log refuses new records for now. The writer raises it when it cannot
+/// reserve room on disk ahead of the appends (the zeros written ahead of them, the
+/// next segment), and clears it by itself once a retry succeeds, like etcd's NOSPACE
+/// alarm but without an operator's disarm.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Alarm {
+    /// The file system is full (ENOSPC or EDQUOT).
+    #[error(
+        "disk full: the log cannot reserve space for new records ({detail}); free space on \
+         the data directory's file system and writes resume by themselves"
+    )]
+    DiskFull {
+        /// The failed operation, path and error.
+        detail: String,
+    },
+    /// Any other failure to reserve room, such as no descriptor left for the next
+    /// segment (EMFILE).
+    #[error(
+        "the log cannot reserve room for new records ({detail}); writes resume by themselves \
+         once it can"
+    )]
+    NoRoom {
+        /// The failed operation, path and error.
+        detail: String,
+    },
+}
+
+impl Alarm {
+    /// The alarm for a failed reservation: `DiskFull` for ENOSPC and EDQUOT.
+    pub(crate) fn from_io(operation: &str, path: &Path, error: &io::Error) -> Self {
+        let detail = format!("{operation} {}: {error}", path.display());
+        match error.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Alarm::DiskFull { detail },
+            _ => Alarm::NoRoom { detail },
+        }
+    }
+
+    /// True for a full disk.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Alarm::DiskFull { .. })
     }
 }

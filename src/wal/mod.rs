@@ -13,7 +13,9 @@
 //! - `*.tmp`, a file being created. Every new file is written under a temporary
 //!   name, fsynced, renamed into place and then the directory is fsynced, so after
 //!   a crash a file either exists with its full content or not at all. Recovery
-//!   deletes leftover temporaries.
+//!   deletes leftover temporaries. `next-segment.wal.tmp` is the next segment,
+//!   created (zeros, fsync) and kept open once the active one is half full; rotation
+//!   writes its header, fsyncs it and renames it into place.
 //!
 //! # Segment format
 //!
@@ -79,6 +81,17 @@
 //!   `COMMIT_GAP` after its newest, never once a batch is full (see
 //!   `writer::Queue::group_due`). It writes a group only after the previous group's
 //!   fdatasync returned, so at any moment at most one commit group is unsynced.
+//! - The writer appends only into zeros it wrote ahead (with `preallocate_bytes`
+//!   above 0): room for a group is reserved before the group is written, and the
+//!   next segment exists, preallocated and open, before the rotation; the directory
+//!   is kept open for its fsyncs. So a full disk (ENOSPC) or a process out of
+//!   descriptors (EMFILE) is met by a reservation, never by an append. A failed
+//!   reservation raises the [`Alarm`]: [`Wal::admission`] refuses new awaited
+//!   records (the broker answers UNAVAILABLE, "disk full"), records nobody awaits are
+//!   queued only while they fit in the room left, and the writer retries every
+//!   `limits::LOG_ROOM_RETRY_MS` and clears the alarm on the first success. A group
+//!   admitted before the alarm that does not fit waits, unacknowledged, for that
+//!   retry; at close it is abandoned (its tickets fail).
 //! - A failed write or fdatasync aborts the process (see `fatal.rs`): never
 //!   retried, never acknowledged. With the `failpoints` feature,
 //!   `SEATBROKER_FAILPOINT=wal-fsync-fail-after:N` makes the fdatasync after the
@@ -136,7 +149,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -144,16 +157,16 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-pub use error::WalError;
+pub use error::{Alarm, WalError};
 pub use fatal::FAILPOINT_ENV;
 #[cfg(feature = "failpoints")]
 pub use fatal::set_abort_hook;
 pub use format::{BLOCK_BYTES, RECORD_BYTES_LIMIT};
-pub use fs::{FileSystem, RealFs, SimulatedDisk, WalFile, bench_raw_fsync_rate};
+pub use fs::{FileSystem, RealFs, SimulatedDisk, WalDir, WalFile, bench_raw_fsync_rate};
 pub use recovery::{Recovered, TailTruncation};
 
 use fatal::FsyncFailpoint;
-use writer::{Counters, Pending, Queue, SegmentWriter, Shared};
+use writer::{Counters, Pending, Queue, SegmentWriter, Shared, segment_bytes_max_of};
 
 /// Log sequence number: 1-based, strictly increasing, never reused.
 pub type Lsn = u64;
@@ -317,7 +330,7 @@ enum WriterSlot {
     #[cfg(test)]
     Manual {
         /// The writer, run on the test's thread.
-        writer: SegmentWriter,
+        writer: Box<SegmentWriter>,
         /// The group written but not yet synced.
         written: Vec<Pending>,
     },
@@ -345,6 +358,8 @@ impl Wal {
         fs: Arc<dyn FileSystem>,
         options: WalOptions,
     ) -> Result<(Wal, Recovered), WalError> {
+        let options = fatal::segment_bytes_failpoint(options);
+        let fs = fatal::disk_full_failpoint(fs);
         let (wal, recovered, writer) =
             Self::open_parts(dir, fs, options, FsyncFailpoint::from_env())?;
         let thread = std::thread::Builder::new()
@@ -372,6 +387,9 @@ impl Wal {
             .log_bytes_since_snapshot
             .store(outcome.log_bytes_since_snapshot, Ordering::Relaxed);
         let queue = Queue::new(outcome.next_lsn);
+        let dir_handle = fs
+            .open_dir(dir)
+            .map_err(|error| WalError::io("opening", dir, error))?;
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             fs,
@@ -381,6 +399,8 @@ impl Wal {
             durable_advanced: Condvar::new(),
             segments: Mutex::new(outcome.segments),
             counters,
+            dir_handle,
+            room_bytes: AtomicU64::new(0),
         });
         let writer = SegmentWriter::open(Arc::clone(&shared), &outcome.active, failpoint)?;
         let wal = Wal {
@@ -452,6 +472,16 @@ impl Wal {
                     pending_records,
                     queue_records_max,
                 });
+            }
+            // Under the alarm, a record nobody awaits is queued only while the room
+            // left ahead of the appends holds it and everything queued before it.
+            if done.is_none()
+                && let Some(alarm) = &queue.alarm
+            {
+                let room = self.shared.room_bytes.load(Ordering::Relaxed);
+                if queue.pending_bytes + segment_bytes_max_of(&record) > room {
+                    return Err(WalError::Alarm(alarm.clone()));
+                }
             }
             let lsn = queue.next_lsn;
             queue.next_lsn += 1;
@@ -549,6 +579,27 @@ impl Wal {
         Ok(queue.next_lsn - 1 - queue.durable_lsn)
     }
 
+    /// Whether a new awaited record may be admitted: the records submitted but not yet
+    /// durable, `Err(Closed)` once the log is closing, `Err(Alarm)` while the writer
+    /// cannot reserve room ahead of its appends (see [`Alarm`]). One short lock.
+    /// [`Wal::submit`] itself never refuses for the alarm: what a caller admitted
+    /// before it was raised must still be logged, since it is applied in memory.
+    pub fn admission(&self) -> Result<u64, WalError> {
+        let queue = self.shared.queue.lock();
+        if queue.closing {
+            return Err(WalError::Closed);
+        }
+        if let Some(alarm) = &queue.alarm {
+            return Err(WalError::Alarm(alarm.clone()));
+        }
+        Ok(queue.next_lsn - 1 - queue.durable_lsn)
+    }
+
+    /// The alarm, while the log cannot reserve room for new records.
+    pub fn alarm(&self) -> Option<Alarm> {
+        self.shared.queue.lock().alarm.clone()
+    }
+
     /// The current counters.
     pub fn stats(&self) -> WalStats {
         let counters = &self.shared.counters;
@@ -592,7 +643,7 @@ impl Wal {
     ) -> Result<(Wal, Recovered), WalError> {
         let (wal, recovered, writer) = Self::open_parts(dir, fs, options, failpoint)?;
         *wal.writer.lock() = WriterSlot::Manual {
-            writer,
+            writer: Box::new(writer),
             written: Vec::new(),
         };
         Ok((wal, recovered))
@@ -609,8 +660,10 @@ impl Wal {
             return;
         }
         *written = writer::take_group_now(&self.shared, records_max);
-        if !written.is_empty() {
-            writer.write_group(written);
+        if !written.is_empty()
+            && let Err(alarm) = writer.write_group(written)
+        {
+            panic!("no room for a manual group: {alarm}");
         }
     }
 

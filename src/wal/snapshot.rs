@@ -1,7 +1,9 @@
 //! Installing a snapshot: write the snapshot file durably, then delete what it
 //! makes redundant (segments wholly covered by it, older snapshots). The order is
 //! the safety argument: nothing is deleted before the new snapshot is durable, and
-//! the active segment is never deleted.
+//! the active segment is never deleted. A snapshot that cannot be written (no space,
+//! no descriptor) is an error returned to the caller, who retries later: nothing
+//! depends on it until it is renamed into place.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -14,8 +16,10 @@ use super::writer::{Shared, create_durable_file};
 /// Writes the snapshot file for `lsn` (temporary, write, fsync, rename, fsync dir).
 pub(crate) fn write_snapshot(shared: &Shared, lsn: Lsn, bytes: &[u8]) -> Result<(), WalError> {
     let path = shared.dir.join(format::snapshot_file_name(lsn));
+    let sync_dir = || shared.dir_handle.sync();
     create_durable_file(
         shared.fs.as_ref(),
+        &sync_dir,
         &path,
         &format::encode_snapshot(lsn, bytes),
     )?;
@@ -57,7 +61,9 @@ pub(crate) fn remove_covered(shared: &Shared, lsn: Lsn) -> Result<(), WalError> 
             remove(fs, &dir.join(name))?;
         }
     }
-    fs.sync_dir(dir)
+    shared
+        .dir_handle
+        .sync()
         .map_err(|error| WalError::io("syncing", dir, error))
 }
 

@@ -198,9 +198,15 @@ fn preallocated_segments_end_in_zeros_and_reopen_exactly_across_restarts() {
         ..small_options()
     };
     let records: Vec<Vec<u8>> = (1..=120).map(|lsn| payload(lsn, 700)).collect();
-    let segment_sizes = || {
+    // The segments, without the next one created ahead under a temporary name.
+    let segment_names = || {
         let mut names = RealFs.list(dir.path()).expect("list");
+        names.retain(|name| name.ends_with(".wal"));
         names.sort();
+        names
+    };
+    let segment_sizes = || {
+        let names = segment_names();
         names
             .iter()
             .map(|name| {
@@ -219,8 +225,7 @@ fn preallocated_segments_end_in_zeros_and_reopen_exactly_across_restarts() {
         assert!(recovered.truncated_tail.is_none(), "zeros are no torn tail");
         append_one_by_one(&wal, part);
         drop(wal);
-        let mut names = RealFs.list(dir.path()).expect("list");
-        names.sort();
+        let names = segment_names();
         let active = std::fs::read(dir.path().join(names.last().expect("a segment")))
             .expect("read the active segment");
         let data_end = active.iter().rposition(|&b| b != 0).expect("records") + 1;
@@ -245,8 +250,7 @@ fn preallocated_segments_end_in_zeros_and_reopen_exactly_across_restarts() {
         "zeros never run past the segment size limit by more than a group: {sizes:?}"
     );
     // Full segments were trimmed to their records before the next one started.
-    let mut names = RealFs.list(dir.path()).expect("list");
-    names.sort();
+    let names = segment_names();
     for name in &names[..names.len() - 1] {
         let full = std::fs::read(dir.path().join(name)).expect("read");
         assert_ne!(full.last(), Some(&0), "{name} ends in zeros");
@@ -1036,4 +1040,153 @@ fn fsync_failpoint_goes_through_the_abort_hook() {
     let (_wal, recovered) = open_sim(&disk, small_options()).expect("reopen");
     // The failed group was never acknowledged; without a crash its bytes may still be read back.
     assert!((2..=3).contains(&recovered.records.len()));
+}
+
+/// Small segments with preallocation on, for the tests of reservations.
+fn reserving_options() -> WalOptions {
+    WalOptions {
+        segment_bytes_max: 8 * 1024,
+        preallocate_bytes: 4 * 1024,
+        ..small_options()
+    }
+}
+
+/// Polls `condition` every 5 ms for up to 10 s (the writer retries a failed
+/// reservation every second).
+#[track_caller]
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn file_names(disk: &SimulatedDisk) -> Vec<String> {
+    disk.list(&sim_dir()).expect("list")
+}
+
+#[test]
+fn out_of_descriptors_the_log_rotates_into_the_segment_opened_ahead_then_refuses_and_resumes() {
+    let disk = SimulatedDisk::new();
+    let (wal, _) = open_sim(&disk, reserving_options()).expect("open");
+    let mut records = Vec::new();
+    // Past half of the first segment, the writer creates the next one ahead of time.
+    while !file_names(&disk).contains(&writer::NEXT_SEGMENT_TMP.to_string()) {
+        assert!(records.len() < 100, "no next segment was created ahead");
+        records.push(payload(records.len() as Lsn + 1, 500));
+        append_one_by_one(&wal, &records[records.len() - 1..]);
+    }
+    disk.set_descriptors_exhausted(true);
+    // The rotation needs no new descriptor: the segment and the directory are open.
+    while wal.stats().rotations == 0 {
+        assert!(records.len() < 200, "no rotation");
+        records.push(payload(records.len() as Lsn + 1, 500));
+        append_one_by_one(&wal, &records[records.len() - 1..]);
+    }
+    // The next one cannot be created: once it is needed, new records are refused.
+    let mut tickets = Vec::new();
+    let refused = loop {
+        assert!(records.len() < 1000, "the log never refused new records");
+        match wal.admission() {
+            Err(WalError::Alarm(alarm)) => break alarm,
+            Err(other) => panic!("unexpected {other}"),
+            Ok(_) => {}
+        }
+        records.push(payload(records.len() as Lsn + 1, 500));
+        tickets.push(
+            wal.submit(records[records.len() - 1].clone())
+                .expect("submit"),
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(
+        !refused.is_disk_full() && refused.to_string().contains("Too many open files"),
+        "{refused}"
+    );
+    disk.set_descriptors_exhausted(false);
+    wait_until("the alarm clears", || wal.alarm().is_none());
+    for ticket in tickets {
+        ticket
+            .wait_blocking()
+            .expect("durable once the next segment exists");
+    }
+    assert!(wal.admission().is_ok());
+    wal.close().expect("close");
+    drop(wal);
+    let (_wal, recovered) = open_sim(&disk, reserving_options()).expect("reopen");
+    check_records(&recovered, 1, &records);
+}
+
+#[test]
+fn a_full_disk_makes_the_log_read_only_until_space_returns_and_nothing_aborts() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        segment_bytes_max: 64 * 1024,
+        preallocate_bytes: 16 * 1024,
+        ..small_options()
+    };
+    let (wal, _) = open_sim(&disk, options.clone()).expect("open");
+    let mut records = vec![payload(1, 100)];
+    append_one_by_one(&wal, &records);
+    // Little more fits on the disk: groups go into the zeros written ahead, until
+    // the writer fails to extend them (writing some of them) and raises the alarm.
+    disk.set_capacity(Some(disk.used_bytes() + 3000));
+    let alarm = loop {
+        assert!(records.len() < 1000, "the alarm never came");
+        if let Err(WalError::Alarm(alarm)) = wal.admission() {
+            break alarm;
+        }
+        records.push(payload(records.len() as Lsn + 1, 100));
+        append_one_by_one(&wal, &records[records.len() - 1..]);
+    };
+    assert!(alarm.is_disk_full(), "{alarm}");
+    assert!(alarm.to_string().contains("disk full"), "{alarm}");
+    // Records nobody awaits (lease ends) still fit in the room left.
+    records.push(payload(records.len() as Lsn + 1, 100));
+    wal.submit_unawaited(records[records.len() - 1].clone(), usize::MAX)
+        .expect("room for a lease end");
+    // An admitted record too big for the room waits, unacknowledged, rather than abort.
+    records.push(payload(records.len() as Lsn + 1, 20_000));
+    let big = wal
+        .submit(records[records.len() - 1].clone())
+        .expect("submit");
+    disk.set_capacity(None);
+    wait_until("the alarm clears", || wal.alarm().is_none());
+    big.wait_blocking().expect("durable once space returned");
+    // On into the next segments: the one that filled up was trimmed of every zero.
+    while wal.stats().rotations < 2 {
+        assert!(records.len() < 2000, "no rotation");
+        records.push(payload(records.len() as Lsn + 1, 100));
+        append_one_by_one(&wal, &records[records.len() - 1..]);
+    }
+    wal.close().expect("close");
+    drop(wal);
+    let (_wal, recovered) = open_sim(&disk, options).expect("reopen");
+    check_records(&recovered, 1, &records);
+}
+
+#[test]
+fn a_restart_on_a_full_disk_without_room_starts_read_only() {
+    let disk = SimulatedDisk::new();
+    let options = WalOptions {
+        preallocate_bytes: 16 * 1024,
+        ..small_options()
+    };
+    let (wal, _) = open_sim(&disk, options.clone()).expect("open");
+    let records = vec![payload(1, 100)];
+    append_one_by_one(&wal, &records);
+    wal.close().expect("close");
+    drop(wal);
+    // The zeros ahead are gone (an older version trimmed them) and the disk is full.
+    let segment = segment_path(1);
+    let length = format::SEGMENT_HEADER_BYTES + format::FRAGMENT_HEADER_BYTES + 16 + 100;
+    disk.cut(&segment, length).expect("cut");
+    disk.set_capacity(Some(disk.used_bytes()));
+    let (wal, recovered) = open_sim(&disk, options).expect("a full disk does not stop the open");
+    check_records(&recovered, 1, &records);
+    assert!(matches!(wal.admission(), Err(WalError::Alarm(alarm)) if alarm.is_disk_full()));
+    disk.set_capacity(None);
+    wait_until("the alarm clears", || wal.alarm().is_none());
+    append_one_by_one(&wal, &[payload(2, 100)]);
 }

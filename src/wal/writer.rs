@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-use super::error::WalError;
+use super::error::{Alarm, WalError};
 use super::fatal::{FsyncFailpoint, fatal_io};
 use super::format::{self, BLOCK_BYTES, RecordPrefix};
-use super::fs::{self, FileSystem, WalFile};
+use super::fs::{self, FileSystem, WalDir, WalFile};
 use super::recovery::{ActiveSegment, framed_bytes};
 use super::{Lsn, WalOptions};
 
@@ -39,6 +39,12 @@ pub(crate) struct Shared {
     pub segments: Mutex<Vec<Lsn>>,
     /// Counters for `Wal::stats`.
     pub counters: Counters,
+    /// The WAL directory, kept open from `Wal::open` on, so that syncing it after a
+    /// rotation or a snapshot never needs a descriptor the process may not have.
+    pub dir_handle: Box<dyn WalDir>,
+    /// Zeros left ahead of the appends in the active segment (published by the
+    /// writer): under the alarm, records nobody awaits are queued only while they fit.
+    pub room_bytes: AtomicU64,
 }
 
 /// The submit queue, guarded by `Shared::queue`.
@@ -66,6 +72,11 @@ pub(crate) struct Queue {
     pub closing: bool,
     /// Cleared when the writer exits (normally or by panic).
     pub writer_running: bool,
+    /// Set by the writer while it cannot reserve room ahead of the appends: new
+    /// awaited records are not admitted (`Wal::admission`).
+    pub alarm: Option<Alarm>,
+    /// Bytes the queued records take in a segment at most (framing included).
+    pub pending_bytes: u64,
 }
 
 impl Queue {
@@ -81,6 +92,8 @@ impl Queue {
             busy: false,
             closing: false,
             writer_running: true,
+            alarm: None,
+            pending_bytes: 0,
         }
     }
 
@@ -91,6 +104,7 @@ impl Queue {
             self.oldest_queued_at = Some(now);
         }
         self.newest_queued_at = Some(now);
+        self.pending_bytes += segment_bytes_max_of(&pending.record);
         self.awaited += usize::from(pending.done.is_some());
         self.pending.push_back(pending);
     }
@@ -121,6 +135,10 @@ impl Queue {
         let count = count.min(self.pending.len());
         let group: Vec<Pending> = self.pending.drain(..count).collect();
         self.awaited -= group.iter().filter(|p| p.done.is_some()).count();
+        self.pending_bytes -= group
+            .iter()
+            .map(|p| segment_bytes_max_of(&p.record))
+            .sum::<u64>();
         if self.pending.is_empty() {
             self.oldest_queued_at = None;
             self.newest_queued_at = None;
@@ -130,6 +148,13 @@ impl Queue {
         // queue never empties and groups simply stay full).
         group
     }
+}
+
+/// The most bytes `record` can take in a segment: its framed size, one more
+/// fragment header per block it may cross, and a skipped block tail.
+pub(crate) fn segment_bytes_max_of(record: &[u8]) -> u64 {
+    let fragments = (record.len() / BLOCK_BYTES + 2) as u64;
+    framed_bytes(record) + fragments * format::FRAGMENT_HEADER_BYTES as u64
 }
 
 /// A busy log's group waits no longer than this after its newest record: a pause in
@@ -169,6 +194,14 @@ pub(crate) struct Counters {
 }
 
 /// Appends commit groups to the active segment. Owned by the writer thread.
+///
+/// It never appends past the zeros it wrote ahead (when `preallocate_bytes` is not 0):
+/// room for a group is reserved before the group is written, and the next segment is
+/// created, preallocated and kept open before it is needed, so neither a full disk
+/// nor a process out of descriptors can make an append fail. When a reservation
+/// fails, the writer raises the [`Alarm`] (new awaited records are no longer
+/// admitted) and retries every `RESERVE_RETRY_INTERVAL`; a group that does not fit
+/// in the room left waits, unacknowledged, for the retry to succeed.
 pub(crate) struct SegmentWriter {
     /// Shared state.
     shared: Arc<Shared>,
@@ -180,17 +213,47 @@ pub(crate) struct SegmentWriter {
     length: u64,
     /// Its size on disk: `length` plus the zeros written ahead of it.
     allocated: u64,
-    /// Writing zeros ahead failed in this segment (a full disk, say): appends grow
-    /// the file instead until the next segment.
-    preallocation_failed: bool,
+    /// A failed extension may have left zeros past `allocated`: trim at rotation
+    /// (belt and braces: the targets of extensions only grow, so a later success or
+    /// the appends that fill the segment cover them).
+    zeros_past_allocated: bool,
+    /// The next segment, created ahead of its rotation.
+    next: Option<NextSegment>,
+    /// No attempt to create the next segment before this, after a failed one.
+    next_retry_at: Option<Instant>,
+    /// Why the last attempt to create the next segment failed.
+    next_failure: Option<Alarm>,
+    /// Why the last reservation failed, as published in the queue.
+    alarm: Option<Alarm>,
     /// The injected fsync failure, in `failpoints` builds.
     failpoint: FsyncFailpoint,
     /// Reused encoding buffer; the whole group goes out in one append.
     buffer: Vec<u8>,
 }
 
+/// A segment created before it is needed: a temporary file of zeros, fsynced and
+/// kept open, so that rotation needs no new descriptor and no new space. Rotation
+/// writes its header, syncs it and renames it into place.
+struct NextSegment {
+    /// The open file, append position at 0.
+    file: Box<dyn WalFile>,
+    /// Its temporary name ([`NEXT_SEGMENT_TMP`] in the WAL directory).
+    tmp: PathBuf,
+    /// Zeros written in it.
+    allocated: u64,
+}
+
+/// Name of the next segment while it waits for its rotation; recovery deletes it
+/// like any temporary file.
+pub(crate) const NEXT_SEGMENT_TMP: &str = "next-segment.wal.tmp";
+
+/// How often a failed reservation (space ahead, the next segment) is retried.
+pub(crate) const RESERVE_RETRY_INTERVAL: Duration =
+    Duration::from_millis(crate::limits::LOG_ROOM_RETRY_MS);
+
 impl SegmentWriter {
-    /// Opens the active segment left by recovery.
+    /// Opens the active segment left by recovery and reserves room ahead of it (a
+    /// failure raises the alarm before anything is admitted).
     pub(crate) fn open(
         shared: Arc<Shared>,
         active: &ActiveSegment,
@@ -207,24 +270,32 @@ impl SegmentWriter {
         if let Err(error) = file.sync_data() {
             fatal_io("fdatasync of the recovered segment", &path, &error);
         }
-        Ok(Self {
+        let mut writer = Self {
             shared,
             file,
             path,
             length: active.length,
             allocated: active.allocated.max(active.length),
-            preallocation_failed: false,
+            zeros_past_allocated: false,
+            next: None,
+            next_retry_at: None,
+            next_failure: None,
+            alarm: None,
             failpoint,
             buffer: Vec::new(),
-        })
+        };
+        writer.maintain();
+        Ok(writer)
     }
 
-    /// Writes one commit group (rotating first if the segment is full), without syncing.
-    pub(crate) fn write_group(&mut self, group: &[Pending]) {
+    /// Writes one commit group (rotating first if the segment is full), without
+    /// syncing. `Err` when there is no room for it (no next segment, no space): nothing
+    /// was written, and the caller retries later.
+    pub(crate) fn write_group(&mut self, group: &[Pending]) -> Result<(), Alarm> {
         assert!(!group.is_empty());
         assert!(group.len() <= self.shared.options.batch_records_max);
         if self.length >= self.shared.options.segment_bytes_max {
-            self.rotate(group[0].lsn);
+            self.rotate(group[0].lsn)?;
         }
         self.buffer.clear();
         let group_first_lsn = group[0].lsn;
@@ -239,12 +310,16 @@ impl SegmentWriter {
             block_offset =
                 format::encode_record(&mut self.buffer, block_offset, prefix, &pending.record);
         }
+        self.reserve(self.buffer.len() as u64)?;
         if let Err(error) = self.file.append(&self.buffer) {
             fatal_io("append", &self.path, &error);
         }
         self.length += self.buffer.len() as u64;
         self.allocated = self.allocated.max(self.length);
-        self.preallocate_ahead();
+        if let Err(alarm) = self.preallocate_ahead() {
+            self.raise(alarm);
+        }
+        self.publish_room();
         assert_eq!(
             self.length % BLOCK_BYTES as u64,
             block_offset as u64 % BLOCK_BYTES as u64
@@ -260,37 +335,58 @@ impl SegmentWriter {
         counters
             .log_bytes_since_snapshot
             .fetch_add(framed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes sure `bytes` can be appended into zeros already written: extends them
+    /// (with `preallocate_bytes` more) if needed. Without preallocation appends grow
+    /// the file, and a full disk makes them fail (fatal).
+    fn reserve(&mut self, bytes: u64) -> Result<(), Alarm> {
+        let ahead = self.shared.options.preallocate_bytes;
+        let needed = self.length + bytes;
+        if ahead == 0 || self.allocated >= needed {
+            return Ok(());
+        }
+        let target = (needed + ahead).min(self.shared.options.segment_bytes_max.max(needed));
+        self.extend_zeros(target)
     }
 
     /// Keeps zeros written ahead of the appends, up to the segment's size limit, so
     /// that most groups' fdatasync finds the file size unchanged and flushes data
-    /// only (an append that grows the file also makes fdatasync write its inode).
+    /// only (an append that grows the file also makes fdatasync write its inode), and
+    /// so that a full disk is found here, ahead of the appends, where it is not fatal.
     /// The zeros are extended by at least half of `preallocate_bytes` at a time;
     /// they go to disk with this group's fdatasync. Readers treat a remainder of
     /// zeros as the end of the segment.
-    ///
-    /// A failure here is not fatal, unlike a failed append: the zeros are only an
-    /// optimisation, and a partial run of them still reads as the end. The writer
-    /// then stops preallocating until the next segment.
-    fn preallocate_ahead(&mut self) {
+    fn preallocate_ahead(&mut self) -> Result<(), Alarm> {
         let ahead = self.shared.options.preallocate_bytes;
-        if ahead == 0 || self.preallocation_failed || self.allocated >= self.length + ahead / 2 {
-            return;
+        if ahead == 0 || self.allocated >= self.length + ahead / 2 {
+            return Ok(());
         }
         let target = (self.length + ahead).min(self.shared.options.segment_bytes_max);
         if target <= self.allocated {
-            return;
+            return Ok(());
         }
-        if let Err(error) = self.file.preallocate(self.allocated..target) {
-            tracing::warn!(
-                segment = %self.path.display(),
-                %error,
-                "could not write zeros ahead of the log; appends grow the segment instead"
-            );
-            self.preallocation_failed = true;
-            return;
+        self.extend_zeros(target)
+    }
+
+    /// Writes zeros from `allocated` to `target`. On failure `allocated` stays (some
+    /// zeros may be written past it: harmless, they read as the end).
+    fn extend_zeros(&mut self, target: u64) -> Result<(), Alarm> {
+        match self.file.preallocate(self.allocated..target) {
+            Ok(()) => {
+                self.allocated = target;
+                Ok(())
+            }
+            Err(error) => {
+                self.zeros_past_allocated = true;
+                Err(Alarm::from_io(
+                    "writing zeros ahead of the log in",
+                    &self.path,
+                    &error,
+                ))
+            }
         }
-        self.allocated = target;
     }
 
     /// Makes everything written so far durable. A failure aborts the process.
@@ -304,13 +400,112 @@ impl SegmentWriter {
         self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The reservations that are due, between groups and on the retry interval:
+    /// zeros ahead of the appends, and the next segment once the active one is half
+    /// full. Raises or clears the alarm by the outcome. Returns when to run again.
+    pub(crate) fn maintain(&mut self) -> Option<Instant> {
+        // Zeros written here reach the disk with the next group's fdatasync; the
+        // space is taken at write time, which is what the reservation is for.
+        let room_zeros = self.preallocate_ahead();
+        let rotation_due = self.length >= self.shared.options.segment_bytes_max;
+        let next_wanted = self.length >= self.shared.options.segment_bytes_max / 2;
+        let retry_passed = self.next_retry_at.is_none_or(|at| Instant::now() >= at);
+        if self.next.is_none() && next_wanted && (retry_passed || rotation_due) {
+            match self.create_next() {
+                Ok(next) => {
+                    self.next = Some(next);
+                    self.next_retry_at = None;
+                    self.next_failure = None;
+                }
+                Err(alarm) => {
+                    tracing::warn!(error = %alarm, "could not create the next WAL segment ahead of time; retrying");
+                    self.next_retry_at = Some(Instant::now() + RESERVE_RETRY_INTERVAL);
+                    self.next_failure = Some(alarm);
+                }
+            }
+        }
+        let next_missing = rotation_due && self.next.is_none();
+        let alarm = match room_zeros {
+            Err(alarm) => Some(alarm),
+            Ok(()) if next_missing => Some(self.next_failure.clone().unwrap_or(Alarm::NoRoom {
+                detail: "the next segment could not be created".to_string(),
+            })),
+            Ok(()) => None,
+        };
+        match alarm {
+            Some(alarm) => self.raise(alarm),
+            None => self.clear(),
+        }
+        self.publish_room();
+        let retry = self.alarm.is_some() || (next_wanted && self.next.is_none());
+        retry.then(|| Instant::now() + RESERVE_RETRY_INTERVAL)
+    }
+
+    /// Publishes the alarm: admission stops for awaited records.
+    fn raise(&mut self, alarm: Alarm) {
+        if self.alarm.as_ref() != Some(&alarm) {
+            tracing::error!(error = %alarm, "the log refuses new records until it can reserve room");
+            self.shared.queue.lock().alarm = Some(alarm.clone());
+            self.alarm = Some(alarm);
+        }
+    }
+
+    /// Clears the alarm: admission resumes.
+    fn clear(&mut self) {
+        if self.alarm.take().is_some() {
+            tracing::warn!("the log reserved room again; new records are admitted");
+            self.shared.queue.lock().alarm = None;
+        }
+    }
+
+    /// Publishes how many bytes of zeros are left ahead of the appends.
+    fn publish_room(&self) {
+        self.shared
+            .room_bytes
+            .store(self.allocated - self.length, Ordering::Relaxed);
+    }
+
+    /// Creates the next segment under its temporary name: zeros, fsync, kept open.
+    fn create_next(&mut self) -> Result<NextSegment, Alarm> {
+        let fs = self.shared.fs.as_ref();
+        let tmp = self.shared.dir.join(NEXT_SEGMENT_TMP);
+        let zeros = self
+            .shared
+            .options
+            .preallocate_bytes
+            .min(self.shared.options.segment_bytes_max);
+        let mut file = fs
+            .create(&tmp)
+            .map_err(|error| Alarm::from_io("creating", &tmp, &error))?;
+        let written = file
+            .preallocate(0..zeros)
+            .and_then(|()| file.sync_data())
+            .map_err(|error| Alarm::from_io("writing zeros to", &tmp, &error));
+        if let Err(alarm) = written {
+            // Nothing refers to it; the space goes back now, or at the next recovery.
+            drop(file);
+            let _ = fs.remove(&tmp);
+            return Err(alarm);
+        }
+        Ok(NextSegment {
+            file,
+            tmp,
+            allocated: zeros,
+        })
+    }
+
     /// Starts a new segment whose first record is `first_lsn`. The old one was synced
-    /// with its last group, so it is complete on disk.
-    fn rotate(&mut self, first_lsn: Lsn) {
+    /// with its last group, so it is complete on disk. `Err` (nothing changed) when
+    /// no next segment exists and none can be created now.
+    fn rotate(&mut self, first_lsn: Lsn) -> Result<(), Alarm> {
+        let next = match self.next.take() {
+            Some(next) => next,
+            None => self.create_next()?,
+        };
         // A full segment keeps no zeros after its records (a recovered one may, if it
         // was preallocated under other options): readers may then take any zeros
         // after the records of a segment that is not the last for damage.
-        if self.allocated > self.length || self.preallocation_failed {
+        if self.allocated > self.length || self.zeros_past_allocated {
             let trimmed = self
                 .file
                 .set_len(self.length)
@@ -318,19 +513,28 @@ impl SegmentWriter {
             if let Err(error) = trimmed {
                 fatal_io("trimming a full segment", &self.path, &error);
             }
+            self.allocated = self.length;
         }
-        let (file, path) =
-            match create_segment(self.shared.fs.as_ref(), &self.shared.dir, first_lsn) {
-                Ok(created) => created,
-                Err(error) => {
-                    let path = self.shared.dir.join(format::segment_file_name(first_lsn));
-                    fatal_io(
-                        "segment rotation",
-                        &path,
-                        &std::io::Error::other(error.to_string()),
-                    );
-                }
-            };
+        let NextSegment {
+            mut file,
+            tmp,
+            allocated,
+        } = next;
+        let path = self.shared.dir.join(format::segment_file_name(first_lsn));
+        let header = format::encode_segment_header(first_lsn);
+        if let Err(error) = file.append(&header).and_then(|()| file.sync_data()) {
+            fatal_io("write and fsync of a new segment's header", &tmp, &error);
+        }
+        if let Err(error) = self.shared.fs.rename(&tmp, &path) {
+            // Not renamed: nothing refers to it; a new one is made on the retry.
+            let alarm = Alarm::from_io("renaming the next segment to", &path, &error);
+            drop(file);
+            let _ = self.shared.fs.remove(&tmp);
+            return Err(alarm);
+        }
+        if let Err(error) = self.shared.dir_handle.sync() {
+            fatal_io("directory fsync", &self.shared.dir, &error);
+        }
         tracing::debug!(segment = %path.display(), "rotated WAL segment");
         self.shared.segments.lock().push(first_lsn);
         self.shared
@@ -340,28 +544,39 @@ impl SegmentWriter {
         self.file = file;
         self.path = path;
         self.length = format::SEGMENT_HEADER_BYTES as u64;
-        self.allocated = self.length;
-        self.preallocation_failed = false;
+        self.allocated = allocated.max(self.length);
+        self.zeros_past_allocated = false;
+        self.next_retry_at = None;
+        Ok(())
     }
 }
 
 /// Creates the segment file for `first_lsn` durably (header only) and returns it
-/// open for appending.
+/// open for appending; the first segment of a new log.
 pub(crate) fn create_segment(
     fs: &dyn FileSystem,
     dir: &Path,
     first_lsn: Lsn,
 ) -> Result<(Box<dyn WalFile>, PathBuf), WalError> {
     let path = dir.join(format::segment_file_name(first_lsn));
-    let file = create_durable_file(fs, &path, &format::encode_segment_header(first_lsn))?;
+    let sync_dir = || fs.sync_dir(dir);
+    let file = create_durable_file(
+        fs,
+        &sync_dir,
+        &path,
+        &format::encode_segment_header(first_lsn),
+    )?;
     Ok((file, path))
 }
 
 /// Creates `path` with `content` so that after a crash it either does not exist or
-/// holds exactly `content`: write a temporary, fsync it, rename, fsync the directory.
-/// Write and fsync failures abort; other failures are returned.
+/// holds exactly `content`: write a temporary, fsync it, rename, fsync the directory
+/// (with `sync_dir`). A failure before the rename is returned (the temporary is
+/// removed; nothing refers to it, so a failed fsync of it loses nothing); a failed
+/// directory fsync aborts.
 pub(crate) fn create_durable_file(
     fs: &dyn FileSystem,
+    sync_dir: &dyn Fn() -> std::io::Result<()>,
     path: &Path,
     content: &[u8],
 ) -> Result<Box<dyn WalFile>, WalError> {
@@ -371,34 +586,54 @@ pub(crate) fn create_durable_file(
         .create(&tmp)
         .map_err(|error| WalError::io("creating", &tmp, error))?;
     if let Err(error) = file.append(content).and_then(|()| file.sync_data()) {
-        fatal_io("write and fsync of a new file", &tmp, &error);
+        drop(file);
+        let _ = fs.remove(&tmp);
+        return Err(WalError::io("writing and syncing", &tmp, error));
     }
     fs.rename(&tmp, path)
         .map_err(|error| WalError::io("renaming into place", path, error))?;
-    if let Err(error) = fs.sync_dir(dir) {
+    if let Err(error) = sync_dir() {
         fatal_io("directory fsync", dir, &error);
     }
     Ok(file)
 }
 
 /// Takes the next commit group, up to `batch_records_max` queued records, when
-/// `Queue::group_due` says. Waits for that; returns `None` once the WAL is closing and
-/// the queue is drained.
-pub(crate) fn take_group(shared: &Shared) -> Option<Vec<Pending>> {
+/// `Queue::group_due` says. Waits for that, or until `retry_at` (then returns an
+/// empty group, so the writer can retry a reservation); returns `None` once the WAL
+/// is closing and the queue is drained.
+pub(crate) fn take_group(shared: &Shared, retry_at: Option<Instant>) -> Option<Vec<Pending>> {
     let mut queue = shared.queue.lock();
     loop {
-        let Some(due) = queue.group_due(&shared.options) else {
-            if queue.closing {
-                return None;
-            }
-            shared.work_ready.wait(&mut queue);
-            continue;
-        };
-        if Instant::now() >= due {
+        let due = queue.group_due(&shared.options);
+        if due.is_none() && queue.closing {
+            return None;
+        }
+        let now = Instant::now();
+        if due.is_some_and(|due| now >= due) {
             return Some(queue.take(shared.options.batch_records_max));
         }
-        shared.work_ready.wait_until(&mut queue, due);
+        if retry_at.is_some_and(|at| now >= at) {
+            return Some(Vec::new());
+        }
+        match due.into_iter().chain(retry_at).min() {
+            Some(wake_at) => {
+                shared.work_ready.wait_until(&mut queue, wake_at);
+            }
+            None => shared.work_ready.wait(&mut queue),
+        }
     }
+}
+
+/// Waits `RESERVE_RETRY_INTERVAL` (a group that found no room waits for a retry);
+/// false once the WAL is closing.
+fn wait_to_retry(shared: &Shared) -> bool {
+    let until = Instant::now() + RESERVE_RETRY_INTERVAL;
+    let mut queue = shared.queue.lock();
+    while !queue.closing && Instant::now() < until {
+        shared.work_ready.wait_until(&mut queue, until);
+    }
+    !queue.closing
 }
 
 /// Takes at most `records_max` queued records without waiting (tests drive the
@@ -440,16 +675,33 @@ pub(crate) fn publish_durable(shared: &Shared, group: Vec<Pending>) {
     }
 }
 
-/// The writer thread's body: commit groups until closed.
+/// The writer thread's body: commit groups until closed. A group that finds no room
+/// waits for a retry; at close it is abandoned, never written and never acknowledged
+/// (its callers get `WriterStopped`).
 pub(crate) fn run(mut writer: SegmentWriter) {
     let shared = Arc::clone(&writer.shared);
     let _stopped = StoppedGuard(Arc::clone(&shared));
-    while let Some(group) = take_group(&shared) {
-        writer.write_group(&group);
+    let mut retry_at = writer.maintain();
+    while let Some(group) = take_group(&shared, retry_at) {
+        if group.is_empty() {
+            retry_at = writer.maintain();
+            continue;
+        }
+        while let Err(alarm) = writer.write_group(&group) {
+            writer.raise(alarm);
+            if !wait_to_retry(&shared) {
+                tracing::error!(
+                    records = group.len(),
+                    "closing with records the log found no room for; they were never acknowledged"
+                );
+                return;
+            }
+        }
         let sync_started = std::time::Instant::now();
         writer.sync();
         crate::telemetry::metrics::wal_fsync(sync_started.elapsed(), group.len());
         publish_durable(&shared, group);
+        retry_at = writer.maintain();
     }
 }
 

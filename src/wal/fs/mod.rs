@@ -2,7 +2,9 @@
 //! implementation on `std::fs`. `simulated.rs` holds the power-loss simulator used
 //! by the tests. Only these operations exist, so every durability step is visible
 //! at the call site: data is durable after `WalFile::sync_data`, a directory
-//! entry (create, rename, remove) after `FileSystem::sync_dir`.
+//! entry (create, rename, remove) after `FileSystem::sync_dir` or
+//! `WalDir::sync` (a directory kept open, so that syncing it needs no new
+//! descriptor when the process has none left).
 
 mod simulated;
 
@@ -32,6 +34,12 @@ pub trait WalFile: Send {
     fn set_len(&mut self, length: u64) -> io::Result<()>;
 }
 
+/// A directory kept open for syncing its entries.
+pub trait WalDir: Send + Sync + Debug {
+    /// Makes the directory's entries durable (fsync of the directory).
+    fn sync(&self) -> io::Result<()>;
+}
+
 /// The directory operations the WAL needs.
 pub trait FileSystem: Send + Sync + Debug {
     /// Creates `dir` and its parents if missing.
@@ -51,6 +59,21 @@ pub trait FileSystem: Send + Sync + Debug {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes the directory entries of `dir` durable (fsync of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Opens `dir` and keeps it open for [`WalDir::sync`].
+    fn open_dir(&self, dir: &Path) -> io::Result<Box<dyn WalDir>>;
+}
+
+/// An open directory of the real file system.
+#[derive(Debug)]
+struct RealDir {
+    /// The directory, opened read-only (fsync works on it all the same).
+    file: File,
+}
+
+impl WalDir for RealDir {
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
 }
 
 /// The real file system, with real `fdatasync` and directory `fsync`.
@@ -135,6 +158,12 @@ impl FileSystem for RealFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+
+    fn open_dir(&self, dir: &Path) -> io::Result<Box<dyn WalDir>> {
+        Ok(Box::new(RealDir {
+            file: File::open(dir)?,
+        }))
     }
 }
 

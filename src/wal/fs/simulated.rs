@@ -10,6 +10,10 @@
 //! survives or not; every directory operation not covered by a later `sync_dir`
 //! survives or not, independently, applied in order (impossible ones are skipped).
 //! The same state and seed always give the same result.
+//!
+//! Two faults of a running system can be switched on: a capacity (writes that would
+//! make the files longer than it fail with ENOSPC, as on a full disk) and descriptor
+//! exhaustion (opening a file or directory fails with EMFILE).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -18,7 +22,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{FileSystem, WalFile};
+use super::{FileSystem, WalDir, WalFile};
 use crate::wal::format::SECTOR_BYTES;
 
 /// The simulated disk. Cloning shares the disk.
@@ -43,7 +47,46 @@ struct DiskState {
     epoch: u64,
     /// `sync_data` calls so far, for tests.
     syncs: u64,
+    /// Bytes the named files may hold together; `None`: unbounded.
+    capacity_bytes: Option<usize>,
+    /// Every open fails with EMFILE while set.
+    descriptors_exhausted: bool,
 }
+
+impl DiskState {
+    /// Bytes held by the files that have a name.
+    fn used_bytes(&self) -> usize {
+        let mut inodes: Vec<usize> = self.volatile_entries.values().copied().collect();
+        inodes.sort_unstable();
+        inodes.dedup();
+        inodes.iter().map(|&i| self.inodes[i].volatile.len()).sum()
+    }
+
+    /// ENOSPC when growing `inode` to `length` bytes would pass the capacity.
+    fn check_growth(&self, inode: usize, length: usize) -> io::Result<()> {
+        let Some(capacity) = self.capacity_bytes else {
+            return Ok(());
+        };
+        let growth = length.saturating_sub(self.inodes[inode].volatile.len());
+        if growth > 0 && self.used_bytes() + growth > capacity {
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
+        Ok(())
+    }
+
+    /// EMFILE while descriptors are exhausted.
+    fn check_open(&self) -> io::Result<()> {
+        if self.descriptors_exhausted {
+            return Err(io::Error::from_raw_os_error(EMFILE));
+        }
+        Ok(())
+    }
+}
+
+/// Linux's "No space left on device".
+const ENOSPC: i32 = 28;
+/// Linux's "Too many open files".
+const EMFILE: i32 = 24;
 
 /// One file's content.
 #[derive(Debug, Default)]
@@ -185,6 +228,23 @@ impl SimulatedDisk {
         self.state.lock().syncs
     }
 
+    /// Bounds the bytes the files may hold together (`None`: unbounded); a write that
+    /// would pass it fails with ENOSPC, as on a full disk.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.state.lock().capacity_bytes = bytes.map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+    }
+
+    /// Bytes the named files hold now.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().used_bytes() as u64
+    }
+
+    /// While `exhausted`, opening a file or directory fails with EMFILE, as in a
+    /// process out of descriptors.
+    pub fn set_descriptors_exhausted(&self, exhausted: bool) {
+        self.state.lock().descriptors_exhausted = exhausted;
+    }
+
     /// Overwrites bytes of an existing file, durably, bypassing the page-cache model:
     /// for tests that damage a log on purpose.
     pub fn corrupt(&self, path: &Path, offset: usize, bytes: &[u8]) -> io::Result<()> {
@@ -267,10 +327,20 @@ impl SimFile {
             change(&mut state);
         }
     }
+
+    /// ENOSPC when writing up to `end` would pass the disk's capacity.
+    fn check_growth(&self, end: usize) -> io::Result<()> {
+        let state = self.state.lock();
+        if state.epoch != self.epoch {
+            return Ok(());
+        }
+        state.check_growth(self.inode, end)
+    }
 }
 
 impl WalFile for SimFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.check_growth(self.position + bytes.len())?;
         let inode = self.inode;
         let offset = self.position;
         self.position += bytes.len();
@@ -287,9 +357,19 @@ impl WalFile for SimFile {
 
     fn preallocate(&mut self, range: std::ops::Range<u64>) -> io::Result<()> {
         let start = usize::try_from(range.start).map_err(io::Error::other)?;
-        let end = usize::try_from(range.end).map_err(io::Error::other)?;
+        let requested_end = usize::try_from(range.end).map_err(io::Error::other)?;
         let inode = self.inode;
+        let mut outcome = Ok(());
         self.with_live_inode(|state| {
+            // Like a real write on a disk that fills up: the zeros that fit are
+            // written, then ENOSPC.
+            let mut end = requested_end;
+            if let Err(error) = state.check_growth(inode, end) {
+                let others = state.used_bytes() - state.inodes[inode].volatile.len();
+                let capacity = state.capacity_bytes.unwrap_or(usize::MAX);
+                end = capacity.saturating_sub(others).max(start).min(end);
+                outcome = Err(error);
+            }
             let file = &mut state.inodes[inode];
             let zeros = vec![0; end.saturating_sub(start)];
             write_at(&mut file.volatile, start, &zeros);
@@ -298,7 +378,7 @@ impl WalFile for SimFile {
                 bytes: zeros,
             });
         });
-        Ok(())
+        outcome
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -316,6 +396,7 @@ impl WalFile for SimFile {
 
     fn set_len(&mut self, length: u64) -> io::Result<()> {
         let length = usize::try_from(length).map_err(io::Error::other)?;
+        self.check_growth(length)?;
         let inode = self.inode;
         self.position = length;
         self.with_live_inode(|state| {
@@ -352,6 +433,7 @@ impl FileSystem for SimulatedDisk {
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
         let mut state = self.state.lock();
+        state.check_open()?;
         let inode = state.inodes.len();
         state.inodes.push(Inode::default());
         state.volatile_entries.insert(path.to_path_buf(), inode);
@@ -371,6 +453,7 @@ impl FileSystem for SimulatedDisk {
 
     fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn WalFile>> {
         let state = self.state.lock();
+        state.check_open()?;
         let inode = lookup(&state, path)?;
         Ok(Box::new(SimFile {
             state: Arc::clone(&self.state),
@@ -413,5 +496,35 @@ impl FileSystem for SimulatedDisk {
         }
         state.pending_dir_ops = kept;
         Ok(())
+    }
+
+    fn open_dir(&self, dir: &Path) -> io::Result<Box<dyn WalDir>> {
+        let state = self.state.lock();
+        state.check_open()?;
+        Ok(Box::new(SimDir {
+            disk: self.clone(),
+            dir: dir.to_path_buf(),
+            epoch: state.epoch,
+        }))
+    }
+}
+
+/// A directory of the simulated disk, kept open.
+#[derive(Debug)]
+struct SimDir {
+    /// The disk.
+    disk: SimulatedDisk,
+    /// Which directory.
+    dir: PathBuf,
+    /// The disk epoch at open; a crash makes the handle inert.
+    epoch: u64,
+}
+
+impl WalDir for SimDir {
+    fn sync(&self) -> io::Result<()> {
+        if self.disk.state.lock().epoch != self.epoch {
+            return Ok(());
+        }
+        self.disk.sync_dir(&self.dir)
     }
 }
