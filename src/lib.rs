@@ -26,6 +26,7 @@
 //! - [`activity`]: fans lease events, refused acquires and admin changes out to
 //!   metrics, [`usage`] windows and the [`audit`] record.
 //! - [`shutdown`]: stop signals (graceful first, immediate second).
+//! - [`datadir`]: the data directory's exclusive lock (one daemon per directory).
 
 pub mod activity;
 pub mod api;
@@ -37,6 +38,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod datadir;
 pub mod domain;
 pub mod leases;
 pub mod limits;
