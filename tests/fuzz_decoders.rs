@@ -36,7 +36,7 @@ use seatbroker::wal::{FileSystem, SimulatedDisk, Wal, WalOptions};
 /// Cases per target unless `PROPTEST_CASES` says otherwise.
 const CASES_DEFAULT: u32 = 2_000;
 /// The recovery targets open a log per case (a writer thread each): fewer cases.
-const RECOVERY_CASES_DEFAULT: u32 = 300;
+const RECOVERY_CASES_DEFAULT: u32 = 1_000;
 /// Largest single allocation any target may make, whatever the input: generous for
 /// inputs of a few KiB (the whole file is read, records are copied), far below what a
 /// forged length field would ask for.
