@@ -27,6 +27,7 @@
 //!   metrics, [`usage`] windows and the [`audit`] record.
 //! - [`shutdown`]: stop signals (graceful first, immediate second).
 //! - [`allocator`]: gives memory freed after a burst back to the system.
+//! - [`datadir`]: the data directory's exclusive lock (one daemon per directory).
 
 pub mod activity;
 pub mod allocator;
@@ -39,6 +40,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod datadir;
 pub mod domain;
 pub mod leases;
 pub mod limits;

@@ -28,6 +28,7 @@ use crate::audit::{AuditError, AuditLog};
 use crate::auth::{self, OperatorKey};
 use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
+use crate::datadir::{self, DataDirLock, LockError};
 use crate::leases::{LeaseTable, LeaseTiming};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
@@ -69,6 +70,18 @@ pub enum ServerError {
     },
     #[error("operator key: {0}")]
     OperatorKey(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(
+        "data directory {} holds a log but no operator key: {OPERATOR_KEY_HASH_FILE} is missing \
+         and SEATBROKER_OPERATOR_KEY is not set. seatbroker will not make a new operator key \
+         for existing data on its own. Restore {OPERATOR_KEY_HASH_FILE} from a backup, or set \
+         SEATBROKER_OPERATOR_KEY to the key this directory was used with, or make a new key \
+         (the old one stops working) with: seatbroker operator-key rotate --data-dir {}",
+        data_dir.display(),
+        data_dir.display()
+    )]
+    OperatorKeyMissing { data_dir: PathBuf },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -103,6 +116,8 @@ pub struct Prepared {
     journal: Arc<WalJournal>,
     boot_epoch: u64,
     config: ServerConfig,
+    /// Held until the daemon stops (see [`datadir`]).
+    data_dir_lock: DataDirLock,
 }
 
 /// The log lives in this subdirectory of the data directory.
@@ -127,6 +142,8 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         path: data_dir.clone(),
         source,
     })?;
+    // Before anything in the directory is read: one daemon per data directory.
+    let data_dir_lock = datadir::lock(data_dir)?;
     let (operator, generated_operator_key) = operator_key(&config.operator_key, data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     #[cfg(feature = "failpoints")]
@@ -172,6 +189,7 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         journal,
         boot_epoch: opened.boot_epoch,
         config,
+        data_dir_lock,
     })
 }
 
@@ -187,6 +205,10 @@ async fn recovery_delay_failpoint() {
     }
 }
 
+/// The operator key: the given one, or the hash kept in the data directory. A fresh
+/// directory gets a new key (returned, to be printed once); a directory that holds a
+/// log but lost its hash file is refused ([`ServerError::OperatorKeyMissing`]): a new
+/// key then takes an explicit [`rotate_operator_key`].
 fn operator_key(
     source: &OperatorKeySource,
     data_dir: &Path,
@@ -198,10 +220,6 @@ fn operator_key(
         ));
     }
     let path = data_dir.join(OPERATOR_KEY_HASH_FILE);
-    let io_error = |source| ServerError::DataDir {
-        path: path.clone(),
-        source,
-    };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let bytes = hex::decode(text.trim())
@@ -213,17 +231,61 @@ fn operator_key(
             Ok((OperatorKey::from_sha256(bytes), None))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let key = auth::generate_operator_key();
-            let operator = OperatorKey::from_text(&key).map_err(ServerError::OperatorKey)?;
-            write_durably(
-                &path,
-                format!("{}\n", hex::encode(operator.sha256())).as_bytes(),
-            )
-            .map_err(io_error)?;
+            if holds_log(data_dir)? {
+                return Err(ServerError::OperatorKeyMissing {
+                    data_dir: data_dir.to_path_buf(),
+                });
+            }
+            let (operator, key) = write_new_operator_key(data_dir)?;
             Ok((operator, Some(key)))
         }
-        Err(error) => Err(io_error(error)),
+        Err(source) => Err(ServerError::DataDir { path, source }),
     }
+}
+
+/// Whether the data directory already holds a log (the daemon ran on it before).
+fn holds_log(data_dir: &Path) -> Result<bool, ServerError> {
+    let wal_dir = data_dir.join(WAL_DIR);
+    match std::fs::read_dir(&wal_dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(ServerError::DataDir {
+            path: wal_dir,
+            source,
+        }),
+    }
+}
+
+/// Makes a new operator key and durably replaces the hash file with its hash.
+fn write_new_operator_key(data_dir: &Path) -> Result<(OperatorKey, String), ServerError> {
+    let path = data_dir.join(OPERATOR_KEY_HASH_FILE);
+    let key = auth::generate_operator_key();
+    let operator = OperatorKey::from_text(&key).map_err(ServerError::OperatorKey)?;
+    write_durably(
+        &path,
+        format!("{}\n", hex::encode(operator.sha256())).as_bytes(),
+    )
+    .map_err(|source| ServerError::DataDir { path, source })?;
+    Ok((operator, key))
+}
+
+/// `seatbroker operator-key rotate`: replaces the operator key of an existing data
+/// directory with a new one, returned to be shown once. Takes the directory's lock
+/// first, so it is refused while a daemon runs on it. The old key stops working at
+/// the next start; the log, members and keys are untouched.
+pub fn rotate_operator_key(data_dir: &Path) -> Result<String, ServerError> {
+    if !data_dir.is_dir() {
+        return Err(ServerError::DataDir {
+            path: data_dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such directory; a first `seatbroker serve` makes the directory and its key",
+            ),
+        });
+    }
+    let _lock = datadir::lock(data_dir)?;
+    let (_, key) = write_new_operator_key(data_dir)?;
+    Ok(key)
 }
 
 /// Writes a small file so that it is either absent or complete after a crash:
@@ -272,6 +334,7 @@ impl Prepared {
             metrics_listener,
             metrics_handle: None,
             config: self.config,
+            _data_dir_lock: self.data_dir_lock,
         };
         Ok((bound, local))
     }
@@ -416,6 +479,8 @@ pub struct Bound {
     metrics_listener: Option<TcpListener>,
     metrics_handle: Option<PrometheusHandle>,
     config: ServerConfig,
+    /// Released when the daemon has stopped: `serve_after` consumes `self`.
+    _data_dir_lock: DataDirLock,
 }
 
 /// The names health reports on: the whole server ("") and each broker service.

@@ -210,6 +210,7 @@ async fn members(admin: &mut AdminServiceClient<Authorized>) -> Vec<String> {
     admin
         .list_members(proto::ListMembersRequest {
             org_id: "acme".into(),
+            ..Default::default()
         })
         .await
         .expect("list members")

@@ -83,7 +83,10 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
 
 fn client_args(command: &Command) -> &ClientArgs {
     match command {
-        Command::Serve(_) | Command::Bench(_) | Command::BenchNoopServer { .. } => {
+        Command::Serve(_)
+        | Command::OperatorKey(_)
+        | Command::Bench(_)
+        | Command::BenchNoopServer { .. } => {
             unreachable!("not a client command")
         }
         Command::Org(OrgCommand::Create { client, .. } | OrgCommand::List { client })
@@ -138,7 +141,10 @@ pub async fn run(command: Command) -> ExitCode {
 async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
     let json = c.json;
     match command {
-        Command::Serve(_) | Command::Bench(_) | Command::BenchNoopServer { .. } => {
+        Command::Serve(_)
+        | Command::OperatorKey(_)
+        | Command::Bench(_)
+        | Command::BenchNoopServer { .. } => {
             unreachable!("not a client command")
         }
         Command::Org(OrgCommand::Create {

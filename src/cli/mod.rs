@@ -16,6 +16,8 @@ use crate::config::{
     AuditLayer, Config, ConfigError, ConfigLayer, LimitsLayer, LogLayer, MetricsLayer, TlsLayer,
     WalLayer,
 };
+use crate::datadir::LockError;
+use crate::server::ServerError;
 use crate::telemetry::logging::{self, LogFormat};
 use crate::telemetry::metrics;
 
@@ -34,6 +36,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
+    /// The operator key of a data directory (run where the daemon's files are).
+    #[command(subcommand)]
+    OperatorKey(OperatorKeyCommand),
     /// Organizations (operator).
     #[command(subcommand)]
     Org(OrgCommand),
@@ -154,6 +159,17 @@ pub struct ServeArgs {
     /// answered up to this much later; an idle log never waits [default: 500].
     #[arg(long, env = "SEATBROKER_COMMIT_DELAY_US")]
     pub commit_delay_us: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorKeyCommand {
+    /// Replace the operator key with a new one, printed once (the old key stops
+    /// working). Refused while a daemon runs on the directory: stop it first.
+    Rotate {
+        /// The daemon's data directory [default: ./data].
+        #[arg(long, env = "SEATBROKER_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 /// The environment variable of the operator key; it has no flag, so that it never
@@ -485,9 +501,52 @@ pub enum SessionCommand {
     },
 }
 
-/// Exit code for a bad configuration (EX_USAGE / EX_CONFIG family).
-const EXIT_CONFIG: u8 = 64;
+// Exit codes of `serve` and `operator-key rotate`, from sysexits.h where one fits.
+
+/// Any other failure (recovery, the log, the network).
 const EXIT_FAILURE: u8 = 1;
+/// A bad configuration or command line (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// The data directory is locked by another live process (EX_TEMPFAIL: not an error
+/// of this process or its configuration; the same command succeeds once the holder
+/// has stopped, so a supervisor may retry it).
+const EXIT_DATA_DIR_LOCKED: u8 = 75;
+/// The data directory holds a log but no operator key, and none was given
+/// (EX_CONFIG: state found unconfigured; the operator must choose how to proceed).
+const EXIT_OPERATOR_KEY_MISSING: u8 = 78;
+
+/// The exit code for a daemon that could not start or run.
+fn exit_code(error: &ServerError) -> u8 {
+    match error {
+        ServerError::Lock(LockError::Held { .. }) => EXIT_DATA_DIR_LOCKED,
+        ServerError::OperatorKeyMissing { .. } => EXIT_OPERATOR_KEY_MISSING,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// Why `run_daemon` failed, and the exit code that says so.
+struct DaemonError {
+    message: String,
+    exit_code: u8,
+}
+
+impl From<String> for DaemonError {
+    fn from(message: String) -> Self {
+        DaemonError {
+            message,
+            exit_code: EXIT_FAILURE,
+        }
+    }
+}
+
+impl From<ServerError> for DaemonError {
+    fn from(error: ServerError) -> Self {
+        DaemonError {
+            exit_code: exit_code(&error),
+            message: error.to_string(),
+        }
+    }
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -503,6 +562,9 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::OperatorKey(OperatorKeyCommand::Rotate { data_dir }) => {
+            rotate_operator_key(data_dir)
+        }
         Command::Bench(args) => runtime.block_on(bench(args)),
         Command::BenchNoopServer { seats } => {
             match runtime.block_on(crate::loadgen::serve_noop(seats)) {
@@ -538,10 +600,33 @@ async fn serve(args: ServeArgs) -> ExitCode {
             tracing::info!("seatbroker stopped");
             ExitCode::SUCCESS
         }
+        Err(DaemonError { message, exit_code }) => {
+            tracing::error!(error = %message, exit_code, "seatbroker failed");
+            eprintln!("error: {message}");
+            ExitCode::from(exit_code)
+        }
+    }
+}
+
+fn rotate_operator_key(data_dir: Option<PathBuf>) -> ExitCode {
+    let data_dir = data_dir.unwrap_or_else(|| crate::config::DATA_DIR_DEFAULT.into());
+    match crate::server::rotate_operator_key(&data_dir) {
+        Ok(key) => {
+            println!(
+                "Made a new operator key for {}. It is shown once; only its hash is kept:\n\n    {key}\n",
+                data_dir.display()
+            );
+            println!("The previous operator key no longer works once the daemon starts.");
+            if std::env::var_os(OPERATOR_KEY_ENV).is_some() {
+                println!(
+                    "Note: {OPERATOR_KEY_ENV} is set here; a daemon started with it uses that key, not this one."
+                );
+            }
+            ExitCode::SUCCESS
+        }
         Err(error) => {
-            tracing::error!(%error, "seatbroker failed");
             eprintln!("error: {error}");
-            ExitCode::from(EXIT_FAILURE)
+            ExitCode::from(exit_code(&error))
         }
     }
 }
@@ -558,7 +643,7 @@ async fn bench(args: crate::loadgen::BenchArgs) -> ExitCode {
 
 /// Installs metrics (before the broker registers its handles), prepares, binds, and
 /// serves until a stop signal.
-async fn run_daemon(mut config: Config) -> Result<(), String> {
+async fn run_daemon(mut config: Config) -> Result<(), DaemonError> {
     config.limits.connections_max =
         crate::connections::connections_cap_for_descriptors(config.limits.connections_max);
     tokio::spawn(crate::allocator::collect_freed_memory_forever());
@@ -580,7 +665,7 @@ async fn run_daemon(mut config: Config) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    let prepared = prepared.map_err(|e| e.to_string())?;
+    let prepared = prepared?;
     if let Some(key) = &prepared.generated_operator_key {
         println!(
             "Generated the operator key. It is shown once; only its hash is kept:\n\n    {key}\n"
@@ -604,7 +689,7 @@ async fn run_daemon(mut config: Config) -> Result<(), String> {
     bound
         .serve(crate::shutdown::stop_signal())
         .await
-        .map_err(|e| e.to_string())
+        .map_err(DaemonError::from)
 }
 
 #[cfg(test)]

@@ -62,7 +62,8 @@ impl LeaseId {
             )
         };
         let digits = text.strip_prefix(Self::PREFIX).ok_or_else(invalid)?;
-        if digits.len() != 32 {
+        // `from_str_radix` alone would also take a leading '+': one id, one spelling.
+        if digits.len() != 32 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid());
         }
         u128::from_str_radix(digits, 16)

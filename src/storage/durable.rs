@@ -168,7 +168,11 @@ pub async fn open(
                 detail: e.to_string(),
             })?;
         admin = state;
-        boot_epoch = epoch;
+        boot_epoch = checked_boot_epoch(epoch).map_err(|detail| OpenError::Replay {
+            what: "the snapshot",
+            lsn: *lsn,
+            detail,
+        })?;
         for lease in snapshot_leases {
             restore(&leases, lease, now);
         }
@@ -207,7 +211,11 @@ pub async fn open(
                     .map_err(|e| replay_error("a lease end", e.to_string()))?;
                 leases.forget(&org, id, record.generation);
             }
-            LogBody::Boot(record) => boot_epoch = boot_epoch.max(record.epoch),
+            LogBody::Boot(record) => {
+                let epoch = checked_boot_epoch(record.epoch)
+                    .map_err(|detail| replay_error("a boot record", detail))?;
+                boot_epoch = boot_epoch.max(epoch);
+            }
         }
     }
     let wal = Arc::new(wal);
@@ -228,6 +236,19 @@ pub async fn open(
         records_replayed: recovered.records.len(),
         recovery_time: started.elapsed(),
     })
+}
+
+/// A logged boot epoch, if the next boot's epoch still fits in a generation's high
+/// bits (a larger one can only come from damage that kept its checksum, or forgery).
+fn checked_boot_epoch(epoch: u64) -> Result<u64, String> {
+    const EPOCHS: u64 = 1 << (64 - crate::leases::GENERATION_EPOCH_SHIFT);
+    if epoch >= EPOCHS - 1 {
+        return Err(format!(
+            "boot epoch {epoch} is out of range (below {})",
+            EPOCHS - 1
+        ));
+    }
+    Ok(epoch)
 }
 
 fn restore(leases: &LeaseTable, recovered: RecoveredLease, now: Instant) {

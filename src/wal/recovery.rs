@@ -122,6 +122,11 @@ pub(crate) fn framed_bytes(payload: &[u8]) -> u64 {
     (FRAGMENT_HEADER_BYTES + RECORD_PREFIX_BYTES + payload.len()) as u64
 }
 
+/// The largest LSN a file name may carry: LSNs start at 1 and one a nanosecond would
+/// take 292 years to get here, so larger ones are damage or forgery, and refusing
+/// them keeps every `lsn + count` and `lsn - 1` of recovery in range.
+const LSN_IN_NAME_MAX: Lsn = 1 << 63;
+
 fn list_and_clean(dir: &Path, fs: &dyn FileSystem) -> Result<Listing, WalError> {
     let names = fs
         .list(dir)
@@ -129,7 +134,16 @@ fn list_and_clean(dir: &Path, fs: &dyn FileSystem) -> Result<Listing, WalError> 
     let mut listing = Listing::default();
     let mut removed_tmp = false;
     for name in names {
-        match format::classify_file_name(&name) {
+        let kind = format::classify_file_name(&name);
+        if let FileKind::Segment(lsn) | FileKind::Snapshot(lsn) = kind
+            && !(1..=LSN_IN_NAME_MAX).contains(&lsn)
+        {
+            let detail = format!(
+                "lsn {lsn} in the file name is outside 1..={LSN_IN_NAME_MAX}: this log never wrote it"
+            );
+            return Err(WalError::corrupt(dir.join(&name), 0, detail));
+        }
+        match kind {
             FileKind::Segment(lsn) => listing.segments.push(lsn),
             FileKind::Snapshot(lsn) => listing.snapshots.push(lsn),
             FileKind::Temporary => {
