@@ -151,7 +151,8 @@ pub struct ServeArgs {
     /// Audit files rotate at this size [default: 67108864].
     #[arg(long, env = "SEATBROKER_AUDIT_FILE_BYTES_MAX")]
     pub audit_file_bytes_max: Option<u64>,
-    /// Audit files kept, at most [default: 16].
+    /// Audit files kept, at most: the record holds at most this many times the file
+    /// size in all, shared fairly by organizations [default: 16].
     #[arg(long, env = "SEATBROKER_AUDIT_FILES_MAX")]
     pub audit_files_max: Option<u32>,
     /// How long a commit group of a busy log may wait for more records, in
