@@ -55,22 +55,14 @@ impl AdminApi {
         let organization = self.broker.organization(org).map_err(to_status)?;
         Ok(convert::organization_to_wire(&organization))
     }
+}
 
-    fn member_answer(
-        &self,
-        principal: &Principal,
-        org: &crate::domain::OrgId,
-        email: &Email,
-    ) -> Result<proto::Member, Status> {
-        let role = self
-            .broker
-            .read_organization(principal, Action::Administer, org, |o| o.role_of(email))
-            .map_err(to_status)?
-            .unwrap_or(Role::Member);
-        Ok(proto::Member {
-            email: email.to_string(),
-            role: convert::role_to_wire(role),
-        })
+/// The member record a command left: built from the command itself, so a caller who
+/// stepped down (and may no longer read the organization) still learns what was done.
+fn member_answer(email: &Email, role: Role) -> proto::Member {
+    proto::Member {
+        email: email.to_string(),
+        role: convert::role_to_wire(role),
     }
 }
 
@@ -149,7 +141,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::AddMemberRequest>,
     ) -> Answer<proto::AddMemberResponse> {
-        let (principal, command, _) = self
+        let (_, command, _) = self
             .run(request, |body| {
                 Ok(Command::AddMember {
                     org: convert::org_id(&body.org_id)?,
@@ -158,11 +150,11 @@ impl AdminService for AdminApi {
                 })
             })
             .await?;
-        let Command::AddMember { org, email, .. } = &command else {
+        let Command::AddMember { email, role, .. } = &command else {
             unreachable!()
         };
         Ok(Response::new(proto::AddMemberResponse {
-            member: Some(self.member_answer(&principal, org, email)?),
+            member: Some(member_answer(email, *role)),
         }))
     }
 
@@ -192,7 +184,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::SetRoleRequest>,
     ) -> Answer<proto::SetRoleResponse> {
-        let (principal, command, _) = self
+        let (_, command, _) = self
             .run(request, |body| {
                 Ok(Command::SetRole {
                     org: convert::org_id(&body.org_id)?,
@@ -201,11 +193,11 @@ impl AdminService for AdminApi {
                 })
             })
             .await?;
-        let Command::SetRole { org, email, .. } = &command else {
+        let Command::SetRole { email, role, .. } = &command else {
             unreachable!()
         };
         Ok(Response::new(proto::SetRoleResponse {
-            member: Some(self.member_answer(&principal, org, email)?),
+            member: Some(member_answer(email, *role)),
         }))
     }
 

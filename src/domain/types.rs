@@ -151,6 +151,19 @@ impl Role {
         matches!(self, Role::Owner | Role::Admin)
     }
 
+    /// Whether this role grants more than `other` (Owner > Admin > Member).
+    pub fn outranks(self, other: Role) -> bool {
+        self.rights() > other.rights()
+    }
+
+    fn rights(self) -> u8 {
+        match self {
+            Role::Owner => 2,
+            Role::Admin => 1,
+            Role::Member => 0,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Owner => "owner",
