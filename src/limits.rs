@@ -17,15 +17,6 @@ pub const LABEL_BYTES_MAX: usize = 128;
 /// Emails in one AssignLicenses or UnassignLicenses call.
 pub const EMAILS_PER_REQUEST_MAX: usize = 1000;
 
-/// Organizations in one daemon.
-pub const ORGANIZATIONS_MAX: usize = 100_000;
-/// Members of one organization.
-pub const MEMBERS_PER_ORG_MAX: usize = 1_000_000;
-/// Live API keys of one organization.
-pub const API_KEYS_PER_ORG_MAX: usize = 1_000_000;
-/// Live API keys of one member.
-pub const API_KEYS_PER_MEMBER_MAX: usize = 100;
-
 /// Quota values an operator may set.
 pub const KSE_SEATS_MAX: u32 = 1_000_000;
 pub const KRE_SESSIONS_MAX: u32 = 1_000_000;
@@ -170,3 +161,30 @@ const _: () = assert!(OPERATOR_KEY_BYTES_MAX <= BEARER_TOKEN_BYTES_MAX);
 /// Records (admin commands, lease grants) applied in memory and waiting for the log to
 /// make them durable. Past it, calls get UNAVAILABLE until the disk catches up.
 pub const LOG_QUEUE_RECORDS_MAX: usize = 16_384;
+
+// ----- Per-tenant resource bounds (issue 10 item 10). -----
+// What one organization may hold, so one tenant's Admin cannot take the daemon's
+// memory. Checked when a command is submitted (`AdminState::admit`), never on replay:
+// a log written under larger caps still loads. Refused with RESOURCE_EXHAUSTED.
+
+/// Organizations in one daemon (created by the operator only). An empty one costs
+/// about 1 KiB, plus its usage windows when active (at most 2 x 23 KiB).
+pub const ORGANIZATIONS_MAX: usize = 100_000;
+/// Resident bytes of one member with one API key, KSE and KRE licenses and keys
+/// labelled at the bound, as `benches/admin_state.rs` measures (rounded up).
+pub const MEMBER_RESIDENT_BYTES_MAX: usize = 512;
+/// Members of one organization: 100,000 x 512 B is at most 50 MiB for a tenant, and
+/// a 100,000-user organization is already larger than any customer we serve.
+pub const MEMBERS_PER_ORG_MAX: usize = 100_000;
+/// Live API keys of one organization: two per member on average (a laptop and a CI
+/// runner); a key record is about 200 B plus its label.
+pub const API_KEYS_PER_ORG_MAX: usize = 2 * MEMBERS_PER_ORG_MAX;
+/// Live API keys of one member.
+pub const API_KEYS_PER_MEMBER_MAX: usize = 100;
+
+const _: () = assert!(API_KEYS_PER_MEMBER_MAX <= API_KEYS_PER_ORG_MAX);
+const _: () = assert!(
+    MEMBERS_PER_ORG_MAX * MEMBER_RESIDENT_BYTES_MAX <= 64 * 1024 * 1024,
+    "one tenant's members stay within 64 MiB"
+);
+const _: () = assert!(KSE_SEATS_MAX as usize >= MEMBERS_PER_ORG_MAX);
