@@ -236,7 +236,9 @@ fn org_from(text: &str) -> Result<OrgId, DecodeError> {
 }
 
 fn email_from(text: &str) -> Result<Email, DecodeError> {
-    Email::parse(text).map_err(|e| bad("email", e))
+    // Kept as stored: recovery rebuilds what an older version acknowledged, whatever
+    // today's normalization of new input says.
+    Email::from_stored(text).map_err(|e| bad("email", e))
 }
 
 fn emails_from(texts: &[String]) -> Result<Vec<Email>, DecodeError> {
