@@ -94,7 +94,8 @@ impl Broker {
 
     /// A copy of the admin state for a snapshot, with `mark` (the log position) read
     /// under the same write lock, so that the copy reflects exactly the admin commands
-    /// up to that mark.
+    /// up to that mark. The copy shares the state's structure (persistent maps), so
+    /// the lock is held for O(1) whatever the state's size; encoding it happens after.
     pub fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
         let admin = self.admin.write();
         let marked = mark();
@@ -126,6 +127,7 @@ impl Broker {
         let (executed, durable) = {
             let mut admin = self.admin.write();
             authorize_command(&admin, principal, &command)?;
+            admin.admit(&command)?;
             let outcome = admin.apply(&command)?;
             let durable = self.journal.append_command(permit, &command);
             // Ending sessions under the admin lock keeps an acquire that checked the

@@ -17,15 +17,6 @@ pub const LABEL_BYTES_MAX: usize = 128;
 /// Emails in one AssignLicenses or UnassignLicenses call.
 pub const EMAILS_PER_REQUEST_MAX: usize = 1000;
 
-/// Organizations in one daemon.
-pub const ORGANIZATIONS_MAX: usize = 100_000;
-/// Members of one organization.
-pub const MEMBERS_PER_ORG_MAX: usize = 1_000_000;
-/// Live API keys of one organization.
-pub const API_KEYS_PER_ORG_MAX: usize = 1_000_000;
-/// Live API keys of one member.
-pub const API_KEYS_PER_MEMBER_MAX: usize = 100;
-
 /// Quota values an operator may set.
 pub const KSE_SEATS_MAX: u32 = 1_000_000;
 pub const KRE_SESSIONS_MAX: u32 = 1_000_000;
@@ -387,3 +378,31 @@ const _: () = assert!(
     LOG_LEASE_ENDS_IN_RESERVE_MIN * LOG_LEASE_END_BYTES_MAX
         <= crate::wal::PREALLOCATE_BYTES_DEFAULT / 4
 );
+
+// ----- Per-tenant resource bounds (issue 10 item 10). -----
+// What one organization may hold, so one tenant's Admin cannot take the daemon's
+// memory. Checked when a command is submitted (`AdminState::admit`), never on replay:
+// a log written under larger caps still loads. Refused with RESOURCE_EXHAUSTED.
+
+/// Organizations in one daemon (created by the operator only). An empty one costs
+/// about 1 KiB, plus its usage windows when active (at most 2 x 23 KiB).
+pub const ORGANIZATIONS_MAX: usize = 100_000;
+/// Resident bytes of one member with one API key and a KRE license, rounded up from
+/// the 936 B `benches/admin_state.rs` measures with 1,000,000 of them (persistent
+/// maps; 468 B with the `BTreeMap`s they replaced).
+pub const MEMBER_RESIDENT_BYTES_MAX: usize = 1024;
+/// Members of one organization: 100,000 x 1 KiB is at most 100 MiB for a tenant, and
+/// a 100,000-user organization is already larger than any customer we serve.
+pub const MEMBERS_PER_ORG_MAX: usize = 100_000;
+/// Live API keys of one organization: two per member on average (a laptop and a CI
+/// runner); a key record is about 200 B plus its label.
+pub const API_KEYS_PER_ORG_MAX: usize = 2 * MEMBERS_PER_ORG_MAX;
+/// Live API keys of one member.
+pub const API_KEYS_PER_MEMBER_MAX: usize = 100;
+
+const _: () = assert!(API_KEYS_PER_MEMBER_MAX <= API_KEYS_PER_ORG_MAX);
+const _: () = assert!(
+    MEMBERS_PER_ORG_MAX * MEMBER_RESIDENT_BYTES_MAX <= 128 * 1024 * 1024,
+    "one tenant's members stay within 128 MiB"
+);
+const _: () = assert!(KSE_SEATS_MAX as usize >= MEMBERS_PER_ORG_MAX);

@@ -406,3 +406,106 @@ async fn bad_credentials_are_unauthenticated() {
         "operator key cannot hold sessions",
     );
 }
+
+async fn set_role(
+    server: &TestServer,
+    key: &str,
+    org: &Org,
+    email: &str,
+    role: proto::Role,
+) -> Result<proto::Member, tonic::Status> {
+    server
+        .admin(key)
+        .await
+        .set_role(proto::SetRoleRequest {
+            org_id: org.id.clone(),
+            email: email.into(),
+            role: role as i32,
+        })
+        .await
+        .map(|answer| answer.into_inner().member.expect("a member record"))
+}
+
+async fn role_in(server: &TestServer, org: &Org, email: &str) -> i32 {
+    server
+        .admin(&org.owner_key)
+        .await
+        .list_members(proto::ListMembersRequest {
+            org_id: org.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .members
+        .into_iter()
+        .find(|m| m.email == email)
+        .expect("still a member")
+        .role
+}
+
+#[tokio::test]
+async fn stepping_down_answers_with_the_new_role_and_retries_agree() {
+    let server = start().await;
+    let org = server
+        .organization("acme", 5, 5, &["admin", "owner2"])
+        .await;
+    let (admin, owner2) = (org.email(0), org.email(1));
+    set_role(&server, &org.owner_key, &org, admin, proto::Role::Admin)
+        .await
+        .unwrap();
+    set_role(&server, &org.owner_key, &org, owner2, proto::Role::Owner)
+        .await
+        .unwrap();
+    // An Admin steps down to Member: the answer says what was done, and so does a
+    // retry (the caller may not have seen the first answer).
+    let expected = proto::Member {
+        email: admin.into(),
+        role: proto::Role::Member as i32,
+    };
+    for attempt in ["first call", "retry"] {
+        let answer = set_role(&server, org.key(0), &org, admin, proto::Role::Member).await;
+        assert_eq!(
+            answer.as_ref().ok(),
+            Some(&expected),
+            "{attempt}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        role_in(&server, &org, admin).await,
+        proto::Role::Member as i32
+    );
+    // Stepping down never opens a way back up.
+    assert_status(
+        set_role(&server, org.key(0), &org, admin, proto::Role::Admin).await,
+        Code::PermissionDenied,
+        "only an Owner or Admin",
+    );
+    // An Owner who is not the last one steps down to Admin, and again on retry.
+    for attempt in ["first call", "retry"] {
+        let answer = set_role(&server, org.key(1), &org, owner2, proto::Role::Admin).await;
+        let role = answer.as_ref().map(|m| m.role).ok();
+        assert_eq!(
+            role,
+            Some(proto::Role::Admin as i32),
+            "{attempt}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        role_in(&server, &org, owner2).await,
+        proto::Role::Admin as i32
+    );
+    // The last Owner still cannot step down.
+    assert_status(
+        set_role(
+            &server,
+            &org.owner_key,
+            &org,
+            &org.owner,
+            proto::Role::Admin,
+        )
+        .await,
+        Code::FailedPrecondition,
+        "last Owner",
+    );
+}

@@ -198,7 +198,7 @@ async fn engine_fields_are_checked() {
     assert_status(
         engine.acquire(request.clone()).await,
         Code::InvalidArgument,
-        "control characters",
+        "hostname: character 2 is U+0000, a control character",
     );
     request.hostname = "h".into();
     request.product = 0;
@@ -221,4 +221,140 @@ async fn oversized_requests_are_refused_by_the_transport() {
         Code::OutOfRange,
         "",
     );
+}
+
+#[tokio::test]
+async fn unicode_spellings_of_one_email_are_one_member() {
+    let server = start().await;
+    let org = server.organization("acme", 5, 5, &[]).await;
+    let mut owner = server.admin(&org.owner_key).await;
+    let add = |email: &str| proto::AddMemberRequest {
+        org_id: org.id.clone(),
+        email: email.into(),
+        role: 0,
+    };
+    let added = owner
+        .add_member(add("ÄLICE@Example.com"))
+        .await
+        .unwrap()
+        .into_inner()
+        .member
+        .unwrap();
+    assert_eq!(added.email, "älice@example.com");
+    // Lowercase, decomposed (A + U+0308) and fullwidth spellings are the same person.
+    for spelling in [
+        "älice@example.com",
+        "A\u{0308}lice@example.com",
+        "ＡＬＩＣＥ@example.com".replace('Ａ', "Ä").as_str(),
+    ] {
+        assert_status(
+            owner.add_member(add(spelling)).await,
+            Code::AlreadyExists,
+            "älice@example.com is already a member",
+        );
+    }
+    owner.add_member(add("ｂｏｂ＠example.com")).await.unwrap();
+    assert_status(
+        owner.add_member(add("BOB@example.com")).await,
+        Code::AlreadyExists,
+        "bob@example.com is already a member",
+    );
+    let organizations = server
+        .operator()
+        .await
+        .list_organizations(proto::ListOrganizationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .organizations;
+    assert_eq!(organizations[0].member_count, 3, "the owner, älice and bob");
+}
+
+/// One character of each kind that must never reach an identifier: zero-width,
+/// bidirectional controls (override, isolate, mark), the BOM, a soft hyphen, a tag
+/// character and a C1 control.
+const INVISIBLE: [char; 9] = [
+    '\u{200B}',
+    '\u{200D}',
+    '\u{202E}',
+    '\u{2066}',
+    '\u{200F}',
+    '\u{FEFF}',
+    '\u{00AD}',
+    '\u{E0041}',
+    '\u{0085}',
+];
+
+/// Asserts INVALID_ARGUMENT naming `field` and the code point of `c`.
+#[track_caller]
+fn refused_naming<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str, c: char) {
+    let needle = format!("{field}: character");
+    let code = format!("U+{:04X}", c as u32);
+    match &result {
+        Err(status) if status.message().contains(&code) => {}
+        _ => panic!("{field} with {code}: expected a refusal naming it, got {result:?}"),
+    }
+    assert_status(result, Code::InvalidArgument, &needle);
+}
+
+#[tokio::test]
+async fn invisible_and_bidi_characters_are_refused_in_every_identifier() {
+    let server = start().await;
+    let org = server.organization("acme", 5, 5, &["a"]).await;
+    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let mut operator = server.operator().await;
+    let mut owner = server.admin(&org.owner_key).await;
+    let mut engine = server.session(org.key(0)).await;
+    for c in INVISIBLE {
+        let sneaky = |text: &str| format!("{text}{c}x");
+        let create = |org_id: &str, name: &str, owner: &str| organization(org_id, name, owner);
+        let request = create(&sneaky("evil"), "Evil", "o@evil.test");
+        refused_naming(operator.create_organization(request).await, "org_id", c);
+        let request = create("evil", &sneaky("Evil"), "o@evil.test");
+        refused_naming(
+            operator.create_organization(request).await,
+            "display_name",
+            c,
+        );
+        let request = create("evil", "Evil", &format!("o{c}@evil.test"));
+        refused_naming(
+            operator.create_organization(request).await,
+            "owner_email",
+            c,
+        );
+        let member = proto::AddMemberRequest {
+            org_id: org.id.clone(),
+            email: format!("a{c}@acme.test"),
+            role: 0,
+        };
+        refused_naming(owner.add_member(member).await, "email", c);
+        let key = proto::CreateApiKeyRequest {
+            org_id: org.id.clone(),
+            email: String::new(),
+            label: sneaky("laptop"),
+        };
+        refused_naming(owner.create_api_key(key).await, "label", c);
+        let acquire = |engine_id: String, hostname: String, label: String| proto::AcquireRequest {
+            engine_id,
+            hostname,
+            label,
+            ..acquire_request(KRE, "")
+        };
+        let fine = || "e1".to_owned();
+        let request = acquire(sneaky("e"), fine(), fine());
+        refused_naming(engine.acquire(request).await, "engine_id", c);
+        let request = acquire(fine(), sneaky("host"), fine());
+        refused_naming(engine.acquire(request).await, "hostname", c);
+        let request = acquire(fine(), fine(), sneaky("l"));
+        refused_naming(engine.acquire(request).await, "label", c);
+    }
+    // Nothing was created along the way.
+    let organizations = operator
+        .list_organizations(proto::ListOrganizationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .organizations;
+    assert_eq!(organizations.len(), 1);
+    assert_eq!(org.usage(&server, KRE).await.active_sessions, 0);
 }

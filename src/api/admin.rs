@@ -59,22 +59,14 @@ impl AdminApi {
         let organization = self.broker.organization(org).map_err(to_status)?;
         Ok(convert::organization_to_wire(&organization))
     }
+}
 
-    fn member_answer(
-        &self,
-        principal: &Principal,
-        org: &crate::domain::OrgId,
-        email: &Email,
-    ) -> Result<proto::Member, Status> {
-        let role = self
-            .broker
-            .read_organization(principal, Action::Administer, org, |o| o.role_of(email))
-            .map_err(to_status)?
-            .unwrap_or(Role::Member);
-        Ok(proto::Member {
-            email: email.to_string(),
-            role: convert::role_to_wire(role),
-        })
+/// The member record a command left: built from the command itself, so a caller who
+/// stepped down (and may no longer read the organization) still learns what was done.
+fn member_answer(email: &Email, role: Role) -> proto::Member {
+    proto::Member {
+        email: email.to_string(),
+        role: convert::role_to_wire(role),
     }
 }
 
@@ -166,7 +158,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::AddMemberRequest>,
     ) -> Answer<proto::AddMemberResponse> {
-        let (principal, command, _) = self
+        let (_, command, _) = self
             .run(request, |body| {
                 Ok(Command::AddMember {
                     org: convert::org_id(&body.org_id)?,
@@ -175,11 +167,11 @@ impl AdminService for AdminApi {
                 })
             })
             .await?;
-        let Command::AddMember { org, email, .. } = &command else {
+        let Command::AddMember { email, role, .. } = &command else {
             unreachable!()
         };
         Ok(Response::new(proto::AddMemberResponse {
-            member: Some(self.member_answer(&principal, org, email)?),
+            member: Some(member_answer(email, *role)),
         }))
     }
 
@@ -209,7 +201,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::SetRoleRequest>,
     ) -> Answer<proto::SetRoleResponse> {
-        let (principal, command, _) = self
+        let (_, command, _) = self
             .run(request, |body| {
                 Ok(Command::SetRole {
                     org: convert::org_id(&body.org_id)?,
@@ -218,11 +210,11 @@ impl AdminService for AdminApi {
                 })
             })
             .await?;
-        let Command::SetRole { org, email, .. } = &command else {
+        let Command::SetRole { email, role, .. } = &command else {
             unreachable!()
         };
         Ok(Response::new(proto::SetRoleResponse {
-            member: Some(self.member_answer(&principal, org, email)?),
+            member: Some(member_answer(email, *role)),
         }))
     }
 
@@ -237,14 +229,14 @@ impl AdminService for AdminApi {
         let page = pager
             .page(body.page_size, &body.page_token)
             .map_err(to_status)?;
-        let after = page.after_key(Email::parse).map_err(to_status)?;
+        let after = page.after_key(Email::from_stored).map_err(to_status)?;
         let (members, last) = self
             .broker
             .read_organization(&principal, Action::Administer, &org, |o| {
                 let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
                 let entries = o
                     .members
-                    .range((start, Bound::Unbounded))
+                    .range::<_, Email>((start, Bound::Unbounded))
                     .map(|(email, role)| (email, Some((email, *role))));
                 let (page_items, last) = take_page(entries, page.size);
                 let wire: Vec<_> = page_items
@@ -340,14 +332,14 @@ impl AdminService for AdminApi {
         let page = pager
             .page(body.page_size, &body.page_token)
             .map_err(to_status)?;
-        let after = page.after_key(Email::parse).map_err(to_status)?;
+        let after = page.after_key(Email::from_stored).map_err(to_status)?;
         let (emails, quota, last) = self
             .broker
             .read_organization(&principal, Action::Administer, &org, |o| {
                 let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
                 let entries = o
                     .assigned(product)
-                    .range((start, Bound::Unbounded))
+                    .range::<_, Email>((start, Bound::Unbounded))
                     .map(|email| (email, Some(email)));
                 let (page_items, last) = take_page(entries, page.size);
                 let emails: Vec<_> = page_items.into_iter().map(Email::to_string).collect();
@@ -502,7 +494,7 @@ impl AdminService for AdminApi {
                 let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
                 let entries = o
                     .api_keys
-                    .range::<str, _>((start, Bound::Unbounded))
+                    .range::<_, str>((start, Bound::Unbounded))
                     .map(|(id, key)| (id, only_of.is_none_or(|e| *e == key.email).then_some(key)));
                 let (page_items, last) = take_page(entries, page.size);
                 let wire: Vec<_> = page_items

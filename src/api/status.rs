@@ -12,15 +12,17 @@ pub fn code_of(error: &DomainError) -> Code {
         E::PermissionDenied(_) => Code::PermissionDenied,
         E::OrganizationNotFound(_) | E::ApiKeyNotFound(_) | E::LeaseNotFound(_) => Code::NotFound,
         E::OrganizationExists(_) | E::AlreadyAMember { .. } => Code::AlreadyExists,
-        E::QuotaExhausted { .. } | E::SeatQuotaExceeded { .. } | E::LimitReached { .. } => {
-            Code::ResourceExhausted
-        }
+        E::QuotaExhausted { .. }
+        | E::SeatQuotaExceeded { .. }
+        | E::LimitReached { .. }
+        | E::CapReached { .. } => Code::ResourceExhausted,
         E::NotAMember { .. }
         | E::StaleGeneration { .. }
         | E::NotLicensed { .. }
         | E::KseSessionInUse { .. }
         | E::LicenseExpired(_)
         | E::LastOwner { .. }
+        | E::SeatsBelowAssigned { .. }
         | E::FailedPrecondition(_) => Code::FailedPrecondition,
         E::Unavailable(_) => Code::Unavailable,
     }

@@ -91,6 +91,24 @@ fn check_same_organization(principal: &Principal, org: &OrgId) -> Result<(), Dom
     }
 }
 
+/// Whether `command` is a member setting their own role to one that grants no more
+/// than the role they hold. Anyone may step down (an Admin to Member, an Owner who is
+/// not the last to Admin; `apply` keeps the last Owner), and asking again for the role
+/// one holds changes nothing, so a retry of a step-down answers like the first call
+/// even though the caller no longer administers.
+fn steps_down(state: &AdminState, principal: &Principal, command: &Command) -> bool {
+    let (Principal::Member { email: caller, .. }, Command::SetRole { org, email, role }) =
+        (principal, command)
+    else {
+        return false;
+    };
+    let current = state
+        .organization(org)
+        .ok()
+        .and_then(|organization| organization.role_of(caller));
+    email == caller && current.is_some_and(|current| !role.outranks(current))
+}
+
 /// Extra rules on roles beyond "Owner or Admin": only an Owner (or the operator) may
 /// create another Owner or change or remove an existing one.
 pub fn authorize_command(
@@ -100,6 +118,9 @@ pub fn authorize_command(
 ) -> Result<(), DomainError> {
     let org = command.org();
     check_same_organization(principal, org)?;
+    if steps_down(state, principal, command) {
+        return Ok(());
+    }
     let action = match command {
         Command::CreateOrganization { .. } | Command::SetQuota { .. } => Action::Operate,
         Command::CreateApiKey { .. } | Command::RevokeApiKey { .. } => Action::ManageKeysOf,

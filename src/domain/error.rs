@@ -99,6 +99,25 @@ pub enum DomainError {
     #[error("{what} limit reached: {limit}")]
     LimitReached { what: &'static str, limit: usize },
 
+    /// A per-tenant cap of `limits` (members, API keys, organizations).
+    #[error("{holder} already holds {limit} {what}, the most allowed; {remedy}")]
+    CapReached {
+        holder: String,
+        what: &'static str,
+        limit: usize,
+        remedy: &'static str,
+    },
+
+    #[error(
+        "{assigned} users hold KSE seats in organization {org}, more than the {kse_seats} asked for: unassign at least {} of them first (UnassignLicenses), then lower the quota; nothing was changed",
+        .assigned - .kse_seats
+    )]
+    SeatsBelowAssigned {
+        org: OrgId,
+        kse_seats: u32,
+        assigned: u32,
+    },
+
     /// The durable log could not take the command (overloaded or shutting down).
     #[error("{0}")]
     Unavailable(String),

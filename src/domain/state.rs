@@ -2,9 +2,20 @@
 //! assignments and API key records. `apply` is the single function that changes it;
 //! it checks every rule first and changes nothing when one fails, so each command is
 //! all-or-nothing. The live path and recovery both call it.
+//!
+//! Rules that only new commands must meet (the per-tenant caps of `limits`, a quota
+//! not below the seats assigned) live in [`AdminState::admit`], which the broker calls
+//! before `apply` and recovery does not: a log written by an older version, under
+//! other caps or rules, still replays to the state it acknowledged.
+//!
+//! The collections are persistent maps (`imbl`): cloning the state shares its
+//! structure, so a snapshot cut costs O(1) under the write lock whatever the size,
+//! and a change copies only the O(log n) nodes on its path. They iterate in key order,
+//! as `BTreeMap` does, and offer the same `range` reads.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+
+use imbl::{HashMap, OrdMap, OrdSet};
 
 use super::command::{AssignmentOutcome, Command, CommandOutcome};
 use super::error::DomainError;
@@ -26,23 +37,24 @@ pub struct Organization {
     pub id: OrgId,
     pub display_name: String,
     pub quota: Quota,
-    pub members: BTreeMap<Email, Role>,
-    /// Users holding a named KSE seat; never more than `quota.kse_seats`.
-    pub kse_assigned: BTreeSet<Email>,
+    pub members: OrdMap<Email, Role>,
+    /// Users holding a named KSE seat; never more than `quota.kse_seats` (a log of an
+    /// older version may hold more, see [`AdminState::admit`]).
+    pub kse_assigned: OrdSet<Email>,
     /// Users allowed to run KRE sessions; any number.
-    pub kre_assigned: BTreeSet<Email>,
-    pub api_keys: BTreeMap<ApiKeyId, ApiKeyRecord>,
+    pub kre_assigned: OrdSet<Email>,
+    pub api_keys: OrdMap<ApiKeyId, ApiKeyRecord>,
 }
 
 impl Organization {
-    pub fn assigned(&self, product: Product) -> &BTreeSet<Email> {
+    pub fn assigned(&self, product: Product) -> &OrdSet<Email> {
         match product {
             Product::Kse => &self.kse_assigned,
             Product::Kre => &self.kre_assigned,
         }
     }
 
-    fn assigned_mut(&mut self, product: Product) -> &mut BTreeSet<Email> {
+    fn assigned_mut(&mut self, product: Product) -> &mut OrdSet<Email> {
         match product {
             Product::Kse => &mut self.kse_assigned,
             Product::Kre => &mut self.kre_assigned,
@@ -67,22 +79,94 @@ impl Organization {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdminState {
-    organizations: BTreeMap<OrgId, Organization>,
+    organizations: OrdMap<OrgId, Organization>,
     /// Which organization holds each API key; the key record itself lives there.
     key_index: HashMap<ApiKeyId, OrgId>,
+    /// Live API keys per member that has any, so the per-member cap is checked
+    /// without scanning the organization's keys under the write lock.
+    keys_per_member: HashMap<(OrgId, Email), u32>,
 }
 
 impl AdminState {
-    /// Rebuilds the state from its organizations (a snapshot), with its key index.
+    /// Rebuilds the state from its organizations (a snapshot), with its key indexes.
     pub fn from_organizations(organizations: Vec<Organization>) -> Self {
         let mut state = AdminState::default();
         for org in organizations {
-            for key_id in org.api_keys.keys() {
-                state.key_index.insert(key_id.clone(), org.id.clone());
+            for record in org.api_keys.values() {
+                state.key_index.insert(record.id.clone(), org.id.clone());
+                state.count_key(&org.id, &record.email, 1);
             }
             state.organizations.insert(org.id.clone(), org);
         }
         state
+    }
+
+    /// Live API keys of one member.
+    pub fn keys_of(&self, org: &OrgId, email: &Email) -> u32 {
+        self.keys_per_member
+            .get(&(org.clone(), email.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_key(&mut self, org: &OrgId, email: &Email, added: i32) {
+        let member = (org.clone(), email.clone());
+        let count = self.keys_per_member.get(&member).copied().unwrap_or(0);
+        match count.saturating_add_signed(added) {
+            0 => self.keys_per_member.remove(&member),
+            count => self.keys_per_member.insert(member, count),
+        };
+    }
+
+    /// The rules a command submitted now must meet besides those of `apply`: the
+    /// per-tenant caps and the quota rules that an older version did not enforce.
+    /// Called by the broker before `apply`, never on replay, so that a log written
+    /// under other caps or rules still loads. Reads only.
+    pub fn admit(&self, command: &Command) -> Result<(), DomainError> {
+        match command {
+            Command::CreateOrganization { .. } => check_cap(
+                || "this daemon".to_owned(),
+                self.organizations.len(),
+                limits::ORGANIZATIONS_MAX,
+                "organizations",
+                "run another daemon for further organizations",
+            ),
+            Command::SetQuota { org, quota } => {
+                let assigned = self.organization(org)?.kse_assigned.len() as u32;
+                if quota.kse_seats < assigned {
+                    return Err(DomainError::SeatsBelowAssigned {
+                        org: org.clone(),
+                        kse_seats: quota.kse_seats,
+                        assigned,
+                    });
+                }
+                Ok(())
+            }
+            Command::AddMember { org, .. } => check_cap(
+                || format!("organization {org}"),
+                self.organization(org)?.members.len(),
+                limits::MEMBERS_PER_ORG_MAX,
+                "members",
+                "remove members who left before adding more",
+            ),
+            Command::CreateApiKey { org, email, .. } => {
+                check_cap(
+                    || format!("organization {org}"),
+                    self.organization(org)?.api_keys.len(),
+                    limits::API_KEYS_PER_ORG_MAX,
+                    "API keys",
+                    "revoke unused keys (ListApiKeys names them) before creating more",
+                )?;
+                check_cap(
+                    || format!("{email} in organization {org}"),
+                    self.keys_of(org, email) as usize,
+                    limits::API_KEYS_PER_MEMBER_MAX,
+                    "API keys",
+                    "revoke that member's unused keys before creating more",
+                )
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn organization(&self, org: &OrgId) -> Result<&Organization, DomainError> {
@@ -103,7 +187,7 @@ impl AdminState {
     ) -> impl Iterator<Item = &Organization> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.organizations
-            .range((start, Bound::Unbounded))
+            .range::<_, OrgId>((start, Bound::Unbounded))
             .map(|(_, org)| org)
     }
 
@@ -142,11 +226,6 @@ impl AdminState {
                         email: email.clone(),
                     });
                 }
-                check_room(
-                    org.members.len(),
-                    limits::MEMBERS_PER_ORG_MAX,
-                    "members per organization",
-                )?;
                 org.members.insert(email.clone(), *role);
                 Ok(CommandOutcome::Done)
             }
@@ -194,21 +273,6 @@ impl AdminState {
                 }
                 let organization = self.organization_mut(org)?;
                 organization.require_member(email)?;
-                check_room(
-                    organization.api_keys.len(),
-                    limits::API_KEYS_PER_ORG_MAX,
-                    "API keys per organization",
-                )?;
-                let of_member = organization
-                    .api_keys
-                    .values()
-                    .filter(|k| &k.email == email)
-                    .count();
-                check_room(
-                    of_member,
-                    limits::API_KEYS_PER_MEMBER_MAX,
-                    "API keys per member",
-                )?;
                 organization.api_keys.insert(
                     key_id.clone(),
                     ApiKeyRecord {
@@ -220,14 +284,16 @@ impl AdminState {
                     },
                 );
                 self.key_index.insert(key_id.clone(), org.clone());
+                self.count_key(org, email, 1);
                 Ok(CommandOutcome::Done)
             }
             Command::RevokeApiKey { org, key_id } => {
                 let organization = self.organization_mut(org)?;
-                if organization.api_keys.remove(key_id).is_none() {
+                let Some(record) = organization.api_keys.remove(key_id) else {
                     return Err(DomainError::ApiKeyNotFound(key_id.to_string()));
-                }
+                };
                 self.key_index.remove(key_id);
+                self.count_key(org, &record.email, -1);
                 Ok(CommandOutcome::Done)
             }
         }
@@ -243,19 +309,14 @@ impl AdminState {
         if self.organizations.contains_key(org) {
             return Err(DomainError::OrganizationExists(org.clone()));
         }
-        check_room(
-            self.organizations.len(),
-            limits::ORGANIZATIONS_MAX,
-            "organizations",
-        )?;
         let organization = Organization {
             id: org.clone(),
             display_name: display_name.to_owned(),
             quota,
-            members: BTreeMap::from([(owner.clone(), Role::Owner)]),
-            kse_assigned: BTreeSet::new(),
-            kre_assigned: BTreeSet::new(),
-            api_keys: BTreeMap::new(),
+            members: OrdMap::unit(owner.clone(), Role::Owner),
+            kse_assigned: OrdSet::new(),
+            kre_assigned: OrdSet::new(),
+            api_keys: OrdMap::new(),
         };
         self.organizations.insert(org.clone(), organization);
         Ok(CommandOutcome::Done)
@@ -276,16 +337,25 @@ impl AdminState {
         organization.members.remove(email);
         organization.kse_assigned.remove(email);
         organization.kre_assigned.remove(email);
-        let revoked: Vec<ApiKeyId> = organization
-            .api_keys
-            .values()
-            .filter(|k| &k.email == email)
-            .map(|k| k.id.clone())
-            .collect();
+        // The member's keys are found by a scan of the organization's keys, skipped
+        // for a member with none; removing members is rare.
+        let mut revoked = Vec::new();
+        if self.keys_of(org, email) > 0 {
+            let organization = self.organization_mut(org)?;
+            revoked = organization
+                .api_keys
+                .values()
+                .filter(|k| &k.email == email)
+                .map(|k| k.id.clone())
+                .collect();
+            for key_id in &revoked {
+                organization.api_keys.remove(key_id);
+            }
+        }
         for key_id in &revoked {
-            organization.api_keys.remove(key_id);
             self.key_index.remove(key_id);
         }
+        self.keys_per_member.remove(&(org.clone(), email.clone()));
         Ok(CommandOutcome::MemberRemoved {
             keys_revoked: revoked.len() as u32,
         })
@@ -318,7 +388,7 @@ impl AdminState {
         let results = emails
             .iter()
             .map(|email| {
-                let outcome = if assigned.insert(email.clone()) {
+                let outcome = if assigned.insert(email.clone()).is_none() {
                     AssignmentOutcome::Assigned
                 } else {
                     AssignmentOutcome::AlreadyAssigned
@@ -343,7 +413,7 @@ impl AdminState {
         let results = emails
             .iter()
             .map(|email| {
-                let outcome = if assigned.remove(email) {
+                let outcome = if assigned.remove(email).is_some() {
                     AssignmentOutcome::Unassigned
                 } else {
                     AssignmentOutcome::NotAssigned
@@ -393,9 +463,21 @@ impl AdminState {
     }
 }
 
-fn check_room(current: usize, limit: usize, what: &'static str) -> Result<(), DomainError> {
+/// Refuses growth past a per-tenant cap, saying what to do about it.
+fn check_cap(
+    holder: impl FnOnce() -> String,
+    current: usize,
+    limit: usize,
+    what: &'static str,
+    remedy: &'static str,
+) -> Result<(), DomainError> {
     if current >= limit {
-        return Err(DomainError::LimitReached { what, limit });
+        return Err(DomainError::CapReached {
+            holder: holder(),
+            what,
+            limit,
+            remedy,
+        });
     }
     Ok(())
 }
@@ -454,6 +536,131 @@ mod tests {
             Err(DomainError::SeatQuotaExceeded { .. })
         ));
         assert_eq!(state, before);
+    }
+
+    fn add_member(org: &OrgId, address: &str) -> Command {
+        Command::AddMember {
+            org: org.clone(),
+            email: email(address),
+            role: Role::Member,
+        }
+    }
+
+    #[test]
+    fn caps_hold_for_new_commands_but_not_on_replay() {
+        let (mut state, org) = org_with_members(1, &[]);
+        for n in 1..limits::MEMBERS_PER_ORG_MAX {
+            state
+                .apply(&add_member(&org, &format!("m{n}@acme.com")))
+                .unwrap();
+        }
+        let one_more = add_member(&org, "late@acme.com");
+        let refused = state.admit(&one_more).unwrap_err();
+        assert!(
+            matches!(refused, DomainError::CapReached { .. }),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("organization acme already holds 100000 members"),
+            "{refused}"
+        );
+        // A log written under a larger cap replays past this one.
+        state.apply(&one_more).unwrap();
+        assert_eq!(
+            state.organization(&org).unwrap().members.len(),
+            limits::MEMBERS_PER_ORG_MAX + 1
+        );
+    }
+
+    #[test]
+    fn a_quota_below_the_seats_assigned_is_not_admitted_but_replays() {
+        let (mut state, org) = org_with_members(2, &["a@acme.com", "b@acme.com"]);
+        state
+            .apply(&Command::AssignLicenses {
+                org: org.clone(),
+                product: Product::Kse,
+                emails: vec![email("a@acme.com"), email("b@acme.com")],
+            })
+            .unwrap();
+        let lower = |kse_seats| Command::SetQuota {
+            org: org.clone(),
+            quota: Quota {
+                kse_seats,
+                ..Quota::default()
+            },
+        };
+        assert!(state.admit(&lower(2)).is_ok());
+        let refused = state.admit(&lower(1)).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                DomainError::SeatsBelowAssigned {
+                    kse_seats: 1,
+                    assigned: 2,
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        state.apply(&lower(1)).unwrap();
+        assert_eq!(state.organization(&org).unwrap().quota.kse_seats, 1);
+    }
+
+    fn create_key(org: &OrgId, id: &str, address: &str) -> Command {
+        Command::CreateApiKey {
+            org: org.clone(),
+            key_id: ApiKeyId(id.into()),
+            email: email(address),
+            label: String::new(),
+            secret_sha256: [0; 32],
+            created_at_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn keys_per_member_follow_creation_revocation_and_removal() {
+        let (mut state, org) = org_with_members(1, &["a@acme.com", "b@acme.com"]);
+        for n in 0..3 {
+            state
+                .apply(&create_key(&org, &format!("a{n}"), "a@acme.com"))
+                .unwrap();
+        }
+        state.apply(&create_key(&org, "b0", "b@acme.com")).unwrap();
+        let a = email("a@acme.com");
+        assert_eq!(state.keys_of(&org, &a), 3);
+        state
+            .apply(&Command::RevokeApiKey {
+                org: org.clone(),
+                key_id: ApiKeyId("a1".into()),
+            })
+            .unwrap();
+        assert_eq!(state.keys_of(&org, &a), 2);
+        // A snapshot rebuilds the same counts.
+        let reloaded =
+            AdminState::from_organizations(state.organizations().cloned().collect::<Vec<_>>());
+        assert_eq!(reloaded, state);
+        state
+            .apply(&Command::RemoveMember {
+                org: org.clone(),
+                email: a.clone(),
+            })
+            .unwrap();
+        assert_eq!(state.keys_of(&org, &a), 0);
+        assert_eq!(state.keys_of(&org, &email("b@acme.com")), 1);
+        assert!(state.api_key("a0").is_none() && state.api_key("b0").is_some());
+    }
+
+    #[test]
+    fn a_cut_is_unaffected_by_later_commands() {
+        let (mut state, org) = org_with_members(1, &["a@acme.com"]);
+        let cut = state.clone();
+        state.apply(&add_member(&org, "b@acme.com")).unwrap();
+        state.apply(&create_key(&org, "k", "a@acme.com")).unwrap();
+        assert_eq!(cut.organization(&org).unwrap().members.len(), 2);
+        assert!(cut.api_key("k").is_none());
+        assert_eq!(state.organization(&org).unwrap().members.len(), 3);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
 use super::error::DomainError;
 use crate::limits;
 
@@ -17,6 +20,7 @@ impl OrgId {
         if raw.is_empty() {
             return Err(DomainError::invalid(field, "must not be empty"));
         }
+        check_visible(field, raw)?;
         if raw.len() > limits::ORG_ID_BYTES_MAX {
             return Err(DomainError::invalid(
                 field,
@@ -51,9 +55,14 @@ impl fmt::Display for OrgId {
     }
 }
 
-/// An email address, trimmed and lowercased, so that one person is one key.
-/// The check is deliberately simple (one '@', a dotted domain, no spaces or controls):
-/// the broker names users, it does not deliver mail.
+/// An email address in one normal form, so that one person is one member: trimmed,
+/// NFKC-normalized and case-folded (Unicode default case folding), the
+/// "compatibility caseless" identity of Unicode 3.13 that PRECIS (RFC 8264/8265)
+/// builds on. `ÄLICE@example.com`, `älice@example.com` and the fullwidth
+/// `ａｌｉｃｅ@example.com` name one member. Invisible, control and bidirectional
+/// formatting characters are refused rather than removed, so that what a person reads
+/// is what the daemon stores. The syntax check is deliberately simple (one '@', a
+/// dotted domain, no spaces): the broker names users, it does not deliver mail.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Email(Arc<str>);
 
@@ -62,8 +71,26 @@ impl Email {
         Self::parse_field("email", raw)
     }
 
+    /// Parses an email sent by a client, naming `field` in any refusal.
     pub fn parse_field(field: &'static str, raw: &str) -> Result<Self, DomainError> {
-        let normalized = raw.trim().to_ascii_lowercase();
+        let trimmed = raw.trim();
+        check_visible(field, trimmed)?;
+        let normalized = normalize_identity(trimmed);
+        Self::check_syntax(field, raw, normalized)
+    }
+
+    /// An email as stored in the log or a snapshot by any version: kept as it was
+    /// (earlier versions lowercased ASCII only), so that recovery rebuilds exactly the
+    /// members it acknowledged. Only the syntax of the time is checked.
+    pub fn from_stored(stored: &str) -> Result<Self, DomainError> {
+        Self::check_syntax("email", stored, stored.trim().to_ascii_lowercase())
+    }
+
+    fn check_syntax(
+        field: &'static str,
+        raw: &str,
+        normalized: String,
+    ) -> Result<Self, DomainError> {
         if normalized.is_empty() {
             return Err(DomainError::invalid(field, "must not be empty"));
         }
@@ -149,6 +176,19 @@ pub enum Role {
 impl Role {
     pub fn administers(self) -> bool {
         matches!(self, Role::Owner | Role::Admin)
+    }
+
+    /// Whether this role grants more than `other` (Owner > Admin > Member).
+    pub fn outranks(self, other: Role) -> bool {
+        self.rights() > other.rights()
+    }
+
+    fn rights(self) -> u8 {
+        match self {
+            Role::Owner => 2,
+            Role::Admin => 1,
+            Role::Member => 0,
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -255,8 +295,8 @@ pub fn check_required_text(
     check_optional_text(field, value, bytes_max)
 }
 
-/// Checks a free-text field (labels, hostnames) against its bound and refuses control
-/// characters, which would corrupt tables and logs.
+/// Checks a free-text field (display names, labels, hostnames, engine ids) against its
+/// bound and refuses invisible characters (see [`check_visible`]).
 pub fn check_optional_text(
     field: &'static str,
     value: &str,
@@ -268,13 +308,92 @@ pub fn check_optional_text(
             format!("is {} bytes; at most {bytes_max} are allowed", value.len()),
         ));
     }
-    if value.chars().any(char::is_control) {
-        return Err(DomainError::invalid(
-            field,
-            "must not hold control characters",
-        ));
+    check_visible(field, value)
+}
+
+/// The identity form of a text: NFKC, then Unicode default case folding, then NFKC
+/// again (folding can leave a string that is not in NFKC). ASCII takes a fast path
+/// with the same result.
+fn normalize_identity(text: &str) -> String {
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
     }
-    Ok(())
+    let compatible: String = text.nfkc().collect();
+    caseless::default_case_fold_str(&compatible)
+        .nfkc()
+        .collect()
+}
+
+/// Refuses the characters a reader cannot see or that change how the text around them
+/// is displayed: controls (Cc), format characters (Cf: zero-width spaces and joiners,
+/// bidirectional embeddings, overrides, isolates and marks, the BOM, tag characters),
+/// line and paragraph separators, private-use, surrogate and unassigned code points,
+/// and the other default-ignorable code points (variation selectors, Hangul fillers,
+/// the combining grapheme joiner). Such characters let two identities look the same
+/// or one text display as another (CVE-2021-42574, "Trojan Source"). The refusal
+/// names the field and the code point.
+pub fn check_visible(field: &'static str, value: &str) -> Result<(), DomainError> {
+    match value
+        .chars()
+        .enumerate()
+        .find_map(|(at, c)| Some((at, c, invisible_kind(c)?)))
+    {
+        None => Ok(()),
+        Some((at, c, kind)) => Err(DomainError::invalid(
+            field,
+            format!(
+                "character {} is U+{:04X}, {kind}; remove it (invisible, control and bidirectional formatting characters are refused)",
+                at + 1,
+                c as u32
+            ),
+        )),
+    }
+}
+
+/// What makes `c` unfit for an identifier or a label, if anything.
+fn invisible_kind(c: char) -> Option<&'static str> {
+    if c.is_ascii() {
+        return c.is_ascii_control().then_some("a control character");
+    }
+    if is_bidi_control(c) {
+        return Some("a bidirectional formatting character");
+    }
+    let kind = match c.general_category() {
+        GeneralCategory::Control => "a control character",
+        GeneralCategory::Format => "an invisible format character",
+        GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {
+            "a line or paragraph separator"
+        }
+        GeneralCategory::PrivateUse => "a private-use character",
+        GeneralCategory::Surrogate | GeneralCategory::Unassigned => "an unassigned code point",
+        _ if is_default_ignorable(c) => "an invisible (default-ignorable) character",
+        _ => return None,
+    };
+    Some(kind)
+}
+
+/// The bidirectional formatting characters (Unicode 9.2, UAX #9): ALM, LRM, RLM, the
+/// embeddings and overrides LRE..RLO with PDF, and the isolates LRI..PDI.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Default_Ignorable_Code_Point (DerivedCoreProperties.txt) outside the categories
+/// refused above: characters that render as nothing.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{034F}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FFA0}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 #[cfg(test)]
@@ -301,6 +420,75 @@ mod tests {
         }
         let long_local = format!("{}@example.com", "a".repeat(65));
         assert!(Email::parse(&long_local).is_err());
+    }
+
+    #[test]
+    fn one_person_is_one_email_whatever_the_case_or_width() {
+        let normal = |raw: &str| Email::parse(raw).unwrap().as_str().to_owned();
+        assert_eq!(normal("ÄLICE@example.com"), "älice@example.com");
+        assert_eq!(normal("älice@example.com"), "älice@example.com");
+        // A decomposed 'a' + combining diaeresis composes to the same member.
+        assert_eq!(normal("A\u{0308}lice@Example.com"), "älice@example.com");
+        assert_eq!(
+            normal("ａｌｉｃｅ＠ｅｘａｍｐｌｅ．ｃｏｍ"),
+            "alice@example.com"
+        );
+        assert_eq!(normal("STRASSE@example.com"), normal("Straße@example.com"));
+        assert_eq!(normal("ΣΊΣΥΦΟΣ@example.gr"), normal("σίσυφος@example.gr"));
+    }
+
+    /// Characters that must never reach an identifier or a label, one per kind.
+    const INVISIBLE: [char; 14] = [
+        '\u{0007}',  // BEL (Cc)
+        '\u{0085}',  // NEXT LINE (Cc)
+        '\u{00AD}',  // SOFT HYPHEN (Cf)
+        '\u{200B}',  // ZERO WIDTH SPACE (Cf)
+        '\u{200D}',  // ZERO WIDTH JOINER (Cf)
+        '\u{200F}',  // RIGHT-TO-LEFT MARK
+        '\u{202E}',  // RIGHT-TO-LEFT OVERRIDE
+        '\u{2066}',  // LEFT-TO-RIGHT ISOLATE
+        '\u{2028}',  // LINE SEPARATOR (Zl)
+        '\u{FEFF}',  // ZERO WIDTH NO-BREAK SPACE, BOM (Cf)
+        '\u{E0041}', // TAG LATIN CAPITAL LETTER A (Cf)
+        '\u{FE0F}',  // VARIATION SELECTOR-16 (Mn, default-ignorable)
+        '\u{3164}',  // HANGUL FILLER (Lo, default-ignorable)
+        '\u{E000}',  // private use (Co)
+    ];
+
+    #[test]
+    fn invisible_characters_are_refused_naming_the_code_point() {
+        for c in INVISIBLE {
+            let code = format!("U+{:04X}", c as u32);
+            let email = format!("al{c}ice@example.com");
+            let refused = Email::parse_field("owner_email", &email).unwrap_err();
+            let text = refused.to_string();
+            assert!(
+                text.contains("owner_email") && text.contains(&code),
+                "{text}"
+            );
+            let label = format!("laptop{c}");
+            let refused = check_optional_text("label", &label, 128).unwrap_err();
+            assert!(refused.to_string().contains(&code), "{refused}");
+            assert!(OrgId::parse(&format!("acme{c}")).is_err());
+        }
+        assert!(check_optional_text("label", "Büro-Laptop 2 (Zürich) 東京", 128).is_ok());
+    }
+
+    #[test]
+    fn stored_emails_are_kept_as_they_were() {
+        // Earlier versions lowercased ASCII only; recovery keeps their members apart.
+        let stored = Email::from_stored("Älice@example.com").unwrap();
+        assert_eq!(stored.as_str(), "Älice@example.com");
+        assert_ne!(stored, Email::parse("älice@example.com").unwrap());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalization_is_idempotent(raw in "\\PC{1,40}@[a-zA-Z\u{00C0}-\u{024F}]{1,8}\\.com") {
+            if let Ok(email) = Email::parse(&raw) {
+                proptest::prop_assert_eq!(Email::parse(email.as_str()).unwrap(), email);
+            }
+        }
     }
 
     #[test]

@@ -3,8 +3,6 @@
 //! are forever: add fields, never renumber. Decoding re-validates every value, so a
 //! record that decodes is as well-formed as one that came through the API.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use prost::Message;
 
 use crate::domain::{
@@ -238,7 +236,9 @@ fn org_from(text: &str) -> Result<OrgId, DecodeError> {
 }
 
 fn email_from(text: &str) -> Result<Email, DecodeError> {
-    Email::parse(text).map_err(|e| bad("email", e))
+    // Kept as stored: recovery rebuilds what an older version acknowledged, whatever
+    // today's normalization of new input says.
+    Email::from_stored(text).map_err(|e| bad("email", e))
 }
 
 fn emails_from(texts: &[String]) -> Result<Vec<Email>, DecodeError> {
@@ -566,14 +566,14 @@ fn organization_from(record: &OrganizationRecord) -> Result<Organization, Decode
         .members
         .iter()
         .map(|m| Ok((email_from(&m.email)?, role_from(m.role)?)))
-        .collect::<Result<BTreeMap<_, _>, DecodeError>>()?;
+        .collect::<Result<imbl::OrdMap<_, _>, DecodeError>>()?;
     let set =
-        |emails: &[String]| emails_from(emails).map(|v| v.into_iter().collect::<BTreeSet<_>>());
+        |emails: &[String]| emails_from(emails).map(|v| v.into_iter().collect::<imbl::OrdSet<_>>());
     let api_keys = record
         .api_keys
         .iter()
         .map(|r| api_key_from(r).map(|k| (k.id.clone(), k)))
-        .collect::<Result<BTreeMap<_, _>, _>>()?;
+        .collect::<Result<imbl::OrdMap<_, _>, _>>()?;
     Ok(Organization {
         id,
         display_name: record.display_name.clone(),
