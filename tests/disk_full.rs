@@ -97,6 +97,17 @@ impl Daemon {
 
     /// Descriptors the daemon holds now.
     #[cfg(feature = "failpoints")]
+    /// The lowest descriptor number the daemon does not hold.
+    #[cfg(feature = "failpoints")]
+    fn lowest_free_descriptor(&self) -> u64 {
+        let held: std::collections::BTreeSet<u64> =
+            std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+                .expect("the daemon's descriptors")
+                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+        (0..).find(|fd| !held.contains(fd)).expect("a free number")
+    }
+
     fn descriptors(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
             .map(|entries| entries.count())
@@ -207,18 +218,24 @@ async fn add_member(
 }
 
 async fn members(admin: &mut AdminServiceClient<Authorized>) -> Vec<String> {
-    admin
-        .list_members(proto::ListMembersRequest {
-            org_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list members")
-        .into_inner()
-        .members
-        .into_iter()
-        .map(|m| m.email)
-        .collect()
+    let mut emails = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_members(proto::ListMembersRequest {
+                org_id: "acme".into(),
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list members")
+            .into_inner();
+        emails.extend(page.members.into_iter().map(|m| m.email));
+        if page.next_page_token.is_empty() {
+            return emails;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 async fn heartbeat(
@@ -451,20 +468,12 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
         .filter(|f| f.ends_with(".wal"))
         .count();
 
-    // Silent client sockets take every descriptor the daemon has.
-    let mut silent = Vec::new();
-    let deadline = Instant::now() + DEADLINE;
-    while daemon.descriptors() < DESCRIPTORS_MAX as usize {
-        assert!(
-            Instant::now() < deadline,
-            "the descriptors were never exhausted"
-        );
-        if silent.len() < 2 * DESCRIPTORS_MAX as usize {
-            silent.push(TcpStream::connect(daemon.addr).expect("connect"));
-        } else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    // Every descriptor number below the daemon's soft limit is taken: the limit is
+    // lowered (from outside, as `prlimit` does) to the lowest free descriptor. Silent
+    // client sockets cannot do this any more: the daemon keeps its connections 128
+    // descriptors below its limit.
+    let lowest_free = daemon.lowest_free_descriptor();
+    set_soft_descriptor_limit(daemon.child.id(), lowest_free);
     // Writes under pressure: the rotation uses the segment opened ahead; when the
     // next one cannot be opened, writes are refused with UNAVAILABLE, never an abort.
     let mut refusals = 0;
@@ -503,7 +512,7 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     );
 
     // The pressure goes: writes resume by themselves.
-    drop(silent);
+    set_soft_descriptor_limit(daemon.child.id(), DESCRIPTORS_MAX as u64);
     let deadline = Instant::now() + DEADLINE;
     loop {
         let email = format!("m{write}@acme.test");
@@ -528,4 +537,30 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     for email in &acknowledged {
         assert!(members.contains(email), "acknowledged {email} was lost");
     }
+}
+
+/// Sets the soft descriptor limit of process `pid`, keeping its hard limit (so it can
+/// be raised back without privileges).
+#[cfg(feature = "failpoints")]
+fn set_soft_descriptor_limit(pid: u32, soft: u64) {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let pid = pid as libc::pid_t;
+    // SAFETY: plain system calls on valid pointers to local structs.
+    let read = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut current) };
+    assert_eq!(
+        read,
+        0,
+        "prlimit (read): {}",
+        std::io::Error::last_os_error()
+    );
+    let wanted = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: current.rlim_max,
+    };
+    // SAFETY: as above.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &wanted, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit (set): {}", std::io::Error::last_os_error());
 }
