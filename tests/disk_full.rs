@@ -108,6 +108,7 @@ impl Daemon {
         (0..).find(|fd| !held.contains(fd)).expect("a free number")
     }
 
+    #[cfg(feature = "failpoints")]
     fn descriptors(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
             .map(|entries| entries.count())
