@@ -259,20 +259,7 @@ mod tests {
     use super::*;
     use crate::audit::writer::AuditWriter;
 
-    fn record(at: i64, org: &str) -> AuditRecord {
-        AuditRecord {
-            at_unix_ms: at,
-            org: org.into(),
-            kind: "lease_granted".into(),
-            product: Some("KRE".into()),
-            email: Some("a@acme.test".into()),
-            lease_id: None,
-            generation: Some(7),
-            engine_id: Some("e-1".into()),
-            actor: "a@acme.test".into(),
-            detail: Some("x".repeat(100)),
-        }
-    }
+    use crate::audit::sample_record as record;
 
     fn open(dir: &Path, file_bytes_max: u64, files_max: u32) -> Arc<AuditFiles> {
         let options = AuditOptions {

@@ -687,6 +687,23 @@ fn write_until_closed(
     writer.flush(true);
 }
 
+/// A lease grant of `org` at `at`, with a 100-byte detail: the unit tests' record.
+#[cfg(test)]
+pub(crate) fn sample_record(at: i64, org: &str) -> AuditRecord {
+    AuditRecord {
+        at_unix_ms: at,
+        org: org.into(),
+        kind: "lease_granted".into(),
+        product: Some("KRE".into()),
+        email: Some("a@acme.test".into()),
+        lease_id: None,
+        generation: Some(7),
+        engine_id: Some("e-1".into()),
+        actor: "a@acme.test".into(),
+        detail: Some("x".repeat(100)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
