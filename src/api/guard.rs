@@ -31,12 +31,10 @@ use tower::{Layer, Service};
 use crate::broker::Broker;
 use crate::connections::{ConnectionInfo, ConnectionState, charge};
 use crate::domain::Principal;
+use crate::telemetry::rpc::BROKER_PATH_PREFIX;
 
 /// The bytes before each gRPC message: a compression flag and the length.
 const GRPC_PREFIX_BYTES: usize = 5;
-
-/// The path prefix of the broker's services, the ones that need a key.
-pub const BROKER_PATH_PREFIX: &str = "/seatbroker.";
 
 /// Authenticates the caller of `headers` (the bearer token of `authorization`).
 pub fn authenticate(broker: &Broker, headers: &http::HeaderMap) -> Result<Principal, Status> {

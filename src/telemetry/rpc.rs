@@ -55,8 +55,9 @@ impl PhaseCell {
     }
 }
 
-/// The path prefix of the calls that the phase gates.
-const BROKER_PATH_PREFIX: &str = "/seatbroker.";
+/// The path prefix of the broker calls: the phase gates them, and they need a key
+/// (`api::guard`).
+pub const BROKER_PATH_PREFIX: &str = "/seatbroker.";
 /// The label of a path that names no known method (bounded cardinality).
 const UNKNOWN_METHOD: &str = "unknown";
 
