@@ -16,9 +16,9 @@ use seatbroker::auth::OperatorKey;
 use seatbroker::broker::Broker;
 use seatbroker::clock::SystemClock;
 use seatbroker::domain::{Command, Email, OrgId, Principal, Product, Quota, Role};
-use seatbroker::leases::{LeaseTable, LeaseTiming};
+use seatbroker::leases::{LeaseId, LeaseRef, LeaseTable, LeaseTiming};
 use seatbroker::storage::codec;
-use seatbroker::storage::durable::{self, SnapshotCut};
+use seatbroker::storage::durable;
 use seatbroker::wal::{self, RealFs, Wal, WalOptions};
 
 fn bench_dir(name: &str) -> PathBuf {
@@ -185,12 +185,13 @@ async fn recovery_of_log(records: usize) -> Duration {
         .await
         .unwrap();
     let elapsed = started.elapsed();
-    assert!(opened.records_replayed >= records);
+    assert!(opened.records_replayed >= records as u64);
     elapsed
 }
 
-/// Writes a snapshot holding `assignments` KSE seats; returns its size in bytes.
-fn write_snapshot(dir: &Path, assignments: usize) -> usize {
+/// Writes a snapshot holding `assignments` KSE seats and `live_leases` KRE sessions of
+/// those members; returns its size in bytes.
+fn write_snapshot(dir: &Path, assignments: usize, live_leases: usize) -> usize {
     let mut admin = seatbroker::domain::AdminState::default();
     admin
         .apply(&Command::CreateOrganization {
@@ -229,21 +230,34 @@ fn write_snapshot(dir: &Path, assignments: usize) -> usize {
         .unwrap()
         .wait_blocking()
         .unwrap();
-    let cut = SnapshotCut {
-        lsn,
-        admin,
-        leases: Vec::new(),
-        boot_epoch: 1,
-    };
-    let bytes = durable::install_snapshot(&wal, cut).unwrap();
+    let table = leases();
+    let now = tokio::time::Instant::now();
+    let emails: Vec<Email> = (0..assignments.max(1)).map(email).collect();
+    for n in 0..live_leases {
+        let engine_id = format!("engine-{n}");
+        let lease = LeaseRef {
+            id: LeaseId(n as u128 + 1),
+            generation: n as u64 + 1,
+            product: Product::Kre,
+            email: &emails[n % emails.len()],
+            engine_id: &engine_id,
+            hostname: "host.bench.example",
+            label: "bench",
+            deadline: now,
+            acquired_at_unix_ms: 1_700_000_000_000,
+        };
+        table.restore(&org(), lease, now);
+    }
+    let (bytes, leases) = durable::write_snapshot(&wal, lsn, &admin, &table, 1).unwrap();
+    assert_eq!(leases, live_leases as u64);
     wal.close().unwrap();
     bytes
 }
 
-async fn recovery_of_snapshot(assignments: usize) -> (Duration, usize) {
+async fn recovery_of_snapshot(assignments: usize, live_leases: usize) -> (Duration, usize) {
     let dir = bench_dir("recovery-snapshot");
     let bytes = std::thread::scope(|s| {
-        s.spawn(|| write_snapshot(&dir, assignments))
+        s.spawn(|| write_snapshot(&dir, assignments, live_leases))
             .join()
             .unwrap()
     });
@@ -261,6 +275,8 @@ async fn recovery_of_snapshot(assignments: usize) -> (Duration, usize) {
             .len(),
         assignments
     );
+    assert_eq!(opened.snapshot_leases, live_leases as u64);
+    assert_eq!(opened.leases.live_count(), live_leases);
     (elapsed, bytes)
 }
 
@@ -271,10 +287,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let (seconds, log_records, snapshot_assignments) = if quick {
-        (1, 20_000, 10_000)
+    let (seconds, log_records, snapshot_assignments, snapshot_leases) = if quick {
+        (1, 20_000, 10_000, 10_000)
     } else {
-        (seconds, 1_000_000, 100_000)
+        (seconds, 1_000_000, 100_000, 1_000_000)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -282,16 +298,18 @@ fn main() {
         .unwrap();
     let raw_dir = bench_dir("raw-fsync");
     let raw = wal::bench_raw_fsync_rate(&raw_dir, if quick { 50 } else { 1000 }).unwrap();
-    let (one, sixty_four, log, (snapshot, snapshot_bytes)) = runtime.block_on(async {
-        let one = durable_commands_per_second(1, seconds).await;
-        let sixty_four = durable_commands_per_second(64, seconds).await;
-        (
-            one,
-            sixty_four,
-            recovery_of_log(log_records).await,
-            recovery_of_snapshot(snapshot_assignments).await,
-        )
-    });
+    let (one, sixty_four, log, (snapshot, snapshot_bytes), (lease_snapshot, lease_snapshot_bytes)) =
+        runtime.block_on(async {
+            let one = durable_commands_per_second(1, seconds).await;
+            let sixty_four = durable_commands_per_second(64, seconds).await;
+            (
+                one,
+                sixty_four,
+                recovery_of_log(log_records).await,
+                recovery_of_snapshot(snapshot_assignments, 0).await,
+                recovery_of_snapshot(1000, snapshot_leases).await,
+            )
+        });
     println!(
         "durability benchmark ({} s per rate){}",
         seconds,
@@ -314,5 +332,9 @@ fn main() {
     println!(
         "  recovery of a {snapshot_assignments}-assignment snapshot ({snapshot_bytes} bytes) {:>6.0} ms",
         snapshot.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  recovery of a snapshot of {snapshot_leases} live leases ({lease_snapshot_bytes} bytes) {:>6.0} ms",
+        lease_snapshot.as_secs_f64() * 1000.0
     );
 }

@@ -33,7 +33,7 @@ use crate::leases::{LeaseTable, LeaseTiming};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
-use crate::storage::durable::{self, OpenError, SnapshotCut, WalJournal};
+use crate::storage::durable::{self, OpenError, WalJournal};
 use crate::telemetry::metrics;
 use crate::telemetry::rpc::{Phase, PhaseCell, RpcLayer};
 use crate::tls::{self, TlsError};
@@ -758,8 +758,9 @@ async fn sweep_expired_leases(broker: Arc<Broker>) {
 /// How often the snapshot task asks the log whether a snapshot is due.
 const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Writes a snapshot whenever the log has grown past its bound, so that disk use and
-/// recovery time stay bounded under endless churn. A failed one (no space, no
+/// Writes a snapshot whenever the log has grown past its bounds (bytes, or records a
+/// restart would replay), so that disk use and restart time stay bounded under endless
+/// churn. A failed one (no space, no
 /// descriptor) is retried after `SNAPSHOT_RETRY_MS_MIN`, doubling up to
 /// `SNAPSHOT_RETRY_MS_MAX`: each try copies the admin state.
 async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoch: u64) {
@@ -771,7 +772,8 @@ async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoc
     let mut next_try = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        if !journal.wal().snapshot_due() || tokio::time::Instant::now() < next_try {
+        let live_leases = broker.leases().live_count() as u64;
+        if !journal.snapshot_due(live_leases) || tokio::time::Instant::now() < next_try {
             continue;
         }
         match snapshot_now(&broker, &journal, boot_epoch).await {
@@ -785,7 +787,9 @@ async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoc
     }
 }
 
-/// Cuts the state at the current end of the log and installs it as a snapshot.
+/// Cuts the state at the current end of the log and installs it as a snapshot. All of
+/// it runs on the blocking pool: the cut takes the admin write lock (for O(1)), and
+/// encoding a million leases takes a good part of a second.
 pub async fn snapshot_now(
     broker: &Arc<Broker>,
     journal: &Arc<WalJournal>,
@@ -793,22 +797,20 @@ pub async fn snapshot_now(
 ) -> Result<usize, String> {
     let started = std::time::Instant::now();
     let wal = Arc::clone(journal.wal());
-    let (admin, lsn) = broker.admin_cut(|| wal.stats().last_assigned_lsn);
-    let leases = broker.leases().copy_all();
-    let cut = SnapshotCut {
-        lsn,
-        admin,
-        leases,
-        boot_epoch,
-    };
-    let bytes = tokio::task::spawn_blocking(move || durable::install_snapshot(&wal, cut))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let broker = Arc::clone(broker);
+    let (lsn, bytes, leases) = tokio::task::spawn_blocking(move || {
+        let (admin, lsn) = broker.admin_cut(|| wal.stats().last_assigned_lsn);
+        durable::write_snapshot(&wal, lsn, &admin, broker.leases(), boot_epoch)
+            .map(|(bytes, leases)| (lsn, bytes, leases))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     metrics::snapshot(started.elapsed(), bytes as u64);
     tracing::info!(
         lsn,
         bytes,
+        leases,
         millis = started.elapsed().as_millis() as u64,
         "snapshot written"
     );

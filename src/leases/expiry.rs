@@ -50,10 +50,20 @@ pub struct ExpiryIndex {
 
 impl ExpiryIndex {
     pub fn schedule(&mut self, deadline_ms: u64, slot: Slot, generation: u64) {
-        assert!(deadline_ms <= DEADLINE_MS_MAX, "deadline out of range");
-        assert!((slot.0 as usize) < SLOTS_PER_ORG_MAX, "slot out of range");
-        let key = (deadline_ms << SLOT_BITS) | u64::from(slot.0);
-        self.heap.push(Reverse(Entry { key, generation }));
+        self.heap
+            .push(Reverse(entry(deadline_ms, slot, generation)));
+    }
+
+    /// An index of exactly these `(deadline_ms, slot, generation)` entries, built in
+    /// linear time.
+    pub fn from_entries(entries: Vec<(u64, Slot, u64)>) -> Self {
+        let entries: Vec<Reverse<Entry>> = entries
+            .into_iter()
+            .map(|(deadline_ms, slot, generation)| Reverse(entry(deadline_ms, slot, generation)))
+            .collect();
+        ExpiryIndex {
+            heap: BinaryHeap::from(entries),
+        }
     }
 
     /// Pops the earliest entry if its deadline is at or before `now_ms`.
@@ -84,6 +94,13 @@ impl ExpiryIndex {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+}
+
+fn entry(deadline_ms: u64, slot: Slot, generation: u64) -> Entry {
+    assert!(deadline_ms <= DEADLINE_MS_MAX, "deadline out of range");
+    assert!((slot.0 as usize) < SLOTS_PER_ORG_MAX, "slot out of range");
+    let key = (deadline_ms << SLOT_BITS) | u64::from(slot.0);
+    Entry { key, generation }
 }
 
 fn slot_of(key: u64) -> Slot {

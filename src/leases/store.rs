@@ -12,8 +12,9 @@
 //!   holders refer to leases by slot. A freed slot is reused by a later grant; the
 //!   grant's generation tells its entries from those of the slot's earlier tenants.
 //!
-//! The slab grows by doubling and never shrinks (as the hash map before it): an
-//! organization keeps the memory of its peak until the daemon restarts.
+//! The slab grows by doubling and never shrinks while the daemon serves (as the hash
+//! map before it): an organization keeps the memory of its peak until the daemon
+//! restarts, and recovery ends with `compact`, which sizes it to the live leases.
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
@@ -246,6 +247,24 @@ impl LeaseStore {
         }
         self.vacant.push(slot.0);
         lease
+    }
+
+    /// Drops the vacant slots and sizes the slab and the index to the live leases.
+    /// Renumbers the slots: callers rebuild whatever refers to one.
+    pub fn compact(&mut self) {
+        self.slots.retain(Option::is_some);
+        self.slots.shrink_to_fit();
+        self.vacant = Vec::new();
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let hash_of = |slot: u32| {
+            let lease = slots[slot as usize].as_ref();
+            hasher.hash_one(lease.expect("only occupied slots are kept").id())
+        };
+        let mut index = HashTable::with_capacity(slots.len());
+        for slot in 0..slots.len() as u32 {
+            index.insert_unique(hash_of(slot), slot, |&other| hash_of(other));
+        }
+        self.index = index;
     }
 
     /// Every slot from `from` on, vacant ones as `None`, in slot order: a range read

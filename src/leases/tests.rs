@@ -476,7 +476,7 @@ async fn recovery_keeps_the_newest_kse_session_of_a_user() {
         ..newer.clone()
     };
     // Log records after a snapshot: the older grant, then its end.
-    table.restore(&org(), older.clone(), Instant::now());
+    table.restore(&org(), (&older).into(), Instant::now());
     table.forget(&org(), older.id, older.generation);
     assert_eq!(table.live_count(), 1);
     let second = acquire(&table, 1, "e3", Product::Kse, 5).unwrap_err();
@@ -538,4 +538,111 @@ async fn pages_list_each_live_lease_once_and_examine_boundedly_many_slots() {
     assert_eq!(listed, live, "each live lease once, in slot order");
     let both = pages_of(&table, None, 7).into_iter().flatten().count();
     assert_eq!(both, live.len() + kse.len());
+}
+
+/// Restores `count` KRE leases of user 0 (engines `r0`, `r1`, ...) as recovery does.
+fn restore_many(table: &LeaseTable, count: usize) -> Vec<Lease> {
+    let email = email(0);
+    (0..count)
+        .map(|n| {
+            let engine_id = format!("r{n}");
+            let lease = Lease {
+                id: LeaseId::derive(&org(), &email, Product::Kre, &engine_id),
+                generation: n as u64 + 1,
+                product: Product::Kre,
+                email: email.clone(),
+                engine_id: engine_id.into(),
+                hostname: "host".into(),
+                label: "".into(),
+                deadline: Instant::now(),
+                acquired_at_unix_ms: 0,
+            };
+            table.restore(&org(), (&lease).into(), Instant::now());
+            lease
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn compaction_after_recovery_keeps_only_the_live_leases_and_their_rules() {
+    let table = table();
+    let restored = restore_many(&table, 1000);
+    // The log ended most of them: the slab, index and heap keep the replay's peak.
+    for lease in restored.iter().filter(|l| l.generation % 10 != 0) {
+        table.forget(&org(), lease.id, lease.generation);
+    }
+    let kse = Lease {
+        id: LeaseId::derive(&org(), &email(7), Product::Kse, "kse"),
+        generation: 5000,
+        product: Product::Kse,
+        email: email(7),
+        engine_id: "kse".into(),
+        hostname: "host".into(),
+        label: "".into(),
+        deadline: Instant::now(),
+        acquired_at_unix_ms: 0,
+    };
+    table.restore(&org(), (&kse).into(), Instant::now());
+    let live: Vec<LeaseId> = restored
+        .iter()
+        .filter(|l| l.generation % 10 == 0)
+        .map(|l| l.id)
+        .chain([kse.id])
+        .collect();
+    let cell = table.existing_organization(&org()).unwrap();
+    assert!(cell.lock().expiry.len() > live.len());
+
+    table.compact_after_recovery();
+
+    {
+        let org = cell.lock();
+        assert_eq!(
+            org.leases.slots_from(0).count(),
+            live.len(),
+            "no vacant slot"
+        );
+        assert_eq!(org.expiry.len(), live.len(), "one heap entry per lease");
+    }
+    let mut listed: Vec<LeaseId> = pages_of(&table, None, 1000).into_iter().flatten().collect();
+    let mut expected = live.clone();
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+    // Every lease is still found by id, the KSE rule still holds, and new grants
+    // take fresh slots.
+    for id in &live {
+        assert!(slot_of(&table, *id).is_some());
+    }
+    let second_kse = acquire(&table, 7, "other", Product::Kse, 10).unwrap_err();
+    assert!(
+        matches!(second_kse, DomainError::KseSessionInUse { .. }),
+        "{second_kse:?}"
+    );
+    acquire(&table, 1, "fresh", Product::Kre, u32::MAX).unwrap();
+    // Expiry still finds every lease: all of them, at one TTL from the restore.
+    advance(TTL).await;
+    assert_eq!(table.expire_due(Instant::now()), live.len() + 1);
+    assert_eq!(table.live_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn visiting_live_leases_sees_each_once_across_lock_holds() {
+    let table = table();
+    let restored = restore_many(&table, 3 * LIVE_SLOTS_PER_LOCK + 5);
+    for lease in restored.iter().step_by(3) {
+        table.forget(&org(), lease.id, lease.generation);
+    }
+    let mut visited = Vec::new();
+    table.visit_live(|org_id, lease| {
+        assert_eq!(org_id, &org());
+        visited.push(lease.id);
+    });
+    let live: Vec<LeaseId> = restored.iter().map(|l| l.id).collect::<Vec<_>>();
+    let live: Vec<LeaseId> = live
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 3 != 0)
+        .map(|(_, id)| *id)
+        .collect();
+    assert_eq!(visited, live, "in slot order, each once");
 }

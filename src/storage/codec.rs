@@ -8,7 +8,7 @@ use prost::Message;
 use crate::domain::{
     AdminState, ApiKeyId, ApiKeyRecord, Command, Email, OrgId, Organization, Product, Quota, Role,
 };
-use crate::leases::{Lease, LeaseId};
+use crate::leases::{Lease, LeaseId, LeaseRef};
 
 /// One record of the log.
 #[derive(Clone, PartialEq, Message)]
@@ -187,7 +187,7 @@ fn product_code(product: Product) -> i32 {
     }
 }
 
-fn product_from(code: i32) -> Result<Product, DecodeError> {
+pub(crate) fn product_from(code: i32) -> Result<Product, DecodeError> {
     match code {
         1 => Ok(Product::Kse),
         2 => Ok(Product::Kre),
@@ -231,11 +231,11 @@ fn quota_from(record: Option<&QuotaRecord>) -> Result<Quota, DecodeError> {
     .map_err(|e| bad("quota", e))
 }
 
-fn org_from(text: &str) -> Result<OrgId, DecodeError> {
+pub(crate) fn org_from(text: &str) -> Result<OrgId, DecodeError> {
     OrgId::parse(text).map_err(|e| bad("organization id", e))
 }
 
-fn email_from(text: &str) -> Result<Email, DecodeError> {
+pub(crate) fn email_from(text: &str) -> Result<Email, DecodeError> {
     // Kept as stored: recovery rebuilds what an older version acknowledged, whatever
     // today's normalization of new input says.
     Email::from_stored(text).map_err(|e| bad("email", e))
@@ -497,9 +497,22 @@ pub fn decode_log_record(bytes: &[u8]) -> Result<LogBody, DecodeError> {
         .ok_or_else(|| bad("log record", "empty"))
 }
 
-/// Encodes the admin state, the live leases and the boot epoch as one snapshot.
+/// Encodes the admin state, the live leases and the boot epoch as one snapshot
+/// (tests and tools; the daemon streams its leases through [`SnapshotEncoder`]).
 pub fn encode_snapshot(state: &AdminState, leases: Vec<LeaseRecord>, boot_epoch: u64) -> Vec<u8> {
-    let organizations = state
+    let mut bytes = SnapshotHeadRecord {
+        organizations: organization_records(state),
+        boot_epoch,
+    }
+    .encode_to_vec();
+    for lease in &leases {
+        prost::encoding::message::encode(SNAPSHOT_LEASES_TAG, lease, &mut bytes);
+    }
+    bytes
+}
+
+fn organization_records(state: &AdminState) -> Vec<OrganizationRecord> {
+    state
         .organizations()
         .map(|org| OrganizationRecord {
             org: org.id.to_string(),
@@ -530,34 +543,182 @@ pub fn encode_snapshot(state: &AdminState, leases: Vec<LeaseRecord>, boot_epoch:
                 })
                 .collect(),
         })
-        .collect();
-    SnapshotRecord {
-        organizations,
-        leases,
-        boot_epoch,
-    }
-    .encode_to_vec()
+        .collect()
 }
 
-/// Decodes a snapshot into the admin state, the leases and the boot epoch.
+/// Decodes a snapshot into the admin state, the leases and the boot epoch (tests and
+/// tools; recovery reads the leases one at a time with [`for_each_snapshot_lease`]).
 pub fn decode_snapshot(
     bytes: &[u8],
 ) -> Result<(AdminState, Vec<RecoveredLease>, u64), DecodeError> {
-    let snapshot = SnapshotRecord::decode(bytes).map_err(|e| bad("snapshot", e))?;
-    let mut organizations = Vec::with_capacity(snapshot.organizations.len());
-    for record in &snapshot.organizations {
+    let (state, boot_epoch) = decode_snapshot_head(bytes)?;
+    let mut leases = Vec::new();
+    for_each_snapshot_lease(bytes, |record| {
+        leases.push(lease_from(record)?);
+        Ok(())
+    })?;
+    Ok((state, leases, boot_epoch))
+}
+
+/// The field number of `SnapshotRecord::leases`: the leases are written and read
+/// one at a time, so neither taking nor loading a snapshot holds a second copy of
+/// a million leases.
+const SNAPSHOT_LEASES_TAG: u32 = 2;
+
+/// `SnapshotRecord` without its leases: decoding it skips the lease fields as
+/// unknown, at the cost of a length read each.
+#[derive(Clone, PartialEq, Message)]
+struct SnapshotHeadRecord {
+    #[prost(message, repeated, tag = "1")]
+    organizations: Vec<OrganizationRecord>,
+    #[prost(uint64, tag = "3")]
+    boot_epoch: u64,
+}
+
+/// Builds a snapshot's bytes (those of one `SnapshotRecord`) lease by lease.
+pub struct SnapshotEncoder {
+    bytes: Vec<u8>,
+    /// Refilled for each lease, so encoding one allocates nothing.
+    scratch: LeaseRecord,
+    leases: u64,
+}
+
+impl SnapshotEncoder {
+    /// Starts with the admin state and the boot epoch.
+    pub fn new(state: &AdminState, boot_epoch: u64) -> Self {
+        let bytes = SnapshotHeadRecord {
+            organizations: organization_records(state),
+            boot_epoch,
+        }
+        .encode_to_vec();
+        SnapshotEncoder {
+            bytes,
+            scratch: LeaseRecord::default(),
+            leases: 0,
+        }
+    }
+
+    pub fn push_lease(&mut self, org: &OrgId, lease: LeaseRef<'_>) {
+        let record = &mut self.scratch;
+        refill(&mut record.org, org.as_str());
+        record.lease_id.clear();
+        record.lease_id.extend_from_slice(&lease.id.0.to_be_bytes());
+        record.generation = lease.generation;
+        record.product = product_code(lease.product);
+        refill(&mut record.email, lease.email.as_str());
+        refill(&mut record.engine_id, lease.engine_id);
+        refill(&mut record.hostname, lease.hostname);
+        refill(&mut record.label, lease.label);
+        record.acquired_at_unix_ms = lease.acquired_at_unix_ms;
+        prost::encoding::message::encode(SNAPSHOT_LEASES_TAG, record, &mut self.bytes);
+        self.leases += 1;
+    }
+
+    /// Leases pushed so far.
+    pub fn leases(&self) -> u64 {
+        self.leases
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+fn refill(field: &mut String, text: &str) {
+    field.clear();
+    field.push_str(text);
+}
+
+/// Decodes a snapshot's admin state and boot epoch, skipping its leases.
+pub fn decode_snapshot_head(bytes: &[u8]) -> Result<(AdminState, u64), DecodeError> {
+    let head = SnapshotHeadRecord::decode(bytes).map_err(|e| bad("snapshot", e))?;
+    let mut organizations = Vec::with_capacity(head.organizations.len());
+    for record in &head.organizations {
         organizations.push(organization_from(record)?);
     }
-    let leases = snapshot
-        .leases
-        .iter()
-        .map(lease_from)
-        .collect::<Result<_, _>>()?;
     Ok((
         AdminState::from_organizations(organizations),
-        leases,
-        snapshot.boot_epoch,
+        head.boot_epoch,
     ))
+}
+
+/// Hands each lease of a snapshot to `visit`, decoded into one record reused for all
+/// of them: loading a million leases allocates nothing here.
+pub fn for_each_snapshot_lease(
+    bytes: &[u8],
+    mut visit: impl FnMut(&LeaseRecord) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let mut buf = bytes;
+    let mut record = LeaseRecord::default();
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| bad("snapshot", e))?;
+        if tag != SNAPSHOT_LEASES_TAG {
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default())
+                .map_err(|e| bad("snapshot", e))?;
+            continue;
+        }
+        if wire_type != WireType::LengthDelimited {
+            return Err(bad("snapshot", "a lease is not length-delimited"));
+        }
+        let length = decode_varint(&mut buf).map_err(|e| bad("snapshot", e))?;
+        let Some(body) = usize::try_from(length).ok().and_then(|n| buf.get(..n)) else {
+            return Err(bad("snapshot", "a lease runs past the end"));
+        };
+        record.clear();
+        record.merge(body).map_err(|e| bad("snapshot lease", e))?;
+        visit(&record)?;
+        buf = &buf[body.len()..];
+    }
+    Ok(())
+}
+
+/// What [`decode_log_record_reusing`] found: a lease grant or end in the caller's
+/// scratch records, or any other record decoded as usual.
+pub enum ReusedLogBody {
+    LeaseGranted,
+    LeaseEnded,
+    /// Boxed: admin commands are rare, and this is returned for every record.
+    Other(Box<LogBody>),
+}
+
+/// The records [`decode_log_record_reusing`] decodes lease grants and ends into.
+#[derive(Default)]
+pub struct LogScratch {
+    pub granted: LeaseRecord,
+    pub ended: LeaseEndRecord,
+}
+
+/// Decodes a log record as [`decode_log_record`] does, but a lease grant or end (nearly
+/// every record of a log) into `scratch`, reusing its strings: a replay of a million
+/// records then allocates only for what it keeps.
+pub fn decode_log_record_reusing(
+    bytes: &[u8],
+    scratch: &mut LogScratch,
+) -> Result<ReusedLogBody, DecodeError> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut buf = bytes;
+    let single_field = decode_key(&mut buf).ok().and_then(|(tag, wire_type)| {
+        let length = decode_varint(&mut buf).ok()?;
+        let whole = wire_type == WireType::LengthDelimited && length == buf.len() as u64;
+        whole.then_some(tag)
+    });
+    let decoded = match single_field {
+        Some(2) => {
+            scratch.granted.clear();
+            scratch
+                .granted
+                .merge(buf)
+                .map(|()| ReusedLogBody::LeaseGranted)
+        }
+        Some(3) => {
+            scratch.ended.clear();
+            scratch.ended.merge(buf).map(|()| ReusedLogBody::LeaseEnded)
+        }
+        // Anything else (an admin command, a boot, or an unusual encoding) the usual way.
+        _ => return decode_log_record(bytes).map(|body| ReusedLogBody::Other(Box::new(body))),
+    };
+    decoded.map_err(|e| bad("log record", e))
 }
 
 fn organization_from(record: &OrganizationRecord) -> Result<Organization, DecodeError> {

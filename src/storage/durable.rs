@@ -13,12 +13,17 @@ use std::time::Instant as WallInstant;
 
 use tokio::time::Instant;
 
-use super::codec::{self, LogBody, RecoveredLease};
+use std::collections::HashMap;
+
+use super::codec::{
+    self, DecodeError, LeaseEndRecord, LeaseRecord, LogBody, LogScratch, ReusedLogBody,
+    SnapshotEncoder,
+};
 use super::{Durable, Journal, LogPermit};
-use crate::domain::{AdminState, Command, DomainError, OrgId};
-use crate::leases::{Lease, LeaseId, LeaseTable};
+use crate::domain::{AdminState, Command, DomainError, Email, OrgId};
+use crate::leases::{Lease, LeaseId, LeaseRef, LeaseTable};
 use crate::limits;
-use crate::wal::{self, FileSystem, Lsn, Wal, WalError, WalOptions};
+use crate::wal::{self, FileSystem, Lsn, ReplayError, Replayed, Wal, WalError, WalOptions};
 
 /// Lease ends are not queued past this many pending records, which leaves room in the
 /// log's queue for every admitted record (admission stops at
@@ -43,6 +48,18 @@ impl WalJournal {
 
     pub fn dropped_lease_ends(&self) -> u64 {
         self.dropped_lease_ends.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new snapshot is due: the log since the last one has grown past its
+    /// byte bound (disk use), or holds more records than a restart should replay for
+    /// a state of `live_leases` (time to serve after a restart). A restart then loads
+    /// the snapshot (linear in the live state) and replays at most
+    /// `limits::snapshot_replay_records_max(live_leases)` records, and each snapshot
+    /// is paid for by at least as many records as it holds leases.
+    pub fn snapshot_due(&self, live_leases: u64) -> bool {
+        self.wal.snapshot_due()
+            || self.wal.stats().records_since_snapshot
+                >= limits::snapshot_replay_records_max(live_leases)
     }
 
     /// Why the log refuses new grants and admin changes, while it does (a full disk).
@@ -140,12 +157,21 @@ pub struct Opened {
     pub journal: Arc<WalJournal>,
     /// This boot's epoch, already durable in the log.
     pub boot_epoch: u64,
-    pub records_replayed: usize,
+    /// Leases restored from the snapshot.
+    pub snapshot_leases: u64,
+    /// Records replayed after the snapshot.
+    pub records_replayed: u64,
     pub recovery_time: std::time::Duration,
 }
 
 /// Opens (or creates) the log in `dir`, rebuilds the admin state and the live leases,
 /// and makes a new boot epoch durable before returning.
+///
+/// The log hands over the snapshot and then one record at a time, each borrowed from
+/// the file being read; leases are decoded into reused records and stored directly,
+/// and their organization ids and emails are shared as they are when granted. So
+/// what stays allocated after a replay is the live state and nothing else, and
+/// `compact_after_recovery` gives the lease storage the size of the live leases.
 pub async fn open(
     dir: &Path,
     fs: Arc<dyn FileSystem>,
@@ -153,74 +179,44 @@ pub async fn open(
     mut leases: LeaseTable,
 ) -> Result<Opened, OpenError> {
     let started = WallInstant::now();
-    let (wal, recovered) = Wal::open(dir, fs, options)?;
-    if let Some(tail) = &recovered.truncated_tail {
+    let mut replayer = Replayer::new(&leases, Instant::now());
+    let (wal, report) = Wal::open_replaying(dir, fs, options, |replayed| match replayed {
+        Replayed::Snapshot { lsn, payload } => replayer.snapshot(lsn, payload),
+        Replayed::Record { lsn, payload } => replayer.record(lsn, payload),
+    })
+    .map_err(|error| match error {
+        ReplayError::Wal(error) => OpenError::Wal(error),
+        ReplayError::Visit(error) => error,
+    })?;
+    if let Some(tail) = &report.truncated_tail {
         tracing::warn!(file = %tail.file.display(), offset = tail.offset, bytes = tail.bytes_dropped, reason = %tail.reason, "truncated a torn record at the end of the log");
     }
-    let now = Instant::now();
-    let mut admin = AdminState::default();
-    let mut boot_epoch = 0;
-    if let Some((lsn, bytes)) = &recovered.snapshot {
-        let (state, snapshot_leases, epoch) =
-            codec::decode_snapshot(bytes).map_err(|e| OpenError::Replay {
-                what: "the snapshot",
-                lsn: *lsn,
-                detail: e.to_string(),
-            })?;
-        admin = state;
-        boot_epoch = checked_boot_epoch(epoch).map_err(|detail| OpenError::Replay {
-            what: "the snapshot",
-            lsn: *lsn,
-            detail,
-        })?;
-        for lease in snapshot_leases {
-            restore(&leases, lease, now);
-        }
-    }
-    for (lsn, bytes) in &recovered.records {
-        let replay_error = |what, detail: String| OpenError::Replay {
-            what,
-            lsn: *lsn,
-            detail,
-        };
-        match codec::decode_log_record(bytes)
-            .map_err(|e| replay_error("a record", e.to_string()))?
-        {
-            LogBody::Admin(record) => {
-                let command = codec::decode_command(&record)
-                    .map_err(|e| replay_error("an admin command", e.to_string()))?;
-                admin
-                    .apply(&command)
-                    .map_err(|e| replay_error("an admin command", e.to_string()))?;
-                let users: Vec<_> = command
-                    .sessions_to_end()
-                    .into_iter()
-                    .map(|s| (s.email, s.product))
-                    .collect();
-                leases.end_sessions_of(command.org(), &users, None);
-            }
-            LogBody::LeaseGranted(record) => {
-                let lease = codec::lease_from(&record)
-                    .map_err(|e| replay_error("a lease grant", e.to_string()))?;
-                restore(&leases, lease, now);
-            }
-            LogBody::LeaseEnded(record) => {
-                let org = OrgId::parse(&record.org)
-                    .map_err(|e| replay_error("a lease end", e.to_string()))?;
-                let id = codec::lease_id_from(&record.lease_id)
-                    .map_err(|e| replay_error("a lease end", e.to_string()))?;
-                leases.forget(&org, id, record.generation);
-            }
-            LogBody::Boot(record) => {
-                let epoch = checked_boot_epoch(record.epoch)
-                    .map_err(|detail| replay_error("a boot record", detail))?;
-                boot_epoch = boot_epoch.max(epoch);
-            }
-        }
-    }
+    let Replayer {
+        admin,
+        boot_epoch,
+        snapshot_leases,
+        ..
+    } = replayer;
+    leases.compact_after_recovery();
+    Ok(Opened {
+        admin,
+        journal: start_boot(wal, &mut leases, boot_epoch + 1).await?,
+        leases,
+        boot_epoch: boot_epoch + 1,
+        snapshot_leases,
+        records_replayed: report.records,
+        recovery_time: started.elapsed(),
+    })
+}
+
+/// Makes `boot_epoch` durable before any grant of this boot can carry it, and hands
+/// the lease table its journal.
+async fn start_boot(
+    wal: Wal,
+    leases: &mut LeaseTable,
+    boot_epoch: u64,
+) -> Result<Arc<WalJournal>, OpenError> {
     let wal = Arc::new(wal);
-    let boot_epoch = boot_epoch + 1;
-    // The new epoch is durable before any grant of this boot can carry it.
     wal.submit(codec::encode_boot(boot_epoch))?.await?;
     leases.start_epoch(boot_epoch);
     let journal = Arc::new(WalJournal {
@@ -228,14 +224,173 @@ pub async fn open(
         dropped_lease_ends: AtomicU64::new(0),
     });
     leases.set_journal(journal.clone());
-    Ok(Opened {
-        admin,
-        leases,
-        journal,
-        boot_epoch,
-        records_replayed: recovered.records.len(),
-        recovery_time: started.elapsed(),
-    })
+    Ok(journal)
+}
+
+/// Rebuilds the admin state and the live leases from what the log hands over.
+struct Replayer<'t> {
+    admin: AdminState,
+    leases: &'t LeaseTable,
+    /// The highest boot epoch seen so far.
+    boot_epoch: u64,
+    /// Every restored lease lives one TTL from here.
+    now: Instant,
+    names: SharedNames,
+    /// Lease grants and ends are decoded into these, reused.
+    scratch: LogScratch,
+    snapshot_leases: u64,
+}
+
+impl<'t> Replayer<'t> {
+    fn new(leases: &'t LeaseTable, now: Instant) -> Self {
+        Replayer {
+            admin: AdminState::default(),
+            leases,
+            boot_epoch: 0,
+            now,
+            names: SharedNames::default(),
+            scratch: LogScratch::default(),
+            snapshot_leases: 0,
+        }
+    }
+
+    fn snapshot(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), OpenError> {
+        let refused = |detail: String| OpenError::Replay {
+            what: "the snapshot",
+            lsn,
+            detail,
+        };
+        let (state, epoch) =
+            codec::decode_snapshot_head(payload).map_err(|e| refused(e.to_string()))?;
+        self.admin = state;
+        self.boot_epoch = checked_boot_epoch(epoch).map_err(refused)?;
+        let (leases, names, now) = (self.leases, &mut self.names, self.now);
+        let mut restored = 0;
+        codec::for_each_snapshot_lease(payload, |record| {
+            restore(leases, names, record, now)?;
+            restored += 1;
+            Ok(())
+        })
+        .map_err(|e| refused(e.to_string()))?;
+        self.snapshot_leases = restored;
+        Ok(())
+    }
+
+    fn record(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), OpenError> {
+        let refused = |what, detail: String| OpenError::Replay { what, lsn, detail };
+        let body = codec::decode_log_record_reusing(payload, &mut self.scratch)
+            .map_err(|e| refused("a record", e.to_string()))?;
+        let (leases, names, now) = (self.leases, &mut self.names, self.now);
+        match body {
+            ReusedLogBody::LeaseGranted => restore(leases, names, &self.scratch.granted, now)
+                .map_err(|e| refused("a lease grant", e.to_string())),
+            ReusedLogBody::LeaseEnded => forget(leases, names, &self.scratch.ended)
+                .map_err(|e| refused("a lease end", e.to_string())),
+            ReusedLogBody::Other(body) => self.apply(*body).map_err(|(what, e)| refused(what, e)),
+        }
+    }
+
+    /// Replays a record the allocation-free decoder left to the plain one.
+    fn apply(&mut self, body: LogBody) -> Result<(), (&'static str, String)> {
+        let (leases, names, now) = (self.leases, &mut self.names, self.now);
+        match body {
+            LogBody::LeaseGranted(record) => {
+                restore(leases, names, &record, now).map_err(|e| ("a lease grant", e.to_string()))
+            }
+            LogBody::LeaseEnded(record) => {
+                forget(leases, names, &record).map_err(|e| ("a lease end", e.to_string()))
+            }
+            LogBody::Admin(record) => {
+                let what = "an admin command";
+                let command = codec::decode_command(&record).map_err(|e| (what, e.to_string()))?;
+                self.admin
+                    .apply(&command)
+                    .map_err(|e| (what, e.to_string()))?;
+                let users: Vec<_> = command
+                    .sessions_to_end()
+                    .into_iter()
+                    .map(|s| (s.email, s.product))
+                    .collect();
+                leases.end_sessions_of(command.org(), &users, None);
+                Ok(())
+            }
+            LogBody::Boot(record) => {
+                let epoch =
+                    checked_boot_epoch(record.epoch).map_err(|detail| ("a boot record", detail))?;
+                self.boot_epoch = self.boot_epoch.max(epoch);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The organization ids and emails of restored leases, one allocation each however
+/// many leases name them, as when leases are granted (from the caller's key): a
+/// million restored leases would otherwise hold a million copies of a few thousand
+/// emails.
+#[derive(Default)]
+struct SharedNames {
+    orgs: HashMap<Box<str>, OrgId>,
+    emails: HashMap<Box<str>, Email>,
+}
+
+impl SharedNames {
+    fn org(&mut self, text: &str) -> Result<OrgId, DecodeError> {
+        if let Some(org) = self.orgs.get(text) {
+            return Ok(org.clone());
+        }
+        let org = codec::org_from(text)?;
+        self.orgs.insert(text.into(), org.clone());
+        Ok(org)
+    }
+
+    fn email(&mut self, text: &str) -> Result<Email, DecodeError> {
+        if let Some(email) = self.emails.get(text) {
+            return Ok(email.clone());
+        }
+        let email = codec::email_from(text)?;
+        self.emails.insert(text.into(), email.clone());
+        Ok(email)
+    }
+}
+
+/// Puts back the lease of a grant record or a snapshot, live for one TTL from `now`.
+fn restore(
+    leases: &LeaseTable,
+    names: &mut SharedNames,
+    record: &LeaseRecord,
+    now: Instant,
+) -> Result<(), DecodeError> {
+    let org = names.org(&record.org)?;
+    let email = names.email(&record.email)?;
+    let lease = LeaseRef {
+        id: codec::lease_id_from(&record.lease_id)?,
+        generation: record.generation,
+        product: codec::product_from(record.product)?,
+        email: &email,
+        engine_id: &record.engine_id,
+        hostname: &record.hostname,
+        label: &record.label,
+        deadline: now,
+        acquired_at_unix_ms: record.acquired_at_unix_ms,
+    };
+    leases.restore(&org, lease, now);
+    Ok(())
+}
+
+/// Removes the lease of an end record, if that generation is live.
+fn forget(
+    leases: &LeaseTable,
+    names: &mut SharedNames,
+    record: &LeaseEndRecord,
+) -> Result<(), DecodeError> {
+    let org = names.org(&record.org)?;
+    leases.forget(
+        &org,
+        codec::lease_id_from(&record.lease_id)?,
+        record.generation,
+    );
+    Ok(())
 }
 
 /// A logged boot epoch, if the next boot's epoch still fits in a generation's high
@@ -251,40 +406,29 @@ fn checked_boot_epoch(epoch: u64) -> Result<u64, String> {
     Ok(epoch)
 }
 
-fn restore(leases: &LeaseTable, recovered: RecoveredLease, now: Instant) {
-    let lease = Lease {
-        id: recovered.id,
-        generation: recovered.generation,
-        product: recovered.product,
-        email: recovered.email,
-        engine_id: recovered.engine_id.into(),
-        hostname: recovered.hostname.into(),
-        label: recovered.label.into(),
-        deadline: now,
-        acquired_at_unix_ms: recovered.acquired_at_unix_ms,
-    };
-    leases.restore(&recovered.org, lease, now);
-}
-
-/// The pieces of a snapshot, cut while the admin state was locked at `lsn`.
-pub struct SnapshotCut {
-    pub lsn: Lsn,
-    pub admin: AdminState,
-    pub leases: Vec<(OrgId, Lease)>,
-    pub boot_epoch: u64,
-}
-
-/// Encodes and installs a snapshot; blocking (it waits until `lsn` is durable and
-/// writes a file), so run it off the async threads.
-pub fn install_snapshot(wal: &Wal, cut: SnapshotCut) -> Result<usize, WalError> {
-    let leases = cut
-        .leases
-        .iter()
-        .map(|(org, lease)| codec::lease_record(org, lease))
-        .collect();
-    let bytes = codec::encode_snapshot(&cut.admin, leases, cut.boot_epoch);
-    wal.install_snapshot(cut.lsn, &bytes)?;
-    Ok(bytes.len())
+/// Writes a snapshot of the admin state `admin`, cut under the admin write lock at
+/// log position `lsn`, and of the leases live now, then installs it (deleting the
+/// segments it covers). Blocking: it encodes every live lease, waits until `lsn` is
+/// durable and writes a file, so run it off the async threads. Returns the
+/// snapshot's size in bytes and its leases.
+///
+/// The leases are read after the cut, a few at a time (`LeaseTable::visit_live`), so
+/// the snapshot may hold grants logged after `lsn` and miss leases ended after it.
+/// Replay makes that exact: the records after `lsn` are replayed over the snapshot,
+/// and replaying a grant already held or an end of a lease not held changes nothing.
+pub fn write_snapshot(
+    wal: &Wal,
+    lsn: Lsn,
+    admin: &AdminState,
+    leases: &LeaseTable,
+    boot_epoch: u64,
+) -> Result<(usize, u64), WalError> {
+    let mut encoder = SnapshotEncoder::new(admin, boot_epoch);
+    leases.visit_live(|org, lease| encoder.push_lease(org, lease));
+    let leases = encoder.leases();
+    let bytes = encoder.finish();
+    wal.install_snapshot(lsn, &bytes)?;
+    Ok((bytes.len(), leases))
 }
 
 #[cfg(test)]

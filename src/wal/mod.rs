@@ -163,9 +163,10 @@ pub use fatal::FAILPOINT_ENV;
 pub use fatal::set_abort_hook;
 pub use format::{BLOCK_BYTES, RECORD_BYTES_LIMIT};
 pub use fs::{FileSystem, RealFs, SimulatedDisk, WalDir, WalFile, bench_raw_fsync_rate};
-pub use recovery::{Recovered, TailTruncation};
+pub use recovery::{Recovered, RecoveryReport, ReplayError, Replayed, TailTruncation};
 
 use fatal::FsyncFailpoint;
+use recovery::RecoveryOutcome;
 use writer::{Counters, Pending, Queue, SegmentWriter, Shared, segment_bytes_max_of};
 
 /// Log sequence number: 1-based, strictly increasing, never reused.
@@ -305,6 +306,9 @@ pub struct WalStats {
     pub pending_records: u64,
     /// Approximate bytes of log since the installed snapshot.
     pub log_bytes_since_snapshot: u64,
+    /// Records written since the installed snapshot (approximate: those written while
+    /// it was being installed are not counted), so what a restart would replay.
+    pub records_since_snapshot: u64,
     /// LSN of the installed snapshot, 0 when none.
     pub snapshot_lsn: Lsn,
     /// Segment files on disk.
@@ -352,33 +356,73 @@ impl std::fmt::Debug for WriterSlot {
 
 impl Wal {
     /// Opens (creating if needed) the log in `dir`, recovers it and starts the
-    /// writer thread. Reads `SEATBROKER_FAILPOINT` in `failpoints` builds.
+    /// writer thread, returning everything recovered at once (tests and tools).
     pub fn open(
         dir: &Path,
         fs: Arc<dyn FileSystem>,
         options: WalOptions,
     ) -> Result<(Wal, Recovered), WalError> {
+        let mut recovered = None;
+        let opened = Self::open_with(dir, fs, options, |dir, fs| {
+            let (outcome, collected) = recovery::recover_collected(dir, fs)?;
+            recovered = Some(collected);
+            Ok::<_, ReplayError<std::convert::Infallible>>(outcome)
+        });
+        match opened {
+            Ok(wal) => Ok((wal, recovered.expect("recovery ran"))),
+            Err(ReplayError::Wal(error)) => Err(error),
+            Err(ReplayError::Visit(never)) => match never {},
+        }
+    }
+
+    /// Opens the log as [`Wal::open`] does, handing the snapshot and each record
+    /// after it to `visit` as they are read ([`Replayed`]), so a replay holds one
+    /// segment file in memory at a time and no copy of any record. An error from
+    /// `visit` stops the open.
+    pub fn open_replaying<E>(
+        dir: &Path,
+        fs: Arc<dyn FileSystem>,
+        options: WalOptions,
+        mut visit: impl FnMut(Replayed<'_>) -> Result<(), E>,
+    ) -> Result<(Wal, RecoveryReport), ReplayError<E>> {
+        let mut report = None;
+        let wal = Self::open_with(dir, fs, options, |dir, fs| {
+            let outcome = recovery::recover(dir, fs, &mut visit)?;
+            report = Some(outcome.report.clone());
+            Ok(outcome)
+        })?;
+        Ok((wal, report.expect("recovery ran")))
+    }
+
+    /// Recovers with `recover`, then builds the log and starts its writer thread.
+    /// Reads `SEATBROKER_FAILPOINT` in `failpoints` builds.
+    fn open_with<E>(
+        dir: &Path,
+        fs: Arc<dyn FileSystem>,
+        options: WalOptions,
+        recover: impl FnOnce(&Path, &dyn FileSystem) -> Result<RecoveryOutcome, ReplayError<E>>,
+    ) -> Result<Wal, ReplayError<E>> {
         let options = fatal::segment_bytes_failpoint(options);
         let fs = fatal::disk_full_failpoint(fs);
-        let (wal, recovered, writer) =
-            Self::open_parts(dir, fs, options, FsyncFailpoint::from_env())?;
+        options.validate()?;
+        let outcome = recover(dir, fs.as_ref())?;
+        let (wal, writer) = Self::build(dir, fs, options, outcome, FsyncFailpoint::from_env())?;
         let thread = std::thread::Builder::new()
             .name("wal-writer".to_string())
             .spawn(move || writer::run(writer))
             .map_err(|error| WalError::io("spawning the writer thread for", dir, error))?;
         *wal.writer.lock() = WriterSlot::Thread(thread);
-        Ok((wal, recovered))
+        Ok(wal)
     }
 
-    /// Recovers and builds everything but the writer thread.
-    fn open_parts(
+    /// Builds everything but the writer thread from what recovery found.
+    fn build(
         dir: &Path,
         fs: Arc<dyn FileSystem>,
         options: WalOptions,
+        outcome: RecoveryOutcome,
         failpoint: FsyncFailpoint,
-    ) -> Result<(Wal, Recovered, SegmentWriter), WalError> {
-        options.validate()?;
-        let outcome = recovery::recover(dir, fs.as_ref())?;
+    ) -> Result<(Wal, SegmentWriter), WalError> {
         let counters = Counters::default();
         counters
             .snapshot_lsn
@@ -386,6 +430,9 @@ impl Wal {
         counters
             .log_bytes_since_snapshot
             .store(outcome.log_bytes_since_snapshot, Ordering::Relaxed);
+        counters
+            .records_since_snapshot
+            .store(outcome.report.records, Ordering::Relaxed);
         let queue = Queue::new(outcome.next_lsn);
         let dir_handle = fs
             .open_dir(dir)
@@ -408,7 +455,7 @@ impl Wal {
             writer: Mutex::new(WriterSlot::Stopped),
             snapshot_lock: Mutex::new(()),
         };
-        Ok((wal, outcome.recovered, writer))
+        Ok((wal, writer))
     }
 
     /// Assigns the next LSN and queues `record`, without blocking or I/O (safe
@@ -617,6 +664,7 @@ impl Wal {
             last_assigned_lsn: next_lsn - 1,
             pending_records: next_lsn - 1 - durable_lsn,
             log_bytes_since_snapshot: counters.log_bytes_since_snapshot.load(Ordering::Relaxed),
+            records_since_snapshot: counters.records_since_snapshot.load(Ordering::Relaxed),
             snapshot_lsn: counters.snapshot_lsn.load(Ordering::Relaxed),
             segments: self.shared.segments.lock().len(),
         }
@@ -641,7 +689,9 @@ impl Wal {
         options: WalOptions,
         failpoint: FsyncFailpoint,
     ) -> Result<(Wal, Recovered), WalError> {
-        let (wal, recovered, writer) = Self::open_parts(dir, fs, options, failpoint)?;
+        options.validate()?;
+        let (outcome, recovered) = recovery::recover_collected(dir, fs.as_ref())?;
+        let (wal, writer) = Self::build(dir, fs, options, outcome, failpoint)?;
         *wal.writer.lock() = WriterSlot::Manual {
             writer: Box::new(writer),
             written: Vec::new(),

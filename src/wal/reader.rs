@@ -2,6 +2,8 @@
 //! and why, and (for the tail classification in `recovery.rs`) the valid records
 //! that can still be found after a damaged spot. Pure: no I/O, no policy.
 
+use std::borrow::Cow;
+
 use super::Lsn;
 use super::format::{
     self, BLOCK_BYTES, FRAGMENT_HEADER_BYTES, FragmentError, FragmentType, RECORD_BYTES_LIMIT,
@@ -10,15 +12,18 @@ use super::format::{
 
 /// One record read back from a segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ScannedRecord {
+pub(crate) struct ScannedRecord<'a> {
     /// LSN and commit-group bounds.
     pub prefix: RecordPrefix,
     /// File offset of the record's first fragment header.
     pub offset: u64,
     /// File offset just past its last fragment.
     pub end: u64,
-    /// The payload the caller submitted.
-    pub payload: Vec<u8>,
+    /// The payload the caller submitted: a slice of the file when the record is one
+    /// fragment (almost always), assembled when it crosses blocks. Recovery replays
+    /// millions of records, and a copy of each would interleave short-lived
+    /// allocations with the leases being rebuilt, which pins the allocator's pages.
+    pub payload: Cow<'a, [u8]>,
 }
 
 /// How the valid prefix of a segment ends.
@@ -38,11 +43,11 @@ pub(crate) enum ScanEnd {
 
 /// A segment read from the start.
 #[derive(Clone, Debug)]
-pub(crate) struct SegmentScan {
+pub(crate) struct SegmentScan<'a> {
     /// First LSN, from the header.
     pub first_lsn: Lsn,
     /// The valid records, in file order.
-    pub records: Vec<ScannedRecord>,
+    pub records: Vec<ScannedRecord<'a>>,
     /// Where the valid records end: the damaged offset, or where appends continue.
     pub valid_end: u64,
     /// Why reading stopped.
@@ -50,7 +55,7 @@ pub(crate) struct SegmentScan {
 }
 
 /// Reads a whole segment; `Err` when its header itself is invalid.
-pub(crate) fn scan_segment(file: &[u8]) -> Result<SegmentScan, String> {
+pub(crate) fn scan_segment(file: &[u8]) -> Result<SegmentScan<'_>, String> {
     let first_lsn = format::decode_segment_header(file)?;
     let mut records = Vec::new();
     let mut offset = format::SEGMENT_HEADER_BYTES;
@@ -84,7 +89,7 @@ pub(crate) fn scan_segment(file: &[u8]) -> Result<SegmentScan, String> {
 /// Every valid record that starts after `damaged_offset`, found by trying each byte
 /// offset (a damaged header's length cannot be trusted, so there is no faster
 /// resynchronisation inside a block). A false match needs a CRC-32C collision.
-pub(crate) fn records_after(file: &[u8], damaged_offset: u64) -> Vec<ScannedRecord> {
+pub(crate) fn records_after(file: &[u8], damaged_offset: u64) -> Vec<ScannedRecord<'_>> {
     let mut found = Vec::new();
     let mut offset = to_usize(damaged_offset) + 1;
     while offset < file.len() {
@@ -127,37 +132,57 @@ fn skip_trailer(offset: usize) -> usize {
 }
 
 /// Reads the logical record whose first fragment starts at `start`.
-fn read_record(file: &[u8], start: usize) -> Result<ScannedRecord, String> {
-    let mut body = Vec::new();
-    let mut offset = start;
-    let mut first = true;
-    loop {
-        offset = skip_trailer(offset);
-        let fragment = format::decode_fragment(file, offset).map_err(|error| match error {
+fn read_record(file: &[u8], start: usize) -> Result<ScannedRecord<'_>, String> {
+    let fragment_at = |offset: usize| {
+        format::decode_fragment(file, offset).map_err(|error| match error {
             FragmentError::Incomplete => "the file ends inside the record".to_string(),
             FragmentError::Invalid(reason) => format!("{reason} at offset {offset}"),
-        })?;
-        let done = match (first, fragment.fragment_type) {
-            (true, FragmentType::Full) | (false, FragmentType::Last) => true,
-            (true, FragmentType::First) | (false, FragmentType::Middle) => false,
-            (_, other) => return Err(format!("unexpected {other:?} fragment at offset {offset}")),
-        };
-        body.extend_from_slice(fragment.data);
-        if body.len() > RECORD_PREFIX_BYTES + RECORD_BYTES_LIMIT {
-            return Err("record longer than the hard record limit".to_string());
+        })
+    };
+    let offset = skip_trailer(start);
+    let first = fragment_at(offset)?;
+    let mut end = offset + FRAGMENT_HEADER_BYTES + first.data.len();
+    let body = match first.fragment_type {
+        FragmentType::Full => Cow::Borrowed(first.data),
+        FragmentType::First => {
+            let mut body = first.data.to_vec();
+            loop {
+                let offset = skip_trailer(end);
+                let fragment = fragment_at(offset)?;
+                let done = match fragment.fragment_type {
+                    FragmentType::Last => true,
+                    FragmentType::Middle => false,
+                    other => {
+                        return Err(format!("unexpected {other:?} fragment at offset {offset}"));
+                    }
+                };
+                body.extend_from_slice(fragment.data);
+                if body.len() > RECORD_PREFIX_BYTES + RECORD_BYTES_LIMIT {
+                    return Err("record longer than the hard record limit".to_string());
+                }
+                end = offset + FRAGMENT_HEADER_BYTES + fragment.data.len();
+                if done {
+                    break;
+                }
+            }
+            Cow::Owned(body)
         }
-        offset += FRAGMENT_HEADER_BYTES + fragment.data.len();
-        first = false;
-        if done {
-            break;
+        other => return Err(format!("unexpected {other:?} fragment at offset {offset}")),
+    };
+    let (prefix, _) = format::decode_record_body(&body)?;
+    // The payload is what follows the prefix.
+    let payload = match body {
+        Cow::Borrowed(body) => Cow::Borrowed(&body[RECORD_PREFIX_BYTES..]),
+        Cow::Owned(mut body) => {
+            body.drain(..RECORD_PREFIX_BYTES);
+            Cow::Owned(body)
         }
-    }
-    let (prefix, payload) = format::decode_record_body(&body)?;
+    };
     Ok(ScannedRecord {
         prefix,
         offset: start as u64,
-        end: offset as u64,
-        payload: payload.to_vec(),
+        end: end as u64,
+        payload,
     })
 }
 

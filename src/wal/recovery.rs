@@ -11,13 +11,49 @@ use super::fs::FileSystem;
 use super::reader::{self, ScanEnd, ScannedRecord, SegmentScan};
 use super::{Lsn, writer};
 
-/// What `Wal::open` found on disk.
+/// What `Wal::open` found on disk, collected (tests and tools; the daemon replays
+/// through [`Wal::open_replaying`](super::Wal::open_replaying) without holding it all).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Recovered {
     /// The newest valid snapshot: its LSN and the bytes given to `install_snapshot`.
     pub snapshot: Option<(Lsn, Vec<u8>)>,
     /// Every durable record after the snapshot, in LSN order, without gaps.
     pub records: Vec<(Lsn, Vec<u8>)>,
+    /// Set when a torn tail was cut off the last segment.
+    pub truncated_tail: Option<TailTruncation>,
+}
+
+/// What recovery hands to the caller's visitor, in log order: the snapshot (if any)
+/// first, then every durable record after it, in LSN order and without gaps. The
+/// bytes are borrowed from the file being read, so a replay costs no copy of the log.
+#[derive(Debug)]
+pub enum Replayed<'a> {
+    /// The newest valid snapshot: the bytes given to `install_snapshot` at `lsn`.
+    Snapshot { lsn: Lsn, payload: &'a [u8] },
+    /// A durable record after the snapshot.
+    Record { lsn: Lsn, payload: &'a [u8] },
+}
+
+/// Why a replaying open failed: the log itself, or the caller's visitor.
+#[derive(Debug)]
+pub enum ReplayError<E> {
+    Wal(WalError),
+    Visit(E),
+}
+
+impl<E> From<WalError> for ReplayError<E> {
+    fn from(error: WalError) -> Self {
+        ReplayError::Wal(error)
+    }
+}
+
+/// What a replaying open did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// LSN of the snapshot replay started from, 0 when none.
+    pub snapshot_lsn: Lsn,
+    /// Records replayed after the snapshot.
+    pub records: u64,
     /// Set when a torn tail was cut off the last segment.
     pub truncated_tail: Option<TailTruncation>,
 }
@@ -51,7 +87,7 @@ pub(crate) struct ActiveSegment {
 #[derive(Debug)]
 pub(crate) struct RecoveryOutcome {
     /// Handed to the caller.
-    pub recovered: Recovered,
+    pub report: RecoveryReport,
     /// First LSNs of the segment files on disk, ascending; the last is `active`.
     pub segments: Vec<Lsn>,
     /// Where appending continues.
@@ -64,6 +100,9 @@ pub(crate) struct RecoveryOutcome {
     pub log_bytes_since_snapshot: u64,
 }
 
+/// The visitor recovery calls for the snapshot and each record.
+pub(crate) type Visit<'v, E> = &'v mut dyn FnMut(Replayed<'_>) -> Result<(), E>;
+
 /// The files found in the WAL directory, by kind.
 #[derive(Debug, Default)]
 struct Listing {
@@ -73,39 +112,40 @@ struct Listing {
     snapshots: Vec<Lsn>,
 }
 
-/// Recovers the log in `dir`, creating an empty one if there is none.
-pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem) -> Result<RecoveryOutcome, WalError> {
+/// Recovers the log in `dir`, creating an empty one if there is none, and hands the
+/// snapshot and the records after it to `visit` one at a time. Each segment is checked
+/// before any of its records is handed over; an error from `visit` stops recovery.
+pub(crate) fn recover<E>(
+    dir: &Path,
+    fs: &dyn FileSystem,
+    visit: Visit<'_, E>,
+) -> Result<RecoveryOutcome, ReplayError<E>> {
     fs.create_dir_all(dir)
         .map_err(|error| WalError::io("creating", dir, error))?;
     let listing = list_and_clean(dir, fs)?;
     let snapshot = newest_valid_snapshot(dir, fs, &listing.snapshots)?;
     let snapshot_lsn = snapshot.as_ref().map_or(0, |(lsn, _)| *lsn);
     if listing.segments.is_empty() {
-        return start_fresh(dir, fs, &listing, snapshot);
+        return Ok(start_fresh(dir, fs, &listing, snapshot.is_some())?);
     }
     check_coverage(dir, &listing, snapshot_lsn)?;
-    let replay = replay_segments(dir, fs, &listing.segments, snapshot_lsn)?;
+    if let Some((lsn, file)) = &snapshot {
+        let payload = &file[format::SNAPSHOT_HEADER_BYTES..];
+        visit(Replayed::Snapshot { lsn: *lsn, payload }).map_err(ReplayError::Visit)?;
+    }
+    // The snapshot's file can be large: gone before the records are replayed.
+    drop(snapshot);
+    let replay = replay_segments(dir, fs, &listing.segments, snapshot_lsn, visit)?;
     let last_lsn = replay.next_lsn - 1;
     if last_lsn < snapshot_lsn {
         let file = dir.join(format::snapshot_file_name(snapshot_lsn));
         let detail =
             format!("the snapshot is at lsn {snapshot_lsn} but the log ends at lsn {last_lsn}");
-        return Err(WalError::corrupt(file, 0, detail));
+        return Err(WalError::corrupt(file, 0, detail).into());
     }
-    let log_bytes_since_snapshot = replay
-        .records
-        .iter()
-        .map(|(_, payload)| framed_bytes(payload))
-        .sum();
-    debug_assert!(
-        replay
-            .records
-            .windows(2)
-            .all(|pair| pair[0].0 + 1 == pair[1].0)
-    );
     Ok(RecoveryOutcome {
-        recovered: Recovered {
-            snapshot,
+        report: RecoveryReport {
+            snapshot_lsn,
             records: replay.records,
             truncated_tail: replay.truncated_tail,
         },
@@ -113,8 +153,38 @@ pub(crate) fn recover(dir: &Path, fs: &dyn FileSystem) -> Result<RecoveryOutcome
         active: replay.active,
         next_lsn: replay.next_lsn,
         snapshot_lsn,
-        log_bytes_since_snapshot,
+        log_bytes_since_snapshot: replay.log_bytes,
     })
+}
+
+/// Recovers as [`recover`] does, collecting what it hands over.
+pub(crate) fn recover_collected(
+    dir: &Path,
+    fs: &dyn FileSystem,
+) -> Result<(RecoveryOutcome, Recovered), WalError> {
+    let mut recovered = Recovered::default();
+    let mut collect = |replayed: Replayed<'_>| -> Result<(), std::convert::Infallible> {
+        match replayed {
+            Replayed::Snapshot { lsn, payload } => {
+                recovered.snapshot = Some((lsn, payload.to_vec()))
+            }
+            Replayed::Record { lsn, payload } => recovered.records.push((lsn, payload.to_vec())),
+        }
+        Ok(())
+    };
+    let outcome = match recover(dir, fs, &mut collect) {
+        Ok(outcome) => outcome,
+        Err(ReplayError::Wal(error)) => return Err(error),
+        Err(ReplayError::Visit(never)) => match never {},
+    };
+    debug_assert!(
+        recovered
+            .records
+            .windows(2)
+            .all(|pair| pair[0].0 + 1 == pair[1].0)
+    );
+    recovered.truncated_tail = outcome.report.truncated_tail.clone();
+    Ok((outcome, recovered))
 }
 
 /// Approximate on-disk size of a record (one fragment header; trailers ignored).
@@ -168,8 +238,8 @@ fn list_and_clean(dir: &Path, fs: &dyn FileSystem) -> Result<Listing, WalError> 
     Ok(listing)
 }
 
-/// The newest snapshot that passes its checks. Invalid newer ones are logged and
-/// skipped; `check_coverage` then refuses if the log no longer reaches back far
+/// The newest snapshot that passes its checks, as its whole file (the payload
+/// follows the header). Invalid newer ones are logged and skipped; `check_coverage` then refuses if the log no longer reaches back far
 /// enough for the older one.
 fn newest_valid_snapshot(
     dir: &Path,
@@ -182,9 +252,7 @@ fn newest_valid_snapshot(
             .read(&path)
             .map_err(|error| WalError::io("reading", &path, error))?;
         match format::decode_snapshot(&file) {
-            Ok((found_lsn, payload)) if found_lsn == lsn => {
-                return Ok(Some((lsn, payload.to_vec())));
-            }
+            Ok((found_lsn, _)) if found_lsn == lsn => return Ok(Some((lsn, file))),
             Ok((found_lsn, _)) => {
                 tracing::error!(file = %path.display(), found_lsn, "snapshot header LSN does not match its name; skipping it");
             }
@@ -224,7 +292,7 @@ fn start_fresh(
     dir: &Path,
     fs: &dyn FileSystem,
     listing: &Listing,
-    snapshot: Option<(Lsn, Vec<u8>)>,
+    has_snapshot: bool,
 ) -> Result<RecoveryOutcome, WalError> {
     if !listing.snapshots.is_empty() {
         let detail =
@@ -232,10 +300,10 @@ fn start_fresh(
         let file = dir.join(format::snapshot_file_name(listing.snapshots[0]));
         return Err(WalError::corrupt(file, 0, detail));
     }
-    assert!(snapshot.is_none());
+    assert!(!has_snapshot);
     writer::create_segment(fs, dir, 1)?;
     Ok(RecoveryOutcome {
-        recovered: Recovered::default(),
+        report: RecoveryReport::default(),
         segments: vec![1],
         active: ActiveSegment {
             first_lsn: 1,
@@ -248,10 +316,12 @@ fn start_fresh(
     })
 }
 
-/// The records replayed from the segments.
+/// What replaying the segments found.
 struct Replay {
-    /// Records after the snapshot.
-    records: Vec<(Lsn, Vec<u8>)>,
+    /// Records handed over (those after the snapshot).
+    records: u64,
+    /// Their approximate framed size.
+    log_bytes: u64,
     /// Set when the last segment had a torn tail.
     truncated_tail: Option<TailTruncation>,
     /// The last segment.
@@ -260,18 +330,20 @@ struct Replay {
     next_lsn: Lsn,
 }
 
-/// Reads the segments from the one holding `snapshot_lsn + 1` to the last.
-fn replay_segments(
+/// Reads the segments from the one holding `snapshot_lsn + 1` to the last, one at a
+/// time, and hands the records after the snapshot to `visit`.
+fn replay_segments<E>(
     dir: &Path,
     fs: &dyn FileSystem,
     segments: &[Lsn],
     snapshot_lsn: Lsn,
-) -> Result<Replay, WalError> {
+    visit: Visit<'_, E>,
+) -> Result<Replay, ReplayError<E>> {
     let start = segments
         .iter()
         .rposition(|&first| first <= snapshot_lsn + 1)
         .unwrap_or(0);
-    let mut records = Vec::new();
+    let (mut records, mut log_bytes) = (0u64, 0u64);
     let mut next_lsn = segments[start];
     for (index, &first_lsn) in segments.iter().enumerate().skip(start) {
         let path = dir.join(format::segment_file_name(first_lsn));
@@ -280,7 +352,7 @@ fn replay_segments(
                 "segment starts at lsn {first_lsn} but the previous one ends at lsn {}",
                 next_lsn - 1
             );
-            return Err(WalError::corrupt(path, 0, detail));
+            return Err(WalError::corrupt(path, 0, detail).into());
         }
         let file = fs
             .read(&path)
@@ -292,7 +364,7 @@ fn replay_segments(
                 "header says the first lsn is {}, the name says {first_lsn}",
                 scan.first_lsn
             );
-            return Err(WalError::corrupt(&path, 0, detail));
+            return Err(WalError::corrupt(&path, 0, detail).into());
         }
         check_lsn_order(&path, &scan)?;
         next_lsn = first_lsn + scan.records.len() as u64;
@@ -302,13 +374,13 @@ fn replay_segments(
             (ScanEnd::Clean, false) if length < file.len() as u64 => {
                 let detail = "zeros where records were expected, in a segment that is not the last \
                               (the writer trims a full segment to its records before the next one starts)";
-                return Err(WalError::corrupt(&path, length, detail));
+                return Err(WalError::corrupt(&path, length, detail).into());
             }
             (ScanEnd::Clean, _) => None,
             (ScanEnd::Damaged { offset, reason }, false) => {
                 let detail =
                     format!("{reason} (in a segment that is not the last, so it was fully synced)");
-                return Err(WalError::corrupt(&path, *offset, detail));
+                return Err(WalError::corrupt(&path, *offset, detail).into());
             }
             (ScanEnd::Damaged { offset, reason }, true) => {
                 Some(classify_tail(&path, &file, &scan, *offset, reason)?)
@@ -316,9 +388,14 @@ fn replay_segments(
         };
         let after_snapshot = scan
             .records
-            .into_iter()
+            .iter()
             .filter(|record| record.prefix.lsn > snapshot_lsn);
-        records.extend(after_snapshot.map(|record| (record.prefix.lsn, record.payload)));
+        for record in after_snapshot {
+            let (lsn, payload) = (record.prefix.lsn, record.payload.as_ref());
+            visit(Replayed::Record { lsn, payload }).map_err(ReplayError::Visit)?;
+            records += 1;
+            log_bytes += framed_bytes(payload);
+        }
         if is_last {
             let allocated = match &truncated_tail {
                 Some(tail) => {
@@ -334,6 +411,7 @@ fn replay_segments(
             };
             return Ok(Replay {
                 records,
+                log_bytes,
                 truncated_tail,
                 active,
                 next_lsn,

@@ -29,6 +29,10 @@ pub(crate) fn write_snapshot(shared: &Shared, lsn: Lsn, bytes: &[u8]) -> Result<
         .counters
         .log_bytes_since_snapshot
         .store(0, Ordering::Relaxed);
+    shared
+        .counters
+        .records_since_snapshot
+        .store(0, Ordering::Relaxed);
     Ok(())
 }
 

@@ -189,6 +189,8 @@ pub(crate) struct Counters {
     pub rotations: AtomicU64,
     /// Approximate framed bytes of the records after the installed snapshot.
     pub log_bytes_since_snapshot: AtomicU64,
+    /// Records written after the installed snapshot (approximately).
+    pub records_since_snapshot: AtomicU64,
     /// LSN of the installed snapshot, 0 when none.
     pub snapshot_lsn: AtomicU64,
 }
@@ -335,6 +337,9 @@ impl SegmentWriter {
         counters
             .log_bytes_since_snapshot
             .fetch_add(framed, Ordering::Relaxed);
+        counters
+            .records_since_snapshot
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 

@@ -70,7 +70,7 @@ async fn start_with_clients(
     let mut config = ServerConfig::for_data_dir(data_dir.path());
     config.operator_key = OperatorKeySource::Given(OPERATOR_KEY.into());
     configure(&mut config);
-    let prepared = server::prepare(config).await.expect("daemon prepares");
+    let prepared = prepare_when_unlocked(config).await;
     let (bound, addr) = prepared.bind().await.expect("daemon binds");
     let (shutdown, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -90,6 +90,23 @@ async fn start_with_clients(
     };
     wait_until_serving(&server.url(), &server.client_tls).await;
     server
+}
+
+/// Prepares the daemon, waiting while the data directory's lock is still held: a
+/// restart in the same process can race the stopped daemon's last file descriptor,
+/// which a child process forked meanwhile by another test holds until it execs.
+async fn prepare_when_unlocked(config: ServerConfig) -> server::Prepared {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match server::prepare(config.clone()).await {
+            Err(server::ServerError::Lock(seatbroker::datadir::LockError::Held { .. }))
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            prepared => return prepared.expect("daemon prepares"),
+        }
+    }
 }
 
 /// Polls health until the daemon says SERVING (it refuses calls while starting).
