@@ -163,8 +163,9 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         leases,
     )
     .await?;
-    metrics::recovery(opened.recovery_time, opened.records_replayed as u64);
+    metrics::recovery(opened.recovery_time, opened.records_replayed);
     tracing::info!(
+        snapshot_leases = opened.snapshot_leases,
         records = opened.records_replayed,
         boot_epoch = opened.boot_epoch,
         live_leases = opened.leases.live_count(),

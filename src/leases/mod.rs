@@ -338,6 +338,10 @@ impl OrgLeases {
         }
         self.kse_holders = kse_holders;
         self.expiry = ExpiryIndex::from_entries(entries);
+        // The peak so far is the replay's, of records from before this boot.
+        for counters in &mut self.counters {
+            counters.peak = counters.active;
+        }
     }
 
     /// Removes the lease in an occupied slot.

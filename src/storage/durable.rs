@@ -13,7 +13,7 @@ use std::time::Instant as WallInstant;
 
 use tokio::time::Instant;
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 
 use super::codec::{
     self, DecodeError, LeaseEndRecord, LeaseRecord, LogBody, LogScratch, ReusedLogBody,
@@ -328,19 +328,32 @@ impl<'t> Replayer<'t> {
 /// many leases name them, as when leases are granted (from the caller's key): a
 /// million restored leases would otherwise hold a million copies of a few thousand
 /// emails.
+///
+/// The maps use hashbrown's default (unkeyed) hasher: the text comes from our own
+/// log, and a replay hashes every lease's email.
 #[derive(Default)]
 struct SharedNames {
+    /// The organization named last: a snapshot's leases come organization by
+    /// organization.
+    last_org: Option<OrgId>,
     orgs: HashMap<Box<str>, OrgId>,
     emails: HashMap<Box<str>, Email>,
 }
 
 impl SharedNames {
     fn org(&mut self, text: &str) -> Result<OrgId, DecodeError> {
-        if let Some(org) = self.orgs.get(text) {
+        if let Some(org) = self.last_org.as_ref().filter(|org| org.as_str() == text) {
             return Ok(org.clone());
         }
-        let org = codec::org_from(text)?;
-        self.orgs.insert(text.into(), org.clone());
+        let org = match self.orgs.get(text) {
+            Some(org) => org.clone(),
+            None => {
+                let org = codec::org_from(text)?;
+                self.orgs.insert(text.into(), org.clone());
+                org
+            }
+        };
+        self.last_org = Some(org.clone());
         Ok(org)
     }
 

@@ -296,17 +296,26 @@ pub fn decode_record_body(body: &[u8]) -> Result<(RecordPrefix, &[u8]), &'static
     Ok((prefix, &body[RECORD_PREFIX_BYTES..]))
 }
 
-/// Encodes a complete snapshot file.
+/// Encodes a complete snapshot file (tests; the log writes header and payload apart).
+#[cfg(test)]
 pub fn encode_snapshot(lsn: Lsn, payload: &[u8]) -> Vec<u8> {
     let mut file = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + payload.len());
-    file.extend_from_slice(&SNAPSHOT_MAGIC);
-    file.extend_from_slice(&lsn.to_le_bytes());
-    file.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    file.extend_from_slice(&masked_crc(&[payload]).to_le_bytes());
-    let header_crc = masked_crc(&[&file[0..28]]);
-    file.extend_from_slice(&header_crc.to_le_bytes());
+    file.extend_from_slice(&encode_snapshot_header(lsn, payload));
     file.extend_from_slice(payload);
     file
+}
+
+/// Encodes the header of the snapshot file of `payload` as of `lsn`; the payload
+/// follows it.
+pub fn encode_snapshot_header(lsn: Lsn, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    header[8..16].copy_from_slice(&lsn.to_le_bytes());
+    header[16..24].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    header[24..28].copy_from_slice(&masked_crc(&[payload]).to_le_bytes());
+    let header_crc = masked_crc(&[&header[0..28]]);
+    header[28..32].copy_from_slice(&header_crc.to_le_bytes());
+    header
 }
 
 /// Decodes a snapshot file, returning its LSN and payload, or why it is invalid.

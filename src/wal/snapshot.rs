@@ -21,7 +21,9 @@ pub(crate) fn write_snapshot(shared: &Shared, lsn: Lsn, bytes: &[u8]) -> Result<
         shared.fs.as_ref(),
         &sync_dir,
         &path,
-        &format::encode_snapshot(lsn, bytes),
+        // The header and the payload as they are: no copy of a snapshot that can
+        // hold a million leases.
+        &[&format::encode_snapshot_header(lsn, bytes), bytes],
     )?;
     shared.counters.snapshot_lsn.store(lsn, Ordering::Release);
     // The records after `lsn` written meanwhile are not counted: `snapshot_due` is a hint.

@@ -569,12 +569,12 @@ pub(crate) fn create_segment(
         fs,
         &sync_dir,
         &path,
-        &format::encode_segment_header(first_lsn),
+        &[&format::encode_segment_header(first_lsn)],
     )?;
     Ok((file, path))
 }
 
-/// Creates `path` with `content` so that after a crash it either does not exist or
+/// Creates `path` with `content` (its pieces back to back) so that after a crash it either does not exist or
 /// holds exactly `content`: write a temporary, fsync it, rename, fsync the directory
 /// (with `sync_dir`). A failure before the rename is returned (the temporary is
 /// removed; nothing refers to it, so a failed fsync of it loses nothing); a failed
@@ -583,14 +583,15 @@ pub(crate) fn create_durable_file(
     fs: &dyn FileSystem,
     sync_dir: &dyn Fn() -> std::io::Result<()>,
     path: &Path,
-    content: &[u8],
+    content: &[&[u8]],
 ) -> Result<Box<dyn WalFile>, WalError> {
     let tmp = fs::tmp_path(path);
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut file = fs
         .create(&tmp)
         .map_err(|error| WalError::io("creating", &tmp, error))?;
-    if let Err(error) = file.append(content).and_then(|()| file.sync_data()) {
+    let written = content.iter().try_for_each(|piece| file.append(piece));
+    if let Err(error) = written.and_then(|()| file.sync_data()) {
         drop(file);
         let _ = fs.remove(&tmp);
         return Err(WalError::io("writing and syncing", &tmp, error));
