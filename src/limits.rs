@@ -354,24 +354,9 @@ const _: () = assert!(CONNECTIONS_MIN <= CONNECTIONS_MAX);
 pub const LOG_ROOM_RETRY_MS: u64 = 1_000;
 /// How often the daemon looks at the log's alarm for health and the metrics.
 pub const LOG_ALARM_CHECK_MS: u64 = 250;
-/// A restart replays at most this many records after the snapshot, however small the
-/// state (a snapshot is due once the log holds more).
+/// A snapshot is due once a restart would replay more records than half the live
+/// leases, and never for fewer than this many (`WalJournal::snapshot_due`).
 pub const SNAPSHOT_REPLAY_RECORDS_MIN: u64 = 100_000;
-
-/// The records after a snapshot past which a new one is due, for a state of
-/// `live_leases`: the larger of `SNAPSHOT_REPLAY_RECORDS_MIN` and half the live
-/// leases. Replaying a record costs about what loading a lease from a snapshot does,
-/// so a restart costs at most 1.5 snapshot loads; and each snapshot is paid for by
-/// at least half as many records as it holds leases (the snapshot of a million
-/// leases, about 0.6 s of one core, at most every 500,000 grants and ends).
-pub const fn snapshot_replay_records_max(live_leases: u64) -> u64 {
-    let half = live_leases / 2;
-    if half > SNAPSHOT_REPLAY_RECORDS_MIN {
-        half
-    } else {
-        SNAPSHOT_REPLAY_RECORDS_MIN
-    }
-}
 
 /// A failed snapshot (no space, no descriptor) is retried after this long, doubling
 /// up to the maximum, so that a full disk does not cost a state copy every second.

@@ -599,3 +599,119 @@ async fn health_is_not_serving_while_the_log_is_recovered() {
         .await
         .unwrap();
 }
+
+/// Sessions live for a long time across snapshots taken after a few records (the
+/// `failpoints` build's record trigger), a kill -9 and a restart that loads the
+/// snapshot and replays only the records after it: every held session keeps its seat
+/// and generation, ended ones stay ended, and the quota holds from the first moment.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn held_sessions_survive_restarts_through_snapshots_of_the_lease_table() {
+    const QUOTA: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let trigger = [("SEATBROKER_FAILPOINT_SNAPSHOT_RECORDS", "25")];
+    let daemon = ChildDaemon::spawn(dir.path(), &trigger).unwrap();
+    let mut operator = daemon.admin(OPERATOR_KEY).await;
+    let org = "snap".to_string();
+    operator
+        .create_organization(proto::CreateOrganizationRequest {
+            org_id: org.clone(),
+            display_name: "Snap".into(),
+            owner_email: "owner@snap.test".into(),
+            quota: Some(proto::Quota {
+                kre_sessions: QUOTA as u32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    operator
+        .assign_licenses(proto::AssignLicensesRequest {
+            org_id: org.clone(),
+            product: KRE,
+            emails: vec!["owner@snap.test".into()],
+        })
+        .await
+        .unwrap();
+    let key = operator
+        .create_api_key(proto::CreateApiKeyRequest {
+            org_id: org.clone(),
+            email: "owner@snap.test".into(),
+            label: "engines".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let mut engine = daemon.session(&key).await;
+    let mut held = Vec::new();
+    let mut ended = Vec::new();
+    let mut next_engine = 0;
+    // Three rounds of grants and releases, each long enough to make a snapshot due,
+    // with time for the once-a-second snapshot task to take it.
+    for round in 0..3 {
+        while held.len() < QUOTA {
+            let lease = acquire_lease(&mut engine, KRE, &format!("engine-{next_engine}")).await;
+            held.push(lease);
+            next_engine += 1;
+        }
+        for lease in held.drain(..(10 + 5 * round)) {
+            engine
+                .release(proto::ReleaseRequest {
+                    lease_id: lease.lease_id.clone(),
+                    generation: lease.generation,
+                })
+                .await
+                .unwrap();
+            ended.push(lease);
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let snapshots = std::fs::read_dir(dir.path().join("wal"))
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".snap")
+        })
+        .count();
+    assert_eq!(
+        snapshots, 1,
+        "a snapshot was taken (and older ones deleted)"
+    );
+    daemon.kill();
+
+    let daemon = ChildDaemon::spawn(dir.path(), &trigger).unwrap();
+    let mut engine = daemon.session(&key).await;
+    // The seats of the held sessions are taken from the first moment.
+    let free = QUOTA - held.len();
+    for n in 0..free {
+        acquire_lease(&mut engine, KRE, &format!("newcomer-{n}")).await;
+    }
+    assert_status(
+        engine.acquire(acquire_request(KRE, "one-too-many")).await,
+        Code::ResourceExhausted,
+        "of 60",
+    );
+    for lease in &held {
+        engine
+            .heartbeat(proto::HeartbeatRequest {
+                lease_id: lease.lease_id.clone(),
+                generation: lease.generation,
+            })
+            .await
+            .unwrap_or_else(|status| panic!("a held session was lost: {status:?}"));
+    }
+    for lease in &ended {
+        let heartbeat = engine
+            .heartbeat(proto::HeartbeatRequest {
+                lease_id: lease.lease_id.clone(),
+                generation: lease.generation,
+            })
+            .await;
+        assert_eq!(
+            heartbeat.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::NotFound),
+            "an ended session came back"
+        );
+    }
+}
