@@ -689,14 +689,25 @@ impl Wal {
         options: WalOptions,
         failpoint: FsyncFailpoint,
     ) -> Result<(Wal, Recovered), WalError> {
-        options.validate()?;
-        let (outcome, recovered) = recovery::recover_collected(dir, fs.as_ref())?;
-        let (wal, writer) = Self::build(dir, fs, options, outcome, failpoint)?;
+        let (wal, recovered, writer) = Self::open_parts(dir, fs, options, failpoint)?;
         *wal.writer.lock() = WriterSlot::Manual {
             writer: Box::new(writer),
             written: Vec::new(),
         };
         Ok((wal, recovered))
+    }
+
+    /// Recovers and builds everything but the writer thread, which the test runs.
+    pub(crate) fn open_parts(
+        dir: &Path,
+        fs: Arc<dyn FileSystem>,
+        options: WalOptions,
+        failpoint: FsyncFailpoint,
+    ) -> Result<(Wal, Recovered, SegmentWriter), WalError> {
+        options.validate()?;
+        let (outcome, recovered) = recovery::recover_collected(dir, fs.as_ref())?;
+        let (wal, writer) = Self::build(dir, fs, options, outcome, failpoint)?;
+        Ok((wal, recovered, writer))
     }
 
     /// Writes (without syncing) up to `records_max` queued records as one group.
