@@ -18,6 +18,14 @@ unsafe extern "C" {
     fn mi_collect(force: bool);
 }
 
+/// Hands back what the calling thread's heap freed, now: called by the thread that
+/// ran a large one-off job (recovery), whose pages `collect_freed_memory_forever`,
+/// running on another thread, does not reach.
+pub fn collect_this_thread() {
+    // SAFETY: `mi_collect` takes no pointers and may be called from any thread.
+    unsafe { mi_collect(true) };
+}
+
 /// Collects every [`limits::ALLOCATOR_COLLECT_INTERVAL_MS`], forever.
 pub async fn collect_freed_memory_forever() {
     let mut tick =
