@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use crate::audit::AuditOptions;
 use crate::auth::OperatorKey;
 use crate::limits;
-use crate::server::OperatorKeySource;
 use crate::telemetry::logging::{self, LogFormat};
 use crate::tls::{self, ServerTlsFiles};
 
@@ -242,6 +241,26 @@ pub enum ConfigError {
     Tls(#[from] tls::TlsError),
 }
 
+/// Where the operator key comes from. Its `Debug` shows no key.
+#[derive(Clone)]
+pub enum OperatorKeySource {
+    /// A key given in full (`SEATBROKER_OPERATOR_KEY`, or `operator_key` in the file),
+    /// checked and hashed once, when the configuration was resolved.
+    Given(OperatorKey),
+    /// The hash kept in the data directory; made and printed on the first start
+    /// (`auth::data_dir_operator_key`).
+    DataDir,
+}
+
+impl std::fmt::Debug for OperatorKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OperatorKeySource::Given(_) => f.write_str("Given(<redacted>)"),
+            OperatorKeySource::DataDir => f.write_str("DataDir"),
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -361,10 +380,9 @@ impl Config {
             )));
         }
         let operator_key = match layer.operator_key {
-            Some(SecretText(text)) => {
-                OperatorKey::from_text(&text).map_err(ConfigError::Invalid)?;
-                OperatorKeySource::Given(text)
-            }
+            Some(SecretText(text)) => OperatorKeySource::Given(
+                OperatorKey::from_text(&text).map_err(ConfigError::Invalid)?,
+            ),
             None => OperatorKeySource::DataDir,
         };
         let lease_ttl_ms = check_range(

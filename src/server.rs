@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use crate::activity::Activity;
 use crate::api::guard::{AuthLayer, BodyBudgetLayer, RequestBodies};
 use crate::api::{AdminApi, SessionApi};
 use crate::audit::{AuditError, AuditLog};
-use crate::auth::{self, OperatorKey};
+use crate::auth::{self, OperatorKeyError};
 use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
 use crate::datadir::{self, DataDirLock, LockError};
@@ -40,26 +40,8 @@ use crate::tls::{self, TlsError};
 use crate::wal::{RealFs, WalOptions};
 
 pub use crate::config::Config as ServerConfig;
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, OperatorKeySource};
 use crate::connections::{self, ConnectionLimits};
-
-/// Where the operator key comes from. Its `Debug` never shows a given key.
-#[derive(Clone)]
-pub enum OperatorKeySource {
-    /// A key given in full (`SEATBROKER_OPERATOR_KEY`, or `operator_key` in the file).
-    Given(String),
-    /// The hash kept in the data directory; generated and printed on first start.
-    DataDir,
-}
-
-impl std::fmt::Debug for OperatorKeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OperatorKeySource::Given(_) => f.write_str("Given(<redacted>)"),
-            OperatorKeySource::DataDir => f.write_str("DataDir"),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -68,20 +50,10 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("operator key: {0}")]
-    OperatorKey(String),
+    #[error(transparent)]
+    OperatorKey(#[from] OperatorKeyError),
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error(
-        "data directory {} holds a log but no operator key: {OPERATOR_KEY_HASH_FILE} is missing \
-         and SEATBROKER_OPERATOR_KEY is not set. seatbroker will not make a new operator key \
-         for existing data on its own. Restore {OPERATOR_KEY_HASH_FILE} from a backup, or set \
-         SEATBROKER_OPERATOR_KEY to the key this directory was used with, or make a new key \
-         (the old one stops working) with: seatbroker operator-key rotate --data-dir {}",
-        data_dir.display(),
-        data_dir.display()
-    )]
-    OperatorKeyMissing { data_dir: PathBuf },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -104,8 +76,6 @@ pub enum ServerError {
     #[error("the gRPC server task failed: {0}")]
     Task(String),
 }
-
-const OPERATOR_KEY_HASH_FILE: &str = "operator-key.sha256";
 
 /// A daemon ready to serve: its broker and the operator key it generated, if any
 /// (printed once by the caller, never stored).
@@ -144,7 +114,12 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     })?;
     // Before anything in the directory is read: one daemon per data directory.
     let data_dir_lock = datadir::lock(data_dir)?;
-    let (operator, generated_operator_key) = operator_key(&config.operator_key, data_dir)?;
+    let (operator, generated_operator_key) = match &config.operator_key {
+        OperatorKeySource::Given(key) => (key.clone(), None),
+        OperatorKeySource::DataDir => {
+            auth::data_dir_operator_key(data_dir, &data_dir.join(WAL_DIR))?
+        }
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     #[cfg(feature = "failpoints")]
     recovery_delay_failpoint().await;
@@ -203,102 +178,6 @@ async fn recovery_delay_failpoint() {
     if let Some(delay_ms) = delay_ms {
         tokio::time::sleep(Duration::from_millis(delay_ms.min(60_000))).await;
     }
-}
-
-/// The operator key: the given one, or the hash kept in the data directory. A fresh
-/// directory gets a new key (returned, to be printed once); a directory that holds a
-/// log but lost its hash file is refused ([`ServerError::OperatorKeyMissing`]): a new
-/// key then takes an explicit [`rotate_operator_key`].
-fn operator_key(
-    source: &OperatorKeySource,
-    data_dir: &Path,
-) -> Result<(OperatorKey, Option<String>), ServerError> {
-    if let OperatorKeySource::Given(text) = source {
-        return Ok((
-            OperatorKey::from_text(text).map_err(ServerError::OperatorKey)?,
-            None,
-        ));
-    }
-    let path = data_dir.join(OPERATOR_KEY_HASH_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes = hex::decode(text.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| {
-                    ServerError::OperatorKey(format!("{} is not a SHA-256 in hex", path.display()))
-                })?;
-            Ok((OperatorKey::from_sha256(bytes), None))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            if holds_log(data_dir)? {
-                return Err(ServerError::OperatorKeyMissing {
-                    data_dir: data_dir.to_path_buf(),
-                });
-            }
-            let (operator, key) = write_new_operator_key(data_dir)?;
-            Ok((operator, Some(key)))
-        }
-        Err(source) => Err(ServerError::DataDir { path, source }),
-    }
-}
-
-/// Whether the data directory already holds a log (the daemon ran on it before).
-fn holds_log(data_dir: &Path) -> Result<bool, ServerError> {
-    let wal_dir = data_dir.join(WAL_DIR);
-    match std::fs::read_dir(&wal_dir) {
-        Ok(mut entries) => Ok(entries.next().is_some()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(ServerError::DataDir {
-            path: wal_dir,
-            source,
-        }),
-    }
-}
-
-/// Makes a new operator key and durably replaces the hash file with its hash.
-fn write_new_operator_key(data_dir: &Path) -> Result<(OperatorKey, String), ServerError> {
-    let path = data_dir.join(OPERATOR_KEY_HASH_FILE);
-    let key = auth::generate_operator_key();
-    let operator = OperatorKey::from_text(&key).map_err(ServerError::OperatorKey)?;
-    write_durably(
-        &path,
-        format!("{}\n", hex::encode(operator.sha256())).as_bytes(),
-    )
-    .map_err(|source| ServerError::DataDir { path, source })?;
-    Ok((operator, key))
-}
-
-/// `seatbroker operator-key rotate`: replaces the operator key of an existing data
-/// directory with a new one, returned to be shown once. Takes the directory's lock
-/// first, so it is refused while a daemon runs on it. The old key stops working at
-/// the next start; the log, members and keys are untouched.
-pub fn rotate_operator_key(data_dir: &Path) -> Result<String, ServerError> {
-    if !data_dir.is_dir() {
-        return Err(ServerError::DataDir {
-            path: data_dir.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such directory; a first `seatbroker serve` makes the directory and its key",
-            ),
-        });
-    }
-    let _lock = datadir::lock(data_dir)?;
-    let (_, key) = write_new_operator_key(data_dir)?;
-    Ok(key)
-}
-
-/// Writes a small file so that it is either absent or complete after a crash:
-/// temporary file, fsync, rename, fsync of the directory.
-pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    let directory = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(directory)?.sync_all()
 }
 
 impl Prepared {

@@ -417,7 +417,9 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
     std::fs::write(&segment, &damaged).unwrap();
     let mut config = seatbroker::server::ServerConfig::for_data_dir(dir.path());
     config.lease_ttl = TTL;
-    config.operator_key = seatbroker::server::OperatorKeySource::Given(OPERATOR_KEY.into());
+    config.operator_key = seatbroker::config::OperatorKeySource::Given(
+        seatbroker::auth::OperatorKey::from_text(OPERATOR_KEY).unwrap(),
+    );
     let refused = seatbroker::server::prepare(config.clone())
         .await
         .err()

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::OperatorKeyError;
 use crate::config::{
     AuditLayer, Config, ConfigError, ConfigLayer, LimitsLayer, LogLayer, MetricsLayer, TlsLayer,
     WalLayer,
@@ -520,7 +521,10 @@ const EXIT_OPERATOR_KEY_MISSING: u8 = 78;
 fn exit_code(error: &ServerError) -> u8 {
     match error {
         ServerError::Lock(LockError::Held { .. }) => EXIT_DATA_DIR_LOCKED,
-        ServerError::OperatorKeyMissing { .. } => EXIT_OPERATOR_KEY_MISSING,
+        ServerError::OperatorKey(OperatorKeyError::Lock(LockError::Held { .. })) => {
+            EXIT_DATA_DIR_LOCKED
+        }
+        ServerError::OperatorKey(OperatorKeyError::Missing { .. }) => EXIT_OPERATOR_KEY_MISSING,
         _ => EXIT_FAILURE,
     }
 }
@@ -611,7 +615,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 
 fn rotate_operator_key(data_dir: Option<PathBuf>) -> ExitCode {
     let data_dir = data_dir.unwrap_or_else(|| crate::config::DATA_DIR_DEFAULT.into());
-    match crate::server::rotate_operator_key(&data_dir) {
+    match crate::auth::rotate_operator_key(&data_dir) {
         Ok(key) => {
             println!(
                 "Made a new operator key for {}. It is shown once; only its hash is kept:\n\n    {key}\n",
@@ -627,7 +631,7 @@ fn rotate_operator_key(data_dir: Option<PathBuf>) -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::from(exit_code(&error))
+            ExitCode::from(exit_code(&ServerError::from(error)))
         }
     }
 }

@@ -9,11 +9,13 @@ pub mod daemon;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use seatbroker::auth::OperatorKey;
 use seatbroker::client::{self, Authorized, BearerKey};
+use seatbroker::config::OperatorKeySource;
 use seatbroker::proto::{
     self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
 };
-use seatbroker::server::{self, OperatorKeySource, ServerConfig};
+use seatbroker::server::{self, ServerConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -68,7 +70,7 @@ async fn start_with_clients(
     configure: impl FnOnce(&mut ServerConfig),
 ) -> TestServer {
     let mut config = ServerConfig::for_data_dir(data_dir.path());
-    config.operator_key = OperatorKeySource::Given(OPERATOR_KEY.into());
+    config.operator_key = OperatorKeySource::Given(OperatorKey::from_text(OPERATOR_KEY).unwrap());
     configure(&mut config);
     let prepared = server::prepare(config).await.expect("daemon prepares");
     let (bound, addr) = prepared.bind().await.expect("daemon binds");
