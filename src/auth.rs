@@ -104,7 +104,8 @@ impl OperatorKey {
         OperatorKey { sha256 }
     }
 
-    /// Takes an operator key given in full (from the environment); checks its length.
+    /// Takes an operator key given in full (from the environment or the configuration
+    /// file); checks its length.
     pub fn from_text(text: &str) -> Result<Self, String> {
         if !(limits::OPERATOR_KEY_BYTES_MIN..=limits::OPERATOR_KEY_BYTES_MAX).contains(&text.len())
         {
@@ -118,10 +119,6 @@ impl OperatorKey {
         Ok(OperatorKey {
             sha256: sha256(text),
         })
-    }
-
-    pub fn sha256(&self) -> [u8; 32] {
-        self.sha256
     }
 
     fn matches(&self, token: &str) -> bool {
