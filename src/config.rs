@@ -18,6 +18,7 @@
 //! it.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
@@ -272,41 +273,26 @@ fn clap_defaults<T: Args + FromArgMatches>() -> T {
     T::from_arg_matches(&matches).expect("every default parses as its setting's type")
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        clap_defaults()
-    }
+/// Each group of settings defaults to what clap fills in, so that the file and the
+/// command line leave a setting out alike.
+macro_rules! default_from_clap {
+    ($($settings:ty),*) => {
+        $(impl Default for $settings {
+            fn default() -> Self {
+                clap_defaults()
+            }
+        })*
+    };
 }
 
-impl Default for LogSettings {
-    fn default() -> Self {
-        clap_defaults()
-    }
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        clap_defaults()
-    }
-}
-
-impl Default for LimitsSettings {
-    fn default() -> Self {
-        clap_defaults()
-    }
-}
-
-impl Default for AuditSettings {
-    fn default() -> Self {
-        clap_defaults()
-    }
-}
-
-impl Default for WalSettings {
-    fn default() -> Self {
-        clap_defaults()
-    }
-}
+default_from_clap!(
+    Settings,
+    LogSettings,
+    MetricsSettings,
+    LimitsSettings,
+    AuditSettings,
+    WalSettings
+);
 
 impl Settings {
     /// The defaults for a daemon on an ephemeral loopback port over `data_dir` (tests).
@@ -579,100 +565,88 @@ fn tls_files(settings: &TlsSettings) -> Result<Option<ServerTlsFiles>, ConfigErr
 
 /// The bounds of `limits` on each setting, in the order of the file.
 fn check_bounds(settings: &Settings) -> Result<(), ConfigError> {
-    let bounds = &settings.limits;
-    let audit = &settings.audit;
-    check_range(
+    use crate::limits::*;
+    let Settings { limits, audit, .. } = settings;
+    check(
         "lease_ttl_ms",
         settings.lease_ttl_ms,
-        limits::LEASE_TTL_MS_MIN,
-        limits::LEASE_TTL_MS_MAX,
+        LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX,
     )?;
-    check_range(
+    check(
         "shutdown_grace_ms",
         settings.shutdown_grace_ms,
-        0,
-        limits::SHUTDOWN_GRACE_MS_MAX,
+        0..=SHUTDOWN_GRACE_MS_MAX,
     )?;
     logging::check_filter(&settings.log.filter).map_err(ConfigError::Invalid)?;
-    check_range(
+    check(
         "limits.request_bytes_max",
-        bounds.request_bytes_max,
-        limits::REQUEST_BYTES_MAX_FLOOR,
-        limits::REQUEST_BYTES_MAX_CEILING,
+        limits.request_bytes_max,
+        REQUEST_BYTES_MAX_FLOOR..=REQUEST_BYTES_MAX_CEILING,
     )?;
     // A whole request of the largest size must fit in the daemon's budget.
-    check_range(
+    check(
         "limits.request_bodies_bytes_max",
-        bounds.request_bodies_bytes_max,
-        bounds.request_bytes_max,
-        limits::REQUEST_BODIES_BYTES_MAX_CEILING,
+        limits.request_bodies_bytes_max,
+        limits.request_bytes_max..=REQUEST_BODIES_BYTES_MAX_CEILING,
     )?;
-    check_range(
+    check(
         "limits.handshake_timeout_ms",
-        bounds.handshake_timeout_ms,
-        limits::HANDSHAKE_TIMEOUT_MS_MIN,
-        limits::HANDSHAKE_TIMEOUT_MS_MAX,
+        limits.handshake_timeout_ms,
+        HANDSHAKE_TIMEOUT_MS_MIN..=HANDSHAKE_TIMEOUT_MS_MAX,
     )?;
-    check_range(
+    check(
         "limits.idle_timeout_ms",
-        bounds.idle_timeout_ms,
-        limits::IDLE_TIMEOUT_MS_MIN,
-        limits::IDLE_TIMEOUT_MS_MAX,
+        limits.idle_timeout_ms,
+        IDLE_TIMEOUT_MS_MIN..=IDLE_TIMEOUT_MS_MAX,
     )?;
-    check_range(
+    check(
         "limits.concurrent_streams_per_connection_max",
-        bounds.concurrent_streams_per_connection_max,
-        limits::CONCURRENT_STREAMS_PER_CONNECTION_MAX_FLOOR,
-        limits::CONCURRENT_STREAMS_PER_CONNECTION_MAX_CEILING,
+        limits.concurrent_streams_per_connection_max,
+        CONCURRENT_STREAMS_PER_CONNECTION_MAX_FLOOR..=CONCURRENT_STREAMS_PER_CONNECTION_MAX_CEILING,
     )?;
-    check_range(
+    check(
         "limits.keepalive_interval_ms",
-        bounds.keepalive_interval_ms,
-        limits::KEEPALIVE_INTERVAL_MS_MIN,
-        limits::KEEPALIVE_INTERVAL_MS_MAX,
+        limits.keepalive_interval_ms,
+        KEEPALIVE_INTERVAL_MS_MIN..=KEEPALIVE_INTERVAL_MS_MAX,
     )?;
-    check_range(
+    check(
         "limits.keepalive_timeout_ms",
-        bounds.keepalive_timeout_ms,
-        limits::KEEPALIVE_TIMEOUT_MS_MIN,
-        limits::KEEPALIVE_TIMEOUT_MS_MAX,
+        limits.keepalive_timeout_ms,
+        KEEPALIVE_TIMEOUT_MS_MIN..=KEEPALIVE_TIMEOUT_MS_MAX,
     )?;
-    check_range(
+    check(
         "limits.leases_per_org_max",
-        bounds.leases_per_org_max,
-        limits::LEASES_PER_ORG_MAX_FLOOR,
-        limits::LEASES_PER_ORG_MAX_CEILING,
+        limits.leases_per_org_max,
+        LEASES_PER_ORG_MAX_FLOOR..=LEASES_PER_ORG_MAX_CEILING,
     )?;
-    check_range(
+    check(
         "audit.file_bytes_max",
         audit.file_bytes_max,
-        limits::AUDIT_FILE_BYTES_MAX_FLOOR,
-        limits::AUDIT_FILE_BYTES_MAX_CEILING,
+        AUDIT_FILE_BYTES_MAX_FLOOR..=AUDIT_FILE_BYTES_MAX_CEILING,
     )?;
-    check_range(
+    check(
         "audit.files_max",
         audit.files_max,
-        1,
-        limits::AUDIT_FILES_MAX_CEILING,
+        1..=AUDIT_FILES_MAX_CEILING,
     )?;
-    check_range(
+    check(
         "wal.commit_delay_us",
         settings.wal.commit_delay_us,
-        0,
-        limits::COMMIT_DELAY_US_MAX,
-    )?;
-    Ok(())
+        0..=COMMIT_DELAY_US_MAX,
+    )
 }
 
-fn check_range<T: PartialOrd + std::fmt::Display>(
+/// Refuses `value` outside `range`, naming the setting `name` (its TOML key).
+fn check<T: PartialOrd + std::fmt::Display>(
     name: &str,
     value: T,
-    min: T,
-    max: T,
+    range: RangeInclusive<T>,
 ) -> Result<(), ConfigError> {
-    if value < min || value > max {
+    if !range.contains(&value) {
         return Err(ConfigError::Invalid(format!(
-            "{name} = {value} is outside {min}..={max}"
+            "{name} = {value} is outside {}..={}",
+            range.start(),
+            range.end()
         )));
     }
     Ok(())
