@@ -5,10 +5,17 @@
 //! 8 hex digits of CRC-32C over everything before it, so a mistyped key is refused
 //! without a lookup and secret scanners can recognise leaked keys by shape. The broker
 //! keeps only the SHA-256 of the whole key and compares digests in constant time.
+//!
+//! The operator key is given in full (the configuration's `OperatorKeySource::Given`)
+//! or kept as a hash in the data directory ([`OPERATOR_KEY_HASH_FILE`]): made on the
+//! first start, read on every later one, replaced only by [`rotate_operator_key`].
+
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::datadir::{self, LockError};
 use crate::domain::{AdminState, ApiKeyId, DomainError, Principal};
 use crate::limits;
 
@@ -97,7 +104,8 @@ impl OperatorKey {
         OperatorKey { sha256 }
     }
 
-    /// Takes an operator key given in full (from the environment); checks its length.
+    /// Takes an operator key given in full (from the environment or the configuration
+    /// file); checks its length.
     pub fn from_text(text: &str) -> Result<Self, String> {
         if !(limits::OPERATOR_KEY_BYTES_MIN..=limits::OPERATOR_KEY_BYTES_MAX).contains(&text.len())
         {
@@ -113,13 +121,126 @@ impl OperatorKey {
         })
     }
 
-    pub fn sha256(&self) -> [u8; 32] {
-        self.sha256
-    }
-
     fn matches(&self, token: &str) -> bool {
         bool::from(sha256(token).ct_eq(&self.sha256))
     }
+}
+
+/// The file of the data directory that holds the SHA-256 of the operator key, in hex.
+pub const OPERATOR_KEY_HASH_FILE: &str = "operator-key.sha256";
+
+/// Why the operator key of a data directory could not be read or made.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorKeyError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("operator key: {} is not a SHA-256 in hex", path.display())]
+    NotAHash { path: PathBuf },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(
+        "data directory {} holds a log but no operator key: {OPERATOR_KEY_HASH_FILE} is missing \
+         and SEATBROKER_OPERATOR_KEY is not set. seatbroker will not make a new operator key \
+         for existing data on its own. Restore {OPERATOR_KEY_HASH_FILE} from a backup, or set \
+         SEATBROKER_OPERATOR_KEY to the key this directory was used with, or make a new key \
+         (the old one stops working) with: seatbroker operator-key rotate --data-dir {}",
+        data_dir.display(),
+        data_dir.display()
+    )]
+    Missing { data_dir: PathBuf },
+}
+
+/// The operator key kept in `data_dir` (locked by the caller) as a hash. A fresh
+/// directory gets a new key, returned in full as well, to be shown once; a directory
+/// whose log (in `log_dir`) has records but whose hash file is gone is refused
+/// ([`OperatorKeyError::Missing`]): a new key then takes an explicit
+/// [`rotate_operator_key`].
+pub fn data_dir_operator_key(
+    data_dir: &Path,
+    log_dir: &Path,
+) -> Result<(OperatorKey, Option<String>), OperatorKeyError> {
+    let path = data_dir.join(OPERATOR_KEY_HASH_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let sha256 = hex::decode(text.trim())
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or(OperatorKeyError::NotAHash { path })?;
+            Ok((OperatorKey::from_sha256(sha256), None))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            if holds_log(log_dir)? {
+                return Err(OperatorKeyError::Missing {
+                    data_dir: data_dir.to_path_buf(),
+                });
+            }
+            let (operator, key) = write_new_operator_key(data_dir)?;
+            Ok((operator, Some(key)))
+        }
+        Err(source) => Err(OperatorKeyError::DataDir { path, source }),
+    }
+}
+
+/// `seatbroker operator-key rotate`: replaces the operator key of an existing data
+/// directory with a new one, returned to be shown once. Takes the directory's lock
+/// first, so it is refused while a daemon runs on it. The old key stops working at
+/// the next start; the log, members and keys are untouched.
+pub fn rotate_operator_key(data_dir: &Path) -> Result<String, OperatorKeyError> {
+    if !data_dir.is_dir() {
+        return Err(OperatorKeyError::DataDir {
+            path: data_dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such directory; a first `seatbroker serve` makes the directory and its key",
+            ),
+        });
+    }
+    let _lock = datadir::lock(data_dir)?;
+    let (_, key) = write_new_operator_key(data_dir)?;
+    Ok(key)
+}
+
+/// Whether the log directory holds anything (the daemon ran on the data directory).
+fn holds_log(log_dir: &Path) -> Result<bool, OperatorKeyError> {
+    match std::fs::read_dir(log_dir) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(OperatorKeyError::DataDir {
+            path: log_dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Makes a new operator key and durably replaces the hash file with its hash.
+fn write_new_operator_key(data_dir: &Path) -> Result<(OperatorKey, String), OperatorKeyError> {
+    let path = data_dir.join(OPERATOR_KEY_HASH_FILE);
+    let key = generate_operator_key();
+    let operator = OperatorKey {
+        sha256: sha256(&key),
+    };
+    write_durably(
+        &path,
+        format!("{}\n", hex::encode(operator.sha256)).as_bytes(),
+    )
+    .map_err(|source| OperatorKeyError::DataDir { path, source })?;
+    Ok((operator, key))
+}
+
+/// Writes a small file so that it is either absent or complete after a crash:
+/// temporary file, fsync, rename, fsync of the directory.
+fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    let directory = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(directory)?.sync_all()
 }
 
 /// Resolves a bearer token into the caller. Unknown, revoked and malformed keys are

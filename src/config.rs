@@ -1,125 +1,311 @@
-//! The daemon's configuration: where each setting comes from, its default, its
-//! bounds, and the check that runs before anything is bound.
+//! The daemon's configuration: every setting declared once, in [`Settings`], with its
+//! flag, environment variable, TOML key, default and help text; the order in which
+//! its sources are read; and the check that runs before anything is bound.
 //!
 //! Precedence, highest first: command-line flags, environment variables
-//! (`SEATBROKER_*`), the TOML file given with `--config`, the defaults. Each source is
-//! read into a [`ConfigLayer`] (every field optional); layers are merged field by
-//! field ([`ConfigLayer::or`]) and the result is resolved into a [`Config`] with the
-//! defaults of `limits` and checked against its bounds. A bad configuration is a
-//! [`ConfigError`]; the daemon exits with code 64 before binding anything.
+//! (`SEATBROKER_*`), the TOML file given with `--config`, the defaults. A setting's
+//! default is the `default_value` of its clap attribute, from a constant of `limits`
+//! (so `--help` shows it); both clap and serde fill it in ([`Settings::default`] asks
+//! clap for them). [`Config::load`] is the one place that layers the sources: it reads
+//! the file over the defaults, then applies what the command line and the environment
+//! gave ([`CommandLine`]: clap's matches without the defaults clap filled in).
+//! [`Config::resolve`] checks the result against the bounds of `limits`, and is the
+//! only way to make a [`Config`]. A bad configuration is a [`ConfigError`]; the daemon
+//! exits with code 64 before binding anything.
 //!
-//! The operator key is a secret: it comes from the environment or the file, and every
-//! printout of the configuration ([`Config::to_toml_redacted`]) hides it.
+//! The operator key is a secret: it comes from the environment or the file, never a
+//! flag, and every printout of the configuration ([`Config::to_toml_redacted`]) hides
+//! it.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditOptions;
 use crate::auth::OperatorKey;
 use crate::limits;
-use crate::server::OperatorKeySource;
 use crate::telemetry::logging::{self, LogFormat};
 use crate::tls::{self, ServerTlsFiles};
 
 /// What replaces a secret in printouts.
 pub const REDACTED: &str = "<redacted>";
+/// The environment variable of the operator key; it has no flag, so that it never
+/// shows in a process listing.
+pub const OPERATOR_KEY_ENV: &str = "SEATBROKER_OPERATOR_KEY";
+/// The default listen address: loopback, where plaintext is allowed.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
+pub const DATA_DIR_DEFAULT: &str = "./data";
+pub const LOG_FILTER_DEFAULT: &str = "info";
 
-/// One source of settings: every field optional. Field names are the TOML keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Every setting of the daemon, one field each: its doc comment is the help text, the
+/// field name the TOML key (in the table of its section), the clap attribute the flag,
+/// the environment variable and the default. A setting of a section names its flag
+/// (`--tls-cert`) and the flag's value (`TLS_CERT`) in full, as clap has no prefix for
+/// flattened arguments. A source that leaves a setting out gets its default. Bounds are
+/// checked by [`Config::resolve`], not here.
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ConfigLayer {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    /// Allow plaintext on a non-loopback address.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub insecure: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "SEATBROKER_LISTEN", default_value = LISTEN_DEFAULT)]
+    pub listen: SocketAddr,
+    /// Directory for the log, snapshots, the audit record and the operator key hash.
+    #[arg(long, env = "SEATBROKER_DATA_DIR", default_value = DATA_DIR_DEFAULT)]
+    pub data_dir: PathBuf,
+    /// Allow plaintext gRPC on a non-loopback address.
+    #[arg(
+        long,
+        env = "SEATBROKER_INSECURE",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false
+    )]
+    pub insecure: bool,
+    /// The operator key in full, from `SEATBROKER_OPERATOR_KEY` or the file (no flag).
+    /// `None`: the hash kept in the data directory.
+    #[arg(skip)]
     pub operator_key: Option<SecretText>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease_ttl_ms: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shutdown_grace_ms: Option<u64>,
-    pub tls: TlsLayer,
-    pub log: LogLayer,
-    pub metrics: MetricsLayer,
-    pub limits: LimitsLayer,
-    pub audit: AuditLayer,
-    pub wal: WalLayer,
+    /// Lease time-to-live in milliseconds; engines heartbeat every third of it.
+    #[arg(long, env = "SEATBROKER_LEASE_TTL_MS", default_value_t = limits::LEASE_TTL_MS_DEFAULT)]
+    pub lease_ttl_ms: u32,
+    /// How long in-flight calls may take to finish at shutdown, in milliseconds.
+    #[arg(
+        long,
+        env = "SEATBROKER_SHUTDOWN_GRACE_MS",
+        default_value_t = limits::SHUTDOWN_GRACE_MS_DEFAULT
+    )]
+    pub shutdown_grace_ms: u64,
+    #[command(flatten)]
+    pub tls: TlsSettings,
+    #[command(flatten)]
+    pub log: LogSettings,
+    #[command(flatten)]
+    pub metrics: MetricsSettings,
+    #[command(flatten)]
+    pub limits: LimitsSettings,
+    #[command(flatten)]
+    pub audit: AuditSettings,
+    #[command(flatten)]
+    pub wal: WalSettings,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[tls]`: the daemon's certificate and key, both or neither (plaintext).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TlsLayer {
-    #[serde(skip_serializing_if = "Option::is_none")]
+pub struct TlsSettings {
+    /// The daemon's TLS certificate chain (PEM).
+    #[arg(
+        long = "tls-cert",
+        value_name = "TLS_CERT",
+        env = "SEATBROKER_TLS_CERT"
+    )]
     pub cert: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The daemon's TLS private key (PEM).
+    #[arg(long = "tls-key", value_name = "TLS_KEY", env = "SEATBROKER_TLS_KEY")]
     pub key: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// CA bundle (PEM) that client certificates must chain to: enables mTLS.
+    #[arg(
+        long = "tls-client-ca",
+        value_name = "TLS_CLIENT_CA",
+        env = "SEATBROKER_TLS_CLIENT_CA"
+    )]
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[log]`: log output.
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LogLayer {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub format: Option<LogFormat>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub filter: Option<String>,
+pub struct LogSettings {
+    /// Log format.
+    #[arg(
+        long = "log-format",
+        value_name = "LOG_FORMAT",
+        env = "SEATBROKER_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::default()
+    )]
+    pub format: LogFormat,
+    /// Log filter, e.g. `info,seatbroker=debug` (a tracing-subscriber directive).
+    #[arg(
+        long = "log-filter",
+        value_name = "LOG_FILTER",
+        env = "SEATBROKER_LOG",
+        default_value = LOG_FILTER_DEFAULT
+    )]
+    pub filter: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[metrics]`: the Prometheus listener.
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct MetricsLayer {
-    #[serde(skip_serializing_if = "Option::is_none")]
+pub struct MetricsSettings {
+    /// Serve Prometheus metrics at http://ADDR/metrics (none when not given).
+    #[arg(
+        id = "metrics_listen",
+        long = "metrics-listen",
+        value_name = "METRICS_LISTEN",
+        env = "SEATBROKER_METRICS_LISTEN"
+    )]
     pub listen: Option<SocketAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub per_org: Option<bool>,
+    /// Also export series per organization (their number grows with organizations).
+    #[arg(
+        long = "metrics-per-org",
+        value_name = "METRICS_PER_ORG",
+        env = "SEATBROKER_METRICS_PER_ORG",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false
+    )]
+    pub per_org: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[limits]`: bounds an operator may tune, each within the range of `limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LimitsLayer {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_bytes_max: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub concurrent_streams_per_connection_max: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keepalive_interval_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keepalive_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub leases_per_org_max: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_bodies_bytes_max: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub handshake_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_ms: Option<u64>,
+pub struct LimitsSettings {
+    /// Largest gRPC request in bytes.
+    #[arg(long, env = "SEATBROKER_REQUEST_BYTES_MAX", default_value_t = limits::REQUEST_BYTES_MAX)]
+    pub request_bytes_max: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    #[arg(
+        long,
+        env = "SEATBROKER_CONCURRENT_STREAMS_PER_CONNECTION_MAX",
+        default_value_t = limits::CONCURRENT_STREAMS_PER_CONNECTION_MAX
+    )]
+    pub concurrent_streams_per_connection_max: u32,
+    /// HTTP/2 keepalive ping interval, in milliseconds.
+    #[arg(
+        long,
+        env = "SEATBROKER_KEEPALIVE_INTERVAL_MS",
+        default_value_t = limits::KEEPALIVE_INTERVAL_MS_DEFAULT
+    )]
+    pub keepalive_interval_ms: u64,
+    /// HTTP/2 keepalive ping timeout, in milliseconds.
+    #[arg(
+        long,
+        env = "SEATBROKER_KEEPALIVE_TIMEOUT_MS",
+        default_value_t = limits::KEEPALIVE_TIMEOUT_MS_DEFAULT
+    )]
+    pub keepalive_timeout_ms: u64,
+    /// Live leases of one organization, at most.
+    #[arg(
+        long,
+        env = "SEATBROKER_LEASES_PER_ORG_MAX",
+        default_value_t = limits::LEASES_PER_ORG_MAX
+    )]
+    pub leases_per_org_max: usize,
+    /// Bytes held in request bodies not yet complete, across the daemon; past it,
+    /// calls get RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "SEATBROKER_REQUEST_BODIES_BYTES_MAX",
+        default_value_t = limits::REQUEST_BODIES_BYTES_MAX
+    )]
+    pub request_bodies_bytes_max: usize,
+    /// A connection must start its first call (TLS, HTTP/2 preface, headers) within
+    /// this many milliseconds, or it is closed.
+    #[arg(
+        long,
+        env = "SEATBROKER_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = limits::HANDSHAKE_TIMEOUT_MS_DEFAULT
+    )]
+    pub handshake_timeout_ms: u64,
+    /// A connection with no call in flight and none started for a whole period of
+    /// this many milliseconds is closed.
+    #[arg(
+        long,
+        env = "SEATBROKER_IDLE_TIMEOUT_MS",
+        default_value_t = limits::IDLE_TIMEOUT_MS_DEFAULT
+    )]
+    pub idle_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[audit]`: the sizes of the audit record's files.
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuditLayer {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub file_bytes_max: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub files_max: Option<u32>,
+pub struct AuditSettings {
+    /// Audit files rotate at this size, in bytes.
+    #[arg(
+        long = "audit-file-bytes-max",
+        value_name = "AUDIT_FILE_BYTES_MAX",
+        env = "SEATBROKER_AUDIT_FILE_BYTES_MAX",
+        default_value_t = limits::AUDIT_FILE_BYTES_MAX_DEFAULT
+    )]
+    pub file_bytes_max: u64,
+    /// Audit files kept, at most: the record holds at most this many times the file
+    /// size in all, shared fairly by organizations.
+    #[arg(
+        long = "audit-files-max",
+        value_name = "AUDIT_FILES_MAX",
+        env = "SEATBROKER_AUDIT_FILES_MAX",
+        default_value_t = limits::AUDIT_FILES_MAX_DEFAULT
+    )]
+    pub files_max: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `[wal]`: the write-ahead log.
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct WalLayer {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub commit_delay_us: Option<u32>,
+pub struct WalSettings {
+    /// How long a commit group of a busy log may wait for more records, in
+    /// microseconds (0: never): fewer fsyncs under load, each grant answered up to this
+    /// much later; an idle log never waits.
+    #[arg(
+        long,
+        env = "SEATBROKER_COMMIT_DELAY_US",
+        default_value_t = limits::COMMIT_DELAY_US_DEFAULT
+    )]
+    pub commit_delay_us: u32,
 }
 
-impl ConfigLayer {
-    /// Reads a TOML file (at most `limits::CONFIG_FILE_BYTES_MAX`).
+/// The defaults of a group of settings, as clap fills them in when nothing is given:
+/// an empty command line, with the environment variables left unread.
+fn clap_defaults<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(Command::new("defaults")).mut_args(|arg| arg.env(None));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("an empty command line, and no setting is required");
+    T::from_arg_matches(&matches).expect("every default parses as its setting's type")
+}
+
+/// Each group of settings defaults to what clap fills in, so that the file and the
+/// command line leave a setting out alike.
+macro_rules! default_from_clap {
+    ($($settings:ty),*) => {
+        $(impl Default for $settings {
+            fn default() -> Self {
+                clap_defaults()
+            }
+        })*
+    };
+}
+
+default_from_clap!(
+    Settings,
+    LogSettings,
+    MetricsSettings,
+    LimitsSettings,
+    AuditSettings,
+    WalSettings
+);
+
+impl Settings {
+    /// The defaults for a daemon on an ephemeral loopback port over `data_dir` (tests).
+    pub fn for_data_dir(data_dir: &Path) -> Self {
+        Settings {
+            listen: "127.0.0.1:0".parse().expect("a literal address"),
+            data_dir: data_dir.to_path_buf(),
+            ..Settings::default()
+        }
+    }
+
+    /// Reads a TOML file (at most `limits::CONFIG_FILE_BYTES_MAX`); the keys it leaves
+    /// out get their defaults.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let read = |source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -143,72 +329,64 @@ impl ConfigLayer {
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|error| error.to_string())
     }
+}
 
-    /// This layer over `lower`: each field set here wins.
-    pub fn or(self, lower: ConfigLayer) -> ConfigLayer {
-        ConfigLayer {
-            listen: self.listen.or(lower.listen),
-            data_dir: self.data_dir.or(lower.data_dir),
-            insecure: self.insecure.or(lower.insecure),
-            operator_key: self.operator_key.or(lower.operator_key),
-            lease_ttl_ms: self.lease_ttl_ms.or(lower.lease_ttl_ms),
-            shutdown_grace_ms: self.shutdown_grace_ms.or(lower.shutdown_grace_ms),
-            tls: TlsLayer {
-                cert: self.tls.cert.or(lower.tls.cert),
-                key: self.tls.key.or(lower.tls.key),
-                client_ca: self.tls.client_ca.or(lower.tls.client_ca),
-            },
-            log: LogLayer {
-                format: self.log.format.or(lower.log.format),
-                filter: self.log.filter.or(lower.log.filter),
-            },
-            metrics: MetricsLayer {
-                listen: self.metrics.listen.or(lower.metrics.listen),
-                per_org: self.metrics.per_org.or(lower.metrics.per_org),
-            },
-            limits: LimitsLayer {
-                request_bytes_max: self
-                    .limits
-                    .request_bytes_max
-                    .or(lower.limits.request_bytes_max),
-                concurrent_streams_per_connection_max: self
-                    .limits
-                    .concurrent_streams_per_connection_max
-                    .or(lower.limits.concurrent_streams_per_connection_max),
-                keepalive_interval_ms: self
-                    .limits
-                    .keepalive_interval_ms
-                    .or(lower.limits.keepalive_interval_ms),
-                keepalive_timeout_ms: self
-                    .limits
-                    .keepalive_timeout_ms
-                    .or(lower.limits.keepalive_timeout_ms),
-                leases_per_org_max: self
-                    .limits
-                    .leases_per_org_max
-                    .or(lower.limits.leases_per_org_max),
-                request_bodies_bytes_max: self
-                    .limits
-                    .request_bodies_bytes_max
-                    .or(lower.limits.request_bodies_bytes_max),
-                handshake_timeout_ms: self
-                    .limits
-                    .handshake_timeout_ms
-                    .or(lower.limits.handshake_timeout_ms),
-                idle_timeout_ms: self.limits.idle_timeout_ms.or(lower.limits.idle_timeout_ms),
-            },
-            audit: AuditLayer {
-                file_bytes_max: self.audit.file_bytes_max.or(lower.audit.file_bytes_max),
-                files_max: self.audit.files_max.or(lower.audit.files_max),
-            },
-            wal: WalLayer {
-                commit_delay_us: self.wal.commit_delay_us.or(lower.wal.commit_delay_us),
-            },
+/// What the command line and the environment gave: clap's matches of the [`Settings`]
+/// flags without the defaults clap filled in (so that the file comes between), and the
+/// operator key's environment variable. Parsed as part of `seatbroker serve`.
+#[derive(Debug, Clone)]
+pub struct CommandLine {
+    given: ArgMatches,
+    operator_key: Option<SecretText>,
+}
+
+impl Args for CommandLine {
+    fn augment_args(command: Command) -> Command {
+        Settings::augment_args(command)
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        Settings::augment_args_for_update(command)
+    }
+}
+
+impl FromArgMatches for CommandLine {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut given = matches.clone();
+        let defaulted: Vec<String> = given
+            .ids()
+            .map(|id| id.as_str().to_owned())
+            .filter(|id| given.value_source(id) == Some(ValueSource::DefaultValue))
+            .collect();
+        for id in &defaulted {
+            given
+                .try_clear_id(id)
+                .expect("the id comes from these matches");
+        }
+        Ok(CommandLine {
+            given,
+            operator_key: std::env::var(OPERATOR_KEY_ENV).ok().map(SecretText),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = CommandLine::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl CommandLine {
+    /// Sets in `settings` what the command line and the environment gave.
+    fn apply_to(&self, settings: &mut Settings) {
+        settings
+            .update_from_arg_matches(&self.given)
+            .expect("the matches were parsed for these settings");
+        if let Some(key) = &self.operator_key {
+            settings.operator_key = Some(key.clone());
         }
     }
 }
 
-/// Why a configuration was refused.
 /// A secret held in the configuration (the operator key): its `Debug` never shows it,
 /// so no `{:?}` of a configuration can leak it into a log.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,7 +395,7 @@ pub struct SecretText(pub String);
 
 impl std::fmt::Debug for SecretText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
 
@@ -227,6 +405,7 @@ impl From<&str> for SecretText {
     }
 }
 
+/// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -242,252 +421,140 @@ pub enum ConfigError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Log output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// A tracing-subscriber filter directive, e.g. `info,seatbroker=debug`.
-    pub filter: String,
+/// Where the operator key comes from. Its `Debug` shows no key.
+#[derive(Clone)]
+pub enum OperatorKeySource {
+    /// A key given in full (`SEATBROKER_OPERATOR_KEY`, or `operator_key` in the file),
+    /// checked and hashed once, when the configuration was resolved.
+    Given(OperatorKey),
+    /// The hash kept in the data directory; made and printed on the first start
+    /// (`auth::data_dir_operator_key`).
+    DataDir,
 }
 
-/// The Prometheus listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricsConfig {
-    /// `None`: no metrics listener.
-    pub listen: Option<SocketAddr>,
-    /// Series per organization (`seatbroker_org_*`); off by default, as their number
-    /// grows with the organizations.
-    pub per_org: bool,
-}
-
-/// Limits an operator may tune, each within the bounds of `limits`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitsConfig {
-    pub request_bytes_max: usize,
-    pub concurrent_streams_per_connection_max: u32,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
-    pub leases_per_org_max: usize,
-    /// Client connections open at once; more wait in the listen backlog. At most
-    /// `limits::CONNECTIONS_MAX`, lowered at start to fit the descriptor limit
-    /// (`connections::connections_cap_for_descriptors`); tests lower it.
-    pub connections_max: usize,
-    /// Bytes held in request bodies not yet complete, across the daemon.
-    pub request_bodies_bytes_max: usize,
-    /// Time from accepting a connection to its first call's headers.
-    pub handshake_timeout: Duration,
-    /// A connection with no call for a whole period of this is closed.
-    pub idle_timeout: Duration,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            request_bytes_max: limits::REQUEST_BYTES_MAX,
-            concurrent_streams_per_connection_max: limits::CONCURRENT_STREAMS_PER_CONNECTION_MAX,
-            keepalive_interval: Duration::from_millis(limits::KEEPALIVE_INTERVAL_MS_DEFAULT),
-            keepalive_timeout: Duration::from_millis(limits::KEEPALIVE_TIMEOUT_MS_DEFAULT),
-            leases_per_org_max: limits::LEASES_PER_ORG_MAX,
-            connections_max: limits::CONNECTIONS_MAX,
-            request_bodies_bytes_max: limits::REQUEST_BODIES_BYTES_MAX,
-            handshake_timeout: Duration::from_millis(limits::HANDSHAKE_TIMEOUT_MS_DEFAULT),
-            idle_timeout: Duration::from_millis(limits::IDLE_TIMEOUT_MS_DEFAULT),
+impl std::fmt::Debug for OperatorKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OperatorKeySource::Given(_) => f.write_str("Given(<redacted>)"),
+            OperatorKeySource::DataDir => f.write_str("DataDir"),
         }
     }
 }
 
-/// The effective configuration of the daemon.
+/// The effective configuration of the daemon: every setting within its bounds. Made
+/// only by [`Config::resolve`] (or [`Config::load`]), and read-only after, so no
+/// caller can skip a check.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    /// Plaintext on a non-loopback address was allowed explicitly.
-    pub insecure: bool,
-    pub operator_key: OperatorKeySource,
-    pub lease_ttl: Duration,
-    /// How long in-flight calls may take to finish at shutdown.
-    pub shutdown_grace: Duration,
-    pub tls: Option<ServerTlsFiles>,
-    pub log: LogConfig,
-    pub metrics: MetricsConfig,
-    pub limits: LimitsConfig,
-    pub audit: AuditOptions,
-    /// How long a commit group of the log may wait for more records (see
-    /// `WalOptions::commit_delay`).
-    pub commit_delay: Duration,
-}
-
-/// The default listen address: loopback, where plaintext is allowed.
-pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
-pub const DATA_DIR_DEFAULT: &str = "./data";
-pub const LOG_FILTER_DEFAULT: &str = "info";
-
-fn check_range<T: PartialOrd + std::fmt::Display>(
-    name: &str,
-    value: T,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::Invalid(format!(
-            "{name} = {value} is outside {min}..={max}"
-        )));
-    }
-    Ok(value)
+    /// Every setting, checked; printed by [`Config::to_toml_redacted`].
+    settings: Settings,
+    /// `settings.operator_key`, checked and hashed.
+    operator_key: OperatorKeySource,
+    /// `settings.tls`, when it names a certificate and key.
+    tls: Option<ServerTlsFiles>,
+    /// Client connections open at once; more wait in the listen backlog. At most
+    /// `limits::CONNECTIONS_MAX`, lowered at start to fit the descriptor limit
+    /// (`connections::connections_cap_for_descriptors`); tests lower it.
+    connections_max: usize,
 }
 
 impl Config {
-    /// Defaults for a daemon on an ephemeral loopback port over `data_dir` (tests).
-    pub fn for_data_dir(data_dir: &Path) -> Self {
-        Config::resolve(ConfigLayer {
-            listen: Some("127.0.0.1:0".parse().expect("a literal address")),
-            data_dir: Some(data_dir.to_path_buf()),
-            ..ConfigLayer::default()
-        })
-        .expect("the defaults are valid")
+    /// The configuration of `seatbroker serve`, checked (TLS files included). The one
+    /// place where the sources are layered: the file (or nothing) over the defaults,
+    /// then the environment and the flags over both (clap puts flags over the
+    /// environment).
+    pub fn load(command_line: &CommandLine, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut settings = match file {
+            Some(path) => Settings::read(path)?,
+            None => Settings::default(),
+        };
+        command_line.apply_to(&mut settings);
+        let config = Config::resolve(settings)?;
+        if let Some(files) = &config.tls {
+            tls::check_server(files)?;
+        }
+        Ok(config)
     }
 
-    /// Fills in the defaults and checks every bound and rule.
-    pub fn resolve(layer: ConfigLayer) -> Result<Config, ConfigError> {
-        let listen = layer
-            .listen
-            .unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a literal address"));
-        let insecure = layer.insecure.unwrap_or(false);
-        let tls = tls_files(layer.tls)?;
-        if tls.is_none() && !listen.ip().is_loopback() && !insecure {
+    /// Checks every bound and rule.
+    pub fn resolve(settings: Settings) -> Result<Config, ConfigError> {
+        let tls = tls_files(&settings.tls)?;
+        let listen = settings.listen;
+        if tls.is_none() && !listen.ip().is_loopback() && !settings.insecure {
             return Err(ConfigError::Invalid(format!(
                 "listen = {listen} is not a loopback address: give tls.cert and tls.key \
                  (--tls-cert, --tls-key), or allow plaintext with --insecure"
             )));
         }
-        let operator_key = match layer.operator_key {
-            Some(SecretText(text)) => {
-                OperatorKey::from_text(&text).map_err(ConfigError::Invalid)?;
-                OperatorKeySource::Given(text)
-            }
+        let operator_key = match &settings.operator_key {
+            Some(SecretText(text)) => OperatorKeySource::Given(
+                OperatorKey::from_text(text).map_err(ConfigError::Invalid)?,
+            ),
             None => OperatorKeySource::DataDir,
         };
-        let lease_ttl_ms = check_range(
-            "lease_ttl_ms",
-            layer.lease_ttl_ms.unwrap_or(limits::LEASE_TTL_MS_DEFAULT),
-            limits::LEASE_TTL_MS_MIN,
-            limits::LEASE_TTL_MS_MAX,
-        )?;
-        let shutdown_grace_ms = check_range(
-            "shutdown_grace_ms",
-            layer
-                .shutdown_grace_ms
-                .unwrap_or(limits::SHUTDOWN_GRACE_MS_DEFAULT),
-            0,
-            limits::SHUTDOWN_GRACE_MS_MAX,
-        )?;
-        let filter = layer
-            .log
-            .filter
-            .unwrap_or_else(|| LOG_FILTER_DEFAULT.into());
-        logging::check_filter(&filter).map_err(ConfigError::Invalid)?;
+        check_bounds(&settings)?;
         Ok(Config {
-            listen,
-            data_dir: layer.data_dir.unwrap_or_else(|| DATA_DIR_DEFAULT.into()),
-            insecure,
+            settings,
             operator_key,
-            lease_ttl: Duration::from_millis(u64::from(lease_ttl_ms)),
-            shutdown_grace: Duration::from_millis(shutdown_grace_ms),
             tls,
-            log: LogConfig {
-                format: layer.log.format.unwrap_or_default(),
-                filter,
-            },
-            metrics: MetricsConfig {
-                listen: layer.metrics.listen,
-                per_org: layer.metrics.per_org.unwrap_or(false),
-            },
-            limits: limits_config(layer.limits)?,
-            audit: audit_options(layer.audit)?,
-            commit_delay: Duration::from_micros(u64::from(check_range(
-                "wal.commit_delay_us",
-                layer
-                    .wal
-                    .commit_delay_us
-                    .unwrap_or(crate::wal::COMMIT_DELAY_DEFAULT.as_micros() as u32),
-                0,
-                crate::wal::COMMIT_DELAY_LIMIT.as_micros() as u32,
-            )?)),
+            connections_max: limits::CONNECTIONS_MAX,
         })
     }
 
-    /// Proves the TLS files load, beyond what [`Config::resolve`] checks.
-    pub fn check_files(&self) -> Result<(), ConfigError> {
-        if let Some(files) = &self.tls {
-            tls::check_server(files)?;
-        }
-        Ok(())
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
-    /// The configuration as a layer: every setting explicit, secrets redacted.
-    fn to_layer_redacted(&self) -> ConfigLayer {
-        ConfigLayer {
-            listen: Some(self.listen),
-            data_dir: Some(self.data_dir.clone()),
-            insecure: Some(self.insecure),
-            operator_key: match self.operator_key {
-                OperatorKeySource::Given(_) => Some(REDACTED.into()),
-                OperatorKeySource::DataDir => None,
-            },
-            lease_ttl_ms: Some(self.lease_ttl.as_millis() as u32),
-            shutdown_grace_ms: Some(self.shutdown_grace.as_millis() as u64),
-            tls: TlsLayer {
-                cert: self.tls.as_ref().map(|t| t.cert.clone()),
-                key: self.tls.as_ref().map(|t| t.key.clone()),
-                client_ca: self.tls.as_ref().and_then(|t| t.client_ca.clone()),
-            },
-            log: LogLayer {
-                format: Some(self.log.format),
-                filter: Some(self.log.filter.clone()),
-            },
-            metrics: MetricsLayer {
-                listen: self.metrics.listen,
-                per_org: Some(self.metrics.per_org),
-            },
-            limits: LimitsLayer {
-                request_bytes_max: Some(self.limits.request_bytes_max),
-                concurrent_streams_per_connection_max: Some(
-                    self.limits.concurrent_streams_per_connection_max,
-                ),
-                keepalive_interval_ms: Some(self.limits.keepalive_interval.as_millis() as u64),
-                keepalive_timeout_ms: Some(self.limits.keepalive_timeout.as_millis() as u64),
-                leases_per_org_max: Some(self.limits.leases_per_org_max),
-                request_bodies_bytes_max: Some(self.limits.request_bodies_bytes_max),
-                handshake_timeout_ms: Some(self.limits.handshake_timeout.as_millis() as u64),
-                idle_timeout_ms: Some(self.limits.idle_timeout.as_millis() as u64),
-            },
-            audit: AuditLayer {
-                file_bytes_max: Some(self.audit.file_bytes_max),
-                files_max: Some(self.audit.files_max),
-            },
-            wal: WalLayer {
-                commit_delay_us: Some(self.commit_delay.as_micros() as u32),
-            },
-        }
+    pub fn operator_key(&self) -> &OperatorKeySource {
+        &self.operator_key
+    }
+
+    pub fn tls(&self) -> Option<&ServerTlsFiles> {
+        self.tls.as_ref()
+    }
+
+    pub fn connections_max(&self) -> usize {
+        self.connections_max
+    }
+
+    /// Lowers the bound on client connections to `max` (it is never raised).
+    pub fn lower_connections_max(&mut self, max: usize) {
+        self.connections_max = self.connections_max.min(max);
     }
 
     /// The effective configuration as a TOML file (usable with `--config`), with the
     /// operator key replaced by [`REDACTED`].
     pub fn to_toml_redacted(&self) -> String {
-        toml::to_string(&self.to_layer_redacted())
+        let mut printed = self.settings.clone();
+        if printed.operator_key.is_some() {
+            printed.operator_key = Some(REDACTED.into());
+        }
+        toml::to_string(&printed)
             .unwrap_or_else(|error| format!("# cannot print the configuration: {error}\n"))
     }
 }
 
-fn tls_files(layer: TlsLayer) -> Result<Option<ServerTlsFiles>, ConfigError> {
-    match (layer.cert, layer.key, layer.client_ca) {
-        (None, None, None) => Ok(None),
-        (Some(cert), Some(key), client_ca) => Ok(Some(ServerTlsFiles {
+fn tls_files(settings: &TlsSettings) -> Result<Option<ServerTlsFiles>, ConfigError> {
+    match settings.clone() {
+        TlsSettings {
+            cert: None,
+            key: None,
+            client_ca: None,
+        } => Ok(None),
+        TlsSettings {
+            cert: Some(cert),
+            key: Some(key),
+            client_ca,
+        } => Ok(Some(ServerTlsFiles {
             cert,
             key,
             client_ca,
         })),
-        (None, None, Some(_)) => Err(ConfigError::Invalid(
+        TlsSettings {
+            cert: None,
+            key: None,
+            client_ca: Some(_),
+        } => Err(ConfigError::Invalid(
             "tls.client_ca (--tls-client-ca) needs tls.cert and tls.key: mTLS runs over TLS".into(),
         )),
         _ => Err(ConfigError::Invalid(
@@ -496,131 +563,161 @@ fn tls_files(layer: TlsLayer) -> Result<Option<ServerTlsFiles>, ConfigError> {
     }
 }
 
-fn limits_config(layer: LimitsLayer) -> Result<LimitsConfig, ConfigError> {
-    let defaults = LimitsConfig::default();
-    let ms = |name, value: Option<u64>, default: Duration, min, max| {
-        check_range(name, value.unwrap_or(default.as_millis() as u64), min, max)
-            .map(Duration::from_millis)
-    };
-    let request_bytes_max = check_range(
-        "limits.request_bytes_max",
-        layer
-            .request_bytes_max
-            .unwrap_or(defaults.request_bytes_max),
-        limits::REQUEST_BYTES_MAX_FLOOR,
-        limits::REQUEST_BYTES_MAX_CEILING,
+/// The bounds of `limits` on each setting, in the order of the file.
+fn check_bounds(settings: &Settings) -> Result<(), ConfigError> {
+    use crate::limits::*;
+    let Settings { limits, audit, .. } = settings;
+    check(
+        "lease_ttl_ms",
+        settings.lease_ttl_ms,
+        LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX,
     )?;
-    Ok(LimitsConfig {
-        request_bytes_max,
-        // A whole request of the largest size must fit in the daemon's budget.
-        request_bodies_bytes_max: check_range(
-            "limits.request_bodies_bytes_max",
-            layer
-                .request_bodies_bytes_max
-                .unwrap_or(defaults.request_bodies_bytes_max),
-            request_bytes_max,
-            limits::REQUEST_BODIES_BYTES_MAX_CEILING,
-        )?,
-        handshake_timeout: ms(
-            "limits.handshake_timeout_ms",
-            layer.handshake_timeout_ms,
-            defaults.handshake_timeout,
-            limits::HANDSHAKE_TIMEOUT_MS_MIN,
-            limits::HANDSHAKE_TIMEOUT_MS_MAX,
-        )?,
-        idle_timeout: ms(
-            "limits.idle_timeout_ms",
-            layer.idle_timeout_ms,
-            defaults.idle_timeout,
-            limits::IDLE_TIMEOUT_MS_MIN,
-            limits::IDLE_TIMEOUT_MS_MAX,
-        )?,
-        concurrent_streams_per_connection_max: check_range(
-            "limits.concurrent_streams_per_connection_max",
-            layer
-                .concurrent_streams_per_connection_max
-                .unwrap_or(defaults.concurrent_streams_per_connection_max),
-            limits::CONCURRENT_STREAMS_PER_CONNECTION_MAX_FLOOR,
-            limits::CONCURRENT_STREAMS_PER_CONNECTION_MAX_CEILING,
-        )?,
-        keepalive_interval: ms(
-            "limits.keepalive_interval_ms",
-            layer.keepalive_interval_ms,
-            defaults.keepalive_interval,
-            limits::KEEPALIVE_INTERVAL_MS_MIN,
-            limits::KEEPALIVE_INTERVAL_MS_MAX,
-        )?,
-        keepalive_timeout: ms(
-            "limits.keepalive_timeout_ms",
-            layer.keepalive_timeout_ms,
-            defaults.keepalive_timeout,
-            limits::KEEPALIVE_TIMEOUT_MS_MIN,
-            limits::KEEPALIVE_TIMEOUT_MS_MAX,
-        )?,
-        leases_per_org_max: check_range(
-            "limits.leases_per_org_max",
-            layer
-                .leases_per_org_max
-                .unwrap_or(defaults.leases_per_org_max),
-            limits::LEASES_PER_ORG_MAX_FLOOR,
-            limits::LEASES_PER_ORG_MAX_CEILING,
-        )?,
-        connections_max: defaults.connections_max,
-    })
+    check(
+        "shutdown_grace_ms",
+        settings.shutdown_grace_ms,
+        0..=SHUTDOWN_GRACE_MS_MAX,
+    )?;
+    logging::check_filter(&settings.log.filter).map_err(ConfigError::Invalid)?;
+    check(
+        "limits.request_bytes_max",
+        limits.request_bytes_max,
+        REQUEST_BYTES_MAX_FLOOR..=REQUEST_BYTES_MAX_CEILING,
+    )?;
+    // A whole request of the largest size must fit in the daemon's budget.
+    check(
+        "limits.request_bodies_bytes_max",
+        limits.request_bodies_bytes_max,
+        limits.request_bytes_max..=REQUEST_BODIES_BYTES_MAX_CEILING,
+    )?;
+    check(
+        "limits.handshake_timeout_ms",
+        limits.handshake_timeout_ms,
+        HANDSHAKE_TIMEOUT_MS_MIN..=HANDSHAKE_TIMEOUT_MS_MAX,
+    )?;
+    check(
+        "limits.idle_timeout_ms",
+        limits.idle_timeout_ms,
+        IDLE_TIMEOUT_MS_MIN..=IDLE_TIMEOUT_MS_MAX,
+    )?;
+    check(
+        "limits.concurrent_streams_per_connection_max",
+        limits.concurrent_streams_per_connection_max,
+        CONCURRENT_STREAMS_PER_CONNECTION_MAX_FLOOR..=CONCURRENT_STREAMS_PER_CONNECTION_MAX_CEILING,
+    )?;
+    check(
+        "limits.keepalive_interval_ms",
+        limits.keepalive_interval_ms,
+        KEEPALIVE_INTERVAL_MS_MIN..=KEEPALIVE_INTERVAL_MS_MAX,
+    )?;
+    check(
+        "limits.keepalive_timeout_ms",
+        limits.keepalive_timeout_ms,
+        KEEPALIVE_TIMEOUT_MS_MIN..=KEEPALIVE_TIMEOUT_MS_MAX,
+    )?;
+    check(
+        "limits.leases_per_org_max",
+        limits.leases_per_org_max,
+        LEASES_PER_ORG_MAX_FLOOR..=LEASES_PER_ORG_MAX_CEILING,
+    )?;
+    check(
+        "audit.file_bytes_max",
+        audit.file_bytes_max,
+        AUDIT_FILE_BYTES_MAX_FLOOR..=AUDIT_FILE_BYTES_MAX_CEILING,
+    )?;
+    check(
+        "audit.files_max",
+        audit.files_max,
+        1..=AUDIT_FILES_MAX_CEILING,
+    )?;
+    check(
+        "wal.commit_delay_us",
+        settings.wal.commit_delay_us,
+        0..=COMMIT_DELAY_US_MAX,
+    )
 }
 
-fn audit_options(layer: AuditLayer) -> Result<AuditOptions, ConfigError> {
-    let defaults = AuditOptions::default();
-    Ok(AuditOptions {
-        file_bytes_max: check_range(
-            "audit.file_bytes_max",
-            layer.file_bytes_max.unwrap_or(defaults.file_bytes_max),
-            limits::AUDIT_FILE_BYTES_MAX_FLOOR,
-            limits::AUDIT_FILE_BYTES_MAX_CEILING,
-        )?,
-        files_max: check_range(
-            "audit.files_max",
-            layer.files_max.unwrap_or(defaults.files_max),
-            1,
-            limits::AUDIT_FILES_MAX_CEILING,
-        )?,
-    })
+/// Refuses `value` outside `range`, naming the setting `name` (its TOML key).
+fn check<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if !range.contains(&value) {
+        return Err(ConfigError::Invalid(format!(
+            "{name} = {value} is outside {}..={}",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn check(layer: ConfigLayer) -> Result<Config, String> {
-        Config::resolve(layer).map_err(|e| e.to_string())
+    fn check(settings: Settings) -> Result<Config, String> {
+        Config::resolve(settings).map_err(|e| e.to_string())
+    }
+
+    /// `seatbroker serve ARGS` as `Config::load` sees it (the environment is left as it
+    /// is: no test here sets a `SEATBROKER_*` variable).
+    fn command_line(args: &[&str]) -> CommandLine {
+        let command = CommandLine::augment_args(Command::new("serve"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap();
+        CommandLine::from_arg_matches(&matches).unwrap()
+    }
+
+    #[test]
+    fn the_defaults_are_those_of_limits_and_within_their_bounds() {
+        let settings = Settings::default();
+        assert_eq!(settings.lease_ttl_ms, limits::LEASE_TTL_MS_DEFAULT);
+        assert_eq!(
+            settings.limits.request_bodies_bytes_max,
+            limits::REQUEST_BODIES_BYTES_MAX
+        );
+        assert_eq!(settings.listen, LISTEN_DEFAULT.parse().unwrap());
+        assert_eq!(settings.log.format, LogFormat::Text);
+        assert_eq!(settings.tls, TlsSettings::default());
+        assert_eq!(Settings::parse("").unwrap(), settings);
+        let config = check(settings).unwrap();
+        assert_eq!(config.connections_max(), limits::CONNECTIONS_MAX);
+        assert!(matches!(config.operator_key(), OperatorKeySource::DataDir));
     }
 
     #[test]
     fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let file = ConfigLayer::parse(
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seatbroker.toml");
+        std::fs::write(
+            &file,
             "lease_ttl_ms = 5000\nshutdown_grace_ms = 100\n[limits]\nleases_per_org_max = 10\n",
         )
         .unwrap();
-        let flags = ConfigLayer {
-            lease_ttl_ms: Some(9000),
-            ..ConfigLayer::default()
-        };
-        let config = check(flags.or(file)).unwrap();
-        assert_eq!(config.lease_ttl, Duration::from_millis(9000));
-        assert_eq!(config.shutdown_grace, Duration::from_millis(100));
-        assert_eq!(config.limits.leases_per_org_max, 10);
-        assert_eq!(config.limits.request_bytes_max, limits::REQUEST_BYTES_MAX);
+        let flags = command_line(&["--lease-ttl-ms", "9000", "--metrics-per-org"]);
+        let config = Config::load(&flags, Some(&file)).unwrap();
+        let settings = config.settings();
+        assert_eq!(settings.lease_ttl_ms, 9000);
+        assert_eq!(settings.shutdown_grace_ms, 100);
+        assert_eq!(settings.limits.leases_per_org_max, 10);
+        assert!(settings.metrics.per_org);
+        assert_eq!(settings.limits.request_bytes_max, limits::REQUEST_BYTES_MAX);
+        // A flag left out does not bring its default back over the file.
+        let config = Config::load(&command_line(&[]), Some(&file)).unwrap();
+        assert_eq!(config.settings().lease_ttl_ms, 5000);
     }
 
     #[test]
     fn plaintext_off_loopback_needs_insecure() {
-        let public = ConfigLayer {
-            listen: Some("0.0.0.0:50051".parse().unwrap()),
-            ..ConfigLayer::default()
+        let public = Settings {
+            listen: "0.0.0.0:50051".parse().unwrap(),
+            ..Settings::default()
         };
         assert!(check(public.clone()).unwrap_err().contains("--insecure"));
-        let insecure = ConfigLayer {
-            insecure: Some(true),
+        let insecure = Settings {
+            insecure: true,
             ..public
         };
         assert!(check(insecure).is_ok());
@@ -629,31 +726,32 @@ mod tests {
     #[test]
     fn bounds_unknown_keys_and_half_tls_are_refused() {
         assert!(
-            check(ConfigLayer::parse("lease_ttl_ms = 1").unwrap())
+            check(Settings::parse("lease_ttl_ms = 1").unwrap())
                 .unwrap_err()
                 .contains("lease_ttl_ms")
         );
         assert!(
-            ConfigLayer::parse("listne = \"127.0.0.1:1\"")
+            Settings::parse("listne = \"127.0.0.1:1\"")
                 .unwrap_err()
                 .contains("listne")
         );
-        let half = ConfigLayer::parse("[tls]\ncert = \"a.pem\"").unwrap();
+        let half = Settings::parse("[tls]\ncert = \"a.pem\"").unwrap();
         assert!(check(half).unwrap_err().contains("go together"));
-        let bad_filter = ConfigLayer::parse("[log]\nfilter = \"info,[\"").unwrap();
+        let bad_filter = Settings::parse("[log]\nfilter = \"info,[\"").unwrap();
         assert!(check(bad_filter).is_err());
+        let short_key = Settings {
+            operator_key: Some("short".into()),
+            ..Settings::default()
+        };
+        assert!(check(short_key).unwrap_err().contains("operator key"));
     }
 
     #[test]
     fn edge_bounds_are_checked_and_the_body_budget_holds_a_whole_request() {
-        let config = check(ConfigLayer::default()).unwrap();
-        assert_eq!(config.limits.handshake_timeout, Duration::from_secs(10));
-        assert_eq!(config.limits.idle_timeout, Duration::from_secs(300));
-        assert_eq!(
-            config.limits.request_bodies_bytes_max,
-            limits::REQUEST_BODIES_BYTES_MAX
-        );
-        let small_budget = ConfigLayer::parse(
+        let config = check(Settings::default()).unwrap();
+        assert_eq!(config.settings().limits.handshake_timeout_ms, 10_000);
+        assert_eq!(config.settings().limits.idle_timeout_ms, 300_000);
+        let small_budget = Settings::parse(
             "[limits]\nrequest_bytes_max = 2097152\nrequest_bodies_bytes_max = 1048576\n",
         )
         .unwrap();
@@ -662,34 +760,39 @@ mod tests {
                 .unwrap_err()
                 .contains("limits.request_bodies_bytes_max")
         );
-        let fast = ConfigLayer::parse("[limits]\nhandshake_timeout_ms = 1\n").unwrap();
+        let fast = Settings::parse("[limits]\nhandshake_timeout_ms = 1\n").unwrap();
         assert!(check(fast).unwrap_err().contains("handshake_timeout_ms"));
-        let idle = ConfigLayer::parse("[limits]\nidle_timeout_ms = 1000\n").unwrap();
-        assert_eq!(
-            check(idle).unwrap().limits.idle_timeout,
-            Duration::from_secs(1)
-        );
+        let idle = Settings::parse("[limits]\nidle_timeout_ms = 1000\n").unwrap();
+        assert_eq!(check(idle).unwrap().settings().limits.idle_timeout_ms, 1000);
     }
 
     #[test]
     fn the_printout_hides_the_operator_key_and_reads_back_as_the_same_configuration() {
         let secret = "a-very-secret-operator-key-0123456789abcdef";
-        let layer = ConfigLayer {
+        let settings = Settings {
             operator_key: Some(secret.into()),
-            metrics: MetricsLayer {
+            metrics: MetricsSettings {
                 listen: Some("127.0.0.1:9100".parse().unwrap()),
-                per_org: Some(true),
+                per_org: true,
             },
-            ..ConfigLayer::default()
+            ..Settings::default()
         };
-        let config = check(layer).unwrap();
+        let config = check(settings.clone()).unwrap();
         let printed = config.to_toml_redacted();
         assert!(!printed.contains(secret));
         assert!(printed.contains(REDACTED));
-        let mut reread = ConfigLayer::parse(&printed).unwrap();
-        reread.operator_key = None;
-        let mut original = config.to_layer_redacted();
-        original.operator_key = None;
-        assert_eq!(check(reread).unwrap().to_layer_redacted(), original);
+        assert!(!format!("{config:?}").contains(secret));
+        let mut reread = Settings::parse(&printed).unwrap();
+        assert_eq!(reread.operator_key, Some(REDACTED.into()));
+        reread.operator_key = settings.operator_key.clone();
+        assert_eq!(reread, settings);
+    }
+
+    #[test]
+    fn connections_are_only_ever_lowered() {
+        let mut config = check(Settings::default()).unwrap();
+        config.lower_connections_max(2);
+        config.lower_connections_max(limits::CONNECTIONS_MAX);
+        assert_eq!(config.connections_max(), 2);
     }
 }

@@ -67,6 +67,10 @@ pub const LEASES_PER_ORG_MAX_CEILING: usize = 10_000_000;
 /// How long a stopping daemon lets in-flight calls finish before it cuts them.
 pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 10_000;
 pub const SHUTDOWN_GRACE_MS_MAX: u64 = 600_000;
+/// How long a commit group of a busy log may wait for more records (`[wal]
+/// commit_delay_us`): the log's own default and limit, in the configuration's unit.
+pub const COMMIT_DELAY_US_DEFAULT: u32 = crate::wal::COMMIT_DELAY_DEFAULT.as_micros() as u32;
+pub const COMMIT_DELAY_US_MAX: u32 = crate::wal::COMMIT_DELAY_LIMIT.as_micros() as u32;
 /// The configuration file is read whole; larger files are refused.
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 /// TLS certificate, key and CA files are read whole.
@@ -130,6 +134,7 @@ const _: () = assert!(KEEPALIVE_INTERVAL_MS_DEFAULT <= KEEPALIVE_INTERVAL_MS_MAX
 const _: () = assert!(KEEPALIVE_TIMEOUT_MS_MIN <= KEEPALIVE_TIMEOUT_MS_DEFAULT);
 const _: () = assert!(KEEPALIVE_TIMEOUT_MS_DEFAULT <= KEEPALIVE_TIMEOUT_MS_MAX);
 const _: () = assert!(SHUTDOWN_GRACE_MS_DEFAULT <= SHUTDOWN_GRACE_MS_MAX);
+const _: () = assert!(COMMIT_DELAY_US_DEFAULT <= COMMIT_DELAY_US_MAX);
 const _: () = assert!(USAGE_WINDOW_SECONDS_DEFAULT <= USAGE_WINDOW_SECONDS_MAX);
 const _: () = assert!(USAGE_BUCKETS_MAX <= 1440);
 const _: () = assert!(AUDIT_LINE_BYTES_MAX as u64 <= AUDIT_FILE_BYTES_MAX_FLOOR);

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +24,8 @@ use tower::layer::util::{Identity, Stack};
 use crate::activity::Activity;
 use crate::api::guard::{AuthLayer, BodyBudgetLayer, RequestBodies};
 use crate::api::{AdminApi, SessionApi};
-use crate::audit::{AuditError, AuditLog};
-use crate::auth::{self, OperatorKey};
+use crate::audit::{AuditError, AuditLog, AuditOptions};
+use crate::auth::{self, OperatorKeyError};
 use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
 use crate::datadir::{self, DataDirLock, LockError};
@@ -39,27 +39,8 @@ use crate::telemetry::rpc::{Phase, PhaseCell, RpcLayer};
 use crate::tls::{self, TlsError};
 use crate::wal::{RealFs, WalOptions};
 
-pub use crate::config::Config as ServerConfig;
-use crate::config::LimitsConfig;
+use crate::config::{Config, OperatorKeySource};
 use crate::connections::{self, ConnectionLimits};
-
-/// Where the operator key comes from. Its `Debug` never shows a given key.
-#[derive(Clone)]
-pub enum OperatorKeySource {
-    /// A key given in full (`SEATBROKER_OPERATOR_KEY`, or `operator_key` in the file).
-    Given(String),
-    /// The hash kept in the data directory; generated and printed on first start.
-    DataDir,
-}
-
-impl std::fmt::Debug for OperatorKeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OperatorKeySource::Given(_) => f.write_str("Given(<redacted>)"),
-            OperatorKeySource::DataDir => f.write_str("DataDir"),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -68,20 +49,10 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("operator key: {0}")]
-    OperatorKey(String),
+    #[error(transparent)]
+    OperatorKey(#[from] OperatorKeyError),
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error(
-        "data directory {} holds a log but no operator key: {OPERATOR_KEY_HASH_FILE} is missing \
-         and SEATBROKER_OPERATOR_KEY is not set. seatbroker will not make a new operator key \
-         for existing data on its own. Restore {OPERATOR_KEY_HASH_FILE} from a backup, or set \
-         SEATBROKER_OPERATOR_KEY to the key this directory was used with, or make a new key \
-         (the old one stops working) with: seatbroker operator-key rotate --data-dir {}",
-        data_dir.display(),
-        data_dir.display()
-    )]
-    OperatorKeyMissing { data_dir: PathBuf },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -89,8 +60,6 @@ pub enum ServerError {
     },
     #[error("cannot recover the data directory: {0}")]
     Recovery(#[from] OpenError),
-    #[error("configuration: {0}")]
-    Config(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("audit record: {0}")]
@@ -105,8 +74,6 @@ pub enum ServerError {
     Task(String),
 }
 
-const OPERATOR_KEY_HASH_FILE: &str = "operator-key.sha256";
-
 /// A daemon ready to serve: its broker and the operator key it generated, if any
 /// (printed once by the caller, never stored).
 pub struct Prepared {
@@ -115,7 +82,7 @@ pub struct Prepared {
     pub generated_operator_key: Option<String>,
     journal: Arc<WalJournal>,
     boot_epoch: u64,
-    config: ServerConfig,
+    config: Config,
     /// Held until the daemon stops (see [`datadir`]).
     data_dir_lock: DataDirLock,
 }
@@ -123,41 +90,43 @@ pub struct Prepared {
 /// The log lives in this subdirectory of the data directory.
 const WAL_DIR: &str = "wal";
 
-/// Validates the configuration, opens the data directory and the audit record,
-/// recovers the state from the log and builds the broker. Install the metrics
-/// recorder before, if there is one.
-pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
-    let ttl_ms = config.lease_ttl.as_millis();
-    if !(u128::from(limits::LEASE_TTL_MS_MIN)..=u128::from(limits::LEASE_TTL_MS_MAX))
-        .contains(&ttl_ms)
-    {
-        return Err(ServerError::Config(format!(
-            "lease TTL {ttl_ms} ms is outside {}..={} ms",
-            limits::LEASE_TTL_MS_MIN,
-            limits::LEASE_TTL_MS_MAX
-        )));
-    }
-    let data_dir = &config.data_dir;
+/// Opens the data directory and the audit record, recovers the state from the log and
+/// builds the broker (the configuration was checked when it was made). Install the
+/// metrics recorder before, if there is one.
+pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
+    let settings = config.settings();
+    let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
         path: data_dir.clone(),
         source,
     })?;
     // Before anything in the directory is read: one daemon per data directory.
     let data_dir_lock = datadir::lock(data_dir)?;
-    let (operator, generated_operator_key) = operator_key(&config.operator_key, data_dir)?;
+    let (operator, generated_operator_key) = match config.operator_key() {
+        OperatorKeySource::Given(key) => (key.clone(), None),
+        OperatorKeySource::DataDir => {
+            auth::data_dir_operator_key(data_dir, &data_dir.join(WAL_DIR))?
+        }
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     #[cfg(feature = "failpoints")]
     recovery_delay_failpoint().await;
-    let timing = LeaseTiming::from_ttl(config.lease_ttl);
-    let audit = AuditLog::open(data_dir, config.audit)?;
+    let timing = LeaseTiming::from_ttl(Duration::from_millis(settings.lease_ttl_ms.into()));
+    let audit = AuditLog::open(
+        data_dir,
+        AuditOptions {
+            file_bytes_max: settings.audit.file_bytes_max,
+            files_max: settings.audit.files_max,
+        },
+    )?;
     let activity = Arc::new(Activity::new(Arc::clone(&clock), timing, audit));
     let mut leases = LeaseTable::new(timing, 0);
-    leases.set_leases_per_org_max(config.limits.leases_per_org_max);
+    leases.set_leases_per_org_max(settings.limits.leases_per_org_max);
     let opened = durable::open(
         &data_dir.join(WAL_DIR),
         Arc::new(RealFs),
         WalOptions {
-            commit_delay: config.commit_delay,
+            commit_delay: Duration::from_micros(settings.wal.commit_delay_us.into()),
             ..WalOptions::default()
         },
         leases,
@@ -208,106 +177,10 @@ async fn recovery_delay_failpoint() {
     }
 }
 
-/// The operator key: the given one, or the hash kept in the data directory. A fresh
-/// directory gets a new key (returned, to be printed once); a directory that holds a
-/// log but lost its hash file is refused ([`ServerError::OperatorKeyMissing`]): a new
-/// key then takes an explicit [`rotate_operator_key`].
-fn operator_key(
-    source: &OperatorKeySource,
-    data_dir: &Path,
-) -> Result<(OperatorKey, Option<String>), ServerError> {
-    if let OperatorKeySource::Given(text) = source {
-        return Ok((
-            OperatorKey::from_text(text).map_err(ServerError::OperatorKey)?,
-            None,
-        ));
-    }
-    let path = data_dir.join(OPERATOR_KEY_HASH_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes = hex::decode(text.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| {
-                    ServerError::OperatorKey(format!("{} is not a SHA-256 in hex", path.display()))
-                })?;
-            Ok((OperatorKey::from_sha256(bytes), None))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            if holds_log(data_dir)? {
-                return Err(ServerError::OperatorKeyMissing {
-                    data_dir: data_dir.to_path_buf(),
-                });
-            }
-            let (operator, key) = write_new_operator_key(data_dir)?;
-            Ok((operator, Some(key)))
-        }
-        Err(source) => Err(ServerError::DataDir { path, source }),
-    }
-}
-
-/// Whether the data directory already holds a log (the daemon ran on it before).
-fn holds_log(data_dir: &Path) -> Result<bool, ServerError> {
-    let wal_dir = data_dir.join(WAL_DIR);
-    match std::fs::read_dir(&wal_dir) {
-        Ok(mut entries) => Ok(entries.next().is_some()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(ServerError::DataDir {
-            path: wal_dir,
-            source,
-        }),
-    }
-}
-
-/// Makes a new operator key and durably replaces the hash file with its hash.
-fn write_new_operator_key(data_dir: &Path) -> Result<(OperatorKey, String), ServerError> {
-    let path = data_dir.join(OPERATOR_KEY_HASH_FILE);
-    let key = auth::generate_operator_key();
-    let operator = OperatorKey::from_text(&key).map_err(ServerError::OperatorKey)?;
-    write_durably(
-        &path,
-        format!("{}\n", hex::encode(operator.sha256())).as_bytes(),
-    )
-    .map_err(|source| ServerError::DataDir { path, source })?;
-    Ok((operator, key))
-}
-
-/// `seatbroker operator-key rotate`: replaces the operator key of an existing data
-/// directory with a new one, returned to be shown once. Takes the directory's lock
-/// first, so it is refused while a daemon runs on it. The old key stops working at
-/// the next start; the log, members and keys are untouched.
-pub fn rotate_operator_key(data_dir: &Path) -> Result<String, ServerError> {
-    if !data_dir.is_dir() {
-        return Err(ServerError::DataDir {
-            path: data_dir.to_path_buf(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such directory; a first `seatbroker serve` makes the directory and its key",
-            ),
-        });
-    }
-    let _lock = datadir::lock(data_dir)?;
-    let (_, key) = write_new_operator_key(data_dir)?;
-    Ok(key)
-}
-
-/// Writes a small file so that it is either absent or complete after a crash:
-/// temporary file, fsync, rename, fsync of the directory.
-pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    let directory = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(directory)?.sync_all()
-}
-
 impl Prepared {
     /// Binds the gRPC socket and, when configured, the metrics socket.
     pub async fn bind(self) -> Result<(Bound, SocketAddr), ServerError> {
-        let listener = bind(self.config.listen).await?;
+        let listener = bind(self.config.settings().listen).await?;
         self.bind_with(listener).await
     }
 
@@ -317,12 +190,12 @@ impl Prepared {
         self,
         listener: TcpListener,
     ) -> Result<(Bound, SocketAddr), ServerError> {
-        let local = local_addr(&listener, self.config.listen)?;
-        let metrics_listener = match self.config.metrics.listen {
+        let local = local_addr(&listener, self.config.settings().listen)?;
+        let metrics_listener = match self.config.settings().metrics.listen {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        if self.config.tls.is_none() && !local.ip().is_loopback() {
+        if self.config.tls().is_none() && !local.ip().is_loopback() {
             tracing::warn!(
                 addr = %local,
                 "serving plaintext gRPC on a non-loopback address (--insecure): API keys cross the network in the clear"
@@ -361,14 +234,13 @@ const RECOVERY_SERVER_STOP: Duration = Duration::from_secs(2);
 /// same bounds as later.
 pub async fn serve_health_while<T>(
     listener: TcpListener,
-    config: &ServerConfig,
+    config: &Config,
     work: impl Future<Output = T>,
 ) -> Result<(T, TcpListener), ServerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     report_health(&health, ServingStatus::NotServing).await;
-    let limits = &config.limits;
     let bodies = Arc::new(RequestBodies::new(
-        limits.request_bodies_bytes_max,
+        config.settings().limits.request_bodies_bytes_max,
         limits::UNAUTHENTICATED_REQUEST_BYTES_MAX,
     ));
     let router = with_health_and_reflection(
@@ -378,7 +250,7 @@ pub async fn serve_health_while<T>(
         health_service,
     )?;
     let listener = Arc::new(listener);
-    let incoming = connections::limited_incoming(Arc::clone(&listener), connection_limits(limits));
+    let incoming = connections::limited_incoming(Arc::clone(&listener), connection_limits(config));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
         incoming.connections,
@@ -402,12 +274,13 @@ pub async fn serve_health_while<T>(
     Ok((result, listener))
 }
 
-/// The connection bounds of `limits` (see `connections`).
-fn connection_limits(limits: &LimitsConfig) -> ConnectionLimits {
+/// The connection bounds of the configuration (see `connections`).
+fn connection_limits(config: &Config) -> ConnectionLimits {
+    let limits = &config.settings().limits;
     ConnectionLimits {
-        connections_max: limits.connections_max,
-        handshake_timeout: limits.handshake_timeout,
-        idle_timeout: limits.idle_timeout,
+        connections_max: config.connections_max(),
+        handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+        idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
         request_bodies_bytes_max: limits
             .request_bytes_max
             .saturating_mul(limits::REQUEST_BODIES_PER_CONNECTION_REQUESTS_MAX)
@@ -419,12 +292,13 @@ fn connection_limits(limits: &LimitsConfig) -> ConnectionLimits {
 /// concurrent streams per connection, flow-control windows (what a client can make
 /// the daemon buffer before it reads), frame and header sizes, the rapid-reset
 /// guards, keepalive.
-fn http2_server(config: &ServerConfig) -> Result<Server, ServerError> {
-    let limits = &config.limits;
+fn http2_server(config: &Config) -> Result<Server, ServerError> {
+    let limits = &config.settings().limits;
     let mut builder = Server::builder();
-    if let Some(files) = &config.tls {
-        builder =
-            builder.tls_config(tls::server_config(files)?.timeout(limits.handshake_timeout))?;
+    if let Some(files) = config.tls() {
+        builder = builder.tls_config(
+            tls::server_config(files)?.timeout(Duration::from_millis(limits.handshake_timeout_ms)),
+        )?;
     }
     Ok(builder
         .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
@@ -436,8 +310,8 @@ fn http2_server(config: &ServerConfig) -> Result<Server, ServerError> {
             limits::HTTP2_PENDING_ACCEPT_RESET_STREAMS_MAX,
         ))
         .http2_max_local_error_reset_streams(Some(limits::HTTP2_LOCAL_ERROR_RESET_STREAMS_MAX))
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout)))
+        .http2_keepalive_interval(Some(Duration::from_millis(limits.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms))))
 }
 
 /// Adds health and reflection, the services open to callers without a key, with
@@ -481,7 +355,7 @@ pub struct Bound {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     metrics_handle: Option<PrometheusHandle>,
-    config: ServerConfig,
+    config: Config,
     /// Released when the daemon has stopped: `serve_after` consumes `self`.
     _data_dir_lock: DataDirLock,
 }
@@ -536,10 +410,8 @@ impl Bound {
         report_health(&health, ServingStatus::NotServing).await;
         let router = self.router(Arc::clone(&phase), health_service)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let incoming = connections::limited_incoming(
-            Arc::new(self.listener),
-            connection_limits(&self.config.limits),
-        );
+        let incoming =
+            connections::limited_incoming(Arc::new(self.listener), connection_limits(&self.config));
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
             incoming.connections,
             async {
@@ -548,7 +420,7 @@ impl Bound {
         ));
         let mut background = spawn_background(
             &self.broker,
-            self.config.metrics.per_org,
+            self.config.settings().metrics.per_org,
             self.metrics_listener.zip(self.metrics_handle),
         );
         background.push(tokio::spawn(take_snapshots(
@@ -573,7 +445,8 @@ impl Bound {
             () = shutdown => {
                 // Nothing may report SERVING once the drain said NOT_SERVING.
                 alarm_watch.abort();
-                drain(&phase, &health, stop, &mut server, self.config.shutdown_grace).await
+                let grace = Duration::from_millis(self.config.settings().shutdown_grace_ms);
+                drain(&phase, &health, stop, &mut server, grace).await
             }
             joined = &mut server => flatten(joined),
         };
@@ -598,7 +471,7 @@ impl Bound {
         phase: Arc<PhaseCell>,
         health_service: HealthServer<H>,
     ) -> Result<Router<EdgeLayers>, ServerError> {
-        let limits = &self.config.limits;
+        let limits = &self.config.settings().limits;
         let activity = &self.activity;
         let sessions = SessionServiceServer::new(SessionApi::new(
             Arc::clone(&self.broker),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::*;
-use seatbroker::audit::AuditOptions;
 use seatbroker::proto;
 use tonic::Code;
 
@@ -20,11 +19,9 @@ const FILES_MAX: u32 = 8;
 
 async fn start_small() -> TestServer {
     let data_dir = tempfile::tempdir().expect("temporary data directory");
-    start_configured(data_dir, |config| {
-        config.audit = AuditOptions {
-            file_bytes_max: FILE_BYTES_MAX,
-            files_max: FILES_MAX,
-        }
+    start_configured(data_dir, |settings| {
+        settings.audit.file_bytes_max = FILE_BYTES_MAX;
+        settings.audit.files_max = FILES_MAX;
     })
     .await
 }

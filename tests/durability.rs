@@ -415,9 +415,9 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
     let middle = 24 + 7 + 40;
     damaged[middle] ^= 0x40;
     std::fs::write(&segment, &damaged).unwrap();
-    let mut config = seatbroker::server::ServerConfig::for_data_dir(dir.path());
-    config.lease_ttl = TTL;
-    config.operator_key = seatbroker::server::OperatorKeySource::Given(OPERATOR_KEY.into());
+    let mut settings = test_settings(dir.path());
+    settings.lease_ttl_ms = ttl_ms(TTL);
+    let config = seatbroker::config::Config::resolve(settings).unwrap();
     let refused = seatbroker::server::prepare(config.clone())
         .await
         .err()

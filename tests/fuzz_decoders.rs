@@ -2,7 +2,7 @@
 //! log segments and snapshots (through recovery, as `Wal::open` and
 //! `storage::durable::open` read them), the storage codec's records down to domain
 //! values and `AdminState::apply`, API keys (`auth::authenticate`), configuration
-//! files (the TOML layer and `Config::resolve`), and the wire conversions of
+//! files (`Settings::parse` and `Config::resolve`), and the wire conversions of
 //! `api::convert` and lease ids. Each target feeds arbitrary input and mutations of
 //! valid input, and checks that the decoder answers `Ok` or a clean error: it never
 //! panics, and no single allocation exceeds [`ALLOCATION_BYTES_MAX`] (a length field
@@ -26,7 +26,7 @@ use prost::Message;
 
 use seatbroker::api::convert;
 use seatbroker::auth::{self, OperatorKey};
-use seatbroker::config::{Config, ConfigLayer};
+use seatbroker::config::{Config, Settings};
 use seatbroker::domain::{AdminState, ApiKeyId, Command, Email, OrgId, Quota};
 use seatbroker::leases::{LeaseId, LeaseTable, LeaseTiming};
 use seatbroker::storage::codec::{self, LogBody};
@@ -829,17 +829,17 @@ proptest! {
 
     #[test]
     fn configuration_files_parse_or_are_refused_cleanly(text in config_text()) {
-        let parsed = bounded("ConfigLayer::parse", || ConfigLayer::parse(&text))?;
-        if let Ok(layer) = parsed {
-            let _ = bounded("Config::resolve", || Config::resolve(layer))?;
+        let parsed = bounded("Settings::parse", || Settings::parse(&text))?;
+        if let Ok(settings) = parsed {
+            let _ = bounded("Config::resolve", || Config::resolve(settings))?;
         }
     }
 }
 
 #[test]
 fn the_valid_configuration_of_the_config_target_resolves() {
-    let layer = ConfigLayer::parse(VALID_CONFIG).expect("the seed file parses");
-    assert!(layer.tls.cert.is_some() && layer.wal.commit_delay_us == Some(500));
+    let settings = Settings::parse(VALID_CONFIG).expect("the seed file parses");
+    assert!(settings.tls.cert.is_some() && settings.wal.commit_delay_us == 500);
 }
 
 // ---------------------------------------------------------------------------------

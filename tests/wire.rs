@@ -7,6 +7,7 @@ use common::*;
 use std::time::Duration;
 
 use seatbroker::client::{self, Authorized};
+use seatbroker::config::Config;
 use seatbroker::proto;
 use seatbroker::proto::admin_service_client::AdminServiceClient;
 use seatbroker::tls::ClientTlsFiles;
@@ -177,7 +178,9 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_bound_wait_until_one_closes() {
     let data_dir = tempfile::tempdir().unwrap();
-    let server = start_configured(data_dir, |config| config.limits.connections_max = 2).await;
+    let mut config = Config::resolve(test_settings(data_dir.path())).unwrap();
+    config.lower_connections_max(2);
+    let server = start_with_config(data_dir, Default::default(), config).await;
     let list = |mut client: AdminServiceClient<Authorized>| async move {
         client
             .list_organizations(proto::ListOrganizationsRequest::default())

@@ -6,19 +6,16 @@ mod audit;
 mod client;
 mod output;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{
-    AuditLayer, Config, ConfigError, ConfigLayer, LimitsLayer, LogLayer, MetricsLayer, TlsLayer,
-    WalLayer,
-};
+use crate::auth::OperatorKeyError;
+use crate::config::{CommandLine, Config, DATA_DIR_DEFAULT, OPERATOR_KEY_ENV};
 use crate::datadir::LockError;
 use crate::server::ServerError;
-use crate::telemetry::logging::{self, LogFormat};
+use crate::telemetry::logging;
 use crate::telemetry::metrics;
 
 #[derive(Debug, Parser)]
@@ -73,8 +70,9 @@ pub enum Command {
     },
 }
 
-/// The daemon's flags. Each one can also come from its environment variable, and
-/// from the `--config` file; flags win over the environment, which wins over the file.
+/// The daemon's command line: the configuration file, `--check-config`, and every
+/// setting (`config::Settings`); each setting can also come from its environment
+/// variable and from the file: flags win over the environment, which wins over the file.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// TOML configuration file (see README: Configuration).
@@ -83,83 +81,8 @@ pub struct ServeArgs {
     /// Check the configuration, print it with secrets redacted, and exit (64 if invalid).
     #[arg(long)]
     pub check_config: bool,
-    /// Address to listen on [default: 127.0.0.1:50051].
-    #[arg(long, env = "SEATBROKER_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Directory for the log, snapshots, the audit record and the operator key hash
-    /// [default: ./data].
-    #[arg(long, env = "SEATBROKER_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Lease time-to-live in milliseconds; engines heartbeat every third of it
-    /// [default: 30000].
-    #[arg(long, env = "SEATBROKER_LEASE_TTL_MS")]
-    pub lease_ttl_ms: Option<u32>,
-    /// Allow plaintext gRPC on a non-loopback address.
-    #[arg(long, env = "SEATBROKER_INSECURE", num_args = 0..=1, default_missing_value = "true")]
-    pub insecure: Option<bool>,
-    /// The daemon's TLS certificate chain (PEM).
-    #[arg(long, env = "SEATBROKER_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// The daemon's TLS private key (PEM).
-    #[arg(long, env = "SEATBROKER_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// CA bundle (PEM) that client certificates must chain to: enables mTLS.
-    #[arg(long, env = "SEATBROKER_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
-    /// Log format [default: text].
-    #[arg(long, env = "SEATBROKER_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info,seatbroker=debug` [default: info].
-    #[arg(long, env = "SEATBROKER_LOG")]
-    pub log_filter: Option<String>,
-    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
-    #[arg(long, env = "SEATBROKER_METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Also export series per organization (their number grows with organizations).
-    #[arg(long, env = "SEATBROKER_METRICS_PER_ORG", num_args = 0..=1, default_missing_value = "true")]
-    pub metrics_per_org: Option<bool>,
-    /// How long in-flight calls may take to finish at shutdown [default: 10000].
-    #[arg(long, env = "SEATBROKER_SHUTDOWN_GRACE_MS")]
-    pub shutdown_grace_ms: Option<u64>,
-    /// Largest gRPC request in bytes [default: 1048576].
-    #[arg(long, env = "SEATBROKER_REQUEST_BYTES_MAX")]
-    pub request_bytes_max: Option<usize>,
-    /// Concurrent HTTP/2 streams per client connection [default: 128].
-    #[arg(long, env = "SEATBROKER_CONCURRENT_STREAMS_PER_CONNECTION_MAX")]
-    pub concurrent_streams_per_connection_max: Option<u32>,
-    /// HTTP/2 keepalive ping interval [default: 30000].
-    #[arg(long, env = "SEATBROKER_KEEPALIVE_INTERVAL_MS")]
-    pub keepalive_interval_ms: Option<u64>,
-    /// HTTP/2 keepalive ping timeout [default: 10000].
-    #[arg(long, env = "SEATBROKER_KEEPALIVE_TIMEOUT_MS")]
-    pub keepalive_timeout_ms: Option<u64>,
-    /// Live leases of one organization, at most [default: 2000000].
-    #[arg(long, env = "SEATBROKER_LEASES_PER_ORG_MAX")]
-    pub leases_per_org_max: Option<usize>,
-    /// Bytes held in request bodies not yet complete, across the daemon; past it,
-    /// calls get RESOURCE_EXHAUSTED [default: 33554432].
-    #[arg(long, env = "SEATBROKER_REQUEST_BODIES_BYTES_MAX")]
-    pub request_bodies_bytes_max: Option<usize>,
-    /// A connection must start its first call (TLS, HTTP/2 preface, headers) within
-    /// this many milliseconds, or it is closed [default: 10000].
-    #[arg(long, env = "SEATBROKER_HANDSHAKE_TIMEOUT_MS")]
-    pub handshake_timeout_ms: Option<u64>,
-    /// A connection with no call in flight and none started for a whole period of
-    /// this many milliseconds is closed [default: 300000].
-    #[arg(long, env = "SEATBROKER_IDLE_TIMEOUT_MS")]
-    pub idle_timeout_ms: Option<u64>,
-    /// Audit files rotate at this size [default: 67108864].
-    #[arg(long, env = "SEATBROKER_AUDIT_FILE_BYTES_MAX")]
-    pub audit_file_bytes_max: Option<u64>,
-    /// Audit files kept, at most: the record holds at most this many times the file
-    /// size in all, shared fairly by organizations [default: 16].
-    #[arg(long, env = "SEATBROKER_AUDIT_FILES_MAX")]
-    pub audit_files_max: Option<u32>,
-    /// How long a commit group of a busy log may wait for more records, in
-    /// microseconds, at most 10000 (0: never): fewer fsyncs under load, each grant
-    /// answered up to this much later; an idle log never waits [default: 500].
-    #[arg(long, env = "SEATBROKER_COMMIT_DELAY_US")]
-    pub commit_delay_us: Option<u32>,
+    #[command(flatten)]
+    pub settings: CommandLine,
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,71 +90,10 @@ pub enum OperatorKeyCommand {
     /// Replace the operator key with a new one, printed once (the old key stops
     /// working). Refused while a daemon runs on the directory: stop it first.
     Rotate {
-        /// The daemon's data directory [default: ./data].
-        #[arg(long, env = "SEATBROKER_DATA_DIR")]
-        data_dir: Option<PathBuf>,
+        /// The daemon's data directory.
+        #[arg(long, env = "SEATBROKER_DATA_DIR", default_value = DATA_DIR_DEFAULT)]
+        data_dir: PathBuf,
     },
-}
-
-/// The environment variable of the operator key; it has no flag, so that it never
-/// shows in a process listing.
-pub const OPERATOR_KEY_ENV: &str = "SEATBROKER_OPERATOR_KEY";
-
-impl ServeArgs {
-    /// The flags (and, through clap, their environment variables) as a layer.
-    fn layer(&self) -> ConfigLayer {
-        ConfigLayer {
-            listen: self.listen,
-            data_dir: self.data_dir.clone(),
-            insecure: self.insecure,
-            operator_key: std::env::var(OPERATOR_KEY_ENV)
-                .ok()
-                .map(crate::config::SecretText),
-            lease_ttl_ms: self.lease_ttl_ms,
-            shutdown_grace_ms: self.shutdown_grace_ms,
-            tls: TlsLayer {
-                cert: self.tls_cert.clone(),
-                key: self.tls_key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            },
-            log: LogLayer {
-                format: self.log_format,
-                filter: self.log_filter.clone(),
-            },
-            metrics: MetricsLayer {
-                listen: self.metrics_listen,
-                per_org: self.metrics_per_org,
-            },
-            limits: LimitsLayer {
-                request_bytes_max: self.request_bytes_max,
-                concurrent_streams_per_connection_max: self.concurrent_streams_per_connection_max,
-                keepalive_interval_ms: self.keepalive_interval_ms,
-                keepalive_timeout_ms: self.keepalive_timeout_ms,
-                leases_per_org_max: self.leases_per_org_max,
-                request_bodies_bytes_max: self.request_bodies_bytes_max,
-                handshake_timeout_ms: self.handshake_timeout_ms,
-                idle_timeout_ms: self.idle_timeout_ms,
-            },
-            audit: AuditLayer {
-                file_bytes_max: self.audit_file_bytes_max,
-                files_max: self.audit_files_max,
-            },
-            wal: WalLayer {
-                commit_delay_us: self.commit_delay_us,
-            },
-        }
-    }
-
-    /// Flags and environment over the file over the defaults, checked.
-    fn config(&self) -> Result<Config, ConfigError> {
-        let file = match &self.config {
-            Some(path) => ConfigLayer::read(path)?,
-            None => ConfigLayer::default(),
-        };
-        let config = Config::resolve(self.layer().or(file))?;
-        config.check_files()?;
-        Ok(config)
-    }
 }
 
 /// Where the daemon is and who is calling.
@@ -520,7 +382,10 @@ const EXIT_OPERATOR_KEY_MISSING: u8 = 78;
 fn exit_code(error: &ServerError) -> u8 {
     match error {
         ServerError::Lock(LockError::Held { .. }) => EXIT_DATA_DIR_LOCKED,
-        ServerError::OperatorKeyMissing { .. } => EXIT_OPERATOR_KEY_MISSING,
+        ServerError::OperatorKey(OperatorKeyError::Lock(LockError::Held { .. })) => {
+            EXIT_DATA_DIR_LOCKED
+        }
+        ServerError::OperatorKey(OperatorKeyError::Missing { .. }) => EXIT_OPERATOR_KEY_MISSING,
         _ => EXIT_FAILURE,
     }
 }
@@ -581,7 +446,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let config = match args.config() {
+    let config = match Config::load(&args.settings, args.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("error: configuration: {error}");
@@ -592,7 +457,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
         print!("{}", config.to_toml_redacted());
         return ExitCode::SUCCESS;
     }
-    if let Err(error) = logging::init(config.log.format, &config.log.filter) {
+    let log = &config.settings().log;
+    if let Err(error) = logging::init(log.format, &log.filter) {
         eprintln!("error: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -609,9 +475,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn rotate_operator_key(data_dir: Option<PathBuf>) -> ExitCode {
-    let data_dir = data_dir.unwrap_or_else(|| crate::config::DATA_DIR_DEFAULT.into());
-    match crate::server::rotate_operator_key(&data_dir) {
+fn rotate_operator_key(data_dir: PathBuf) -> ExitCode {
+    match crate::auth::rotate_operator_key(&data_dir) {
         Ok(key) => {
             println!(
                 "Made a new operator key for {}. It is shown once; only its hash is kept:\n\n    {key}\n",
@@ -627,7 +492,7 @@ fn rotate_operator_key(data_dir: Option<PathBuf>) -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::from(exit_code(&error))
+            ExitCode::from(exit_code(&ServerError::from(error)))
         }
     }
 }
@@ -645,16 +510,17 @@ async fn bench(args: crate::loadgen::BenchArgs) -> ExitCode {
 /// Installs metrics (before the broker registers its handles), prepares, binds, and
 /// serves until a stop signal.
 async fn run_daemon(mut config: Config) -> Result<(), DaemonError> {
-    config.limits.connections_max =
-        crate::connections::connections_cap_for_descriptors(config.limits.connections_max);
+    config.lower_connections_max(crate::connections::connections_cap_for_descriptors(
+        config.connections_max(),
+    ));
     tokio::spawn(crate::allocator::collect_freed_memory_forever());
-    let metrics_handle = match config.metrics.listen {
+    let metrics_handle = match config.settings().metrics.listen {
         Some(_) => Some(metrics::install().map_err(|e| e.to_string())?),
         None => None,
     };
-    let tls = config.tls.is_some();
+    let tls = config.tls().is_some();
     // Listen first: while the log is replayed, health answers NOT_SERVING.
-    let (listener, addr) = crate::server::bind_early(config.listen)
+    let (listener, addr) = crate::server::bind_early(config.settings().listen)
         .await
         .map_err(|e| e.to_string())?;
     println!("seatbroker listening on {addr}");

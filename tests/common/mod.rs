@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use seatbroker::client::{self, Authorized, BearerKey};
+use seatbroker::config::{Config, Settings, TlsSettings};
 use seatbroker::proto::{
     self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
 };
-use seatbroker::server::{self, OperatorKeySource, ServerConfig};
+use seatbroker::server;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -41,13 +42,27 @@ pub async fn start_with_ttl(ttl: Duration) -> TestServer {
 
 /// Starts a daemon on an existing data directory (for restarts).
 pub async fn start_in(data_dir: tempfile::TempDir, ttl: Duration) -> TestServer {
-    start_configured(data_dir, |config| config.lease_ttl = ttl).await
+    start_configured(data_dir, |settings| settings.lease_ttl_ms = ttl_ms(ttl)).await
 }
 
-/// Starts a daemon with the test defaults changed by `configure`.
+/// A lease TTL as the setting `lease_ttl_ms`.
+pub fn ttl_ms(ttl: Duration) -> u32 {
+    u32::try_from(ttl.as_millis()).expect("a TTL within the setting's range")
+}
+
+/// The settings of every test daemon: an ephemeral loopback port, `data_dir`, and the
+/// test operator key.
+pub fn test_settings(data_dir: &std::path::Path) -> Settings {
+    Settings {
+        operator_key: Some(OPERATOR_KEY.into()),
+        ..Settings::for_data_dir(data_dir)
+    }
+}
+
+/// Starts a daemon with the test settings changed by `configure`.
 pub async fn start_configured(
     data_dir: tempfile::TempDir,
-    configure: impl FnOnce(&mut ServerConfig),
+    configure: impl FnOnce(&mut Settings),
 ) -> TestServer {
     start_with_clients(data_dir, Default::default(), configure).await
 }
@@ -56,8 +71,13 @@ pub async fn start_configured(
 /// certificate when `mtls`, and the daemon then requires one.
 pub async fn start_tls(certs: &certs::TestCerts, mtls: bool) -> TestServer {
     let data_dir = tempfile::tempdir().expect("temporary data directory");
-    start_with_clients(data_dir, certs.client(mtls), |config| {
-        config.tls = Some(certs.server(mtls))
+    start_with_clients(data_dir, certs.client(mtls), |settings| {
+        let files = certs.server(mtls);
+        settings.tls = TlsSettings {
+            cert: Some(files.cert),
+            key: Some(files.key),
+            client_ca: files.client_ca,
+        };
     })
     .await
 }
@@ -65,11 +85,21 @@ pub async fn start_tls(certs: &certs::TestCerts, mtls: bool) -> TestServer {
 async fn start_with_clients(
     data_dir: tempfile::TempDir,
     client_tls: seatbroker::tls::ClientTlsFiles,
-    configure: impl FnOnce(&mut ServerConfig),
+    configure: impl FnOnce(&mut Settings),
 ) -> TestServer {
-    let mut config = ServerConfig::for_data_dir(data_dir.path());
-    config.operator_key = OperatorKeySource::Given(OPERATOR_KEY.into());
-    configure(&mut config);
+    let mut settings = test_settings(data_dir.path());
+    configure(&mut settings);
+    let config = Config::resolve(settings).expect("a valid test configuration");
+    start_with_config(data_dir, client_tls, config).await
+}
+
+/// Starts a daemon with a configuration the test resolved itself (to change what no
+/// setting does, such as `Config::lower_connections_max`).
+pub async fn start_with_config(
+    data_dir: tempfile::TempDir,
+    client_tls: seatbroker::tls::ClientTlsFiles,
+    config: Config,
+) -> TestServer {
     let prepared = prepare_when_unlocked(config).await;
     let (bound, addr) = prepared.bind().await.expect("daemon binds");
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -95,7 +125,7 @@ async fn start_with_clients(
 /// Prepares the daemon, waiting while the data directory's lock is still held: a
 /// restart in the same process can race the stopped daemon's last file descriptor,
 /// which a child process forked meanwhile by another test holds until it execs.
-async fn prepare_when_unlocked(config: ServerConfig) -> server::Prepared {
+async fn prepare_when_unlocked(config: Config) -> server::Prepared {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match server::prepare(config.clone()).await {
