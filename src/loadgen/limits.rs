@@ -84,6 +84,8 @@ pub const RESTART_BUILD_CHUNK: u32 = 64;
 pub const RESTART_ATTEMPTS_MAX: u32 = 50;
 /// Waits after building and after SERVING before memory is read.
 pub const RESTART_SETTLE_MS_MAX: u64 = 600_000;
+/// How often the daemon's resident memory is read while it settles.
+pub const RSS_SAMPLE_INTERVAL_MS: u64 = 1_000;
 /// Storm engines that retry Acquire after the storm.
 pub const RESTART_RETRY_SAMPLE_MAX: u32 = 100_000;
 /// Shortest heartbeat period of the storm engines after their first renewal.

@@ -30,10 +30,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::channels::{ChannelSpec, connect_all};
 use super::config::Progress;
 use super::error::LoadgenError;
-use super::limits::RESTART_PHASE_MS_MAX;
+use super::limits::{RESTART_PHASE_MS_MAX, RSS_SAMPLE_INTERVAL_MS};
 use super::quota_check::Verdict;
 use super::setup;
 use super::stats::report_progress;
@@ -81,8 +83,7 @@ async fn execute(plan: &RestartPlan) -> Result<RestartReport, LoadgenError> {
         format!("daemon pid {} serving on {}", first.pid(), first.addr),
     );
     let (engines, leases, build) = build(plan, &spec, &first).await?;
-    tokio::time::sleep(plan.settle).await;
-    let before_kill = figures(&first, &engines, &spec, plan).await?;
+    let before_kill = settled_figures(&first, &engines, &spec, plan).await?;
     say(plan, format!("killing pid {} (SIGKILL)", first.pid()));
     let listen = first.addr;
     first.kill().await?;
@@ -98,12 +99,12 @@ async fn execute(plan: &RestartPlan) -> Result<RestartReport, LoadgenError> {
             second.pid()
         ),
     );
-    let engines = Arc::new(reconnect(engines, &second, plan).await?);
-    let seats = seat_count(&second, &engines, &spec, plan).await?;
-    let quota_probes = storm::probe_quotas(&engines).await?;
-    tokio::time::sleep(plan.settle).await;
-    let settled = figures(&second, &engines, &spec, plan).await?;
+    // Nothing is asked of the daemon until it has settled: its memory comes back by
+    // itself, or not at all.
+    let settled = settled_figures(&second, &engines, &spec, plan).await?;
     let recovery_log = second.recovery_line();
+    let engines = Arc::new(reconnect(engines, &second, plan).await?);
+    let quota_probes = storm::probe_quotas(&engines).await?;
     let leases = Arc::new(leases);
     say(
         plan,
@@ -135,7 +136,6 @@ async fn execute(plan: &RestartPlan) -> Result<RestartReport, LoadgenError> {
             rss_before,
         ),
         memory_at_serving,
-        seats,
         settled,
     };
     let mut report = RestartReport {
@@ -233,13 +233,23 @@ async fn reconnect(
     Ok(engines.reconnected(channels))
 }
 
-/// Memory, CPU, metrics and the seat count of a settled daemon.
-async fn figures(
+/// Waits `--settle` asking nothing of the daemon (its resident memory read once a
+/// second), then reads its memory, CPU, metrics and seat count.
+async fn settled_figures(
     daemon: &Daemon,
     engines: &Engines,
     spec: &DaemonSpec,
     plan: &RestartPlan,
 ) -> Result<DaemonFigures, LoadgenError> {
+    let settling_from = Instant::now();
+    let mut rss_settling_mib = Vec::new();
+    let sample_every = Duration::from_millis(RSS_SAMPLE_INTERVAL_MS);
+    let samples = plan.settle.as_millis() / sample_every.as_millis();
+    for sample in 1..=samples as u32 {
+        tokio::time::sleep_until(settling_from + sample_every * sample).await;
+        rss_settling_mib.push(daemon.memory()?.rss_mib);
+    }
+    tokio::time::sleep_until(settling_from + plan.settle).await;
     // Read first: the calls below must not count in it.
     let memory = daemon.memory()?;
     let cpu_s = daemon.cpu_seconds();
@@ -247,6 +257,7 @@ async fn figures(
     let seats = seat_count(daemon, engines, spec, plan).await?;
     Ok(DaemonFigures {
         memory,
+        rss_settling_mib,
         cpu_s,
         metrics,
         seats,

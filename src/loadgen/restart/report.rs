@@ -78,8 +78,10 @@ pub struct BuildFigures {
 /// A daemon's state read from outside.
 #[derive(Serialize, Clone, Debug)]
 pub struct DaemonFigures {
-    /// From /proc/PID/status.
+    /// From /proc/PID/status, after the settle.
     pub memory: Memory,
+    /// VmRSS once a second while it settled (nothing asked of it meanwhile), MiB.
+    pub rss_settling_mib: Vec<f64>,
     /// CPU seconds since it started.
     pub cpu_s: Option<f64>,
     /// From /metrics.
@@ -101,9 +103,7 @@ pub struct RestartFigures {
     pub recovery_log: Option<RecoveryLine>,
     /// Memory right after SERVING (VmHWM: the peak of the recovery).
     pub memory_at_serving: Memory,
-    /// Right after SERVING, before anything else was asked.
-    pub seats: SeatCount,
-    /// After the settle, before the storm.
+    /// After the settle (nothing asked of the daemon since SERVING), before the storm.
     pub settled: DaemonFigures,
     /// Settled resident memory after the restart / before the kill.
     pub rss_ratio: f64,
@@ -165,8 +165,11 @@ impl RestartReport {
         let before = &self.before_kill;
         let _ = writeln!(
             text,
-            "before kill RSS {:.1} MiB  HWM {:.1} MiB  active {}",
-            before.memory.rss_mib, before.memory.hwm_mib, before.seats.active
+            "before kill RSS {:.1} MiB  HWM {:.1} MiB  active {}; while settling, MiB: {}",
+            before.memory.rss_mib,
+            before.memory.hwm_mib,
+            before.seats.active,
+            samples_text(&before.rss_settling_mib)
         );
         let disk: Vec<String> = self
             .disk
@@ -211,7 +214,12 @@ impl RestartReport {
                 .hwm_mib
                 .max(restart.settled.memory.hwm_mib),
             restart.hwm_ratio,
-            restart.seats.active
+            restart.settled.seats.active
+        );
+        let _ = writeln!(
+            text,
+            "            RSS while settling, MiB: {}",
+            samples_text(&restart.settled.rss_settling_mib)
         );
     }
 
@@ -274,7 +282,7 @@ impl RestartReport {
                 before.orgs_short, before.orgs_over
             ));
         }
-        let after = self.restart.seats;
+        let after = self.restart.settled.seats;
         if after.orgs_short > 0 {
             failures.push(format!(
                 "after the restart {} organizations held fewer sessions than their quota ({} of {} in all): seats lost",
@@ -336,5 +344,15 @@ impl RestartReport {
         for failure in &self.failures {
             let _ = writeln!(text, "checks: FAIL {failure}");
         }
+    }
+}
+
+/// Memory samples in whole MiB.
+fn samples_text(samples: &[f64]) -> String {
+    let parts: Vec<String> = samples.iter().map(|mib| format!("{mib:.0}")).collect();
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(" ")
     }
 }
