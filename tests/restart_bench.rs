@@ -99,6 +99,7 @@ fn a_restart_keeps_every_seat_and_admits_none_past_the_quota() {
     let p99 = number(&report, "/storm/latency_us/p99");
     assert!(p99 > 0.0 && p99 <= number(&report, "/storm/latency_us/max"));
     assert_eq!(report["storm"]["errors"], Value::Object(Default::default()));
+    assert!(number(&report, "/storm/cpu_per_heartbeat/server_us") > 0.0);
 
     // Retried acquires find their lease; one more seat per organization is refused.
     assert_eq!(number(&report, "/retried_acquires/same_lease"), 50.0);

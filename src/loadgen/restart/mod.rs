@@ -88,24 +88,10 @@ async fn execute(plan: &RestartPlan) -> Result<RestartReport, LoadgenError> {
     let listen = first.addr;
     first.kill().await?;
     let disk = data_dir.disk_use();
-    let mut second = Daemon::start(&spec, listen).await?;
-    let serving = second.wait_serving().await?;
-    let memory_at_serving = second.memory()?;
-    let cpu_s_at_serving = second.cpu_seconds();
-    say(
-        plan,
-        format!(
-            "restarted as pid {}: SERVING after {serving:?}",
-            second.pid()
-        ),
-    );
-    // Nothing is asked of the daemon until it has settled: its memory comes back by
-    // itself, or not at all.
-    let settled = settled_figures(&second, &engines, &spec, plan).await?;
-    let recovery_log = second.recovery_line();
+    let (second, restart) = restart(&spec, listen, &engines, plan, &before_kill).await?;
     let engines = Arc::new(reconnect(engines, &second, plan).await?);
-    let quota_probes = storm::probe_quotas(&engines).await?;
     let leases = Arc::new(leases);
+    let quota_probes = storm::probe_quotas(&engines).await?;
     say(
         plan,
         format!(
@@ -113,7 +99,7 @@ async fn execute(plan: &RestartPlan) -> Result<RestartReport, LoadgenError> {
             plan.storm_engines, plan.storm_duration
         ),
     );
-    let storm = run_storm(plan, &engines, &leases).await?;
+    let storm = run_storm(plan, &engines, &leases, second.pid()).await?;
     let retried_acquires = storm::retry_acquires(
         &engines,
         &leases,
@@ -122,22 +108,7 @@ async fn execute(plan: &RestartPlan) -> Result<RestartReport, LoadgenError> {
         plan.in_flight,
     )
     .await?;
-    let listening_after = second.listening_after;
     second.kill().await?;
-    let rss_before = before_kill.memory.rss_mib;
-    let restart = RestartFigures {
-        listening_ms: listening_after.as_secs_f64() * 1e3,
-        serving_ms: serving.as_secs_f64() * 1e3,
-        cpu_s_at_serving,
-        recovery_log,
-        rss_ratio: ratio(settled.memory.rss_mib, rss_before),
-        hwm_ratio: ratio(
-            memory_at_serving.hwm_mib.max(settled.memory.hwm_mib),
-            rss_before,
-        ),
-        memory_at_serving,
-        settled,
-    };
     let mut report = RestartReport {
         sessions: plan.layout.engines,
         orgs: plan.layout.orgs,
@@ -162,6 +133,46 @@ async fn execute(plan: &RestartPlan) -> Result<RestartReport, LoadgenError> {
     };
     report.check();
     Ok(report)
+}
+
+/// Starts the daemon again on the same data directory and port, and measures its way
+/// to SERVING and its memory until it has settled.
+async fn restart(
+    spec: &DaemonSpec,
+    listen: SocketAddr,
+    engines: &Engines,
+    plan: &RestartPlan,
+    before_kill: &DaemonFigures,
+) -> Result<(Daemon, RestartFigures), LoadgenError> {
+    let mut daemon = Daemon::start(spec, listen).await?;
+    let serving = daemon.wait_serving().await?;
+    let memory_at_serving = daemon.memory()?;
+    let cpu_s_at_serving = daemon.cpu_seconds();
+    say(
+        plan,
+        format!(
+            "restarted as pid {}: SERVING after {serving:?}",
+            daemon.pid()
+        ),
+    );
+    // Nothing is asked of the daemon until it has settled: its memory comes back by
+    // itself, or not at all.
+    let settled = settled_figures(&daemon, engines, spec, plan).await?;
+    let rss_before = before_kill.memory.rss_mib;
+    let figures = RestartFigures {
+        listening_ms: daemon.listening_after.as_secs_f64() * 1e3,
+        serving_ms: serving.as_secs_f64() * 1e3,
+        cpu_s_at_serving,
+        recovery_log: daemon.recovery_line(),
+        rss_ratio: ratio(settled.memory.rss_mib, rss_before),
+        hwm_ratio: ratio(
+            memory_at_serving.hwm_mib.max(settled.memory.hwm_mib),
+            rss_before,
+        ),
+        memory_at_serving,
+        settled,
+    };
+    Ok((daemon, figures))
 }
 
 /// Provisions, runs the churn, then acquires every engine's session.
@@ -284,6 +295,7 @@ async fn run_storm(
     plan: &RestartPlan,
     engines: &Arc<Engines>,
     leases: &Arc<Vec<HeldLease>>,
+    daemon_pid: u32,
 ) -> Result<storm::StormReport, LoadgenError> {
     // The lease's own interval bounds the period: a longer one would let leases lapse.
     let lease_interval = engines.lease_heartbeat_interval();
@@ -298,6 +310,7 @@ async fn run_storm(
         interval,
         workers: plan.in_flight,
         progress: plan.progress,
+        daemon_pid,
     };
     storm::storm(Arc::clone(engines), Arc::clone(leases), settings).await
 }

@@ -244,11 +244,14 @@ impl RestartReport {
             "            whole storm us {}",
             latency_text(&storm.latency_us)
         );
+        let show = |us: Option<f64>| us.map_or("n/a".to_owned(), |us| format!("{us:.1} us"));
         let _ = writeln!(
             text,
-            "            errors {}; lost {}",
+            "            errors {}; lost {}; CPU per heartbeat: daemon {}, bench {}",
             errors_text(&storm.errors),
-            storm.lost
+            storm.lost,
+            show(storm.cpu_per_heartbeat.server_us),
+            show(storm.cpu_per_heartbeat.client_us)
         );
         let retried = &self.retried_acquires;
         let _ = writeln!(

@@ -25,6 +25,7 @@ use crate::proto::HeartbeatRequest;
 
 use super::super::channels::authorized;
 use super::super::config::Progress;
+use super::super::cpu::{self, CpuPerOp, CpuUsed};
 use super::super::engine::lease_is_gone;
 use super::super::error::LoadgenError;
 use super::super::limits::{
@@ -45,6 +46,8 @@ pub(crate) struct StormSettings {
     pub workers: u32,
     /// Whether the generator's progress line is written every second.
     pub progress: Progress,
+    /// The daemon's process, for its CPU per heartbeat.
+    pub daemon_pid: u32,
 }
 
 /// What the storm measured.
@@ -73,6 +76,9 @@ pub struct StormReport {
     pub first_wave_latency_us: Latency,
     /// Latency of every answered heartbeat of the storm, microseconds.
     pub latency_us: Latency,
+    /// CPU per answered heartbeat over the storm, of the daemon and of this bench
+    /// (both on the same cores): which side the storm's time went to.
+    pub cpu_per_heartbeat: CpuPerOp,
     /// Failed heartbeats by gRPC code (retried ones included).
     pub errors: BTreeMap<&'static str, u64>,
     /// Workers still running after the storm's end and the drain, aborted.
@@ -131,6 +137,7 @@ pub(crate) async fn storm(
             "restart storm".to_owned(),
         ))
     });
+    let cpu = cpu::measure(Some(storm.settings.daemon_pid), started, deadline);
     let mut workers = JoinSet::new();
     for worker in 0..storm.settings.workers.min(storm.settings.engines) {
         workers.spawn(run_worker(Arc::clone(&storm), worker));
@@ -153,6 +160,10 @@ pub(crate) async fn storm(
     if let Ok(result) = drained {
         result?;
     }
+    let cpu_used = match tokio::time::timeout(cpu::SAMPLER_WAIT_MAX, cpu).await {
+        Ok(Ok(used)) => used,
+        _ => CpuUsed::default(),
+    };
     let settings = &storm.settings;
     let all = storm.all.stats.snapshot()?;
     let first_wave = storm.first_wave.stats.snapshot()?;
@@ -170,6 +181,7 @@ pub(crate) async fn storm(
         lost_engines: total.lost_engines,
         heartbeats_ok: total.heartbeats_ok,
         first_wave_latency_us: first_wave.overall,
+        cpu_per_heartbeat: cpu_used.per_op(all.overall.count),
         latency_us: all.overall,
         errors: all.errors,
         workers_unfinished,
