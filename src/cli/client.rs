@@ -86,6 +86,7 @@ fn client_args(command: &Command) -> &ClientArgs {
         Command::Serve(_)
         | Command::OperatorKey(_)
         | Command::Bench(_)
+        | Command::BenchRestart(_)
         | Command::BenchNoopServer { .. } => {
             unreachable!("not a client command")
         }
@@ -144,6 +145,7 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
         Command::Serve(_)
         | Command::OperatorKey(_)
         | Command::Bench(_)
+        | Command::BenchRestart(_)
         | Command::BenchNoopServer { .. } => {
             unreachable!("not a client command")
         }

@@ -61,6 +61,9 @@ pub enum Command {
     Session(SessionCommand),
     /// Load-test a running broker with simulated engines (or the built-in no-op ceiling).
     Bench(crate::loadgen::BenchArgs),
+    /// Start a daemon of its own, build N live sessions, SIGKILL it, restart it on the
+    /// same data directory, and measure recovery, memory and the reconnect storm.
+    BenchRestart(crate::loadgen::RestartArgs),
     /// The no-op gRPC ceiling as its own process (started by `bench`).
     #[command(hide = true)]
     BenchNoopServer {
@@ -431,15 +434,12 @@ pub fn main() -> ExitCode {
         Command::OperatorKey(OperatorKeyCommand::Rotate { data_dir }) => {
             rotate_operator_key(data_dir)
         }
-        Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::Bench(args) => bench_exit(runtime.block_on(crate::loadgen::run(args))),
+        Command::BenchRestart(args) => {
+            bench_exit(runtime.block_on(crate::loadgen::run_restart(args)))
+        }
         Command::BenchNoopServer { seats } => {
-            match runtime.block_on(crate::loadgen::serve_noop(seats)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    ExitCode::from(error.exit_code())
-                }
-            }
+            bench_exit(runtime.block_on(crate::loadgen::serve_noop(seats)))
         }
         other => runtime.block_on(client::run(other)),
     }
@@ -497,8 +497,10 @@ fn rotate_operator_key(data_dir: PathBuf) -> ExitCode {
     }
 }
 
-async fn bench(args: crate::loadgen::BenchArgs) -> ExitCode {
-    match crate::loadgen::run(args).await {
+/// The exit status of a load generator command (`bench`, `bench-restart`, the no-op
+/// server); a report is already printed.
+fn bench_exit<T>(result: Result<T, crate::loadgen::LoadgenError>) -> ExitCode {
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");

@@ -46,6 +46,12 @@ impl ChannelSpec {
             .map_err(|e| LoadgenError::Tls(e.to_string()))?;
         Ok(Self { endpoint, ..spec })
     }
+
+    /// A channel that connects at its first call and reconnects after a broken
+    /// connection (a daemon that restarts).
+    pub(crate) fn lazy_channel(&self) -> Channel {
+        self.endpoint.connect_lazy()
+    }
 }
 
 fn tune(endpoint: Endpoint) -> Endpoint {

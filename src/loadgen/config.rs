@@ -381,7 +381,7 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, LoadgenError> {
     std::fs::read(path).map_err(io_error)
 }
 
-fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), LoadgenError> {
+pub(crate) fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), LoadgenError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
@@ -389,7 +389,12 @@ fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), Loadgen
     }
 }
 
-fn check_millis(name: &str, value: Duration, min_ms: u64, max_ms: u64) -> Result<(), LoadgenError> {
+pub(crate) fn check_millis(
+    name: &str,
+    value: Duration,
+    min_ms: u64,
+    max_ms: u64,
+) -> Result<(), LoadgenError> {
     let ms = u64::try_from(value.as_millis()).unwrap_or(u64::MAX);
     if (min_ms..=max_ms).contains(&ms) {
         Ok(())
@@ -400,11 +405,11 @@ fn check_millis(name: &str, value: Duration, min_ms: u64, max_ms: u64) -> Result
     }
 }
 
-fn usage(message: impl Into<String>) -> LoadgenError {
+pub(crate) fn usage(message: impl Into<String>) -> LoadgenError {
     LoadgenError::Usage(message.into())
 }
 
-fn clock_seed() -> u64 {
+pub(crate) fn clock_seed() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);

@@ -22,7 +22,7 @@ pub struct CpuPerOp {
 }
 
 /// CPU seconds used so far by `process` (user and system, all threads).
-fn cpu_seconds(process: &Process) -> Option<f64> {
+pub(crate) fn cpu_seconds(process: &Process) -> Option<f64> {
     let stat = process.stat().ok()?;
     Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }

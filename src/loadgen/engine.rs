@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::proto::session_service_client::SessionServiceClient;
-use crate::proto::{AcquireRequest, HeartbeatRequest, Lease, Product, ReleaseRequest};
+use crate::proto::{HeartbeatRequest, Lease, ReleaseRequest};
 
 use super::args::Workload;
 use super::channels::authorized;
@@ -24,7 +24,8 @@ use super::limits::{ERROR_BACKOFF_MS, HEARTBEAT_INTERVAL_MS_MIN};
 use super::pacer::Pacer;
 use super::quota_check::Interval;
 use super::rng::Rng;
-use super::stats::{Answer, Method, Phases, Stats};
+use super::setup::kre_acquire_request;
+use super::stats::{Answer, Method, Phases, Stats, timed};
 
 /// What all engines of one run share.
 pub(crate) struct Shared {
@@ -83,19 +84,10 @@ impl Shared {
         if let Some(pacer) = &self.pacer {
             pacer.wait_turn().await;
         }
-        // Measured from the send, not the scheduled start: a start the client could
-        // not make on time is the generator's lateness, not the server's.
-        let started = Instant::now();
-        let result = rpc.await;
-        let finished = Instant::now();
+        let (result, span) = timed(rpc).await;
         let answer = self.classify(method, &result);
-        self.stats.record(
-            engine_index,
-            method,
-            answer,
-            (started, finished),
-            &self.phases,
-        );
+        self.stats
+            .record(engine_index, method, answer, span, &self.phases);
         result.map(Response::into_inner)
     }
 
@@ -262,12 +254,7 @@ impl Engine {
     }
 
     async fn acquire(&mut self) -> Result<HeldLease, Status> {
-        let message = AcquireRequest {
-            product: Product::Kre as i32,
-            engine_id: self.engine_id.clone(),
-            hostname: self.hostname.clone(),
-            label: "seatbroker-bench".to_owned(),
-        };
+        let message = kre_acquire_request(self.engine_id.clone(), self.hostname.clone());
         let rpc = self
             .client
             .acquire(authorized(&self.authorization, message));
@@ -359,6 +346,6 @@ impl HeldLease {
 }
 
 /// NOT_FOUND and FAILED_PRECONDITION on a heartbeat mean the lease ended: stop using it.
-fn lease_is_gone(status: &Status) -> bool {
+pub(crate) fn lease_is_gone(status: &Status) -> bool {
     matches!(status.code(), Code::NotFound | Code::FailedPrecondition)
 }

@@ -52,21 +52,37 @@ pub enum LoadgenError {
         /// The organization's KRE quota.
         quota: u32,
     },
+    /// The restart bench's own daemon could not be started, answered what a broker
+    /// never answers, died, or took longer than its bound.
+    Daemon(String),
+    /// The restart bench's data directory could not be made, read or removed.
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The restart bench saw a lost seat, an over-admission, a lease the storm could
+    /// not renew, or a retried acquire that did not find its lease.
+    RestartChecks(Vec<String>),
     /// A bug in the load generator (a panicked engine task, an impossible histogram error).
     Internal(String),
 }
 
 impl LoadgenError {
     /// The process exit code for this error: 64 usage, 69 target unavailable,
-    /// 1 quota violated, 70 internal, 74 stdout unwritable.
+    /// 1 quota violated or restart checks failed, 70 internal, 73 data directory,
+    /// 74 stdout unwritable.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Usage(_) | Self::Io { .. } | Self::Tls(_) => 64,
             Self::Connect { .. }
             | Self::ConnectTimeout { .. }
             | Self::Setup { .. }
-            | Self::SetupTimeout => 69,
-            Self::QuotaViolated { .. } => 1,
+            | Self::SetupTimeout
+            | Self::Daemon(_) => 69,
+            Self::QuotaViolated { .. } | Self::RestartChecks(_) => 1,
+            Self::DataDir { .. } => 73,
             Self::Stdout(_) => 74,
             Self::NoopServer(_) | Self::Internal(_) => 70,
         }
@@ -115,6 +131,13 @@ impl fmt::Display for LoadgenError {
                 f,
                 "quota check failed: {max_concurrent} concurrent sessions > quota {quota}"
             ),
+            Self::Daemon(message) => write!(f, "the bench's daemon: {message}"),
+            Self::DataDir { path, source } => {
+                write!(f, "data directory {}: {source}", path.display())
+            }
+            Self::RestartChecks(failures) => {
+                write!(f, "restart checks failed: {}", failures.join("; "))
+            }
             Self::Stdout(source) => write!(f, "cannot write the report to stdout: {source}"),
             Self::Internal(message) => write!(f, "internal error: {message}"),
         }
@@ -124,9 +147,10 @@ impl fmt::Display for LoadgenError {
 impl std::error::Error for LoadgenError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Io { source, .. } | Self::NoopServer(source) | Self::Stdout(source) => {
-                Some(source)
-            }
+            Self::Io { source, .. }
+            | Self::DataDir { source, .. }
+            | Self::NoopServer(source)
+            | Self::Stdout(source) => Some(source),
             Self::Connect { source, .. } => Some(source),
             _ => None,
         }

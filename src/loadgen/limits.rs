@@ -67,6 +67,52 @@ pub const NOOP_STREAMS_PER_CONNECTION_MAX: u32 = IN_FLIGHT_MAX;
 /// How long stopping the no-op server may take.
 pub const NOOP_STOP_MS_MAX: u64 = 5_000;
 
+// ----- The restart benchmark (`seatbroker bench-restart`). -----
+
+/// Acquire+release pairs made before the live sessions, so the log holds history.
+pub const RESTART_CHURN_MAX: u32 = 10_000_000;
+/// Shortest lease TTL the restart bench gives its daemon: it holds the sessions without
+/// heartbeats while it builds them and while the daemon is down and recovers.
+pub const RESTART_LEASE_TTL_MS_MIN: u32 = 60_000;
+/// One phase of the restart bench that runs until its work is done: the churn, the
+/// live sessions, the retried acquires.
+pub const RESTART_PHASE_MS_MAX: u64 = 3_600_000;
+/// Indices a build worker takes at a time from the shared counter.
+pub const RESTART_BUILD_CHUNK: u32 = 64;
+/// Attempts at one call answered UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED or ABORTED
+/// while building, before the run gives up.
+pub const RESTART_ATTEMPTS_MAX: u32 = 50;
+/// Waits after building and after SERVING before memory is read.
+pub const RESTART_SETTLE_MS_MAX: u64 = 600_000;
+/// How often the daemon's resident memory is read while it settles.
+pub const RSS_SAMPLE_INTERVAL_MS: u64 = 1_000;
+/// Storm engines that retry Acquire after the storm.
+pub const RESTART_RETRY_SAMPLE_MAX: u32 = 100_000;
+/// Shortest heartbeat period of the storm engines after their first renewal.
+pub const STORM_INTERVAL_MS_MIN: u64 = 100;
+/// Longest heartbeat period of the storm engines.
+pub const STORM_INTERVAL_MS_MAX: u64 = 3_600_000;
+/// Engines listed by index in the report when their seat was lost (the count is exact).
+pub const LOST_ENGINES_LISTED_MAX: usize = 16;
+/// From spawning the daemon to its listening line.
+pub const DAEMON_LISTEN_MS_MAX: u64 = 30_000;
+/// From spawning the daemon to health SERVING, recovery of the largest log included.
+pub const DAEMON_SERVING_MS_MAX: u64 = 600_000;
+/// Period of the health checks while waiting for SERVING: the resolution of the time
+/// to SERVING.
+pub const HEALTH_POLL_MS: u64 = 2;
+/// One health check; the socket changes hands from the recovery-time server to the
+/// full one, so a check may hang on a closing connection.
+pub const HEALTH_CHECK_MS_MAX: u64 = 1_000;
+/// Waiting for a killed daemon to be reaped.
+pub const DAEMON_EXIT_MS_MAX: u64 = 10_000;
+/// Lines of the daemon's log kept to explain a failure.
+pub const DAEMON_LOG_LINES_MAX: usize = 40;
+/// Bytes of one `/metrics` answer read.
+pub const METRICS_RESPONSE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// One `/metrics` scrape.
+pub const METRICS_SCRAPE_MS_MAX: u64 = 10_000;
+
 const _: () = assert!(DURATION_MS_MIN <= DURATION_MS_MAX);
 const _: () = assert!(ORGS_MAX <= ENGINES_MAX);
 const _: () = assert!(QUOTA_MAX >= ENGINES_MAX, "a quota can cover every engine");
@@ -85,3 +131,10 @@ const _: () = assert!(
     "timeouts fit the histogram"
 );
 const _: () = assert!(ERROR_BACKOFF_MS >= 1 && HEARTBEAT_INTERVAL_MS_MIN >= 1);
+const _: () = assert!(STORM_INTERVAL_MS_MIN >= HEARTBEAT_INTERVAL_MS_MIN);
+const _: () = assert!(STORM_INTERVAL_MS_MIN <= STORM_INTERVAL_MS_MAX);
+const _: () = assert!(RESTART_RETRY_SAMPLE_MAX <= ENGINES_MAX);
+const _: () =
+    assert!(HEALTH_POLL_MS < HEALTH_CHECK_MS_MAX && HEALTH_CHECK_MS_MAX < DAEMON_LISTEN_MS_MAX);
+const _: () = assert!(DAEMON_LISTEN_MS_MAX <= DAEMON_SERVING_MS_MAX);
+const _: () = assert!(RESTART_BUILD_CHUNK >= 1 && RESTART_ATTEMPTS_MAX >= 1);

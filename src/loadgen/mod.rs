@@ -20,6 +20,8 @@
 //! - `stats`: phases, sharded latency histograms, error counts, the progress line.
 //! - `quota_check`: the sweep over client-side lease intervals.
 //! - `noop`: the in-process no-op server.
+//! - `restart`: `seatbroker bench-restart`, which owns its daemon: builds N live
+//!   sessions, kills it, restarts it, and measures recovery and the reconnect storm.
 //! - `report`: `Report`, `Comparison`, and their text and JSON renderings.
 //! - `rng`: SplitMix64 for hold times and jitter.
 //!
@@ -38,6 +40,7 @@ mod noop;
 mod pacer;
 mod quota_check;
 mod report;
+mod restart;
 mod rng;
 mod runner;
 mod setup;
@@ -56,6 +59,7 @@ pub use error::LoadgenError;
 pub use noop::serve_standalone as serve_noop;
 pub use quota_check::{QuotaCheck, Verdict};
 pub use report::{Comparison, Outcome, Ratio, Report};
+pub use restart::{RestartArgs, RestartReport, run as run_restart};
 pub use stats::Latency;
 
 /// Runs `seatbroker bench`: validates the arguments, runs the plan, prints the human
@@ -130,10 +134,19 @@ pub async fn execute(config: &Config, target: &Target) -> Result<Report, Loadgen
 }
 
 fn print_outcome(outcome: &Outcome, output: Output) -> Result<(), LoadgenError> {
+    print_report(outcome, Outcome::to_text, output)
+}
+
+/// Writes `report` to stdout as its human text or as one JSON object on one line.
+pub(crate) fn print_report<R: serde::Serialize>(
+    report: &R,
+    to_text: impl FnOnce(&R) -> String,
+    output: Output,
+) -> Result<(), LoadgenError> {
     let text = match output {
-        Output::Human => outcome.to_text(),
+        Output::Human => to_text(report),
         Output::Json => {
-            let json = serde_json::to_string(outcome)
+            let json = serde_json::to_string(report)
                 .map_err(|e| LoadgenError::Internal(format!("report to JSON: {e}")))?;
             json + "\n"
         }

@@ -175,14 +175,14 @@ impl Report {
     }
 }
 
-fn latency_text(latency: &Latency) -> String {
+pub(crate) fn latency_text(latency: &Latency) -> String {
     format!(
         "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}",
         latency.p50, latency.p90, latency.p99, latency.p999, latency.max, latency.mean
     )
 }
 
-fn errors_text(errors: &BTreeMap<&'static str, u64>) -> String {
+pub(crate) fn errors_text(errors: &BTreeMap<&'static str, u64>) -> String {
     if errors.is_empty() {
         return "none".to_owned();
     }

@@ -183,8 +183,8 @@ fn spawn_engines(
             index,
             client: clients[index as usize % clients.len()].clone(),
             authorization,
-            engine_id: format!("bench-{}-engine-{index}", layout.run_id),
-            hostname: format!("bench-host-{:03}", index % 256),
+            engine_id: layout.engine_id(index),
+            hostname: Layout::engine_hostname(index),
             rng: Rng::new(engine_seed(config.seed, index)),
             shared: shared.clone(),
         };

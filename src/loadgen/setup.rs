@@ -17,8 +17,8 @@ use tonic::transport::Channel;
 
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::{
-    AddMemberRequest, AssignLicensesRequest, CreateApiKeyRequest, CreateOrganizationRequest,
-    Product, Quota, Role,
+    AcquireRequest, AddMemberRequest, AssignLicensesRequest, CreateApiKeyRequest,
+    CreateOrganizationRequest, Product, Quota, Role,
 };
 
 use super::channels::{authorized, bearer};
@@ -47,9 +47,20 @@ impl Layout {
         engine % self.members
     }
 
-    #[cfg(test)]
-    fn org_of(&self, engine: u32) -> u32 {
+    /// The organization engine `engine` holds its session in.
+    pub(crate) fn org_of(&self, engine: u32) -> u32 {
         self.member_org(self.member_of(engine))
+    }
+
+    /// The engine id engine `engine` presents; it names the engine's lease, so an
+    /// engine that acquires again finds its lease.
+    pub(crate) fn engine_id(&self, engine: u32) -> String {
+        format!("bench-{}-engine-{engine}", self.run_id)
+    }
+
+    /// The hostname engine `engine` reports (256 hosts, as engines share machines).
+    pub(crate) fn engine_hostname(engine: u32) -> String {
+        format!("bench-host-{:03}", engine % 256)
     }
 
     #[cfg(test)]
@@ -70,6 +81,17 @@ impl Layout {
     }
 }
 
+/// The request an engine sends for its KRE session: one spelling for every workload,
+/// so that a retried acquire is the same request as the first.
+pub(crate) fn kre_acquire_request(engine_id: String, hostname: String) -> AcquireRequest {
+    AcquireRequest {
+        product: Product::Kre as i32,
+        engine_id,
+        hostname,
+        label: "seatbroker-bench".to_owned(),
+    }
+}
+
 /// Admin calls made with the operator key.
 #[derive(Clone)]
 struct Admin {
@@ -80,6 +102,21 @@ struct Admin {
 /// Creates everything the engines need and returns each engine's `authorization`
 /// value, indexed by engine.
 pub(crate) async fn provision(
+    channel: Channel,
+    operator_key: &str,
+    layout: &Layout,
+    quota: u32,
+) -> Result<Vec<MetadataValue<Ascii>>, LoadgenError> {
+    let member_keys = provision_members(channel, operator_key, layout, quota).await?;
+    // Cloning a `MetadataValue` shares its bytes: engines of one member share one key.
+    Ok((0..layout.engines)
+        .map(|engine| member_keys[layout.member_of(engine) as usize].clone())
+        .collect())
+}
+
+/// Creates everything the engines need and returns each member's `authorization`
+/// value, indexed by member (engine `g` uses member `layout.member_of(g)`'s).
+pub(crate) async fn provision_members(
     channel: Channel,
     operator_key: &str,
     layout: &Layout,
@@ -187,14 +224,7 @@ async fn create_api_keys(
         }
     })
     .await?;
-    let keys: Vec<MetadataValue<Ascii>> = secrets
-        .iter()
-        .map(|secret| bearer(secret))
-        .collect::<Result<_, _>>()?;
-    // Cloning a `MetadataValue` shares its bytes: engines of one member share one key.
-    Ok((0..layout.engines)
-        .map(|engine| keys[layout.member_of(engine) as usize].clone())
-        .collect())
+    secrets.iter().map(|secret| bearer(secret)).collect()
 }
 
 /// Runs `call` on every item with at most `SETUP_IN_FLIGHT_MAX` outstanding, and

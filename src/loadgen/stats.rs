@@ -9,6 +9,7 @@
 //! only counted.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -86,6 +87,15 @@ impl Phases {
             end_ns: nanos(to),
         })
     }
+}
+
+/// Awaits one call and returns its answer with the instants it was sent and answered.
+/// Timed from the send, not from a scheduled start: a start the client could not make
+/// on time is the generator's lateness, not the server's.
+pub(crate) async fn timed<T>(call: impl Future<Output = T>) -> (T, (Instant, Instant)) {
+    let started = Instant::now();
+    let answer = call.await;
+    (answer, (started, Instant::now()))
 }
 
 /// Counters and histograms shared by all engines of one run.
