@@ -381,6 +381,14 @@ impl Bound {
             .and_then(|listener| listener.local_addr().ok())
     }
 
+    fn serving_line(&self) -> ServingLine {
+        ServingLine {
+            addr: self.listener.local_addr().ok(),
+            tls: self.config.tls().is_some(),
+            metrics_addr: self.metrics_addr(),
+        }
+    }
+
     /// Serves `/metrics` from `handle` (the installed recorder) on the metrics socket.
     pub fn export_metrics(mut self, handle: PrometheusHandle) -> Self {
         self.metrics_handle = Some(handle);
@@ -409,6 +417,7 @@ impl Bound {
         let (health, health_service) = tonic_health::server::health_reporter();
         report_health(&health, ServingStatus::NotServing).await;
         let router = self.router(Arc::clone(&phase), health_service)?;
+        let serving_line = self.serving_line();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let incoming =
             connections::limited_incoming(Arc::new(self.listener), connection_limits(&self.config));
@@ -435,6 +444,8 @@ impl Bound {
         phase.set(Phase::Serving);
         let alarm = self.journal.alarm();
         report_serving(&health, alarm.as_ref()).await;
+        // Only now: whoever waits for this line may call at once.
+        serving_line.log();
         let alarm_watch = tokio::spawn(watch_log_alarm(
             Arc::clone(&self.journal),
             health.clone(),
@@ -496,6 +507,24 @@ impl Bound {
         Ok(with_health_and_reflection(server, health_service)?
             .add_service(sessions)
             .add_service(admin))
+    }
+}
+
+/// The "seatbroker serving" log line, said once calls are answered.
+struct ServingLine {
+    addr: Option<SocketAddr>,
+    tls: bool,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl ServingLine {
+    fn log(&self) {
+        tracing::info!(
+            addr = self.addr.map(|a| a.to_string()).unwrap_or_default(),
+            tls = self.tls,
+            metrics_addr = self.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+            "seatbroker serving"
+        );
     }
 }
 

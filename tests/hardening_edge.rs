@@ -35,7 +35,7 @@ const CREATE_ORGANIZATION: &str = "/seatbroker.v1.AdminService/CreateOrganizatio
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 /// Warnings, and the line that says where the daemon serves.
-const QUIET_LOG: &str = "warn,seatbroker::cli=info";
+const QUIET_LOG: &str = "warn,seatbroker::cli=info,seatbroker::server=info";
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 

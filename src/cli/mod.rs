@@ -520,7 +520,6 @@ async fn run_daemon(mut config: Config) -> Result<(), DaemonError> {
         Some(_) => Some(metrics::install().map_err(|e| e.to_string())?),
         None => None,
     };
-    let tls = config.tls().is_some();
     // Listen first: while the log is replayed, health answers NOT_SERVING.
     let (listener, addr) = crate::server::bind_early(config.settings().listen)
         .await
@@ -541,20 +540,13 @@ async fn run_daemon(mut config: Config) -> Result<(), DaemonError> {
         );
         println!("Use it with: export SEATBROKER_KEY={key}\n");
     }
-    let (mut bound, addr) = prepared
+    let (mut bound, _) = prepared
         .bind_with(listener)
         .await
         .map_err(|e| e.to_string())?;
-    let metrics_addr = bound.metrics_addr();
     if let Some(handle) = metrics_handle {
         bound = bound.export_metrics(handle);
     }
-    tracing::info!(
-        %addr,
-        tls,
-        metrics_addr = metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
-        "seatbroker serving"
-    );
     bound
         .serve(crate::shutdown::stop_signal())
         .await
