@@ -45,6 +45,8 @@ pub(crate) struct DaemonSpec {
     pub operator_key: String,
     /// More `serve` flags from the bench's command line.
     pub extra_args: Vec<String>,
+    /// The binary to run (`None`: this one).
+    pub binary: Option<PathBuf>,
 }
 
 /// A running daemon the bench started.
@@ -126,8 +128,11 @@ pub struct DiskUse {
 impl Daemon {
     /// Spawns `serve` on `listen` (port 0 for any) and waits for its listening line.
     pub(crate) async fn start(spec: &DaemonSpec, listen: SocketAddr) -> Result<Self, LoadgenError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| LoadgenError::Daemon(format!("cannot find this binary: {e}")))?;
+        let exe = match &spec.binary {
+            Some(binary) => binary.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| LoadgenError::Daemon(format!("cannot find this binary: {e}")))?,
+        };
         let mut command = Command::new(exe);
         // The daemon's settings are the bench's alone: none of this shell's.
         for (name, _) in std::env::vars_os() {

@@ -74,6 +74,7 @@ async fn execute(plan: &RestartPlan) -> Result<RestartReport, LoadgenError> {
         lease_ttl_ms: plan.lease_ttl_ms,
         operator_key: new_operator_key()?,
         extra_args: plan.daemon_args.clone(),
+        binary: plan.daemon_binary.clone(),
     };
     let any_port: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut first = Daemon::start(&spec, any_port).await?;

@@ -78,6 +78,10 @@ pub struct RestartArgs {
     /// Seed of the run id (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The `seatbroker` binary whose `serve` is measured [default: this one], so that
+    /// one bench compares two builds in the same sitting.
+    #[arg(long)]
+    pub daemon_binary: Option<PathBuf>,
     /// More flags for the daemon's `serve`, after `--` (e.g. `-- --commit-delay-us 0`).
     /// The daemon gets none of this shell's SEATBROKER_* variables.
     #[arg(last = true)]
@@ -126,6 +130,8 @@ pub(crate) struct RestartPlan {
     pub output: Output,
     /// Progress lines on stderr or none.
     pub progress: Progress,
+    /// The binary whose `serve` is measured (`None`: this one).
+    pub daemon_binary: Option<PathBuf>,
     /// Passed to `serve` after the bench's own flags.
     pub daemon_args: Vec<String>,
 }
@@ -225,6 +231,7 @@ impl RestartPlan {
             } else {
                 Progress::Stderr
             },
+            daemon_binary: args.daemon_binary,
             daemon_args: args.daemon_args,
         })
     }
