@@ -619,6 +619,19 @@ impl SnapshotEncoder {
         self.leases
     }
 
+    /// Bytes encoded and not yet taken.
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Hands the bytes encoded so far to `write` and forgets them (keeping the
+    /// buffer's room), so that a snapshot is written in pieces.
+    pub fn drain_into<E>(&mut self, write: impl FnOnce(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        write(&self.bytes)?;
+        self.bytes.clear();
+        Ok(())
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.bytes
     }

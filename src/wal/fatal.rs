@@ -110,6 +110,9 @@ mod full_disk {
         fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
             self.inner.append(bytes)
         }
+        fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+            self.inner.write_at(offset, bytes)
+        }
         fn preallocate(&mut self, range: Range<u64>) -> io::Result<()> {
             check(&self.marker)?;
             self.inner.preallocate(range)

@@ -307,12 +307,26 @@ pub fn encode_snapshot(lsn: Lsn, payload: &[u8]) -> Vec<u8> {
 
 /// Encodes the header of the snapshot file of `payload` as of `lsn`; the payload
 /// follows it.
+#[cfg(test)]
 pub fn encode_snapshot_header(lsn: Lsn, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let crc = crc32c::crc32c_append(0, payload);
+    snapshot_header(lsn, payload.len() as u64, crc)
+}
+
+/// The CRC-32C of a snapshot payload, extended by its next piece (start from 0).
+pub fn snapshot_crc_append(crc: u32, piece: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, piece)
+}
+
+/// The header of a snapshot of `length` payload bytes whose CRC-32C (unmasked, see
+/// [`snapshot_crc_append`]) is `payload_crc`.
+pub fn snapshot_header(lsn: Lsn, length: u64, payload_crc: u32) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let masked = payload_crc.rotate_right(15).wrapping_add(CRC_MASK_DELTA);
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
     header[0..8].copy_from_slice(&SNAPSHOT_MAGIC);
     header[8..16].copy_from_slice(&lsn.to_le_bytes());
-    header[16..24].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    header[24..28].copy_from_slice(&masked_crc(&[payload]).to_le_bytes());
+    header[16..24].copy_from_slice(&length.to_le_bytes());
+    header[24..28].copy_from_slice(&masked.to_le_bytes());
     let header_crc = masked_crc(&[&header[0..28]]);
     header[28..32].copy_from_slice(&header_crc.to_le_bytes());
     header

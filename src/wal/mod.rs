@@ -164,6 +164,7 @@ pub use fatal::set_abort_hook;
 pub use format::{BLOCK_BYTES, RECORD_BYTES_LIMIT};
 pub use fs::{FileSystem, RealFs, SimulatedDisk, WalDir, WalFile, bench_raw_fsync_rate};
 pub use recovery::{Recovered, RecoveryReport, ReplayError, Replayed, TailTruncation};
+pub use snapshot::SnapshotWriter;
 
 use fatal::FsyncFailpoint;
 use recovery::RecoveryOutcome;
@@ -555,8 +556,24 @@ impl Wal {
     /// by it and older snapshots. Call it from a blocking context
     /// (`tokio::task::spawn_blocking`), never from the writer's own callbacks.
     pub fn install_snapshot(&self, lsn: Lsn, bytes: &[u8]) -> Result<(), WalError> {
+        self.install_snapshot_with(lsn, |writer: &mut SnapshotWriter| {
+            writer
+                .write(bytes)
+                .map_err(|error| WalError::io("writing", &self.shared.dir, error))
+        })
+    }
+
+    /// Installs a snapshot as [`Wal::install_snapshot`] does, its payload written
+    /// piece by piece by `write_payload` (called once `lsn` is durable), so that it
+    /// is never held in memory whole. An error from `write_payload` abandons the
+    /// snapshot (its temporary file is removed) and is returned.
+    pub fn install_snapshot_with<E: From<WalError>>(
+        &self,
+        lsn: Lsn,
+        write_payload: impl FnOnce(&mut SnapshotWriter) -> Result<(), E>,
+    ) -> Result<(), E> {
         let _one_at_a_time = self.snapshot_lock.lock();
-        let refuse = |reason: String| Err(WalError::SnapshotRefused { lsn, reason });
+        let refuse = |reason: String| Err(WalError::SnapshotRefused { lsn, reason }.into());
         let installed = self.shared.counters.snapshot_lsn.load(Ordering::Acquire);
         if lsn == 0 {
             return refuse("lsn 0 is before the first record".to_string());
@@ -565,8 +582,8 @@ impl Wal {
             return refuse(format!("a newer snapshot (lsn {installed}) is installed"));
         }
         self.wait_durable(lsn)?;
-        snapshot::write_snapshot(&self.shared, lsn, bytes)?;
-        snapshot::remove_covered(&self.shared, lsn)
+        snapshot::write_snapshot(&self.shared, lsn, write_payload)?;
+        Ok(snapshot::remove_covered(&self.shared, lsn)?)
     }
 
     /// Blocks until every record up to `lsn` is durable.

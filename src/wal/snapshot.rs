@@ -5,26 +5,78 @@
 //! no descriptor) is an error returned to the caller, who retries later: nothing
 //! depends on it until it is renamed into place.
 
+use std::io;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::Lsn;
 use super::error::WalError;
+use super::fatal::fatal_io;
 use super::format::{self, FileKind};
-use super::writer::{Shared, create_durable_file};
+use super::fs::{self, WalFile};
+use super::writer::Shared;
 
-/// Writes the snapshot file for `lsn` (temporary, write, fsync, rename, fsync dir).
-pub(crate) fn write_snapshot(shared: &Shared, lsn: Lsn, bytes: &[u8]) -> Result<(), WalError> {
+/// Where a snapshot's payload is written, piece by piece, so that a snapshot of a
+/// million leases never sits in memory whole.
+pub struct SnapshotWriter {
+    file: Box<dyn WalFile>,
+    length: u64,
+    crc: u32,
+}
+
+impl SnapshotWriter {
+    /// Appends the next piece of the payload.
+    pub fn write(&mut self, piece: &[u8]) -> io::Result<()> {
+        self.file.append(piece)?;
+        self.length += piece.len() as u64;
+        self.crc = format::snapshot_crc_append(self.crc, piece);
+        Ok(())
+    }
+}
+
+/// Writes the snapshot file for `lsn`, its payload from `write_payload`: a temporary
+/// with room for the header, the payload, the header (its length and checksum now
+/// known) at the front, fsync, rename, fsync the directory.
+pub(crate) fn write_snapshot<E: From<WalError>>(
+    shared: &Shared,
+    lsn: Lsn,
+    write_payload: impl FnOnce(&mut SnapshotWriter) -> Result<(), E>,
+) -> Result<(), E> {
     let path = shared.dir.join(format::snapshot_file_name(lsn));
-    let sync_dir = || shared.dir_handle.sync();
-    create_durable_file(
-        shared.fs.as_ref(),
-        &sync_dir,
-        &path,
-        // The header and the payload as they are: no copy of a snapshot that can
-        // hold a million leases.
-        &[&format::encode_snapshot_header(lsn, bytes), bytes],
-    )?;
+    let tmp = fs::tmp_path(&path);
+    let fs = shared.fs.as_ref();
+    let file = fs
+        .create(&tmp)
+        .map_err(|error| WalError::io("creating", &tmp, error))?;
+    let mut writer = SnapshotWriter {
+        file,
+        length: 0,
+        crc: 0,
+    };
+    let written = writer
+        .file
+        .append(&[0; format::SNAPSHOT_HEADER_BYTES])
+        .map_err(|error| WalError::io("writing", &tmp, error).into())
+        .and_then(|()| write_payload(&mut writer))
+        .and_then(|()| {
+            let header = format::snapshot_header(lsn, writer.length, writer.crc);
+            let file = &mut writer.file;
+            file.write_at(0, &header)
+                .and_then(|()| file.sync_data())
+                .map_err(|error| WalError::io("writing and syncing", &tmp, error).into())
+        });
+    if let Err(error) = written {
+        // Nothing refers to the temporary: a failed snapshot loses nothing.
+        drop(writer);
+        let _ = fs.remove(&tmp);
+        return Err(error);
+    }
+    drop(writer);
+    fs.rename(&tmp, &path)
+        .map_err(|error| WalError::io("renaming into place", &path, error))?;
+    if let Err(error) = shared.dir_handle.sync() {
+        fatal_io("directory fsync", &shared.dir, &error);
+    }
     shared.counters.snapshot_lsn.store(lsn, Ordering::Release);
     // The records after `lsn` written meanwhile are not counted: `snapshot_due` is a hint.
     shared

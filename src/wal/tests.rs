@@ -1190,3 +1190,43 @@ fn a_restart_on_a_full_disk_without_room_starts_read_only() {
     wait_until("the alarm clears", || wal.alarm().is_none());
     append_one_by_one(&wal, &[payload(2, 100)]);
 }
+
+#[test]
+fn a_snapshot_written_in_pieces_is_the_snapshot_of_their_concatenation_and_a_failed_one_leaves_nothing()
+ {
+    let disk = SimulatedDisk::new();
+    let (wal, _) = open_sim(&disk, small_options()).expect("open");
+    let lsns = append_all(&wal, &[payload(1, 10), payload(2, 10), payload(3, 10)]);
+    let pieces: Vec<Vec<u8>> = (0..5u8).map(|n| vec![n; 1000 + usize::from(n)]).collect();
+    wal.install_snapshot_with(lsns[1], |writer: &mut SnapshotWriter| {
+        for piece in &pieces {
+            writer
+                .write(piece)
+                .map_err(|error| WalError::io("writing", Path::new("test"), error))?;
+        }
+        Ok::<_, WalError>(())
+    })
+    .expect("install");
+    // A later one that fails half-way leaves no file, and the first one stands.
+    let failed = wal.install_snapshot_with(lsns[2], |writer: &mut SnapshotWriter| {
+        writer
+            .write(b"half")
+            .map_err(|error| WalError::io("writing", Path::new("test"), error))?;
+        Err(WalError::InvalidOptions(
+            "the payload's producer failed".into(),
+        ))
+    });
+    assert!(
+        matches!(failed, Err(WalError::InvalidOptions(_))),
+        "{failed:?}"
+    );
+    let names = disk.list(&sim_dir()).expect("list");
+    assert!(
+        names.iter().all(|name| !name.ends_with(".tmp")),
+        "{names:?}"
+    );
+    wal.close().expect("close");
+    let (_wal, recovered) = open_sim(&disk, small_options()).expect("reopen");
+    assert_eq!(recovered.snapshot, Some((lsns[1], pieces.concat())));
+    assert_eq!(recovered.records, vec![(lsns[2], payload(3, 10))]);
+}

@@ -23,6 +23,9 @@ pub trait WalFile: Send {
     /// Writes all of `bytes` at the append position and moves it past them (not
     /// durable yet). The position starts where the file was opened or created.
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Writes all of `bytes` at `offset`, before the append position, without moving
+    /// it (not durable yet): a header filled in once what follows it is known.
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
     /// Writes zeros over `range`, which lies at or after the append position, without
     /// moving it (not durable until `sync_data`). Appends that later overwrite these
     /// zeros leave the file size unchanged, so their fdatasync flushes data only.
@@ -89,6 +92,11 @@ struct RealFile {
 impl WalFile for RealFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        // Positional writes leave the cursor, which is the append position.
+        self.file.write_all_at(bytes, offset)
     }
 
     fn preallocate(&mut self, range: Range<u64>) -> io::Result<()> {

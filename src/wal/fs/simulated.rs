@@ -355,6 +355,24 @@ impl WalFile for SimFile {
         Ok(())
     }
 
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let offset = usize::try_from(offset).map_err(io::Error::other)?;
+        assert!(
+            offset + bytes.len() <= self.position,
+            "write_at is for bytes before the append position"
+        );
+        let inode = self.inode;
+        self.with_live_inode(|state| {
+            let file = &mut state.inodes[inode];
+            write_at(&mut file.volatile, offset, bytes);
+            file.pending.push(PendingWrite::Write {
+                offset,
+                bytes: bytes.to_vec(),
+            });
+        });
+        Ok(())
+    }
+
     fn preallocate(&mut self, range: std::ops::Range<u64>) -> io::Result<()> {
         let start = usize::try_from(range.start).map_err(io::Error::other)?;
         let requested_end = usize::try_from(range.end).map_err(io::Error::other)?;
