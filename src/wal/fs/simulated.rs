@@ -338,12 +338,10 @@ impl SimFile {
     }
 }
 
-impl WalFile for SimFile {
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.check_growth(self.position + bytes.len())?;
+impl SimFile {
+    /// Writes `bytes` at `offset` into the volatile content, pending until a sync.
+    fn write_volatile(&mut self, offset: usize, bytes: &[u8]) {
         let inode = self.inode;
-        let offset = self.position;
-        self.position += bytes.len();
         self.with_live_inode(|state| {
             let file = &mut state.inodes[inode];
             write_at(&mut file.volatile, offset, bytes);
@@ -352,6 +350,15 @@ impl WalFile for SimFile {
                 bytes: bytes.to_vec(),
             });
         });
+    }
+}
+
+impl WalFile for SimFile {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.check_growth(self.position + bytes.len())?;
+        let offset = self.position;
+        self.position += bytes.len();
+        self.write_volatile(offset, bytes);
         Ok(())
     }
 
@@ -361,15 +368,7 @@ impl WalFile for SimFile {
             offset + bytes.len() <= self.position,
             "write_at is for bytes before the append position"
         );
-        let inode = self.inode;
-        self.with_live_inode(|state| {
-            let file = &mut state.inodes[inode];
-            write_at(&mut file.volatile, offset, bytes);
-            file.pending.push(PendingWrite::Write {
-                offset,
-                bytes: bytes.to_vec(),
-            });
-        });
+        self.write_volatile(offset, bytes);
         Ok(())
     }
 
