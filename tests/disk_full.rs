@@ -6,255 +6,58 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{KRE, OPERATOR_KEY, acquire_request};
-use seatbroker::client::{self, Authorized, BearerKey};
-use seatbroker::proto::{
-    self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
-};
+use common::*;
+use seatbroker::client::Authorized;
+use seatbroker::proto::{self, session_service_client::SessionServiceClient};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-const SESSIONS: &str = "seatbroker.v1.SessionService";
-const ADMIN: &str = "seatbroker.v1.AdminService";
 /// Every wait of these tests is bounded by this.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The real binary, started through `sh` so that a descriptor limit can be set first.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    metrics_addr: SocketAddr,
+/// The daemon of these tests: metrics on, on `data_dir`, with the disk's `envs`.
+fn serve(data_dir: &Path, envs: &[(&'static str, String)]) -> Serve {
+    let serve = Serve::new()
+        .data_dir(data_dir)
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    envs.iter()
+        .fold(serve, |serve, (name, value)| serve.env(name, value))
 }
 
-impl Daemon {
-    fn spawn(data_dir: &Path, descriptors_max: Option<u32>, envs: &[(&str, &str)]) -> Daemon {
-        let limit = descriptors_max.map_or(String::new(), |n| format!("ulimit -n {n} && "));
-        let mut command = Command::new("sh");
-        command
-            .arg("-c")
-            .arg(format!("{limit}exec \"$0\" \"$@\""))
-            .arg(common::daemon::BINARY)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(["--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("SEATBROKER_OPERATOR_KEY", OPERATOR_KEY)
-            .env("SEATBROKER_LOG", "warn,seatbroker=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, value) in envs {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("start the daemon");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (lines, serving) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = serving.recv_timeout(left) else {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the daemon did not start");
-            };
-            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let fields = &json["fields"];
-            if fields["message"] == "seatbroker serving" {
-                // Keep draining its log so that it never blocks on a full pipe.
-                std::thread::spawn(move || for _ in serving {});
-                return Daemon {
-                    child,
-                    addr: fields["addr"].as_str().unwrap().parse().unwrap(),
-                    metrics_addr: fields["metrics_addr"].as_str().unwrap().parse().unwrap(),
-                };
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn assert_alive(&mut self) {
-        let status = self.child.try_wait().expect("wait");
-        assert!(status.is_none(), "the daemon exited: {status:?}");
-    }
-
-    /// Descriptors the daemon holds now.
-    #[cfg(feature = "failpoints")]
-    /// The lowest descriptor number the daemon does not hold.
-    #[cfg(feature = "failpoints")]
-    fn lowest_free_descriptor(&self) -> u64 {
-        let held: std::collections::BTreeSet<u64> =
-            std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-                .expect("the daemon's descriptors")
-                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-                .collect();
-        (0..).find(|fd| !held.contains(fd)).expect("a free number")
-    }
-
-    #[cfg(feature = "failpoints")]
-    fn descriptors(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|entries| entries.count())
-            .unwrap_or(0)
-    }
-
-    fn scrape(&self) -> String {
-        let mut stream = TcpStream::connect(self.metrics_addr).expect("connect to /metrics");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    }
-
-    async fn channel(&self) -> tonic::transport::Channel {
-        client::connect(&self.url()).await.expect("connect")
-    }
-
-    async fn health(&self, service: &str) -> i32 {
-        let mut health = HealthClient::new(self.channel().await);
-        let request = HealthCheckRequest {
-            service: service.into(),
-        };
-        health
-            .check(request)
-            .await
-            .expect("health")
-            .into_inner()
-            .status
-    }
-
-    /// Waits until health reports `status` for `service`.
-    async fn wait_health(&self, service: &str, status: ServingStatus) {
-        let deadline = Instant::now() + DEADLINE;
-        while self.health(service).await != status as i32 {
-            assert!(
-                Instant::now() < deadline,
-                "{service:?} never became {status:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
-        client::admin(self.channel().await, BearerKey::new(Some(key)).unwrap())
-    }
-
-    async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
-        client::session(self.channel().await, BearerKey::new(Some(key)).unwrap())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The lowest descriptor number process `pid` does not hold.
+#[cfg(feature = "failpoints")]
+fn lowest_free_descriptor(pid: u32) -> u64 {
+    let held: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's descriptors")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !held.contains(fd)).expect("a free number")
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// Descriptors process `pid` holds now.
+#[cfg(feature = "failpoints")]
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
 }
 
 /// Creates organization `acme` (10 KRE sessions) with one member holding a KRE
 /// license; returns the member's key.
-async fn provision(admin: &mut AdminServiceClient<Authorized>) -> String {
-    admin
-        .create_organization(proto::CreateOrganizationRequest {
-            org_id: "acme".into(),
-            display_name: "Acme".into(),
-            owner_email: "owner@acme.test".into(),
-            quota: Some(proto::Quota {
-                kse_seats: 0,
-                kre_sessions: 10,
-                expires_at_unix_ms: 0,
-            }),
-        })
-        .await
-        .expect("create organization");
-    add_member(admin, "engine@acme.test")
-        .await
-        .expect("add member");
-    admin
-        .assign_licenses(proto::AssignLicensesRequest {
-            org_id: "acme".into(),
-            product: KRE,
-            emails: vec!["engine@acme.test".into()],
-        })
-        .await
-        .expect("assign");
-    common::create_key(admin, "acme", "engine@acme.test").await
-}
-
-async fn add_member(
-    admin: &mut AdminServiceClient<Authorized>,
-    email: &str,
-) -> Result<(), tonic::Status> {
-    admin
-        .add_member(proto::AddMemberRequest {
-            org_id: "acme".into(),
-            email: email.into(),
-            role: 0,
-        })
-        .await
-        .map(|_| ())
-}
-
-async fn members(admin: &mut AdminServiceClient<Authorized>) -> Vec<String> {
-    let mut emails = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = admin
-            .list_members(proto::ListMembersRequest {
-                org_id: "acme".into(),
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .expect("list members")
-            .into_inner();
-        emails.extend(page.members.into_iter().map(|m| m.email));
-        if page.next_page_token.is_empty() {
-            return emails;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
-async fn heartbeat(
-    engine: &mut SessionServiceClient<Authorized>,
-    lease: &proto::Lease,
-) -> Result<(), tonic::Status> {
-    engine
-        .heartbeat(proto::HeartbeatRequest {
-            lease_id: lease.lease_id.clone(),
-            generation: lease.generation,
-        })
-        .await
-        .map(|_| ())
+async fn provision(daemon: &Daemon) -> String {
+    let org = daemon.organization("acme", 0, 10, &["engine"]).await;
+    org.assign(daemon, KRE, org.emails()).await.expect("assign");
+    org.key(0).to_owned()
 }
 
 #[track_caller]
 fn assert_disk_full(result: Result<impl std::fmt::Debug, tonic::Status>) {
-    common::assert_status(result, Code::Unavailable, "disk full");
+    assert_status(result, Code::Unavailable, "disk full");
 }
 
 /// A disk that can be filled and freed: a tmpfs of a few MiB mounted for one test
@@ -350,15 +153,12 @@ async fn a_full_disk_makes_the_daemon_read_only_across_a_restart_and_it_resumes_
         eprintln!("skipped: mounting a tmpfs needs root, or build with --features failpoints");
         return;
     };
-    let envs = disk.envs();
-    let envs: Vec<(&str, &str)> = envs.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    let mut daemon = Daemon::spawn(&disk.data_dir(), None, &envs);
-    daemon.wait_health("", ServingStatus::Serving).await;
-    let mut operator = daemon.admin(OPERATOR_KEY).await;
-    let key = provision(&mut operator).await;
+    let mut daemon = serve(&disk.data_dir(), &disk.envs()).start().await;
+    let mut operator = daemon.operator().await;
+    let key = provision(&daemon).await;
     let mut engine = daemon.session(&key).await;
-    let held = common::acquire_lease(&mut engine, KRE, "held").await;
-    let to_release = common::acquire_lease(&mut engine, KRE, "to-release").await;
+    let held = acquire_lease(&mut engine, KRE, "held").await;
+    let to_release = acquire_lease(&mut engine, KRE, "to-release").await;
 
     disk.fill();
     // Grants go on into the room the log reserved, until it cannot reserve more.
@@ -366,30 +166,31 @@ async fn a_full_disk_makes_the_daemon_read_only_across_a_restart_and_it_resumes_
     assert_disk_full(Err::<(), _>(refused));
     // Read-only: grants and admin changes refused; heartbeats, releases, reads work.
     assert_disk_full(engine.acquire(acquire_request(KRE, "new")).await);
-    assert_disk_full(add_member(&mut operator, "late@acme.test").await);
+    assert_disk_full(add_member(&mut operator, "acme", "late@acme.test").await);
     heartbeat(&mut engine, &held).await.expect("heartbeat");
-    engine
-        .release(proto::ReleaseRequest {
-            lease_id: to_release.lease_id.clone(),
-            generation: to_release.generation,
-        })
+    release(&mut engine, &to_release)
         .await
         .expect("release while the disk is full");
     assert!(
-        members(&mut operator)
+        member_emails(&mut operator, "acme")
             .await
             .contains(&"engine@acme.test".to_string())
     );
     daemon.wait_health("", ServingStatus::NotServing).await;
-    daemon.wait_health(ADMIN, ServingStatus::NotServing).await;
-    assert_eq!(daemon.health(SESSIONS).await, ServingStatus::Serving as i32);
+    daemon
+        .wait_health(ADMIN_SERVICE, ServingStatus::NotServing)
+        .await;
+    assert_eq!(daemon.health(SESSION_SERVICE).await, ServingStatus::Serving);
     assert!(daemon.scrape().contains("seatbroker_disk_full 1"));
     daemon.assert_alive();
 
     // A restart on the still-full disk comes up read-only rather than crash-looping.
     daemon.kill();
-    let mut daemon = Daemon::spawn(&disk.data_dir(), None, &envs);
-    daemon.wait_health(SESSIONS, ServingStatus::Serving).await;
+    // Ready for sessions; the whole server stays NOT_SERVING while the disk is full.
+    let mut daemon = serve(&disk.data_dir(), &disk.envs()).spawn();
+    daemon
+        .wait_health(SESSION_SERVICE, ServingStatus::Serving)
+        .await;
     let mut engine = daemon.session(&key).await;
     heartbeat(&mut engine, &held)
         .await
@@ -417,8 +218,8 @@ async fn a_full_disk_makes_the_daemon_read_only_across_a_restart_and_it_resumes_
         assert!(Instant::now() < deadline, "grants never resumed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut operator = daemon.admin(OPERATOR_KEY).await;
-    add_member(&mut operator, "late@acme.test")
+    let mut operator = daemon.operator().await;
+    add_member(&mut operator, "acme", "late@acme.test")
         .await
         .expect("admin changes resume");
     daemon.wait_health("", ServingStatus::Serving).await;
@@ -445,12 +246,15 @@ fn wal_files(data_dir: &Path) -> Vec<String> {
 #[tokio::test]
 async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing() {
     let data_dir = tempfile::tempdir().unwrap();
-    let segment_bytes = [("SEATBROKER_FAILPOINT_WAL_SEGMENT_BYTES", SEGMENT_BYTES)];
-    let mut daemon = Daemon::spawn(data_dir.path(), Some(DESCRIPTORS_MAX), &segment_bytes);
-    daemon.wait_health("", ServingStatus::Serving).await;
+    let mut daemon = Serve::new()
+        .data_dir(data_dir.path())
+        .descriptors_max(DESCRIPTORS_MAX)
+        .env("SEATBROKER_FAILPOINT_WAL_SEGMENT_BYTES", SEGMENT_BYTES)
+        .start()
+        .await;
     // Connected before the descriptors run out, and kept.
-    let mut operator = daemon.admin(OPERATOR_KEY).await;
-    provision(&mut operator).await;
+    let mut operator = daemon.operator().await;
+    provision(&daemon).await;
     let mut acknowledged = Vec::new();
     let mut write = 0;
     // Past half of a segment the log opens the next one ahead of time.
@@ -460,7 +264,9 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     {
         assert!(write < 1000, "no segment was opened ahead");
         let email = format!("m{write}@acme.test");
-        add_member(&mut operator, &email).await.expect("add member");
+        add_member(&mut operator, "acme", &email)
+            .await
+            .expect("add member");
         acknowledged.push(email);
         write += 1;
     }
@@ -473,16 +279,16 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     // lowered (from outside, as `prlimit` does) to the lowest free descriptor. Silent
     // client sockets cannot do this any more: the daemon keeps its connections 128
     // descriptors below its limit.
-    let lowest_free = daemon.lowest_free_descriptor();
-    set_soft_descriptor_limit(daemon.child.id(), lowest_free);
+    let lowest_free = lowest_free_descriptor(daemon.pid());
+    set_soft_descriptor_limit(daemon.pid(), lowest_free);
     // Writes under pressure: the rotation uses the segment opened ahead; when the
     // next one cannot be opened, writes are refused with UNAVAILABLE, never an abort.
     let mut refusals = 0;
     for _ in 0..1000 {
         let email = format!("m{write}@acme.test");
         write += 1;
-        match add_member(&mut operator, &email).await {
-            Ok(()) => acknowledged.push(email),
+        match add_member(&mut operator, "acme", &email).await {
+            Ok(_) => acknowledged.push(email),
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
                 assert!(
@@ -500,7 +306,7 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     daemon.assert_alive();
     eprintln!(
         "{refusals} writes refused under descriptor exhaustion; {} descriptors held; files {:?}",
-        daemon.descriptors(),
+        descriptors(daemon.pid()),
         wal_files(data_dir.path())
     );
     let segments_after = wal_files(data_dir.path())
@@ -513,13 +319,13 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     );
 
     // The pressure goes: writes resume by themselves.
-    set_soft_descriptor_limit(daemon.child.id(), DESCRIPTORS_MAX as u64);
+    set_soft_descriptor_limit(daemon.pid(), DESCRIPTORS_MAX as u64);
     let deadline = Instant::now() + DEADLINE;
     loop {
         let email = format!("m{write}@acme.test");
         write += 1;
-        match add_member(&mut operator, &email).await {
-            Ok(()) => {
+        match add_member(&mut operator, "acme", &email).await {
+            Ok(_) => {
                 acknowledged.push(email);
                 break;
             }
@@ -532,9 +338,8 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
 
     // Everything acknowledged survives a kill and a restart.
     daemon.kill();
-    let daemon = Daemon::spawn(data_dir.path(), None, &[]);
-    daemon.wait_health("", ServingStatus::Serving).await;
-    let members = members(&mut daemon.admin(OPERATOR_KEY).await).await;
+    let daemon = Serve::new().data_dir(data_dir.path()).start().await;
+    let members = member_emails(&mut daemon.operator().await, "acme").await;
     for email in &acknowledged {
         assert!(members.contains(email), "acknowledged {email} was lost");
     }

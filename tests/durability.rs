@@ -299,8 +299,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         })
         .collect();
     {
-        let daemon = ChildDaemon::spawn(dir.path(), &[]).unwrap();
-        let mut operator = daemon.admin(OPERATOR_KEY).await;
+        let daemon = Serve::new().data_dir(dir.path()).start().await;
+        let mut operator = daemon.operator().await;
         operator
             .create_organization(proto::CreateOrganizationRequest {
                 org_id: org.clone(),
@@ -323,8 +323,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         daemon.kill();
     }
     for cycle in 0..cycles {
-        let daemon = ChildDaemon::spawn(dir.path(), &[])
-            .unwrap_or_else(|e| panic!("cycle {cycle}: restart failed: {e}"));
+        let daemon = Serve::new().data_dir(dir.path()).start().await;
         // Check what survived the previous kill against what was acknowledged.
         let recovered: BTreeSet<String> = daemon
             .admin(OPERATOR_KEY)
@@ -370,7 +369,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             // An operation cut off by the kill may or may not have been made durable;
             // the next cycle's check decides which, and both are allowed.
             if let Some((email, assign)) = in_flight {
-                let probe = ChildDaemon::spawn(dir.path(), &[]).unwrap();
+                let probe = Serve::new().data_dir(dir.path()).start().await;
                 let listed = probe
                     .admin(OPERATOR_KEY)
                     .await
@@ -418,7 +417,7 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
     let mut config = seatbroker::server::ServerConfig::for_data_dir(dir.path());
     config.lease_ttl = TTL;
     config.operator_key = seatbroker::server::OperatorKeySource::Given(OPERATOR_KEY.into());
-    let refused = seatbroker::server::prepare(config.clone())
+    let refused = server::prepare(config.clone())
         .await
         .err()
         .expect("a corrupt log must refuse to start");
@@ -481,12 +480,12 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
 async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
     let dir = tempfile::tempdir().unwrap();
     // Fsyncs: 1 boot record, 1 create organization, then one per add-member.
-    let daemon = ChildDaemon::spawn(
-        dir.path(),
-        &[("SEATBROKER_FAILPOINT", "wal-fsync-fail-after:5")],
-    )
-    .unwrap();
-    let mut operator = daemon.admin(OPERATOR_KEY).await;
+    let mut daemon = Serve::new()
+        .data_dir(dir.path())
+        .env("SEATBROKER_FAILPOINT", "wal-fsync-fail-after:5")
+        .start()
+        .await;
+    let mut operator = daemon.operator().await;
     operator
         .create_organization(proto::CreateOrganizationRequest {
             org_id: "acme".into(),
@@ -516,13 +515,12 @@ async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
         }
     }
     let failed = failed.expect("the failpoint fired");
-    let mut daemon = daemon;
-    let status = daemon.child.wait().unwrap();
+    let status = daemon.wait_exit();
     assert!(!status.success(), "the daemon aborted: {status}");
     assert_eq!(acknowledged.len(), 3);
-    let daemon = ChildDaemon::spawn(dir.path(), &[]).unwrap();
+    let daemon = Serve::new().data_dir(dir.path()).start().await;
     let members: Vec<String> = daemon
-        .admin(OPERATOR_KEY)
+        .operator()
         .await
         .list_members(proto::ListMembersRequest {
             org_id: "acme".into(),
@@ -551,49 +549,23 @@ async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
 #[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn health_is_not_serving_while_the_log_is_recovered() {
-    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
 
-    let dir = tempfile::tempdir().unwrap();
     // Recovery made to take two seconds longer, so it can be watched.
-    let daemon = ChildDaemon::spawn(
-        dir.path(),
-        &[("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "2000")],
-    )
-    .unwrap();
-    let channel = seatbroker::client::connect(&daemon.url())
-        .await
-        .expect("the port answers during recovery");
-    let mut health = HealthClient::new(channel);
-    let status = |service: &str| HealthCheckRequest {
-        service: service.into(),
-    };
-    let during = health.check(status("")).await.unwrap().into_inner().status;
+    let daemon = Serve::new()
+        .env("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "2000")
+        .spawn();
     assert_eq!(
-        during,
-        ServingStatus::NotServing as i32,
+        daemon.health("").await,
+        ServingStatus::NotServing,
         "NOT_SERVING while recovering"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        // The recovery-time server hands the socket over: reconnect as clients do.
-        if let Ok(channel) = seatbroker::client::connect(&daemon.url()).await {
-            let mut health = HealthClient::new(channel);
-            let answer = health.check(status("seatbroker.v1.SessionService")).await;
-            if answer.is_ok_and(|a| a.into_inner().status == ServingStatus::Serving as i32) {
-                break;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon never became SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon
+        .wait_health(SESSION_SERVICE, ServingStatus::Serving)
+        .await;
     // And it works.
     daemon
-        .admin(OPERATOR_KEY)
+        .operator()
         .await
         .list_organizations(proto::ListOrganizationsRequest::default())
         .await

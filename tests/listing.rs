@@ -330,7 +330,7 @@ async fn a_large_listing_pages_by_default_and_the_cli_prints_every_item() {
 /// Runs the real binary as a client of `server` with the operator key; returns its
 /// standard output, asserting it succeeded.
 async fn cli(server: &TestServer, args: &[&str]) -> String {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"))
+    let output = tokio::process::Command::from(daemon::command())
         .args(args)
         .args(["--addr", &server.url(), "--key", OPERATOR_KEY])
         .output()

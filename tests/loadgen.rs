@@ -124,7 +124,7 @@ async fn contention_never_sees_more_sessions_than_the_quota() {
 
 #[test]
 fn the_noop_server_runs_as_its_own_process_and_its_cpu_per_call_is_reported() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"))
+    let output = daemon::command()
         .args([
             "bench",
             "--target",

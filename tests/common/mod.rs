@@ -1,163 +1,65 @@
-//! The test harness: a real daemon on 127.0.0.1:0 with a temporary data directory,
-//! and helpers that set up organizations through the real gRPC API.
+//! The test harness, one for every integration test: a daemon reached over real gRPC
+//! on 127.0.0.1, either in this process ([`TestServer`]) or as a child process of the
+//! real binary ([`Daemon`]), both ready by one rule ([`wait_for_health`]: health
+//! SERVING for the whole server); and helpers that set up organizations and sessions
+//! through the real API.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod certs;
 pub mod daemon;
+pub mod server;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use seatbroker::client::{self, Authorized, BearerKey};
 use seatbroker::proto::{
     self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
 };
-use seatbroker::server::{self, OperatorKeySource, ServerConfig};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use seatbroker::tls::ClientTlsFiles;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+pub use daemon::{Daemon, Serve};
+pub use server::{TestServer, start, start_configured, start_in, start_tls, start_with_ttl};
 
 pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef0123456789";
 pub const KSE: i32 = proto::Product::Kse as i32;
 pub const KRE: i32 = proto::Product::Kre as i32;
+/// The health service names of the broker's two services ("" is the whole server).
+pub const SESSION_SERVICE: &str = "seatbroker.v1.SessionService";
+pub const ADMIN_SERVICE: &str = "seatbroker.v1.AdminService";
+/// How long a daemon may take to become ready (or to report any health status).
+const READY_DEADLINE: Duration = Duration::from_secs(30);
 
-pub struct TestServer {
-    pub addr: SocketAddr,
-    pub data_dir: tempfile::TempDir,
-    /// What clients of this server present: empty for plaintext.
-    pub client_tls: seatbroker::tls::ClientTlsFiles,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
+/// A daemon the tests reach over gRPC: its URL and what its clients present; channels
+/// and authorized clients from them.
+pub trait DaemonApi {
+    fn url(&self) -> String;
 
-pub async fn start() -> TestServer {
-    start_with_ttl(Duration::from_secs(30)).await
-}
+    fn client_tls(&self) -> &ClientTlsFiles;
 
-pub async fn start_with_ttl(ttl: Duration) -> TestServer {
-    let data_dir = tempfile::tempdir().expect("temporary data directory");
-    start_in(data_dir, ttl).await
-}
-
-/// Starts a daemon on an existing data directory (for restarts).
-pub async fn start_in(data_dir: tempfile::TempDir, ttl: Duration) -> TestServer {
-    start_configured(data_dir, |config| config.lease_ttl = ttl).await
-}
-
-/// Starts a daemon with the test defaults changed by `configure`.
-pub async fn start_configured(
-    data_dir: tempfile::TempDir,
-    configure: impl FnOnce(&mut ServerConfig),
-) -> TestServer {
-    start_with_clients(data_dir, Default::default(), configure).await
-}
-
-/// Starts a daemon over TLS with the test certificates; clients present the client
-/// certificate when `mtls`, and the daemon then requires one.
-pub async fn start_tls(certs: &certs::TestCerts, mtls: bool) -> TestServer {
-    let data_dir = tempfile::tempdir().expect("temporary data directory");
-    start_with_clients(data_dir, certs.client(mtls), |config| {
-        config.tls = Some(certs.server(mtls))
-    })
-    .await
-}
-
-async fn start_with_clients(
-    data_dir: tempfile::TempDir,
-    client_tls: seatbroker::tls::ClientTlsFiles,
-    configure: impl FnOnce(&mut ServerConfig),
-) -> TestServer {
-    let mut config = ServerConfig::for_data_dir(data_dir.path());
-    config.operator_key = OperatorKeySource::Given(OPERATOR_KEY.into());
-    configure(&mut config);
-    let prepared = server::prepare(config).await.expect("daemon prepares");
-    let (bound, addr) = prepared.bind().await.expect("daemon binds");
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        bound
-            .serve(async {
-                let _ = stopped.await;
-            })
+    async fn channel(&self) -> tonic::transport::Channel {
+        client::connect_with(&self.url(), self.client_tls())
             .await
-            .expect("daemon serves");
-    });
-    let server = TestServer {
-        addr,
-        data_dir,
-        client_tls,
-        shutdown: Some(shutdown),
-        task: Some(task),
-    };
-    wait_until_serving(&server.url(), &server.client_tls).await;
-    server
-}
-
-/// Polls health until the daemon says SERVING (it refuses calls while starting).
-pub async fn wait_until_serving(url: &str, tls: &seatbroker::tls::ClientTlsFiles) {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(channel) = client::connect_with(url, tls).await {
-            let answer = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await;
-            if answer.is_ok_and(|a| a.into_inner().status == 1) {
-                return;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon at {url} never said SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-impl TestServer {
-    pub fn url(&self) -> String {
-        let scheme = if self.client_tls.is_empty() {
-            "http"
-        } else {
-            "https"
-        };
-        format!("{scheme}://{}", self.addr)
+            .expect("connect to the daemon")
     }
 
-    pub async fn channel(&self) -> tonic::transport::Channel {
-        client::connect_with(&self.url(), &self.client_tls)
-            .await
-            .expect("connect")
+    async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
+        client::admin(self.channel().await, bearer(key))
     }
 
-    pub async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
-        client::admin(self.channel().await, BearerKey::new(Some(key)).unwrap())
+    async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
+        client::session(self.channel().await, bearer(key))
     }
 
-    pub async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
-        client::session(self.channel().await, BearerKey::new(Some(key)).unwrap())
-    }
-
-    pub async fn operator(&self) -> AdminServiceClient<Authorized> {
+    async fn operator(&self) -> AdminServiceClient<Authorized> {
         self.admin(OPERATOR_KEY).await
-    }
-
-    /// Stops the daemon and returns its data directory.
-    pub async fn stop(mut self) -> tempfile::TempDir {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.data_dir, dir)
     }
 
     /// Creates an organization whose owner is `owner@<org>.test`, adds `members`
     /// (local parts), and returns the owner's key and one key per member.
-    pub async fn organization(
+    async fn organization(
         &self,
         org: &str,
         kse_seats: u32,
@@ -183,12 +85,7 @@ impl TestServer {
         let mut member_keys = Vec::new();
         for local in members {
             let email = format!("{local}@{org}.test");
-            operator
-                .add_member(proto::AddMemberRequest {
-                    org_id: org.into(),
-                    email: email.clone(),
-                    role: 0,
-                })
+            add_member(&mut operator, org, &email)
                 .await
                 .expect("add member");
             member_keys.push((email.clone(), create_key(&mut operator, org, &email).await));
@@ -200,13 +97,61 @@ impl TestServer {
             members: member_keys,
         }
     }
+
+    /// The health `service` reports now ("" for the whole server).
+    async fn health(&self, service: &str) -> ServingStatus {
+        health_status(&self.url(), self.client_tls(), service)
+            .await
+            .unwrap_or_else(|| panic!("no health answer from {} for {service:?}", self.url()))
+    }
+
+    /// Polls health until `service` reports `status`.
+    async fn wait_health(&self, service: &str, status: ServingStatus) {
+        wait_for_health(&self.url(), self.client_tls(), service, status).await;
+    }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
+fn bearer(key: &str) -> BearerKey {
+    BearerKey::new(Some(key)).expect("a key that can be sent")
+}
+
+/// What health reports for `service` at `url` now; `None` when it does not answer (not
+/// listening yet, or a connection handed over between the recovery-time server and
+/// the serving one).
+pub async fn health_status(
+    url: &str,
+    tls: &ClientTlsFiles,
+    service: &str,
+) -> Option<ServingStatus> {
+    let channel = client::connect_with(url, tls).await.ok()?;
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    let answer = HealthClient::new(channel).check(request).await.ok()?;
+    ServingStatus::try_from(answer.into_inner().status).ok()
+}
+
+/// The one readiness rule and the one health poller: polls (a new connection each
+/// time, as a client of a restarting daemon would) until `service` reports `status`.
+/// A daemon is ready when `""` (the whole server) reports SERVING: it refuses broker
+/// calls while it starts and recovers its log.
+pub async fn wait_for_health(
+    url: &str,
+    tls: &ClientTlsFiles,
+    service: &str,
+    status: ServingStatus,
+) {
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        let now = health_status(url, tls, service).await;
+        if now == Some(status) {
+            return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{url}: health of {service:?} never said {status:?} (last: {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -225,6 +170,64 @@ pub async fn create_key(
         .expect("create API key")
         .into_inner()
         .secret
+}
+
+/// Adds `email` to `org` as a Member.
+pub async fn add_member(
+    admin: &mut AdminServiceClient<Authorized>,
+    org: &str,
+    email: &str,
+) -> Result<proto::Member, tonic::Status> {
+    let request = proto::AddMemberRequest {
+        org_id: org.into(),
+        email: email.into(),
+        role: 0,
+    };
+    let answer = admin.add_member(request).await?.into_inner();
+    Ok(answer.member.expect("an added member"))
+}
+
+/// Every member's email of `org`, page by page.
+pub async fn member_emails(admin: &mut AdminServiceClient<Authorized>, org: &str) -> Vec<String> {
+    let mut emails = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let request = proto::ListMembersRequest {
+            org_id: org.into(),
+            page_token,
+            ..Default::default()
+        };
+        let page = admin
+            .list_members(request)
+            .await
+            .expect("list members")
+            .into_inner();
+        emails.extend(page.members.into_iter().map(|m| m.email));
+        if page.next_page_token.is_empty() {
+            return emails;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The emails holding a license of `product` in `org` (one page: tests assign few).
+pub async fn assigned_emails(
+    admin: &mut AdminServiceClient<Authorized>,
+    org: &str,
+    product: i32,
+) -> Vec<String> {
+    let request = proto::ListAssignmentsRequest {
+        org_id: org.into(),
+        product,
+        ..Default::default()
+    };
+    let page = admin
+        .list_assignments(request)
+        .await
+        .expect("list assignments")
+        .into_inner();
+    assert!(page.next_page_token.is_empty(), "more than one page");
+    page.emails
 }
 
 pub struct Org {
@@ -248,13 +251,14 @@ impl Org {
         self.members.iter().map(|(e, _)| e.clone()).collect()
     }
 
+    /// Assigns `product` to `emails`, as the organization's Owner.
     pub async fn assign(
         &self,
-        server: &TestServer,
+        daemon: &impl DaemonApi,
         product: i32,
         emails: Vec<String>,
     ) -> Result<proto::AssignLicensesResponse, tonic::Status> {
-        server
+        daemon
             .admin(&self.owner_key)
             .await
             .assign_licenses(proto::AssignLicensesRequest {
@@ -266,8 +270,8 @@ impl Org {
             .map(|r| r.into_inner())
     }
 
-    pub async fn usage(&self, server: &TestServer, product: i32) -> proto::ProductUsage {
-        server
+    pub async fn usage(&self, daemon: &impl DaemonApi, product: i32) -> proto::ProductUsage {
+        daemon
             .admin(&self.owner_key)
             .await
             .get_usage(proto::GetUsageRequest {
@@ -281,6 +285,12 @@ impl Org {
             .into_iter()
             .find(|p| p.product == product)
             .expect("product usage")
+    }
+
+    /// The emails holding a license of `product`, as the Owner sees them.
+    pub async fn assigned(&self, daemon: &impl DaemonApi, product: i32) -> Vec<String> {
+        let mut owner = daemon.admin(&self.owner_key).await;
+        assigned_emails(&mut owner, &self.id, product).await
     }
 }
 
@@ -308,6 +318,30 @@ pub async fn acquire_lease(
         .expect("a granted acquire carries its lease")
 }
 
+/// Heartbeats `lease` with its own generation.
+pub async fn heartbeat(
+    engine: &mut SessionServiceClient<Authorized>,
+    lease: &proto::Lease,
+) -> Result<proto::HeartbeatResponse, tonic::Status> {
+    let request = proto::HeartbeatRequest {
+        lease_id: lease.lease_id.clone(),
+        generation: lease.generation,
+    };
+    engine.heartbeat(request).await.map(|r| r.into_inner())
+}
+
+/// Releases `lease` with its own generation.
+pub async fn release(
+    engine: &mut SessionServiceClient<Authorized>,
+    lease: &proto::Lease,
+) -> Result<proto::ReleaseResponse, tonic::Status> {
+    let request = proto::ReleaseRequest {
+        lease_id: lease.lease_id.clone(),
+        generation: lease.generation,
+    };
+    engine.release(request).await.map(|r| r.into_inner())
+}
+
 /// Asserts a call failed with `code` and a message containing `needle`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(
@@ -330,109 +364,5 @@ pub fn assert_status<T: std::fmt::Debug>(
                 status.message()
             );
         }
-    }
-}
-
-/// A daemon run as a child process of the real binary, for crash and signal tests.
-pub struct ChildDaemon {
-    pub child: std::process::Child,
-    pub addr: SocketAddr,
-}
-
-impl ChildDaemon {
-    /// Starts `seatbroker serve` on `data_dir` and waits for its listening line.
-    pub fn spawn(
-        data_dir: &std::path::Path,
-        envs: &[(&str, &str)],
-    ) -> std::io::Result<ChildDaemon> {
-        use std::io::BufRead;
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"));
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("SEATBROKER_OPERATOR_KEY", OPERATOR_KEY)
-            .env("SEATBROKER_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit());
-        for (key, value) in envs {
-            command.env(key, value);
-        }
-        let mut child = command.spawn()?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(addr) = line.strip_prefix("seatbroker listening on ") {
-                        break addr.parse().expect("an address");
-                    }
-                }
-                _ => {
-                    let status = child.wait()?;
-                    return Err(std::io::Error::other(format!(
-                        "daemon exited before listening: {status}"
-                    )));
-                }
-            }
-        };
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Ok(ChildDaemon { child, addr })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// A channel to the daemon once its health says SERVING (it listens before it is
-    /// ready, answering UNAVAILABLE meanwhile).
-    async fn ready_channel(&self) -> tonic::transport::Channel {
-        let channel = client::connect(&self.url()).await.expect("connect");
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let request = tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            };
-            let serving = health.check(request).await.is_ok_and(|r| {
-                r.into_inner().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-            });
-            if serving {
-                return channel;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the daemon never became SERVING"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    pub async fn admin(&self, key: &str) -> AdminServiceClient<Authorized> {
-        client::admin(
-            self.ready_channel().await,
-            BearerKey::new(Some(key)).unwrap(),
-        )
-    }
-
-    pub async fn session(&self, key: &str) -> SessionServiceClient<Authorized> {
-        client::session(
-            self.ready_channel().await,
-            BearerKey::new(Some(key)).unwrap(),
-        )
-    }
-
-    /// SIGKILL: no chance to flush anything.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
