@@ -2,11 +2,9 @@
 //! record of grants, releases, expiries, denials, terminations and admin changes,
 //! queried by time range.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
 

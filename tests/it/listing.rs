@@ -3,12 +3,10 @@
 //! and a token, a larger one is lowered to the maximum, a garbled token or one reused
 //! with other filters is INVALID_ARGUMENT, and the CLI pages through by itself.
 
-mod common;
-
 use std::collections::HashSet;
 use std::future::Future;
 
-use common::*;
+use crate::harness::*;
 use seatbroker::client::Authorized;
 use seatbroker::limits;
 use seatbroker::proto::{self, admin_service_client::AdminServiceClient};

@@ -2,12 +2,10 @@
 //! restarts and SIGKILL, held sessions survive a restart without over-admission,
 //! generations keep increasing, and damaged logs are truncated or refused as they must.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
 

@@ -2,12 +2,10 @@
 //! JSON logs, the CLI's usage view and audit export, no secret in any log line, and a
 //! clean stop on SIGTERM (an immediate one on a second signal).
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::{self, Finished};
-use common::*;
+use crate::harness::daemon::{self, Finished};
+use crate::harness::*;
 use seatbroker::client::{self, BearerKey};
 use seatbroker::proto;
 use tokio_stream::StreamExt;

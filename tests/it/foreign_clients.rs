@@ -7,12 +7,10 @@
 //! directory and reused while `tests/python/requirements.txt` is unchanged. When it
 //! cannot be made the test fails; only a machine without `python3` outside CI skips.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::harness::*;
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")

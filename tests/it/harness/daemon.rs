@@ -239,10 +239,6 @@ impl Daemon {
         self.child.id()
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
     /// The gRPC address; waits for the line that says the socket is bound.
     pub fn addr(&self) -> SocketAddr {
         *self.addr.get_or_init(|| {
@@ -350,6 +346,57 @@ impl Daemon {
     fn kill_now(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The lowest descriptor number the daemon does not hold.
+    pub fn lowest_free_descriptor(&self) -> u64 {
+        let held = self.held_descriptors();
+        (0..).find(|fd| !held.contains(fd)).expect("a free number")
+    }
+
+    /// The descriptor numbers the daemon holds now.
+    pub fn held_descriptors(&self) -> std::collections::BTreeSet<u64> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("the daemon's descriptors")
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
+    /// The daemon's soft descriptor limit now.
+    pub fn soft_descriptor_limit(&self) -> u64 {
+        self.descriptor_limits().rlim_cur
+    }
+
+    /// Sets the daemon's soft descriptor limit from outside (as `prlimit` does),
+    /// keeping its hard limit, so that it can be raised back without privileges. Set
+    /// to [`Daemon::lowest_free_descriptor`], the daemon can open nothing more.
+    pub fn set_soft_descriptor_limit(&self, soft: u64) {
+        let wanted = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: self.descriptor_limits().rlim_max,
+        };
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: a plain system call reading a local struct.
+        let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &wanted, std::ptr::null_mut()) };
+        assert_eq!(set, 0, "prlimit (set): {}", std::io::Error::last_os_error());
+    }
+
+    fn descriptor_limits(&self) -> libc::rlimit {
+        let mut limits = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: a plain system call writing a local struct.
+        let read =
+            unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limits) };
+        assert_eq!(
+            read,
+            0,
+            "prlimit (read): {}",
+            std::io::Error::last_os_error()
+        );
+        limits
     }
 
     #[track_caller]

@@ -4,14 +4,12 @@
 //! so), resumes by itself once the log can reserve room again, and loses nothing it
 //! acknowledged.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use seatbroker::client::Authorized;
 use seatbroker::proto::{self, session_service_client::SessionServiceClient};
 use tonic::Code;
@@ -27,24 +25,6 @@ fn serve(data_dir: &Path, envs: &[(&'static str, String)]) -> Serve {
         .args(["--metrics-listen", "127.0.0.1:0"]);
     envs.iter()
         .fold(serve, |serve, (name, value)| serve.env(name, value))
-}
-
-/// The lowest descriptor number process `pid` does not hold.
-#[cfg(feature = "failpoints")]
-fn lowest_free_descriptor(pid: u32) -> u64 {
-    let held: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("the daemon's descriptors")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    (0..).find(|fd| !held.contains(fd)).expect("a free number")
-}
-
-/// Descriptors process `pid` holds now.
-#[cfg(feature = "failpoints")]
-fn descriptors(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|entries| entries.count())
-        .unwrap_or(0)
 }
 
 /// Creates organization `acme` (10 KRE sessions) with one member holding a KRE
@@ -279,8 +259,7 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     // lowered (from outside, as `prlimit` does) to the lowest free descriptor. Silent
     // client sockets cannot do this any more: the daemon keeps its connections 128
     // descriptors below its limit.
-    let lowest_free = lowest_free_descriptor(daemon.pid());
-    set_soft_descriptor_limit(daemon.pid(), lowest_free);
+    daemon.set_soft_descriptor_limit(daemon.lowest_free_descriptor());
     // Writes under pressure: the rotation uses the segment opened ahead; when the
     // next one cannot be opened, writes are refused with UNAVAILABLE, never an abort.
     let mut refusals = 0;
@@ -306,7 +285,7 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     daemon.assert_alive();
     eprintln!(
         "{refusals} writes refused under descriptor exhaustion; {} descriptors held; files {:?}",
-        descriptors(daemon.pid()),
+        daemon.held_descriptors().len(),
         wal_files(data_dir.path())
     );
     let segments_after = wal_files(data_dir.path())
@@ -319,7 +298,7 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     );
 
     // The pressure goes: writes resume by themselves.
-    set_soft_descriptor_limit(daemon.pid(), DESCRIPTORS_MAX as u64);
+    daemon.set_soft_descriptor_limit(DESCRIPTORS_MAX.into());
     let deadline = Instant::now() + DEADLINE;
     loop {
         let email = format!("m{write}@acme.test");
@@ -343,30 +322,4 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     for email in &acknowledged {
         assert!(members.contains(email), "acknowledged {email} was lost");
     }
-}
-
-/// Sets the soft descriptor limit of process `pid`, keeping its hard limit (so it can
-/// be raised back without privileges).
-#[cfg(feature = "failpoints")]
-fn set_soft_descriptor_limit(pid: u32, soft: u64) {
-    let mut current = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let pid = pid as libc::pid_t;
-    // SAFETY: plain system calls on valid pointers to local structs.
-    let read = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut current) };
-    assert_eq!(
-        read,
-        0,
-        "prlimit (read): {}",
-        std::io::Error::last_os_error()
-    );
-    let wanted = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: current.rlim_max,
-    };
-    // SAFETY: as above.
-    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &wanted, std::ptr::null_mut()) };
-    assert_eq!(set, 0, "prlimit (set): {}", std::io::Error::last_os_error());
 }

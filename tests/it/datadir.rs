@@ -4,12 +4,10 @@
 //! lost its operator key file refuses to start (exit 78) until the key is rotated
 //! explicitly, and rotation keeps the state and retires the old key.
 
-mod common;
-
 use std::path::Path;
 
-use common::daemon::{self, Finished};
-use common::{Daemon, DaemonApi, OPERATOR_KEY, Serve, assert_status};
+use crate::harness::daemon::{self, Finished};
+use crate::harness::{Daemon, DaemonApi, OPERATOR_KEY, Serve, assert_status};
 use seatbroker::proto;
 
 const EXIT_DATA_DIR_LOCKED: i32 = 75;

@@ -4,12 +4,10 @@
 //! become one line and one count, and a loop of queries by one organization's Owner
 //! leaves every other organization its share of the query slots.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::*;
+use crate::harness::*;
 use seatbroker::audit::AuditOptions;
 use seatbroker::proto;
 use tonic::Code;

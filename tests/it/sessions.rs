@@ -1,11 +1,9 @@
 //! Engine sessions over real gRPC: quotas, the acquire race, idempotent retries,
 //! fencing, expiry and the end of sessions by admin action.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
 

@@ -3,13 +3,11 @@
 //! low descriptor limit, idle connections, and broker calls during recovery. Memory
 //! is the daemon's resident set (`VmRSS`), with generous stated bounds.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use h2::client::{ResponseFuture, SendRequest};
 use seatbroker::proto;
 use tokio::task::JoinHandle;

@@ -2,11 +2,9 @@
 //! licenses and keys through the real API, drives engines with their own keys, and its
 //! contention check confirms the broker never granted past the quota.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use seatbroker::loadgen::{self, BrokerTarget, Config, OperatorKey, Progress, Target, Workload};
 use seatbroker::proto;
 

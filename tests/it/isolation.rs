@@ -1,9 +1,7 @@
 //! Tenant isolation: a key of one organization can never read or change another's
 //! data. Every RPC is tried across the boundary.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
 

@@ -1,8 +1,6 @@
 //! Bad input gets a precise status and message, and changes nothing.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use seatbroker::limits;
 use seatbroker::proto;
 use tonic::Code;

@@ -1,9 +1,7 @@
 //! The wire, secured and discoverable: TLS and mTLS with rcgen certificates, health
 //! per service (and NOT_SERVING while draining), reflection in v1 and v1alpha.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use std::time::Duration;
 
 use seatbroker::client::{self, Authorized};

@@ -1,9 +1,7 @@
 //! Admin rules over real gRPC: named-seat quotas, atomic transfer, roles, membership,
 //! API keys and authentication.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
 

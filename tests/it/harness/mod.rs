@@ -4,8 +4,6 @@
 //! SERVING for the whole server); and helpers that set up organizations and sessions
 //! through the real API.
 
-#![allow(dead_code, unused_imports)]
-
 pub mod certs;
 pub mod daemon;
 pub mod server;
@@ -210,26 +208,6 @@ pub async fn member_emails(admin: &mut AdminServiceClient<Authorized>, org: &str
     }
 }
 
-/// The emails holding a license of `product` in `org` (one page: tests assign few).
-pub async fn assigned_emails(
-    admin: &mut AdminServiceClient<Authorized>,
-    org: &str,
-    product: i32,
-) -> Vec<String> {
-    let request = proto::ListAssignmentsRequest {
-        org_id: org.into(),
-        product,
-        ..Default::default()
-    };
-    let page = admin
-        .list_assignments(request)
-        .await
-        .expect("list assignments")
-        .into_inner();
-    assert!(page.next_page_token.is_empty(), "more than one page");
-    page.emails
-}
-
 pub struct Org {
     pub id: String,
     pub owner: String,
@@ -285,12 +263,6 @@ impl Org {
             .into_iter()
             .find(|p| p.product == product)
             .expect("product usage")
-    }
-
-    /// The emails holding a license of `product`, as the Owner sees them.
-    pub async fn assigned(&self, daemon: &impl DaemonApi, product: i32) -> Vec<String> {
-        let mut owner = daemon.admin(&self.owner_key).await;
-        assigned_emails(&mut owner, &self.id, product).await
     }
 }
 
