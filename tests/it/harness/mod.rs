@@ -208,6 +208,26 @@ pub async fn member_emails(admin: &mut AdminServiceClient<Authorized>, org: &str
     }
 }
 
+/// The emails holding a license of `product` in `org` (one page: tests assign few).
+pub async fn assigned_emails(
+    admin: &mut AdminServiceClient<Authorized>,
+    org: &str,
+    product: i32,
+) -> Vec<String> {
+    let request = proto::ListAssignmentsRequest {
+        org_id: org.into(),
+        product,
+        ..Default::default()
+    };
+    let page = admin
+        .list_assignments(request)
+        .await
+        .expect("list assignments")
+        .into_inner();
+    assert!(page.next_page_token.is_empty(), "more than one page");
+    page.emails
+}
+
 pub struct Org {
     pub id: String,
     pub owner: String,
@@ -263,6 +283,12 @@ impl Org {
             .into_iter()
             .find(|p| p.product == product)
             .expect("product usage")
+    }
+
+    /// The emails holding a license of `product`, as the Owner sees them.
+    pub async fn assigned(&self, daemon: &impl DaemonApi, product: i32) -> Vec<String> {
+        let mut owner = daemon.admin(&self.owner_key).await;
+        assigned_emails(&mut owner, &self.id, product).await
     }
 }
 
