@@ -190,13 +190,7 @@ async fn walkthrough(daemon: &Daemon) -> Walkthrough {
         .into_inner()
         .lease
         .unwrap();
-    engine(0)
-        .heartbeat(proto::HeartbeatRequest {
-            lease_id: lease.lease_id.clone(),
-            generation: lease.generation,
-        })
-        .await
-        .unwrap();
+    heartbeat(&mut engine(0), &lease).await.unwrap();
     assert!(
         engine(1)
             .acquire(acquire_request(KRE, "runner-2"))
@@ -212,13 +206,7 @@ async fn walkthrough(daemon: &Daemon) -> Walkthrough {
             .await
             .is_err()
     );
-    engine(0)
-        .release(proto::ReleaseRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        })
-        .await
-        .unwrap();
+    release(&mut engine(0), &lease).await.unwrap();
     engine(1)
         .acquire(acquire_request(KRE, "runner-2"))
         .await

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use seatbroker::client::Authorized;
-use seatbroker::proto::{self, session_service_client::SessionServiceClient};
+use seatbroker::proto::session_service_client::SessionServiceClient;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -115,13 +115,7 @@ async fn churn_until_refused(engine: &mut SessionServiceClient<Authorized>) -> t
             Ok(granted) => granted.into_inner().lease.unwrap(),
             Err(status) => return status,
         };
-        engine
-            .release(proto::ReleaseRequest {
-                lease_id: lease.lease_id,
-                generation: lease.generation,
-            })
-            .await
-            .expect("release");
+        release(engine, &lease).await.expect("release");
     }
     panic!("the log never ran out of room");
 }
@@ -152,7 +146,7 @@ async fn a_full_disk_makes_the_daemon_read_only_across_a_restart_and_it_resumes_
         .await
         .expect("release while the disk is full");
     assert!(
-        member_emails(&mut operator, "acme")
+        member_emails(&operator, "acme")
             .await
             .contains(&"engine@acme.test".to_string())
     );
@@ -318,7 +312,7 @@ async fn a_rotation_under_descriptor_exhaustion_does_not_abort_and_loses_nothing
     // Everything acknowledged survives a kill and a restart.
     daemon.kill();
     let daemon = Serve::new().data_dir(data_dir.path()).start().await;
-    let members = member_emails(&mut daemon.operator().await, "acme").await;
+    let members = member_emails(&daemon.operator().await, "acme").await;
     for email in &acknowledged {
         assert!(members.contains(email), "acknowledged {email} was lost");
     }

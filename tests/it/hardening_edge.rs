@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use h2::client::{ResponseFuture, SendRequest};
-use seatbroker::proto;
 use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::codegen::{Bytes, http};
@@ -212,12 +211,8 @@ async fn owner_key(daemon: &Daemon) -> String {
 /// A legitimate client's round: an admin listing and an engine's acquire, heartbeat
 /// and release, each on its own connection as real clients do.
 async fn legitimate_calls(daemon: &Daemon, key: &str, round: usize) {
-    daemon
-        .operator()
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .expect("the operator's listing works");
+    // The operator's listing works.
+    organizations(&daemon.operator().await).await;
     let mut engine = daemon.session(key).await;
     let lease = acquire_lease(&mut engine, KRE, &format!("engine-{round}")).await;
     heartbeat(&mut engine, &lease)
@@ -401,12 +396,7 @@ async fn silent_sockets_past_the_connection_cap_are_closed_and_new_clients_get_i
         "silent sockets still open after the handshake deadline"
     );
     // New clients get in, and calls work.
-    daemon
-        .operator()
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .expect("a new client is served");
+    organizations(&daemon.operator().await).await;
     // The daemon says what it has: the descriptor limit and the cap it derived.
     let fields = daemon
         .wait_for_log("connection cap set from the descriptor limit")
@@ -503,7 +493,7 @@ async fn broker_calls_during_recovery_answer_unavailable_then_ok_never_unimpleme
     let deadline = Instant::now() + WAIT_MAX;
     loop {
         let answer = operator
-            .list_organizations(proto::ListOrganizationsRequest::default())
+            .list_organizations(seatbroker::proto::ListOrganizationsRequest::default())
             .await;
         match answer {
             Ok(_) => break,

@@ -297,59 +297,31 @@ async fn calls_by(caller: Caller, server: &TestServer, alpha: &Org, beta: &Targe
     wrong
 }
 
-/// Everything of beta a call could have changed, as its Owner reads it.
+/// Everything of beta a call could have changed, as its Owner reads it (a session by
+/// its id and generation: its expiry estimate is computed at each reading).
 async fn state_of(server: &TestServer, beta: &Org) -> Vec<String> {
     let mut owner = server.admin(&beta.owner_key).await;
-    let org_id = || beta.id.clone();
-    let members = owner
-        .list_members(proto::ListMembersRequest {
-            org_id: org_id(),
-            ..Default::default()
-        })
+    let sessions: Vec<(String, u64)> = sessions(&owner, &beta.id, 0)
         .await
-        .unwrap()
-        .into_inner()
-        .members;
-    let keys = owner
-        .list_api_keys(proto::ListApiKeysRequest {
-            org_id: org_id(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .keys;
-    let sessions: Vec<(String, u64)> = owner
-        .list_sessions(proto::ListSessionsRequest {
-            org_id: org_id(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions
         .into_iter()
         .map(|lease| (lease.lease_id, lease.generation))
         .collect();
     let usage = owner
         .get_usage(proto::GetUsageRequest {
-            org_id: org_id(),
+            org_id: beta.id.clone(),
             window_seconds: 0,
         })
         .await
         .unwrap()
         .into_inner();
-    let mut state = vec![
-        format!("{members:?}"),
-        format!("{keys:?}"),
+    vec![
+        format!("{:?}", members(&owner, &beta.id).await),
+        format!("{:?}", api_keys(&owner, &beta.id).await),
         format!("{sessions:?}"),
         format!("{usage:?}"),
-    ];
-    for product in [KSE, KRE] {
-        let assigned = beta.assigned(server, product).await;
-        state.push(format!("{product}: {assigned:?}"));
-    }
-    state
+        format!("{:?}", assigned_emails(&owner, &beta.id, KSE).await),
+        format!("{:?}", assigned_emails(&owner, &beta.id, KRE).await),
+    ]
 }
 
 #[tokio::test]
@@ -378,17 +350,7 @@ async fn every_rpc_by_every_caller_reaches_another_organization_only_as_the_oper
     let mut beta_engine = server.session(beta.key(0)).await;
     let lease = acquire_lease(&mut beta_engine, KRE, ENGINE_ID).await;
     let subject = beta.email(1).to_owned();
-    let beta_keys = server
-        .admin(&beta.owner_key)
-        .await
-        .list_api_keys(proto::ListApiKeysRequest {
-            org_id: beta.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .keys;
+    let beta_keys = api_keys(&server.admin(&beta.owner_key).await, &beta.id).await;
     let subject_key_id = beta_keys
         .into_iter()
         .find(|key| key.email == subject)
@@ -472,16 +434,7 @@ async fn leases_of_one_organization_are_invisible_to_another() {
         Code::NotFound,
         "does not exist",
     );
-    let sessions = owner_a
-        .list_sessions(proto::ListSessionsRequest {
-            org_id: a.id.clone(),
-            product: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = sessions(&owner_a, &a.id, 0).await;
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].org_id, a.id);
     assert_eq!(b.usage(&server, KRE).await.active_sessions, 1);

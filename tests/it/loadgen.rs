@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 use seatbroker::loadgen::{self, BrokerTarget, Config, OperatorKey, Progress, Target, Workload};
-use seatbroker::proto;
 
 fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
     Config {
@@ -27,17 +26,6 @@ fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
         seed: 7,
         rate: None,
     }
-}
-
-async fn organizations(server: &TestServer) -> Vec<proto::Organization> {
-    server
-        .operator()
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .organizations
 }
 
 fn target(server: &TestServer) -> Target {
@@ -66,7 +54,7 @@ async fn acquire_release_provisions_through_the_real_api_and_runs_clean() {
         cpu.server_us.is_some_and(|us| us > 0.0) && cpu.client_us.is_some_and(|us| us > 0.0),
         "CPU per call read from /proc: {cpu:?}"
     );
-    let organizations = organizations(&server).await;
+    let organizations = organizations(&server.operator().await).await;
     assert_eq!(organizations.len(), 2);
     for org in &organizations {
         assert!(org.org_id.starts_with("bench-"));
@@ -89,7 +77,7 @@ async fn engines_sharing_members_hold_separate_sessions_on_their_keys() {
         .await
         .expect("the run completes");
     assert_eq!(report.errors_total, 0, "{:?}", report.errors);
-    let organizations = organizations(&server).await;
+    let organizations = organizations(&server.operator().await).await;
     assert_eq!(organizations.len(), 2);
     for org in &organizations {
         // 8 members over 2 organizations, plus the owner.

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod daemon;
+pub mod listing;
 pub mod server;
 
 use std::time::{Duration, Instant};
@@ -19,6 +20,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub use daemon::{Daemon, Serve};
+pub use listing::{
+    api_keys, assigned_emails, audit_page, audit_record, member_emails, members, organizations,
+    sessions,
+};
 pub use server::{TestServer, start, start_configured, start_in, start_tls, start_with_ttl};
 
 pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef0123456789";
@@ -32,7 +37,7 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A daemon the tests reach over gRPC: its URL and what its clients present; channels
 /// and authorized clients from them.
-pub trait DaemonApi {
+pub trait DaemonApi: Sized {
     fn url(&self) -> String;
 
     fn client_tls(&self) -> &ClientTlsFiles;
@@ -94,6 +99,16 @@ pub trait DaemonApi {
             owner_key,
             members: member_keys,
         }
+    }
+
+    /// Like [`DaemonApi::organization`], with every member (not the owner) holding a
+    /// KRE license, as the engines of most tests do.
+    async fn licensed_organization(&self, org: &str, kse: u32, kre: u32, members: &[&str]) -> Org {
+        let org = self.organization(org, kse, kre, members).await;
+        org.assign(self, KRE, org.emails())
+            .await
+            .expect("assign KRE to every member");
+        org
     }
 
     /// The health `service` reports now ("" for the whole server).
@@ -185,49 +200,6 @@ pub async fn add_member(
     Ok(answer.member.expect("an added member"))
 }
 
-/// Every member's email of `org`, page by page.
-pub async fn member_emails(admin: &mut AdminServiceClient<Authorized>, org: &str) -> Vec<String> {
-    let mut emails = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let request = proto::ListMembersRequest {
-            org_id: org.into(),
-            page_token,
-            ..Default::default()
-        };
-        let page = admin
-            .list_members(request)
-            .await
-            .expect("list members")
-            .into_inner();
-        emails.extend(page.members.into_iter().map(|m| m.email));
-        if page.next_page_token.is_empty() {
-            return emails;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
-/// The emails holding a license of `product` in `org` (one page: tests assign few).
-pub async fn assigned_emails(
-    admin: &mut AdminServiceClient<Authorized>,
-    org: &str,
-    product: i32,
-) -> Vec<String> {
-    let request = proto::ListAssignmentsRequest {
-        org_id: org.into(),
-        product,
-        ..Default::default()
-    };
-    let page = admin
-        .list_assignments(request)
-        .await
-        .expect("list assignments")
-        .into_inner();
-    assert!(page.next_page_token.is_empty(), "more than one page");
-    page.emails
-}
-
 pub struct Org {
     pub id: String,
     pub owner: String,
@@ -287,8 +259,8 @@ impl Org {
 
     /// The emails holding a license of `product`, as the Owner sees them.
     pub async fn assigned(&self, daemon: &impl DaemonApi, product: i32) -> Vec<String> {
-        let mut owner = daemon.admin(&self.owner_key).await;
-        assigned_emails(&mut owner, &self.id, product).await
+        let owner = daemon.admin(&self.owner_key).await;
+        assigned_emails(&owner, &self.id, product).await
     }
 }
 
@@ -321,11 +293,12 @@ pub async fn heartbeat(
     engine: &mut SessionServiceClient<Authorized>,
     lease: &proto::Lease,
 ) -> Result<proto::HeartbeatResponse, tonic::Status> {
+    let (lease_id, generation) = lease_and_generation(lease);
     let request = proto::HeartbeatRequest {
-        lease_id: lease.lease_id.clone(),
-        generation: lease.generation,
+        lease_id,
+        generation,
     };
-    engine.heartbeat(request).await.map(|r| r.into_inner())
+    Ok(engine.heartbeat(request).await?.into_inner())
 }
 
 /// Releases `lease` with its own generation.
@@ -333,11 +306,19 @@ pub async fn release(
     engine: &mut SessionServiceClient<Authorized>,
     lease: &proto::Lease,
 ) -> Result<proto::ReleaseResponse, tonic::Status> {
-    let request = proto::ReleaseRequest {
-        lease_id: lease.lease_id.clone(),
-        generation: lease.generation,
-    };
-    engine.release(request).await.map(|r| r.into_inner())
+    let (lease_id, generation) = lease_and_generation(lease);
+    Ok(engine
+        .release(proto::ReleaseRequest {
+            lease_id,
+            generation,
+        })
+        .await?
+        .into_inner())
+}
+
+/// What names `lease` in a heartbeat or a release: its id and its generation.
+fn lease_and_generation(lease: &proto::Lease) -> (String, u64) {
+    (lease.lease_id.clone(), lease.generation)
 }
 
 /// Asserts a call failed with `code` and a message containing `needle`.
