@@ -7,6 +7,13 @@
 //! variables, resource limits, the allocator, paused time): what needs that runs the
 //! daemon as a child process and changes the child. `tests/fuzz_decoders.rs` stays a
 //! binary of its own: it installs a global allocator that measures every allocation.
+//!
+//! A new area is a new file here, `tests/it/<area>.rs`, declared below with
+//! `mod <area>;`: it opens with a `//!` saying what it specifies, `use
+//! crate::harness::*;`, and starts its daemon with `start()` (in this process) or
+//! `Serve::new()…start()` (the real binary: kill -9, restarts on a data directory,
+//! signals, failpoints through `.env`, descriptor limits). `cargo test --test it
+//! <area>::` runs it alone.
 
 mod harness;
 
