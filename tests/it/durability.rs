@@ -2,12 +2,10 @@
 //! restarts and SIGKILL, held sessions survive a restart without over-admission,
 //! generations keep increasing, and damaged logs are truncated or refused as they must.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
 
@@ -39,27 +37,12 @@ async fn acknowledged_admin_state_survives_a_restart() {
         })
         .await
         .unwrap();
-    let before = owner
-        .list_members(proto::ListMembersRequest {
-            org_id: org.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let before = members(&owner, &org.id).await;
     let dir = server.stop().await;
 
     let server = start_in(dir, TTL).await;
     let mut owner = server.admin(&org.owner_key).await;
-    let after = owner
-        .list_members(proto::ListMembersRequest {
-            org_id: org.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(before, after);
+    assert_eq!(members(&owner, &org.id).await, before);
     let kse = owner
         .list_assignments(proto::ListAssignmentsRequest {
             org_id: org.id.clone(),
@@ -86,9 +69,8 @@ async fn acknowledged_admin_state_survives_a_restart() {
 async fn held_sessions_survive_a_restart_and_the_quota_holds() {
     let server = start().await;
     let org = server
-        .organization("acme", 0, 5, &["a", "b", "c", "d", "e", "f"])
+        .licensed_organization("acme", 0, 5, &["a", "b", "c", "d", "e", "f"])
         .await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
     let mut leases = Vec::new();
     for i in 0..5 {
         let mut engine = server.session(org.key(i)).await;
@@ -105,11 +87,7 @@ async fn held_sessions_survive_a_restart_and_the_quota_holds() {
     );
     for (i, lease) in leases.iter().enumerate() {
         let mut engine = server.session(org.key(i)).await;
-        engine
-            .heartbeat(proto::HeartbeatRequest {
-                lease_id: lease.lease_id.clone(),
-                generation: lease.generation,
-            })
+        heartbeat(&mut engine, lease)
             .await
             .expect("a held session survives the restart");
         // The engine's retry of Acquire finds the same lease, not a second seat.
@@ -124,13 +102,7 @@ async fn held_sessions_survive_a_restart_and_the_quota_holds() {
     assert_eq!(org.usage(&server, KRE).await.active_sessions, 5);
     // A release after the restart frees the seat for the newcomer.
     let mut first = server.session(org.key(0)).await;
-    first
-        .release(proto::ReleaseRequest {
-            lease_id: leases[0].lease_id.clone(),
-            generation: leases[0].generation,
-        })
-        .await
-        .unwrap();
+    release(&mut first, &leases[0]).await.unwrap();
     newcomer
         .acquire(acquire_request(KRE, "engine-new"))
         .await
@@ -140,8 +112,9 @@ async fn held_sessions_survive_a_restart_and_the_quota_holds() {
 #[tokio::test]
 async fn ended_sessions_stay_ended_after_a_restart() {
     let server = start().await;
-    let org = server.organization("acme", 0, 5, &["a", "b", "c"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("acme", 0, 5, &["a", "b", "c"])
+        .await;
     let mut leases = Vec::new();
     for i in 0..3 {
         let mut engine = server.session(org.key(i)).await;
@@ -155,29 +128,12 @@ async fn ended_sessions_stay_ended_after_a_restart() {
         })
         .await
         .unwrap();
-    server
-        .session(org.key(1))
-        .await
-        .release(proto::ReleaseRequest {
-            lease_id: leases[1].lease_id.clone(),
-            generation: leases[1].generation,
-        })
+    release(&mut server.session(org.key(1)).await, &leases[1])
         .await
         .unwrap();
     let dir = server.stop().await;
     let server = start_in(dir, TTL).await;
-    let sessions = server
-        .admin(&org.owner_key)
-        .await
-        .list_sessions(proto::ListSessionsRequest {
-            org_id: org.id.clone(),
-            product: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let sessions = sessions(&server.admin(&org.owner_key).await, &org.id, 0).await;
     let ids: Vec<&str> = sessions.iter().map(|s| s.lease_id.as_str()).collect();
     assert_eq!(
         ids,
@@ -189,8 +145,7 @@ async fn ended_sessions_stay_ended_after_a_restart() {
 #[tokio::test]
 async fn generations_strictly_increase_across_a_hundred_restarts() {
     let mut server = start().await;
-    let org = server.organization("acme", 0, 1, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server.licensed_organization("acme", 0, 1, &["a"]).await;
     let restarts = std::env::var("SEATBROKER_RESTARTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -205,13 +160,7 @@ async fn generations_strictly_increase_across_a_hundred_restarts() {
             lease.generation
         );
         last = lease.generation;
-        engine
-            .release(proto::ReleaseRequest {
-                lease_id: lease.lease_id,
-                generation: lease.generation,
-            })
-            .await
-            .unwrap();
+        release(&mut engine, &lease).await.unwrap();
         let dir = server.stop().await;
         server = start_in(dir, TTL).await;
     }
@@ -299,8 +248,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         })
         .collect();
     {
-        let daemon = ChildDaemon::spawn(dir.path(), &[]).unwrap();
-        let mut operator = daemon.admin(OPERATOR_KEY).await;
+        let daemon = Serve::new().data_dir(dir.path()).start().await;
+        let mut operator = daemon.operator().await;
         operator
             .create_organization(proto::CreateOrganizationRequest {
                 org_id: org.clone(),
@@ -323,23 +272,9 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         daemon.kill();
     }
     for cycle in 0..cycles {
-        let daemon = ChildDaemon::spawn(dir.path(), &[])
-            .unwrap_or_else(|e| panic!("cycle {cycle}: restart failed: {e}"));
+        let daemon = Serve::new().data_dir(dir.path()).start().await;
         // Check what survived the previous kill against what was acknowledged.
-        let recovered: BTreeSet<String> = daemon
-            .admin(OPERATOR_KEY)
-            .await
-            .list_assignments(proto::ListAssignmentsRequest {
-                org_id: org.clone(),
-                product: KRE,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .emails
-            .into_iter()
-            .collect();
+        let recovered = assigned_emails(&daemon.operator().await, &org, KRE).await;
         for model in &models {
             let mine: BTreeSet<String> = recovered
                 .iter()
@@ -370,19 +305,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             // An operation cut off by the kill may or may not have been made durable;
             // the next cycle's check decides which, and both are allowed.
             if let Some((email, assign)) = in_flight {
-                let probe = ChildDaemon::spawn(dir.path(), &[]).unwrap();
-                let listed = probe
-                    .admin(OPERATOR_KEY)
-                    .await
-                    .list_assignments(proto::ListAssignmentsRequest {
-                        org_id: org.clone(),
-                        product: KRE,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .emails;
+                let probe = Serve::new().data_dir(dir.path()).start().await;
+                let listed = assigned_emails(&probe.operator().await, &org, KRE).await;
                 probe.kill();
                 if listed.contains(&email) == assign {
                     if assign {
@@ -400,8 +324,9 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to_start() {
     let server = start().await;
-    let org = server.organization("acme", 5, 5, &["a", "b", "c"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("acme", 5, 5, &["a", "b", "c"])
+        .await;
     let dir = server.stop().await;
     let segment = std::fs::read_dir(dir.path().join("wal"))
         .unwrap()
@@ -418,7 +343,7 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
     let mut settings = test_settings(dir.path());
     settings.lease_ttl_ms = ttl_ms(TTL);
     let config = seatbroker::config::Config::resolve(settings).unwrap();
-    let refused = seatbroker::server::prepare(config.clone())
+    let refused = server::prepare(config.clone())
         .await
         .err()
         .expect("a corrupt log must refuse to start");
@@ -447,32 +372,11 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
     cut.resize(cut.len() + 64 * 1024, 0);
     std::fs::write(&segment, &cut).unwrap();
     let server = start_in(dir, TTL).await;
-    let assigned = server
-        .admin(&org.owner_key)
-        .await
-        .list_assignments(proto::ListAssignmentsRequest {
-            org_id: org.id.clone(),
-            product: KRE,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .emails;
+    let assigned = org.assigned(&server, KRE).await;
     // The torn record was the last one written, the assignment: it is gone, and
     // everything before it (the organization, its members) is there.
     assert!(assigned.is_empty(), "recovered {assigned:?}");
-    let members = server
-        .admin(&org.owner_key)
-        .await
-        .list_members(proto::ListMembersRequest {
-            org_id: org.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .members;
+    let members = members(&server.admin(&org.owner_key).await, &org.id).await;
     assert_eq!(members.len(), 4, "the owner and three members survive");
 }
 
@@ -481,12 +385,12 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
 async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
     let dir = tempfile::tempdir().unwrap();
     // Fsyncs: 1 boot record, 1 create organization, then one per add-member.
-    let daemon = ChildDaemon::spawn(
-        dir.path(),
-        &[("SEATBROKER_FAILPOINT", "wal-fsync-fail-after:5")],
-    )
-    .unwrap();
-    let mut operator = daemon.admin(OPERATOR_KEY).await;
+    let mut daemon = Serve::new()
+        .data_dir(dir.path())
+        .env("SEATBROKER_FAILPOINT", "wal-fsync-fail-after:5")
+        .start()
+        .await;
+    let mut operator = daemon.operator().await;
     operator
         .create_organization(proto::CreateOrganizationRequest {
             org_id: "acme".into(),
@@ -516,25 +420,11 @@ async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
         }
     }
     let failed = failed.expect("the failpoint fired");
-    let mut daemon = daemon;
-    let status = daemon.child.wait().unwrap();
+    let status = daemon.wait_exit();
     assert!(!status.success(), "the daemon aborted: {status}");
     assert_eq!(acknowledged.len(), 3);
-    let daemon = ChildDaemon::spawn(dir.path(), &[]).unwrap();
-    let members: Vec<String> = daemon
-        .admin(OPERATOR_KEY)
-        .await
-        .list_members(proto::ListMembersRequest {
-            org_id: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .members
-        .into_iter()
-        .map(|m| m.email)
-        .collect();
+    let daemon = Serve::new().data_dir(dir.path()).start().await;
+    let members = member_emails(&daemon.operator().await, "acme").await;
     for email in &acknowledged {
         assert!(members.contains(email), "acknowledged {email} was lost");
     }
@@ -551,53 +441,22 @@ async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
 #[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn health_is_not_serving_while_the_log_is_recovered() {
-    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
 
-    let dir = tempfile::tempdir().unwrap();
     // Recovery made to take two seconds longer, so it can be watched.
-    let daemon = ChildDaemon::spawn(
-        dir.path(),
-        &[("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "2000")],
-    )
-    .unwrap();
-    let channel = seatbroker::client::connect(&daemon.url())
-        .await
-        .expect("the port answers during recovery");
-    let mut health = HealthClient::new(channel);
-    let status = |service: &str| HealthCheckRequest {
-        service: service.into(),
-    };
-    let during = health.check(status("")).await.unwrap().into_inner().status;
+    let daemon = Serve::new()
+        .env("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "2000")
+        .spawn();
     assert_eq!(
-        during,
-        ServingStatus::NotServing as i32,
+        daemon.health("").await,
+        ServingStatus::NotServing,
         "NOT_SERVING while recovering"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        // The recovery-time server hands the socket over: reconnect as clients do.
-        if let Ok(channel) = seatbroker::client::connect(&daemon.url()).await {
-            let mut health = HealthClient::new(channel);
-            let answer = health.check(status("seatbroker.v1.SessionService")).await;
-            if answer.is_ok_and(|a| a.into_inner().status == ServingStatus::Serving as i32) {
-                break;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon never became SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // And it works.
     daemon
-        .admin(OPERATOR_KEY)
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .unwrap();
+        .wait_health(SESSION_SERVICE, ServingStatus::Serving)
+        .await;
+    // And it works.
+    organizations(&daemon.operator().await).await;
 }
 
 /// Sessions live for a long time across snapshots taken after a few records (the
@@ -609,8 +468,12 @@ async fn health_is_not_serving_while_the_log_is_recovered() {
 async fn held_sessions_survive_restarts_through_snapshots_of_the_lease_table() {
     const QUOTA: usize = 60;
     let dir = tempfile::tempdir().unwrap();
-    let trigger = [("SEATBROKER_FAILPOINT_SNAPSHOT_RECORDS", "25")];
-    let daemon = ChildDaemon::spawn(dir.path(), &trigger).unwrap();
+    let with_snapshots_every_25_records = || {
+        Serve::new()
+            .data_dir(dir.path())
+            .env("SEATBROKER_FAILPOINT_SNAPSHOT_RECORDS", "25")
+    };
+    let daemon = with_snapshots_every_25_records().start().await;
     let mut operator = daemon.admin(OPERATOR_KEY).await;
     let org = "snap".to_string();
     operator
@@ -680,7 +543,7 @@ async fn held_sessions_survive_restarts_through_snapshots_of_the_lease_table() {
     );
     daemon.kill();
 
-    let daemon = ChildDaemon::spawn(dir.path(), &trigger).unwrap();
+    let daemon = with_snapshots_every_25_records().start().await;
     let mut engine = daemon.session(&key).await;
     // The seats of the held sessions are taken from the first moment.
     let free = QUOTA - held.len();

@@ -3,12 +3,10 @@
 //! per-member API key cap is counted without a scan and follows revocations and
 //! removals. The caps of thousands of members are covered by `domain::state`'s tests.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use seatbroker::domain::{Command, Email, OrgId, Product, Quota, Role};
 use seatbroker::limits;
 use seatbroker::proto;

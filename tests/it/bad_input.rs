@@ -1,8 +1,6 @@
 //! Bad input gets a precise status and message, and changes nothing.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use seatbroker::limits;
 use seatbroker::proto;
 use tonic::Code;
@@ -76,12 +74,8 @@ async fn organization_fields_are_checked() {
         Code::InvalidArgument,
         "kse_seats",
     );
-    let listed = operator
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(listed.organizations.is_empty(), "nothing was created");
+    let listed = organizations(&operator).await;
+    assert!(listed.is_empty(), "nothing was created");
     operator
         .create_organization(organization("acme", "Acme", "o@acme.test"))
         .await
@@ -178,8 +172,7 @@ async fn unknown_things_are_not_found() {
 #[tokio::test]
 async fn engine_fields_are_checked() {
     let server = start().await;
-    let org = server.organization("acme", 5, 5, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server.licensed_organization("acme", 5, 5, &["a"]).await;
     let mut engine = server.session(org.key(0)).await;
     let mut request = acquire_request(KRE, "");
     assert_status(
@@ -259,14 +252,7 @@ async fn unicode_spellings_of_one_email_are_one_member() {
         Code::AlreadyExists,
         "bob@example.com is already a member",
     );
-    let organizations = server
-        .operator()
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .organizations;
+    let organizations = organizations(&server.operator().await).await;
     assert_eq!(organizations[0].member_count, 3, "the owner, älice and bob");
 }
 
@@ -300,8 +286,7 @@ fn refused_naming<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &
 #[tokio::test]
 async fn invisible_and_bidi_characters_are_refused_in_every_identifier() {
     let server = start().await;
-    let org = server.organization("acme", 5, 5, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server.licensed_organization("acme", 5, 5, &["a"]).await;
     let mut operator = server.operator().await;
     let mut owner = server.admin(&org.owner_key).await;
     let mut engine = server.session(org.key(0)).await;
@@ -349,12 +334,6 @@ async fn invisible_and_bidi_characters_are_refused_in_every_identifier() {
         refused_naming(engine.acquire(request).await, "label", c);
     }
     // Nothing was created along the way.
-    let organizations = operator
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .organizations;
-    assert_eq!(organizations.len(), 1);
+    assert_eq!(organizations(&operator).await.len(), 1);
     assert_eq!(org.usage(&server, KRE).await.active_sessions, 0);
 }

@@ -7,12 +7,10 @@
 //! directory and reused while `tests/python/requirements.txt` is unchanged. When it
 //! cannot be made the test fails; only a machine without `python3` outside CI skips.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::harness::*;
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
@@ -67,17 +65,13 @@ fn run_script(python: &Path, script: &str, args: &[&str]) {
     println!("{script}:\n{stdout}");
 }
 
-#[test]
-fn python_grpcio_runs_the_walkthrough_over_tls_and_discovers_the_api_by_reflection() {
+#[tokio::test]
+async fn python_grpcio_runs_the_walkthrough_over_tls_and_discovers_the_api_by_reflection() {
     let Some(python) = python() else { return };
     let certs = certs::generate();
-    let (cert, key) = (
-        certs.server_cert.to_str().unwrap(),
-        certs.server_key.to_str().unwrap(),
-    );
-    let daemon = daemon::start(&["--tls-cert", cert, "--tls-key", key], "info");
+    let daemon = Serve::new().tls(&certs).start().await;
     // The certificate names localhost and 127.0.0.1; Python checks the name it dials.
-    let addr = format!("localhost:{}", daemon.addr.port());
+    let addr = format!("localhost:{}", daemon.addr().port());
     let ca = certs.ca.to_str().unwrap();
     let proto_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     run_script(

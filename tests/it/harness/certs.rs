@@ -10,7 +10,8 @@ use rcgen::{
 use seatbroker::tls::{ClientTlsFiles, ServerTlsFiles};
 
 pub struct TestCerts {
-    pub dir: tempfile::TempDir,
+    /// Where the PEM files are, removed when the certificates are dropped.
+    _dir: tempfile::TempDir,
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
@@ -62,7 +63,7 @@ pub fn generate() -> TestCerts {
         server_key: write("server.key", server_key.serialize_pem()),
         client_cert: write("client.pem", client_cert.pem()),
         client_key: write("client.key", client_key.serialize_pem()),
-        dir,
+        _dir: dir,
     }
 }
 

@@ -2,11 +2,9 @@
 //! record of grants, releases, expiries, denials, terminations and admin changes,
 //! queried by time range.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
 
@@ -20,8 +18,9 @@ fn usage_request(org: &str, window_seconds: u32) -> proto::GetUsageRequest {
 #[tokio::test]
 async fn usage_reports_peak_grants_and_denials_over_a_window() {
     let server = start().await;
-    let org = server.organization("acme", 0, 2, &["a", "b", "c"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("acme", 0, 2, &["a", "b", "c"])
+        .await;
     let lease = acquire_lease(&mut server.session(org.key(0)).await, KRE, "e-a").await;
     server
         .session(org.key(1))
@@ -38,13 +37,7 @@ async fn usage_reports_peak_grants_and_denials_over_a_window() {
         Code::ResourceExhausted,
         "2 of 2",
     );
-    server
-        .session(org.key(0))
-        .await
-        .release(proto::ReleaseRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        })
+    release(&mut server.session(org.key(0)).await, &lease)
         .await
         .unwrap();
 
@@ -74,7 +67,8 @@ async fn usage_reports_peak_grants_and_denials_over_a_window() {
     );
 }
 
-/// The first page of acme's audit record in `[from, to)`.
+/// The first page of acme's audit record in `[from, to)`, as the holder of `key`
+/// reads it.
 async fn audit(
     server: &TestServer,
     key: &str,
@@ -82,38 +76,8 @@ async fn audit(
     to: i64,
     limit: u32,
 ) -> Result<proto::ListAuditEventsResponse, tonic::Status> {
-    list_audit(server, key, (from, to), limit, String::new()).await
-}
-
-/// One page of the whole record of acme, continuing from `page_token`.
-async fn audit_page(
-    server: &TestServer,
-    key: &str,
-    limit: u32,
-    page_token: String,
-) -> Result<proto::ListAuditEventsResponse, tonic::Status> {
-    list_audit(server, key, (0, 0), limit, page_token).await
-}
-
-async fn list_audit(
-    server: &TestServer,
-    key: &str,
-    (from_unix_ms, to_unix_ms): (i64, i64),
-    limit: u32,
-    page_token: String,
-) -> Result<proto::ListAuditEventsResponse, tonic::Status> {
-    server
-        .admin(key)
-        .await
-        .list_audit_events(proto::ListAuditEventsRequest {
-            org_id: "acme".into(),
-            from_unix_ms,
-            to_unix_ms,
-            limit,
-            page_token,
-        })
-        .await
-        .map(|r| r.into_inner())
+    let reader = server.admin(key).await;
+    audit_page(&reader, "acme", (from, to), limit, String::new()).await
 }
 
 /// Polls the audit record until an event of `kind` shows up.
@@ -132,8 +96,9 @@ async fn wait_for_event(server: &TestServer, key: &str, kind: &str) -> Vec<proto
 #[tokio::test]
 async fn the_audit_record_tells_the_story_of_an_organization() {
     let server = start_with_ttl(Duration::from_millis(300)).await;
-    let org = server.organization("acme", 1, 1, &["a", "b"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("acme", 1, 1, &["a", "b"])
+        .await;
     let mut a = server.session(org.key(0)).await;
     let mut b = server.session(org.key(1)).await;
     let first = acquire_lease(&mut a, KRE, "e-1").await;
@@ -142,12 +107,7 @@ async fn the_audit_record_tells_the_story_of_an_organization() {
         Code::ResourceExhausted,
         "",
     );
-    a.release(proto::ReleaseRequest {
-        lease_id: first.lease_id.clone(),
-        generation: first.generation,
-    })
-    .await
-    .unwrap();
+    release(&mut a, &first).await.unwrap();
     let second = acquire_lease(&mut a, KRE, "e-2").await;
     server
         .admin(&org.owner_key)
@@ -231,21 +191,10 @@ async fn the_audit_record_tells_the_story_of_an_organization() {
         .await
         .unwrap()
         .events;
-    let mut paged = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = audit_page(&server, &org.owner_key, 2, token).await.unwrap();
-        assert!(page.events.len() <= 2);
-        paged.extend(page.events);
-        if !page.truncated {
-            assert!(page.next_page_token.is_empty());
-            break;
-        }
-        token = page.next_page_token;
-    }
-    assert_eq!(paged, whole);
+    let owner = server.admin(&org.owner_key).await;
+    assert_eq!(audit_record(&owner, "acme", 2).await, whole);
     assert_status(
-        audit_page(&server, &org.owner_key, 2, "not-a-token".into()).await,
+        audit_page(&owner, "acme", (0, 0), 2, "not-a-token".into()).await,
         Code::InvalidArgument,
         "page_token",
     );

@@ -2,13 +2,10 @@
 //! licenses and keys through the real API, drives engines with their own keys, and its
 //! contention check confirms the broker never granted past the quota.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use seatbroker::loadgen::{self, BrokerTarget, Config, OperatorKey, Progress, Target, Workload};
-use seatbroker::proto;
 
 fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
     Config {
@@ -29,17 +26,6 @@ fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
         seed: 7,
         rate: None,
     }
-}
-
-async fn organizations(server: &TestServer) -> Vec<proto::Organization> {
-    server
-        .operator()
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .organizations
 }
 
 fn target(server: &TestServer) -> Target {
@@ -68,7 +54,7 @@ async fn acquire_release_provisions_through_the_real_api_and_runs_clean() {
         cpu.server_us.is_some_and(|us| us > 0.0) && cpu.client_us.is_some_and(|us| us > 0.0),
         "CPU per call read from /proc: {cpu:?}"
     );
-    let organizations = organizations(&server).await;
+    let organizations = organizations(&server.operator().await).await;
     assert_eq!(organizations.len(), 2);
     for org in &organizations {
         assert!(org.org_id.starts_with("bench-"));
@@ -91,7 +77,7 @@ async fn engines_sharing_members_hold_separate_sessions_on_their_keys() {
         .await
         .expect("the run completes");
     assert_eq!(report.errors_total, 0, "{:?}", report.errors);
-    let organizations = organizations(&server).await;
+    let organizations = organizations(&server.operator().await).await;
     assert_eq!(organizations.len(), 2);
     for org in &organizations {
         // 8 members over 2 organizations, plus the owner.
@@ -124,7 +110,7 @@ async fn contention_never_sees_more_sessions_than_the_quota() {
 
 #[test]
 fn the_noop_server_runs_as_its_own_process_and_its_cpu_per_call_is_reported() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"))
+    let output = daemon::command()
         .args([
             "bench",
             "--target",

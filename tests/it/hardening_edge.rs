@@ -3,17 +3,12 @@
 //! low descriptor limit, idle connections, and broker calls during recovery. Memory
 //! is the daemon's resident set (`VmRSS`), with generous stated bounds.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::OPERATOR_KEY;
-use common::daemon::{self, Daemon};
+use crate::harness::*;
 use h2::client::{ResponseFuture, SendRequest};
-use seatbroker::client::{self, BearerKey};
-use seatbroker::proto;
 use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::codegen::{Bytes, http};
@@ -34,14 +29,11 @@ const WAIT_MAX: Duration = Duration::from_secs(60);
 const CREATE_ORGANIZATION: &str = "/seatbroker.v1.AdminService/CreateOrganization";
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
-/// Warnings, and the line that says where the daemon serves.
-const QUIET_LOG: &str = "warn,seatbroker::cli=info,seatbroker::server=info";
-
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// The daemon's resident memory, from `/proc/PID/status`.
 fn resident_bytes(daemon: &Daemon) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
         .expect("the daemon's /proc status");
     let line = status
         .lines()
@@ -209,62 +201,24 @@ async fn record_code(response: ResponseFuture, codes: Arc<Mutex<Vec<String>>>) {
 /// An organization and its owner's key, through the real API.
 /// Its owner holds a KRE license, so the owner's key also serves as an engine's.
 async fn owner_key(daemon: &Daemon) -> String {
-    common::wait_until_serving(&daemon.url("http"), &Default::default()).await;
-    let mut operator = operator(daemon).await;
-    operator
-        .create_organization(proto::CreateOrganizationRequest {
-            org_id: "acme".into(),
-            display_name: "Acme".into(),
-            owner_email: "owner@acme.test".into(),
-            quota: Some(proto::Quota {
-                kse_seats: 0,
-                kre_sessions: 1000,
-                expires_at_unix_ms: 0,
-            }),
-        })
-        .await
-        .expect("create the organization");
-    operator
-        .assign_licenses(proto::AssignLicensesRequest {
-            org_id: "acme".into(),
-            product: common::KRE,
-            emails: vec!["owner@acme.test".into()],
-        })
+    let org = daemon.organization("acme", 0, 1000, &[]).await;
+    org.assign(daemon, KRE, vec![org.owner.clone()])
         .await
         .expect("assign a KRE license");
-    common::create_key(&mut operator, "acme", "owner@acme.test").await
-}
-
-async fn operator(
-    daemon: &Daemon,
-) -> proto::admin_service_client::AdminServiceClient<client::Authorized> {
-    let channel = client::connect(&daemon.url("http")).await.expect("connect");
-    client::admin(channel, BearerKey::new(Some(OPERATOR_KEY)).unwrap())
+    org.owner_key
 }
 
 /// A legitimate client's round: an admin listing and an engine's acquire, heartbeat
 /// and release, each on its own connection as real clients do.
 async fn legitimate_calls(daemon: &Daemon, key: &str, round: usize) {
-    operator(daemon)
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .expect("the operator's listing works");
-    let channel = client::connect(&daemon.url("http")).await.expect("connect");
-    let mut engine = client::session(channel, BearerKey::new(Some(key)).unwrap());
-    let lease = common::acquire_lease(&mut engine, common::KRE, &format!("engine-{round}")).await;
-    engine
-        .heartbeat(proto::HeartbeatRequest {
-            lease_id: lease.lease_id.clone(),
-            generation: lease.generation,
-        })
+    // The operator's listing works.
+    organizations(&daemon.operator().await).await;
+    let mut engine = daemon.session(key).await;
+    let lease = acquire_lease(&mut engine, KRE, &format!("engine-{round}")).await;
+    heartbeat(&mut engine, &lease)
         .await
         .expect("the engine's heartbeat works");
-    engine
-        .release(proto::ReleaseRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        })
+    release(&mut engine, &lease)
         .await
         .expect("the engine's release works");
 }
@@ -286,15 +240,15 @@ async fn memory_returns(daemon: &Daemon, key: &str, level: u64, bound: u64) -> u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_with_and_without_a_key_hold_bounded_memory_and_others_keep_working() {
-    let daemon = daemon::start(&[], QUIET_LOG);
+    let daemon = Serve::new().start().await;
     let key = owner_key(&daemon).await;
     for round in 0..3 {
         legitimate_calls(&daemon, &key, round).await;
     }
     let before = resident_bytes(&daemon);
 
-    let mut strangers = SlowBodies::start(daemon.addr, None, 2).await;
-    let mut members = SlowBodies::start(daemon.addr, Some(&key), 4).await;
+    let mut strangers = SlowBodies::start(daemon.addr(), None, 2).await;
+    let mut members = SlowBodies::start(daemon.addr(), Some(&key), 4).await;
     let mut peak = resident_bytes(&daemon);
     strangers.sent().await;
     members.sent().await;
@@ -352,7 +306,7 @@ async fn slow_bodies_with_and_without_a_key_hold_bounded_memory_and_others_keep_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_streams_cost_bounded_memory_and_the_daemon_stays_responsive() {
     const STREAMS: usize = 20_000;
-    let daemon = daemon::start(&[], QUIET_LOG);
+    let daemon = Serve::new().start().await;
     let key = owner_key(&daemon).await;
     legitimate_calls(&daemon, &key, 0).await;
     let before = resident_bytes(&daemon);
@@ -361,13 +315,13 @@ async fn rapid_reset_streams_cost_bounded_memory_and_the_daemon_stays_responsive
     let mut connections = 0;
     let started = Instant::now();
     while reset < STREAMS && started.elapsed() < WAIT_MAX {
-        let (mut send, driver) = h2_connect(daemon.addr).await;
+        let (mut send, driver) = h2_connect(daemon.addr()).await;
         connections += 1;
         while reset < STREAMS {
             let ready = tokio::time::timeout(Duration::from_secs(5), send.clone().ready());
             let Ok(Ok(ready)) = ready.await else { break };
             send = ready;
-            let request = grpc_request(daemon.addr, HEALTH_CHECK, None);
+            let request = grpc_request(daemon.addr(), HEALTH_CHECK, None);
             let Ok((_response, mut stream)) = send.send_request(request, false) else {
                 break;
             };
@@ -397,14 +351,6 @@ async fn rapid_reset_streams_cost_bounded_memory_and_the_daemon_stays_responsive
     legitimate_calls(&daemon, &key, 1).await;
 }
 
-/// The fields of the daemon's JSON log line with `message`.
-fn log_fields(daemon: &Daemon, message: &str) -> Option<serde_json::Value> {
-    daemon.log_lines().iter().find_map(|line| {
-        let json: serde_json::Value = serde_json::from_str(line).ok()?;
-        (json["fields"]["message"] == message).then(|| json["fields"].clone())
-    })
-}
-
 /// Waits until the daemon closes `socket` (end of file or reset), reading what it
 /// sends meanwhile (its HTTP/2 settings); false if it is still open after the
 /// bounded wait.
@@ -428,16 +374,17 @@ async fn closed_by_daemon(mut socket: tokio::net::TcpStream) -> bool {
 async fn silent_sockets_past_the_connection_cap_are_closed_and_new_clients_get_in() {
     const DESCRIPTORS: u32 = 256;
     const SILENT_SOCKETS: usize = 200;
-    let daemon = daemon::start_with_descriptor_limit(
-        DESCRIPTORS,
-        &["--handshake-timeout-ms", "1000"],
-        "info",
-    );
+    let daemon = Serve::new()
+        .descriptors_max(DESCRIPTORS)
+        .args(["--handshake-timeout-ms", "1000"])
+        .log("info")
+        .start()
+        .await;
     // More silent sockets than the daemon has connection slots.
     let mut silent = Vec::new();
     for _ in 0..SILENT_SOCKETS {
         silent.push(
-            tokio::net::TcpStream::connect(daemon.addr)
+            tokio::net::TcpStream::connect(daemon.addr())
                 .await
                 .expect("the kernel accepts into the backlog"),
         );
@@ -449,13 +396,10 @@ async fn silent_sockets_past_the_connection_cap_are_closed_and_new_clients_get_i
         "silent sockets still open after the handshake deadline"
     );
     // New clients get in, and calls work.
-    operator(&daemon)
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .expect("a new client is served");
+    organizations(&daemon.operator().await).await;
     // The daemon says what it has: the descriptor limit and the cap it derived.
-    let fields = log_fields(&daemon, "connection cap set from the descriptor limit")
+    let fields = daemon
+        .wait_for_log("connection cap set from the descriptor limit")
         .expect("the daemon logs its descriptor limit and connection cap");
     assert_eq!(fields["descriptors_limit"], u64::from(DESCRIPTORS));
     let cap = fields["connections_max"].as_u64().unwrap();
@@ -481,36 +425,36 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_and_busy_ones_are_not() {
-    let daemon = daemon::start(
-        &[
+    let daemon = Serve::new()
+        .args([
             "--handshake-timeout-ms",
             "1000",
             "--idle-timeout-ms",
             "1000",
-        ],
-        QUIET_LOG,
-    );
+        ])
+        .start()
+        .await;
     let key = owner_key(&daemon).await;
     // An idle connection: one health check, then nothing.
-    let (idle, idle_driver) = h2_connect(daemon.addr).await;
+    let (idle, idle_driver) = h2_connect(daemon.addr()).await;
     let (response, mut stream) = idle
         .clone()
         .ready()
         .await
         .unwrap()
-        .send_request(grpc_request(daemon.addr, HEALTH_CHECK, None), false)
+        .send_request(grpc_request(daemon.addr(), HEALTH_CHECK, None), false)
         .unwrap();
     stream.send_data(grpc_prefix(0), true).unwrap();
     assert_eq!(response.await.unwrap().status(), 200);
     // A busy one: a call whose body is still coming.
-    let (busy, _busy_driver) = h2_connect(daemon.addr).await;
+    let (busy, _busy_driver) = h2_connect(daemon.addr()).await;
     let (busy_response, mut busy_stream) = busy
         .clone()
         .ready()
         .await
         .unwrap()
         .send_request(
-            grpc_request(daemon.addr, CREATE_ORGANIZATION, Some(&key)),
+            grpc_request(daemon.addr(), CREATE_ORGANIZATION, Some(&key)),
             false,
         )
         .unwrap();
@@ -539,28 +483,23 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_calls_during_recovery_answer_unavailable_then_ok_never_unimplemented() {
-    let dir = tempfile::tempdir().unwrap();
     // Recovery made to take two seconds longer, so calls land in it.
-    let daemon = common::ChildDaemon::spawn(
-        dir.path(),
-        &[("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "2000")],
-    )
-    .unwrap();
-    let channel = client::connect(&daemon.url())
-        .await
-        .expect("the port accepts during recovery");
-    let mut operator = client::admin(channel, BearerKey::new(Some(OPERATOR_KEY)).unwrap());
+    let daemon = Serve::new()
+        .env("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "2000")
+        .spawn();
+    // The port accepts during recovery.
+    let mut operator = daemon.operator().await;
     let mut unavailable = 0;
     let deadline = Instant::now() + WAIT_MAX;
     loop {
         let answer = operator
-            .list_organizations(proto::ListOrganizationsRequest::default())
+            .list_organizations(seatbroker::proto::ListOrganizationsRequest::default())
             .await;
         match answer {
             Ok(_) => break,
             Err(status) => {
                 assert_ne!(status.code(), Code::Unimplemented, "{status:?}");
-                common::assert_status::<()>(Err(status), Code::Unavailable, "");
+                assert_status::<()>(Err(status), Code::Unavailable, "");
                 unavailable += 1;
             }
         }
@@ -573,18 +512,12 @@ async fn broker_calls_during_recovery_answer_unavailable_then_ok_never_unimpleme
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_recovery_a_broker_call_is_refused_unavailable_saying_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = common::ChildDaemon::spawn(
-        dir.path(),
-        &[("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "3000")],
-    )
-    .unwrap();
-    let channel = client::connect(&daemon.url()).await.unwrap();
-    let mut engine = client::session(channel, BearerKey::new(Some(OPERATOR_KEY)).unwrap());
-    common::assert_status(
-        engine
-            .acquire(common::acquire_request(common::KRE, "engine-1"))
-            .await,
+    let daemon = Serve::new()
+        .env("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "3000")
+        .spawn();
+    let mut engine = daemon.session(OPERATOR_KEY).await;
+    assert_status(
+        engine.acquire(acquire_request(KRE, "engine-1")).await,
         Code::Unavailable,
         "recovering",
     );

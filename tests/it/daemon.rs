@@ -2,33 +2,14 @@
 //! JSON logs, the CLI's usage view and audit export, no secret in any log line, and a
 //! clean stop on SIGTERM (an immediate one on a second signal).
 
-mod common;
-
 use std::time::Duration;
 
-use common::daemon::{self, Daemon};
-use common::*;
+use crate::harness::daemon::{self, Finished};
+use crate::harness::*;
 use seatbroker::client::{self, BearerKey};
 use seatbroker::proto;
-use seatbroker::tls::ClientTlsFiles;
 use tokio_stream::StreamExt;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-const STOP_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Runs `seatbroker ARGS` to completion; returns (exit code, stdout, stderr).
-fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let output = daemon::command()
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .expect("run the seatbroker binary");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones() {
@@ -41,7 +22,11 @@ fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones
     .unwrap();
     let file = file.to_str().unwrap();
     let secret = "operator-key-that-must-not-be-printed-0123456789";
-    let (code, out, err) = run(
+    let Finished {
+        code,
+        stdout: out,
+        stderr: err,
+    } = daemon::run(
         &[
             "serve",
             "--check-config",
@@ -82,11 +67,15 @@ fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones
     ] {
         let mut all = vec!["serve", "--check-config"];
         all.extend(args);
-        let (code, _, err) = run(&all, &[]);
-        assert_eq!(code, 64, "{all:?}: {err}");
-        assert!(err.contains(needle), "{all:?}: {err}");
+        let refused = daemon::run(&all, &[]);
+        assert_eq!(refused.code, 64, "{all:?}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains(needle),
+            "{all:?}: {}",
+            refused.stderr
+        );
     }
-    let (code, out, err) = run(
+    let insecure = daemon::run(
         &[
             "serve",
             "--check-config",
@@ -96,13 +85,13 @@ fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones
         ],
         &[],
     );
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("insecure = true"));
+    assert_eq!(insecure.code, 0, "{}", insecure.stderr);
+    assert!(insecure.stdout.contains("insecure = true"));
 }
 
 /// The binary as a client: `seatbroker ARGS --addr URL --tls-ca CA --key KEY`.
 fn cli(daemon: &Daemon, certs: &certs::TestCerts, key: &str, args: &[&str]) -> String {
-    let url = daemon.url("https");
+    let url = daemon.url();
     let mut all: Vec<&str> = args.to_vec();
     all.extend([
         "--addr",
@@ -112,9 +101,9 @@ fn cli(daemon: &Daemon, certs: &certs::TestCerts, key: &str, args: &[&str]) -> S
         "--key",
         key,
     ]);
-    let (code, out, err) = run(&all, &[]);
-    assert_eq!(code, 0, "seatbroker {args:?}: {err}");
-    out
+    let finished = daemon::run(&all, &[]);
+    assert_eq!(finished.code, 0, "seatbroker {args:?}: {}", finished.stderr);
+    finished.stdout
 }
 
 fn has_series(metrics: &str, name: &str, labels: &[&str]) -> bool {
@@ -149,10 +138,8 @@ struct Walkthrough {
 }
 
 /// The README walkthrough over the daemon's TLS port, with one refused acquire.
-async fn walkthrough(daemon: &Daemon, tls: &ClientTlsFiles) -> Walkthrough {
-    let channel = client::connect_with(&daemon.url("https"), tls)
-        .await
-        .unwrap();
+async fn walkthrough(daemon: &Daemon) -> Walkthrough {
+    let channel = daemon.channel().await;
     let operator_key = BearerKey::new(Some(OPERATOR_KEY)).unwrap();
     let mut operator = client::admin(channel.clone(), operator_key);
     operator
@@ -203,13 +190,7 @@ async fn walkthrough(daemon: &Daemon, tls: &ClientTlsFiles) -> Walkthrough {
         .into_inner()
         .lease
         .unwrap();
-    engine(0)
-        .heartbeat(proto::HeartbeatRequest {
-            lease_id: lease.lease_id.clone(),
-            generation: lease.generation,
-        })
-        .await
-        .unwrap();
+    heartbeat(&mut engine(0), &lease).await.unwrap();
     assert!(
         engine(1)
             .acquire(acquire_request(KRE, "runner-2"))
@@ -225,13 +206,7 @@ async fn walkthrough(daemon: &Daemon, tls: &ClientTlsFiles) -> Walkthrough {
             .await
             .is_err()
     );
-    engine(0)
-        .release(proto::ReleaseRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        })
-        .await
-        .unwrap();
+    release(&mut engine(0), &lease).await.unwrap();
     engine(1)
         .acquire(acquire_request(KRE, "runner-2"))
         .await
@@ -388,31 +363,17 @@ async fn reports_status(watch: &mut HealthWatch, status: i32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_with_metrics_and_json_logs_it_serves_and_stops_cleanly_on_sigterm() {
     let certs = certs::generate();
-    let (cert, key) = (
-        certs.server_cert.to_str().unwrap(),
-        certs.server_key.to_str().unwrap(),
-    );
-    let mut daemon = daemon::start(
-        &[
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            key,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--metrics-per-org",
-        ],
-        "debug",
-    );
-    let tls = certs.client(false);
-    let story = walkthrough(&daemon, &tls).await;
+    let mut daemon = Serve::new()
+        .tls(&certs)
+        .args(["--metrics-listen", "127.0.0.1:0", "--metrics-per-org"])
+        .log("debug")
+        .start()
+        .await;
+    let story = walkthrough(&daemon).await;
     check_metrics(&daemon);
     check_cli(&daemon, &certs, &story.owner_key);
 
-    let channel = client::connect_with(&daemon.url("https"), &tls)
-        .await
-        .unwrap();
-    let mut watch = watch_health(channel).await;
+    let mut watch = watch_health(daemon.channel().await).await;
     daemon.signal("TERM");
     assert!(
         reports_status(&mut watch, 2).await,
@@ -420,10 +381,10 @@ async fn over_tls_with_metrics_and_json_logs_it_serves_and_stops_cleanly_on_sigt
         daemon.log_lines().join("\n")
     );
     drop(watch);
-    let status = daemon.wait_exit(STOP_DEADLINE);
+    let status = daemon.wait_exit();
     assert_eq!(status.code(), Some(0), "a clean stop exits 0");
     assert!(
-        client::connect_with(&daemon.url("https"), &tls)
+        client::connect_with(&daemon.url(), daemon.client_tls())
             .await
             .is_err(),
         "it stopped listening"
@@ -438,9 +399,12 @@ async fn over_tls_with_metrics_and_json_logs_it_serves_and_stops_cleanly_on_sigt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let mut daemon = daemon::start(&["--shutdown-grace-ms", "600000"], "info");
-    let channel = client::connect(&daemon.url("http")).await.unwrap();
-    let mut watch = watch_health(channel).await;
+    let mut daemon = Serve::new()
+        .args(["--shutdown-grace-ms", "600000"])
+        .log("info")
+        .start()
+        .await;
+    let mut watch = watch_health(daemon.channel().await).await;
     daemon.signal("INT");
     // The open watch keeps the daemon draining, for up to the ten-minute grace.
     assert!(
@@ -449,7 +413,7 @@ async fn a_second_signal_exits_at_once() {
         daemon.log_lines().join("\n")
     );
     daemon.signal("INT");
-    let status = daemon.wait_exit(STOP_DEADLINE);
+    let status = daemon.wait_exit();
     assert_eq!(
         status.code(),
         Some(128 + 2),

@@ -4,12 +4,10 @@
 //! become one line and one count, and a loop of queries by one organization's Owner
 //! leaves every other organization its share of the query slots.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
 
@@ -26,39 +24,9 @@ async fn start_small() -> TestServer {
     .await
 }
 
-async fn audit_page(
-    server: &TestServer,
-    key: &str,
-    org: &str,
-    limit: u32,
-    page_token: String,
-) -> Result<proto::ListAuditEventsResponse, tonic::Status> {
-    server
-        .admin(key)
-        .await
-        .list_audit_events(proto::ListAuditEventsRequest {
-            org_id: org.into(),
-            from_unix_ms: 0,
-            to_unix_ms: 0,
-            limit,
-            page_token,
-        })
-        .await
-        .map(|answer| answer.into_inner())
-}
-
-/// The whole record of `org`, page by page.
+/// The whole record of `org`, page by page, as the holder of `key` reads it.
 async fn record_of(server: &TestServer, key: &str, org: &str) -> Vec<proto::AuditEvent> {
-    let mut events = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = audit_page(server, key, org, 100, token).await.unwrap();
-        events.extend(page.events);
-        if !page.truncated {
-            return events;
-        }
-        token = page.next_page_token;
-    }
+    audit_record(&server.admin(key).await, org, 100).await
 }
 
 /// The refusals a record accounts for: one per `acquire_denied` line, plus the count
@@ -98,17 +66,10 @@ const CHURN_SESSIONS: usize = 150;
 #[tokio::test]
 async fn a_flood_of_refusals_and_churn_by_one_organization_leaves_anothers_record_whole() {
     let server = start_small().await;
-    let victim = server.organization("victim", 0, 1, &["v"]).await;
-    victim.assign(&server, KRE, victim.emails()).await.unwrap();
+    let victim = server.licensed_organization("victim", 0, 1, &["v"]).await;
     let mut engine = server.session(victim.key(0)).await;
     let lease = acquire_lease(&mut engine, KRE, "e-v").await;
-    engine
-        .release(proto::ReleaseRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        })
-        .await
-        .unwrap();
+    release(&mut engine, &lease).await.unwrap();
     acquire_lease(&mut engine, KRE, "e-v2").await;
     let before = record_of(&server, &victim.owner_key, "victim").await;
     assert!(before.len() >= 7, "{before:#?}");
@@ -125,13 +86,7 @@ async fn a_flood_of_refusals_and_churn_by_one_organization_leaves_anothers_recor
     let mut churn = server.session(attacker.key(0)).await;
     for i in 0..CHURN_SESSIONS {
         let lease = acquire_lease(&mut churn, KRE, &format!("e-{i}")).await;
-        churn
-            .release(proto::ReleaseRequest {
-                lease_id: lease.lease_id,
-                generation: lease.generation,
-            })
-            .await
-            .unwrap();
+        release(&mut churn, &lease).await.unwrap();
     }
     acquire_lease(&mut churn, KRE, "e-held").await;
     let mut flooders = Vec::new();
@@ -180,19 +135,15 @@ async fn a_flood_of_refusals_and_churn_by_one_organization_leaves_anothers_recor
     );
 
     // A page token of the attacker's record reads nothing of it as the victim's.
-    let attackers_page = audit_page(&server, &attacker.owner_key, "attacker", 1, String::new())
+    let attacker_owner = server.admin(&attacker.owner_key).await;
+    let attackers_page = audit_page(&attacker_owner, "attacker", (0, 0), 1, String::new())
         .await
         .unwrap();
     assert!(attackers_page.truncated);
+    let victim_owner = server.admin(&victim.owner_key).await;
+    let token = attackers_page.next_page_token;
     assert_status(
-        audit_page(
-            &server,
-            &victim.owner_key,
-            "victim",
-            10,
-            attackers_page.next_page_token,
-        )
-        .await,
+        audit_page(&victim_owner, "victim", (0, 0), 10, token).await,
         Code::FailedPrecondition,
         "page token",
     );
@@ -282,14 +233,10 @@ async fn a_record_of_the_older_layout_is_read_and_its_page_tokens_still_work() {
     assert!(whole[2..].iter().any(|e| e.kind == "organization_created"));
     // The older daemon's token for the line of `old 3`: file 7, after two lines.
     let offset = line(1, "acme").len() + line(2, "other").len();
-    let page = audit_page(
-        &server,
-        &org.owner_key,
-        "acme",
-        100,
-        format!("a1.7.{offset}"),
-    )
-    .await
-    .unwrap();
+    let owner = server.admin(&org.owner_key).await;
+    let token = format!("a1.7.{offset}");
+    let page = audit_page(&owner, "acme", (0, 0), 100, token)
+        .await
+        .unwrap();
     assert_eq!(page.events, whole[1..]);
 }

@@ -1,19 +1,45 @@
 //! Engine sessions over real gRPC: quotas, the acquire race, idempotent retries,
 //! fencing, expiry and the end of sessions by admin action.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
-use seatbroker::proto;
+use crate::harness::*;
+use seatbroker::client::Authorized;
+use seatbroker::proto::{self, session_service_client::SessionServiceClient};
 use tonic::Code;
+
+/// A daemon; organization acme with `kre_sessions` KRE sessions and one member, `a`,
+/// holding a KRE license; and a's engine.
+async fn one_engine(kre_sessions: u32) -> (TestServer, Org, SessionServiceClient<Authorized>) {
+    let server = start().await;
+    let org = server
+        .licensed_organization("acme", 0, kre_sessions, &["a"])
+        .await;
+    let engine = server.session(org.key(0)).await;
+    (server, org, engine)
+}
+
+/// Sets `org`'s quota to `kre_sessions` KRE sessions and no KSE seat, the license
+/// expiring at `expires_at_unix_ms` (0: never), as the operator.
+async fn set_quota(server: &TestServer, org: &Org, kre_sessions: u32, expires_at_unix_ms: i64) {
+    let quota = proto::Quota {
+        kse_seats: 0,
+        kre_sessions,
+        expires_at_unix_ms,
+    };
+    let request = proto::SetQuotaRequest {
+        org_id: org.id.clone(),
+        quota: Some(quota),
+    };
+    server.operator().await.set_quota(request).await.unwrap();
+}
 
 #[tokio::test]
 async fn kre_quota_is_a_hard_boundary() {
     let server = start().await;
-    let org = server.organization("acme", 0, 2, &["a", "b", "c"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("acme", 0, 2, &["a", "b", "c"])
+        .await;
     let mut a = server.session(org.key(0)).await;
     let mut b = server.session(org.key(1)).await;
     let mut c = server.session(org.key(2)).await;
@@ -24,12 +50,7 @@ async fn kre_quota_is_a_hard_boundary() {
         Code::ResourceExhausted,
         "2 of 2",
     );
-    a.release(proto::ReleaseRequest {
-        lease_id: lease_a.lease_id,
-        generation: lease_a.generation,
-    })
-    .await
-    .unwrap();
+    release(&mut a, &lease_a).await.unwrap();
     c.acquire(acquire_request(KRE, "engine-c")).await.unwrap();
     let usage = org.usage(&server, KRE).await;
     assert_eq!(
@@ -45,8 +66,7 @@ async fn sixty_four_concurrent_acquires_against_quota_ten_grant_exactly_ten() {
     let engines = 64;
     let names: Vec<String> = (0..engines).map(|i| format!("e{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let org = server.organization("race", 0, 10, &names).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server.licensed_organization("race", 0, 10, &names).await;
     let mut clients = Vec::new();
     for i in 0..engines {
         clients.push(server.session(org.key(i)).await);
@@ -82,13 +102,7 @@ async fn sixty_four_concurrent_acquires_against_quota_ten_grant_exactly_ten() {
         assert_eq!(granted.len(), 10, "round {round} granted {}", granted.len());
         for (mut client, response) in granted {
             let lease = response.lease.unwrap();
-            client
-                .release(proto::ReleaseRequest {
-                    lease_id: lease.lease_id,
-                    generation: lease.generation,
-                })
-                .await
-                .unwrap();
+            release(&mut client, &lease).await.unwrap();
         }
     }
     let usage = org.usage(&server, KRE).await;
@@ -98,10 +112,7 @@ async fn sixty_four_concurrent_acquires_against_quota_ten_grant_exactly_ten() {
 
 #[tokio::test]
 async fn acquire_is_idempotent_per_engine() {
-    let server = start().await;
-    let org = server.organization("acme", 0, 1, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
-    let mut engine = server.session(org.key(0)).await;
+    let (server, org, mut engine) = one_engine(1).await;
     let first = engine
         .acquire(acquire_request(KRE, "engine-1"))
         .await
@@ -129,10 +140,7 @@ async fn acquire_is_idempotent_per_engine() {
 
 #[tokio::test]
 async fn generations_increase_and_stale_ones_are_refused() {
-    let server = start().await;
-    let org = server.organization("acme", 0, 5, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
-    let mut engine = server.session(org.key(0)).await;
+    let (_server, _, mut engine) = one_engine(5).await;
     let mut last = 0;
     for _ in 0..5 {
         let lease = acquire_lease(&mut engine, KRE, "engine").await;
@@ -147,19 +155,9 @@ async fn generations_increase_and_stale_ones_are_refused() {
             Code::FailedPrecondition,
             "superseded",
         );
-        engine
-            .release(proto::ReleaseRequest {
-                lease_id: lease.lease_id.clone(),
-                generation: lease.generation,
-            })
-            .await
-            .unwrap();
-        let gone = proto::HeartbeatRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        };
+        release(&mut engine, &lease).await.unwrap();
         assert_status(
-            engine.heartbeat(gone).await,
+            heartbeat(&mut engine, &lease).await,
             Code::NotFound,
             "expired, was released or was terminated",
         );
@@ -197,8 +195,9 @@ async fn kse_sessions_need_a_seat_and_allow_one_engine_per_user() {
 async fn a_lease_lives_while_heartbeating_and_expires_within_ttl_plus_a_second_after() {
     let ttl = Duration::from_millis(600);
     let server = start_with_ttl(ttl).await;
-    let org = server.organization("acme", 0, 1, &["a", "b"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("acme", 0, 1, &["a", "b"])
+        .await;
     let mut a = server.session(org.key(0)).await;
     let lease = acquire_lease(&mut a, KRE, "engine").await;
     assert_eq!(lease.heartbeat_interval_ms, 200);
@@ -208,12 +207,9 @@ async fn a_lease_lives_while_heartbeating_and_expires_within_ttl_plus_a_second_a
             lease.heartbeat_interval_ms,
         )))
         .await;
-        a.heartbeat(proto::HeartbeatRequest {
-            lease_id: lease.lease_id.clone(),
-            generation: lease.generation,
-        })
-        .await
-        .expect("a heartbeating engine keeps its lease");
+        heartbeat(&mut a, &lease)
+            .await
+            .expect("a heartbeating engine keeps its lease");
     }
     let last_heartbeat = Instant::now();
     let mut b = server.session(org.key(1)).await;
@@ -232,12 +228,7 @@ async fn a_lease_lives_while_heartbeating_and_expires_within_ttl_plus_a_second_a
         freed_at - last_heartbeat >= ttl,
         "expired before ttl had passed"
     );
-    let heartbeat = a
-        .heartbeat(proto::HeartbeatRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        })
-        .await;
+    let heartbeat = heartbeat(&mut a, &lease).await;
     assert_status(heartbeat, Code::NotFound, "stop the engine");
     assert_eq!(org.usage(&server, KRE).await.expiries, 1);
 }
@@ -245,8 +236,9 @@ async fn a_lease_lives_while_heartbeating_and_expires_within_ttl_plus_a_second_a
 #[tokio::test]
 async fn removing_a_member_or_a_license_ends_their_sessions() {
     let server = start().await;
-    let org = server.organization("acme", 2, 5, &["a", "b"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("acme", 2, 5, &["a", "b"])
+        .await;
     org.assign(&server, KSE, org.emails()).await.unwrap();
     let mut a = server.session(org.key(0)).await;
     let mut b = server.session(org.key(1)).await;
@@ -268,12 +260,7 @@ async fn removing_a_member_or_a_license_ends_their_sessions() {
     assert_eq!(unassigned.sessions_ended, 2);
     assert_eq!(org.usage(&server, KRE).await.active_sessions, 1);
     // The KSE session of the same user is untouched.
-    a.heartbeat(proto::HeartbeatRequest {
-        lease_id: kse_lease.lease_id.clone(),
-        generation: kse_lease.generation,
-    })
-    .await
-    .unwrap();
+    heartbeat(&mut a, &kse_lease).await.unwrap();
 
     let removed = owner
         .remove_member(proto::RemoveMemberRequest {
@@ -295,35 +282,15 @@ async fn removing_a_member_or_a_license_ends_their_sessions() {
 
 #[tokio::test]
 async fn lowering_the_kre_quota_grants_nothing_new_until_under_it() {
-    let server = start().await;
-    let org = server.organization("acme", 0, 3, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
-    let mut a = server.session(org.key(0)).await;
+    let (server, org, mut a) = one_engine(3).await;
     let mut leases = Vec::new();
     for i in 0..3 {
         leases.push(acquire_lease(&mut a, KRE, &format!("e{i}")).await);
     }
-    server
-        .operator()
-        .await
-        .set_quota(proto::SetQuotaRequest {
-            org_id: org.id.clone(),
-            quota: Some(proto::Quota {
-                kse_seats: 0,
-                kre_sessions: 1,
-                expires_at_unix_ms: 0,
-            }),
-        })
-        .await
-        .unwrap();
+    set_quota(&server, &org, 1, 0).await;
     // Running sessions keep going; new ones wait until the count is under the quota.
     for lease in &leases {
-        a.heartbeat(proto::HeartbeatRequest {
-            lease_id: lease.lease_id.clone(),
-            generation: lease.generation,
-        })
-        .await
-        .unwrap();
+        heartbeat(&mut a, lease).await.unwrap();
     }
     assert_status(
         a.acquire(acquire_request(KRE, "new")).await,
@@ -331,12 +298,7 @@ async fn lowering_the_kre_quota_grants_nothing_new_until_under_it() {
         "3 of 1",
     );
     for lease in leases.drain(..2) {
-        a.release(proto::ReleaseRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        })
-        .await
-        .unwrap();
+        release(&mut a, &lease).await.unwrap();
     }
     assert_status(
         a.acquire(acquire_request(KRE, "new")).await,
@@ -344,33 +306,16 @@ async fn lowering_the_kre_quota_grants_nothing_new_until_under_it() {
         "1 of 1",
     );
     let last = leases.pop().unwrap();
-    a.release(proto::ReleaseRequest {
-        lease_id: last.lease_id,
-        generation: last.generation,
-    })
-    .await
-    .unwrap();
+    release(&mut a, &last).await.unwrap();
     a.acquire(acquire_request(KRE, "new")).await.unwrap();
 }
 
 #[tokio::test]
 async fn an_expired_license_grants_nothing() {
     let server = start().await;
-    let org = server.organization("acme", 0, 3, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
-    server
-        .operator()
-        .await
-        .set_quota(proto::SetQuotaRequest {
-            org_id: org.id.clone(),
-            quota: Some(proto::Quota {
-                kse_seats: 0,
-                kre_sessions: 3,
-                expires_at_unix_ms: 1_000,
-            }),
-        })
-        .await
-        .unwrap();
+    let org = server.licensed_organization("acme", 0, 3, &["a"]).await;
+    // A license that ran out in 1970.
+    set_quota(&server, &org, 3, 1_000).await;
     let mut a = server.session(org.key(0)).await;
     assert_status(
         a.acquire(acquire_request(KRE, "e")).await,
@@ -381,22 +326,10 @@ async fn an_expired_license_grants_nothing() {
 
 #[tokio::test]
 async fn an_admin_can_list_and_terminate_sessions() {
-    let server = start().await;
-    let org = server.organization("acme", 0, 3, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
-    let mut a = server.session(org.key(0)).await;
+    let (server, org, mut a) = one_engine(3).await;
     let lease = acquire_lease(&mut a, KRE, "e").await;
     let mut owner = server.admin(&org.owner_key).await;
-    let listed = owner
-        .list_sessions(proto::ListSessionsRequest {
-            org_id: org.id.clone(),
-            product: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions;
+    let listed = sessions(&owner, &org.id, 0).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].lease_id, lease.lease_id);
     owner
@@ -406,11 +339,6 @@ async fn an_admin_can_list_and_terminate_sessions() {
         })
         .await
         .unwrap();
-    let heartbeat = a
-        .heartbeat(proto::HeartbeatRequest {
-            lease_id: lease.lease_id,
-            generation: lease.generation,
-        })
-        .await;
+    let heartbeat = heartbeat(&mut a, &lease).await;
     assert_status(heartbeat, Code::NotFound, "terminated");
 }

@@ -1,26 +1,9 @@
 //! Admin rules over real gRPC: named-seat quotas, atomic transfer, roles, membership,
 //! API keys and authentication.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
-
-async fn assigned(server: &TestServer, org: &Org, product: i32) -> Vec<String> {
-    server
-        .admin(&org.owner_key)
-        .await
-        .list_assignments(proto::ListAssignmentsRequest {
-            org_id: org.id.clone(),
-            product,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .emails
-}
 
 #[tokio::test]
 async fn kse_assignment_is_all_or_nothing_within_the_quota() {
@@ -56,7 +39,7 @@ async fn kse_assignment_is_all_or_nothing_within_the_quota() {
         .await;
     assert_status(mixed, Code::ResourceExhausted, "nothing was changed");
     assert_eq!(
-        assigned(&server, &org, KSE).await,
+        org.assigned(&server, KSE).await,
         vec![org.email(0).to_string(), org.email(1).to_string()]
     );
     // A batch naming a non-member changes nothing.
@@ -78,7 +61,7 @@ async fn kse_assignment_is_all_or_nothing_within_the_quota() {
         .await;
     assert_status(stranger, Code::FailedPrecondition, "not a member");
     assert_eq!(
-        assigned(&server, &org, KSE).await,
+        org.assigned(&server, KSE).await,
         vec![org.email(0).to_string()]
     );
 }
@@ -117,7 +100,7 @@ async fn transfer_moves_a_seat_atomically() {
         "the old holder's session ends with the seat"
     );
     assert_eq!(
-        assigned(&server, &org, KSE).await,
+        org.assigned(&server, KSE).await,
         vec![org.email(1).to_string()]
     );
     // From someone without the seat, or to someone holding one: refused, nothing moves.
@@ -136,7 +119,7 @@ async fn transfer_moves_a_seat_atomically() {
         "not a member",
     );
     assert_eq!(
-        assigned(&server, &org, KSE).await,
+        org.assigned(&server, KSE).await,
         vec![org.email(1).to_string()]
     );
     assert_eq!(org.usage(&server, KSE).await.assigned, 1);
@@ -302,28 +285,10 @@ async fn members_manage_their_own_keys_only() {
         Code::PermissionDenied,
         "only an Owner or Admin",
     );
-    let listed = a
-        .list_api_keys(proto::ListApiKeysRequest {
-            org_id: org.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .keys;
+    let listed = api_keys(&a, &org.id).await;
     assert_eq!(listed.len(), 2, "a member sees their own two keys only");
     assert!(listed.iter().all(|k| k.email == org.email(0)));
-    let all = server
-        .admin(&org.owner_key)
-        .await
-        .list_api_keys(proto::ListApiKeysRequest {
-            org_id: org.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .keys;
+    let all = api_keys(&server.admin(&org.owner_key).await, &org.id).await;
     assert_eq!(all.len(), 4, "the owner sees every key");
     let b_key_id = all
         .iter()
@@ -427,21 +392,9 @@ async fn set_role(
 }
 
 async fn role_in(server: &TestServer, org: &Org, email: &str) -> i32 {
-    server
-        .admin(&org.owner_key)
-        .await
-        .list_members(proto::ListMembersRequest {
-            org_id: org.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .members
-        .into_iter()
-        .find(|m| m.email == email)
-        .expect("still a member")
-        .role
+    let members = members(&server.admin(&org.owner_key).await, &org.id).await;
+    let member = members.into_iter().find(|m| m.email == email);
+    member.expect("still a member").role
 }
 
 #[tokio::test]

@@ -1,9 +1,7 @@
 //! The wire, secured and discoverable: TLS and mTLS with rcgen certificates, health
 //! per service (and NOT_SERVING while draining), reflection in v1 and v1alpha.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use std::time::Duration;
 
 use seatbroker::client::{self, Authorized};
@@ -37,8 +35,7 @@ async fn refused(url: &str, tls: &ClientTlsFiles) -> bool {
 async fn tls_serves_the_api_and_refuses_plaintext_and_strangers() {
     let certs = certs::generate();
     let server = start_tls(&certs, false).await;
-    let org = server.organization("acme", 1, 1, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server.licensed_organization("acme", 1, 1, &["a"]).await;
     server
         .session(org.key(0))
         .await
@@ -104,56 +101,40 @@ async fn health_reports_each_service_and_not_serving_while_draining() {
     stopping.await.unwrap();
 }
 
-async fn list_services_v1(channel: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    match answers.next().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
+/// The services that reflection lists on `channel`, asked through version `$version`
+/// of the reflection API (`v1` and `v1alpha` have the same messages in two packages).
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        match answers.next().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>(),
+            other => panic!("unexpected reflection answer {other:?}"),
         }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
-
-async fn list_services_v1alpha(channel: tonic::transport::Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = ServerReflectionClient::new(channel)
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    match answers.next().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+    }};
 }
 
 #[tokio::test]
 async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     let server = start().await;
     for services in [
-        list_services_v1(server.channel().await).await,
-        list_services_v1alpha(server.channel().await).await,
+        reflected_services!(v1, server.channel().await),
+        reflected_services!(v1alpha, server.channel().await),
     ] {
         for expected in [
             "seatbroker.v1.SessionService",
@@ -167,12 +148,7 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
         }
     }
     // Reflection answers while broker calls still work on the same server.
-    server
-        .operator()
-        .await
-        .list_organizations(proto::ListOrganizationsRequest::default())
-        .await
-        .unwrap();
+    organizations(&server.operator().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

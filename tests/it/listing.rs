@@ -1,133 +1,82 @@
 //! Listings page (AIP-158) over real gRPC: every List call covers each item exactly
 //! once and in order across pages, a request without `page_size` gets the default page
 //! and a token, a larger one is lowered to the maximum, a garbled token or one reused
-//! with other filters is INVALID_ARGUMENT, and the CLI pages through by itself.
-
-mod common;
+//! with other filters is INVALID_ARGUMENT, and the CLI pages through by itself. The
+//! walk through the pages, and the bound on each page, are the harness's
+//! ([`crate::harness::listing`]), which every other test's listings go through too.
 
 use std::collections::HashSet;
-use std::future::Future;
 
-use common::*;
+use crate::harness::listing::{List, page, walk};
+use crate::harness::*;
 use seatbroker::client::Authorized;
 use seatbroker::limits;
 use seatbroker::proto::{self, admin_service_client::AdminServiceClient};
 use tokio::task::JoinSet;
-use tonic::{Code, Status};
+use tonic::Code;
 
 type Admin = AdminServiceClient<Authorized>;
-type Page<T> = Result<(Vec<T>, String), Status>;
 
-/// Walks a listing from its first page with `page_size` until `next_page_token` is
-/// empty; returns the pages. Every page holds at most `page_size` items (0: the
-/// default).
-async fn walk<T, F, Fut>(page_size: i32, mut call: F) -> Vec<Vec<T>>
-where
-    F: FnMut(i32, String) -> Fut,
-    Fut: Future<Output = Page<T>>,
-{
-    let size_max = match page_size {
-        0 => limits::LIST_PAGE_SIZE_DEFAULT,
-        size => (size as usize).min(limits::LIST_PAGE_SIZE_MAX),
-    };
-    let mut pages = Vec::new();
-    let mut token = String::new();
-    for _ in 0..10_000 {
-        let (items, next) = call(page_size, token).await.expect("a page");
-        assert!(items.len() <= size_max, "a page past its size");
-        pages.push(items);
-        if next.is_empty() {
-            return pages;
-        }
-        token = next;
+fn all_organizations() -> proto::ListOrganizationsRequest {
+    proto::ListOrganizationsRequest::default()
+}
+
+fn members_of(org: &str) -> proto::ListMembersRequest {
+    proto::ListMembersRequest {
+        org_id: org.into(),
+        ..Default::default()
     }
-    panic!("the listing never ended");
 }
 
-async fn members(
-    mut admin: Admin,
-    org: String,
-    page_size: i32,
-    page_token: String,
-) -> Page<String> {
-    let request = proto::ListMembersRequest {
-        org_id: org,
-        page_size,
-        page_token,
-    };
-    let page = admin.list_members(request).await?.into_inner();
-    let emails = page.members.into_iter().map(|m| m.email).collect();
-    Ok((emails, page.next_page_token))
-}
-
-async fn organizations(mut admin: Admin, page_size: i32, page_token: String) -> Page<String> {
-    let request = proto::ListOrganizationsRequest {
-        page_size,
-        page_token,
-    };
-    let page = admin.list_organizations(request).await?.into_inner();
-    let ids = page.organizations.into_iter().map(|o| o.org_id).collect();
-    Ok((ids, page.next_page_token))
-}
-
-async fn assignments(
-    mut admin: Admin,
-    org: String,
-    product: i32,
-    page_size: i32,
-    page_token: String,
-) -> Page<String> {
-    let request = proto::ListAssignmentsRequest {
-        org_id: org,
+fn assignments_of(org: &str, product: i32) -> proto::ListAssignmentsRequest {
+    proto::ListAssignmentsRequest {
+        org_id: org.into(),
         product,
-        page_size,
-        page_token,
-    };
-    let page = admin.list_assignments(request).await?.into_inner();
-    Ok((page.emails, page.next_page_token))
+        ..Default::default()
+    }
 }
 
-async fn api_keys(
-    mut admin: Admin,
-    org: String,
-    page_size: i32,
-    page_token: String,
-) -> Page<String> {
-    let request = proto::ListApiKeysRequest {
-        org_id: org,
-        page_size,
-        page_token,
-    };
-    let page = admin.list_api_keys(request).await?.into_inner();
-    let ids = page.keys.into_iter().map(|k| k.key_id).collect();
-    Ok((ids, page.next_page_token))
+fn keys_of(org: &str) -> proto::ListApiKeysRequest {
+    proto::ListApiKeysRequest {
+        org_id: org.into(),
+        ..Default::default()
+    }
 }
 
-async fn sessions(
-    mut admin: Admin,
-    org: String,
-    product: i32,
-    page_size: i32,
-    page_token: String,
-) -> Page<String> {
-    let request = proto::ListSessionsRequest {
-        org_id: org,
+/// The sessions of `org` (of `product`; 0 for both).
+fn sessions_of(org: &str, product: i32) -> proto::ListSessionsRequest {
+    proto::ListSessionsRequest {
+        org_id: org.into(),
         product,
-        page_size,
-        page_token,
-    };
-    let page = admin.list_sessions(request).await?.into_inner();
-    let ids = page.sessions.into_iter().map(|s| s.lease_id).collect();
-    Ok((ids, page.next_page_token))
+        ..Default::default()
+    }
 }
 
-/// The items of a walk in the order listed; asserts none is listed twice.
-#[track_caller]
-fn concat_once(pages: Vec<Vec<String>>) -> Vec<String> {
-    let all: Vec<String> = pages.into_iter().flatten().collect();
+/// What the walk of `request` by pages of `page_size` lists, each item by `name`, in
+/// the order listed; asserts none is listed twice.
+async fn listed<L: List>(
+    admin: &Admin,
+    request: &L,
+    page_size: i32,
+    name: impl Fn(L::Item) -> String,
+) -> Vec<String> {
+    let pages = walk(admin, request, page_size).await;
+    let all: Vec<String> = pages.into_iter().flatten().map(name).collect();
     let distinct: HashSet<&String> = all.iter().collect();
     assert_eq!(distinct.len(), all.len(), "an item was listed twice");
     all
+}
+
+fn email(member: proto::Member) -> String {
+    member.email
+}
+
+fn key_id(key: proto::ApiKey) -> String {
+    key.key_id
+}
+
+fn lease_id(lease: proto::Lease) -> String {
+    lease.lease_id
 }
 
 fn sorted(mut items: Vec<String>) -> Vec<String> {
@@ -144,12 +93,9 @@ async fn add_members(server: &TestServer, org: &str, count: usize) -> Vec<String
         let (mut operator, chunk, org) = (operator.clone(), chunk.to_vec(), org.to_string());
         tasks.spawn(async move {
             for email in chunk {
-                let request = proto::AddMemberRequest {
-                    org_id: org.clone(),
-                    email,
-                    role: 0,
-                };
-                operator.add_member(request).await.expect("add member");
+                add_member(&mut operator, &org, &email)
+                    .await
+                    .expect("add member");
             }
         });
     }
@@ -196,38 +142,26 @@ async fn pages_of_every_listing_cover_each_item_once_in_order() {
     }
     let operator = server.operator().await;
     let owner = server.admin(&org.owner_key).await;
-    let acme = || org.id.clone();
 
-    let listed = concat_once(
-        walk(3, |size, token| {
-            organizations(operator.clone(), size, token)
-        })
-        .await,
-    );
-    assert_eq!(listed, ["acme", "bravo", "charlie", "delta", "echo"]);
+    let ids = listed(&operator, &all_organizations(), 3, |o| o.org_id).await;
+    assert_eq!(ids, ["acme", "bravo", "charlie", "delta", "echo"]);
 
     let mut expected = org.emails();
     expected.push(org.owner.clone());
-    let listed =
-        concat_once(walk(3, |size, token| members(owner.clone(), acme(), size, token)).await);
-    assert_eq!(listed, sorted(expected.clone()));
+    let emails = listed(&owner, &members_of("acme"), 3, email).await;
+    assert_eq!(emails, sorted(expected.clone()));
 
     org.assign(&server, KRE, expected.clone()).await.unwrap();
     org.assign(&server, KSE, vec![org.email(1).into()])
         .await
         .unwrap();
-    let kre = |size, token| assignments(owner.clone(), acme(), KRE, size, token);
-    assert_eq!(concat_once(walk(3, kre).await), sorted(expected.clone()));
-    let kse = |size, token| assignments(owner.clone(), acme(), KSE, size, token);
-    assert_eq!(concat_once(walk(3, kse).await), [org.email(1)]);
+    let kre = listed(&owner, &assignments_of("acme", KRE), 3, String::from).await;
+    assert_eq!(kre, sorted(expected.clone()));
+    let kse = listed(&owner, &assignments_of("acme", KSE), 3, String::from).await;
+    assert_eq!(kse, [org.email(1)]);
 
     // The owner's key and one per member, in key id order.
-    let keys = concat_once(
-        walk(3, |size, token| {
-            api_keys(owner.clone(), acme(), size, token)
-        })
-        .await,
-    );
+    let keys = listed(&owner, &keys_of("acme"), 3, key_id).await;
     assert_eq!(keys.len(), 11);
     assert_eq!(keys, sorted(keys.clone()));
     // A member sees only their own keys, however the others fall across pages.
@@ -235,19 +169,9 @@ async fn pages_of_every_listing_cover_each_item_once_in_order() {
     for _ in 0..2 {
         create_key(&mut member, "acme", org.email(3)).await;
     }
-    let own = concat_once(
-        walk(1, |size, token| {
-            api_keys(member.clone(), acme(), size, token)
-        })
-        .await,
-    );
+    let own = listed(&member, &keys_of("acme"), 1, key_id).await;
     assert_eq!(own.len(), 3);
-    let all_keys = concat_once(
-        walk(1000, |size, token| {
-            api_keys(owner.clone(), acme(), size, token)
-        })
-        .await,
-    );
+    let all_keys = listed(&owner, &keys_of("acme"), 1000, key_id).await;
     assert_eq!(all_keys.len(), 13);
     assert!(own.iter().all(|id| all_keys.contains(id)));
 
@@ -256,17 +180,11 @@ async fn pages_of_every_listing_cover_each_item_once_in_order() {
     let mut granted = acquire_many(&server, org.key(0), KRE, 7).await;
     let kse_lease = acquire_lease(&mut server.session(org.key(1)).await, KSE, "kse-1").await;
     granted.push(kse_lease.lease_id.clone());
-    let any = |size, token| sessions(owner.clone(), acme(), 0, size, token);
-    let by_three = concat_once(walk(3, any).await);
-    let in_one = concat_once(walk(1000, any).await);
+    let by_three = listed(&owner, &sessions_of("acme", 0), 3, lease_id).await;
+    let in_one = listed(&owner, &sessions_of("acme", 0), 1000, lease_id).await;
     assert_eq!(by_three, in_one);
     assert_eq!(sorted(by_three), sorted(granted.clone()));
-    let only_kre = concat_once(
-        walk(2, |size, token| {
-            sessions(owner.clone(), acme(), KRE, size, token)
-        })
-        .await,
-    );
+    let only_kre = listed(&owner, &sessions_of("acme", KRE), 2, lease_id).await;
     assert_eq!(only_kre.len(), 7);
     assert!(!only_kre.contains(&kse_lease.lease_id));
 }
@@ -279,35 +197,32 @@ async fn a_large_listing_pages_by_default_and_the_cli_prints_every_item() {
     expected.push(org.owner.clone());
     let expected = sorted(expected);
     let mut operator = server.operator().await;
-    let big = || "big".to_string();
 
     // No page_size (an older client): the default page, and a token to go on.
-    let (first, token) = members(operator.clone(), big(), 0, String::new())
+    let (first, token) = page(&operator, &members_of("big"), 0, String::new())
         .await
         .unwrap();
+    let first: Vec<String> = first.into_iter().map(email).collect();
     assert_eq!(first.len(), limits::LIST_PAGE_SIZE_DEFAULT);
     assert_eq!(first, expected[..limits::LIST_PAGE_SIZE_DEFAULT]);
     assert!(!token.is_empty());
-    let pages = walk(0, |size, token| {
-        members(operator.clone(), big(), size, token)
-    })
-    .await;
+    let pages = walk(&operator, &members_of("big"), 0).await;
     assert_eq!(
         pages.len(),
         2_501_usize.div_ceil(limits::LIST_PAGE_SIZE_DEFAULT)
     );
-    assert_eq!(concat_once(pages), expected);
+    let emails: Vec<String> = pages.into_iter().flatten().map(email).collect();
+    assert_eq!(emails, expected);
 
     // A page_size past the maximum is lowered to it, and the answer stays in its bound.
     let request = proto::ListMembersRequest {
-        org_id: big(),
         page_size: i32::MAX,
-        page_token: String::new(),
+        ..members_of("big")
     };
-    let page = operator.list_members(request).await.unwrap().into_inner();
-    assert_eq!(page.members.len(), limits::LIST_PAGE_SIZE_MAX);
-    assert!(prost::Message::encoded_len(&page) <= limits::LIST_RESPONSE_BYTES_MAX);
-    let negative = members(operator.clone(), big(), -1, String::new()).await;
+    let answer = operator.list_members(request).await.unwrap().into_inner();
+    assert_eq!(answer.members.len(), limits::LIST_PAGE_SIZE_MAX);
+    assert!(prost::Message::encoded_len(&answer) <= limits::LIST_RESPONSE_BYTES_MAX);
+    let negative = page(&operator, &members_of("big"), -1, String::new()).await;
     assert_status(negative, Code::InvalidArgument, "page_size");
 
     // The CLI walks the pages itself (1000 at a time) and prints every member, as a
@@ -330,7 +245,7 @@ async fn a_large_listing_pages_by_default_and_the_cli_prints_every_item() {
 /// Runs the real binary as a client of `server` with the operator key; returns its
 /// standard output, asserting it succeeded.
 async fn cli(server: &TestServer, args: &[&str]) -> String {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_seatbroker"))
+    let output = tokio::process::Command::from(daemon::command())
         .args(args)
         .args(["--addr", &server.url(), "--key", OPERATOR_KEY])
         .output()
@@ -347,13 +262,14 @@ async fn garbled_tokens_and_tokens_reused_elsewhere_are_invalid_argument() {
     let org = server.organization("acme", 2, 10, &["a", "b", "c"]).await;
     server.organization("other", 1, 1, &["x", "y", "z"]).await;
     let operator = server.operator().await;
-    let page_one = |org: &str| members(operator.clone(), org.into(), 1, String::new());
-    let (_, token) = page_one("acme").await.unwrap();
+    let (_, token) = page(&operator, &members_of("acme"), 1, String::new())
+        .await
+        .unwrap();
     assert!(!token.is_empty());
 
-    let reused = members(operator.clone(), "other".into(), 1, token.clone()).await;
+    let reused = page(&operator, &members_of("other"), 1, token.clone()).await;
     assert_status(reused, Code::InvalidArgument, "another org_id");
-    let elsewhere = api_keys(operator.clone(), "acme".into(), 1, token.clone()).await;
+    let elsewhere = page(&operator, &keys_of("acme"), 1, token.clone()).await;
     assert_status(elsewhere, Code::InvalidArgument, "another List call");
 
     let mut flipped = token.clone().into_bytes();
@@ -367,13 +283,13 @@ async fn garbled_tokens_and_tokens_reused_elsewhere_are_invalid_argument() {
         "%%%".to_string(),
     ];
     for bad in &garbled {
-        let answer = members(operator.clone(), "acme".into(), 1, bad.clone()).await;
+        let answer = page(&operator, &members_of("acme"), 1, bad.clone()).await;
         assert_status(
             answer,
             Code::InvalidArgument,
             "not a token this daemon issued",
         );
-        let answer = organizations(operator.clone(), 1, bad.clone()).await;
+        let answer = page(&operator, &all_organizations(), 1, bad.clone()).await;
         assert_status(
             answer,
             Code::InvalidArgument,
@@ -382,19 +298,19 @@ async fn garbled_tokens_and_tokens_reused_elsewhere_are_invalid_argument() {
     }
 
     org.assign(&server, KRE, org.emails()).await.unwrap();
-    let (_, kre_token) = assignments(operator.clone(), "acme".into(), KRE, 1, String::new())
+    let (_, kre_token) = page(&operator, &assignments_of("acme", KRE), 1, String::new())
         .await
         .unwrap();
-    let as_kse = assignments(operator.clone(), "acme".into(), KSE, 1, kre_token).await;
+    let as_kse = page(&operator, &assignments_of("acme", KSE), 1, kre_token).await;
     assert_status(as_kse, Code::InvalidArgument, "another org_id or product");
 
     acquire_many(&server, org.key(0), KRE, 3).await;
-    let (_, any_token) = sessions(operator.clone(), "acme".into(), 0, 1, String::new())
+    let (_, any_token) = page(&operator, &sessions_of("acme", 0), 1, String::new())
         .await
         .unwrap();
-    let as_kre = sessions(operator.clone(), "acme".into(), KRE, 1, any_token.clone()).await;
+    let as_kre = page(&operator, &sessions_of("acme", KRE), 1, any_token.clone()).await;
     assert_status(as_kre, Code::InvalidArgument, "another org_id or product");
-    let other_org = sessions(operator.clone(), "other".into(), 0, 1, any_token).await;
+    let other_org = page(&operator, &sessions_of("other", 0), 1, any_token).await;
     assert_status(
         other_org,
         Code::InvalidArgument,
@@ -405,22 +321,17 @@ async fn garbled_tokens_and_tokens_reused_elsewhere_are_invalid_argument() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_sessions_list_completely_by_pages() {
     let server = start().await;
-    let org = server.organization("fleet", 1, 5_000, &["runner"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("fleet", 1, 5_000, &["runner"])
+        .await;
     let granted = acquire_many(&server, org.key(0), KRE, 3_000).await;
     let owner = server.admin(&org.owner_key).await;
-    let pages = walk(0, |size, token| {
-        sessions(owner.clone(), "fleet".into(), 0, size, token)
-    })
-    .await;
+    let pages = walk(&owner, &sessions_of("fleet", 0), 0).await;
     assert!(pages.len() >= 3_000_usize.div_ceil(limits::LIST_PAGE_SIZE_DEFAULT));
-    assert!(
-        pages
-            .iter()
-            .all(|p| p.len() <= limits::LIST_PAGE_SIZE_DEFAULT)
-    );
     let granted = sorted(granted);
-    assert_eq!(sorted(concat_once(pages)), granted);
+    let ids: Vec<String> = pages.into_iter().flatten().map(lease_id).collect();
+    assert_eq!(ids.len(), granted.len(), "each session listed once");
+    assert_eq!(sorted(ids), granted);
 
     let table = cli(&server, &["session", "list", "fleet"]).await;
     let printed: Vec<String> = table
@@ -439,28 +350,22 @@ async fn thousands_of_sessions_list_completely_by_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sessions_token_from_before_a_restart_is_refused_with_what_to_do() {
     let server = start().await;
-    let org = server.organization("acme", 1, 10, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server.licensed_organization("acme", 1, 10, &["a"]).await;
     acquire_many(&server, org.key(0), KRE, 3).await;
     let operator = server.operator().await;
-    let (_, token) = sessions(operator, "acme".into(), 0, 1, String::new())
+    let (_, token) = page(&operator, &sessions_of("acme", 0), 1, String::new())
         .await
         .unwrap();
     let data_dir = server.stop().await;
 
     let server = start_in(data_dir, std::time::Duration::from_secs(30)).await;
     let operator = server.operator().await;
-    let stale = sessions(operator.clone(), "acme".into(), 0, 1, token).await;
+    let stale = page(&operator, &sessions_of("acme", 0), 1, token).await;
     assert_status(
         stale,
         Code::FailedPrecondition,
         "list again from the first page",
     );
-    let again = concat_once(
-        walk(1, |size, token| {
-            sessions(operator.clone(), "acme".into(), 0, size, token)
-        })
-        .await,
-    );
+    let again = listed(&operator, &sessions_of("acme", 0), 1, lease_id).await;
     assert_eq!(again.len(), 3, "the restored sessions are listed");
 }

@@ -1,0 +1,36 @@
+//! The integration tests, in one binary (one link instead of one per file, as etcd and
+//! rust-analyzer do), one module per area. Each specifies behaviour over real gRPC on
+//! 127.0.0.1 against a daemon started through [`harness`]: in this process, or the
+//! real binary as a child process where the test needs a process of its own.
+//!
+//! The tests share this process, so none may change it as a whole (environment
+//! variables, resource limits, the allocator, paused time): what needs that runs the
+//! daemon as a child process and changes the child. `tests/fuzz_decoders.rs` stays a
+//! binary of its own: it installs a global allocator that measures every allocation.
+//!
+//! A new area is a new file here, `tests/it/<area>.rs`, declared below with
+//! `mod <area>;`: it opens with a `//!` saying what it specifies, `use
+//! crate::harness::*;`, and starts its daemon with `start()` (in this process) or
+//! `Serve::new()…start()` (the real binary: kill -9, restarts on a data directory,
+//! signals, failpoints through `.env`, descriptor limits). `cargo test --test it
+//! <area>::` runs it alone.
+
+mod harness;
+
+mod admin;
+mod audit_descriptors;
+mod audit_isolation;
+mod bad_input;
+mod daemon;
+mod datadir;
+mod disk_full;
+mod durability;
+mod foreign_clients;
+mod hardening_edge;
+mod isolation;
+mod listing;
+mod loadgen;
+mod sessions;
+mod tenant_bounds;
+mod usage_audit;
+mod wire;
