@@ -3,6 +3,8 @@
 //! free. The daemon is the real binary in a process of its own, so that its
 //! descriptors run out and this test process's do not.
 
+use std::time::Duration;
+
 use crate::harness::*;
 use seatbroker::proto;
 use tonic::Code;
@@ -10,6 +12,8 @@ use tonic::Code;
 /// Attempts while the daemon may still be closing the sockets of earlier clients
 /// (each frees a descriptor below the limit, which the next attempt takes first).
 const ATTEMPTS_MAX: usize = 50;
+/// How long one query may take before the daemon is taken for stuck.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
 
 fn acme_events() -> proto::ListAuditEventsRequest {
     proto::ListAuditEventsRequest {
@@ -32,17 +36,21 @@ async fn query(daemon: &Daemon, key: &str) -> Result<usize, tonic::Status> {
 async fn an_audit_query_out_of_descriptors_answers_unavailable_then_works_again() {
     let daemon = Serve::new().start().await;
     let org = daemon.organization("acme", 0, 1, &[]).await;
-    let events = query(&daemon, &org.owner_key).await.unwrap();
-    assert!(events > 0);
-    // The connection is open already: only the audit files need a descriptor.
+    // A call over the connection first: once it is answered, the daemon has accepted
+    // the connection (a descriptor of its own), and only the audit files need one.
     let mut admin = daemon.admin(&org.owner_key).await;
+    let events = admin.list_audit_events(acme_events()).await.unwrap();
+    let events = events.into_inner().events.len();
+    assert!(events > 0);
 
     let original = daemon.soft_descriptor_limit();
     let mut answer = None;
     for _ in 0..ATTEMPTS_MAX {
         // Every descriptor number below the daemon's soft limit is taken.
         daemon.set_soft_descriptor_limit(daemon.lowest_free_descriptor());
-        let attempt = admin.list_audit_events(acme_events()).await;
+        let attempt = tokio::time::timeout(ANSWER_DEADLINE, admin.list_audit_events(acme_events()))
+            .await
+            .expect("the daemon answers while out of descriptors");
         if attempt.is_err() {
             answer = Some(attempt);
             break;
