@@ -416,6 +416,20 @@ pub struct LeaseTable {
     timing: LeaseTiming,
 }
 
+/// What [`LeaseTable::visit_live`] hands the live leases to.
+pub trait LiveLeaseVisitor {
+    /// A live lease, under its organization's lock: keep this cheap.
+    fn lease(&mut self, org: &OrgId, lease: LeaseRef<'_>);
+    /// The lock was let go of between two holds: the place for slower work (I/O).
+    fn lock_released(&mut self) {}
+}
+
+impl<F: FnMut(&OrgId, LeaseRef<'_>)> LiveLeaseVisitor for F {
+    fn lease(&mut self, org: &OrgId, lease: LeaseRef<'_>) {
+        self(org, lease)
+    }
+}
+
 /// Slots [`LeaseTable::visit_live`] reads under one hold of an organization's lock:
 /// about 0.2 ms of encoding.
 const LIVE_SLOTS_PER_LOCK: usize = 1024;
@@ -759,7 +773,7 @@ impl LeaseTable {
     /// exactly once (slots are stable while their lease lives); one granted or ended
     /// during it may or may not be: see `storage` for why a snapshot that is not one
     /// instant is still exact after replay.
-    pub fn visit_live(&self, mut visit: impl FnMut(&OrgId, LeaseRef<'_>)) {
+    pub fn visit_live(&self, visitor: &mut impl LiveLeaseVisitor) {
         let cells: Vec<Arc<Mutex<OrgLeases>>> = self
             .organizations
             .iter()
@@ -773,9 +787,11 @@ impl LeaseTable {
                 for (_, stored) in org.leases.slots_from(from).take(LIVE_SLOTS_PER_LOCK) {
                     examined += 1;
                     if let Some(stored) = stored {
-                        visit(&org.id, stored.view(org.clock));
+                        visitor.lease(&org.id, stored.view(org.clock));
                     }
                 }
+                drop(org);
+                visitor.lock_released();
                 if examined < LIVE_SLOTS_PER_LOCK {
                     break;
                 }

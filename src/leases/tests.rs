@@ -633,7 +633,7 @@ async fn visiting_live_leases_sees_each_once_across_lock_holds() {
         table.forget(&org(), lease.id, lease.generation);
     }
     let mut visited = Vec::new();
-    table.visit_live(|org_id, lease| {
+    table.visit_live(&mut |org_id: &OrgId, lease: LeaseRef<'_>| {
         assert_eq!(org_id, &org());
         visited.push(lease.id);
     });

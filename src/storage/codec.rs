@@ -631,10 +631,6 @@ impl SnapshotEncoder {
         self.bytes.clear();
         Ok(())
     }
-
-    pub fn finish(self) -> Vec<u8> {
-        self.bytes
-    }
 }
 
 fn refill(field: &mut String, text: &str) {
