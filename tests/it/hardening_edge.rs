@@ -497,6 +497,10 @@ async fn broker_calls_during_recovery_answer_unavailable_then_ok_never_unimpleme
             .await;
         match answer {
             Ok(_) => break,
+            // A call that races the recovery-time server's GOAWAY at the handover is
+            // cancelled by the client's transport, not answered by the daemon (see the
+            // closing note of issue 14: handing connections over would remove this).
+            Err(status) if status.code() == Code::Cancelled => {}
             Err(status) => {
                 assert_ne!(status.code(), Code::Unimplemented, "{status:?}");
                 assert_status::<()>(Err(status), Code::Unavailable, "");
