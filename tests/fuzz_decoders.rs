@@ -424,7 +424,7 @@ fn lease_id_bytes() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-fn admin_record() -> impl Strategy<Value = codec::AdminRecord> {
+fn admin_record() -> impl Strategy<Value = codec::legacy::AdminRecord> {
     (
         (0i32..12, field_text(), field_text(), field_text()),
         (
@@ -449,7 +449,7 @@ fn admin_record() -> impl Strategy<Value = codec::AdminRecord> {
                 (kind, org, display_name, email),
                 (emails, role, product, quota),
                 (to_email, key_id, label, secret_sha256, created_at_unix_ms),
-            )| codec::AdminRecord {
+            )| codec::legacy::AdminRecord {
                 kind,
                 org,
                 display_name,
@@ -465,6 +465,60 @@ fn admin_record() -> impl Strategy<Value = codec::AdminRecord> {
                 created_at_unix_ms,
             },
         )
+}
+
+/// A command record of every kind (and none), from the same random fields.
+fn command_record() -> impl Strategy<Value = codec::CommandRecord> {
+    use codec::CommandBody as Body;
+    admin_record().prop_map(|r| {
+        let member = || codec::MemberRecord {
+            email: r.email.clone(),
+            role: r.role,
+        };
+        let licenses = || codec::LicensesRecord {
+            product: r.product,
+            emails: r.emails.clone(),
+        };
+        let body = match r.kind {
+            1 => Some(Body::CreateOrganization(codec::NewOrganizationRecord {
+                display_name: r.display_name.clone(),
+                owner: r.email.clone(),
+                quota: r.quota,
+            })),
+            2 => r.quota.map(Body::SetQuota),
+            3 => Some(Body::AddMember(member())),
+            4 => Some(Body::RemoveMember(codec::EmailRecord {
+                email: r.email.clone(),
+            })),
+            5 => Some(Body::SetRole(member())),
+            6 => Some(Body::AssignLicenses(licenses())),
+            7 => Some(Body::UnassignLicenses(licenses())),
+            8 => Some(Body::TransferLicense(codec::TransferRecord {
+                product: r.product,
+                from: r.email.clone(),
+                to: r.to_email.clone(),
+            })),
+            9 => Some(Body::CreateApiKey(stored_api_key(&r))),
+            10 => Some(Body::RevokeApiKey(codec::KeyIdRecord {
+                key_id: r.key_id.clone(),
+            })),
+            _ => None,
+        };
+        codec::CommandRecord {
+            org: r.org.clone(),
+            body,
+        }
+    })
+}
+
+fn stored_api_key(r: &codec::legacy::AdminRecord) -> codec::StoredApiKey {
+    codec::StoredApiKey {
+        email: r.email.clone(),
+        key_id: r.key_id.clone(),
+        label: r.label.clone(),
+        secret_sha256: r.secret_sha256.clone(),
+        created_at_unix_ms: r.created_at_unix_ms,
+    }
 }
 
 fn lease_record() -> impl Strategy<Value = codec::LeaseRecord> {
@@ -498,7 +552,8 @@ fn lease_record() -> impl Strategy<Value = codec::LeaseRecord> {
 
 fn log_body() -> impl Strategy<Value = LogBody> {
     prop_oneof![
-        6 => admin_record().prop_map(LogBody::Admin),
+        3 => admin_record().prop_map(LogBody::LegacyAdmin),
+        3 => command_record().prop_map(LogBody::Command),
         2 => lease_record().prop_map(LogBody::LeaseGranted),
         1 => (field_text(), lease_id_bytes(), any::<u64>()).prop_map(|(org, lease_id, generation)| {
             LogBody::LeaseEnded(codec::LeaseEndRecord { org, lease_id, generation })
@@ -529,7 +584,7 @@ fn snapshot_bytes() -> impl Strategy<Value = Vec<u8>> {
             ),
             prop::collection::vec(field_text(), 0..3),
             prop::collection::vec(field_text(), 0..3),
-            prop::collection::vec(admin_record(), 0..3),
+            prop::collection::vec(admin_record().prop_map(|r| stored_api_key(&r)), 0..3),
         ),
     )
         .prop_map(
@@ -583,16 +638,9 @@ fn replay(records: &[Vec<u8>]) -> Result<(), TestCaseError> {
             continue;
         };
         match body {
-            LogBody::Admin(record) => {
-                if let Ok(command) = codec::decode_command(&record) {
-                    // A decoded command re-encodes to a record that decodes to it.
-                    let again = codec::decode_log_record(&codec::encode_command(&command));
-                    let Ok(LogBody::Admin(again)) = again else {
-                        return Err(TestCaseError::fail("a command does not re-encode"));
-                    };
-                    prop_assert_eq!(codec::decode_command(&again).ok(), Some(command.clone()));
-                    let _ = state.apply(&command);
-                }
+            LogBody::Command(record) => replay_command(&mut state, codec::decode_command(&record))?,
+            LogBody::LegacyAdmin(record) => {
+                replay_command(&mut state, codec::legacy::decode_command(&record))?
             }
             LogBody::LeaseGranted(record) => {
                 let _ = codec::lease_from(&record);
@@ -603,6 +651,24 @@ fn replay(records: &[Vec<u8>]) -> Result<(), TestCaseError> {
             LogBody::Boot(_) => {}
         }
     }
+    Ok(())
+}
+
+/// Applies a command that decoded; it re-encodes (in the current format) to a record
+/// that decodes to it.
+fn replay_command(
+    state: &mut AdminState,
+    command: Result<Command, codec::DecodeError>,
+) -> Result<(), TestCaseError> {
+    let Ok(command) = command else {
+        return Ok(());
+    };
+    let again = codec::decode_log_record(&codec::encode_command(&command));
+    let Ok(LogBody::Command(again)) = again else {
+        return Err(TestCaseError::fail("a command does not re-encode"));
+    };
+    prop_assert_eq!(codec::decode_command(&again).ok(), Some(command.clone()));
+    let _ = state.apply(&command);
     Ok(())
 }
 

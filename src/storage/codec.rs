@@ -13,60 +13,106 @@ use crate::leases::{Lease, LeaseId, LeaseRef};
 /// One record of the log.
 #[derive(Clone, PartialEq, Message)]
 pub struct LogRecord {
-    #[prost(oneof = "LogBody", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "LogBody", tags = "1, 2, 3, 4, 5")]
     pub body: Option<LogBody>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum LogBody {
+    /// An admin command as the first format wrote it (read, never written).
     #[prost(message, tag = "1")]
-    Admin(AdminRecord),
+    LegacyAdmin(legacy::AdminRecord),
     #[prost(message, tag = "2")]
     LeaseGranted(LeaseRecord),
     #[prost(message, tag = "3")]
     LeaseEnded(LeaseEndRecord),
     #[prost(message, tag = "4")]
     Boot(BootRecord),
+    #[prost(message, tag = "5")]
+    Command(CommandRecord),
 }
 
-/// The kinds of admin command, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
-#[repr(i32)]
-pub enum AdminKind {
-    Unspecified = 0,
-    CreateOrganization = 1,
-    SetQuota = 2,
-    AddMember = 3,
-    RemoveMember = 4,
-    SetRole = 5,
-    AssignLicenses = 6,
-    UnassignLicenses = 7,
-    TransferLicense = 8,
-    CreateApiKey = 9,
-    RevokeApiKey = 10,
-}
-
-/// An admin command, flattened: `kind` says which fields are set.
+/// An admin command: one message per kind of command, so that encoding and decoding
+/// are exhaustive matches and a new command cannot be half stored.
 #[derive(Clone, PartialEq, Message)]
-pub struct AdminRecord {
-    #[prost(enumeration = "AdminKind", tag = "1")]
-    pub kind: i32,
-    #[prost(string, tag = "2")]
+pub struct CommandRecord {
+    #[prost(string, tag = "1")]
     pub org: String,
-    #[prost(string, tag = "3")]
+    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    pub body: Option<CommandBody>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum CommandBody {
+    #[prost(message, tag = "2")]
+    CreateOrganization(NewOrganizationRecord),
+    #[prost(message, tag = "3")]
+    SetQuota(QuotaRecord),
+    #[prost(message, tag = "4")]
+    AddMember(MemberRecord),
+    #[prost(message, tag = "5")]
+    RemoveMember(EmailRecord),
+    #[prost(message, tag = "6")]
+    SetRole(MemberRecord),
+    #[prost(message, tag = "7")]
+    AssignLicenses(LicensesRecord),
+    #[prost(message, tag = "8")]
+    UnassignLicenses(LicensesRecord),
+    #[prost(message, tag = "9")]
+    TransferLicense(TransferRecord),
+    #[prost(message, tag = "10")]
+    CreateApiKey(StoredApiKey),
+    #[prost(message, tag = "11")]
+    RevokeApiKey(KeyIdRecord),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct NewOrganizationRecord {
+    #[prost(string, tag = "1")]
     pub display_name: String,
+    #[prost(string, tag = "2")]
+    pub owner: String,
+    #[prost(message, optional, tag = "3")]
+    pub quota: Option<QuotaRecord>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct EmailRecord {
+    #[prost(string, tag = "1")]
+    pub email: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct LicensesRecord {
+    #[prost(int32, tag = "1")]
+    pub product: i32,
+    #[prost(string, repeated, tag = "2")]
+    pub emails: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TransferRecord {
+    #[prost(int32, tag = "1")]
+    pub product: i32,
+    #[prost(string, tag = "2")]
+    pub from: String,
+    #[prost(string, tag = "3")]
+    pub to: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct KeyIdRecord {
+    #[prost(string, tag = "1")]
+    pub key_id: String,
+}
+
+/// An API key, in a `CreateApiKey` command and in a snapshot. Its field numbers are
+/// those of the first format's flattened admin record, whose API-key fields snapshots
+/// held, so the snapshots of that format load as they are.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredApiKey {
     #[prost(string, tag = "4")]
     pub email: String,
-    #[prost(string, repeated, tag = "5")]
-    pub emails: Vec<String>,
-    #[prost(int32, tag = "6")]
-    pub role: i32,
-    #[prost(int32, tag = "7")]
-    pub product: i32,
-    #[prost(message, optional, tag = "8")]
-    pub quota: Option<QuotaRecord>,
-    #[prost(string, tag = "9")]
-    pub to_email: String,
     #[prost(string, tag = "10")]
     pub key_id: String,
     #[prost(string, tag = "11")]
@@ -154,7 +200,7 @@ pub struct OrganizationRecord {
     #[prost(string, repeated, tag = "6")]
     pub kre_assigned: Vec<String>,
     #[prost(message, repeated, tag = "7")]
-    pub api_keys: Vec<AdminRecord>,
+    pub api_keys: Vec<StoredApiKey>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -251,62 +297,48 @@ fn strings(emails: &[Email]) -> Vec<String> {
 
 /// Encodes an admin command as a log record.
 pub fn encode_command(command: &Command) -> Vec<u8> {
-    let mut record = AdminRecord {
-        org: command.org().to_string(),
-        ..AdminRecord::default()
-    };
-    let kind = match command {
+    LogRecord {
+        body: Some(LogBody::Command(CommandRecord {
+            org: command.org().to_string(),
+            body: Some(command_body(command)),
+        })),
+    }
+    .encode_to_vec()
+}
+
+fn command_body(command: &Command) -> CommandBody {
+    match command {
         Command::CreateOrganization {
             display_name,
             owner,
             quota,
             ..
-        } => {
-            record.display_name = display_name.clone();
-            record.email = owner.to_string();
-            record.quota = Some(quota_record(*quota));
-            AdminKind::CreateOrganization
-        }
-        Command::SetQuota { quota, .. } => {
-            record.quota = Some(quota_record(*quota));
-            AdminKind::SetQuota
-        }
+        } => CommandBody::CreateOrganization(NewOrganizationRecord {
+            display_name: display_name.clone(),
+            owner: owner.to_string(),
+            quota: Some(quota_record(*quota)),
+        }),
+        Command::SetQuota { quota, .. } => CommandBody::SetQuota(quota_record(*quota)),
         Command::AddMember { email, role, .. } => {
-            record.email = email.to_string();
-            record.role = role_code(*role);
-            AdminKind::AddMember
+            CommandBody::AddMember(member_record(email, *role))
         }
-        Command::RemoveMember { email, .. } => {
-            record.email = email.to_string();
-            AdminKind::RemoveMember
-        }
-        Command::SetRole { email, role, .. } => {
-            record.email = email.to_string();
-            record.role = role_code(*role);
-            AdminKind::SetRole
-        }
+        Command::RemoveMember { email, .. } => CommandBody::RemoveMember(EmailRecord {
+            email: email.to_string(),
+        }),
+        Command::SetRole { email, role, .. } => CommandBody::SetRole(member_record(email, *role)),
         Command::AssignLicenses {
             product, emails, ..
-        }
-        | Command::UnassignLicenses {
+        } => CommandBody::AssignLicenses(licenses_record(*product, emails)),
+        Command::UnassignLicenses {
             product, emails, ..
-        } => {
-            record.product = product_code(*product);
-            record.emails = strings(emails);
-            if matches!(command, Command::AssignLicenses { .. }) {
-                AdminKind::AssignLicenses
-            } else {
-                AdminKind::UnassignLicenses
-            }
-        }
+        } => CommandBody::UnassignLicenses(licenses_record(*product, emails)),
         Command::TransferLicense {
             product, from, to, ..
-        } => {
-            record.product = product_code(*product);
-            record.email = from.to_string();
-            record.to_email = to.to_string();
-            AdminKind::TransferLicense
-        }
+        } => CommandBody::TransferLicense(TransferRecord {
+            product: product_code(*product),
+            from: from.to_string(),
+            to: to.to_string(),
+        }),
         Command::CreateApiKey {
             key_id,
             email,
@@ -314,74 +346,83 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
             secret_sha256,
             created_at_unix_ms,
             ..
-        } => {
-            record.key_id = key_id.to_string();
-            record.email = email.to_string();
-            record.label = label.clone();
-            record.secret_sha256 = secret_sha256.to_vec();
-            record.created_at_unix_ms = *created_at_unix_ms;
-            AdminKind::CreateApiKey
-        }
-        Command::RevokeApiKey { key_id, .. } => {
-            record.key_id = key_id.to_string();
-            AdminKind::RevokeApiKey
-        }
-    };
-    record.kind = kind as i32;
-    LogRecord {
-        body: Some(LogBody::Admin(record)),
+        } => CommandBody::CreateApiKey(StoredApiKey {
+            email: email.to_string(),
+            key_id: key_id.to_string(),
+            label: label.clone(),
+            secret_sha256: secret_sha256.to_vec(),
+            created_at_unix_ms: *created_at_unix_ms,
+        }),
+        Command::RevokeApiKey { key_id, .. } => CommandBody::RevokeApiKey(KeyIdRecord {
+            key_id: key_id.to_string(),
+        }),
     }
-    .encode_to_vec()
+}
+
+fn member_record(email: &Email, role: Role) -> MemberRecord {
+    MemberRecord {
+        email: email.to_string(),
+        role: role_code(role),
+    }
+}
+
+fn licenses_record(product: Product, emails: &[Email]) -> LicensesRecord {
+    LicensesRecord {
+        product: product_code(product),
+        emails: strings(emails),
+    }
 }
 
 /// Decodes an admin record back into the command it was made from.
-pub fn decode_command(record: &AdminRecord) -> Result<Command, DecodeError> {
+pub fn decode_command(record: &CommandRecord) -> Result<Command, DecodeError> {
     let org = org_from(&record.org)?;
-    let kind = AdminKind::try_from(record.kind).map_err(|_| bad("admin kind", record.kind))?;
-    let command = match kind {
-        AdminKind::Unspecified => return Err(bad("admin kind", 0)),
-        AdminKind::CreateOrganization => Command::CreateOrganization {
+    let body = record
+        .body
+        .as_ref()
+        .ok_or_else(|| bad("admin command", "empty"))?;
+    let command = match body {
+        CommandBody::CreateOrganization(new) => Command::CreateOrganization {
             org,
-            display_name: record.display_name.clone(),
-            owner: email_from(&record.email)?,
-            quota: quota_from(record.quota.as_ref())?,
+            display_name: new.display_name.clone(),
+            owner: email_from(&new.owner)?,
+            quota: quota_from(new.quota.as_ref())?,
         },
-        AdminKind::SetQuota => Command::SetQuota {
+        CommandBody::SetQuota(quota) => Command::SetQuota {
             org,
-            quota: quota_from(record.quota.as_ref())?,
+            quota: quota_from(Some(quota))?,
         },
-        AdminKind::AddMember => Command::AddMember {
+        CommandBody::AddMember(member) => Command::AddMember {
             org,
-            email: email_from(&record.email)?,
-            role: role_from(record.role)?,
+            email: email_from(&member.email)?,
+            role: role_from(member.role)?,
         },
-        AdminKind::RemoveMember => Command::RemoveMember {
+        CommandBody::RemoveMember(member) => Command::RemoveMember {
             org,
-            email: email_from(&record.email)?,
+            email: email_from(&member.email)?,
         },
-        AdminKind::SetRole => Command::SetRole {
+        CommandBody::SetRole(member) => Command::SetRole {
             org,
-            email: email_from(&record.email)?,
-            role: role_from(record.role)?,
+            email: email_from(&member.email)?,
+            role: role_from(member.role)?,
         },
-        AdminKind::AssignLicenses => Command::AssignLicenses {
+        CommandBody::AssignLicenses(licenses) => Command::AssignLicenses {
             org,
-            product: product_from(record.product)?,
-            emails: emails_from(&record.emails)?,
+            product: product_from(licenses.product)?,
+            emails: emails_from(&licenses.emails)?,
         },
-        AdminKind::UnassignLicenses => Command::UnassignLicenses {
+        CommandBody::UnassignLicenses(licenses) => Command::UnassignLicenses {
             org,
-            product: product_from(record.product)?,
-            emails: emails_from(&record.emails)?,
+            product: product_from(licenses.product)?,
+            emails: emails_from(&licenses.emails)?,
         },
-        AdminKind::TransferLicense => Command::TransferLicense {
+        CommandBody::TransferLicense(transfer) => Command::TransferLicense {
             org,
-            product: product_from(record.product)?,
-            from: email_from(&record.email)?,
-            to: email_from(&record.to_email)?,
+            product: product_from(transfer.product)?,
+            from: email_from(&transfer.from)?,
+            to: email_from(&transfer.to)?,
         },
-        AdminKind::CreateApiKey => {
-            let key = api_key_from(record)?;
+        CommandBody::CreateApiKey(key) => {
+            let key = api_key_from(key)?;
             Command::CreateApiKey {
                 org,
                 key_id: key.id,
@@ -391,15 +432,15 @@ pub fn decode_command(record: &AdminRecord) -> Result<Command, DecodeError> {
                 created_at_unix_ms: key.created_at_unix_ms,
             }
         }
-        AdminKind::RevokeApiKey => Command::RevokeApiKey {
+        CommandBody::RevokeApiKey(key) => Command::RevokeApiKey {
             org,
-            key_id: ApiKeyId(record.key_id.as_str().into()),
+            key_id: ApiKeyId(key.key_id.as_str().into()),
         },
     };
     Ok(command)
 }
 
-fn api_key_from(record: &AdminRecord) -> Result<ApiKeyRecord, DecodeError> {
+fn api_key_from(record: &StoredApiKey) -> Result<ApiKeyRecord, DecodeError> {
     Ok(ApiKeyRecord {
         id: ApiKeyId(record.key_id.as_str().into()),
         email: email_from(&record.email)?,
@@ -531,15 +572,12 @@ fn organization_records(state: &AdminState) -> Vec<OrganizationRecord> {
             api_keys: org
                 .api_keys
                 .values()
-                .map(|key| AdminRecord {
-                    kind: AdminKind::CreateApiKey as i32,
-                    org: org.id.to_string(),
-                    key_id: key.id.to_string(),
+                .map(|key| StoredApiKey {
                     email: key.email.to_string(),
+                    key_id: key.id.to_string(),
                     label: key.label.clone(),
                     secret_sha256: key.secret_sha256.to_vec(),
                     created_at_unix_ms: key.created_at_unix_ms,
-                    ..AdminRecord::default()
                 })
                 .collect(),
         })
@@ -755,6 +793,139 @@ fn organization_from(record: &OrganizationRecord) -> Result<Organization, Decode
     })
 }
 
+/// The first format of admin commands: one flattened message whose `kind` says which
+/// fields are set. Logs written before the oneof of [`CommandRecord`] hold these
+/// (`tests/fixtures/data-v1`); they are read, never written.
+pub mod legacy {
+    use prost::Message;
+
+    use super::{
+        DecodeError, QuotaRecord, StoredApiKey, api_key_from, bad, email_from, emails_from,
+        org_from, product_from, quota_from, role_from,
+    };
+    use crate::domain::{ApiKeyId, Command};
+
+    /// The kinds of admin command, as the first format stored them.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+    #[repr(i32)]
+    pub enum AdminKind {
+        Unspecified = 0,
+        CreateOrganization = 1,
+        SetQuota = 2,
+        AddMember = 3,
+        RemoveMember = 4,
+        SetRole = 5,
+        AssignLicenses = 6,
+        UnassignLicenses = 7,
+        TransferLicense = 8,
+        CreateApiKey = 9,
+        RevokeApiKey = 10,
+    }
+
+    /// An admin command, flattened: `kind` says which fields are set.
+    #[derive(Clone, PartialEq, Message)]
+    pub struct AdminRecord {
+        #[prost(enumeration = "AdminKind", tag = "1")]
+        pub kind: i32,
+        #[prost(string, tag = "2")]
+        pub org: String,
+        #[prost(string, tag = "3")]
+        pub display_name: String,
+        #[prost(string, tag = "4")]
+        pub email: String,
+        #[prost(string, repeated, tag = "5")]
+        pub emails: Vec<String>,
+        #[prost(int32, tag = "6")]
+        pub role: i32,
+        #[prost(int32, tag = "7")]
+        pub product: i32,
+        #[prost(message, optional, tag = "8")]
+        pub quota: Option<QuotaRecord>,
+        #[prost(string, tag = "9")]
+        pub to_email: String,
+        #[prost(string, tag = "10")]
+        pub key_id: String,
+        #[prost(string, tag = "11")]
+        pub label: String,
+        #[prost(bytes = "vec", tag = "12")]
+        pub secret_sha256: Vec<u8>,
+        #[prost(int64, tag = "13")]
+        pub created_at_unix_ms: i64,
+    }
+
+    /// Decodes a first-format admin record into the command it was made from.
+    pub fn decode_command(record: &AdminRecord) -> Result<Command, DecodeError> {
+        let org = org_from(&record.org)?;
+        let kind = AdminKind::try_from(record.kind).map_err(|_| bad("admin kind", record.kind))?;
+        let email = || email_from(&record.email);
+        let command = match kind {
+            AdminKind::Unspecified => return Err(bad("admin kind", 0)),
+            AdminKind::CreateOrganization => Command::CreateOrganization {
+                org,
+                display_name: record.display_name.clone(),
+                owner: email()?,
+                quota: quota_from(record.quota.as_ref())?,
+            },
+            AdminKind::SetQuota => Command::SetQuota {
+                org,
+                quota: quota_from(record.quota.as_ref())?,
+            },
+            AdminKind::AddMember => Command::AddMember {
+                org,
+                email: email()?,
+                role: role_from(record.role)?,
+            },
+            AdminKind::RemoveMember => Command::RemoveMember {
+                org,
+                email: email()?,
+            },
+            AdminKind::SetRole => Command::SetRole {
+                org,
+                email: email()?,
+                role: role_from(record.role)?,
+            },
+            AdminKind::AssignLicenses => Command::AssignLicenses {
+                org,
+                product: product_from(record.product)?,
+                emails: emails_from(&record.emails)?,
+            },
+            AdminKind::UnassignLicenses => Command::UnassignLicenses {
+                org,
+                product: product_from(record.product)?,
+                emails: emails_from(&record.emails)?,
+            },
+            AdminKind::TransferLicense => Command::TransferLicense {
+                org,
+                product: product_from(record.product)?,
+                from: email()?,
+                to: email_from(&record.to_email)?,
+            },
+            AdminKind::CreateApiKey => {
+                let key = api_key_from(&StoredApiKey {
+                    email: record.email.clone(),
+                    key_id: record.key_id.clone(),
+                    label: record.label.clone(),
+                    secret_sha256: record.secret_sha256.clone(),
+                    created_at_unix_ms: record.created_at_unix_ms,
+                })?;
+                Command::CreateApiKey {
+                    org,
+                    key_id: key.id,
+                    email: key.email,
+                    label: key.label,
+                    secret_sha256: key.secret_sha256,
+                    created_at_unix_ms: key.created_at_unix_ms,
+                }
+            }
+            AdminKind::RevokeApiKey => Command::RevokeApiKey {
+                org,
+                key_id: ApiKeyId(record.key_id.as_str().into()),
+            },
+        };
+        Ok(command)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -827,8 +998,8 @@ mod tests {
         ];
         for command in commands {
             let bytes = encode_command(&command);
-            let LogBody::Admin(record) = decode_log_record(&bytes).unwrap() else {
-                panic!("not an admin record");
+            let LogBody::Command(record) = decode_log_record(&bytes).unwrap() else {
+                panic!("not an admin command");
             };
             assert_eq!(decode_command(&record).unwrap(), command);
         }

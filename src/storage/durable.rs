@@ -311,6 +311,25 @@ impl<'t> Replayer<'t> {
         }
     }
 
+    /// Replays an admin command: the state change, and the sessions it ends.
+    fn replay_command(
+        &mut self,
+        command: Result<Command, codec::DecodeError>,
+    ) -> Result<(), (&'static str, String)> {
+        let what = "an admin command";
+        let command = command.map_err(|e| (what, e.to_string()))?;
+        self.admin
+            .apply(&command)
+            .map_err(|e| (what, e.to_string()))?;
+        let users: Vec<_> = command
+            .sessions_to_end()
+            .into_iter()
+            .map(|s| (s.email, s.product))
+            .collect();
+        self.leases.end_sessions_of(command.org(), &users, None);
+        Ok(())
+    }
+
     /// Replays a record the allocation-free decoder left to the plain one.
     fn apply(&mut self, body: LogBody) -> Result<(), (&'static str, String)> {
         let (leases, names, now) = (self.leases, &mut self.names, self.now);
@@ -321,19 +340,9 @@ impl<'t> Replayer<'t> {
             LogBody::LeaseEnded(record) => {
                 forget(leases, names, &record).map_err(|e| ("a lease end", e.to_string()))
             }
-            LogBody::Admin(record) => {
-                let what = "an admin command";
-                let command = codec::decode_command(&record).map_err(|e| (what, e.to_string()))?;
-                self.admin
-                    .apply(&command)
-                    .map_err(|e| (what, e.to_string()))?;
-                let users: Vec<_> = command
-                    .sessions_to_end()
-                    .into_iter()
-                    .map(|s| (s.email, s.product))
-                    .collect();
-                leases.end_sessions_of(command.org(), &users, None);
-                Ok(())
+            LogBody::Command(record) => self.replay_command(codec::decode_command(&record)),
+            LogBody::LegacyAdmin(record) => {
+                self.replay_command(codec::legacy::decode_command(&record))
             }
             LogBody::Boot(record) => {
                 let epoch =
