@@ -17,7 +17,9 @@
 //!   [`client`]: the gRPC client helper it shares with tests and the load generator.
 //! - [`loadgen`]: the load generator behind `seatbroker bench` (and its no-op
 //!   gRPC ceiling).
-//! - [`limits`]: every bound, in one place. [`clock`]: injected time.
+//! - [`limits`]: every bound of the broker, in one place (the write-ahead log keeps
+//!   its own defaults in [`wal`]; `limits` restates those an operator sets).
+//!   [`clock`]: injected time.
 //!
 //! Operating the daemon:
 //! - [`config`]: the configuration (flags > environment > TOML file > defaults).

@@ -1,4 +1,6 @@
-//! Every bound of the broker in one place. Names carry the unit and end with the
+//! Every bound of the broker in one place (the write-ahead log keeps its own defaults
+//! in `wal`, so that it stands alone; those an operator can set are restated here).
+//! Names carry the unit and end with the
 //! qualifier (`_max`, `_min`), so a reader sees what is bounded and by how much.
 //! The README lists these; `const` assertions below keep their relations true.
 

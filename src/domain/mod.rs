@@ -1,7 +1,7 @@
 //! The license domain: organizations, members and roles, quotas, named KSE seats and
 //! KRE assignments, API key records, and the commands that change them. It knows
 //! nothing of gRPC or of files: the edge (`api`) translates wire messages into these
-//! types, and storage (`wal`) encodes the commands into log records.
+//! types, and storage (`storage::codec`) encodes the commands into log records.
 
 pub mod access;
 pub mod command;
