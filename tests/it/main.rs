@@ -30,6 +30,7 @@ mod hardening_edge;
 mod isolation;
 mod listing;
 mod loadgen;
+mod metrics_listener;
 mod restart_bench;
 mod sessions;
 mod tenant_bounds;
