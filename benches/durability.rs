@@ -17,6 +17,7 @@ use seatbroker::broker::Broker;
 use seatbroker::clock::SystemClock;
 use seatbroker::domain::{Command, Email, OrgId, Principal, Product, Quota, Role};
 use seatbroker::leases::{LeaseId, LeaseRef, LeaseTable, LeaseTiming};
+use seatbroker::loadgen::provision;
 use seatbroker::storage::codec;
 use seatbroker::storage::durable;
 use seatbroker::wal::{self, RealFs, Wal, WalOptions};
@@ -57,31 +58,15 @@ async fn open_broker(dir: &Path) -> Arc<Broker> {
 }
 
 async fn setup(broker: &Broker, members: usize) {
-    let operator = Principal::Operator;
-    broker
-        .execute(
-            &operator,
-            Command::CreateOrganization {
-                org: org(),
-                display_name: "Bench".into(),
-                owner: email(usize::MAX),
-                quota: Quota::default(),
-            },
-        )
-        .await
-        .unwrap();
-    for n in 0..members {
-        broker
-            .execute(
-                &operator,
-                Command::AddMember {
-                    org: org(),
-                    email: email(n),
-                    role: Role::Member,
-                },
-            )
-            .await
-            .unwrap();
+    let commands = provision::organization_commands(
+        &org(),
+        "Bench",
+        email(usize::MAX),
+        Quota::default(),
+        (0..members).map(email),
+    );
+    for command in commands {
+        broker.execute(&Principal::Operator, command).await.unwrap();
     }
 }
 

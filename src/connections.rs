@@ -37,9 +37,6 @@ use tonic::transport::server::Connected;
 
 use crate::limits;
 
-/// Pause after a failed `accept` before the next one.
-const ACCEPT_ERROR_PAUSE_MS: u64 = 10;
-
 /// The bounds of the connections of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -156,6 +153,7 @@ pub fn limited_incoming(listener: Arc<TcpListener>, limits: ConnectionLimits) ->
     let (accepted, connections) = mpsc::channel(1);
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let task = tokio::spawn(async move {
+        let mut accept_errors = AcceptErrors::new("gRPC");
         loop {
             let slot = tokio::select! {
                 () = accepted.closed() => return,
@@ -166,13 +164,13 @@ pub fn limited_incoming(listener: Arc<TcpListener>, limits: ConnectionLimits) ->
                 connection = listener.accept() => connection,
             };
             let connection = match connection {
-                Ok((stream, peer)) => LimitedStream::new(stream, peer, slot, &limits),
+                Ok((stream, peer)) => {
+                    accept_errors.succeeded();
+                    LimitedStream::new(stream, peer, slot, &limits)
+                }
                 Err(error) => {
-                    // Out of file descriptors, say: the error repeats at once, so
-                    // pause rather than spin (the server only skips failed accepts).
-                    tracing::warn!(%error, "accepting a connection failed");
                     drop(slot);
-                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+                    accept_errors.failed(&error).await;
                     continue;
                 }
             };
@@ -184,6 +182,88 @@ pub fn limited_incoming(listener: Arc<TcpListener>, limits: ConnectionLimits) ->
     Incoming {
         connections: ReceiverStream::new(connections),
         task,
+    }
+}
+
+/// What a listener does after a failed `accept`: the error (out of descriptors, say)
+/// usually repeats at once, so it pauses before the next one, from
+/// `limits::ACCEPT_ERROR_PAUSE_MS_MIN` doubling to `ACCEPT_ERROR_PAUSE_MS_MAX` while
+/// failures repeat, and it warns at most once per `limits::WARNING_REPEAT_MS_MIN` with
+/// the count of failures not logged since.
+pub struct AcceptErrors {
+    listener: &'static str,
+    pause: Duration,
+    warnings: RepeatedWarning,
+}
+
+impl AcceptErrors {
+    /// `listener` names the listener in the warnings ("gRPC", "metrics").
+    pub fn new(listener: &'static str) -> Self {
+        AcceptErrors {
+            listener,
+            pause: Duration::from_millis(limits::ACCEPT_ERROR_PAUSE_MS_MIN),
+            warnings: RepeatedWarning::new(Duration::from_millis(limits::WARNING_REPEAT_MS_MIN)),
+        }
+    }
+
+    /// An accept succeeded: the next failure pauses the shortest time again.
+    pub fn succeeded(&mut self) {
+        self.pause = Duration::from_millis(limits::ACCEPT_ERROR_PAUSE_MS_MIN);
+    }
+
+    /// An accept failed: warns (rate-limited), then pauses.
+    pub async fn failed(&mut self, error: &io::Error) {
+        if let Some(suppressed) = self.warnings.due(Instant::now()) {
+            tracing::warn!(
+                listener = self.listener,
+                %error,
+                suppressed,
+                pause_ms = self.pause.as_millis() as u64,
+                "accepting a connection failed (suppressed: failures not logged in the last second)"
+            );
+        }
+        tokio::time::sleep(self.next_pause()).await;
+    }
+
+    /// The pause before the next accept, doubling the one after.
+    fn next_pause(&mut self) -> Duration {
+        let pause = self.pause;
+        self.pause = (pause * 2).min(Duration::from_millis(limits::ACCEPT_ERROR_PAUSE_MS_MAX));
+        pause
+    }
+}
+
+/// A warning that may repeat fast: logged at most once per period, with the count of
+/// the repeats not logged since (syslog's "last message repeated N times").
+#[derive(Debug)]
+pub struct RepeatedWarning {
+    period: Duration,
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RepeatedWarning {
+    pub fn new(period: Duration) -> Self {
+        RepeatedWarning {
+            period,
+            last_logged: None,
+            suppressed: 0,
+        }
+    }
+
+    /// The warning happened at `now`: `Some(repeats not logged before it)` when it is
+    /// to be logged, `None` when it is only counted.
+    pub fn due(&mut self, now: Instant) -> Option<u64> {
+        match self.last_logged {
+            Some(last) if now.duration_since(last) < self.period => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_logged = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
     }
 }
 
@@ -364,4 +444,34 @@ fn raise_descriptor_limit() -> (u64, u64) {
         }
     }
     (before, limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_accept_pauses_longer_each_time_up_to_the_longest_pause_then_resets() {
+        let mut errors = AcceptErrors::new("test");
+        let pauses: Vec<u64> = (0..6)
+            .map(|_| errors.next_pause().as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 100, 100]);
+        errors.succeeded();
+        assert_eq!(errors.next_pause(), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_per_period_with_the_count_of_the_others() {
+        let mut warning = RepeatedWarning::new(Duration::from_secs(1));
+        let start = Instant::now();
+        assert_eq!(warning.due(start), Some(0));
+        let logged: Vec<Option<u64>> = (1..=999)
+            .map(|ms| warning.due(start + Duration::from_millis(ms)))
+            .collect();
+        assert!(logged.iter().all(Option::is_none), "{logged:?}");
+        assert_eq!(warning.due(start + Duration::from_millis(1_000)), Some(999));
+        assert_eq!(warning.due(start + Duration::from_millis(1_001)), None);
+        assert_eq!(warning.due(start + Duration::from_millis(2_500)), Some(1));
+    }
 }

@@ -86,6 +86,27 @@ pub const METRICS_SAMPLE_INTERVAL_MS: u64 = 1_000;
 pub const METRICS_CONNECTIONS_MAX: usize = 16;
 pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
 pub const METRICS_REQUEST_MS_MAX: u64 = 5_000;
+/// A `/metrics` client must send its whole request head within this time (hyper's
+/// `header_read_timeout`, nginx's `client_header_timeout`), so idle or trickling
+/// connections free their slot quickly.
+pub const METRICS_HEADER_READ_MS_MAX: u64 = 1_000;
+/// Connections answered `503 Service Unavailable` at once while every scrape slot is
+/// held; past this many more are closed unanswered.
+pub const METRICS_REFUSALS_MAX: usize = 256;
+/// With `--metrics-per-org`, organizations that get series of their own; the others
+/// are summed into `org="_other"`. An organization keeps its series once it has them
+/// (the recorder cannot remove a series), and new ones are admitted largest first (by
+/// active sessions) while room is left. 1,000 organizations make about 10,000 series.
+pub const METRICS_ORGS_MAX: usize = 1_000;
+
+/// After a failed `accept` (EMFILE, ENFILE, ENOBUFS...) a listener pauses before the
+/// next one, doubling from the shortest pause to the longest while failures repeat, so
+/// it never spins on an error that repeats at once.
+pub const ACCEPT_ERROR_PAUSE_MS_MIN: u64 = 10;
+pub const ACCEPT_ERROR_PAUSE_MS_MAX: u64 = 100;
+/// A repeated warning (a failed accept) is logged at most once per this period, with
+/// the count of the ones not logged since.
+pub const WARNING_REPEAT_MS_MIN: u64 = 1_000;
 
 /// Usage windows: one bucket per minute with activity, per organization and product,
 /// kept for the longest window a `GetUsage` may ask about (at most 1440 buckets of
@@ -417,3 +438,16 @@ const _: () = assert!(
     "one tenant's members stay within 128 MiB"
 );
 const _: () = assert!(KSE_SEATS_MAX as usize >= MEMBERS_PER_ORG_MAX);
+const _: () = assert!(
+    METRICS_HEADER_READ_MS_MAX < METRICS_REQUEST_MS_MAX,
+    "a request head is read well within the connection's deadline"
+);
+const _: () = assert!(
+    METRICS_REQUEST_BYTES_MAX >= 8192,
+    "hyper's smallest read buffer"
+);
+const _: () = assert!(METRICS_ORGS_MAX <= ORGANIZATIONS_MAX);
+const _: () = assert!(
+    1 <= ACCEPT_ERROR_PAUSE_MS_MIN && ACCEPT_ERROR_PAUSE_MS_MIN <= ACCEPT_ERROR_PAUSE_MS_MAX
+);
+const _: () = assert!(ACCEPT_ERROR_PAUSE_MS_MAX < WARNING_REPEAT_MS_MIN);

@@ -641,7 +641,7 @@ fn spawn_background(
             Arc::clone(broker),
             per_org,
         )));
-        tasks.push(tokio::spawn(metrics::serve_http(listener, handle)));
+        tasks.push(tokio::spawn(metrics::serve_http(listener, handle, per_org)));
     }
     tasks
 }

@@ -68,13 +68,17 @@ impl fmt::Debug for OperatorKey {
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
     /// Broker address, http:// or https://; only loopback hosts (127.0.0.0/8, ::1,
-    /// localhost) are accepted.
+    /// localhost) are accepted unless `--allow-remote` is given.
     #[arg(
         long,
         env = "SEATBROKER_ADDR",
         default_value = "http://127.0.0.1:50051"
     )]
     pub addr: String,
+    /// Accept a target address that is not loopback: benchmark your own broker on
+    /// another machine. Without it, load goes to this machine only.
+    #[arg(long)]
+    pub allow_remote: bool,
     /// The workload to run.
     #[arg(long, value_enum, default_value_t = Workload::AcquireRelease)]
     pub workload: Workload,
@@ -108,36 +112,44 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4)]
     pub connections: u32,
     /// Measured time, e.g. `10s`, `500ms`, `2m`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Unmeasured time before the measurement.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// KRE sessions per organization (default: the engines of the organization; for
     /// `contention` a quarter of the engines).
     #[arg(long)]
     pub quota: Option<u32>,
     /// Shortest lease hold (`realistic` default 1s, `contention` 1ms).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub hold_min: Option<Duration>,
     /// Longest lease hold (`realistic` default 10s, `contention` 5ms).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub hold_max: Option<Duration>,
     /// Longest idle time between a release and the next acquire (`realistic`).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub think_max: Duration,
     /// Base retry delay after RESOURCE_EXHAUSTED (`contention`), jittered up to twice.
-    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     pub backoff: Duration,
     /// Operator key for provisioning on the broker.
     #[arg(long, env = "SEATBROKER_OPERATOR_KEY", hide_env_values = true)]
     pub operator_key: Option<OperatorKey>,
-    /// PEM file of the CA that signed the broker's certificate (for https:// addresses).
-    #[arg(long)]
+    /// CA certificate (PEM) that signed the broker's certificate, for https://
+    /// addresses (the broker's name is checked against the host of `--addr`).
+    #[arg(long, env = "SEATBROKER_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
-    /// Name to verify in the broker's certificate (default: the host of `--addr`).
-    #[arg(long, requires = "tls_ca")]
-    pub tls_domain: Option<String>,
+    /// Client certificate (PEM), for a broker that requires mTLS.
+    #[arg(
+        long = "tls-cert",
+        env = "SEATBROKER_CLIENT_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long = "tls-key", env = "SEATBROKER_CLIENT_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Print one JSON object to stdout instead of the human report.
     #[arg(long)]
     pub json: bool,
@@ -162,42 +174,4 @@ pub struct BenchArgs {
     /// both at half the broker's peak).
     #[arg(long, conflicts_with = "rate")]
     pub half_peak: bool,
-}
-
-/// Parses `250ms`, `10s`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 500ms, 10s or 2m"))?;
-    let millis_per_unit = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        _ => return Err(format!("`{text}`: unit must be ms, s or m")),
-    };
-    value
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too long"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 }

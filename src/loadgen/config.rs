@@ -1,10 +1,13 @@
 //! Validation of `BenchArgs` into a `Plan`: typed, bounded settings with the
-//! per-workload defaults resolved, the CA file read, and the target address checked
-//! to be a loopback host (a workplace rule: load goes to this machine only).
+//! per-workload defaults resolved, the TLS files checked, and the target address
+//! checked to be a loopback host (a workplace rule: load goes to this machine only,
+//! unless `--allow-remote` says the broker is the user's own on another machine).
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::limits::KRE_SESSIONS_MAX;
+use crate::tls::ClientTlsFiles;
 
 use super::args::{BenchArgs, OperatorKey, TargetKind, Workload};
 use super::error::LoadgenError;
@@ -54,26 +57,17 @@ impl Target {
     }
 }
 
-/// A running broker on this machine.
+/// A running broker: on this machine, or another with `--allow-remote`.
 #[derive(Clone, Debug)]
 pub struct BrokerTarget {
-    /// `http://` or `https://` URI with a loopback host.
+    /// `http://` or `https://` URI.
     pub uri: String,
-    /// Present for `https://` addresses.
-    pub tls: Option<TlsSettings>,
+    /// The CA, and the client certificate and key for mTLS (`https://` only).
+    pub tls: ClientTlsFiles,
     /// Provisions organizations, members, licenses and API keys.
     pub operator_key: OperatorKey,
     /// The daemon's process, for its CPU per operation.
     pub server_pid: Option<u32>,
-}
-
-/// Client TLS: the CA certificate and the name to verify.
-#[derive(Clone, Debug)]
-pub struct TlsSettings {
-    /// The CA certificate(s), PEM, read from `--tls-ca`.
-    pub ca_pem: Vec<u8>,
-    /// The name verified in the broker's certificate.
-    pub domain: String,
 }
 
 /// Where the report goes.
@@ -134,7 +128,9 @@ pub struct Config {
 impl Plan {
     /// Validates the arguments; nothing is sent before this succeeds.
     pub fn from_args(args: BenchArgs) -> Result<Self, LoadgenError> {
-        check_loopback(&args.addr)?;
+        if !args.allow_remote {
+            check_loopback(&args.addr)?;
+        }
         let config = Config::from_args(&args)?;
         let mode = if args.compare_noop {
             Mode::CompareNoop(BrokerTarget::from_args(&args)?, Target::noop(&args))
@@ -225,7 +221,7 @@ impl Config {
             1,
             CONNECTIONS_MAX.into(),
         )?;
-        check_range("--quota", self.quota.into(), 1, QUOTA_MAX.into())?;
+        check_range("--quota", self.quota.into(), 1, KRE_SESSIONS_MAX.into())?;
         check_millis(
             "--duration",
             self.duration,
@@ -301,16 +297,19 @@ impl BrokerTarget {
         if operator_key.0.is_empty() {
             return Err(usage("the operator key is empty"));
         }
-        let https = args.addr.starts_with("https://");
-        let tls = match (&args.tls_ca, https) {
-            (Some(ca_path), true) => Some(TlsSettings {
-                ca_pem: read_ca(ca_path)?,
-                domain: args.tls_domain.clone().unwrap_or(host_of(&args.addr)?),
-            }),
-            (None, false) => None,
-            (Some(_), false) => return Err(usage("--tls-ca needs an https:// --addr")),
-            (None, true) => return Err(usage("an https:// --addr needs --tls-ca FILE")),
+        let tls = ClientTlsFiles {
+            ca: args.tls_ca.clone(),
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
         };
+        if args.addr.starts_with("https://") {
+            // Read and checked now, so a bad file is a usage error before any load.
+            crate::tls::client_config(&tls).map_err(|e| LoadgenError::Tls(e.to_string()))?;
+        } else if !tls.is_empty() {
+            return Err(usage(
+                "--tls-ca, --tls-cert and --tls-key need an https:// --addr",
+            ));
+        }
         Ok(Self {
             uri: args.addr.clone(),
             tls,
@@ -333,7 +332,8 @@ pub fn check_loopback(addr: &str) -> Result<(), LoadgenError> {
         Ok(())
     } else {
         Err(usage(format!(
-            "refusing to load {host}: only 127.0.0.1, ::1 and localhost may be benchmarked here"
+            "refusing to load {host}: only 127.0.0.1, ::1 and localhost are benchmarked by default; \
+             to benchmark your own broker on another machine, add --allow-remote"
         )))
     }
 }
@@ -364,21 +364,6 @@ fn host_of(addr: &str) -> Result<String, LoadgenError> {
     uri.host()
         .map(str::to_owned)
         .ok_or_else(|| usage(format!("--addr `{addr}` has no host")))
-}
-
-fn read_ca(path: &Path) -> Result<Vec<u8>, LoadgenError> {
-    let io_error = |source| LoadgenError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let length = std::fs::metadata(path).map_err(io_error)?.len();
-    if length > TLS_CA_BYTES_MAX {
-        return Err(usage(format!(
-            "--tls-ca {} is larger than 1 MiB",
-            path.display()
-        )));
-    }
-    std::fs::read(path).map_err(io_error)
 }
 
 pub(crate) fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<(), LoadgenError> {

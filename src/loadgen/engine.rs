@@ -1,6 +1,6 @@
 //! One simulated runtime engine per task, and the four workloads it can run. Every
 //! loop checks the run's deadline before starting new work, and every RPC is bounded
-//! by the channel's timeout, so an engine ends soon after the deadline; a lease still
+//! bounded by the bench's RPC timeout (`stats::timed`), so an engine ends soon after the deadline; a lease still
 //! held then is released (outside the measured window).
 
 use std::future::Future;
@@ -9,15 +9,13 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
+use crate::client::Authorized;
 use crate::proto::session_service_client::SessionServiceClient;
 use crate::proto::{HeartbeatRequest, Lease, ReleaseRequest};
 
 use super::args::Workload;
-use super::channels::authorized;
 use super::config::Config;
 use super::error::LoadgenError;
 use super::limits::{ERROR_BACKOFF_MS, HEARTBEAT_INTERVAL_MS_MIN};
@@ -118,9 +116,8 @@ pub(crate) struct EngineOutcome {
 /// One simulated runtime engine.
 pub(crate) struct Engine {
     pub index: u32,
-    pub client: SessionServiceClient<Channel>,
-    /// This engine's `authorization: Bearer <key>`.
-    pub authorization: MetadataValue<Ascii>,
+    /// A client on the engine's connection that sends its member's key.
+    pub client: SessionServiceClient<Authorized>,
     pub engine_id: String,
     pub hostname: String,
     pub rng: Rng,
@@ -255,9 +252,7 @@ impl Engine {
 
     async fn acquire(&mut self) -> Result<HeldLease, Status> {
         let message = kre_acquire_request(self.engine_id.clone(), self.hostname.clone());
-        let rpc = self
-            .client
-            .acquire(authorized(&self.authorization, message));
+        let rpc = self.client.acquire(message);
         let response = self.shared.call(self.index, Method::Acquire, rpc).await?;
         let granted_at = Instant::now();
         let Some(lease) = response.lease else {
@@ -272,9 +267,7 @@ impl Engine {
             lease_id: lease.lease_id.clone(),
             generation: lease.generation,
         };
-        let rpc = self
-            .client
-            .heartbeat(authorized(&self.authorization, message));
+        let rpc = self.client.heartbeat(message);
         self.shared
             .call(self.index, Method::Heartbeat, rpc)
             .await
@@ -286,9 +279,7 @@ impl Engine {
             lease_id: lease.lease_id.clone(),
             generation: lease.generation,
         };
-        let rpc = self
-            .client
-            .release(authorized(&self.authorization, message));
+        let rpc = self.client.release(message);
         self.shared
             .call(self.index, Method::Release, rpc)
             .await

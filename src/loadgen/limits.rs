@@ -1,6 +1,10 @@
-//! Every bound of the load generator in one place. Names carry the unit and end with
-//! the qualifier (`_max`, `_min`), so a reader sees what is bounded and by how much;
-//! the `const` assertions at the bottom keep their relations true.
+//! The load generator's own bounds (its engines, connections, phases and reports).
+//! The broker's bounds it must respect (quota, organization id, emails per request,
+//! TLS files) are imported from [`crate::limits`], never restated. Names carry the
+//! unit and end with the qualifier (`_max`, `_min`); the `const` assertions at the
+//! bottom keep their relations true.
+
+use crate::limits::{KRE_SESSIONS_MAX, ORGANIZATIONS_MAX};
 
 /// Simulated runtime engines in one run; each is one task holding at most one lease.
 pub const ENGINES_MAX: u32 = 1_000_000;
@@ -16,8 +20,6 @@ pub const DURATION_MS_MIN: u64 = 100;
 pub const DURATION_MS_MAX: u64 = 3_600_000;
 /// Warmup before measuring; zero is allowed.
 pub const WARMUP_MS_MAX: u64 = 600_000;
-/// KRE sessions per organization, as the broker bounds them.
-pub const QUOTA_MAX: u32 = 1_000_000;
 /// How long an engine holds a lease (`realistic`, `contention`).
 pub const HOLD_MS_MAX: u64 = 600_000;
 /// Idle time between a release and the next acquire (`realistic`).
@@ -30,7 +32,7 @@ pub const ERROR_BACKOFF_MS: u64 = 10;
 /// cannot turn `realistic` into a busy loop.
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
 
-/// Client-side timeout of one RPC (tonic `Endpoint::timeout`).
+/// Client-side timeout of one measured RPC (`stats::timed_rpc`).
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
 /// Timeout of establishing one connection.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -41,12 +43,6 @@ pub const DRAIN_MS_MAX: u64 = 2 * RPC_TIMEOUT_MS + 1_000;
 pub const SETUP_MS_MAX: u64 = 600_000;
 /// Outstanding setup RPCs.
 pub const SETUP_IN_FLIGHT_MAX: usize = 64;
-/// Emails in one AssignLicenses call (the broker's bound).
-pub const EMAILS_PER_REQUEST_MAX: usize = 1_000;
-/// Organization ids (the broker's bound).
-pub const ORG_ID_BYTES_MAX: usize = 63;
-/// The CA certificate file given with `--tls-ca`.
-pub const TLS_CA_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Lease intervals kept for the quota check, across all engines (16 bytes each).
 pub const INTERVALS_MAX: usize = 4_000_000;
@@ -115,7 +111,11 @@ pub const METRICS_SCRAPE_MS_MAX: u64 = 10_000;
 
 const _: () = assert!(DURATION_MS_MIN <= DURATION_MS_MAX);
 const _: () = assert!(ORGS_MAX <= ENGINES_MAX);
-const _: () = assert!(QUOTA_MAX >= ENGINES_MAX, "a quota can cover every engine");
+const _: () = assert!(
+    KRE_SESSIONS_MAX >= ENGINES_MAX,
+    "a quota can cover every engine"
+);
+const _: () = assert!(ORGS_MAX as usize <= ORGANIZATIONS_MAX);
 const _: () = assert!(
     DRAIN_MS_MAX > RPC_TIMEOUT_MS,
     "an engine's last RPC fits in the drain"
@@ -124,7 +124,6 @@ const _: () = assert!(
     INTERVALS_MAX / (ENGINES_MAX as usize) >= 4,
     "every engine keeps intervals"
 );
-const _: () = assert!(EMAILS_PER_REQUEST_MAX <= 1_000);
 const _: () = assert!(NOOP_STREAMS_PER_CONNECTION_MAX >= IN_FLIGHT_MAX);
 const _: () = assert!(
     LATENCY_US_MAX >= RPC_TIMEOUT_MS * 1_000,

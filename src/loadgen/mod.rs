@@ -38,6 +38,7 @@ mod error;
 pub mod limits;
 mod noop;
 mod pacer;
+pub mod provision;
 mod quota_check;
 mod report;
 mod restart;
@@ -51,10 +52,8 @@ mod tests;
 
 use std::io::Write as _;
 
-pub use args::{BenchArgs, OperatorKey, TargetKind, Workload, parse_duration};
-pub use config::{
-    BrokerTarget, Config, Mode, Output, Plan, Progress, Target, TlsSettings, check_loopback,
-};
+pub use args::{BenchArgs, OperatorKey, TargetKind, Workload};
+pub use config::{BrokerTarget, Config, Mode, Output, Plan, Progress, Target, check_loopback};
 pub use error::LoadgenError;
 pub use noop::serve_standalone as serve_noop;
 pub use quota_check::{QuotaCheck, Verdict};

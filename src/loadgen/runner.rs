@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
-use crate::proto::session_service_client::SessionServiceClient;
+use crate::client::BearerKey;
+use crate::tls::ClientTlsFiles;
 
 use super::args::Workload;
-use super::channels::{ChannelSpec, bearer, connect_all};
+use super::channels::{self, bearer, connect_all};
 use super::config::{BrokerTarget, Config, Progress};
 use super::cpu::{self, CpuUsed};
 use super::engine::{self, Engine, EngineOutcome, Shared};
@@ -31,13 +31,12 @@ pub(crate) async fn execute_broker(
     target: &BrokerTarget,
 ) -> Result<Report, LoadgenError> {
     config.validate()?;
-    let spec = ChannelSpec::for_broker(target)?;
-    let channels = connect_all(&spec, config.connections).await?;
+    let channels = connect_all(&target.uri, &target.tls, config.connections).await?;
     let layout = layout_for(config);
     if config.progress == Progress::Stderr {
         eprintln!(
             "bench: provisioning {} organizations and {} members on {} (run {})",
-            config.orgs, config.engines, spec.addr, layout.run_id
+            config.orgs, config.engines, target.uri, layout.run_id
         );
     }
     let keys = setup::provision(
@@ -49,7 +48,7 @@ pub(crate) async fn execute_broker(
     .await?;
     let label = TargetLabel {
         kind: "broker",
-        addr: spec.addr.clone(),
+        addr: target.uri.clone(),
     };
     drive(config, &layout, channels, keys, label, target.server_pid).await
 }
@@ -82,13 +81,12 @@ async fn drive_noop_at(
     uri: String,
     server_pid: Option<u32>,
 ) -> Result<Report, LoadgenError> {
-    let spec = ChannelSpec::plaintext(uri)?;
-    let channels = connect_all(&spec, config.connections).await?;
+    let channels = connect_all(&uri, &ClientTlsFiles::default(), config.connections).await?;
     let key = bearer("noop")?;
     let keys = vec![key; config.engines as usize];
     let label = TargetLabel {
         kind: "noop",
-        addr: spec.addr.clone(),
+        addr: uri,
     };
     drive(
         config,
@@ -115,7 +113,7 @@ async fn drive(
     config: &Config,
     layout: &Layout,
     channels: Vec<Channel>,
-    keys: Vec<MetadataValue<Ascii>>,
+    keys: Vec<BearerKey>,
     label: TargetLabel,
     server_pid: Option<u32>,
 ) -> Result<Report, LoadgenError> {
@@ -169,20 +167,14 @@ fn spawn_engines(
     config: &Config,
     layout: &Layout,
     channels: &[Channel],
-    keys: Vec<MetadataValue<Ascii>>,
+    keys: Vec<BearerKey>,
     shared: &Arc<Shared>,
 ) -> JoinSet<EngineOutcome> {
-    let clients: Vec<SessionServiceClient<Channel>> = channels
-        .iter()
-        .cloned()
-        .map(SessionServiceClient::new)
-        .collect();
     let mut engines = JoinSet::new();
-    for (index, authorization) in (0..config.engines).zip(keys) {
+    for (index, key) in (0..config.engines).zip(keys) {
         let engine = Engine {
             index,
-            client: clients[index as usize % clients.len()].clone(),
-            authorization,
+            client: channels::session(&channels[index as usize % channels.len()], &key),
             engine_id: layout.engine_id(index),
             hostname: Layout::engine_hostname(index),
             rng: Rng::new(engine_seed(config.seed, index)),

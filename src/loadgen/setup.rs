@@ -12,18 +12,17 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tonic::Status;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
+use crate::client::{Authorized, BearerKey};
+use crate::limits::{EMAILS_PER_REQUEST_MAX, ORG_ID_BYTES_MAX};
 use crate::proto::admin_service_client::AdminServiceClient;
-use crate::proto::{
-    AcquireRequest, AddMemberRequest, AssignLicensesRequest, CreateApiKeyRequest,
-    CreateOrganizationRequest, Product, Quota, Role,
-};
+use crate::proto::{AcquireRequest, Product, Quota, Role};
 
-use super::channels::{authorized, bearer};
+use super::channels::{self, bearer};
 use super::error::LoadgenError;
-use super::limits::{EMAILS_PER_REQUEST_MAX, ORG_ID_BYTES_MAX, SETUP_IN_FLIGHT_MAX, SETUP_MS_MAX};
+use super::limits::{SETUP_IN_FLIGHT_MAX, SETUP_MS_MAX};
+use super::provision;
 
 /// Where engines live: the names of organizations and members of one run.
 #[derive(Clone, Debug)]
@@ -93,39 +92,32 @@ pub(crate) fn kre_acquire_request(engine_id: String, hostname: String) -> Acquir
 }
 
 /// Admin calls made with the operator key.
-#[derive(Clone)]
-struct Admin {
-    client: AdminServiceClient<Channel>,
-    authorization: MetadataValue<Ascii>,
-}
+type Admin = AdminServiceClient<Authorized>;
 
-/// Creates everything the engines need and returns each engine's `authorization`
-/// value, indexed by engine.
+/// Creates everything the engines need and returns each engine's key, indexed by
+/// engine.
 pub(crate) async fn provision(
     channel: Channel,
     operator_key: &str,
     layout: &Layout,
     quota: u32,
-) -> Result<Vec<MetadataValue<Ascii>>, LoadgenError> {
+) -> Result<Vec<BearerKey>, LoadgenError> {
     let member_keys = provision_members(channel, operator_key, layout, quota).await?;
-    // Cloning a `MetadataValue` shares its bytes: engines of one member share one key.
+    // Cloning a `BearerKey` shares its bytes: engines of one member share one key.
     Ok((0..layout.engines)
         .map(|engine| member_keys[layout.member_of(engine) as usize].clone())
         .collect())
 }
 
-/// Creates everything the engines need and returns each member's `authorization`
-/// value, indexed by member (engine `g` uses member `layout.member_of(g)`'s).
+/// Creates everything the engines need and returns each member's key, indexed by
+/// member (engine `g` uses member `layout.member_of(g)`'s).
 pub(crate) async fn provision_members(
     channel: Channel,
     operator_key: &str,
     layout: &Layout,
     quota: u32,
-) -> Result<Vec<MetadataValue<Ascii>>, LoadgenError> {
-    let admin = Admin {
-        client: AdminServiceClient::new(channel),
-        authorization: bearer(operator_key)?,
-    };
+) -> Result<Vec<BearerKey>, LoadgenError> {
+    let admin = channels::admin(&channel, &bearer(operator_key)?);
     let steps = async {
         create_organizations(&admin, layout, quota).await?;
         add_members(&admin, layout).await?;
@@ -142,38 +134,35 @@ async fn create_organizations(
     layout: &Layout,
     quota: u32,
 ) -> Result<(), LoadgenError> {
-    let requests = (0..layout.orgs).map(|org| CreateOrganizationRequest {
+    let requests = (0..layout.orgs).map(|org| provision::NewOrganization {
         org_id: layout.org_id(org),
         display_name: format!("seatbroker bench {} #{org}", layout.run_id),
         owner_email: "owner@bench.example".to_owned(),
-        quota: Some(Quota {
+        quota: Quota {
             kse_seats: 0,
             kre_sessions: quota,
             expires_at_unix_ms: 0,
-        }),
+        },
     });
-    for_each_bounded("CreateOrganization", requests.collect(), |request| {
+    for_each_bounded("CreateOrganization", requests.collect(), |organization| {
         let mut admin = admin.clone();
-        async move {
-            let request = authorized(&admin.authorization, request);
-            admin.client.create_organization(request).await.map(drop)
-        }
+        async move { provision::create_organization(&mut admin, organization).await }
     })
     .await
     .map(drop)
 }
 
 async fn add_members(admin: &Admin, layout: &Layout) -> Result<(), LoadgenError> {
-    let requests = (0..layout.members).map(|member| AddMemberRequest {
-        org_id: layout.org_id(layout.member_org(member)),
-        email: layout.member_email(member),
-        role: Role::Member as i32,
+    let members = (0..layout.members).map(|member| {
+        let org_id = layout.org_id(layout.member_org(member));
+        (org_id, layout.member_email(member))
     });
-    for_each_bounded("AddMember", requests.collect(), |request| {
+    for_each_bounded("AddMember", members.collect(), |(org_id, email)| {
         let mut admin = admin.clone();
         async move {
-            let request = authorized(&admin.authorization, request);
-            admin.client.add_member(request).await.map(drop)
+            provision::add_member(&mut admin, &org_id, &email, Role::Member)
+                .await
+                .map(drop)
         }
     })
     .await
@@ -188,40 +177,31 @@ async fn assign_licenses(admin: &Admin, layout: &Layout) -> Result<(), LoadgenEr
             .map(|member| layout.member_email(member))
             .collect();
         for chunk in emails.chunks(EMAILS_PER_REQUEST_MAX) {
-            requests.push(AssignLicensesRequest {
-                org_id: layout.org_id(org),
-                product: Product::Kre as i32,
-                emails: chunk.to_vec(),
-            });
+            requests.push((layout.org_id(org), chunk.to_vec()));
         }
     }
-    for_each_bounded("AssignLicenses", requests, |request| {
+    for_each_bounded("AssignLicenses", requests, |(org_id, emails)| {
         let mut admin = admin.clone();
         async move {
-            let request = authorized(&admin.authorization, request);
-            admin.client.assign_licenses(request).await.map(drop)
+            provision::assign(&mut admin, &org_id, Product::Kre, emails)
+                .await
+                .map(drop)
         }
     })
     .await
     .map(drop)
 }
 
-async fn create_api_keys(
-    admin: &Admin,
-    layout: &Layout,
-) -> Result<Vec<MetadataValue<Ascii>>, LoadgenError> {
-    let requests = (0..layout.members).map(|member| CreateApiKeyRequest {
-        org_id: layout.org_id(layout.member_org(member)),
-        email: layout.member_email(member),
-        label: format!("bench {}", layout.run_id),
+async fn create_api_keys(admin: &Admin, layout: &Layout) -> Result<Vec<BearerKey>, LoadgenError> {
+    let members = (0..layout.members).map(|member| {
+        let org_id = layout.org_id(layout.member_org(member));
+        (org_id, layout.member_email(member))
     });
-    let secrets = for_each_bounded("CreateApiKey", requests.collect(), |request| {
+    let label = format!("bench {}", layout.run_id);
+    let secrets = for_each_bounded("CreateApiKey", members.collect(), |(org_id, email)| {
         let mut admin = admin.clone();
-        async move {
-            let request = authorized(&admin.authorization, request);
-            let response = admin.client.create_api_key(request).await?;
-            Ok(response.into_inner().secret)
-        }
+        let label = label.clone();
+        async move { provision::create_api_key(&mut admin, &org_id, &email, &label).await }
     })
     .await?;
     secrets.iter().map(|secret| bearer(secret)).collect()

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use super::error::LoadgenError;
-use super::limits::{LATENCY_SIGNIFICANT_DIGITS, LATENCY_US_MAX, STATS_SHARDS};
+use super::limits::{LATENCY_SIGNIFICANT_DIGITS, LATENCY_US_MAX, RPC_TIMEOUT_MS, STATS_SHARDS};
 use super::quota_check::Interval;
 
 /// The RPCs engines make; the index of each is its histogram slot.
@@ -91,10 +91,19 @@ impl Phases {
 
 /// Awaits one call and returns its answer with the instants it was sent and answered.
 /// Timed from the send, not from a scheduled start: a start the client could not make
-/// on time is the generator's lateness, not the server's.
-pub(crate) async fn timed<T>(call: impl Future<Output = T>) -> (T, (Instant, Instant)) {
+/// on time is the generator's lateness, not the server's. A call unanswered after
+/// `RPC_TIMEOUT_MS` is DEADLINE_EXCEEDED.
+pub(crate) async fn timed<T>(
+    call: impl Future<Output = Result<T, Status>>,
+) -> (Result<T, Status>, (Instant, Instant)) {
     let started = Instant::now();
-    let answer = call.await;
+    let answer = tokio::time::timeout(Duration::from_millis(RPC_TIMEOUT_MS), call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(
+                "no answer within the bench's RPC timeout",
+            ))
+        });
     (answer, (started, Instant::now()))
 }
 

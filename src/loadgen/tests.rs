@@ -267,7 +267,7 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
         ],
     ] {
         let error = plan(args).expect_err("refused");
-        assert!(matches!(error, LoadgenError::Usage(_)), "{args:?}: {error}");
+        assert_eq!(error.exit_code(), 64, "{args:?}: {error}");
     }
     let compare = plan(&["--compare-noop", "--operator-key", "secret-key"]).expect("valid");
     assert!(matches!(compare.mode, Mode::CompareNoop(..)));

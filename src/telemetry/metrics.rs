@@ -9,18 +9,28 @@
 //! organization id. Hot-path handles are registered once ([`LeaseMetrics`]); without
 //! an installed recorder (unit and in-process tests) every call is a no-op.
 
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::metrics::{Counter, Histogram, counter, gauge, histogram};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::broker::Broker;
-use crate::domain::Product;
-use crate::leases::LeaseEnd;
+use crate::connections::AcceptErrors;
+use crate::domain::{OrgId, Product};
+use crate::leases::{LeaseEnd, ProductCounters};
 use crate::limits;
 
 /// Latency of one RPC, by `method` and gRPC status `code` (for streams: time to the
@@ -229,114 +239,353 @@ impl LeaseMetrics {
 
 /// Copies gauges (active sessions, quotas) and, with `per_org`, per organization
 /// series out of the broker every `limits::METRICS_SAMPLE_INTERVAL_MS`. Its work is
-/// proportional to the organizations; it never touches the hot path.
+/// proportional to the organizations; it never touches the hot path. At most
+/// `limits::METRICS_ORGS_MAX` organizations get series of their own ([`OrgSeries`]).
 pub async fn sample_forever(broker: Arc<Broker>, per_org: bool) {
     let mut tick = tokio::time::interval(Duration::from_millis(limits::METRICS_SAMPLE_INTERVAL_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut org_series = per_org.then(|| OrgSeries::new(limits::METRICS_ORGS_MAX));
     loop {
         tick.tick().await;
-        sample(&broker, per_org);
+        sample(&broker, org_series.as_mut());
     }
 }
 
-fn sample(broker: &Broker, per_org: bool) {
-    let quotas = broker.quotas();
-    let mut active_sum = [0u64; 2];
-    let mut quota_sum = [0u64; 2];
-    for (org, quota) in &quotas {
-        for product in PRODUCTS {
-            let counters = broker.leases().counters(org, product);
-            let i = product_index(product);
-            active_sum[i] += u64::from(counters.active);
-            quota_sum[i] += u64::from(quota.for_product(product));
-            if per_org {
-                let labels = [
-                    ("org", org.to_string()),
-                    ("product", product_label(product).into()),
-                ];
-                gauge!(ORG_ACTIVE_SESSIONS, &labels).set(counters.active);
-                gauge!(ORG_QUOTA, &labels).set(quota.for_product(product));
-                counter!(ORG_LEASE_GRANTS_TOTAL, &labels).absolute(counters.grants);
-                counter!(ORG_QUOTA_DENIALS_TOTAL, &labels).absolute(counters.denials);
-                counter!(ORG_LEASE_EXPIRIES_TOTAL, &labels).absolute(counters.expiries);
-            }
-        }
-    }
+/// One organization's figures at a sample, per product.
+struct OrgSample {
+    org: OrgId,
+    figures: OrgFigures,
+}
+
+#[derive(Default)]
+struct OrgFigures {
+    quota: [u32; 2],
+    counters: [ProductCounters; 2],
+}
+
+fn sample(broker: &Broker, org_series: Option<&mut OrgSeries>) {
+    let samples: Vec<OrgSample> = broker
+        .quotas()
+        .into_iter()
+        .map(|(org, quota)| OrgSample {
+            figures: OrgFigures {
+                counters: PRODUCTS.map(|product| broker.leases().counters(&org, product)),
+                quota: PRODUCTS.map(|product| quota.for_product(product)),
+            },
+            org,
+        })
+        .collect();
     for product in PRODUCTS {
         let i = product_index(product);
-        gauge!(ACTIVE_SESSIONS, "product" => product_label(product)).set(active_sum[i] as f64);
-        gauge!(QUOTA, "product" => product_label(product)).set(quota_sum[i] as f64);
+        let active: u64 = samples
+            .iter()
+            .map(|s| u64::from(s.figures.counters[i].active))
+            .sum();
+        let quota: u64 = samples.iter().map(|s| u64::from(s.figures.quota[i])).sum();
+        gauge!(ACTIVE_SESSIONS, "product" => product_label(product)).set(active as f64);
+        gauge!(QUOTA, "product" => product_label(product)).set(quota as f64);
     }
-    gauge!(ORGANIZATIONS).set(quotas.len() as f64);
+    gauge!(ORGANIZATIONS).set(samples.len() as f64);
+    if let Some(org_series) = org_series {
+        org_series.admit(&samples);
+        org_series.record(&samples);
+    }
 }
 
-/// Serves `GET /metrics` on `listener` (HTTP/1.1, one request per connection, at most
-/// `limits::METRICS_CONNECTIONS_MAX` at once) and keeps the histograms folded.
+/// The organizations that have series of their own with `--metrics-per-org`: at most
+/// `max`, the rest summed into `org="_other"`. The recorder cannot remove a series, so
+/// an organization keeps its series once it has them (no series is left stale at an
+/// old value); new ones are admitted largest first, by active sessions, while room is
+/// left.
+struct OrgSeries {
+    exported: HashSet<OrgId>,
+    max: usize,
+    /// Whether `_other` has been recorded: then it is kept current.
+    other_recorded: bool,
+}
+
+/// The `org` label of the organizations beyond the cap.
+const OTHER_ORGS: &str = "_other";
+
+impl OrgSeries {
+    fn new(max: usize) -> Self {
+        OrgSeries {
+            exported: HashSet::new(),
+            max,
+            other_recorded: false,
+        }
+    }
+
+    fn admit(&mut self, samples: &[OrgSample]) {
+        let room = self.max.saturating_sub(self.exported.len());
+        if room == 0 {
+            return;
+        }
+        let mut candidates: Vec<(u64, &OrgId)> = samples
+            .iter()
+            .filter(|s| !self.exported.contains(&s.org))
+            .map(|s| {
+                let active = s.figures.counters.iter().map(|c| u64::from(c.active));
+                (active.sum(), &s.org)
+            })
+            .collect();
+        // Largest first; ties by id, so the choice does not depend on map order.
+        candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        self.exported.extend(
+            candidates
+                .into_iter()
+                .take(room)
+                .map(|(_, org)| org.clone()),
+        );
+    }
+
+    fn record(&mut self, samples: &[OrgSample]) {
+        let mut other = OrgFigures::default();
+        let mut folded = 0usize;
+        for sample in samples {
+            if self.exported.contains(&sample.org) {
+                record_org(sample.org.as_str(), &sample.figures);
+                continue;
+            }
+            folded += 1;
+            for i in 0..PRODUCTS.len() {
+                other.quota[i] += sample.figures.quota[i];
+                let (sum, add) = (&mut other.counters[i], &sample.figures.counters[i]);
+                sum.active += add.active;
+                sum.grants += add.grants;
+                sum.denials += add.denials;
+                sum.expiries += add.expiries;
+            }
+        }
+        if folded > 0 || self.other_recorded {
+            record_org(OTHER_ORGS, &other);
+            self.other_recorded = true;
+        }
+    }
+}
+
+fn record_org(org: &str, figures: &OrgFigures) {
+    for product in PRODUCTS {
+        let i = product_index(product);
+        let labels = [
+            ("org", org.to_owned()),
+            ("product", product_label(product).into()),
+        ];
+        let counters = &figures.counters[i];
+        gauge!(ORG_ACTIVE_SESSIONS, &labels).set(counters.active);
+        gauge!(ORG_QUOTA, &labels).set(figures.quota[i]);
+        counter!(ORG_LEASE_GRANTS_TOTAL, &labels).absolute(counters.grants);
+        counter!(ORG_QUOTA_DENIALS_TOTAL, &labels).absolute(counters.denials);
+        counter!(ORG_LEASE_EXPIRIES_TOTAL, &labels).absolute(counters.expiries);
+    }
+}
+
+/// Serves `GET /metrics` on `listener` with hyper (HTTP/1.1, one request per
+/// connection) and keeps the histograms folded.
+///
+/// At most `limits::METRICS_CONNECTIONS_MAX` connections are served at once; each must
+/// send its request head within `limits::METRICS_HEADER_READ_MS_MAX` and is closed
+/// after `limits::METRICS_REQUEST_MS_MAX`, so idle or trickling clients give their
+/// slot back within a second. While every slot is held, further connections are
+/// answered `503 Service Unavailable` (up to `limits::METRICS_REFUSALS_MAX` at once,
+/// past which they are closed), so a scraper learns to retry rather than seeing a
+/// reset. Failed accepts are paced and their warnings rate-limited
+/// ([`AcceptErrors`]).
 ///
 /// Folding and rendering run on the blocking pool: at 100k calls a second, folding
 /// five seconds of latency samples takes milliseconds, which on one of the two
 /// async workers would stall every call queued behind it.
-pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle) {
-    let upkeep_handle = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(UPKEEP_INTERVAL_MS));
-        loop {
-            tick.tick().await;
-            let handle = upkeep_handle.clone();
-            let _ = tokio::task::spawn_blocking(move || handle.run_upkeep()).await;
-        }
-    });
-    let slots = Arc::new(Semaphore::new(limits::METRICS_CONNECTIONS_MAX));
+pub async fn serve_http(listener: TcpListener, handle: PrometheusHandle, per_org: bool) {
+    if let Ok(addr) = listener.local_addr()
+        && let Some(warning) = exposure_warning(addr, per_org)
+    {
+        tracing::warn!(%addr, "{warning}");
+    }
+    tokio::spawn(keep_histograms_folded(handle.clone()));
+    let scrapes = Arc::new(Semaphore::new(limits::METRICS_CONNECTIONS_MAX));
+    let refusals = Arc::new(Semaphore::new(limits::METRICS_REFUSALS_MAX));
+    let mut accept_errors = AcceptErrors::new("metrics");
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                accept_errors.succeeded();
+                stream
+            }
             Err(error) => {
-                tracing::warn!(%error, "metrics listener cannot accept");
+                accept_errors.failed(&error).await;
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            continue; // Too many scrapes at once: drop the connection.
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let deadline = Duration::from_millis(limits::METRICS_REQUEST_MS_MAX);
-            let _ = tokio::time::timeout(deadline, answer(stream, &handle)).await;
-            drop(permit);
-        });
+        if let Ok(slot) = Arc::clone(&scrapes).try_acquire_owned() {
+            let handle = handle.clone();
+            let service = service_fn(move |request| answer(request, handle.clone()));
+            tokio::spawn(serve_connection(stream, service, slot));
+        } else if let Ok(slot) = Arc::clone(&refusals).try_acquire_owned() {
+            let service = service_fn(|_| std::future::ready(Ok::<_, Infallible>(busy())));
+            tokio::spawn(serve_connection(stream, service, slot));
+        }
+        // Else the stream is dropped: closed unanswered.
     }
 }
 
-/// Reads one request head and answers it.
-async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buffer = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = stream.read(&mut buffer).await?;
-        if read == 0 || head.len() + read > limits::METRICS_REQUEST_BYTES_MAX {
-            return Ok(());
-        }
-        head.extend_from_slice(&buffer[..read]);
+/// The warning for a `/metrics` listener others can reach, if `addr` is not loopback.
+fn exposure_warning(addr: SocketAddr, per_org: bool) -> Option<&'static str> {
+    if addr.ip().is_loopback() {
+        return None;
     }
-    let request_line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let mut parts = request_line.split(|b| *b == b' ');
-    let (method, target) = (parts.next(), parts.next());
-    let path = target.map(|t| t.split(|b| *b == b'?').next().unwrap_or_default());
-    let (status, body) = match (method, path) {
-        (Some(b"GET"), Some(b"/metrics")) => {
-            let handle = handle.clone();
-            let rendered = tokio::task::spawn_blocking(move || handle.render())
-                .await
-                .map_err(std::io::Error::other)?;
-            ("200 OK", rendered)
-        }
-        (Some(b"GET"), _) => ("404 Not Found", "see /metrics\n".to_owned()),
-        _ => ("405 Method Not Allowed", "GET /metrics\n".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    Some(if per_org {
+        "serving /metrics on a non-loopback address: it is plaintext and unauthenticated, \
+         and with --metrics-per-org it lists customer organization ids"
+    } else {
+        "serving /metrics on a non-loopback address: it is plaintext and unauthenticated"
+    })
+}
+
+async fn keep_histograms_folded(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_millis(UPKEEP_INTERVAL_MS));
+    loop {
+        tick.tick().await;
+        let handle = handle.clone();
+        let _ = tokio::task::spawn_blocking(move || handle.run_upkeep()).await;
+    }
+}
+
+/// Serves one request on `stream` under the listener's deadlines, then gives `slot` back.
+async fn serve_connection<S>(stream: TcpStream, service: S, slot: OwnedSemaphorePermit)
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits::METRICS_HEADER_READ_MS_MAX))
+        .keep_alive(false)
+        .max_buf_size(limits::METRICS_REQUEST_BYTES_MAX)
+        .serve_connection(TokioIo::new(stream), service);
+    let deadline = Duration::from_millis(limits::METRICS_REQUEST_MS_MAX);
+    let _ = tokio::time::timeout(deadline, connection).await;
+    drop(slot);
+}
+
+/// `GET /metrics` renders; any other path is 404, any other method 405.
+async fn answer(
+    request: Request<Incoming>,
+    handle: PrometheusHandle,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.method() != Method::GET {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".into());
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return Ok(response);
+    }
+    if request.uri().path() != "/metrics" {
+        return Ok(text(StatusCode::NOT_FOUND, "see /metrics\n".into()));
+    }
+    Ok(
+        match tokio::task::spawn_blocking(move || handle.render()).await {
+            Ok(rendered) => text(StatusCode::OK, rendered),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering failed\n".into(),
+            ),
+        },
+    )
+}
+
+/// The answer while every scrape slot is held.
+fn busy() -> Response<Full<Bytes>> {
+    let mut response = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many /metrics connections at once; retry\n".into(),
     );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org(id: &str, kre_active: u32) -> OrgSample {
+        let mut figures = OrgFigures::default();
+        figures.counters[product_index(Product::Kre)].active = kre_active;
+        OrgSample {
+            org: OrgId::parse(id).unwrap(),
+            figures,
+        }
+    }
+
+    fn exported(series: &OrgSeries) -> Vec<&str> {
+        let mut ids: Vec<&str> = series.exported.iter().map(OrgId::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn per_org_series_go_to_the_largest_organizations_up_to_the_cap_and_keep_them() {
+        let mut series = OrgSeries::new(2);
+        series.admit(&[org("small", 1), org("large", 9), org("middle", 5)]);
+        assert_eq!(exported(&series), ["large", "middle"]);
+        // A newcomer larger than every exported one is folded: the cap is reached and
+        // an exported organization keeps its series (none is left stale).
+        series.admit(&[
+            org("small", 1),
+            org("large", 0),
+            org("middle", 0),
+            org("huge", 99),
+        ]);
+        assert_eq!(exported(&series), ["large", "middle"]);
+    }
+
+    #[test]
+    fn per_org_series_are_admitted_while_room_is_left() {
+        let mut series = OrgSeries::new(3);
+        series.admit(&[org("first", 1)]);
+        series.admit(&[
+            org("first", 1),
+            org("second", 0),
+            org("third", 7),
+            org("fourth", 3),
+        ]);
+        assert_eq!(exported(&series), ["first", "fourth", "third"]);
+    }
+
+    #[test]
+    fn a_listener_others_can_reach_is_warned_about_and_per_org_series_named() {
+        let loopback: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:9464".parse().unwrap();
+        assert_eq!(exposure_warning(loopback, true), None);
+        assert!(
+            exposure_warning(any, false)
+                .unwrap()
+                .contains("unauthenticated")
+        );
+        assert!(
+            exposure_warning(any, true)
+                .unwrap()
+                .contains("organization ids")
+        );
+        assert!(
+            !exposure_warning(any, false)
+                .unwrap()
+                .contains("organization ids")
+        );
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 use seatbroker::loadgen::{self, BrokerTarget, Config, OperatorKey, Progress, Target, Workload};
+use seatbroker::tls::ClientTlsFiles;
 
 fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
     Config {
@@ -31,7 +32,7 @@ fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
 fn target(server: &TestServer) -> Target {
     Target::Broker(BrokerTarget {
         uri: server.url(),
-        tls: None,
+        tls: ClientTlsFiles::default(),
         operator_key: OPERATOR_KEY.parse::<OperatorKey>().unwrap(),
         // The test broker runs in this process.
         server_pid: Some(std::process::id()),
@@ -145,4 +146,103 @@ fn the_noop_server_runs_as_its_own_process_and_its_cpu_per_call_is_reported() {
             "{side} in {report}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mtls_it_connects_through_the_shared_client_with_a_client_certificate() {
+    let certs = certs::generate();
+    let server = start_tls(&certs, true).await;
+    let target = Target::Broker(BrokerTarget {
+        uri: server.url(),
+        tls: certs.client(true),
+        operator_key: OPERATOR_KEY.parse::<OperatorKey>().unwrap(),
+        server_pid: None,
+    });
+    let report = loadgen::execute(&config(Workload::AcquireRelease, 1, 8, 8), &target)
+        .await
+        .expect("the run completes over mTLS");
+    assert_eq!(report.errors_total, 0, "{:?}", report.errors);
+    assert!(report.ops > 0);
+    let without_certificate = Target::Broker(BrokerTarget {
+        tls: certs.client(false),
+        ..match target {
+            Target::Broker(broker) => broker,
+            _ => unreachable!(),
+        }
+    });
+    let refused = loadgen::execute(
+        &config(Workload::AcquireRelease, 1, 8, 8),
+        &without_certificate,
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "a daemon requiring mTLS refuses the bench without a certificate"
+    );
+}
+
+/// `bench` against `addr` for a short run; its exit status and standard error.
+fn bench_at(addr: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let output = daemon::command()
+        .args(["bench", "--addr", addr, "--operator-key", OPERATOR_KEY])
+        .args([
+            "--engines",
+            "4",
+            "--warmup",
+            "0s",
+            "--duration",
+            "300ms",
+            "--quiet",
+        ])
+        .args(extra)
+        .output()
+        .expect("the bench runs");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_target_that_is_not_loopback_is_refused_without_allow_remote() {
+    // 192.0.2.1 is TEST-NET-1: refused before anything is sent, so never reached.
+    let (status, stderr) = bench_at("http://192.0.2.1:50051", &[]);
+    assert_eq!(status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("refusing to load 192.0.2.1") && stderr.contains("--allow-remote"),
+        "the message names the flag: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_allow_remote_a_target_that_is_not_loopback_is_benchmarked() {
+    // "Remote" is any address that is not loopback. 0.0.0.0 is not loopback (the rule
+    // refuses it), yet on Linux a connection to it reaches this machine: the broker
+    // listening on 127.0.0.1 is reached through a non-loopback target address.
+    let server = start().await;
+    let port = server.url().rsplit(':').next().unwrap().to_owned();
+    let addr = format!("http://0.0.0.0:{port}");
+    let (status, stderr) = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || bench_at(&addr, &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(64),
+        "refused without the flag: {stderr}"
+    );
+    let (status, stderr) =
+        tokio::task::spawn_blocking(move || bench_at(&addr, &["--allow-remote"]))
+            .await
+            .unwrap();
+    assert!(status.success(), "{stderr}");
+    let organizations = organizations(&server.operator().await).await;
+    assert!(
+        organizations
+            .iter()
+            .any(|org| org.org_id.starts_with("bench-")),
+        "the run provisioned the broker: {organizations:?}"
+    );
 }

@@ -31,6 +31,7 @@ mod isolation;
 mod listing;
 mod loadgen;
 mod log_format;
+mod metrics_listener;
 mod restart_bench;
 mod sessions;
 mod tenant_bounds;

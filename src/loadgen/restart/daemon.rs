@@ -19,7 +19,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::super::channels::ChannelSpec;
+use super::super::channels::lazy_plaintext;
 use super::super::error::LoadgenError;
 use super::super::limits::{
     DAEMON_EXIT_MS_MAX, DAEMON_LISTEN_MS_MAX, DAEMON_LOG_LINES_MAX, DAEMON_SERVING_MS_MAX,
@@ -207,9 +207,8 @@ impl Daemon {
     /// exits or takes longer than `DAEMON_SERVING_MS_MAX` is an error.
     pub(crate) async fn wait_serving(&mut self) -> Result<Duration, LoadgenError> {
         let deadline = self.spawned_at + Duration::from_millis(DAEMON_SERVING_MS_MAX);
-        let spec = ChannelSpec::plaintext(self.uri())?;
         // Lazy: a refused or broken connection is retried at the next check.
-        let mut health = HealthClient::new(spec.lazy_channel());
+        let mut health = HealthClient::new(lazy_plaintext(&self.uri())?);
         loop {
             if self.exited() {
                 return Err(self.failure("exited before SERVING").await);

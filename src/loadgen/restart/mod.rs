@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::channels::{ChannelSpec, connect_all};
+use crate::tls::ClientTlsFiles;
+
+use super::channels::{connect_all, lazy_plaintext};
 use super::config::Progress;
 use super::error::LoadgenError;
 use super::limits::{RESTART_PHASE_MS_MAX, RSS_SAMPLE_INTERVAL_MS};
@@ -182,7 +184,7 @@ async fn build(
     spec: &DaemonSpec,
     daemon: &Daemon,
 ) -> Result<(Engines, Vec<HeldLease>, BuildFigures), LoadgenError> {
-    let channels = connect_all(&ChannelSpec::plaintext(daemon.uri())?, plan.connections).await?;
+    let channels = connect_all(&daemon.uri(), &ClientTlsFiles::default(), plan.connections).await?;
     let layout = &plan.layout;
     say(
         plan,
@@ -241,7 +243,7 @@ async fn reconnect(
     daemon: &Daemon,
     plan: &RestartPlan,
 ) -> Result<Engines, LoadgenError> {
-    let channels = connect_all(&ChannelSpec::plaintext(daemon.uri())?, plan.connections).await?;
+    let channels = connect_all(&daemon.uri(), &ClientTlsFiles::default(), plan.connections).await?;
     Ok(engines.reconnected(channels))
 }
 
@@ -284,7 +286,7 @@ async fn seat_count(
     plan: &RestartPlan,
 ) -> Result<SeatCount, LoadgenError> {
     count_seats(
-        ChannelSpec::plaintext(daemon.uri())?.lazy_channel(),
+        lazy_plaintext(&daemon.uri())?,
         &spec.operator_key,
         &engines.layout,
         plan.quota_per_org,

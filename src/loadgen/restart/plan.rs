@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::super::args::parse_duration;
 use super::super::config::{Output, Progress, check_millis, check_range, clock_seed, usage};
 use super::super::error::LoadgenError;
 use super::super::limits::*;
@@ -38,11 +37,11 @@ pub struct RestartArgs {
     #[arg(long)]
     pub storm_engines: Option<u32>,
     /// How long the storm engines keep heartbeating after the restart.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub storm_duration: Duration,
     /// Heartbeat period of the storm engines after their first renewal: a production
     /// lease (30 s TTL) heartbeats every 10 s. Never longer than the lease's own interval.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub storm_interval: Duration,
     /// Storm engines that send Acquire again after the storm; each must get its own
     /// lease back.
@@ -60,7 +59,7 @@ pub struct RestartArgs {
     pub lease_ttl_ms: u32,
     /// Wait after building and after SERVING before memory is read (the daemon hands
     /// freed memory back once a second).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
     /// The daemon's data directory, missing or empty [default: a new directory under
     /// the system's temporary directory].
@@ -140,67 +139,10 @@ impl RestartPlan {
     /// Checks every bound and relation; the errors name the flag and the fix.
     pub(crate) fn from_args(args: RestartArgs) -> Result<Self, LoadgenError> {
         check_layout(&args)?;
-        let storm_engines = args
-            .storm_engines
-            .unwrap_or(STORM_ENGINES_DEFAULT.min(args.sessions));
-        if storm_engines > args.sessions {
-            return Err(usage(format!(
-                "--storm-engines {storm_engines} exceeds --sessions {}: the storm heartbeats recovered sessions",
-                args.sessions
-            )));
-        }
-        check_range(
-            "--storm-engines",
-            storm_engines.into(),
-            1,
-            args.sessions.into(),
-        )?;
-        check_range(
-            "--retry-sample",
-            args.retry_sample.into(),
-            0,
-            RESTART_RETRY_SAMPLE_MAX.min(storm_engines).into(),
-        )?;
-        check_range("--churn", args.churn.into(), 0, RESTART_CHURN_MAX.into())?;
-        check_range(
-            "--in-flight",
-            args.in_flight.into(),
-            1,
-            IN_FLIGHT_MAX.into(),
-        )?;
-        check_range(
-            "--connections",
-            args.connections.into(),
-            1,
-            CONNECTIONS_MAX.into(),
-        )?;
-        check_millis(
-            "--storm-duration",
-            args.storm_duration,
-            DURATION_MS_MIN,
-            DURATION_MS_MAX,
-        )?;
-        check_millis(
-            "--storm-interval",
-            args.storm_interval,
-            STORM_INTERVAL_MS_MIN,
-            STORM_INTERVAL_MS_MAX,
-        )?;
-        check_millis("--settle", args.settle, 0, RESTART_SETTLE_MS_MAX)?;
-        // The daemon checks the upper bound itself and says so.
-        if args.lease_ttl_ms < RESTART_LEASE_TTL_MS_MIN {
-            return Err(usage(format!(
-                "--lease-ttl-ms {} is below {RESTART_LEASE_TTL_MS_MIN}: the bench holds sessions without heartbeats while it builds them and restarts the daemon",
-                args.lease_ttl_ms
-            )));
-        }
-        let data_dir = match args.data_dir {
-            Some(path) => {
-                check_empty_or_missing(&path)?;
-                DataDirChoice::Given(path)
-            }
-            None => DataDirChoice::Temporary,
-        };
+        let storm_engines = storm_engines(&args)?;
+        check_load(&args)?;
+        check_times(&args)?;
+        let data_dir = data_dir_choice(args.data_dir)?;
         let seed = args.seed.unwrap_or_else(clock_seed);
         Ok(Self {
             layout: Layout {
@@ -234,6 +176,85 @@ impl RestartPlan {
             daemon_binary: args.daemon_binary,
             daemon_args: args.daemon_args,
         })
+    }
+}
+
+/// The storm engines (default `STORM_ENGINES_DEFAULT`, or every session when fewer)
+/// and the retried acquires among them.
+fn storm_engines(args: &RestartArgs) -> Result<u32, LoadgenError> {
+    let storm_engines = args
+        .storm_engines
+        .unwrap_or(STORM_ENGINES_DEFAULT.min(args.sessions));
+    if storm_engines > args.sessions {
+        return Err(usage(format!(
+            "--storm-engines {storm_engines} exceeds --sessions {}: the storm heartbeats recovered sessions",
+            args.sessions
+        )));
+    }
+    check_range(
+        "--storm-engines",
+        storm_engines.into(),
+        1,
+        args.sessions.into(),
+    )?;
+    check_range(
+        "--retry-sample",
+        args.retry_sample.into(),
+        0,
+        RESTART_RETRY_SAMPLE_MAX.min(storm_engines).into(),
+    )?;
+    Ok(storm_engines)
+}
+
+/// The churn, the calls in flight and the connections.
+fn check_load(args: &RestartArgs) -> Result<(), LoadgenError> {
+    check_range("--churn", args.churn.into(), 0, RESTART_CHURN_MAX.into())?;
+    check_range(
+        "--in-flight",
+        args.in_flight.into(),
+        1,
+        IN_FLIGHT_MAX.into(),
+    )?;
+    check_range(
+        "--connections",
+        args.connections.into(),
+        1,
+        CONNECTIONS_MAX.into(),
+    )
+}
+
+/// The storm's duration and period, the settling wait and the daemon's lease TTL.
+fn check_times(args: &RestartArgs) -> Result<(), LoadgenError> {
+    check_millis(
+        "--storm-duration",
+        args.storm_duration,
+        DURATION_MS_MIN,
+        DURATION_MS_MAX,
+    )?;
+    check_millis(
+        "--storm-interval",
+        args.storm_interval,
+        STORM_INTERVAL_MS_MIN,
+        STORM_INTERVAL_MS_MAX,
+    )?;
+    check_millis("--settle", args.settle, 0, RESTART_SETTLE_MS_MAX)?;
+    // The daemon checks the upper bound itself and says so.
+    if args.lease_ttl_ms < RESTART_LEASE_TTL_MS_MIN {
+        return Err(usage(format!(
+            "--lease-ttl-ms {} is below {RESTART_LEASE_TTL_MS_MIN}: the bench holds sessions without heartbeats while it builds them and restarts the daemon",
+            args.lease_ttl_ms
+        )));
+    }
+    Ok(())
+}
+
+fn data_dir_choice(given: Option<PathBuf>) -> Result<DataDirChoice, LoadgenError> {
+    match given {
+        Some(path) => {
+            check_empty_or_missing(&path)?;
+            Ok(DataDirChoice::Given(path))
+        }
+        None => Ok(DataDirChoice::Temporary),
     }
 }
 

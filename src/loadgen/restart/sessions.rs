@@ -11,15 +11,14 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
-use crate::proto::admin_service_client::AdminServiceClient;
+use crate::client::{Authorized, BearerKey};
 use crate::proto::session_service_client::SessionServiceClient;
 use crate::proto::{GetUsageRequest, Lease, Product, ReleaseRequest};
 
-use super::super::channels::{authorized, bearer};
+use super::super::channels::{self, bearer};
 use super::super::error::LoadgenError;
 use super::super::limits::{
     ERROR_BACKOFF_MS, RESTART_ATTEMPTS_MAX, RESTART_BUILD_CHUNK, RESTART_PHASE_MS_MAX,
@@ -73,41 +72,28 @@ impl HeldLease {
 /// What the engines' calls need: who they are, their keys, their connections.
 pub(crate) struct Engines {
     pub layout: Layout,
-    /// One `authorization` value per member; engine `g` uses member `g % members`'s.
-    member_keys: Vec<MetadataValue<Ascii>>,
-    /// One client per connection; engine `g` uses `g % clients`.
-    clients: Vec<SessionServiceClient<Channel>>,
+    /// One key per member; engine `g` uses member `g % members`'s.
+    member_keys: Vec<BearerKey>,
+    /// The connections; engine `g` uses `g % channels`.
+    channels: Vec<Channel>,
     /// The heartbeat interval the daemon gave with the grants (a third of the TTL).
     heartbeat_interval_ms: AtomicU32,
 }
 
 impl Engines {
-    pub(crate) fn new(
-        layout: Layout,
-        member_keys: Vec<MetadataValue<Ascii>>,
-        channels: Vec<Channel>,
-    ) -> Self {
+    pub(crate) fn new(layout: Layout, member_keys: Vec<BearerKey>, channels: Vec<Channel>) -> Self {
         debug_assert_eq!(member_keys.len(), layout.members as usize);
         Self {
             layout,
             member_keys,
-            clients: channels
-                .into_iter()
-                .map(SessionServiceClient::new)
-                .collect(),
+            channels,
             heartbeat_interval_ms: AtomicU32::new(0),
         }
     }
 
     /// The same engines on new connections (to the restarted daemon).
     pub(crate) fn reconnected(self, channels: Vec<Channel>) -> Self {
-        Self {
-            clients: channels
-                .into_iter()
-                .map(SessionServiceClient::new)
-                .collect(),
-            ..self
-        }
+        Self { channels, ..self }
     }
 
     /// The heartbeat interval of the leases granted, as the daemon said.
@@ -115,13 +101,13 @@ impl Engines {
         Duration::from_millis(self.heartbeat_interval_ms.load(Ordering::Relaxed).into())
     }
 
-    pub(crate) fn client(&self, engine: u32) -> SessionServiceClient<Channel> {
-        self.clients[engine as usize % self.clients.len()].clone()
-    }
-
-    /// The key of the member engine `engine` acts as.
-    pub(crate) fn key(&self, engine: u32) -> &MetadataValue<Ascii> {
-        &self.member_keys[self.layout.member_of(engine) as usize]
+    /// A client for engine `engine`: its connection, its member's key.
+    pub(crate) fn client(&self, engine: u32) -> SessionServiceClient<Authorized> {
+        let channel = &self.channels[engine as usize % self.channels.len()];
+        channels::session(
+            channel,
+            &self.member_keys[self.layout.member_of(engine) as usize],
+        )
     }
 
     /// Acquire for `engine_id` with the key of engine `engine`'s member, once.
@@ -133,7 +119,7 @@ impl Engines {
     ) -> Result<(Lease, bool), Status> {
         let message = kre_acquire_request(engine_id, Layout::engine_hostname(engine));
         let mut client = self.client(engine);
-        let rpc = client.acquire(authorized(self.key(engine), message));
+        let rpc = client.acquire(message);
         let response = recorder.call(engine, Method::Acquire, rpc).await?;
         let lease = response
             .lease
@@ -149,7 +135,7 @@ impl Engines {
             generation: lease.generation,
         };
         let mut client = self.client(engine);
-        let rpc = client.release(authorized(self.key(engine), message));
+        let rpc = client.release(message);
         recorder.call(engine, Method::Release, rpc).await.map(drop)
     }
 }
@@ -380,8 +366,7 @@ pub(crate) async fn count_seats(
     layout: &Layout,
     quota_per_org: u32,
 ) -> Result<SeatCount, LoadgenError> {
-    let authorization = bearer(operator_key)?;
-    let mut admin = AdminServiceClient::new(channel);
+    let mut admin = channels::admin(&channel, &bearer(operator_key)?);
     let mut count = SeatCount::default();
     for org in 0..layout.orgs {
         let request = GetUsageRequest {
@@ -389,7 +374,7 @@ pub(crate) async fn count_seats(
             window_seconds: 0,
         };
         let usage = admin
-            .get_usage(authorized(&authorization, request))
+            .get_usage(request)
             .await
             .map_err(|status| LoadgenError::setup("GetUsage", status))?
             .into_inner();

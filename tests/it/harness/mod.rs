@@ -12,6 +12,7 @@ pub mod server;
 use std::time::{Duration, Instant};
 
 use seatbroker::client::{self, Authorized, BearerKey};
+use seatbroker::loadgen::provision;
 use seatbroker::proto::{
     self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
 };
@@ -74,17 +75,17 @@ pub trait DaemonApi: Sized {
     ) -> Org {
         let mut operator = self.operator().await;
         let owner = format!("owner@{org}.test");
-        operator
-            .create_organization(proto::CreateOrganizationRequest {
-                org_id: org.into(),
-                display_name: format!("{org} Inc."),
-                owner_email: owner.clone(),
-                quota: Some(proto::Quota {
-                    kse_seats,
-                    kre_sessions,
-                    expires_at_unix_ms: 0,
-                }),
-            })
+        let organization = provision::NewOrganization {
+            org_id: org.into(),
+            display_name: format!("{org} Inc."),
+            owner_email: owner.clone(),
+            quota: proto::Quota {
+                kse_seats,
+                kre_sessions,
+                expires_at_unix_ms: 0,
+            },
+        };
+        provision::create_organization(&mut operator, organization)
             .await
             .expect("create organization");
         let owner_key = create_key(&mut operator, org, &owner).await;
@@ -176,16 +177,9 @@ pub async fn create_key(
     org: &str,
     email: &str,
 ) -> String {
-    admin
-        .create_api_key(proto::CreateApiKeyRequest {
-            org_id: org.into(),
-            email: email.into(),
-            label: "test".into(),
-        })
+    provision::create_api_key(admin, org, email, "test")
         .await
         .expect("create API key")
-        .into_inner()
-        .secret
 }
 
 /// Adds `email` to `org` as a Member.
@@ -194,13 +188,7 @@ pub async fn add_member(
     org: &str,
     email: &str,
 ) -> Result<proto::Member, tonic::Status> {
-    let request = proto::AddMemberRequest {
-        org_id: org.into(),
-        email: email.into(),
-        role: 0,
-    };
-    let answer = admin.add_member(request).await?.into_inner();
-    Ok(answer.member.expect("an added member"))
+    provision::add_member(admin, org, email, proto::Role::Member).await
 }
 
 pub struct Org {
@@ -231,16 +219,9 @@ impl Org {
         product: i32,
         emails: Vec<String>,
     ) -> Result<proto::AssignLicensesResponse, tonic::Status> {
-        daemon
-            .admin(&self.owner_key)
-            .await
-            .assign_licenses(proto::AssignLicensesRequest {
-                org_id: self.id.clone(),
-                product,
-                emails,
-            })
-            .await
-            .map(|r| r.into_inner())
+        let product = proto::Product::try_from(product).expect("a known product");
+        let mut owner = daemon.admin(&self.owner_key).await;
+        provision::assign(&mut owner, &self.id, product, emails).await
     }
 
     pub async fn usage(&self, daemon: &impl DaemonApi, product: i32) -> proto::ProductUsage {
