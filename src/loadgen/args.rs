@@ -48,18 +48,18 @@ pub enum TargetKind {
 
 /// The operator key; its `Debug` output is redacted so it never reaches a log.
 #[derive(Clone)]
-pub struct OperatorKey(pub(crate) String);
+pub struct OperatorKeyText(pub(crate) String);
 
-impl FromStr for OperatorKey {
+impl FromStr for OperatorKeyText {
     type Err = String;
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         Ok(Self(value.to_owned()))
     }
 }
 
-impl fmt::Debug for OperatorKey {
+impl fmt::Debug for OperatorKeyText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OperatorKey(<redacted>)")
+        f.write_str("OperatorKeyText(<redacted>)")
     }
 }
 
@@ -135,7 +135,7 @@ pub struct BenchArgs {
     pub backoff: Duration,
     /// Operator key for provisioning on the broker.
     #[arg(long, env = "SEATBROKER_OPERATOR_KEY", hide_env_values = true)]
-    pub operator_key: Option<OperatorKey>,
+    pub operator_key: Option<OperatorKeyText>,
     /// CA certificate (PEM) that signed the broker's certificate, for https://
     /// addresses (the broker's name is checked against the host of `--addr`).
     #[arg(long, env = "SEATBROKER_TLS_CA")]

@@ -13,8 +13,8 @@ use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::session_service_client::SessionServiceClient;
 use crate::tls::ClientTlsFiles;
 
+use super::bounds::CONNECT_TIMEOUT_MS;
 use super::error::LoadgenError;
-use super::limits::CONNECT_TIMEOUT_MS;
 
 /// Opens `count` distinct HTTP/2 connections to `addr`, one after the other.
 pub(crate) async fn connect_all(

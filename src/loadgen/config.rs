@@ -9,15 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::limits::KRE_SESSIONS_MAX;
 use crate::tls::ClientTlsFiles;
 
-use super::args::{BenchArgs, OperatorKey, TargetKind, Workload};
+use super::args::{BenchArgs, OperatorKeyText, TargetKind, Workload};
+use super::bounds::*;
 use super::error::LoadgenError;
-use super::limits::*;
 
 /// What to run and how to print it.
 #[derive(Debug)]
 pub struct Plan {
     /// The load, shared by every target of the plan.
-    pub config: Config,
+    pub config: BenchConfig,
     /// One target, or the broker followed by the no-op server.
     pub mode: Mode,
     /// Human text or one JSON object on stdout.
@@ -65,7 +65,7 @@ pub struct BrokerTarget {
     /// The CA, and the client certificate and key for mTLS (`https://` only).
     pub tls: ClientTlsFiles,
     /// Provisions organizations, members, licenses and API keys.
-    pub operator_key: OperatorKey,
+    pub operator_key: OperatorKeyText,
     /// The daemon's process, for its CPU per operation.
     pub server_pid: Option<u32>,
 }
@@ -90,7 +90,7 @@ pub enum Progress {
 
 /// The validated load: every field is within `limits`.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub struct BenchConfig {
     /// What the engines do.
     pub workload: Workload,
     /// Organizations; engine `i` belongs to organization `i % orgs`.
@@ -131,7 +131,7 @@ impl Plan {
         if !args.allow_remote {
             check_loopback(&args.addr)?;
         }
-        let config = Config::from_args(&args)?;
+        let config = BenchConfig::from_args(&args)?;
         let mode = if args.compare_noop {
             Mode::CompareNoop(BrokerTarget::from_args(&args)?, Target::noop(&args))
         } else {
@@ -154,7 +154,7 @@ impl Plan {
     }
 }
 
-impl Config {
+impl BenchConfig {
     fn from_args(args: &BenchArgs) -> Result<Self, LoadgenError> {
         let defaults = Defaults::for_workload(args.workload);
         let orgs = args.orgs.unwrap_or(defaults.orgs);
@@ -193,7 +193,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks every bound; `Config` built by hand (tests, callers) goes through this too.
+    /// Checks every bound; `BenchConfig` built by hand (tests, callers) goes through this too.
     pub fn validate(&self) -> Result<(), LoadgenError> {
         check_range("--engines", self.engines.into(), 1, ENGINES_MAX.into())?;
         check_range(

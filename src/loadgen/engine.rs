@@ -16,9 +16,9 @@ use crate::proto::session_service_client::SessionServiceClient;
 use crate::proto::{HeartbeatRequest, Lease, ReleaseRequest};
 
 use super::args::Workload;
-use super::config::Config;
+use super::bounds::{ERROR_BACKOFF_MS, HEARTBEAT_INTERVAL_MS_MIN};
+use super::config::BenchConfig;
 use super::error::LoadgenError;
-use super::limits::{ERROR_BACKOFF_MS, HEARTBEAT_INTERVAL_MS_MIN};
 use super::pacer::Pacer;
 use super::quota_check::Interval;
 use super::rng::Rng;
@@ -44,7 +44,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(
-        config: &Config,
+        config: &BenchConfig,
         stats: Arc<Stats>,
         phases: Phases,
         intervals_per_engine_max: usize,

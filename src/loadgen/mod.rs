@@ -11,7 +11,8 @@
 //! Modules:
 //! - `args`: `BenchArgs`, the command-line surface, flattened into `seatbroker bench`.
 //! - `config`: validation into a `Plan`; per-workload defaults; loopback-only targets.
-//! - `limits`: every bound, with `const` assertions on how they relate.
+//! - `bounds`: every bound of the load generator, with `const` assertions on how they
+//!   relate (the broker's own come from `crate::limits`).
 //! - `error`: `LoadgenError` and its exit codes.
 //! - `channels`: one tonic `Channel` per HTTP/2 connection, TLS, the auth metadata.
 //! - `setup`: provisioning organizations, members, licenses and API keys on the broker.
@@ -30,12 +31,12 @@
 //! aborted; nothing but loopback addresses is ever contacted.
 
 mod args;
+pub mod bounds;
 mod channels;
 mod config;
 mod cpu;
 mod engine;
 mod error;
-pub mod limits;
 mod noop;
 mod pacer;
 pub mod provision;
@@ -52,8 +53,8 @@ mod tests;
 
 use std::io::Write as _;
 
-pub use args::{BenchArgs, OperatorKey, TargetKind, Workload};
-pub use config::{BrokerTarget, Config, Mode, Output, Plan, Progress, Target, check_loopback};
+pub use args::{BenchArgs, OperatorKeyText, TargetKind, Workload};
+pub use config::{BenchConfig, BrokerTarget, Mode, Output, Plan, Progress, Target, check_loopback};
 pub use error::LoadgenError;
 pub use noop::serve_standalone as serve_noop;
 pub use quota_check::{QuotaCheck, Verdict};
@@ -87,7 +88,7 @@ pub async fn run(args: BenchArgs) -> Result<Outcome, LoadgenError> {
 /// Runs the plan's first target unpaced and returns its config paced at half the
 /// rate it reached. The second run gets another seed, hence fresh organizations on
 /// a broker.
-async fn paced_at_half_peak(plan: &Plan) -> Result<Config, LoadgenError> {
+async fn paced_at_half_peak(plan: &Plan) -> Result<BenchConfig, LoadgenError> {
     let first = match &plan.mode {
         Mode::Single(target) => target.clone(),
         Mode::CompareNoop(broker, _) => Target::Broker(broker.clone()),
@@ -100,7 +101,7 @@ async fn paced_at_half_peak(plan: &Plan) -> Result<Config, LoadgenError> {
             peak.ops_per_sec
         );
     }
-    Ok(Config {
+    Ok(BenchConfig {
         rate: Some(rate),
         seed: plan.config.seed.wrapping_add(1),
         ..plan.config.clone()
@@ -124,7 +125,7 @@ fn check_quota(outcome: &Outcome) -> Result<(), LoadgenError> {
 
 /// Runs `config` against one target and returns its report without printing it
 /// (progress lines still go to stderr when `config.progress` says so).
-pub async fn execute(config: &Config, target: &Target) -> Result<Report, LoadgenError> {
+pub async fn execute(config: &BenchConfig, target: &Target) -> Result<Report, LoadgenError> {
     match target {
         Target::Broker(broker) => runner::execute_broker(config, broker).await,
         Target::Noop => runner::execute_noop(config, noop::NoopOptions::for_config(config)).await,

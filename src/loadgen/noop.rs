@@ -23,9 +23,9 @@ use crate::proto::{
 };
 
 use super::args::Workload;
-use super::config::Config;
+use super::bounds::{NOOP_STOP_MS_MAX, NOOP_STREAMS_PER_CONNECTION_MAX};
+use super::config::BenchConfig;
 use super::error::LoadgenError;
-use super::limits::{NOOP_STOP_MS_MAX, NOOP_STREAMS_PER_CONNECTION_MAX};
 
 /// How the no-op server behaves.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +40,7 @@ pub(crate) struct NoopOptions {
 impl NoopOptions {
     /// Seats equal to the quota for `contention`, unlimited otherwise; the broker's
     /// default lease timing (30 s TTL, heartbeat every 10 s).
-    pub(crate) fn for_config(config: &Config) -> Self {
+    pub(crate) fn for_config(config: &BenchConfig) -> Self {
         Self {
             seats: (config.workload == Workload::Contention).then_some(config.quota),
             ttl_ms: 30_000,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use super::bounds::{PACER_BANKED_TICKS, PACER_TICK_US};
 use super::error::LoadgenError;
-use super::limits::{PACER_BANKED_TICKS, PACER_TICK_US};
 
 /// Releases start permits at `rate` per second until `until` or until dropped.
 pub(crate) struct Pacer {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::args::Workload;
-use super::config::Config;
+use super::config::BenchConfig;
 use super::cpu::{CpuPerOp, CpuUsed};
 use super::quota_check::{QuotaCheck, Verdict};
 use super::stats::{Latency, Snapshot};
@@ -67,7 +67,7 @@ pub(crate) struct TargetLabel {
 
 impl Report {
     pub(crate) fn new(
-        config: &Config,
+        config: &BenchConfig,
         target: TargetLabel,
         snapshot: Snapshot,
         cpu_used: CpuUsed,

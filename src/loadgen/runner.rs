@@ -12,12 +12,12 @@ use crate::client::BearerKey;
 use crate::tls::ClientTlsFiles;
 
 use super::args::Workload;
+use super::bounds::{DRAIN_MS_MAX, INTERVALS_MAX};
 use super::channels::{self, bearer, connect_all};
-use super::config::{BrokerTarget, Config, Progress};
+use super::config::{BenchConfig, BrokerTarget, Progress};
 use super::cpu::{self, CpuUsed};
 use super::engine::{self, Engine, EngineOutcome, Shared};
 use super::error::LoadgenError;
-use super::limits::{DRAIN_MS_MAX, INTERVALS_MAX};
 use super::noop::{NoopOptions, NoopServer};
 use super::quota_check::{Interval, QuotaCheck};
 use super::report::{Report, TargetLabel};
@@ -27,7 +27,7 @@ use super::stats::{Phases, Stats, report_progress};
 
 /// Provisions the broker, then drives it.
 pub(crate) async fn execute_broker(
-    config: &Config,
+    config: &BenchConfig,
     target: &BrokerTarget,
 ) -> Result<Report, LoadgenError> {
     config.validate()?;
@@ -55,7 +55,7 @@ pub(crate) async fn execute_broker(
 
 /// Starts the in-process no-op server, drives it, and stops it.
 pub(crate) async fn execute_noop(
-    config: &Config,
+    config: &BenchConfig,
     options: NoopOptions,
 ) -> Result<Report, LoadgenError> {
     config.validate()?;
@@ -67,7 +67,7 @@ pub(crate) async fn execute_noop(
 }
 
 /// Starts the no-op server as a child process of this binary, drives it, and stops it.
-pub(crate) async fn execute_noop_process(config: &Config) -> Result<Report, LoadgenError> {
+pub(crate) async fn execute_noop_process(config: &BenchConfig) -> Result<Report, LoadgenError> {
     config.validate()?;
     let options = NoopOptions::for_config(config);
     let mut child = super::noop::ChildNoopServer::spawn(options).await?;
@@ -77,7 +77,7 @@ pub(crate) async fn execute_noop_process(config: &Config) -> Result<Report, Load
 }
 
 async fn drive_noop_at(
-    config: &Config,
+    config: &BenchConfig,
     uri: String,
     server_pid: Option<u32>,
 ) -> Result<Report, LoadgenError> {
@@ -99,7 +99,7 @@ async fn drive_noop_at(
     .await
 }
 
-fn layout_for(config: &Config) -> Layout {
+fn layout_for(config: &BenchConfig) -> Layout {
     Layout {
         run_id: format!("{:08x}", Rng::new(config.seed).next_u64() as u32),
         orgs: config.orgs,
@@ -110,7 +110,7 @@ fn layout_for(config: &Config) -> Layout {
 
 /// Runs the engines from now for warmup + duration and reports.
 async fn drive(
-    config: &Config,
+    config: &BenchConfig,
     layout: &Layout,
     channels: Vec<Channel>,
     keys: Vec<BearerKey>,
@@ -164,7 +164,7 @@ async fn drive(
 }
 
 fn spawn_engines(
-    config: &Config,
+    config: &BenchConfig,
     layout: &Layout,
     channels: &[Channel],
     keys: Vec<BearerKey>,

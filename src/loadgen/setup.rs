@@ -19,9 +19,9 @@ use crate::limits::{EMAILS_PER_REQUEST_MAX, ORG_ID_BYTES_MAX};
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::{AcquireRequest, Product, Quota, Role};
 
+use super::bounds::{SETUP_IN_FLIGHT_MAX, SETUP_MS_MAX};
 use super::channels::{self, bearer};
 use super::error::LoadgenError;
-use super::limits::{SETUP_IN_FLIGHT_MAX, SETUP_MS_MAX};
 use super::provision;
 
 /// Where engines live: the names of organizations and members of one run.

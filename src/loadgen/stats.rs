@@ -18,8 +18,8 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
+use super::bounds::{LATENCY_SIGNIFICANT_DIGITS, LATENCY_US_MAX, RPC_TIMEOUT_MS, STATS_SHARDS};
 use super::error::LoadgenError;
-use super::limits::{LATENCY_SIGNIFICANT_DIGITS, LATENCY_US_MAX, RPC_TIMEOUT_MS, STATS_SHARDS};
 use super::quota_check::Interval;
 
 /// The RPCs engines make; the index of each is its histogram slot.
@@ -308,7 +308,7 @@ pub(crate) fn code_name(code: Code) -> &'static str {
 
 /// Writes one progress line to stderr every `PROGRESS_INTERVAL_MS` until the deadline.
 pub(crate) async fn report_progress(stats: std::sync::Arc<Stats>, phases: Phases, label: String) {
-    let period = Duration::from_millis(super::limits::PROGRESS_INTERVAL_MS);
+    let period = Duration::from_millis(super::bounds::PROGRESS_INTERVAL_MS);
     let mut ticks = tokio::time::interval_at(phases.start + period, period);
     let mut previous = (0, 0);
     while Instant::now() < phases.deadline {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::args::{BenchArgs, Workload};
-use super::config::{Config, Mode, Output, Plan, Progress, Target};
+use super::config::{BenchConfig, Mode, Output, Plan, Progress, Target};
 use super::error::LoadgenError;
 use super::noop::NoopOptions;
 use super::quota_check::Verdict;
@@ -14,8 +14,8 @@ use super::report::Outcome;
 use super::report::Report;
 use super::runner::execute_noop;
 
-fn config(workload: Workload) -> Config {
-    Config {
+fn config(workload: Workload) -> BenchConfig {
+    BenchConfig {
         workload,
         orgs: 1,
         engines: 32,
@@ -43,7 +43,7 @@ fn fast_heartbeats(seats: Option<u32>) -> NoopOptions {
     }
 }
 
-async fn check(config: Config, options: NoopOptions) -> Report {
+async fn check(config: BenchConfig, options: NoopOptions) -> Report {
     let report = execute_noop(&config, options)
         .await
         .expect("the run completes");
@@ -86,7 +86,7 @@ async fn heartbeat_mostly_heartbeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realistic_acquires_heartbeats_and_releases() {
-    let config = Config {
+    let config = BenchConfig {
         orgs: 4,
         engines: 64,
         members: 64,
@@ -104,7 +104,7 @@ async fn realistic_acquires_heartbeats_and_releases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contention_within_quota_passes() {
-    let config = Config {
+    let config = BenchConfig {
         quota: 4,
         hold_min: Duration::from_millis(1),
         hold_max: Duration::from_millis(3),
@@ -132,7 +132,7 @@ async fn contention_within_quota_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contention_on_an_over_granting_server_fails() {
-    let config = Config {
+    let config = BenchConfig {
         quota: 4,
         hold_min: Duration::from_millis(2),
         hold_max: Duration::from_millis(5),

@@ -5,11 +5,13 @@
 use std::time::Duration;
 
 use crate::harness::*;
-use seatbroker::loadgen::{self, BrokerTarget, Config, OperatorKey, Progress, Target, Workload};
+use seatbroker::loadgen::{
+    self, BenchConfig, BrokerTarget, OperatorKeyText, Progress, Target, Workload,
+};
 use seatbroker::tls::ClientTlsFiles;
 
-fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> Config {
-    Config {
+fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> BenchConfig {
+    BenchConfig {
         workload,
         orgs,
         engines,
@@ -33,7 +35,7 @@ fn target(server: &TestServer) -> Target {
     Target::Broker(BrokerTarget {
         uri: server.url(),
         tls: ClientTlsFiles::default(),
-        operator_key: OPERATOR_KEY.parse::<OperatorKey>().unwrap(),
+        operator_key: OPERATOR_KEY.parse::<OperatorKeyText>().unwrap(),
         // The test broker runs in this process.
         server_pid: Some(std::process::id()),
     })
@@ -68,7 +70,7 @@ async fn acquire_release_provisions_through_the_real_api_and_runs_clean() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_sharing_members_hold_separate_sessions_on_their_keys() {
     let server = start().await;
-    let config = Config {
+    let config = BenchConfig {
         members: 8,
         hold_min: Duration::from_secs(60),
         hold_max: Duration::from_secs(60),
@@ -155,7 +157,7 @@ async fn over_mtls_it_connects_through_the_shared_client_with_a_client_certifica
     let target = Target::Broker(BrokerTarget {
         uri: server.url(),
         tls: certs.client(true),
-        operator_key: OPERATOR_KEY.parse::<OperatorKey>().unwrap(),
+        operator_key: OPERATOR_KEY.parse::<OperatorKeyText>().unwrap(),
         server_pid: None,
     });
     let report = loadgen::execute(&config(Workload::AcquireRelease, 1, 8, 8), &target)

@@ -19,12 +19,12 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::super::channels::lazy_plaintext;
-use super::super::error::LoadgenError;
-use super::super::limits::{
+use super::super::bounds::{
     DAEMON_EXIT_MS_MAX, DAEMON_LISTEN_MS_MAX, DAEMON_LOG_LINES_MAX, DAEMON_SERVING_MS_MAX,
     HEALTH_CHECK_MS_MAX, HEALTH_POLL_MS, METRICS_RESPONSE_BYTES_MAX, METRICS_SCRAPE_MS_MAX,
 };
+use super::super::channels::lazy_plaintext;
+use super::super::error::LoadgenError;
 
 /// The daemon's log: warnings, plus the info lines of the two modules whose lines
 /// carry figures (recovery and snapshots in `server`, the serving line in `cli`).

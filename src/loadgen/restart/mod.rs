@@ -34,10 +34,10 @@ use tokio::time::Instant;
 
 use crate::tls::ClientTlsFiles;
 
+use super::bounds::{RESTART_PHASE_MS_MAX, RSS_SAMPLE_INTERVAL_MS};
 use super::channels::{connect_all, lazy_plaintext};
 use super::config::Progress;
 use super::error::LoadgenError;
-use super::limits::{RESTART_PHASE_MS_MAX, RSS_SAMPLE_INTERVAL_MS};
 use super::quota_check::Verdict;
 use super::setup;
 use super::stats::report_progress;

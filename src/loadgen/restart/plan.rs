@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::super::bounds::*;
 use super::super::config::{Output, Progress, check_millis, check_range, clock_seed, usage};
 use super::super::error::LoadgenError;
-use super::super::limits::*;
 use super::super::rng::Rng;
 use super::super::setup::Layout;
 

@@ -18,11 +18,11 @@ use crate::client::{Authorized, BearerKey};
 use crate::proto::session_service_client::SessionServiceClient;
 use crate::proto::{GetUsageRequest, Lease, Product, ReleaseRequest};
 
-use super::super::channels::{self, bearer};
-use super::super::error::LoadgenError;
-use super::super::limits::{
+use super::super::bounds::{
     ERROR_BACKOFF_MS, RESTART_ATTEMPTS_MAX, RESTART_BUILD_CHUNK, RESTART_PHASE_MS_MAX,
 };
+use super::super::channels::{self, bearer};
+use super::super::error::LoadgenError;
 use super::super::setup::{Layout, kre_acquire_request};
 use super::super::stats::{Answer, Method, Phases, Stats, timed};
 

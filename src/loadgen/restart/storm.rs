@@ -23,13 +23,13 @@ use tonic::{Code, Status};
 
 use crate::proto::HeartbeatRequest;
 
+use super::super::bounds::{
+    DRAIN_MS_MAX, ERROR_BACKOFF_MS, LOST_ENGINES_LISTED_MAX, RESTART_PHASE_MS_MAX,
+};
 use super::super::config::Progress;
 use super::super::cpu::{self, CpuPerOp, CpuUsed};
 use super::super::engine::lease_is_gone;
 use super::super::error::LoadgenError;
-use super::super::limits::{
-    DRAIN_MS_MAX, ERROR_BACKOFF_MS, LOST_ENGINES_LISTED_MAX, RESTART_PHASE_MS_MAX,
-};
 use super::super::stats::{Latency, Method, code_name, report_progress, timed};
 use super::sessions::{Engines, HeldLease, Recorder, is_transient, on_every_index, with_retries};
 
