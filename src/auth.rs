@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use crate::datadir::{self, LockError};
 use crate::domain::{AdminState, ApiKeyId, DomainError, Principal};
 use crate::limits;
+use crate::wal::fs::{self, FileSystem, RealFs};
 
 const MEMBER_KEY_PREFIX: &str = "sbk_";
 const OPERATOR_KEY_PREFIX: &str = "sbo_";
@@ -225,22 +226,26 @@ fn write_new_operator_key(data_dir: &Path) -> Result<(OperatorKey, String), Oper
     write_durably(
         &path,
         format!("{}\n", hex::encode(operator.sha256)).as_bytes(),
-    )
-    .map_err(|source| OperatorKeyError::DataDir { path, source })?;
+    )?;
     Ok((operator, key))
 }
 
-/// Writes a small file so that it is either absent or complete after a crash:
-/// temporary file, fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
+/// Replaces the file at `path` with `contents`, durably: the log's own way of writing a
+/// whole file, then an fsync of the directory.
+fn write_durably(path: &Path, contents: &[u8]) -> Result<(), OperatorKeyError> {
+    let fs = RealFs;
+    fs::write_through_temporary(&fs, path, &[contents]).map_err(|failed| {
+        OperatorKeyError::DataDir {
+            path: failed.path,
+            source: failed.source,
+        }
+    })?;
     let directory = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(directory)?.sync_all()
+    fs.sync_dir(directory)
+        .map_err(|source| OperatorKeyError::DataDir {
+            path: directory.to_path_buf(),
+            source,
+        })
 }
 
 /// Resolves a bearer token into the caller. Unknown, revoked and malformed keys are
