@@ -14,9 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::auth::OperatorKeyError;
 use crate::config::{CommandLine, Config, DATA_DIR_DEFAULT, OPERATOR_KEY_ENV};
 use crate::datadir::LockError;
-use crate::server::ServerError;
+use crate::server::{ServerError, Started};
 use crate::telemetry::logging;
-use crate::telemetry::metrics;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -509,48 +508,36 @@ fn bench_exit<T>(result: Result<T, crate::loadgen::LoadgenError>) -> ExitCode {
     }
 }
 
-/// Installs metrics (before the broker registers its handles), prepares, binds, and
-/// serves until a stop signal.
+/// The process's own setup (the descriptor limit and the connection cap it allows,
+/// returning freed memory, the stop-signal handlers), then the gRPC socket and
+/// [`crate::server::run`] until a stop signal.
 async fn run_daemon(mut config: Config) -> Result<(), DaemonError> {
     config.lower_connections_max(crate::connections::connections_cap_for_descriptors(
         config.connections_max(),
     ));
     tokio::spawn(crate::allocator::collect_freed_memory_forever());
-    let metrics_handle = match config.settings().metrics.listen {
-        Some(_) => Some(metrics::install().map_err(|e| e.to_string())?),
-        None => None,
-    };
+    // Before anything is announced: a signal from then on stops the daemon cleanly.
+    let shutdown = crate::shutdown::stop_signal();
     // Listen first: while the log is replayed, health answers NOT_SERVING.
-    let (listener, addr) = crate::server::bind_early(config.settings().listen)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("seatbroker listening on {addr}");
-    let recovery_config = config.clone();
-    let (prepared, listener) = crate::server::serve_health_while(
-        listener,
-        &recovery_config,
-        crate::server::prepare(config),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let prepared = prepared?;
-    if let Some(key) = &prepared.generated_operator_key {
+    let listener = crate::server::bind(config.settings().listen).await?;
+    if let Ok(addr) = listener.local_addr() {
+        println!("seatbroker listening on {addr}");
+    }
+    crate::server::run(config, listener, print_generated_operator_key, shutdown).await?;
+    Ok(())
+}
+
+/// Shows a key made for a new data directory, once: only its hash is kept.
+fn print_generated_operator_key(started: Started<'_>) {
+    if let Started::Recovered {
+        generated_operator_key: Some(key),
+    } = started
+    {
         println!(
             "Generated the operator key. It is shown once; only its hash is kept:\n\n    {key}\n"
         );
         println!("Use it with: export SEATBROKER_KEY={key}\n");
     }
-    let (mut bound, _) = prepared
-        .bind_with(listener)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(handle) = metrics_handle {
-        bound = bound.export_metrics(handle);
-    }
-    bound
-        .serve(crate::shutdown::stop_signal())
-        .await
-        .map_err(DaemonError::from)
 }
 
 #[cfg(test)]
