@@ -94,6 +94,17 @@ fn parse_member_key(token: &str) -> Option<Result<&str, DomainError>> {
     Some(Ok(id))
 }
 
+/// An operator key given in full of a length outside the bounds of `limits`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the operator key must be {} to {} characters long, got {length}",
+    limits::OPERATOR_KEY_BYTES_MIN,
+    limits::OPERATOR_KEY_BYTES_MAX
+)]
+pub struct OperatorKeyLengthError {
+    pub length: usize,
+}
+
 /// The operator's credential: only its hash is held.
 #[derive(Clone)]
 pub struct OperatorKey {
@@ -107,15 +118,10 @@ impl OperatorKey {
 
     /// Takes an operator key given in full (from the environment or the configuration
     /// file); checks its length.
-    pub fn from_text(text: &str) -> Result<Self, String> {
+    pub fn from_text(text: &str) -> Result<Self, OperatorKeyLengthError> {
         if !(limits::OPERATOR_KEY_BYTES_MIN..=limits::OPERATOR_KEY_BYTES_MAX).contains(&text.len())
         {
-            return Err(format!(
-                "the operator key must be {} to {} characters long, got {}",
-                limits::OPERATOR_KEY_BYTES_MIN,
-                limits::OPERATOR_KEY_BYTES_MAX,
-                text.len()
-            ));
+            return Err(OperatorKeyLengthError { length: text.len() });
         }
         Ok(OperatorKey {
             sha256: sha256(text),

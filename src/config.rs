@@ -320,14 +320,14 @@ impl Settings {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
-            message,
+            source,
         })
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|error| error.to_string())
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 }
 
@@ -413,10 +413,17 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    OperatorKey(#[from] crate::auth::OperatorKeyLengthError),
+    #[error(transparent)]
+    Logging(#[from] logging::LoggingError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -487,9 +494,7 @@ impl Config {
             )));
         }
         let operator_key = match &settings.operator_key {
-            Some(SecretText(text)) => OperatorKeySource::Given(
-                OperatorKey::from_text(text).map_err(ConfigError::Invalid)?,
-            ),
+            Some(SecretText(text)) => OperatorKeySource::Given(OperatorKey::from_text(text)?),
             None => OperatorKeySource::DataDir,
         };
         check_bounds(&settings)?;
@@ -577,7 +582,7 @@ fn check_bounds(settings: &Settings) -> Result<(), ConfigError> {
         settings.shutdown_grace_ms,
         0..=SHUTDOWN_GRACE_MS_MAX,
     )?;
-    logging::check_filter(&settings.log.filter).map_err(ConfigError::Invalid)?;
+    logging::check_filter(&settings.log.filter)?;
     check(
         "limits.request_bytes_max",
         limits.request_bytes_max,
@@ -733,6 +738,7 @@ mod tests {
         assert!(
             Settings::parse("listne = \"127.0.0.1:1\"")
                 .unwrap_err()
+                .to_string()
                 .contains("listne")
         );
         let half = Settings::parse("[tls]\ncert = \"a.pem\"").unwrap();

@@ -83,11 +83,11 @@ pub enum ServerError {
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("making the log durable at shutdown: {0}")]
-    Close(crate::domain::DomainError),
+    Close(#[from] crate::broker::CloseError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("the gRPC server task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What [`run`] tells its caller as the daemon starts.
@@ -182,7 +182,7 @@ pub async fn run(
         task.abort();
     }
     // The write-ahead log's final flush and fsync happen in `close`.
-    prepared.broker.close().await.map_err(ServerError::Close)?;
+    prepared.broker.close().await?;
     if let Err(error) = prepared.activity.audit().close().await {
         tracing::warn!(%error, "audit record not closed cleanly");
     }
@@ -404,9 +404,13 @@ fn http2_server(config: &Config) -> Result<Server, ServerError> {
     let limits = &config.settings().limits;
     let mut builder = Server::builder();
     if let Some(files) = config.tls() {
-        builder = builder.tls_config(
-            tls::server_config(files)?.timeout(Duration::from_millis(limits.handshake_timeout_ms)),
-        )?;
+        // A refusal here is the configuration's: keep it a TLS error (exit 64).
+        builder = builder
+            .tls_config(
+                tls::server_config(files)?
+                    .timeout(Duration::from_millis(limits.handshake_timeout_ms)),
+            )
+            .map_err(|error| TlsError::Invalid(tls::source_chain(&error)))?;
     }
     Ok(builder
         .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
@@ -593,7 +597,7 @@ fn flatten(
 ) -> Result<(), ServerError> {
     match joined {
         Ok(result) => result.map_err(ServerError::from),
-        Err(error) => Err(ServerError::Task(error.to_string())),
+        Err(error) => Err(ServerError::Task(error)),
     }
 }
 

@@ -368,14 +368,16 @@ pub enum SessionCommand {
 
 // Exit codes of `serve` and `operator-key rotate`, from sysexits.h where one fits.
 
-/// Any other failure (recovery, the log, the network).
+/// Any other failure (recovery, the log, the data directory's files, the network).
 const EXIT_FAILURE: u8 = 1;
-/// A bad configuration or command line (EX_USAGE).
+/// A bad configuration or command line (EX_USAGE), found when it is loaded or when
+/// the daemon binds: an address this host cannot listen on, TLS files that do not
+/// make a server configuration.
 const EXIT_CONFIG: u8 = 64;
-/// The data directory is locked by another live process (EX_TEMPFAIL: not an error
-/// of this process or its configuration; the same command succeeds once the holder
-/// has stopped, so a supervisor may retry it).
-const EXIT_DATA_DIR_LOCKED: u8 = 75;
+/// Another live process holds what the daemon needs: the data directory's lock, or
+/// a listen address (EX_TEMPFAIL: not an error of this process or its configuration;
+/// the same command succeeds once the holder has stopped, so a supervisor may retry).
+const EXIT_IN_USE: u8 = 75;
 /// The data directory holds a log but no operator key, and none was given
 /// (EX_CONFIG: state found unconfigured; the operator must choose how to proceed).
 const EXIT_OPERATOR_KEY_MISSING: u8 = 78;
@@ -383,12 +385,23 @@ const EXIT_OPERATOR_KEY_MISSING: u8 = 78;
 /// The exit code for a daemon that could not start or run.
 fn exit_code(error: &ServerError) -> u8 {
     match error {
-        ServerError::Lock(LockError::Held { .. }) => EXIT_DATA_DIR_LOCKED,
-        ServerError::OperatorKey(OperatorKeyError::Lock(LockError::Held { .. })) => {
-            EXIT_DATA_DIR_LOCKED
-        }
+        ServerError::Lock(LockError::Held { .. }) => EXIT_IN_USE,
+        ServerError::OperatorKey(OperatorKeyError::Lock(LockError::Held { .. })) => EXIT_IN_USE,
         ServerError::OperatorKey(OperatorKeyError::Missing { .. }) => EXIT_OPERATOR_KEY_MISSING,
-        _ => EXIT_FAILURE,
+        ServerError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+            EXIT_IN_USE
+        }
+        ServerError::Bind { .. } | ServerError::Tls(_) => EXIT_CONFIG,
+        ServerError::DataDir { .. }
+        | ServerError::OperatorKey(_)
+        | ServerError::Lock(_)
+        | ServerError::Recovery(_)
+        | ServerError::Metrics(_)
+        | ServerError::Audit(_)
+        | ServerError::Reflection(_)
+        | ServerError::Close(_)
+        | ServerError::Transport(_)
+        | ServerError::Task(_) => EXIT_FAILURE,
     }
 }
 
@@ -396,15 +409,6 @@ fn exit_code(error: &ServerError) -> u8 {
 struct DaemonError {
     message: String,
     exit_code: u8,
-}
-
-impl From<String> for DaemonError {
-    fn from(message: String) -> Self {
-        DaemonError {
-            message,
-            exit_code: EXIT_FAILURE,
-        }
-    }
 }
 
 impl From<ServerError> for DaemonError {

@@ -34,16 +34,34 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("log filter {filter:?}: {source}")]
+    Filter {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot install the log subscriber: {0}")]
+    Install(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Parses a filter directive.
+fn parse_filter(filter: &str) -> Result<EnvFilter, LoggingError> {
+    EnvFilter::try_new(filter).map_err(|source| LoggingError::Filter {
+        filter: filter.to_owned(),
+        source,
+    })
+}
+
 /// Checks a filter directive without installing it.
-pub fn check_filter(filter: &str) -> Result<(), String> {
-    EnvFilter::try_new(filter)
-        .map(drop)
-        .map_err(|error| format!("log filter {filter:?}: {error}"))
+pub fn check_filter(filter: &str) -> Result<(), LoggingError> {
+    parse_filter(filter).map(drop)
 }
 
 /// Installs the global subscriber. Call once, before anything logs.
-pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(filter).map_err(|error| format!("log filter: {error}"))?;
+pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
+    let filter = parse_filter(filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -55,5 +73,5 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
             .with_span_list(false)
             .try_init(),
     };
-    result.map_err(|error| format!("cannot install the log subscriber: {error}"))
+    result.map_err(LoggingError::Install)
 }

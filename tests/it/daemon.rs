@@ -397,6 +397,41 @@ async fn over_tls_with_metrics_and_json_logs_it_serves_and_stops_cleanly_on_sigt
     check_logs(&lines, &secrets);
 }
 
+#[test]
+fn failures_at_bind_time_exit_with_their_documented_codes() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = held.local_addr().unwrap().to_string();
+    let data_dir = tempfile::tempdir().unwrap();
+    let data_dir = data_dir.path().to_str().unwrap();
+    // (arguments, exit code, what the message names)
+    let cases: [(&[&str], i32, &str); 3] = [
+        // Another process holds the address: retry later (75), like the data directory.
+        (&["--listen", held.as_str()], 75, held.as_str()),
+        (
+            &["--listen", "127.0.0.1:0", "--metrics-listen", held.as_str()],
+            75,
+            held.as_str(),
+        ),
+        // An address this host does not have (TEST-NET-1): the configuration's (64).
+        (
+            &["--listen", "192.0.2.1:50051", "--insecure"],
+            64,
+            "192.0.2.1:50051",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let mut all = vec!["serve", "--data-dir", data_dir];
+        all.extend(args);
+        let refused = daemon::run(&all, &[("SEATBROKER_OPERATOR_KEY", OPERATOR_KEY)]);
+        assert_eq!(refused.code, code, "{all:?}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("cannot listen on") && refused.stderr.contains(needle),
+            "{all:?}: {}",
+            refused.stderr
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
     let mut daemon = Serve::new()
