@@ -9,7 +9,7 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::auth::OperatorKeyError;
 use crate::config::{CommandLine, Config, DATA_DIR_DEFAULT, OPERATOR_KEY_ENV};
@@ -421,7 +421,14 @@ impl From<ServerError> for DaemonError {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|error| {
+        if let Some(variable) = environment_source_of(&error) {
+            eprintln!("{}", error.render().to_string().trim_end());
+            eprintln!("  (the value came from the environment variable {variable})");
+            std::process::exit(error.exit_code());
+        }
+        error.exit()
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -476,6 +483,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
             ExitCode::from(exit_code)
         }
     }
+}
+
+/// The environment variable an invalid value came from, when the flag it stands for
+/// was not on the command line: clap's message names only the flag.
+fn environment_source_of(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // "--lease-ttl-ms <LEASE_TTL_MS>": the long flag is the first word.
+    let flag = invalid.split_whitespace().next()?.strip_prefix("--")?;
+    let on_command_line = std::env::args().skip(1).any(|arg| {
+        arg.strip_prefix("--")
+            .is_some_and(|given| given.split('=').next() == Some(flag))
+    });
+    if on_command_line {
+        return None;
+    }
+    let command = Cli::command();
+    let mut commands = vec![&command];
+    while let Some(command) = commands.pop() {
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(flag));
+        if let Some(variable) = arg.and_then(|arg| arg.get_env()) {
+            return Some(variable.to_string_lossy().into_owned());
+        }
+        commands.extend(command.get_subcommands());
+    }
+    None
 }
 
 fn rotate_operator_key(data_dir: PathBuf) -> ExitCode {

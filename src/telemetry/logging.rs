@@ -1,4 +1,5 @@
-//! Log output: human-readable text or one JSON object per line, on standard error,
+//! Log output: human-readable text (coloured only on a terminal) or one JSON object
+//! per line, on standard error,
 //! filtered by a tracing-subscriber directive (`SEATBROKER_LOG`, e.g.
 //! `info,seatbroker=debug`).
 //!
@@ -62,8 +63,12 @@ pub fn check_filter(filter: &str) -> Result<(), LoggingError> {
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
     let filter = parse_filter(filter)?;
+    // Colours only for a person at a terminal: a file or a log collector would keep
+    // the escape codes as text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
