@@ -419,34 +419,28 @@ fn check_config_output_loads_as_a_configuration_file() {
 fn relative_paths_in_a_configuration_file_are_relative_to_the_file() {
     let config_dir = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    std::fs::write(
-        config_dir.path().join("seatbroker.toml"),
+    let file = config_dir.path().join("seatbroker.toml");
+    // `--check-config` of `contents`, run from another directory.
+    let check_from_elsewhere = |contents: &str| {
+        std::fs::write(&file, contents).unwrap();
+        daemon::command()
+            .current_dir(elsewhere.path())
+            .args(["serve", "--check-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+
+    let output = check_from_elsewhere(
         "data_dir = \"state\"\n[tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"\n",
-    )
-    .unwrap();
-    let output = daemon::command()
-        .current_dir(elsewhere.path())
-        .args(["serve", "--check-config", "--config"])
-        .arg(config_dir.path().join("seatbroker.toml"))
-        .output()
-        .unwrap();
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     // The TLS files are looked for beside the file, not in the working directory.
     let cert = config_dir.path().join("certs/server.pem");
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains(cert.to_str().unwrap()), "{stderr}");
 
-    std::fs::write(
-        config_dir.path().join("seatbroker.toml"),
-        "data_dir = \"state\"\n",
-    )
-    .unwrap();
-    let output = daemon::command()
-        .current_dir(elsewhere.path())
-        .args(["serve", "--check-config", "--config"])
-        .arg(config_dir.path().join("seatbroker.toml"))
-        .output()
-        .unwrap();
+    let output = check_from_elsewhere("data_dir = \"state\"\n");
     let printed = String::from_utf8_lossy(&output.stdout);
     let state = config_dir.path().join("state");
     assert!(
