@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use crate::datadir::{self, LockError};
 use crate::domain::{AdminState, ApiKeyId, DomainError, Principal};
 use crate::limits;
+use crate::wal::fs::{self, FileSystem, RealFs};
 
 const MEMBER_KEY_PREFIX: &str = "sbk_";
 const OPERATOR_KEY_PREFIX: &str = "sbo_";
@@ -93,6 +94,17 @@ fn parse_member_key(token: &str) -> Option<Result<&str, DomainError>> {
     Some(Ok(id))
 }
 
+/// An operator key given in full of a length outside the bounds of `limits`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the operator key must be {} to {} characters long, got {length}",
+    limits::OPERATOR_KEY_BYTES_MIN,
+    limits::OPERATOR_KEY_BYTES_MAX
+)]
+pub struct OperatorKeyLengthError {
+    pub length: usize,
+}
+
 /// The operator's credential: only its hash is held.
 #[derive(Clone)]
 pub struct OperatorKey {
@@ -106,15 +118,10 @@ impl OperatorKey {
 
     /// Takes an operator key given in full (from the environment or the configuration
     /// file); checks its length.
-    pub fn from_text(text: &str) -> Result<Self, String> {
+    pub fn from_text(text: &str) -> Result<Self, OperatorKeyLengthError> {
         if !(limits::OPERATOR_KEY_BYTES_MIN..=limits::OPERATOR_KEY_BYTES_MAX).contains(&text.len())
         {
-            return Err(format!(
-                "the operator key must be {} to {} characters long, got {}",
-                limits::OPERATOR_KEY_BYTES_MIN,
-                limits::OPERATOR_KEY_BYTES_MAX,
-                text.len()
-            ));
+            return Err(OperatorKeyLengthError { length: text.len() });
         }
         Ok(OperatorKey {
             sha256: sha256(text),
@@ -225,22 +232,26 @@ fn write_new_operator_key(data_dir: &Path) -> Result<(OperatorKey, String), Oper
     write_durably(
         &path,
         format!("{}\n", hex::encode(operator.sha256)).as_bytes(),
-    )
-    .map_err(|source| OperatorKeyError::DataDir { path, source })?;
+    )?;
     Ok((operator, key))
 }
 
-/// Writes a small file so that it is either absent or complete after a crash:
-/// temporary file, fsync, rename, fsync of the directory.
-fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
+/// Replaces the file at `path` with `contents`, durably: the log's own way of writing a
+/// whole file, then an fsync of the directory.
+fn write_durably(path: &Path, contents: &[u8]) -> Result<(), OperatorKeyError> {
+    let fs = RealFs;
+    fs::write_through_temporary(&fs, path, &[contents]).map_err(|failed| {
+        OperatorKeyError::DataDir {
+            path: failed.path,
+            source: failed.source,
+        }
+    })?;
     let directory = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(directory)?.sync_all()
+    fs.sync_dir(directory)
+        .map_err(|source| OperatorKeyError::DataDir {
+            path: directory.to_path_buf(),
+            source,
+        })
 }
 
 /// Resolves a bearer token into the caller. Unknown, revoked and malformed keys are

@@ -17,6 +17,16 @@ use crate::domain::{
 use crate::leases::{AcquireRequest, Granted, Lease, LeaseId, LeaseTable, Now, ProductCounters};
 use crate::storage::{Durable, Journal};
 
+/// Why [`Broker::close`] could not make the log durable: the journal's answer, or the
+/// task that asked it failing (an infrastructure failure, not a domain error).
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    #[error(transparent)]
+    Log(DomainError),
+    #[error("the task closing the log failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// What an engine sends to acquire a session (already validated by the edge).
 #[derive(Debug, Clone)]
 pub struct EngineRequest {
@@ -108,11 +118,11 @@ impl Broker {
 
     /// Called once at shutdown, after the last in-flight call finished: makes every
     /// record appended so far durable (the log's final flush and fsync).
-    pub async fn close(&self) -> Result<(), DomainError> {
+    pub async fn close(&self) -> Result<(), CloseError> {
         let journal = Arc::clone(&self.journal);
         tokio::task::spawn_blocking(move || journal.close())
-            .await
-            .map_err(|error| DomainError::Unavailable(format!("closing the log: {error}")))?
+            .await?
+            .map_err(CloseError::Log)
     }
 
     // ----- Admin mutations: the single path. -----

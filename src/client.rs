@@ -9,7 +9,25 @@ use tonic::{Request, Status};
 
 use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::session_service_client::SessionServiceClient;
-use crate::tls::ClientTlsFiles;
+use crate::tls::{ClientTlsFiles, TlsError, source_chain};
+
+/// Why a client could not be set up or reach the daemon. The messages carry their
+/// causes (a transport error's whole chain), so they print as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad address {addr}: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error(transparent)]
+    TlsFiles(#[from] TlsError),
+    #[error("TLS for {addr}: {reason}")]
+    Tls { addr: String, reason: String },
+    #[error("TLS files were given but {addr} is not an https:// address")]
+    TlsFilesWithoutHttps { addr: String },
+    #[error("cannot reach seatbroker at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("the API key holds characters that cannot be sent")]
+    UnsendableKey,
+}
 
 /// A channel that authenticates every call with one key.
 pub type Authorized = InterceptedService<Channel, BearerKey>;
@@ -19,11 +37,11 @@ pub type Authorized = InterceptedService<Channel, BearerKey>;
 pub struct BearerKey(Option<MetadataValue<Ascii>>);
 
 impl BearerKey {
-    pub fn new(key: Option<&str>) -> Result<Self, String> {
+    pub fn new(key: Option<&str>) -> Result<Self, ClientError> {
         key.map(|key| {
             let mut value: MetadataValue<Ascii> = format!("Bearer {key}")
                 .parse()
-                .map_err(|_| "the API key holds characters that cannot be sent".to_owned())?;
+                .map_err(|_| ClientError::UnsendableKey)?;
             value.set_sensitive(true);
             Ok(value)
         })
@@ -44,31 +62,37 @@ impl tonic::service::Interceptor for BearerKey {
 }
 
 /// Opens a plaintext channel to `addr` (e.g. `http://127.0.0.1:50051`).
-pub async fn connect(addr: &str) -> Result<Channel, String> {
+pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
     connect_with(addr, &ClientTlsFiles::default()).await
 }
 
 /// Opens a channel to `addr`: `http://` in plaintext, `https://` over TLS with the CA
 /// (and, for mTLS, the client certificate and key) in `tls`.
-pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, String> {
+pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, ClientError> {
     let mut endpoint =
-        Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("bad address {addr}: {e}"))?;
+        Endpoint::from_shared(addr.to_owned()).map_err(|e| ClientError::BadAddress {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
     if addr.starts_with("https://") {
-        let config = crate::tls::client_config(tls).map_err(|e| e.to_string())?;
-        endpoint = endpoint
-            .tls_config(config)
-            .map_err(|e| format!("TLS for {addr}: {}", crate::tls::source_chain(&e)))?;
+        let config = crate::tls::client_config(tls)?;
+        endpoint = endpoint.tls_config(config).map_err(|e| ClientError::Tls {
+            addr: addr.to_owned(),
+            reason: source_chain(&e),
+        })?;
     } else if !tls.is_empty() {
-        return Err(format!(
-            "TLS files were given but {addr} is not an https:// address"
-        ));
+        return Err(ClientError::TlsFilesWithoutHttps {
+            addr: addr.to_owned(),
+        });
     }
-    endpoint.tcp_nodelay(true).connect().await.map_err(|e| {
-        format!(
-            "cannot reach seatbroker at {addr}: {}",
-            crate::tls::source_chain(&e)
-        )
-    })
+    endpoint
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            addr: addr.to_owned(),
+            reason: source_chain(&e),
+        })
 }
 
 pub fn admin(channel: Channel, key: BearerKey) -> AdminServiceClient<Authorized> {

@@ -32,6 +32,8 @@ use crate::tls::{self, ServerTlsFiles};
 
 /// What replaces a secret in printouts.
 pub const REDACTED: &str = "<redacted>";
+/// Where `--check-config` would print the operator key.
+const OPERATOR_KEY_NOT_SHOWN: &str = "# operator_key is set but not shown: give it again (SEATBROKER_OPERATOR_KEY) when\n# loading this file.\n";
 /// The environment variable of the operator key; it has no flag, so that it never
 /// shows in a process listing.
 pub const OPERATOR_KEY_ENV: &str = "SEATBROKER_OPERATOR_KEY";
@@ -320,14 +322,46 @@ impl Settings {
             )));
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
+        let parse_error = |source| ConfigError::Parse {
             path: path.to_path_buf(),
-            message,
-        })
+            source,
+        };
+        let mut settings = Self::parse(&text).map_err(parse_error)?;
+        let given = text.parse::<toml::Table>().map_err(parse_error)?;
+        if let Some(directory) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            settings.resolve_paths_against(directory, given.contains_key("data_dir"));
+        }
+        Ok(settings)
     }
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|error| error.to_string())
+    /// Makes relative paths relative to `directory`: the data directory (when
+    /// `data_dir_given`) and the TLS files. A configuration file's are relative to
+    /// its own directory, as its reader expects whatever the daemon's working
+    /// directory.
+    fn resolve_paths_against(&mut self, directory: &Path, data_dir_given: bool) {
+        let resolve = |path: &Path| -> PathBuf {
+            // Without the `.` components: `./data` reads as `<directory>/data`.
+            directory
+                .join(path)
+                .components()
+                .filter(|part| *part != std::path::Component::CurDir)
+                .collect()
+        };
+        if data_dir_given {
+            self.data_dir = resolve(&self.data_dir);
+        }
+        let TlsSettings {
+            cert,
+            key,
+            client_ca,
+        } = &mut self.tls;
+        for path in [cert, key, client_ca].into_iter().flatten() {
+            *path = resolve(path);
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 }
 
@@ -413,10 +447,17 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    OperatorKey(#[from] crate::auth::OperatorKeyLengthError),
+    #[error(transparent)]
+    Logging(#[from] logging::LoggingError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -487,9 +528,7 @@ impl Config {
             )));
         }
         let operator_key = match &settings.operator_key {
-            Some(SecretText(text)) => OperatorKeySource::Given(
-                OperatorKey::from_text(text).map_err(ConfigError::Invalid)?,
-            ),
+            Some(SecretText(text)) => OperatorKeySource::Given(OperatorKey::from_text(text)?),
             None => OperatorKeySource::DataDir,
         };
         check_bounds(&settings)?;
@@ -522,15 +561,22 @@ impl Config {
         self.connections_max = self.connections_max.min(max);
     }
 
-    /// The effective configuration as a TOML file (usable with `--config`), with the
-    /// operator key replaced by [`REDACTED`].
+    /// The effective configuration as a TOML file (usable with `--config` from any
+    /// directory: its paths are absolute), without the operator key: a comment says
+    /// whether one is set.
     pub fn to_toml_redacted(&self) -> String {
         let mut printed = self.settings.clone();
-        if printed.operator_key.is_some() {
-            printed.operator_key = Some(REDACTED.into());
+        if let Ok(working_directory) = std::env::current_dir() {
+            printed.resolve_paths_against(&working_directory, true);
         }
-        toml::to_string(&printed)
-            .unwrap_or_else(|error| format!("# cannot print the configuration: {error}\n"))
+        let note = match printed.operator_key.take() {
+            Some(_) => OPERATOR_KEY_NOT_SHOWN,
+            None => "",
+        };
+        match toml::to_string(&printed) {
+            Ok(toml) => format!("{note}{toml}"),
+            Err(error) => format!("# cannot print the configuration: {error}\n"),
+        }
     }
 }
 
@@ -577,7 +623,7 @@ fn check_bounds(settings: &Settings) -> Result<(), ConfigError> {
         settings.shutdown_grace_ms,
         0..=SHUTDOWN_GRACE_MS_MAX,
     )?;
-    logging::check_filter(&settings.log.filter).map_err(ConfigError::Invalid)?;
+    logging::check_filter(&settings.log.filter)?;
     check(
         "limits.request_bytes_max",
         limits.request_bytes_max,
@@ -733,6 +779,7 @@ mod tests {
         assert!(
             Settings::parse("listne = \"127.0.0.1:1\"")
                 .unwrap_err()
+                .to_string()
                 .contains("listne")
         );
         let half = Settings::parse("[tls]\ncert = \"a.pem\"").unwrap();
@@ -780,10 +827,12 @@ mod tests {
         let config = check(settings.clone()).unwrap();
         let printed = config.to_toml_redacted();
         assert!(!printed.contains(secret));
-        assert!(printed.contains(REDACTED));
+        assert!(printed.starts_with(OPERATOR_KEY_NOT_SHOWN));
         assert!(!format!("{config:?}").contains(secret));
         let mut reread = Settings::parse(&printed).unwrap();
-        assert_eq!(reread.operator_key, Some(REDACTED.into()));
+        assert_eq!(reread.operator_key, None);
+        assert!(reread.data_dir.is_absolute(), "{printed}");
+        reread.data_dir = settings.data_dir.clone();
         reread.operator_key = settings.operator_key.clone();
         assert_eq!(reread, settings);
     }

@@ -1,18 +1,30 @@
-//! The daemon: prepares the data directory, the operator key, the audit record and the
-//! broker; serves gRPC (sessions, admin, health, reflection) with TLS when configured,
-//! the `/metrics` listener, the expiry sweeper and the metrics sampler; and shuts down
-//! in order: NOT_SERVING, stop accepting, let in-flight calls finish within the grace
-//! period, make the log durable ([`Broker::close`]), close the audit record.
+//! The daemon's assembly: [`run`] starts it in one order, for the binary and the tests
+//! alike, serves until its shutdown future resolves, and stops it in order.
+//!
+//! The start order: the `/metrics` socket and recorder (before the broker registers
+//! its handles); one gRPC server on the caller's socket with health NOT_SERVING and
+//! broker calls answered UNAVAILABLE ([`Phase::Starting`]); the data directory locked
+//! and the log recovered ([`prepare`]) while that server already answers; the broker
+//! services put behind their routes ([`AfterRecovery`]); SERVING. Connections accepted
+//! while recovering stay open and go on being served: there is one server for the
+//! daemon's whole life, so no call races a handover.
+//!
+//! The stop order: NOT_SERVING, stop accepting, let in-flight calls finish within the
+//! grace period, make the log durable ([`Broker::close`]), close the audit record.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tonic::body::Body;
+use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -20,9 +32,11 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::activity::Activity;
-use crate::api::guard::{AuthLayer, BodyBudgetLayer, RequestBodies};
+use crate::api::guard::{AuthLayer, AuthService, BodyBudgetLayer, GuardFuture, RequestBodies};
 use crate::api::{AdminApi, SessionApi};
 use crate::audit::{AuditError, AuditLog, AuditOptions};
 use crate::auth::{self, OperatorKeyError};
@@ -34,7 +48,7 @@ use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::storage::durable::{self, OpenError, WalJournal};
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, MetricsError};
 use crate::telemetry::rpc::{Phase, PhaseCell, RpcLayer};
 use crate::tls::{self, TlsError};
 use crate::wal::{RealFs, WalOptions};
@@ -62,27 +76,219 @@ pub enum ServerError {
     Recovery(#[from] OpenError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     #[error("audit record: {0}")]
     Audit(#[from] AuditError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("making the log durable at shutdown: {0}")]
-    Close(crate::domain::DomainError),
+    Close(#[from] crate::broker::CloseError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("the gRPC server task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// A daemon ready to serve: its broker and the operator key it generated, if any
-/// (printed once by the caller, never stored).
-pub struct Prepared {
-    pub broker: Arc<Broker>,
-    pub activity: Arc<Activity>,
-    pub generated_operator_key: Option<String>,
+/// What [`run`] tells its caller as the daemon starts.
+#[derive(Debug)]
+pub enum Started<'a> {
+    /// The log is recovered. A key made for a new data directory is here once, for
+    /// the caller to show; only its hash is kept, and it is never logged.
+    Recovered {
+        generated_operator_key: Option<&'a str>,
+    },
+    /// Broker calls are answered, and health says SERVING.
+    Serving {
+        addr: SocketAddr,
+        metrics_addr: Option<SocketAddr>,
+    },
+}
+
+/// Binds a socket of the daemon. The caller binds the gRPC socket before [`run`], so
+/// that it knows the address at once (port 0) and clients reach health (NOT_SERVING)
+/// rather than a refused connection while the log is recovered.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Runs the daemon on `listener` (see the module's start and stop order), telling
+/// `started` of each step, until `shutdown` resolves. Process-wide setup (logging, the
+/// descriptor limit behind `Config::lower_connections_max`) is the caller's.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    mut started: impl FnMut(Started<'_>) + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let settings = config.settings();
+    let addr = local_addr(&listener, settings.listen)?;
+    if config.tls().is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "serving plaintext gRPC on a non-loopback address (--insecure): API keys cross the network in the clear"
+        );
+    }
+    let metrics_export = match settings.metrics.listen {
+        Some(metrics_addr) => Some((bind(metrics_addr).await?, metrics::install()?)),
+        None => None,
+    };
+    let metrics_addr = match &metrics_export {
+        Some((listener, _)) => Some(local_addr(listener, addr)?),
+        None => None,
+    };
+    let edge = Edge::start(&config, listener).await?;
+
+    // A stop signal during recovery is acted on once recovery is done (a second one
+    // exits at once, see `shutdown`): the daemon then stops without serving.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut recovery = std::pin::pin!(prepare(&config));
+    let (recovered, stop_requested) = tokio::select! {
+        recovered = &mut recovery => (recovered, false),
+        () = &mut shutdown => (recovery.await, true),
+    };
+    let prepared = match recovered {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            edge.server.abort();
+            return Err(error);
+        }
+    };
+    edge.services
+        .install(&config, &prepared.broker, &prepared.activity);
+    started(Started::Recovered {
+        generated_operator_key: prepared.generated_operator_key.as_deref(),
+    });
+    let mut background =
+        spawn_background(&prepared.broker, settings.metrics.per_org, metrics_export);
+    background.push(tokio::spawn(take_snapshots(
+        Arc::clone(&prepared.broker),
+        Arc::clone(&prepared.journal),
+        prepared.boot_epoch,
+    )));
+    let grace = Duration::from_millis(settings.shutdown_grace_ms);
+    let result = if stop_requested {
+        edge.drain(grace).await
+    } else {
+        edge.report_serving(&prepared.journal).await;
+        // Only now: whoever waits for this line may call at once.
+        log_serving(addr, config.tls().is_some(), metrics_addr);
+        started(Started::Serving { addr, metrics_addr });
+        edge.serve_until(shutdown, &prepared.journal, grace).await
+    };
+    for task in background {
+        task.abort();
+    }
+    // The write-ahead log's final flush and fsync happen in `close`.
+    prepared.broker.close().await?;
+    if let Err(error) = prepared.activity.audit().close().await {
+        tracing::warn!(%error, "audit record not closed cleanly");
+    }
+    // The data directory's lock is let go of last, with `prepared`.
+    drop(prepared.data_dir_lock);
+    result
+}
+
+/// The gRPC server of the daemon's whole life, and what steers it.
+struct Edge {
+    phase: Arc<PhaseCell>,
+    health: HealthReporter,
+    services: BrokerServices,
+    server: ServerTask,
+    /// Stops accepting and lets the connections finish their calls.
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Edge {
+    /// Serves health (NOT_SERVING), reflection, and broker calls answered UNAVAILABLE
+    /// (phase Starting) on `listener`.
+    async fn start(config: &Config, listener: TcpListener) -> Result<Edge, ServerError> {
+        let phase = Arc::new(PhaseCell::new(Phase::Starting));
+        let (health, health_service) = tonic_health::server::health_reporter();
+        report_health(&health, ServingStatus::NotServing).await;
+        let services = BrokerServices::default();
+        let router = router(config, Arc::clone(&phase), health_service, &services)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let incoming = connections::limited_incoming(Arc::new(listener), connection_limits(config));
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            incoming.connections,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Edge {
+            phase,
+            health,
+            services,
+            server,
+            stop,
+        })
+    }
+
+    /// Phase Serving, and health as the log's alarm says.
+    async fn report_serving(&self, journal: &WalJournal) {
+        self.phase.set(Phase::Serving);
+        report_serving(&self.health, journal.alarm().as_ref()).await;
+    }
+
+    /// Serves until `shutdown` resolves (then drains) or the server fails, following
+    /// the log's alarm meanwhile.
+    async fn serve_until(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        journal: &Arc<WalJournal>,
+        grace: Duration,
+    ) -> Result<(), ServerError> {
+        let alarm_watch = tokio::spawn(watch_log_alarm(
+            Arc::clone(journal),
+            self.health.clone(),
+            journal.alarm(),
+        ));
+        let result = tokio::select! {
+            () = shutdown => {
+                // Nothing may report SERVING once the drain said NOT_SERVING.
+                alarm_watch.abort();
+                self.drain(grace).await
+            }
+            joined = &mut self.server => flatten(joined),
+        };
+        alarm_watch.abort();
+        result
+    }
+
+    /// The first half of shutdown: NOT_SERVING, refuse new broker calls, stop
+    /// accepting, and give in-flight calls `grace` to finish before cutting them.
+    async fn drain(mut self, grace: Duration) -> Result<(), ServerError> {
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "draining: NOT_SERVING, finishing in-flight calls"
+        );
+        self.phase.set(Phase::Draining);
+        report_health(&self.health, ServingStatus::NotServing).await;
+        let _ = self.stop.send(());
+        match tokio::time::timeout(grace, &mut self.server).await {
+            Ok(joined) => flatten(joined),
+            Err(_) => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "calls still in flight at the end of the grace period were cut"
+                );
+                self.server.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A recovered daemon: its broker and the operator key it generated, if any.
+struct Prepared {
+    broker: Arc<Broker>,
+    activity: Arc<Activity>,
+    generated_operator_key: Option<String>,
     journal: Arc<WalJournal>,
     boot_epoch: u64,
-    config: Config,
     /// Held until the daemon stops (see [`datadir`]).
     data_dir_lock: DataDirLock,
 }
@@ -91,9 +297,9 @@ pub struct Prepared {
 const WAL_DIR: &str = "wal";
 
 /// Opens the data directory and the audit record, recovers the state from the log and
-/// builds the broker (the configuration was checked when it was made). Install the
-/// metrics recorder before, if there is one.
-pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
+/// builds the broker (the configuration was checked when it was made). The metrics
+/// recorder, if any, is installed before.
+async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
     let settings = config.settings();
     let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
@@ -160,7 +366,6 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
         generated_operator_key,
         journal,
         boot_epoch: opened.boot_epoch,
-        config,
         data_dir_lock,
     })
 }
@@ -175,103 +380,6 @@ async fn recovery_delay_failpoint() {
     if let Some(delay_ms) = delay_ms {
         tokio::time::sleep(Duration::from_millis(delay_ms.min(60_000))).await;
     }
-}
-
-impl Prepared {
-    /// Binds the gRPC socket and, when configured, the metrics socket.
-    pub async fn bind(self) -> Result<(Bound, SocketAddr), ServerError> {
-        let listener = bind(self.config.settings().listen).await?;
-        self.bind_with(listener).await
-    }
-
-    /// Like [`Prepared::bind`], on a gRPC socket bound earlier (see
-    /// [`serve_health_while`]).
-    pub async fn bind_with(
-        self,
-        listener: TcpListener,
-    ) -> Result<(Bound, SocketAddr), ServerError> {
-        let local = local_addr(&listener, self.config.settings().listen)?;
-        let metrics_listener = match self.config.settings().metrics.listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
-        if self.config.tls().is_none() && !local.ip().is_loopback() {
-            tracing::warn!(
-                addr = %local,
-                "serving plaintext gRPC on a non-loopback address (--insecure): API keys cross the network in the clear"
-            );
-        }
-        let bound = Bound {
-            broker: self.broker,
-            activity: self.activity,
-            journal: self.journal,
-            boot_epoch: self.boot_epoch,
-            listener,
-            metrics_listener,
-            metrics_handle: None,
-            config: self.config,
-            _data_dir_lock: self.data_dir_lock,
-        };
-        Ok((bound, local))
-    }
-}
-
-/// Binds the gRPC socket before recovery, so that clients reach health (NOT_SERVING)
-/// instead of a refused connection while the log is replayed.
-pub async fn bind_early(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
-    let listener = bind(addr).await?;
-    let local = local_addr(&listener, addr)?;
-    Ok((listener, local))
-}
-
-/// How long the recovery-time health server may take to hand the socket over.
-const RECOVERY_SERVER_STOP: Duration = Duration::from_secs(2);
-
-/// Serves only health (NOT_SERVING for every service) and reflection on `listener`
-/// while `work` (recovery) runs, then stops that server and hands the socket back.
-/// Broker calls answer UNAVAILABLE ("recovering") from their headers, so clients
-/// retry rather than give up, and no body of theirs is read; connections have the
-/// same bounds as later.
-pub async fn serve_health_while<T>(
-    listener: TcpListener,
-    config: &Config,
-    work: impl Future<Output = T>,
-) -> Result<(T, TcpListener), ServerError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    report_health(&health, ServingStatus::NotServing).await;
-    let bodies = Arc::new(RequestBodies::new(
-        config.settings().limits.request_bodies_bytes_max,
-        limits::UNAUTHENTICATED_REQUEST_BYTES_MAX,
-    ));
-    let router = with_health_and_reflection(
-        http2_server(config)?
-            .layer(RpcLayer::new(Arc::new(PhaseCell::new(Phase::Starting))))
-            .layer(BodyBudgetLayer::new(bodies)),
-        health_service,
-    )?;
-    let listener = Arc::new(listener);
-    let incoming = connections::limited_incoming(Arc::clone(&listener), connection_limits(config));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
-        incoming.connections,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let result = work.await;
-    let _ = stop.send(());
-    if tokio::time::timeout(RECOVERY_SERVER_STOP, &mut server)
-        .await
-        .is_err()
-    {
-        server.abort();
-        let _ = server.await;
-    }
-    // The accept task ends once the server dropped its connections' receiver.
-    let _ = incoming.task.await;
-    let listener = Arc::try_unwrap(listener)
-        .map_err(|_| ServerError::Task("the recovery-time server kept the socket".into()))?;
-    Ok((result, listener))
 }
 
 /// The connection bounds of the configuration (see `connections`).
@@ -296,9 +404,13 @@ fn http2_server(config: &Config) -> Result<Server, ServerError> {
     let limits = &config.settings().limits;
     let mut builder = Server::builder();
     if let Some(files) = config.tls() {
-        builder = builder.tls_config(
-            tls::server_config(files)?.timeout(Duration::from_millis(limits.handshake_timeout_ms)),
-        )?;
+        // A refusal here is the configuration's: keep it a TLS error (exit 64).
+        builder = builder
+            .tls_config(
+                tls::server_config(files)?
+                    .timeout(Duration::from_millis(limits.handshake_timeout_ms)),
+            )
+            .map_err(|error| TlsError::Invalid(tls::source_chain(&error)))?;
     }
     Ok(builder
         .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
@@ -314,50 +426,137 @@ fn http2_server(config: &Config) -> Result<Server, ServerError> {
         .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms))))
 }
 
-/// Adds health and reflection, the services open to callers without a key, with
-/// their small request bound.
-fn with_health_and_reflection<L, H: Health>(
-    mut server: Server<L>,
+/// Every service behind the layers: the phase gate and telemetry, the request-body
+/// budget; the broker services behind authentication from the headers. Each service
+/// refuses requests past its own size from their 5-byte prefix: health and reflection
+/// (open to callers without a key) 16 KiB, engine calls small, admin calls up to
+/// `request_bytes_max` (1,000 emails).
+fn router<H: Health>(
+    config: &Config,
+    phase: Arc<PhaseCell>,
     health_service: HealthServer<H>,
-) -> Result<Router<L>, ServerError>
-where
-    L: Clone,
-{
+    services: &BrokerServices,
+) -> Result<Router<EdgeLayers>, ServerError> {
+    let limits = &config.settings().limits;
+    let bodies = Arc::new(RequestBodies::new(
+        limits.request_bodies_bytes_max,
+        limits.request_bytes_max,
+    ));
     let open = limits::UNAUTHENTICATED_REQUEST_BYTES_MAX;
-    Ok(server
+    Ok(http2_server(config)?
+        .layer(RpcLayer::new(phase))
+        .layer(BodyBudgetLayer::new(bodies))
         .add_service(health_service.max_decoding_message_size(open))
         .add_service(reflection().build_v1()?.max_decoding_message_size(open))
         .add_service(
             reflection()
                 .build_v1alpha()?
                 .max_decoding_message_size(open),
-        ))
+        )
+        .add_service(services.sessions.clone())
+        .add_service(services.admin.clone()))
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+/// The layers of the router, outermost first: the phase gate and telemetry, then the
+/// request-body budget.
+type EdgeLayers = Stack<BodyBudgetLayer, Stack<RpcLayer, Identity>>;
+
+/// The broker services, served from the start but built only once the log is
+/// recovered (they need the broker).
+#[derive(Default)]
+struct BrokerServices {
+    sessions: AfterRecovery<AuthService<SessionServiceServer<SessionApi>>>,
+    admin: AfterRecovery<AuthService<AdminServiceServer<AdminApi>>>,
+}
+
+impl BrokerServices {
+    /// Puts the services of `broker` behind their routes.
+    fn install(&self, config: &Config, broker: &Arc<Broker>, activity: &Arc<Activity>) {
+        let limits = &config.settings().limits;
+        let auth = AuthLayer::new(Arc::clone(broker));
+        let sessions =
+            SessionServiceServer::new(SessionApi::new(Arc::clone(broker), Arc::clone(activity)))
+                .max_decoding_message_size(limits::SESSION_REQUEST_BYTES_MAX)
+                .max_encoding_message_size(limits::SESSION_RESPONSE_BYTES_MAX);
+        let admin =
+            AdminServiceServer::new(AdminApi::new(Arc::clone(broker), Arc::clone(activity)))
+                .max_decoding_message_size(limits.request_bytes_max)
+                .max_encoding_message_size(limits::ADMIN_RESPONSE_BYTES_MAX);
+        self.sessions.install(auth.layer(sessions));
+        self.admin.install(auth.layer(admin));
+    }
+}
+
+/// A service routed from the start whose implementation arrives after recovery. The
+/// phase gate answers every broker call UNAVAILABLE until then, so its own refusal is
+/// only a fallback.
+struct AfterRecovery<S> {
+    service: Arc<OnceLock<S>>,
+}
+
+impl<S> Default for AfterRecovery<S> {
+    fn default() -> Self {
+        AfterRecovery {
+            service: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
+impl<S> Clone for AfterRecovery<S> {
+    fn clone(&self) -> Self {
+        AfterRecovery {
+            service: Arc::clone(&self.service),
+        }
+    }
+}
+
+impl<S> AfterRecovery<S> {
+    fn install(&self, service: S) {
+        assert!(
+            self.service.set(service).is_ok(),
+            "a broker service is installed once"
+        );
+    }
+}
+
+impl<S: NamedService> NamedService for AfterRecovery<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for AfterRecovery<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = GuardFuture<Oneshot<S, http::Request<Body>>, http::Response<Body>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is the installed service's, asked by `oneshot` with each call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        match self.service.get() {
+            Some(service) => GuardFuture::Called {
+                inner: service.clone().oneshot(request),
+            },
+            None => GuardFuture::Refused {
+                response: Some(
+                    tonic::Status::unavailable(
+                        "seatbroker is starting: it is recovering its log; retry shortly",
+                    )
+                    .into_http(),
+                ),
+            },
+        }
+    }
 }
 
 fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
     listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })
-}
-
-/// A daemon with its sockets bound.
-pub struct Bound {
-    pub broker: Arc<Broker>,
-    pub activity: Arc<Activity>,
-    journal: Arc<WalJournal>,
-    boot_epoch: u64,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
-    metrics_handle: Option<PrometheusHandle>,
-    config: Config,
-    /// Released when the daemon has stopped: `serve_after` consumes `self`.
-    _data_dir_lock: DataDirLock,
 }
 
 /// The names health reports on: the whole server ("") and each broker service.
@@ -373,163 +572,16 @@ async fn report_health(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-impl Bound {
-    /// The address of the metrics listener, if there is one.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener
-            .as_ref()
-            .and_then(|listener| listener.local_addr().ok())
-    }
-
-    fn serving_line(&self) -> ServingLine {
-        ServingLine {
-            addr: self.listener.local_addr().ok(),
-            tls: self.config.tls().is_some(),
-            metrics_addr: self.metrics_addr(),
-        }
-    }
-
-    /// Serves `/metrics` from `handle` (the installed recorder) on the metrics socket.
-    pub fn export_metrics(mut self, handle: PrometheusHandle) -> Self {
-        self.metrics_handle = Some(handle);
-        self
-    }
-
-    /// Serves until `shutdown` resolves; see [`Bound::serve_after`].
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServerError> {
-        self.serve_after(async { Ok(()) }, shutdown).await
-    }
-
-    /// Starts serving with health NOT_SERVING and broker calls refused (UNAVAILABLE)
-    /// while `startup` runs (recovery belongs there), then serves until `shutdown`
-    /// resolves, then drains: health NOT_SERVING, new broker calls refused, the
-    /// listener closed, in-flight calls given the grace period; then the log is made
-    /// durable and the audit record closed. Clients should wait for SERVING.
-    pub async fn serve_after(
-        self,
-        startup: impl Future<Output = Result<(), ServerError>>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServerError> {
-        let phase = Arc::new(PhaseCell::new(Phase::Starting));
-        let (health, health_service) = tonic_health::server::health_reporter();
-        report_health(&health, ServingStatus::NotServing).await;
-        let router = self.router(Arc::clone(&phase), health_service)?;
-        let serving_line = self.serving_line();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let incoming =
-            connections::limited_incoming(Arc::new(self.listener), connection_limits(&self.config));
-        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
-            incoming.connections,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let mut background = spawn_background(
-            &self.broker,
-            self.config.settings().metrics.per_org,
-            self.metrics_listener.zip(self.metrics_handle),
-        );
-        background.push(tokio::spawn(take_snapshots(
-            Arc::clone(&self.broker),
-            Arc::clone(&self.journal),
-            self.boot_epoch,
-        )));
-        if let Err(error) = startup.await {
-            server.abort();
-            return Err(error);
-        }
-        phase.set(Phase::Serving);
-        let alarm = self.journal.alarm();
-        report_serving(&health, alarm.as_ref()).await;
-        // Only now: whoever waits for this line may call at once.
-        serving_line.log();
-        let alarm_watch = tokio::spawn(watch_log_alarm(
-            Arc::clone(&self.journal),
-            health.clone(),
-            alarm,
-        ));
-
-        let result = tokio::select! {
-            () = shutdown => {
-                // Nothing may report SERVING once the drain said NOT_SERVING.
-                alarm_watch.abort();
-                let grace = Duration::from_millis(self.config.settings().shutdown_grace_ms);
-                drain(&phase, &health, stop, &mut server, grace).await
-            }
-            joined = &mut server => flatten(joined),
-        };
-        alarm_watch.abort();
-        for task in background {
-            task.abort();
-        }
-        // The write-ahead log's final flush and fsync happen in `close`.
-        self.broker.close().await.map_err(ServerError::Close)?;
-        if let Err(error) = self.activity.audit().close().await {
-            tracing::warn!(%error, "audit record not closed cleanly");
-        }
-        result
-    }
-
-    /// Every service behind the layers: the phase gate and telemetry, authentication
-    /// from the headers, the request-body budget. Each service refuses requests past
-    /// its own size from their 5-byte prefix: engine calls are small, admin calls up
-    /// to `request_bytes_max` (1,000 emails).
-    fn router<H: Health>(
-        &self,
-        phase: Arc<PhaseCell>,
-        health_service: HealthServer<H>,
-    ) -> Result<Router<EdgeLayers>, ServerError> {
-        let limits = &self.config.settings().limits;
-        let activity = &self.activity;
-        let sessions = SessionServiceServer::new(SessionApi::new(
-            Arc::clone(&self.broker),
-            Arc::clone(activity),
-        ))
-        .max_decoding_message_size(limits::SESSION_REQUEST_BYTES_MAX)
-        .max_encoding_message_size(limits::SESSION_RESPONSE_BYTES_MAX);
-        let admin = AdminServiceServer::new(AdminApi::new(
-            Arc::clone(&self.broker),
-            Arc::clone(activity),
-        ))
-        .max_decoding_message_size(limits.request_bytes_max)
-        .max_encoding_message_size(limits::ADMIN_RESPONSE_BYTES_MAX);
-        let bodies = Arc::new(RequestBodies::new(
-            limits.request_bodies_bytes_max,
-            limits.request_bytes_max,
-        ));
-        let server = http2_server(&self.config)?
-            .layer(RpcLayer::new(phase))
-            .layer(AuthLayer::new(Arc::clone(&self.broker)))
-            .layer(BodyBudgetLayer::new(bodies));
-        Ok(with_health_and_reflection(server, health_service)?
-            .add_service(sessions)
-            .add_service(admin))
-    }
+/// The "seatbroker serving" log line, said once calls are answered (the child-process
+/// harnesses and `bench-restart` read the addresses from it).
+fn log_serving(addr: SocketAddr, tls: bool, metrics_addr: Option<SocketAddr>) {
+    tracing::info!(
+        addr = addr.to_string(),
+        tls,
+        metrics_addr = metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+        "seatbroker serving"
+    );
 }
-
-/// The "seatbroker serving" log line, said once calls are answered.
-struct ServingLine {
-    addr: Option<SocketAddr>,
-    tls: bool,
-    metrics_addr: Option<SocketAddr>,
-}
-
-impl ServingLine {
-    fn log(&self) {
-        tracing::info!(
-            addr = self.addr.map(|a| a.to_string()).unwrap_or_default(),
-            tls = self.tls,
-            metrics_addr = self.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
-            "seatbroker serving"
-        );
-    }
-}
-
-/// The layers of the serving router, outermost first.
-type EdgeLayers = Stack<BodyBudgetLayer, Stack<AuthLayer, Stack<RpcLayer, Identity>>>;
 
 /// Server reflection over our protos and health's; v1 and v1alpha are built from it.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -545,36 +597,7 @@ fn flatten(
 ) -> Result<(), ServerError> {
     match joined {
         Ok(result) => result.map_err(ServerError::from),
-        Err(error) => Err(ServerError::Task(error.to_string())),
-    }
-}
-
-/// The first half of shutdown: NOT_SERVING, refuse new broker calls, stop accepting,
-/// and give in-flight calls `grace` to finish before cutting them.
-async fn drain(
-    phase: &PhaseCell,
-    health: &HealthReporter,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: &mut ServerTask,
-    grace: Duration,
-) -> Result<(), ServerError> {
-    tracing::info!(
-        grace_ms = grace.as_millis() as u64,
-        "draining: NOT_SERVING, finishing in-flight calls"
-    );
-    phase.set(Phase::Draining);
-    report_health(health, ServingStatus::NotServing).await;
-    let _ = stop.send(());
-    match tokio::time::timeout(grace, &mut *server).await {
-        Ok(joined) => flatten(joined),
-        Err(_) => {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "calls still in flight at the end of the grace period were cut"
-            );
-            server.abort();
-            Ok(())
-        }
+        Err(error) => Err(ServerError::Task(error)),
     }
 }
 

@@ -48,7 +48,7 @@ pub fn authenticate(broker: &Broker, headers: &http::HeaderMap) -> Result<Princi
     Ok(principal)
 }
 
-/// Adds [`AuthService`] around the routes.
+/// Adds [`AuthService`] around a broker service (the daemon puts it around each).
 #[derive(Clone)]
 pub struct AuthLayer {
     broker: Arc<Broker>,
@@ -76,6 +76,11 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     broker: Arc<Broker>,
+}
+
+/// Routed under the name of the service it guards.
+impl<S: tonic::server::NamedService> tonic::server::NamedService for AuthService<S> {
+    const NAME: &'static str = S::NAME;
 }
 
 pin_project_lite::pin_project! {

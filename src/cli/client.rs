@@ -49,8 +49,10 @@ struct Clients {
 }
 
 async fn connect(args: &ClientArgs) -> Result<Clients, String> {
-    let channel = client::connect_with(&args.addr, &args.tls_files()).await?;
-    let key = BearerKey::new(args.key.as_deref())?;
+    let channel = client::connect_with(&args.addr, &args.tls_files())
+        .await
+        .map_err(|e| e.to_string())?;
+    let key = BearerKey::new(args.key.as_deref()).map_err(|e| e.to_string())?;
     Ok(Clients {
         admin: client::admin(channel.clone(), key.clone()),
         session: client::session(channel, key),

@@ -9,14 +9,13 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::auth::OperatorKeyError;
 use crate::config::{CommandLine, Config, DATA_DIR_DEFAULT, OPERATOR_KEY_ENV};
 use crate::datadir::LockError;
-use crate::server::ServerError;
+use crate::server::{ServerError, Started};
 use crate::telemetry::logging;
-use crate::telemetry::metrics;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -369,14 +368,16 @@ pub enum SessionCommand {
 
 // Exit codes of `serve` and `operator-key rotate`, from sysexits.h where one fits.
 
-/// Any other failure (recovery, the log, the network).
+/// Any other failure (recovery, the log, the data directory's files, the network).
 const EXIT_FAILURE: u8 = 1;
-/// A bad configuration or command line (EX_USAGE).
+/// A bad configuration or command line (EX_USAGE), found when it is loaded or when
+/// the daemon binds: an address this host cannot listen on, TLS files that do not
+/// make a server configuration.
 const EXIT_CONFIG: u8 = 64;
-/// The data directory is locked by another live process (EX_TEMPFAIL: not an error
-/// of this process or its configuration; the same command succeeds once the holder
-/// has stopped, so a supervisor may retry it).
-const EXIT_DATA_DIR_LOCKED: u8 = 75;
+/// Another live process holds what the daemon needs: the data directory's lock, or
+/// a listen address (EX_TEMPFAIL: not an error of this process or its configuration;
+/// the same command succeeds once the holder has stopped, so a supervisor may retry).
+const EXIT_IN_USE: u8 = 75;
 /// The data directory holds a log but no operator key, and none was given
 /// (EX_CONFIG: state found unconfigured; the operator must choose how to proceed).
 const EXIT_OPERATOR_KEY_MISSING: u8 = 78;
@@ -384,12 +385,23 @@ const EXIT_OPERATOR_KEY_MISSING: u8 = 78;
 /// The exit code for a daemon that could not start or run.
 fn exit_code(error: &ServerError) -> u8 {
     match error {
-        ServerError::Lock(LockError::Held { .. }) => EXIT_DATA_DIR_LOCKED,
-        ServerError::OperatorKey(OperatorKeyError::Lock(LockError::Held { .. })) => {
-            EXIT_DATA_DIR_LOCKED
-        }
+        ServerError::Lock(LockError::Held { .. }) => EXIT_IN_USE,
+        ServerError::OperatorKey(OperatorKeyError::Lock(LockError::Held { .. })) => EXIT_IN_USE,
         ServerError::OperatorKey(OperatorKeyError::Missing { .. }) => EXIT_OPERATOR_KEY_MISSING,
-        _ => EXIT_FAILURE,
+        ServerError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+            EXIT_IN_USE
+        }
+        ServerError::Bind { .. } | ServerError::Tls(_) => EXIT_CONFIG,
+        ServerError::DataDir { .. }
+        | ServerError::OperatorKey(_)
+        | ServerError::Lock(_)
+        | ServerError::Recovery(_)
+        | ServerError::Metrics(_)
+        | ServerError::Audit(_)
+        | ServerError::Reflection(_)
+        | ServerError::Close(_)
+        | ServerError::Transport(_)
+        | ServerError::Task(_) => EXIT_FAILURE,
     }
 }
 
@@ -397,15 +409,6 @@ fn exit_code(error: &ServerError) -> u8 {
 struct DaemonError {
     message: String,
     exit_code: u8,
-}
-
-impl From<String> for DaemonError {
-    fn from(message: String) -> Self {
-        DaemonError {
-            message,
-            exit_code: EXIT_FAILURE,
-        }
-    }
 }
 
 impl From<ServerError> for DaemonError {
@@ -418,7 +421,14 @@ impl From<ServerError> for DaemonError {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|error| {
+        if let Some(variable) = environment_source_of(&error) {
+            eprintln!("{}", error.render().to_string().trim_end());
+            eprintln!("  (the value came from the environment variable {variable})");
+            std::process::exit(error.exit_code());
+        }
+        error.exit()
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -475,6 +485,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// The environment variable an invalid value came from, when the flag it stands for
+/// was not on the command line: clap's message names only the flag.
+fn environment_source_of(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // "--lease-ttl-ms <LEASE_TTL_MS>": the long flag is the first word.
+    let flag = invalid.split_whitespace().next()?.strip_prefix("--")?;
+    let on_command_line = std::env::args().skip(1).any(|arg| {
+        arg.strip_prefix("--")
+            .is_some_and(|given| given.split('=').next() == Some(flag))
+    });
+    if on_command_line {
+        return None;
+    }
+    let command = Cli::command();
+    let mut commands = vec![&command];
+    while let Some(command) = commands.pop() {
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(flag));
+        if let Some(variable) = arg.and_then(|arg| arg.get_env()) {
+            return Some(variable.to_string_lossy().into_owned());
+        }
+        commands.extend(command.get_subcommands());
+    }
+    None
+}
+
 fn rotate_operator_key(data_dir: PathBuf) -> ExitCode {
     match crate::auth::rotate_operator_key(&data_dir) {
         Ok(key) => {
@@ -509,48 +549,36 @@ fn bench_exit<T>(result: Result<T, crate::loadgen::LoadgenError>) -> ExitCode {
     }
 }
 
-/// Installs metrics (before the broker registers its handles), prepares, binds, and
-/// serves until a stop signal.
+/// The process's own setup (the descriptor limit and the connection cap it allows,
+/// returning freed memory, the stop-signal handlers), then the gRPC socket and
+/// [`crate::server::run`] until a stop signal.
 async fn run_daemon(mut config: Config) -> Result<(), DaemonError> {
     config.lower_connections_max(crate::connections::connections_cap_for_descriptors(
         config.connections_max(),
     ));
     tokio::spawn(crate::allocator::collect_freed_memory_forever());
-    let metrics_handle = match config.settings().metrics.listen {
-        Some(_) => Some(metrics::install().map_err(|e| e.to_string())?),
-        None => None,
-    };
+    // Before anything is announced: a signal from then on stops the daemon cleanly.
+    let shutdown = crate::shutdown::stop_signal();
     // Listen first: while the log is replayed, health answers NOT_SERVING.
-    let (listener, addr) = crate::server::bind_early(config.settings().listen)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("seatbroker listening on {addr}");
-    let recovery_config = config.clone();
-    let (prepared, listener) = crate::server::serve_health_while(
-        listener,
-        &recovery_config,
-        crate::server::prepare(config),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let prepared = prepared?;
-    if let Some(key) = &prepared.generated_operator_key {
+    let listener = crate::server::bind(config.settings().listen).await?;
+    if let Ok(addr) = listener.local_addr() {
+        println!("seatbroker listening on {addr}");
+    }
+    crate::server::run(config, listener, print_generated_operator_key, shutdown).await?;
+    Ok(())
+}
+
+/// Shows a key made for a new data directory, once: only its hash is kept.
+fn print_generated_operator_key(started: Started<'_>) {
+    if let Started::Recovered {
+        generated_operator_key: Some(key),
+    } = started
+    {
         println!(
             "Generated the operator key. It is shown once; only its hash is kept:\n\n    {key}\n"
         );
         println!("Use it with: export SEATBROKER_KEY={key}\n");
     }
-    let (mut bound, _) = prepared
-        .bind_with(listener)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(handle) = metrics_handle {
-        bound = bound.export_metrics(handle);
-    }
-    bound
-        .serve(crate::shutdown::stop_signal())
-        .await
-        .map_err(DaemonError::from)
 }
 
 #[cfg(test)]

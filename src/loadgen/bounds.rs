@@ -97,8 +97,7 @@ pub const DAEMON_SERVING_MS_MAX: u64 = 600_000;
 /// Period of the health checks while waiting for SERVING: the resolution of the time
 /// to SERVING.
 pub const HEALTH_POLL_MS: u64 = 2;
-/// One health check; the socket changes hands from the recovery-time server to the
-/// full one, so a check may hang on a closing connection.
+/// One health check: a daemon that is starting (or stuck) must not hold the poll up.
 pub const HEALTH_CHECK_MS_MAX: u64 = 1_000;
 /// Waiting for a killed daemon to be reaped.
 pub const DAEMON_EXIT_MS_MAX: u64 = 10_000;

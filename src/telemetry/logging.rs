@@ -1,4 +1,5 @@
-//! Log output: human-readable text or one JSON object per line, on standard error,
+//! Log output: human-readable text (coloured only on a terminal) or one JSON object
+//! per line, on standard error,
 //! filtered by a tracing-subscriber directive (`SEATBROKER_LOG`, e.g.
 //! `info,seatbroker=debug`).
 //!
@@ -34,18 +35,40 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("log filter {filter:?}: {source}")]
+    Filter {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot install the log subscriber: {0}")]
+    Install(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Parses a filter directive.
+fn parse_filter(filter: &str) -> Result<EnvFilter, LoggingError> {
+    EnvFilter::try_new(filter).map_err(|source| LoggingError::Filter {
+        filter: filter.to_owned(),
+        source,
+    })
+}
+
 /// Checks a filter directive without installing it.
-pub fn check_filter(filter: &str) -> Result<(), String> {
-    EnvFilter::try_new(filter)
-        .map(drop)
-        .map_err(|error| format!("log filter {filter:?}: {error}"))
+pub fn check_filter(filter: &str) -> Result<(), LoggingError> {
+    parse_filter(filter).map(drop)
 }
 
 /// Installs the global subscriber. Call once, before anything logs.
-pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
-    let filter = EnvFilter::try_new(filter).map_err(|error| format!("log filter: {error}"))?;
+pub fn init(format: LogFormat, filter: &str) -> Result<(), LoggingError> {
+    let filter = parse_filter(filter)?;
+    // Colours only for a person at a terminal: a file or a log collector would keep
+    // the escape codes as text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -55,5 +78,5 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
             .with_span_list(false)
             .try_init(),
     };
-    result.map_err(|error| format!("cannot install the log subscriber: {error}"))
+    result.map_err(LoggingError::Install)
 }

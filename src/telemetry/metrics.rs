@@ -88,9 +88,23 @@ pub enum MetricsError {
     Recorder(#[from] metrics_exporter_prometheus::BuildError),
 }
 
-/// Installs the process-wide Prometheus recorder. Call once, before the broker is
-/// built, so that the handles it registers are live.
+/// Installs the process-wide Prometheus recorder, once: a later call (a daemon run
+/// again in the same process) gets the installed recorder's handle. Call before the
+/// broker is built, so that the handles it registers are live.
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    static INSTALLED: std::sync::Mutex<Option<PrometheusHandle>> = std::sync::Mutex::new(None);
+    let mut installed = INSTALLED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = install_recorder()?;
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(RPC_DURATION_SECONDS.into()),

@@ -574,31 +574,20 @@ pub(crate) fn create_segment(
     Ok((file, path))
 }
 
-/// Creates `path` with `content` (its pieces back to back) so that after a crash it either does not exist or
-/// holds exactly `content`: write a temporary, fsync it, rename, fsync the directory
-/// (with `sync_dir`). A failure before the rename is returned (the temporary is
-/// removed; nothing refers to it, so a failed fsync of it loses nothing); a failed
-/// directory fsync aborts.
+/// Creates `path` with `content` (its pieces back to back) so that after a crash it
+/// either does not exist or holds exactly `content`
+/// ([`fs::write_through_temporary`]), then syncs the directory (with `sync_dir`). A
+/// failure before the rename is returned; a failed directory fsync aborts.
 pub(crate) fn create_durable_file(
     fs: &dyn FileSystem,
     sync_dir: &dyn Fn() -> std::io::Result<()>,
     path: &Path,
     content: &[&[u8]],
 ) -> Result<Box<dyn WalFile>, WalError> {
-    let tmp = fs::tmp_path(path);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file = fs
-        .create(&tmp)
-        .map_err(|error| WalError::io("creating", &tmp, error))?;
-    let written = content.iter().try_for_each(|piece| file.append(piece));
-    if let Err(error) = written.and_then(|()| file.sync_data()) {
-        drop(file);
-        let _ = fs.remove(&tmp);
-        return Err(WalError::io("writing and syncing", &tmp, error));
-    }
-    fs.rename(&tmp, path)
-        .map_err(|error| WalError::io("renaming into place", path, error))?;
+    let file = fs::write_through_temporary(fs, path, content)
+        .map_err(|failed| WalError::io(failed.step, failed.path, failed.source))?;
     if let Err(error) = sync_dir() {
+        let dir = path.parent().unwrap_or(Path::new("."));
         fatal_io("directory fsync", dir, &error);
     }
     Ok(file)

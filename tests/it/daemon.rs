@@ -48,7 +48,7 @@ fn check_config_prints_the_effective_configuration_redacted_and_refuses_bad_ones
         "leases_per_org_max = 500",    // the file beats the default
         "request_bytes_max = 1048576", // the default
         "listen = \"127.0.0.1:9464\"",
-        "operator_key = \"<redacted>\"",
+        "# operator_key is set but not shown",
         "commit_delay_us = 250",
     ] {
         assert!(out.contains(line), "{line:?} missing from:\n{out}");
@@ -395,6 +395,139 @@ async fn over_tls_with_metrics_and_json_logs_it_serves_and_stops_cleanly_on_sigt
     let mut secrets: Vec<&str> = story.member_keys.iter().map(String::as_str).collect();
     secrets.extend([story.owner_key.as_str(), OPERATOR_KEY]);
     check_logs(&lines, &secrets);
+}
+
+#[test]
+fn check_config_output_loads_as_a_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [("SEATBROKER_OPERATOR_KEY", OPERATOR_KEY)];
+    let first = daemon::run(
+        &["serve", "--check-config", "--lease-ttl-ms", "7000"],
+        &envs,
+    );
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(!first.stdout.contains(OPERATOR_KEY));
+    let file = dir.path().join("printed.toml");
+    std::fs::write(&file, &first.stdout).unwrap();
+    let file = file.to_str().unwrap();
+    let again = daemon::run(&["serve", "--check-config", "--config", file], &envs);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.stdout, first.stdout, "the printout round-trips");
+}
+
+#[test]
+fn relative_paths_in_a_configuration_file_are_relative_to_the_file() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = config_dir.path().join("seatbroker.toml");
+    // `--check-config` of `contents`, run from another directory.
+    let check_from_elsewhere = |contents: &str| {
+        std::fs::write(&file, contents).unwrap();
+        daemon::command()
+            .current_dir(elsewhere.path())
+            .args(["serve", "--check-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+
+    let output = check_from_elsewhere(
+        "data_dir = \"state\"\n[tls]\ncert = \"certs/server.pem\"\nkey = \"certs/server.key\"\n",
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The TLS files are looked for beside the file, not in the working directory.
+    let cert = config_dir.path().join("certs/server.pem");
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains(cert.to_str().unwrap()), "{stderr}");
+
+    let output = check_from_elsewhere("data_dir = \"state\"\n");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let state = config_dir.path().join("state");
+    assert!(
+        printed.contains(&format!("data_dir = \"{}\"", state.display())),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_bad_environment_value_is_refused_naming_the_variable() {
+    let refused = daemon::run(
+        &["serve", "--check-config"],
+        &[("SEATBROKER_LEASE_TTL_MS", "soon")],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("SEATBROKER_LEASE_TTL_MS"),
+        "{}",
+        refused.stderr
+    );
+    // Given as a flag, the flag is the culprit.
+    let refused = daemon::run(&["serve", "--check-config", "--lease-ttl-ms", "soon"], &[]);
+    assert!(
+        !refused.stderr.contains("SEATBROKER_LEASE_TTL_MS"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn text_logs_carry_no_colour_codes_when_standard_error_is_not_a_terminal() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = held.local_addr().unwrap().to_string();
+    let data_dir = tempfile::tempdir().unwrap();
+    let failed = daemon::run(
+        &[
+            "serve",
+            "--log-format",
+            "text",
+            "--listen",
+            &held,
+            "--data-dir",
+            data_dir.path().to_str().unwrap(),
+        ],
+        &[("SEATBROKER_OPERATOR_KEY", OPERATOR_KEY)],
+    );
+    assert!(
+        failed.stderr.contains("seatbroker failed"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!failed.stderr.contains('\u{1b}'), "{:?}", failed.stderr);
+}
+
+#[test]
+fn failures_at_bind_time_exit_with_their_documented_codes() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = held.local_addr().unwrap().to_string();
+    let data_dir = tempfile::tempdir().unwrap();
+    let data_dir = data_dir.path().to_str().unwrap();
+    // (arguments, exit code, what the message names)
+    let cases: [(&[&str], i32, &str); 3] = [
+        // Another process holds the address: retry later (75), like the data directory.
+        (&["--listen", held.as_str()], 75, held.as_str()),
+        (
+            &["--listen", "127.0.0.1:0", "--metrics-listen", held.as_str()],
+            75,
+            held.as_str(),
+        ),
+        // An address this host does not have (TEST-NET-1): the configuration's (64).
+        (
+            &["--listen", "192.0.2.1:50051", "--insecure"],
+            64,
+            "192.0.2.1:50051",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let mut all = vec!["serve", "--data-dir", data_dir];
+        all.extend(args);
+        let refused = daemon::run(&all, &[("SEATBROKER_OPERATOR_KEY", OPERATOR_KEY)]);
+        assert_eq!(refused.code, code, "{all:?}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("cannot listen on") && refused.stderr.contains(needle),
+            "{all:?}: {}",
+            refused.stderr
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -343,10 +343,7 @@ async fn a_torn_tail_is_truncated_and_corruption_before_valid_records_refuses_to
     let mut settings = test_settings(dir.path());
     settings.lease_ttl_ms = ttl_ms(TTL);
     let config = seatbroker::config::Config::resolve(settings).unwrap();
-    let refused = server::prepare(config.clone())
-        .await
-        .err()
-        .expect("a corrupt log must refuse to start");
+    let refused = refused_start(config.clone()).await;
     let message = refused.to_string();
     let file_name = segment.file_name().unwrap().to_string_lossy().to_string();
     assert!(

@@ -497,10 +497,8 @@ async fn broker_calls_during_recovery_answer_unavailable_then_ok_never_unimpleme
             .await;
         match answer {
             Ok(_) => break,
-            // A call that races the recovery-time server's GOAWAY at the handover is
-            // cancelled by the client's transport, not answered by the daemon (see the
-            // closing note of issue 14: handing connections over would remove this).
-            Err(status) if status.code() == Code::Cancelled => {}
+            // One server answers from recovery to shutdown, so no call races a
+            // handover: every answer is UNAVAILABLE until it is OK (never CANCELLED).
             Err(status) => {
                 assert_ne!(status.code(), Code::Unimplemented, "{status:?}");
                 assert_status::<()>(Err(status), Code::Unavailable, "");
@@ -511,6 +509,23 @@ async fn broker_calls_during_recovery_answer_unavailable_then_ok_never_unimpleme
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(unavailable > 0, "some calls landed during recovery");
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_signal_during_recovery_stops_the_daemon_cleanly_without_serving() {
+    let mut daemon = Serve::new()
+        .env("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "1500")
+        .log("info")
+        .spawn();
+    // Bound: the stop-signal handlers are installed before recovery starts.
+    daemon.addr();
+    daemon.signal("TERM");
+    let status = daemon.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
+    let lines = daemon.log_lines().join("\n");
+    assert!(lines.contains("recovered the data directory"), "{lines}");
+    assert!(!lines.contains("seatbroker serving"), "{lines}");
 }
 
 #[cfg(feature = "failpoints")]

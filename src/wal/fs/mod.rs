@@ -182,6 +182,45 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// A failed step of [`write_through_temporary`]: what was being done, to which file.
+#[derive(Debug)]
+pub struct WriteStepError {
+    pub step: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// Writes `content` (its pieces back to back) to a temporary beside `path`, makes it
+/// durable and renames it to `path`, so that after a crash `path` holds either what it
+/// held before (or nothing) or exactly `content`. The rename is durable once the
+/// caller has synced the directory. A failure before the rename removes the
+/// temporary (nothing refers to it). The one way the daemon writes a whole file: the
+/// log's segments, the operator key's hash.
+pub fn write_through_temporary(
+    fs: &dyn FileSystem,
+    path: &Path,
+    content: &[&[u8]],
+) -> Result<Box<dyn WalFile>, WriteStepError> {
+    let tmp = tmp_path(path);
+    let failed = |step, path: &Path, source| WriteStepError {
+        step,
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs
+        .create(&tmp)
+        .map_err(|error| failed("creating", &tmp, error))?;
+    let written = content.iter().try_for_each(|piece| file.append(piece));
+    if let Err(error) = written.and_then(|()| file.sync_data()) {
+        drop(file);
+        let _ = fs.remove(&tmp);
+        return Err(failed("writing and syncing", &tmp, error));
+    }
+    fs.rename(&tmp, path)
+        .map_err(|error| failed("renaming into place", path, error))?;
+    Ok(file)
+}
+
 /// Measures the raw `write(512 bytes) + fdatasync` rate of the file system holding
 /// `dir`, in syncs per second, over `syncs` iterations. The ceiling for a WAL that
 /// syncs once per record; a baseline for the benchmark ratios.

@@ -317,11 +317,14 @@ impl Daemon {
         assert!(status.success(), "kill -{name} failed");
     }
 
-    /// Waits for the process to exit (it must, within the deadline).
+    /// Waits for the process to exit (it must, within the deadline), and for what it
+    /// wrote to be read.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let until = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the daemon") {
+                self.stdout.wait_closed();
+                self.stderr.wait_closed();
                 return status;
             }
             assert!(
@@ -466,6 +469,11 @@ impl Lines {
 
     fn all(&self) -> Vec<String> {
         self.received.lock().unwrap().lines.clone()
+    }
+
+    /// Waits until the pipe is closed and read to its end (or the deadline passes).
+    fn wait_closed(&self) {
+        self.find(|_| None::<()>);
     }
 
     /// What `find` makes of the first line it accepts, waiting for more lines until

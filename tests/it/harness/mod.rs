@@ -26,8 +26,8 @@ pub use listing::{
     sessions,
 };
 pub use server::{
-    TestServer, start, start_configured, start_in, start_tls, start_with_config, start_with_ttl,
-    test_settings, ttl_ms,
+    TestServer, refused_start, start, start_configured, start_in, start_tls, start_with_config,
+    start_with_ttl, test_settings, ttl_ms,
 };
 
 pub const OPERATOR_KEY: &str = "test-operator-key-0123456789abcdef0123456789";

@@ -1,4 +1,4 @@
-//! The daemon in this process: `server::prepare`, `bind` and `serve` on 127.0.0.1:0
+//! The daemon in this process: `server::run`, as the binary starts it, on 127.0.0.1:0
 //! with a temporary data directory and the test operator key, stopped through its
 //! shutdown future. Most tests use it; [`super::Daemon`] is for what needs the real
 //! binary (signals, kill -9, the command line, descriptor limits, failpoints).
@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use seatbroker::config::{Config, Settings, TlsSettings};
 use seatbroker::datadir::LockError;
-use seatbroker::server::{self, Prepared, ServerError};
+use seatbroker::server::{self, ServerError, Started};
 use seatbroker::tls::ClientTlsFiles;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic_health::pb::health_check_response::ServingStatus;
 
 use super::{DaemonApi, OPERATOR_KEY, certs};
 
@@ -91,49 +90,85 @@ async fn start_with_clients(
 }
 
 /// Starts a daemon with a configuration the test resolved itself (to change what no
-/// setting does, such as `Config::lower_connections_max`).
+/// setting does, such as `Config::lower_connections_max`), once it says SERVING.
 pub async fn start_with_config(
     data_dir: tempfile::TempDir,
     client_tls: ClientTlsFiles,
     config: Config,
 ) -> TestServer {
-    let prepared = prepare(config).await.expect("daemon prepares");
-    let (bound, addr) = prepared.bind().await.expect("daemon binds");
-    let (shutdown, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        bound
-            .serve(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("daemon serves");
-    });
-    let server = TestServer {
-        addr,
+    let running = run_until_serving(config)
+        .await
+        .unwrap_or_else(|error| panic!("the daemon did not start: {error}"));
+    TestServer {
+        addr: running.addr,
         data_dir,
         client_tls,
-        shutdown: Some(shutdown),
-        task: Some(task),
-    };
-    server.wait_health("", ServingStatus::Serving).await;
-    server
+        shutdown: Some(running.shutdown),
+        task: Some(running.task),
+    }
 }
 
-/// `server::prepare`, retried while the data directory's lock is held by this very
-/// process. A child process that another test is starting holds a copy of every open
-/// descriptor of this process from its fork until its exec closes them, the `LOCK` of a
-/// daemon stopped a moment ago included; the flock lives as long as any copy does.
-pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
+/// Why a daemon with `config` refuses to start.
+pub async fn refused_start(config: Config) -> ServerError {
+    match run_until_serving(config).await {
+        Ok(_) => panic!("the daemon started"),
+        Err(error) => error,
+    }
+}
+
+/// A daemon task that said SERVING, and what stops it.
+struct Running {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// `server::run` until it says SERVING, or its error.
+///
+/// A start refused because the data directory's lock is held by this very process is
+/// tried again: a child process that another test is starting holds a copy of every
+/// open descriptor of this process from its fork until its exec closes them, the
+/// `LOCK` of a daemon stopped a moment ago included; the flock lives as long as any
+/// copy does.
+async fn run_until_serving(config: Config) -> Result<Running, ServerError> {
     let deadline = Instant::now() + LOCK_RELEASE_DEADLINE;
     loop {
-        match server::prepare(config.clone()).await {
-            Err(ServerError::Lock(LockError::Held {
-                holder_pid: Some(holder),
-                ..
-            })) if holder == std::process::id() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let listener = server::bind(config.settings().listen).await?;
+        let addr = listener.local_addr().expect("a bound address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let (serving, is_serving) = oneshot::channel::<()>();
+        let mut serving = Some(serving);
+        let mut task = tokio::spawn(server::run(
+            config.clone(),
+            listener,
+            move |started| {
+                if let Started::Serving { .. } = started {
+                    if let Some(serving) = serving.take() {
+                        let _ = serving.send(());
+                    }
+                }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        tokio::select! {
+            Ok(()) = is_serving => {
+                let task = tokio::spawn(async move {
+                    task.await.expect("daemon task").expect("daemon serves");
+                });
+                return Ok(Running { addr, shutdown, task });
             }
-            prepared => return prepared,
+            joined = &mut task => match joined.expect("daemon task") {
+                Err(ServerError::Lock(LockError::Held {
+                    holder_pid: Some(holder),
+                    ..
+                })) if holder == std::process::id() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(error) => return Err(error),
+                Ok(()) => panic!("the daemon stopped before it served"),
+            },
         }
     }
 }
