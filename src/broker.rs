@@ -10,12 +10,13 @@ use parking_lot::RwLock;
 
 use crate::auth::{self, OperatorKey};
 use crate::clock::Clock;
+use crate::domain::journal::{Durable, Journal};
 use crate::domain::{
     Action, AdminState, ApiKeyRecord, Command, CommandOutcome, DomainError, Email, OrgId,
     Organization, Principal, Product, Quota, Role, authorize, authorize_command,
 };
-use crate::leases::{AcquireRequest, Granted, Lease, LeaseId, LeaseTable, Now, ProductCounters};
-use crate::storage::{Durable, Journal};
+use crate::domain::{Lease, LeaseId};
+use crate::leases::{AcquireRequest, Granted, LeaseTable, Now, ProductCounters};
 
 /// What an engine sends to acquire a session (already validated by the edge).
 #[derive(Debug, Clone)]

@@ -13,11 +13,11 @@ use super::status::to_status;
 use crate::activity::Activity;
 use crate::audit::{AuditCursor, AuditError, AuditQuery};
 use crate::broker::{Broker, Executed};
+use crate::domain::LeaseId;
 use crate::domain::types::{check_optional_text, check_required_text};
 use crate::domain::{
     Action, Command, CommandOutcome, DomainError, Email, OrgId, Principal, Product, Role,
 };
-use crate::leases::LeaseId;
 use crate::limits;
 use crate::proto::{self, admin_service_server::AdminService};
 

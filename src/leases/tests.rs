@@ -393,13 +393,13 @@ struct RecordingJournal {
 }
 
 impl Journal for RecordingJournal {
-    fn admit(&self) -> Result<crate::storage::LogPermit, DomainError> {
-        crate::storage::admit(0, 1)
+    fn admit(&self) -> Result<crate::domain::journal::LogPermit, DomainError> {
+        crate::domain::journal::admit(0, 1)
     }
 
     fn append_command(
         &self,
-        _permit: crate::storage::LogPermit,
+        _permit: crate::domain::journal::LogPermit,
         _command: &crate::domain::Command,
     ) -> Durable {
         Box::pin(std::future::ready(Ok(())))
@@ -407,7 +407,7 @@ impl Journal for RecordingJournal {
 
     fn append_lease_granted(
         &self,
-        _permit: crate::storage::LogPermit,
+        _permit: crate::domain::journal::LogPermit,
         _org: &OrgId,
         _lease: &Lease,
     ) -> Durable {

@@ -19,9 +19,9 @@ use super::codec::{
     self, DecodeError, LeaseEndRecord, LeaseRecord, LogBody, LogScratch, ReusedLogBody,
     SnapshotEncoder,
 };
-use super::{Durable, Journal, LogPermit};
-use crate::domain::{AdminState, Command, DomainError, Email, OrgId};
-use crate::leases::{Lease, LeaseId, LeaseRef, LeaseTable, LiveLeaseVisitor};
+use crate::domain::journal::{self, Durable, Journal, LogPermit};
+use crate::domain::{AdminState, Command, DomainError, Email, Lease, LeaseId, OrgId};
+use crate::leases::{LeaseRef, LeaseTable, LiveLeaseVisitor};
 use crate::limits;
 use crate::wal::{
     self, FileSystem, Lsn, ReplayError, Replayed, SnapshotWriter, Wal, WalError, WalOptions,
@@ -110,7 +110,7 @@ impl Journal for WalJournal {
                 "seatbroker is shutting down; retry against the restarted daemon".into(),
             ),
         })?;
-        super::admit(pending, limits::LOG_QUEUE_RECORDS_MAX)
+        journal::admit(pending, limits::LOG_QUEUE_RECORDS_MAX)
     }
 
     fn append_command(&self, permit: LogPermit, command: &Command) -> Durable {
