@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use seatbroker::auth::OperatorKey;
-use seatbroker::broker::Broker;
+use seatbroker::broker::{Broker, UnobservedAdmin};
 use seatbroker::clock::SystemClock;
 use seatbroker::domain::LeaseId;
 use seatbroker::domain::{Command, Email, OrgId, Principal, Product, Quota, Role};
@@ -54,6 +54,7 @@ async fn open_broker(dir: &Path) -> Arc<Broker> {
         operator,
         opened.journal,
         Arc::new(SystemClock),
+        Arc::new(UnobservedAdmin),
     ))
 }
 

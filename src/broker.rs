@@ -49,8 +49,19 @@ pub struct Executed {
 pub struct CreatedKey {
     pub record: ApiKeyRecord,
     pub full_text: String,
-    /// The command that created it (for the audit record).
-    pub command: Command,
+}
+
+/// Told of every admin command once it is applied and durable (the audit record),
+/// whoever called [`Broker::execute`].
+pub trait AdminObserver: Send + Sync + 'static {
+    fn admin_changed(&self, principal: &Principal, command: &Command);
+}
+
+/// The observer of a broker nobody audits (benchmarks, tools).
+pub struct UnobservedAdmin;
+
+impl AdminObserver for UnobservedAdmin {
+    fn admin_changed(&self, _principal: &Principal, _command: &Command) {}
 }
 
 pub struct Broker {
@@ -59,6 +70,8 @@ pub struct Broker {
     operator: OperatorKey,
     journal: Arc<dyn Journal>,
     clock: Arc<dyn Clock>,
+    /// Hears of every executed command (the audit record).
+    admin_observer: Arc<dyn AdminObserver>,
 }
 
 impl Broker {
@@ -68,6 +81,7 @@ impl Broker {
         operator: OperatorKey,
         journal: Arc<dyn Journal>,
         clock: Arc<dyn Clock>,
+        admin_observer: Arc<dyn AdminObserver>,
     ) -> Self {
         Broker {
             admin: RwLock::new(admin),
@@ -75,6 +89,7 @@ impl Broker {
             operator,
             journal,
             clock,
+            admin_observer,
         }
     }
 
@@ -118,7 +133,8 @@ impl Broker {
 
     // ----- Admin mutations: the single path. -----
 
-    /// Authorizes, applies and makes durable one command; answers only once durable.
+    /// Authorizes, applies and makes durable one command; answers only once durable,
+    /// after telling the admin observer (so every caller's change is audited).
     pub async fn execute(
         &self,
         principal: &Principal,
@@ -133,7 +149,9 @@ impl Broker {
             let durable = self.journal.append_command(permit, &command);
             // Ending sessions under the admin lock keeps an acquire that checked the
             // old assignment from slipping in after the cleanup.
-            let sessions_ended = self.end_sessions_for(principal, &command);
+            let sessions_ended = self
+                .leases
+                .end_sessions_withdrawn_by(&command, Some(principal));
             let executed = Executed {
                 outcome,
                 sessions_ended,
@@ -141,17 +159,8 @@ impl Broker {
             (executed, durable)
         };
         durable.await?;
+        self.admin_observer.admin_changed(principal, &command);
         Ok(executed)
-    }
-
-    fn end_sessions_for(&self, principal: &Principal, command: &Command) -> u32 {
-        let users: Vec<(Email, Option<Product>)> = command
-            .sessions_to_end()
-            .into_iter()
-            .map(|s| (s.email, s.product))
-            .collect();
-        self.leases
-            .end_sessions_of(command.org(), &users, Some(principal))
     }
 
     /// Creates an API key for `email` (the caller when `None`).
@@ -188,11 +197,10 @@ impl Broker {
             secret_sha256: record.secret_sha256,
             created_at_unix_ms: record.created_at_unix_ms,
         };
-        self.execute(principal, command.clone()).await?;
+        self.execute(principal, command).await?;
         Ok(CreatedKey {
             record,
             full_text: generated.full_text,
-            command,
         })
     }
 
@@ -401,5 +409,51 @@ impl Broker {
     ) -> Result<(), DomainError> {
         let (org, email) = Self::engine_identity(principal)?;
         self.leases.release(org, email, id, generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::domain::journal::VolatileJournal;
+    use crate::leases::LeaseTiming;
+
+    /// Keeps the commands it is told of.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Command>>);
+
+    impl AdminObserver for Recorded {
+        fn admin_changed(&self, _principal: &Principal, command: &Command) {
+            self.0.lock().push(command.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn every_executed_command_is_observed_whoever_calls_execute() {
+        let recorded = Arc::new(Recorded::default());
+        let broker = Broker::new(
+            AdminState::default(),
+            LeaseTable::new(LeaseTiming::from_ttl(std::time::Duration::from_secs(30)), 1),
+            OperatorKey::from_text("test-operator-key-0123456789abcdef").unwrap(),
+            Arc::new(VolatileJournal::new()),
+            Arc::new(SystemClock),
+            recorded.clone(),
+        );
+        let create = Command::CreateOrganization {
+            org: OrgId::parse("acme").unwrap(),
+            display_name: "Acme".into(),
+            owner: Email::parse("owner@acme.com").unwrap(),
+            quota: Quota::default(),
+        };
+        broker
+            .execute(&Principal::Operator, create.clone())
+            .await
+            .unwrap();
+        let refused = broker.execute(&Principal::Operator, create.clone()).await;
+        assert!(refused.is_err(), "a second organization of the same id");
+        assert_eq!(*recorded.0.lock(), [create], "only what was applied");
     }
 }

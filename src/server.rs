@@ -153,6 +153,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
         operator,
         journal.clone(),
         clock,
+        Arc::clone(&activity) as _,
     ));
     Ok(Prepared {
         broker,

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::domain::journal::{Durable, Journal, VolatileJournal};
-use crate::domain::{DomainError, Email, Lease, LeaseId, OrgId, Principal, Product};
+use crate::domain::{Command, DomainError, Email, Lease, LeaseId, OrgId, Principal, Product};
 use crate::limits;
 use expiry::ExpiryIndex;
 use store::{LeaseStore, MsClock, Slot, StoredLease};
@@ -247,16 +247,28 @@ impl OrgLeases {
         Ok(())
     }
 
-    /// Tells the observer that `lease` ended, with the product's count after it.
-    fn observe_end(
-        &self,
-        observer: &dyn LeaseObserver,
-        lease: &StoredLease,
+    /// Ends the lease in `slot` for `why`: removes and journals it, counts the end and
+    /// tells the observer (with the product's count after it). Every lease end but a
+    /// replayed one takes this path.
+    fn end_observed(
+        &mut self,
+        slot: Slot,
         why: LeaseEnd,
         by: Option<&Principal>,
-    ) {
-        let active = self.counters[product_index(lease.product)].active;
-        observer.ended(&self.id, lease.view(self.clock), why, by, active);
+        sinks: Sinks<'_>,
+    ) -> StoredLease {
+        let lease = self.end(slot, sinks.journal);
+        let counters = self.counters_mut(lease.product);
+        match why {
+            LeaseEnd::Released => counters.releases += 1,
+            LeaseEnd::Expired => counters.expiries += 1,
+            LeaseEnd::Terminated => counters.terminations += 1,
+        }
+        let active = counters.active;
+        sinks
+            .observer
+            .ended(&self.id, lease.view(self.clock), why, by, active);
+        lease
     }
 
     fn counters_mut(&mut self, product: Product) -> &mut ProductCounters {
@@ -322,6 +334,13 @@ impl OrgLeases {
         }
         Ok(slot)
     }
+}
+
+/// Where a lease's end goes besides memory: the journal and the observer.
+#[derive(Clone, Copy)]
+struct Sinks<'t> {
+    journal: &'t dyn Journal,
+    observer: &'t dyn LeaseObserver,
 }
 
 /// Lease timing, fixed for the daemon's life.
@@ -444,6 +463,13 @@ impl LeaseTable {
 
     fn existing_organization(&self, org: &OrgId) -> Option<Arc<Mutex<OrgLeases>>> {
         self.organizations.get(org).map(|o| Arc::clone(&o))
+    }
+
+    fn sinks(&self) -> Sinks<'_> {
+        Sinks {
+            journal: self.journal.as_ref(),
+            observer: self.observer.as_ref(),
+        }
     }
 
     /// Grants a lease, or returns the engine's live one. Check and grant are one step
@@ -576,9 +602,7 @@ impl LeaseTable {
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
         let slot = org.find(id, Some(email), generation)?;
-        let lease = org.end(slot, self.journal.as_ref());
-        org.counters_mut(lease.product).releases += 1;
-        org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Released, None);
+        org.end_observed(slot, LeaseEnd::Released, None, self.sinks());
         Ok(())
     }
 
@@ -597,36 +621,27 @@ impl LeaseTable {
             .leases
             .find(id)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
-        let lease = org.end(slot, self.journal.as_ref());
-        org.counters_mut(lease.product).terminations += 1;
-        org.observe_end(
-            self.observer.as_ref(),
-            &lease,
-            LeaseEnd::Terminated,
-            Some(by),
-        );
+        let lease = org.end_observed(slot, LeaseEnd::Terminated, Some(by), self.sinks());
         Ok(lease.view(org.clock).to_lease())
     }
 
-    /// Ends every session of the given users (of one product, or of both), for an
-    /// admin command of `by` (`None` when replaying the log). Admin commands are
-    /// rare, so this scans the organization's leases once per command rather than
+    /// Ends the sessions `command` withdraws (a removed member's, those of a license
+    /// unassigned or transferred away), for admin `by` (`None` when replaying the
+    /// log): the one path of both, so a replay ends exactly what the live command
+    /// ended. Call it once the command applied, under the admin lock. Admin commands
+    /// are rare, so this scans the organization's leases once per command rather than
     /// keeping a per-user index on the hot path.
-    pub fn end_sessions_of(
-        &self,
-        org: &OrgId,
-        users: &[(Email, Option<Product>)],
-        by: Option<&Principal>,
-    ) -> u32 {
-        if users.is_empty() {
+    pub fn end_sessions_withdrawn_by(&self, command: &Command, by: Option<&Principal>) -> u32 {
+        let withdrawn = command.sessions_to_end();
+        if withdrawn.is_empty() {
             return 0;
         }
-        let Some(cell) = self.existing_organization(org) else {
+        let Some(cell) = self.existing_organization(command.org()) else {
             return 0;
         };
-        let ending_products: HashMap<&Email, Option<Product>> = users
+        let ending_products: HashMap<&Email, Option<Product>> = withdrawn
             .iter()
-            .map(|(email, product)| (email, *product))
+            .map(|sessions| (&sessions.email, sessions.product))
             .collect();
         let mut org = cell.lock();
         let ending: Vec<Slot> = org
@@ -640,9 +655,7 @@ impl LeaseTable {
             .map(|(slot, _)| slot)
             .collect();
         for &slot in &ending {
-            let lease = org.end(slot, self.journal.as_ref());
-            org.counters_mut(lease.product).terminations += 1;
-            org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated, by);
+            org.end_observed(slot, LeaseEnd::Terminated, by, self.sinks());
         }
         ending.len() as u32
     }
@@ -751,14 +764,7 @@ impl LeaseTable {
             .collect();
         cells
             .iter()
-            .map(|cell| {
-                expire_org(
-                    &mut cell.lock(),
-                    now,
-                    self.journal.as_ref(),
-                    self.observer.as_ref(),
-                )
-            })
+            .map(|cell| expire_org(&mut cell.lock(), now, self.sinks()))
             .sum()
     }
 
@@ -811,12 +817,7 @@ impl LeaseTable {
     }
 }
 
-fn expire_org(
-    org: &mut OrgLeases,
-    now: Instant,
-    journal: &dyn Journal,
-    observer: &dyn LeaseObserver,
-) -> usize {
+fn expire_org(org: &mut OrgLeases, now: Instant, sinks: Sinks<'_>) -> usize {
     let Some(now_ms) = org.clock.elapsed_ms(now) else {
         return 0; // Before the organization's clock began: nothing can be due.
     };
@@ -831,9 +832,7 @@ fn expire_org(
             org.expiry.schedule(deadline_ms, slot, generation);
             continue;
         }
-        let lease = org.end(slot, journal);
-        org.counters_mut(lease.product).expiries += 1;
-        org.observe_end(observer, &lease, LeaseEnd::Expired, None);
+        org.end_observed(slot, LeaseEnd::Expired, None, sinks);
         expired += 1;
         if expired >= limits::EXPIRIES_PER_SWEEP_MAX {
             break;

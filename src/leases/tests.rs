@@ -164,12 +164,18 @@ async fn ending_a_users_sessions_frees_their_seats() {
     acquire(&table, 1, "e2", Product::Kre, 10).unwrap();
     acquire(&table, 1, "e3", Product::Kse, 10).unwrap();
     acquire(&table, 2, "e4", Product::Kre, 10).unwrap();
-    assert_eq!(
-        table.end_sessions_of(&org(), &[(email(1), Some(Product::Kre))], None),
-        2
-    );
+    let unassign = Command::UnassignLicenses {
+        org: org(),
+        product: Product::Kre,
+        emails: vec![email(1)],
+    };
+    assert_eq!(table.end_sessions_withdrawn_by(&unassign, None), 2);
     assert_eq!(table.counters(&org(), Product::Kre).active, 1);
-    assert_eq!(table.end_sessions_of(&org(), &[(email(1), None)], None), 1);
+    let remove = Command::RemoveMember {
+        org: org(),
+        email: email(1),
+    };
+    assert_eq!(table.end_sessions_withdrawn_by(&remove, None), 1);
     assert_eq!(table.counters(&org(), Product::Kse).active, 0);
 }
 

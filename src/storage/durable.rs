@@ -327,12 +327,7 @@ impl<'t> Replayer<'t> {
                 self.admin
                     .apply(&command)
                     .map_err(|e| (what, e.to_string()))?;
-                let users: Vec<_> = command
-                    .sessions_to_end()
-                    .into_iter()
-                    .map(|s| (s.email, s.product))
-                    .collect();
-                leases.end_sessions_of(command.org(), &users, None);
+                leases.end_sessions_withdrawn_by(&command, None);
                 Ok(())
             }
             LogBody::Boot(record) => {
