@@ -17,7 +17,7 @@ use seatbroker::broker::{Broker, UnobservedAdmin};
 use seatbroker::clock::SystemClock;
 use seatbroker::domain::LeaseId;
 use seatbroker::domain::{Command, Email, OrgId, Principal, Product, Quota, Role};
-use seatbroker::leases::{LeaseRef, LeaseTable, LeaseTiming};
+use seatbroker::leases::{LeaseRef, LeaseTiming, RecoveringLeases, Serving, UnobservedLeases};
 use seatbroker::storage::codec;
 use seatbroker::storage::durable;
 use seatbroker::wal::{self, RealFs, Wal, WalOptions};
@@ -31,8 +31,11 @@ fn bench_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn leases() -> LeaseTable {
-    LeaseTable::new(LeaseTiming::from_ttl(Duration::from_secs(30)), 0)
+fn leases() -> RecoveringLeases {
+    RecoveringLeases::new(
+        LeaseTiming::from_ttl(Duration::from_secs(30)),
+        seatbroker::limits::LEASES_PER_ORG_MAX,
+    )
 }
 
 fn email(n: usize) -> Email {
@@ -44,9 +47,15 @@ fn org() -> OrgId {
 }
 
 async fn open_broker(dir: &Path) -> Arc<Broker> {
-    let opened = durable::open(dir, Arc::new(RealFs), WalOptions::default(), leases())
-        .await
-        .unwrap();
+    let opened = durable::open(
+        dir,
+        Arc::new(RealFs),
+        WalOptions::default(),
+        leases(),
+        Arc::new(UnobservedLeases),
+    )
+    .await
+    .unwrap();
     let operator = OperatorKey::from_text("bench-operator-key-0123456789abcdef").unwrap();
     Arc::new(Broker::new(
         opened.admin,
@@ -183,9 +192,15 @@ async fn recovery_of_log(records: usize) -> Duration {
     let dir = bench_dir("recovery-log");
     std::thread::scope(|s| s.spawn(|| write_log(&dir, records)).join().unwrap());
     let started = Instant::now();
-    let opened = durable::open(&dir, Arc::new(RealFs), WalOptions::default(), leases())
-        .await
-        .unwrap();
+    let opened = durable::open(
+        &dir,
+        Arc::new(RealFs),
+        WalOptions::default(),
+        leases(),
+        Arc::new(UnobservedLeases),
+    )
+    .await
+    .unwrap();
     let elapsed = started.elapsed();
     assert!(opened.records_replayed >= records as u64);
     elapsed
@@ -250,6 +265,7 @@ fn write_snapshot(dir: &Path, assignments: usize, live_leases: usize) -> usize {
         };
         table.restore(&org(), lease, now);
     }
+    let table = table.serve(Serving::volatile(1));
     let (bytes, leases) = durable::write_snapshot(&wal, lsn, &admin, &table, 1).unwrap();
     assert_eq!(leases, live_leases as u64);
     wal.close().unwrap();
@@ -264,9 +280,15 @@ async fn recovery_of_snapshot(assignments: usize, live_leases: usize) -> (Durati
             .unwrap()
     });
     let started = Instant::now();
-    let opened = durable::open(&dir, Arc::new(RealFs), WalOptions::default(), leases())
-        .await
-        .unwrap();
+    let opened = durable::open(
+        &dir,
+        Arc::new(RealFs),
+        WalOptions::default(),
+        leases(),
+        Arc::new(UnobservedLeases),
+    )
+    .await
+    .unwrap();
     let elapsed = started.elapsed();
     assert_eq!(
         opened

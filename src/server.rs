@@ -29,7 +29,7 @@ use crate::auth::{self, OperatorKeyError};
 use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
 use crate::datadir::{self, DataDirLock, LockError};
-use crate::leases::{LeaseTable, LeaseTiming};
+use crate::leases::{LeaseTiming, RecoveringLeases};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
@@ -120,8 +120,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
         },
     )?;
     let activity = Arc::new(Activity::new(Arc::clone(&clock), timing, audit));
-    let mut leases = LeaseTable::new(timing, 0);
-    leases.set_leases_per_org_max(settings.limits.leases_per_org_max);
+    let leases = RecoveringLeases::new(timing, settings.limits.leases_per_org_max);
     let opened = durable::open(
         &data_dir.join(WAL_DIR),
         Arc::new(RealFs),
@@ -130,6 +129,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
             ..WalOptions::default()
         },
         leases,
+        Arc::clone(&activity) as _,
     )
     .await?;
     // The replay's files and scans were freed on this thread.
@@ -144,12 +144,9 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
         "recovered the data directory"
     );
     let journal = opened.journal;
-    let mut leases = opened.leases;
-    // Only now: replaying the log must not reach the audit record or the metrics.
-    leases.set_observer(Arc::clone(&activity) as _);
     let broker = Arc::new(Broker::new(
         opened.admin,
-        leases,
+        opened.leases,
         operator,
         journal.clone(),
         clock,

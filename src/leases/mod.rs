@@ -396,47 +396,98 @@ const LIVE_SLOTS_PER_LOCK: usize = 1024;
 /// Bits of a generation below the boot epoch: 2^40 grants per boot.
 pub const GENERATION_EPOCH_SHIFT: u32 = 40;
 
-impl LeaseTable {
-    pub fn new(timing: LeaseTiming, boot_epoch: u64) -> Self {
-        assert!(
-            boot_epoch < (1 << (64 - GENERATION_EPOCH_SHIFT)),
-            "boot epoch out of range"
-        );
-        LeaseTable {
-            organizations: DashMap::new(),
+/// What a recovered table needs to serve: the boot epoch its grants draw generations
+/// from (already durable, above every restored generation), where grants and ends are
+/// journaled, and who hears of them. Given all at once, so no table serves with a
+/// part missing.
+pub struct Serving {
+    pub boot_epoch: u64,
+    pub journal: Arc<dyn Journal>,
+    pub observer: Arc<dyn LeaseObserver>,
+}
+
+impl Serving {
+    /// A table that journals nothing and tells no one: for tests and benchmarks.
+    pub fn volatile(boot_epoch: u64) -> Self {
+        Serving {
+            boot_epoch,
             journal: Arc::new(VolatileJournal::new()),
             observer: Arc::new(UnobservedLeases),
-            leases_per_org_max: limits::LEASES_PER_ORG_MAX,
-            next_generation: AtomicU64::new((boot_epoch << GENERATION_EPOCH_SHIFT) + 1),
-            timing,
+        }
+    }
+}
+
+/// A lease table being rebuilt from the log, before it serves: it restores and forgets
+/// leases and ends a replayed command's withdrawals, and it has no journal and no
+/// observer, so a replay reaches neither the log nor the audit record or the metrics.
+/// [`RecoveringLeases::serve`] is the only way to a [`LeaseTable`], and a serving
+/// table cannot restore: recovery, then serving, in that order.
+pub struct RecoveringLeases {
+    table: LeaseTable,
+}
+
+impl RecoveringLeases {
+    /// An empty table with at most `leases_per_org_max` live leases per organization
+    /// (configuration; default `limits::LEASES_PER_ORG_MAX`).
+    pub fn new(timing: LeaseTiming, leases_per_org_max: usize) -> Self {
+        RecoveringLeases {
+            table: LeaseTable {
+                organizations: DashMap::new(),
+                journal: Arc::new(VolatileJournal::new()),
+                observer: Arc::new(UnobservedLeases),
+                leases_per_org_max,
+                next_generation: AtomicU64::new(1),
+                timing,
+            },
         }
     }
 
-    /// Sets where grants and ends are journaled; recovery restores leases before this.
-    pub fn set_journal(&mut self, journal: Arc<dyn Journal>) {
-        self.journal = journal;
+    /// Puts back a lease found in the log or a snapshot, live for one TTL from `now`
+    /// so that its engine can keep it by heartbeating. A record of an older generation
+    /// than the lease already held is ignored (records may overlap a snapshot).
+    pub fn restore(&self, org: &OrgId, lease: LeaseRef<'_>, now: Instant) {
+        self.table.restore(org, lease, now);
     }
 
-    /// Recovery is over: grants of this boot draw generations from `epoch`, above every
-    /// generation restored from earlier boots.
-    pub fn start_epoch(&mut self, epoch: u64) {
+    /// Removes a lease whose end was logged, if it is that generation.
+    pub fn forget(&self, org: &OrgId, id: LeaseId, generation: u64) {
+        self.table.forget(org, id, generation);
+    }
+
+    /// Ends the sessions a replayed command withdrew (see
+    /// [`LeaseTable::end_sessions_withdrawn_by`]).
+    pub fn end_sessions_withdrawn_by(&self, command: &Command) -> u32 {
+        self.table.end_sessions_withdrawn_by(command, None)
+    }
+
+    /// Live leases restored so far.
+    pub fn live_count(&self) -> usize {
+        self.table.live_count()
+    }
+
+    /// Recovery is over: gives each organization's storage the size of its live
+    /// leases (`compact_after_recovery`), and serves with `serving`'s journal and
+    /// observer, granting generations of its boot epoch.
+    pub fn serve(self, serving: Serving) -> LeaseTable {
         assert!(
-            epoch < (1 << (64 - GENERATION_EPOCH_SHIFT)),
+            serving.boot_epoch < (1 << (64 - GENERATION_EPOCH_SHIFT)),
             "boot epoch out of range"
         );
-        let first = (epoch << GENERATION_EPOCH_SHIFT) + 1;
-        assert!(first > self.next_generation(), "boot epochs must increase");
-        self.next_generation = AtomicU64::new(first);
+        let mut table = self.table;
+        table.compact_after_recovery();
+        table.next_generation = AtomicU64::new((serving.boot_epoch << GENERATION_EPOCH_SHIFT) + 1);
+        table.journal = serving.journal;
+        table.observer = serving.observer;
+        table
     }
+}
 
-    /// Sets who hears of grants, heartbeats and ends.
-    pub fn set_observer(&mut self, observer: Arc<dyn LeaseObserver>) {
-        self.observer = observer;
-    }
-
-    /// Sets the cap on one organization's live leases.
-    pub fn set_leases_per_org_max(&mut self, leases_per_org_max: usize) {
-        self.leases_per_org_max = leases_per_org_max;
+impl LeaseTable {
+    /// An empty table that serves at once, journaling nothing and telling no one: for
+    /// tests and benchmarks (the daemon's comes from recovery, [`RecoveringLeases`]).
+    pub fn new(timing: LeaseTiming, boot_epoch: u64) -> Self {
+        RecoveringLeases::new(timing, limits::LEASES_PER_ORG_MAX)
+            .serve(Serving::volatile(boot_epoch))
     }
 
     /// The generation the next grant will carry.
@@ -660,10 +711,8 @@ impl LeaseTable {
         ending.len() as u32
     }
 
-    /// Recovery: puts back a lease found in the log or a snapshot, live for one TTL
-    /// from `now` so that its engine can keep it by heartbeating. A record of an older
-    /// generation than the lease already held is ignored (records may overlap a snapshot).
-    pub fn restore(&self, org: &OrgId, lease: LeaseRef<'_>, now: Instant) {
+    /// See [`RecoveringLeases::restore`].
+    fn restore(&self, org: &OrgId, lease: LeaseRef<'_>, now: Instant) {
         let cell = self.organization(org, now);
         let mut org = cell.lock();
         if let Some(slot) = org.leases.find(lease.id) {
@@ -691,20 +740,19 @@ impl LeaseTable {
         org.insert(StoredLease::new(lease, deadline_ms));
     }
 
-    /// Recovery is over: gives each organization's storage the size of its live
-    /// leases. Replay grows the slab, the index and the expiry heap to the peak of
+    /// Gives each organization's storage the size of its live leases. Replay grows the slab, the index and the expiry heap to the peak of
     /// leases live at once in the replayed records and leaves stale heap entries; a
     /// daemon sized for its steady state must not keep that peak after a restart.
     /// Slots are renumbered, which is safe only before anything (a listing's page
     /// token) refers to one.
-    pub fn compact_after_recovery(&self) {
+    fn compact_after_recovery(&self) {
         for entry in self.organizations.iter() {
             entry.value().lock().compact();
         }
     }
 
-    /// Recovery: removes a lease whose end was logged, if it is that generation.
-    pub fn forget(&self, org: &OrgId, id: LeaseId, generation: u64) {
+    /// See [`RecoveringLeases::forget`].
+    fn forget(&self, org: &OrgId, id: LeaseId, generation: u64) {
         let Some(cell) = self.existing_organization(org) else {
             return;
         };

@@ -21,7 +21,9 @@ use super::codec::{
 };
 use crate::domain::journal::{self, Durable, Journal, LogPermit};
 use crate::domain::{AdminState, Command, DomainError, Email, Lease, LeaseId, OrgId};
-use crate::leases::{LeaseRef, LeaseTable, LiveLeaseVisitor};
+use crate::leases::{
+    LeaseObserver, LeaseRef, LeaseTable, LiveLeaseVisitor, RecoveringLeases, Serving,
+};
 use crate::limits;
 use crate::wal::{
     self, FileSystem, Lsn, ReplayError, Replayed, SnapshotWriter, Wal, WalError, WalOptions,
@@ -170,19 +172,21 @@ pub struct Opened {
     pub recovery_time: std::time::Duration,
 }
 
-/// Opens (or creates) the log in `dir`, rebuilds the admin state and the live leases,
-/// and makes a new boot epoch durable before returning.
+/// Opens (or creates) the log in `dir`, rebuilds the admin state and the live leases
+/// into `leases`, makes a new boot epoch durable, and returns the lease table serving
+/// on the log, telling `observer` (which the replay never reaches).
 ///
 /// The log hands over the snapshot and then one record at a time, each borrowed from
 /// the file being read; leases are decoded into reused records and stored directly,
 /// and their organization ids and emails are shared as they are when granted. So
 /// what stays allocated after a replay is the live state and nothing else, and
-/// `compact_after_recovery` gives the lease storage the size of the live leases.
+/// serving compacts the lease storage to the size of the live leases.
 pub async fn open(
     dir: &Path,
     fs: Arc<dyn FileSystem>,
     options: WalOptions,
-    mut leases: LeaseTable,
+    leases: RecoveringLeases,
+    observer: Arc<dyn LeaseObserver>,
 ) -> Result<Opened, OpenError> {
     let started = WallInstant::now();
     let mut replayer = Replayer::new(&leases, Instant::now());
@@ -203,10 +207,10 @@ pub async fn open(
         snapshot_leases,
         ..
     } = replayer;
-    leases.compact_after_recovery();
+    let (journal, leases) = start_boot(wal, leases, boot_epoch + 1, observer).await?;
     Ok(Opened {
         admin,
-        journal: start_boot(wal, &mut leases, boot_epoch + 1).await?,
+        journal,
         leases,
         boot_epoch: boot_epoch + 1,
         snapshot_leases,
@@ -215,24 +219,28 @@ pub async fn open(
     })
 }
 
-/// Makes `boot_epoch` durable before any grant of this boot can carry it, and hands
-/// the lease table its journal.
+/// Makes `boot_epoch` durable before any grant of this boot can carry it, then serves
+/// the recovered leases on the log.
 async fn start_boot(
     wal: Wal,
-    leases: &mut LeaseTable,
+    leases: RecoveringLeases,
     boot_epoch: u64,
-) -> Result<Arc<WalJournal>, OpenError> {
+    observer: Arc<dyn LeaseObserver>,
+) -> Result<(Arc<WalJournal>, LeaseTable), OpenError> {
     let wal = Arc::new(wal);
     wal.submit(codec::encode_boot(boot_epoch))?.await?;
-    leases.start_epoch(boot_epoch);
     let journal = Arc::new(WalJournal {
         wal,
         replay_records_min: snapshot_records_failpoint()
             .unwrap_or(limits::SNAPSHOT_REPLAY_RECORDS_MIN),
         dropped_lease_ends: AtomicU64::new(0),
     });
-    leases.set_journal(journal.clone());
-    Ok(journal)
+    let leases = leases.serve(Serving {
+        boot_epoch,
+        journal: journal.clone(),
+        observer,
+    });
+    Ok((journal, leases))
 }
 
 /// Name of the environment variable that, in `failpoints` builds, replaces
@@ -251,7 +259,7 @@ fn snapshot_records_failpoint() -> Option<u64> {
 /// Rebuilds the admin state and the live leases from what the log hands over.
 struct Replayer<'t> {
     admin: AdminState,
-    leases: &'t LeaseTable,
+    leases: &'t RecoveringLeases,
     /// The highest boot epoch seen so far.
     boot_epoch: u64,
     /// Every restored lease lives one TTL from here.
@@ -263,7 +271,7 @@ struct Replayer<'t> {
 }
 
 impl<'t> Replayer<'t> {
-    fn new(leases: &'t LeaseTable, now: Instant) -> Self {
+    fn new(leases: &'t RecoveringLeases, now: Instant) -> Self {
         Replayer {
             admin: AdminState::default(),
             leases,
@@ -327,7 +335,7 @@ impl<'t> Replayer<'t> {
                 self.admin
                     .apply(&command)
                     .map_err(|e| (what, e.to_string()))?;
-                leases.end_sessions_withdrawn_by(&command, None);
+                leases.end_sessions_withdrawn_by(&command);
                 Ok(())
             }
             LogBody::Boot(record) => {
@@ -385,7 +393,7 @@ impl SharedNames {
 
 /// Puts back the lease of a grant record or a snapshot, live for one TTL from `now`.
 fn restore(
-    leases: &LeaseTable,
+    leases: &RecoveringLeases,
     names: &mut SharedNames,
     record: &LeaseRecord,
     now: Instant,
@@ -409,7 +417,7 @@ fn restore(
 
 /// Removes the lease of an end record, if that generation is live.
 fn forget(
-    leases: &LeaseTable,
+    leases: &RecoveringLeases,
     names: &mut SharedNames,
     record: &LeaseEndRecord,
 ) -> Result<(), DecodeError> {
