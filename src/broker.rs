@@ -3,6 +3,7 @@
 //! lock, authorize, apply, append, unlock, wait until durable, answer. Engine calls
 //! take a read lock on the admin state (licenses and quotas) and then the one
 //! organization's lease lock; the lock order is always admin state, then lease table.
+//! A snapshot is cut here too ([`Broker::snapshot_now`]): it needs the admin lock.
 
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ use crate::domain::{
 };
 use crate::domain::{Lease, LeaseId};
 use crate::leases::{AcquireRequest, Granted, LeaseTable, Now, ProductCounters};
+use crate::storage::durable::{self, WalJournal};
+use crate::wal::{Lsn, WalError};
 
 /// What an engine sends to acquire a session (already validated by the edge).
 #[derive(Debug, Clone)]
@@ -62,6 +65,30 @@ pub struct UnobservedAdmin;
 
 impl AdminObserver for UnobservedAdmin {
     fn admin_changed(&self, _principal: &Principal, _command: &Command) {}
+}
+
+/// A snapshot [`Broker::snapshot_now`] installed.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotTaken {
+    /// The log position it was cut at.
+    pub lsn: Lsn,
+    /// Its payload's size.
+    pub bytes: usize,
+    /// The live leases it holds.
+    pub leases: u64,
+    /// From the cut through the directory fsync.
+    pub took: std::time::Duration,
+}
+
+/// Why [`Broker::snapshot_now`] wrote no snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The log could not write or install it (no space, no descriptor, I/O).
+    #[error("writing the snapshot: {0}")]
+    Log(#[from] WalError),
+    /// Its task on the blocking pool panicked or was cancelled.
+    #[error("the snapshot task ended early: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 pub struct Broker {
@@ -112,10 +139,36 @@ impl Broker {
     /// under the same write lock, so that the copy reflects exactly the admin commands
     /// up to that mark. The copy shares the state's structure (persistent maps), so
     /// the lock is held for O(1) whatever the state's size; encoding it happens after.
-    pub fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
+    fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
         let admin = self.admin.write();
         let marked = mark();
         (admin.clone(), marked)
+    }
+
+    /// Cuts the state at the current end of `journal`'s log and installs it as a
+    /// snapshot (`durable::write_snapshot`). All of it runs on the blocking pool: the
+    /// cut takes the admin write lock (for O(1)), and encoding a million leases takes
+    /// a good part of a second.
+    pub async fn snapshot_now(
+        self: &Arc<Self>,
+        journal: &WalJournal,
+        boot_epoch: u64,
+    ) -> Result<SnapshotTaken, SnapshotError> {
+        let started = std::time::Instant::now();
+        let wal = Arc::clone(journal.wal());
+        let broker = Arc::clone(self);
+        let (lsn, (bytes, leases)) = tokio::task::spawn_blocking(move || {
+            let (admin, lsn) = broker.admin_cut(|| wal.stats().last_assigned_lsn);
+            durable::write_snapshot(&wal, lsn, &admin, broker.leases(), boot_epoch)
+                .map(|written| (lsn, written))
+        })
+        .await??;
+        Ok(SnapshotTaken {
+            lsn,
+            bytes,
+            leases,
+            took: started.elapsed(),
+        })
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Principal, DomainError> {

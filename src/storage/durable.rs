@@ -292,7 +292,7 @@ impl<'t> Replayer<'t> {
         let (state, epoch) =
             codec::decode_snapshot_head(payload).map_err(|e| refused(e.to_string()))?;
         self.admin = state;
-        self.boot_epoch = checked_boot_epoch(epoch).map_err(refused)?;
+        self.boot_epoch = checked_boot_epoch(epoch).map_err(|e| refused(e.to_string()))?;
         let (leases, names, now) = (self.leases, &mut self.names, self.now);
         let mut restored = 0;
         codec::for_each_snapshot_lease(payload, |record| {
@@ -339,8 +339,8 @@ impl<'t> Replayer<'t> {
                 Ok(())
             }
             LogBody::Boot(record) => {
-                let epoch =
-                    checked_boot_epoch(record.epoch).map_err(|detail| ("a boot record", detail))?;
+                let epoch = checked_boot_epoch(record.epoch)
+                    .map_err(|e| ("a boot record", e.to_string()))?;
                 self.boot_epoch = self.boot_epoch.max(epoch);
                 Ok(())
             }
@@ -430,15 +430,21 @@ fn forget(
     Ok(())
 }
 
+/// A logged boot epoch whose next one would not fit in a generation's high bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("boot epoch {epoch} is out of range (below {})", BOOT_EPOCHS - 1)]
+pub struct BootEpochOutOfRange {
+    pub epoch: u64,
+}
+
+/// Boot epochs a generation's high bits hold.
+const BOOT_EPOCHS: u64 = 1 << (64 - crate::leases::GENERATION_EPOCH_SHIFT);
+
 /// A logged boot epoch, if the next boot's epoch still fits in a generation's high
 /// bits (a larger one can only come from damage that kept its checksum, or forgery).
-fn checked_boot_epoch(epoch: u64) -> Result<u64, String> {
-    const EPOCHS: u64 = 1 << (64 - crate::leases::GENERATION_EPOCH_SHIFT);
-    if epoch >= EPOCHS - 1 {
-        return Err(format!(
-            "boot epoch {epoch} is out of range (below {})",
-            EPOCHS - 1
-        ));
+fn checked_boot_epoch(epoch: u64) -> Result<u64, BootEpochOutOfRange> {
+    if epoch >= BOOT_EPOCHS - 1 {
+        return Err(BootEpochOutOfRange { epoch });
     }
     Ok(epoch)
 }

@@ -257,7 +257,7 @@ fn newest_valid_snapshot(
                 tracing::error!(file = %path.display(), found_lsn, "snapshot header LSN does not match its name; skipping it");
             }
             Err(reason) => {
-                tracing::error!(file = %path.display(), reason, "invalid snapshot; falling back to an older one")
+                tracing::error!(file = %path.display(), %reason, "invalid snapshot; falling back to an older one")
             }
         }
     }
@@ -357,8 +357,8 @@ fn replay_segments<E>(
         let file = fs
             .read(&path)
             .map_err(|error| WalError::io("reading", &path, error))?;
-        let scan =
-            reader::scan_segment(&file).map_err(|reason| WalError::corrupt(&path, 0, reason))?;
+        let scan = reader::scan_segment(&file)
+            .map_err(|reason| WalError::corrupt(&path, 0, reason.to_string()))?;
         if scan.first_lsn != first_lsn {
             let detail = format!(
                 "header says the first lsn is {}, the name says {first_lsn}",
