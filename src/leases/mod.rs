@@ -28,7 +28,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::domain::journal::{Durable, Journal, VolatileJournal};
+use crate::domain::journal::{Durable, Journal, LogPermit, VolatileJournal};
 use crate::domain::{Command, DomainError, Email, Lease, LeaseId, OrgId, Principal, Product};
 use crate::limits;
 use expiry::ExpiryIndex;
@@ -542,21 +542,42 @@ impl LeaseTable {
         let org = &mut *guard;
         let deadline_ms = org.clock.deadline_ms(now.instant + self.timing.ttl);
         if let Some(slot) = org.leases.find(id) {
-            // A retry of the same engine: same lease, extended like a heartbeat (never
-            // backwards). Its grant is appended again and awaited, because the first
-            // answer may not have been durable yet; replaying it twice changes nothing.
-            let lease = org.leases.get_mut(slot).expect("found slots are occupied");
-            lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
-            let lease = lease.view(org.clock).to_lease();
-            let durable = self
-                .journal
-                .append_lease_granted(permit, request.org, &lease);
-            let granted = Granted {
-                lease,
-                resumed: true,
-            };
-            return Ok((granted, durable));
+            return Ok(self.resume(org, slot, deadline_ms, permit, request.org));
         }
+        self.check_grant(org, &request)?;
+        Ok(self.grant(org, id, &request, deadline_ms, now.unix_ms, permit))
+    }
+
+    /// A retry of the same engine: same lease, extended like a heartbeat (never
+    /// backwards). Its grant is appended again and awaited, because the first answer
+    /// may not have been durable yet; replaying it twice changes nothing.
+    fn resume(
+        &self,
+        org: &mut OrgLeases,
+        slot: Slot,
+        deadline_ms: u64,
+        permit: LogPermit,
+        org_id: &OrgId,
+    ) -> (Granted, Durable) {
+        let lease = org.leases.get_mut(slot).expect("found slots are occupied");
+        lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
+        let lease = lease.view(org.clock).to_lease();
+        let durable = self.journal.append_lease_granted(permit, org_id, &lease);
+        let granted = Granted {
+            lease,
+            resumed: true,
+        };
+        (granted, durable)
+    }
+
+    /// The rules a new lease must meet, in order: one KSE engine per user, the
+    /// product's quota (a refusal is counted), every earlier end journaled, and the
+    /// organization's cap on live leases.
+    fn check_grant(
+        &self,
+        org: &mut OrgLeases,
+        request: &AcquireRequest<'_>,
+    ) -> Result<(), DomainError> {
         if request.product == Product::Kse
             && let Some(&holder) = org.kse_holders.get(request.email)
         {
@@ -589,6 +610,20 @@ impl LeaseTable {
                 limit: self.leases_per_org_max,
             });
         }
+        Ok(())
+    }
+
+    /// Grants a new lease that passed `check_grant`: a fresh generation, appended to
+    /// the journal, stored, scheduled for expiry, and told to the observer.
+    fn grant(
+        &self,
+        org: &mut OrgLeases,
+        id: LeaseId,
+        request: &AcquireRequest<'_>,
+        deadline_ms: u64,
+        unix_ms: i64,
+        permit: LogPermit,
+    ) -> (Granted, Durable) {
         org.counters_mut(request.product).grants += 1;
         let lease = Lease {
             id,
@@ -599,7 +634,7 @@ impl LeaseTable {
             hostname: request.hostname.into(),
             label: request.label.into(),
             deadline: org.clock.instant(deadline_ms),
-            acquired_at_unix_ms: now.unix_ms,
+            acquired_at_unix_ms: unix_ms,
         };
         let durable = self
             .journal
@@ -611,7 +646,7 @@ impl LeaseTable {
             lease,
             resumed: false,
         };
-        Ok((granted, durable))
+        (granted, durable)
     }
 
     /// Extends a lease of `email` to `now + ttl`; returns the new deadline.
