@@ -38,6 +38,19 @@ fn leases() -> RecoveringLeases {
     )
 }
 
+/// Recovers the data directory's log in `dir`, unobserved.
+async fn open(dir: &Path) -> durable::Opened {
+    durable::open(
+        dir,
+        Arc::new(RealFs),
+        WalOptions::default(),
+        leases(),
+        Arc::new(UnobservedLeases),
+    )
+    .await
+    .unwrap()
+}
+
 fn email(n: usize) -> Email {
     Email::parse(&format!("member{n}@bench.example")).unwrap()
 }
@@ -47,15 +60,7 @@ fn org() -> OrgId {
 }
 
 async fn open_broker(dir: &Path) -> Arc<Broker> {
-    let opened = durable::open(
-        dir,
-        Arc::new(RealFs),
-        WalOptions::default(),
-        leases(),
-        Arc::new(UnobservedLeases),
-    )
-    .await
-    .unwrap();
+    let opened = open(dir).await;
     let operator = OperatorKey::from_text("bench-operator-key-0123456789abcdef").unwrap();
     Arc::new(Broker::new(
         opened.admin,
@@ -192,15 +197,7 @@ async fn recovery_of_log(records: usize) -> Duration {
     let dir = bench_dir("recovery-log");
     std::thread::scope(|s| s.spawn(|| write_log(&dir, records)).join().unwrap());
     let started = Instant::now();
-    let opened = durable::open(
-        &dir,
-        Arc::new(RealFs),
-        WalOptions::default(),
-        leases(),
-        Arc::new(UnobservedLeases),
-    )
-    .await
-    .unwrap();
+    let opened = open(&dir).await;
     let elapsed = started.elapsed();
     assert!(opened.records_replayed >= records as u64);
     elapsed
@@ -280,15 +277,7 @@ async fn recovery_of_snapshot(assignments: usize, live_leases: usize) -> (Durati
             .unwrap()
     });
     let started = Instant::now();
-    let opened = durable::open(
-        &dir,
-        Arc::new(RealFs),
-        WalOptions::default(),
-        leases(),
-        Arc::new(UnobservedLeases),
-    )
-    .await
-    .unwrap();
+    let opened = open(&dir).await;
     let elapsed = started.elapsed();
     assert_eq!(
         opened
