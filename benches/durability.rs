@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use seatbroker::auth::OperatorKey;
-use seatbroker::broker::Broker;
+use seatbroker::broker::{Broker, UnobservedAdmin};
 use seatbroker::clock::SystemClock;
+use seatbroker::domain::LeaseId;
 use seatbroker::domain::{Command, Email, OrgId, Principal, Product, Quota, Role};
-use seatbroker::leases::{LeaseId, LeaseRef, LeaseTable, LeaseTiming};
+use seatbroker::leases::{LeaseRef, LeaseTiming, RecoveringLeases, Serving, UnobservedLeases};
 use seatbroker::loadgen::provision;
 use seatbroker::storage::codec;
 use seatbroker::storage::durable;
@@ -31,8 +32,24 @@ fn bench_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn leases() -> LeaseTable {
-    LeaseTable::new(LeaseTiming::from_ttl(Duration::from_secs(30)), 0)
+fn leases() -> RecoveringLeases {
+    RecoveringLeases::new(
+        LeaseTiming::from_ttl(Duration::from_secs(30)),
+        seatbroker::limits::LEASES_PER_ORG_MAX,
+    )
+}
+
+/// Recovers the data directory's log in `dir`, unobserved.
+async fn open(dir: &Path) -> durable::Opened {
+    durable::open(
+        dir,
+        Arc::new(RealFs),
+        WalOptions::default(),
+        leases(),
+        Arc::new(UnobservedLeases),
+    )
+    .await
+    .unwrap()
 }
 
 fn email(n: usize) -> Email {
@@ -44,9 +61,7 @@ fn org() -> OrgId {
 }
 
 async fn open_broker(dir: &Path) -> Arc<Broker> {
-    let opened = durable::open(dir, Arc::new(RealFs), WalOptions::default(), leases())
-        .await
-        .unwrap();
+    let opened = open(dir).await;
     let operator = OperatorKey::from_text("bench-operator-key-0123456789abcdef").unwrap();
     Arc::new(Broker::new(
         opened.admin,
@@ -54,6 +69,7 @@ async fn open_broker(dir: &Path) -> Arc<Broker> {
         operator,
         opened.journal,
         Arc::new(SystemClock),
+        Arc::new(UnobservedAdmin),
     ))
 }
 
@@ -166,9 +182,7 @@ async fn recovery_of_log(records: usize) -> Duration {
     let dir = bench_dir("recovery-log");
     std::thread::scope(|s| s.spawn(|| write_log(&dir, records)).join().unwrap());
     let started = Instant::now();
-    let opened = durable::open(&dir, Arc::new(RealFs), WalOptions::default(), leases())
-        .await
-        .unwrap();
+    let opened = open(&dir).await;
     let elapsed = started.elapsed();
     assert!(opened.records_replayed >= records as u64);
     elapsed
@@ -233,6 +247,7 @@ fn write_snapshot(dir: &Path, assignments: usize, live_leases: usize) -> usize {
         };
         table.restore(&org(), lease, now);
     }
+    let table = table.serve(Serving::volatile(1));
     let (bytes, leases) = durable::write_snapshot(&wal, lsn, &admin, &table, 1).unwrap();
     assert_eq!(leases, live_leases as u64);
     wal.close().unwrap();
@@ -247,9 +262,7 @@ async fn recovery_of_snapshot(assignments: usize, live_leases: usize) -> (Durati
             .unwrap()
     });
     let started = Instant::now();
-    let opened = durable::open(&dir, Arc::new(RealFs), WalOptions::default(), leases())
-        .await
-        .unwrap();
+    let opened = open(&dir).await;
     let elapsed = started.elapsed();
     assert_eq!(
         opened

@@ -33,7 +33,7 @@ fn acquire(
     email: &Email,
     engine: &str,
     at: Instant,
-) -> (seatbroker::leases::LeaseId, u64) {
+) -> (seatbroker::domain::LeaseId, u64) {
     let request = AcquireRequest {
         org,
         email,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditLog};
+use crate::broker::AdminObserver;
 use crate::clock::Clock;
 use crate::domain::{Command, DomainError, OrgId, Principal, Product};
 use crate::leases::{LeaseEnd, LeaseObserver, LeaseRef, LeaseTiming};
@@ -76,17 +77,19 @@ impl Activity {
         self.audit.record(event);
     }
 
-    /// An admin command was applied and made durable.
-    pub fn admin_changed(&self, principal: &Principal, command: &Command) {
-        for event in AuditEvent::of_command(self.clock.unix_ms(), principal, command) {
-            self.audit.record(event);
-        }
-    }
-
     /// Usage of `product` in `org` over the last `window_seconds`.
     pub fn usage_window(&self, org: &OrgId, product: Product, window_seconds: u32) -> WindowUsage {
         self.usage
             .window(org, product, window_seconds, self.clock.unix_ms())
+    }
+}
+
+impl AdminObserver for Activity {
+    /// An admin command was applied and made durable.
+    fn admin_changed(&self, principal: &Principal, command: &Command) {
+        for event in AuditEvent::of_command(self.clock.unix_ms(), principal, command) {
+            self.audit.record(event);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! lock, authorize, apply, append, unlock, wait until durable, answer. Engine calls
 //! take a read lock on the admin state (licenses and quotas) and then the one
 //! organization's lease lock; the lock order is always admin state, then lease table.
+//! A snapshot is cut here too ([`Broker::snapshot_now`]): it needs the admin lock.
 
 use std::sync::Arc;
 
@@ -10,12 +11,15 @@ use parking_lot::RwLock;
 
 use crate::auth::{self, OperatorKey};
 use crate::clock::Clock;
+use crate::domain::journal::{Durable, Journal};
 use crate::domain::{
     Action, AdminState, ApiKeyRecord, Command, CommandOutcome, DomainError, Email, OrgId,
     Organization, Principal, Product, Quota, Role, authorize, authorize_command,
 };
-use crate::leases::{AcquireRequest, Granted, Lease, LeaseId, LeaseTable, Now, ProductCounters};
-use crate::storage::{Durable, Journal};
+use crate::domain::{Lease, LeaseId};
+use crate::leases::{AcquireRequest, Granted, LeaseTable, Now, ProductCounters};
+use crate::storage::durable::{self, WalJournal};
+use crate::wal::{Lsn, WalError};
 
 /// Why [`Broker::close`] could not make the log durable: the journal's answer, or the
 /// task that asked it failing (an infrastructure failure, not a domain error).
@@ -58,8 +62,43 @@ pub struct Executed {
 pub struct CreatedKey {
     pub record: ApiKeyRecord,
     pub full_text: String,
-    /// The command that created it (for the audit record).
-    pub command: Command,
+}
+
+/// Told of every admin command once it is applied and durable (the audit record),
+/// whoever called [`Broker::execute`].
+pub trait AdminObserver: Send + Sync + 'static {
+    fn admin_changed(&self, principal: &Principal, command: &Command);
+}
+
+/// The observer of a broker nobody audits (benchmarks, tools).
+pub struct UnobservedAdmin;
+
+impl AdminObserver for UnobservedAdmin {
+    fn admin_changed(&self, _principal: &Principal, _command: &Command) {}
+}
+
+/// A snapshot [`Broker::snapshot_now`] installed.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotTaken {
+    /// The log position it was cut at.
+    pub lsn: Lsn,
+    /// Its payload's size.
+    pub bytes: usize,
+    /// The live leases it holds.
+    pub leases: u64,
+    /// From the cut through the directory fsync.
+    pub took: std::time::Duration,
+}
+
+/// Why [`Broker::snapshot_now`] wrote no snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The log could not write or install it (no space, no descriptor, I/O).
+    #[error("writing the snapshot: {0}")]
+    Log(#[from] WalError),
+    /// Its task on the blocking pool panicked or was cancelled.
+    #[error("the snapshot task ended early: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 pub struct Broker {
@@ -68,6 +107,8 @@ pub struct Broker {
     operator: OperatorKey,
     journal: Arc<dyn Journal>,
     clock: Arc<dyn Clock>,
+    /// Hears of every executed command (the audit record).
+    admin_observer: Arc<dyn AdminObserver>,
 }
 
 impl Broker {
@@ -77,6 +118,7 @@ impl Broker {
         operator: OperatorKey,
         journal: Arc<dyn Journal>,
         clock: Arc<dyn Clock>,
+        admin_observer: Arc<dyn AdminObserver>,
     ) -> Self {
         Broker {
             admin: RwLock::new(admin),
@@ -84,6 +126,7 @@ impl Broker {
             operator,
             journal,
             clock,
+            admin_observer,
         }
     }
 
@@ -106,10 +149,36 @@ impl Broker {
     /// under the same write lock, so that the copy reflects exactly the admin commands
     /// up to that mark. The copy shares the state's structure (persistent maps), so
     /// the lock is held for O(1) whatever the state's size; encoding it happens after.
-    pub fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
+    fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
         let admin = self.admin.write();
         let marked = mark();
         (admin.clone(), marked)
+    }
+
+    /// Cuts the state at the current end of `journal`'s log and installs it as a
+    /// snapshot (`durable::write_snapshot`). All of it runs on the blocking pool: the
+    /// cut takes the admin write lock (for O(1)), and encoding a million leases takes
+    /// a good part of a second.
+    pub async fn snapshot_now(
+        self: &Arc<Self>,
+        journal: &WalJournal,
+        boot_epoch: u64,
+    ) -> Result<SnapshotTaken, SnapshotError> {
+        let started = std::time::Instant::now();
+        let wal = Arc::clone(journal.wal());
+        let broker = Arc::clone(self);
+        let (lsn, (bytes, leases)) = tokio::task::spawn_blocking(move || {
+            let (admin, lsn) = broker.admin_cut(|| wal.stats().last_assigned_lsn);
+            durable::write_snapshot(&wal, lsn, &admin, broker.leases(), boot_epoch)
+                .map(|written| (lsn, written))
+        })
+        .await??;
+        Ok(SnapshotTaken {
+            lsn,
+            bytes,
+            leases,
+            took: started.elapsed(),
+        })
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Principal, DomainError> {
@@ -127,7 +196,8 @@ impl Broker {
 
     // ----- Admin mutations: the single path. -----
 
-    /// Authorizes, applies and makes durable one command; answers only once durable.
+    /// Authorizes, applies and makes durable one command; answers only once durable,
+    /// after telling the admin observer (so every caller's change is audited).
     pub async fn execute(
         &self,
         principal: &Principal,
@@ -142,7 +212,9 @@ impl Broker {
             let durable = self.journal.append_command(permit, &command);
             // Ending sessions under the admin lock keeps an acquire that checked the
             // old assignment from slipping in after the cleanup.
-            let sessions_ended = self.end_sessions_for(principal, &command);
+            let sessions_ended = self
+                .leases
+                .end_sessions_withdrawn_by(&command, Some(principal));
             let executed = Executed {
                 outcome,
                 sessions_ended,
@@ -150,17 +222,8 @@ impl Broker {
             (executed, durable)
         };
         durable.await?;
+        self.admin_observer.admin_changed(principal, &command);
         Ok(executed)
-    }
-
-    fn end_sessions_for(&self, principal: &Principal, command: &Command) -> u32 {
-        let users: Vec<(Email, Option<Product>)> = command
-            .sessions_to_end()
-            .into_iter()
-            .map(|s| (s.email, s.product))
-            .collect();
-        self.leases
-            .end_sessions_of(command.org(), &users, Some(principal))
     }
 
     /// Creates an API key for `email` (the caller when `None`).
@@ -197,11 +260,10 @@ impl Broker {
             secret_sha256: record.secret_sha256,
             created_at_unix_ms: record.created_at_unix_ms,
         };
-        self.execute(principal, command.clone()).await?;
+        self.execute(principal, command).await?;
         Ok(CreatedKey {
             record,
             full_text: generated.full_text,
-            command,
         })
     }
 
@@ -410,5 +472,51 @@ impl Broker {
     ) -> Result<(), DomainError> {
         let (org, email) = Self::engine_identity(principal)?;
         self.leases.release(org, email, id, generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::domain::journal::VolatileJournal;
+    use crate::leases::LeaseTiming;
+
+    /// Keeps the commands it is told of.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<Command>>);
+
+    impl AdminObserver for Recorded {
+        fn admin_changed(&self, _principal: &Principal, command: &Command) {
+            self.0.lock().push(command.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn every_executed_command_is_observed_whoever_calls_execute() {
+        let recorded = Arc::new(Recorded::default());
+        let broker = Broker::new(
+            AdminState::default(),
+            LeaseTable::new(LeaseTiming::from_ttl(std::time::Duration::from_secs(30)), 1),
+            OperatorKey::from_text("test-operator-key-0123456789abcdef").unwrap(),
+            Arc::new(VolatileJournal::new()),
+            Arc::new(SystemClock),
+            recorded.clone(),
+        );
+        let create = Command::CreateOrganization {
+            org: OrgId::parse("acme").unwrap(),
+            display_name: "Acme".into(),
+            owner: Email::parse("owner@acme.com").unwrap(),
+            quota: Quota::default(),
+        };
+        broker
+            .execute(&Principal::Operator, create.clone())
+            .await
+            .unwrap();
+        let refused = broker.execute(&Principal::Operator, create.clone()).await;
+        assert!(refused.is_err(), "a second organization of the same id");
+        assert_eq!(*recorded.0.lock(), [create], "only what was applied");
     }
 }

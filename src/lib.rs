@@ -7,11 +7,12 @@
 //! - [`broker`]: the one place where admin state, leases and the log meet; the single
 //!   path of every admin mutation.
 //! - [`auth`]: API key format, generation and constant-time verification.
-//! - [`domain`]: organizations, members, roles, quotas, assignments and the commands
-//!   that change them; no gRPC, no files.
+//! - [`domain`]: organizations, members, roles, quotas, assignments, leases and the
+//!   commands that change them, and the durability port ([`domain::journal::Journal`]);
+//!   no gRPC, no files.
 //! - [`leases`]: live sessions per organization, quotas enforced atomically, expiry.
-//! - [`storage`]: the durability interface ([`storage::Journal`]), the record codec,
-//!   recovery and snapshots; [`wal`]: the write-ahead log underneath (segments, group
+//! - [`storage`]: the journal on the local log (the port's adapter), the record
+//!   codec, recovery and snapshots; [`wal`]: the write-ahead log underneath (segments, group
 //!   commit, torn-tail recovery, snapshot files).
 //! - [`cli`]: the `seatbroker` command line (daemon and client subcommands);
 //!   [`client`]: the gRPC client helper it shares with tests and the load generator.
@@ -55,3 +56,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod usage;
 pub mod wal;
+
+#[cfg(test)]
+mod layering;

@@ -376,10 +376,9 @@ const _: () = assert!(CONNECTIONS_MIN <= CONNECTIONS_MAX);
 // ----- The log's room on disk: a full disk, descriptor exhaustion (issue 10 items 2, 13). -----
 
 /// How often the WAL writer retries a failed reservation of room ahead of its appends
-/// (zeros in the active segment, the next segment created ahead of time), and how long
-/// a commit group that found no room waits between tries. While one fails, grants and
-/// admin changes answer UNAVAILABLE; the first success resumes them.
-pub const LOG_ROOM_RETRY_MS: u64 = 1_000;
+/// (owned by the log: `wal::ROOM_RETRY_INTERVAL`). While one fails, grants and admin
+/// changes answer UNAVAILABLE; the first success resumes them.
+pub const LOG_ROOM_RETRY_MS: u64 = crate::wal::ROOM_RETRY_INTERVAL.as_millis() as u64;
 /// How often the daemon looks at the log's alarm for health and the metrics.
 pub const LOG_ALARM_CHECK_MS: u64 = 250;
 /// A snapshot is due once a restart would replay more records than half the live

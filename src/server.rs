@@ -43,7 +43,7 @@ use crate::auth::{self, OperatorKeyError};
 use crate::broker::Broker;
 use crate::clock::{Clock, SystemClock};
 use crate::datadir::{self, DataDirLock, LockError};
-use crate::leases::{LeaseTable, LeaseTiming};
+use crate::leases::{LeaseTiming, RecoveringLeases};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
@@ -326,8 +326,7 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
         },
     )?;
     let activity = Arc::new(Activity::new(Arc::clone(&clock), timing, audit));
-    let mut leases = LeaseTable::new(timing, 0);
-    leases.set_leases_per_org_max(settings.limits.leases_per_org_max);
+    let leases = RecoveringLeases::new(timing, settings.limits.leases_per_org_max);
     let opened = durable::open(
         &data_dir.join(WAL_DIR),
         Arc::new(RealFs),
@@ -336,6 +335,7 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
             ..WalOptions::default()
         },
         leases,
+        Arc::clone(&activity) as _,
     )
     .await?;
     // The replay's files and scans were freed on this thread.
@@ -350,15 +350,13 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
         "recovered the data directory"
     );
     let journal = opened.journal;
-    let mut leases = opened.leases;
-    // Only now: replaying the log must not reach the audit record or the metrics.
-    leases.set_observer(Arc::clone(&activity) as _);
     let broker = Arc::new(Broker::new(
         opened.admin,
-        leases,
+        opened.leases,
         operator,
         journal.clone(),
         clock,
+        Arc::clone(&activity) as _,
     ));
     Ok(Prepared {
         broker,
@@ -704,8 +702,18 @@ async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoc
         if !journal.snapshot_due(live_leases) || tokio::time::Instant::now() < next_try {
             continue;
         }
-        match snapshot_now(&broker, &journal, boot_epoch).await {
-            Ok(_) => backoff = retry_min,
+        match broker.snapshot_now(&journal, boot_epoch).await {
+            Ok(taken) => {
+                metrics::snapshot(taken.took, taken.bytes as u64);
+                tracing::info!(
+                    lsn = taken.lsn,
+                    bytes = taken.bytes,
+                    leases = taken.leases,
+                    millis = taken.took.as_millis() as u64,
+                    "snapshot written"
+                );
+                backoff = retry_min;
+            }
             Err(error) => {
                 tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "snapshot failed; the log keeps growing until one succeeds");
                 next_try = tokio::time::Instant::now() + backoff;
@@ -713,34 +721,4 @@ async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoc
             }
         }
     }
-}
-
-/// Cuts the state at the current end of the log and installs it as a snapshot. All of
-/// it runs on the blocking pool: the cut takes the admin write lock (for O(1)), and
-/// encoding a million leases takes a good part of a second.
-pub async fn snapshot_now(
-    broker: &Arc<Broker>,
-    journal: &Arc<WalJournal>,
-    boot_epoch: u64,
-) -> Result<usize, String> {
-    let started = std::time::Instant::now();
-    let wal = Arc::clone(journal.wal());
-    let broker = Arc::clone(broker);
-    let (lsn, bytes, leases) = tokio::task::spawn_blocking(move || {
-        let (admin, lsn) = broker.admin_cut(|| wal.stats().last_assigned_lsn);
-        durable::write_snapshot(&wal, lsn, &admin, broker.leases(), boot_epoch)
-            .map(|(bytes, leases)| (lsn, bytes, leases))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    metrics::snapshot(started.elapsed(), bytes as u64);
-    tracing::info!(
-        lsn,
-        bytes,
-        leases,
-        millis = started.elapsed().as_millis() as u64,
-        "snapshot written"
-    );
-    Ok(bytes)
 }

@@ -27,8 +27,9 @@ use prost::Message;
 use seatbroker::api::convert;
 use seatbroker::auth::{self, OperatorKey};
 use seatbroker::config::{Config, Settings};
+use seatbroker::domain::LeaseId;
 use seatbroker::domain::{AdminState, ApiKeyId, Command, Email, OrgId, Quota};
-use seatbroker::leases::{LeaseId, LeaseTable, LeaseTiming};
+use seatbroker::leases::{LeaseTiming, RecoveringLeases, UnobservedLeases};
 use seatbroker::storage::codec::{self, LogBody};
 use seatbroker::storage::durable;
 use seatbroker::wal::{FileSystem, SimulatedDisk, Wal, WalOptions};
@@ -756,13 +757,17 @@ fn check_durable_open(
         .enable_time()
         .build()
         .unwrap();
-    let leases = LeaseTable::new(LeaseTiming::from_ttl(Duration::from_secs(30)), 0);
+    let leases = RecoveringLeases::new(
+        LeaseTiming::from_ttl(Duration::from_secs(30)),
+        seatbroker::limits::LEASES_PER_ORG_MAX,
+    );
     let opened = bounded("durable::open", || {
         runtime.block_on(durable::open(
             &dir,
             Arc::new(disk.clone()),
             small_wal_options(),
             leases,
+            Arc::new(UnobservedLeases),
         ))
     })?;
     if let Ok(opened) = opened {
@@ -1004,12 +1009,16 @@ fn a_boot_epoch_out_of_range_is_refused() {
         .enable_time()
         .build()
         .unwrap();
-    let leases = LeaseTable::new(LeaseTiming::from_ttl(Duration::from_secs(30)), 0);
+    let leases = RecoveringLeases::new(
+        LeaseTiming::from_ttl(Duration::from_secs(30)),
+        seatbroker::limits::LEASES_PER_ORG_MAX,
+    );
     let opened = runtime.block_on(durable::open(
         &wal_dir(),
         Arc::new(disk),
         small_wal_options(),
         leases,
+        Arc::new(UnobservedLeases),
     ));
     let error = refusal(opened);
     assert!(

@@ -13,18 +13,18 @@ use super::status::to_status;
 use crate::activity::Activity;
 use crate::audit::{AuditCursor, AuditError, AuditQuery};
 use crate::broker::{Broker, Executed};
+use crate::domain::LeaseId;
 use crate::domain::types::{check_optional_text, check_required_text};
 use crate::domain::{
     Action, Command, CommandOutcome, DomainError, Email, OrgId, Principal, Product, Role,
 };
-use crate::leases::LeaseId;
 use crate::limits;
 use crate::proto::{self, admin_service_server::AdminService};
 
 pub struct AdminApi {
     broker: Arc<Broker>,
-    /// Told of every admin change (the audit record); holds usage windows and the
-    /// audit record for `GetUsage` and `ListAuditEvents`.
+    /// Holds usage windows and the audit record for `GetUsage` and `ListAuditEvents`
+    /// (admin changes reach the audit record from `Broker::execute`).
     activity: Arc<Activity>,
 }
 
@@ -48,7 +48,6 @@ impl AdminApi {
             .execute(&principal, command.clone())
             .await
             .map_err(to_status)?;
-        self.activity.admin_changed(&principal, &command);
         Ok((principal, command, outcome))
     }
 
@@ -467,7 +466,6 @@ impl AdminService for AdminApi {
             .create_api_key(&principal, org, email, body.label)
             .await
             .map_err(to_status)?;
-        self.activity.admin_changed(&principal, &created.command);
         Ok(Response::new(proto::CreateApiKeyResponse {
             key: Some(convert::api_key_to_wire(&created.record)),
             secret: created.full_text,

@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 
 use crate::audit::AuditRecord;
+use crate::domain::Lease;
 use crate::domain::{
     ApiKeyRecord, AssignmentOutcome, DomainError, Email, OrgId, Organization, Product, Quota, Role,
 };
-use crate::leases::Lease;
 use crate::limits;
 use crate::proto;
 

@@ -10,8 +10,8 @@ use super::status::to_status;
 use crate::activity::Activity;
 use crate::broker::{Broker, EngineRequest};
 use crate::domain::DomainError;
+use crate::domain::LeaseId;
 use crate::domain::types::{check_optional_text, check_required_text};
-use crate::leases::LeaseId;
 use crate::limits;
 use crate::proto::{self, session_service_server::SessionService};
 

@@ -31,8 +31,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::domain::LeaseId;
 use crate::domain::{ApiKeyId, Command, Email, OrgId, Principal, Product};
-use crate::leases::{LeaseEnd, LeaseId, LeaseRef};
+use crate::leases::{LeaseEnd, LeaseRef};
 use crate::limits;
 use crate::telemetry::metrics;
 

@@ -218,30 +218,9 @@ impl AdminState {
                 self.organization_mut(org)?.quota = *quota;
                 Ok(CommandOutcome::Done)
             }
-            Command::AddMember { org, email, role } => {
-                let org = self.organization_mut(org)?;
-                if org.members.contains_key(email) {
-                    return Err(DomainError::AlreadyAMember {
-                        org: org.id.clone(),
-                        email: email.clone(),
-                    });
-                }
-                org.members.insert(email.clone(), *role);
-                Ok(CommandOutcome::Done)
-            }
+            Command::AddMember { org, email, role } => self.add_member(org, email, *role),
             Command::RemoveMember { org, email } => self.remove_member(org, email),
-            Command::SetRole { org, email, role } => {
-                let org = self.organization_mut(org)?;
-                let current = org.require_member(email)?;
-                if current == Role::Owner && *role != Role::Owner && org.owner_count() == 1 {
-                    return Err(DomainError::LastOwner {
-                        org: org.id.clone(),
-                        email: email.clone(),
-                    });
-                }
-                org.members.insert(email.clone(), *role);
-                Ok(CommandOutcome::Done)
-            }
+            Command::SetRole { org, email, role } => self.set_role(org, email, *role),
             Command::AssignLicenses {
                 org,
                 product,
@@ -266,37 +245,88 @@ impl AdminState {
                 secret_sha256,
                 created_at_unix_ms,
             } => {
-                if self.key_index.contains_key(key_id) {
-                    return Err(DomainError::FailedPrecondition(format!(
-                        "API key id {key_id} is already in use"
-                    )));
-                }
-                let organization = self.organization_mut(org)?;
-                organization.require_member(email)?;
-                organization.api_keys.insert(
-                    key_id.clone(),
-                    ApiKeyRecord {
-                        id: key_id.clone(),
-                        email: email.clone(),
-                        label: label.clone(),
-                        secret_sha256: *secret_sha256,
-                        created_at_unix_ms: *created_at_unix_ms,
-                    },
-                );
-                self.key_index.insert(key_id.clone(), org.clone());
-                self.count_key(org, email, 1);
-                Ok(CommandOutcome::Done)
-            }
-            Command::RevokeApiKey { org, key_id } => {
-                let organization = self.organization_mut(org)?;
-                let Some(record) = organization.api_keys.remove(key_id) else {
-                    return Err(DomainError::ApiKeyNotFound(key_id.to_string()));
+                let record = ApiKeyRecord {
+                    id: key_id.clone(),
+                    email: email.clone(),
+                    label: label.clone(),
+                    secret_sha256: *secret_sha256,
+                    created_at_unix_ms: *created_at_unix_ms,
                 };
-                self.key_index.remove(key_id);
-                self.count_key(org, &record.email, -1);
-                Ok(CommandOutcome::Done)
+                self.create_api_key(org, record)
             }
+            Command::RevokeApiKey { org, key_id } => self.revoke_api_key(org, key_id),
         }
+    }
+
+    fn add_member(
+        &mut self,
+        org: &OrgId,
+        email: &Email,
+        role: Role,
+    ) -> Result<CommandOutcome, DomainError> {
+        let org = self.organization_mut(org)?;
+        if org.members.contains_key(email) {
+            return Err(DomainError::AlreadyAMember {
+                org: org.id.clone(),
+                email: email.clone(),
+            });
+        }
+        org.members.insert(email.clone(), role);
+        Ok(CommandOutcome::Done)
+    }
+
+    /// A member's new role; the last Owner stays one.
+    fn set_role(
+        &mut self,
+        org: &OrgId,
+        email: &Email,
+        role: Role,
+    ) -> Result<CommandOutcome, DomainError> {
+        let org = self.organization_mut(org)?;
+        let current = org.require_member(email)?;
+        if current == Role::Owner && role != Role::Owner && org.owner_count() == 1 {
+            return Err(DomainError::LastOwner {
+                org: org.id.clone(),
+                email: email.clone(),
+            });
+        }
+        org.members.insert(email.clone(), role);
+        Ok(CommandOutcome::Done)
+    }
+
+    /// A key for a member of `org`, under an id no organization uses.
+    fn create_api_key(
+        &mut self,
+        org: &OrgId,
+        record: ApiKeyRecord,
+    ) -> Result<CommandOutcome, DomainError> {
+        if self.key_index.contains_key(&record.id) {
+            return Err(DomainError::FailedPrecondition(format!(
+                "API key id {} is already in use",
+                record.id
+            )));
+        }
+        let organization = self.organization_mut(org)?;
+        organization.require_member(&record.email)?;
+        let (key_id, email) = (record.id.clone(), record.email.clone());
+        organization.api_keys.insert(key_id.clone(), record);
+        self.key_index.insert(key_id, org.clone());
+        self.count_key(org, &email, 1);
+        Ok(CommandOutcome::Done)
+    }
+
+    fn revoke_api_key(
+        &mut self,
+        org: &OrgId,
+        key_id: &ApiKeyId,
+    ) -> Result<CommandOutcome, DomainError> {
+        let organization = self.organization_mut(org)?;
+        let Some(record) = organization.api_keys.remove(key_id) else {
+            return Err(DomainError::ApiKeyNotFound(key_id.to_string()));
+        };
+        self.key_index.remove(key_id);
+        self.count_key(org, &record.email, -1);
+        Ok(CommandOutcome::Done)
     }
 
     fn create_organization(

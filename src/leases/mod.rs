@@ -10,7 +10,7 @@
 //!
 //! Leases are kept in a compact form (see `store`: a slab of 80-byte slots, deadlines
 //! in whole milliseconds rounded up), about 175 bytes a lease in all; [`Lease`] is the
-//! owned view handed to callers and [`LeaseRef`] the borrowed one handed to observers,
+//! owned view handed to callers (`domain::lease`) and [`LeaseRef`] the borrowed one handed to observers,
 //! both built on demand.
 //!
 //! - `expiry`: the per-organization heap of deadlines.
@@ -26,73 +26,13 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::domain::{DomainError, Email, OrgId, Principal, Product};
+use crate::domain::journal::{Durable, Journal, LogPermit, VolatileJournal};
+use crate::domain::{Command, DomainError, Email, Lease, LeaseId, OrgId, Principal, Product};
 use crate::limits;
-use crate::storage::{Durable, Journal, VolatileJournal};
 use expiry::ExpiryIndex;
 use store::{LeaseStore, MsClock, Slot, StoredLease};
-
-/// A lease id: 128 bits derived from the engine's identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LeaseId(pub u128);
-
-impl LeaseId {
-    const PREFIX: &'static str = "ls_";
-
-    fn derive(org: &OrgId, email: &Email, product: Product, engine_id: &str) -> Self {
-        let mut hasher = Sha256::new();
-        for part in [org.as_str(), email.as_str(), product.name(), engine_id] {
-            hasher.update((part.len() as u32).to_le_bytes());
-            hasher.update(part.as_bytes());
-        }
-        let digest = hasher.finalize();
-        let mut first = [0u8; 16];
-        first.copy_from_slice(&digest[..16]);
-        LeaseId(u128::from_be_bytes(first))
-    }
-
-    pub fn parse(text: &str) -> Result<Self, DomainError> {
-        let invalid = || {
-            DomainError::invalid(
-                "lease_id",
-                format!("{text:?} is not a lease id like ls_<32 hex digits>"),
-            )
-        };
-        let digits = text.strip_prefix(Self::PREFIX).ok_or_else(invalid)?;
-        // `from_str_radix` alone would also take a leading '+': one id, one spelling.
-        if digits.len() != 32 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid());
-        }
-        u128::from_str_radix(digits, 16)
-            .map(LeaseId)
-            .map_err(|_| invalid())
-    }
-}
-
-impl std::fmt::Display for LeaseId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}{:032x}", Self::PREFIX, self.0)
-    }
-}
-
-/// One live session, owned (the table keeps a compact form and builds this on demand).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub id: LeaseId,
-    pub generation: u64,
-    pub product: Product,
-    pub email: Email,
-    pub engine_id: Box<str>,
-    pub hostname: Box<str>,
-    pub label: Box<str>,
-    /// Monotonic instant after which the lease is gone: last heartbeat received + TTL,
-    /// rounded up to the millisecond.
-    pub deadline: Instant,
-    pub acquired_at_unix_ms: i64,
-}
 
 /// One live session, borrowed from the table (under its organization's lock) or from a
 /// [`Lease`]: what observers are given, so that telling them costs no allocation.
@@ -307,16 +247,28 @@ impl OrgLeases {
         Ok(())
     }
 
-    /// Tells the observer that `lease` ended, with the product's count after it.
-    fn observe_end(
-        &self,
-        observer: &dyn LeaseObserver,
-        lease: &StoredLease,
+    /// Ends the lease in `slot` for `why`: removes and journals it, counts the end and
+    /// tells the observer (with the product's count after it). Every lease end but a
+    /// replayed one takes this path.
+    fn end_observed(
+        &mut self,
+        slot: Slot,
         why: LeaseEnd,
         by: Option<&Principal>,
-    ) {
-        let active = self.counters[product_index(lease.product)].active;
-        observer.ended(&self.id, lease.view(self.clock), why, by, active);
+        sinks: Sinks<'_>,
+    ) -> StoredLease {
+        let lease = self.end(slot, sinks.journal);
+        let counters = self.counters_mut(lease.product);
+        match why {
+            LeaseEnd::Released => counters.releases += 1,
+            LeaseEnd::Expired => counters.expiries += 1,
+            LeaseEnd::Terminated => counters.terminations += 1,
+        }
+        let active = counters.active;
+        sinks
+            .observer
+            .ended(&self.id, lease.view(self.clock), why, by, active);
+        lease
     }
 
     fn counters_mut(&mut self, product: Product) -> &mut ProductCounters {
@@ -384,6 +336,13 @@ impl OrgLeases {
     }
 }
 
+/// Where a lease's end goes besides memory: the journal and the observer.
+#[derive(Clone, Copy)]
+struct Sinks<'t> {
+    journal: &'t dyn Journal,
+    observer: &'t dyn LeaseObserver,
+}
+
 /// Lease timing, fixed for the daemon's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseTiming {
@@ -437,47 +396,98 @@ const LIVE_SLOTS_PER_LOCK: usize = 1024;
 /// Bits of a generation below the boot epoch: 2^40 grants per boot.
 pub const GENERATION_EPOCH_SHIFT: u32 = 40;
 
-impl LeaseTable {
-    pub fn new(timing: LeaseTiming, boot_epoch: u64) -> Self {
-        assert!(
-            boot_epoch < (1 << (64 - GENERATION_EPOCH_SHIFT)),
-            "boot epoch out of range"
-        );
-        LeaseTable {
-            organizations: DashMap::new(),
+/// What a recovered table needs to serve: the boot epoch its grants draw generations
+/// from (already durable, above every restored generation), where grants and ends are
+/// journaled, and who hears of them. Given all at once, so no table serves with a
+/// part missing.
+pub struct Serving {
+    pub boot_epoch: u64,
+    pub journal: Arc<dyn Journal>,
+    pub observer: Arc<dyn LeaseObserver>,
+}
+
+impl Serving {
+    /// A table that journals nothing and tells no one: for tests and benchmarks.
+    pub fn volatile(boot_epoch: u64) -> Self {
+        Serving {
+            boot_epoch,
             journal: Arc::new(VolatileJournal::new()),
             observer: Arc::new(UnobservedLeases),
-            leases_per_org_max: limits::LEASES_PER_ORG_MAX,
-            next_generation: AtomicU64::new((boot_epoch << GENERATION_EPOCH_SHIFT) + 1),
-            timing,
+        }
+    }
+}
+
+/// A lease table being rebuilt from the log, before it serves: it restores and forgets
+/// leases and ends a replayed command's withdrawals, and it has no journal and no
+/// observer, so a replay reaches neither the log nor the audit record or the metrics.
+/// [`RecoveringLeases::serve`] is the only way to a [`LeaseTable`], and a serving
+/// table cannot restore: recovery, then serving, in that order.
+pub struct RecoveringLeases {
+    table: LeaseTable,
+}
+
+impl RecoveringLeases {
+    /// An empty table with at most `leases_per_org_max` live leases per organization
+    /// (configuration; default `limits::LEASES_PER_ORG_MAX`).
+    pub fn new(timing: LeaseTiming, leases_per_org_max: usize) -> Self {
+        RecoveringLeases {
+            table: LeaseTable {
+                organizations: DashMap::new(),
+                journal: Arc::new(VolatileJournal::new()),
+                observer: Arc::new(UnobservedLeases),
+                leases_per_org_max,
+                next_generation: AtomicU64::new(1),
+                timing,
+            },
         }
     }
 
-    /// Sets where grants and ends are journaled; recovery restores leases before this.
-    pub fn set_journal(&mut self, journal: Arc<dyn Journal>) {
-        self.journal = journal;
+    /// Puts back a lease found in the log or a snapshot, live for one TTL from `now`
+    /// so that its engine can keep it by heartbeating. A record of an older generation
+    /// than the lease already held is ignored (records may overlap a snapshot).
+    pub fn restore(&self, org: &OrgId, lease: LeaseRef<'_>, now: Instant) {
+        self.table.restore(org, lease, now);
     }
 
-    /// Recovery is over: grants of this boot draw generations from `epoch`, above every
-    /// generation restored from earlier boots.
-    pub fn start_epoch(&mut self, epoch: u64) {
+    /// Removes a lease whose end was logged, if it is that generation.
+    pub fn forget(&self, org: &OrgId, id: LeaseId, generation: u64) {
+        self.table.forget(org, id, generation);
+    }
+
+    /// Ends the sessions a replayed command withdrew (see
+    /// [`LeaseTable::end_sessions_withdrawn_by`]).
+    pub fn end_sessions_withdrawn_by(&self, command: &Command) -> u32 {
+        self.table.end_sessions_withdrawn_by(command, None)
+    }
+
+    /// Live leases restored so far.
+    pub fn live_count(&self) -> usize {
+        self.table.live_count()
+    }
+
+    /// Recovery is over: gives each organization's storage the size of its live
+    /// leases (`compact_after_recovery`), and serves with `serving`'s journal and
+    /// observer, granting generations of its boot epoch.
+    pub fn serve(self, serving: Serving) -> LeaseTable {
         assert!(
-            epoch < (1 << (64 - GENERATION_EPOCH_SHIFT)),
+            serving.boot_epoch < (1 << (64 - GENERATION_EPOCH_SHIFT)),
             "boot epoch out of range"
         );
-        let first = (epoch << GENERATION_EPOCH_SHIFT) + 1;
-        assert!(first > self.next_generation(), "boot epochs must increase");
-        self.next_generation = AtomicU64::new(first);
+        let mut table = self.table;
+        table.compact_after_recovery();
+        table.next_generation = AtomicU64::new((serving.boot_epoch << GENERATION_EPOCH_SHIFT) + 1);
+        table.journal = serving.journal;
+        table.observer = serving.observer;
+        table
     }
+}
 
-    /// Sets who hears of grants, heartbeats and ends.
-    pub fn set_observer(&mut self, observer: Arc<dyn LeaseObserver>) {
-        self.observer = observer;
-    }
-
-    /// Sets the cap on one organization's live leases.
-    pub fn set_leases_per_org_max(&mut self, leases_per_org_max: usize) {
-        self.leases_per_org_max = leases_per_org_max;
+impl LeaseTable {
+    /// An empty table that serves at once, journaling nothing and telling no one: for
+    /// tests and benchmarks (the daemon's comes from recovery, [`RecoveringLeases`]).
+    pub fn new(timing: LeaseTiming, boot_epoch: u64) -> Self {
+        RecoveringLeases::new(timing, limits::LEASES_PER_ORG_MAX)
+            .serve(Serving::volatile(boot_epoch))
     }
 
     /// The generation the next grant will carry.
@@ -506,6 +516,13 @@ impl LeaseTable {
         self.organizations.get(org).map(|o| Arc::clone(&o))
     }
 
+    fn sinks(&self) -> Sinks<'_> {
+        Sinks {
+            journal: self.journal.as_ref(),
+            observer: self.observer.as_ref(),
+        }
+    }
+
     /// Grants a lease, or returns the engine's live one. Check and grant are one step
     /// under the organization's lock. The grant may be answered once `Durable` resolves.
     pub fn acquire(
@@ -525,21 +542,42 @@ impl LeaseTable {
         let org = &mut *guard;
         let deadline_ms = org.clock.deadline_ms(now.instant + self.timing.ttl);
         if let Some(slot) = org.leases.find(id) {
-            // A retry of the same engine: same lease, extended like a heartbeat (never
-            // backwards). Its grant is appended again and awaited, because the first
-            // answer may not have been durable yet; replaying it twice changes nothing.
-            let lease = org.leases.get_mut(slot).expect("found slots are occupied");
-            lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
-            let lease = lease.view(org.clock).to_lease();
-            let durable = self
-                .journal
-                .append_lease_granted(permit, request.org, &lease);
-            let granted = Granted {
-                lease,
-                resumed: true,
-            };
-            return Ok((granted, durable));
+            return Ok(self.resume(org, slot, deadline_ms, permit, request.org));
         }
+        self.check_grant(org, &request)?;
+        Ok(self.grant(org, id, &request, deadline_ms, now.unix_ms, permit))
+    }
+
+    /// A retry of the same engine: same lease, extended like a heartbeat (never
+    /// backwards). Its grant is appended again and awaited, because the first answer
+    /// may not have been durable yet; replaying it twice changes nothing.
+    fn resume(
+        &self,
+        org: &mut OrgLeases,
+        slot: Slot,
+        deadline_ms: u64,
+        permit: LogPermit,
+        org_id: &OrgId,
+    ) -> (Granted, Durable) {
+        let lease = org.leases.get_mut(slot).expect("found slots are occupied");
+        lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
+        let lease = lease.view(org.clock).to_lease();
+        let durable = self.journal.append_lease_granted(permit, org_id, &lease);
+        let granted = Granted {
+            lease,
+            resumed: true,
+        };
+        (granted, durable)
+    }
+
+    /// The rules a new lease must meet, in order: one KSE engine per user, the
+    /// product's quota (a refusal is counted), every earlier end journaled, and the
+    /// organization's cap on live leases.
+    fn check_grant(
+        &self,
+        org: &mut OrgLeases,
+        request: &AcquireRequest<'_>,
+    ) -> Result<(), DomainError> {
         if request.product == Product::Kse
             && let Some(&holder) = org.kse_holders.get(request.email)
         {
@@ -572,6 +610,20 @@ impl LeaseTable {
                 limit: self.leases_per_org_max,
             });
         }
+        Ok(())
+    }
+
+    /// Grants a new lease that passed `check_grant`: a fresh generation, appended to
+    /// the journal, stored, scheduled for expiry, and told to the observer.
+    fn grant(
+        &self,
+        org: &mut OrgLeases,
+        id: LeaseId,
+        request: &AcquireRequest<'_>,
+        deadline_ms: u64,
+        unix_ms: i64,
+        permit: LogPermit,
+    ) -> (Granted, Durable) {
         org.counters_mut(request.product).grants += 1;
         let lease = Lease {
             id,
@@ -582,7 +634,7 @@ impl LeaseTable {
             hostname: request.hostname.into(),
             label: request.label.into(),
             deadline: org.clock.instant(deadline_ms),
-            acquired_at_unix_ms: now.unix_ms,
+            acquired_at_unix_ms: unix_ms,
         };
         let durable = self
             .journal
@@ -594,7 +646,7 @@ impl LeaseTable {
             lease,
             resumed: false,
         };
-        Ok((granted, durable))
+        (granted, durable)
     }
 
     /// Extends a lease of `email` to `now + ttl`; returns the new deadline.
@@ -636,9 +688,7 @@ impl LeaseTable {
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
         let slot = org.find(id, Some(email), generation)?;
-        let lease = org.end(slot, self.journal.as_ref());
-        org.counters_mut(lease.product).releases += 1;
-        org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Released, None);
+        org.end_observed(slot, LeaseEnd::Released, None, self.sinks());
         Ok(())
     }
 
@@ -657,36 +707,27 @@ impl LeaseTable {
             .leases
             .find(id)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
-        let lease = org.end(slot, self.journal.as_ref());
-        org.counters_mut(lease.product).terminations += 1;
-        org.observe_end(
-            self.observer.as_ref(),
-            &lease,
-            LeaseEnd::Terminated,
-            Some(by),
-        );
+        let lease = org.end_observed(slot, LeaseEnd::Terminated, Some(by), self.sinks());
         Ok(lease.view(org.clock).to_lease())
     }
 
-    /// Ends every session of the given users (of one product, or of both), for an
-    /// admin command of `by` (`None` when replaying the log). Admin commands are
-    /// rare, so this scans the organization's leases once per command rather than
+    /// Ends the sessions `command` withdraws (a removed member's, those of a license
+    /// unassigned or transferred away), for admin `by` (`None` when replaying the
+    /// log): the one path of both, so a replay ends exactly what the live command
+    /// ended. Call it once the command applied, under the admin lock. Admin commands
+    /// are rare, so this scans the organization's leases once per command rather than
     /// keeping a per-user index on the hot path.
-    pub fn end_sessions_of(
-        &self,
-        org: &OrgId,
-        users: &[(Email, Option<Product>)],
-        by: Option<&Principal>,
-    ) -> u32 {
-        if users.is_empty() {
+    pub fn end_sessions_withdrawn_by(&self, command: &Command, by: Option<&Principal>) -> u32 {
+        let withdrawn = command.sessions_to_end();
+        if withdrawn.is_empty() {
             return 0;
         }
-        let Some(cell) = self.existing_organization(org) else {
+        let Some(cell) = self.existing_organization(command.org()) else {
             return 0;
         };
-        let ending_products: HashMap<&Email, Option<Product>> = users
+        let ending_products: HashMap<&Email, Option<Product>> = withdrawn
             .iter()
-            .map(|(email, product)| (email, *product))
+            .map(|sessions| (&sessions.email, sessions.product))
             .collect();
         let mut org = cell.lock();
         let ending: Vec<Slot> = org
@@ -700,17 +741,13 @@ impl LeaseTable {
             .map(|(slot, _)| slot)
             .collect();
         for &slot in &ending {
-            let lease = org.end(slot, self.journal.as_ref());
-            org.counters_mut(lease.product).terminations += 1;
-            org.observe_end(self.observer.as_ref(), &lease, LeaseEnd::Terminated, by);
+            org.end_observed(slot, LeaseEnd::Terminated, by, self.sinks());
         }
         ending.len() as u32
     }
 
-    /// Recovery: puts back a lease found in the log or a snapshot, live for one TTL
-    /// from `now` so that its engine can keep it by heartbeating. A record of an older
-    /// generation than the lease already held is ignored (records may overlap a snapshot).
-    pub fn restore(&self, org: &OrgId, lease: LeaseRef<'_>, now: Instant) {
+    /// See [`RecoveringLeases::restore`].
+    fn restore(&self, org: &OrgId, lease: LeaseRef<'_>, now: Instant) {
         let cell = self.organization(org, now);
         let mut org = cell.lock();
         if let Some(slot) = org.leases.find(lease.id) {
@@ -738,20 +775,19 @@ impl LeaseTable {
         org.insert(StoredLease::new(lease, deadline_ms));
     }
 
-    /// Recovery is over: gives each organization's storage the size of its live
-    /// leases. Replay grows the slab, the index and the expiry heap to the peak of
+    /// Gives each organization's storage the size of its live leases. Replay grows the slab, the index and the expiry heap to the peak of
     /// leases live at once in the replayed records and leaves stale heap entries; a
     /// daemon sized for its steady state must not keep that peak after a restart.
     /// Slots are renumbered, which is safe only before anything (a listing's page
     /// token) refers to one.
-    pub fn compact_after_recovery(&self) {
+    fn compact_after_recovery(&self) {
         for entry in self.organizations.iter() {
             entry.value().lock().compact();
         }
     }
 
-    /// Recovery: removes a lease whose end was logged, if it is that generation.
-    pub fn forget(&self, org: &OrgId, id: LeaseId, generation: u64) {
+    /// See [`RecoveringLeases::forget`].
+    fn forget(&self, org: &OrgId, id: LeaseId, generation: u64) {
         let Some(cell) = self.existing_organization(org) else {
             return;
         };
@@ -811,14 +847,7 @@ impl LeaseTable {
             .collect();
         cells
             .iter()
-            .map(|cell| {
-                expire_org(
-                    &mut cell.lock(),
-                    now,
-                    self.journal.as_ref(),
-                    self.observer.as_ref(),
-                )
-            })
+            .map(|cell| expire_org(&mut cell.lock(), now, self.sinks()))
             .sum()
     }
 
@@ -871,12 +900,7 @@ impl LeaseTable {
     }
 }
 
-fn expire_org(
-    org: &mut OrgLeases,
-    now: Instant,
-    journal: &dyn Journal,
-    observer: &dyn LeaseObserver,
-) -> usize {
+fn expire_org(org: &mut OrgLeases, now: Instant, sinks: Sinks<'_>) -> usize {
     let Some(now_ms) = org.clock.elapsed_ms(now) else {
         return 0; // Before the organization's clock began: nothing can be due.
     };
@@ -891,9 +915,7 @@ fn expire_org(
             org.expiry.schedule(deadline_ms, slot, generation);
             continue;
         }
-        let lease = org.end(slot, journal);
-        org.counters_mut(lease.product).expiries += 1;
-        org.observe_end(observer, &lease, LeaseEnd::Expired, None);
+        org.end_observed(slot, LeaseEnd::Expired, None, sinks);
         expired += 1;
         if expired >= limits::EXPIRIES_PER_SWEEP_MAX {
             break;

@@ -13,6 +13,10 @@ fn table() -> LeaseTable {
     LeaseTable::new(LeaseTiming::from_ttl(TTL), 1)
 }
 
+fn recovering() -> RecoveringLeases {
+    RecoveringLeases::new(LeaseTiming::from_ttl(TTL), limits::LEASES_PER_ORG_MAX)
+}
+
 fn org() -> OrgId {
     OrgId::parse("acme").unwrap()
 }
@@ -164,12 +168,18 @@ async fn ending_a_users_sessions_frees_their_seats() {
     acquire(&table, 1, "e2", Product::Kre, 10).unwrap();
     acquire(&table, 1, "e3", Product::Kse, 10).unwrap();
     acquire(&table, 2, "e4", Product::Kre, 10).unwrap();
-    assert_eq!(
-        table.end_sessions_of(&org(), &[(email(1), Some(Product::Kre))], None),
-        2
-    );
+    let unassign = Command::UnassignLicenses {
+        org: org(),
+        product: Product::Kre,
+        emails: vec![email(1)],
+    };
+    assert_eq!(table.end_sessions_withdrawn_by(&unassign, None), 2);
     assert_eq!(table.counters(&org(), Product::Kre).active, 1);
-    assert_eq!(table.end_sessions_of(&org(), &[(email(1), None)], None), 1);
+    let remove = Command::RemoveMember {
+        org: org(),
+        email: email(1),
+    };
+    assert_eq!(table.end_sessions_withdrawn_by(&remove, None), 1);
     assert_eq!(table.counters(&org(), Product::Kse).active, 0);
 }
 
@@ -393,13 +403,13 @@ struct RecordingJournal {
 }
 
 impl Journal for RecordingJournal {
-    fn admit(&self) -> Result<crate::storage::LogPermit, DomainError> {
-        crate::storage::admit(0, 1)
+    fn admit(&self) -> Result<crate::domain::journal::LogPermit, DomainError> {
+        crate::domain::journal::admit(0, 1)
     }
 
     fn append_command(
         &self,
-        _permit: crate::storage::LogPermit,
+        _permit: crate::domain::journal::LogPermit,
         _command: &crate::domain::Command,
     ) -> Durable {
         Box::pin(std::future::ready(Ok(())))
@@ -407,7 +417,7 @@ impl Journal for RecordingJournal {
 
     fn append_lease_granted(
         &self,
-        _permit: crate::storage::LogPermit,
+        _permit: crate::domain::journal::LogPermit,
         _org: &OrgId,
         _lease: &Lease,
     ) -> Durable {
@@ -429,9 +439,12 @@ impl Journal for RecordingJournal {
 }
 
 fn journaled_table() -> (LeaseTable, Arc<RecordingJournal>) {
-    let mut table = table();
     let journal = Arc::new(RecordingJournal::default());
-    table.set_journal(journal.clone());
+    let table = recovering().serve(Serving {
+        boot_epoch: 1,
+        journal: journal.clone(),
+        observer: Arc::new(UnobservedLeases),
+    });
     (table, journal)
 }
 
@@ -467,18 +480,21 @@ async fn an_end_the_log_could_not_take_is_journaled_before_its_seat_is_granted_a
 
 #[tokio::test(start_paused = true)]
 async fn recovery_keeps_the_newest_kse_session_of_a_user() {
-    let table = table();
-    let newer = acquire(&table, 1, "e2", Product::Kse, 5).unwrap().lease;
+    let newer = acquire(&table(), 1, "e2", Product::Kse, 5).unwrap().lease;
     let older = Lease {
         id: LeaseId::derive(&org(), &email(1), Product::Kse, "e1"),
         generation: newer.generation - 1,
         engine_id: "e1".into(),
         ..newer.clone()
     };
-    // Log records after a snapshot: the older grant, then its end.
-    table.restore(&org(), (&older).into(), Instant::now());
-    table.forget(&org(), older.id, older.generation);
-    assert_eq!(table.live_count(), 1);
+    // The newer lease in a snapshot, then log records after it: the older grant,
+    // then its end.
+    let recovering = recovering();
+    recovering.restore(&org(), (&newer).into(), Instant::now());
+    recovering.restore(&org(), (&older).into(), Instant::now());
+    recovering.forget(&org(), older.id, older.generation);
+    assert_eq!(recovering.live_count(), 1);
+    let table = recovering.serve(Serving::volatile(2));
     let second = acquire(&table, 1, "e3", Product::Kse, 5).unwrap_err();
     assert!(
         matches!(second, DomainError::KseSessionInUse { .. }),
@@ -541,7 +557,7 @@ async fn pages_list_each_live_lease_once_and_examine_boundedly_many_slots() {
 }
 
 /// Restores `count` KRE leases of user 0 (engines `r0`, `r1`, ...) as recovery does.
-fn restore_many(table: &LeaseTable, count: usize) -> Vec<Lease> {
+fn restore_many(table: &RecoveringLeases, count: usize) -> Vec<Lease> {
     let email = email(0);
     (0..count)
         .map(|n| {
@@ -565,7 +581,7 @@ fn restore_many(table: &LeaseTable, count: usize) -> Vec<Lease> {
 
 #[tokio::test(start_paused = true)]
 async fn compaction_after_recovery_keeps_only_the_live_leases_and_their_rules() {
-    let table = table();
+    let table = recovering();
     let restored = restore_many(&table, 1000);
     // The log ended most of them: the slab, index and heap keep the replay's peak.
     for lease in restored.iter().filter(|l| l.generation % 10 != 0) {
@@ -589,10 +605,10 @@ async fn compaction_after_recovery_keeps_only_the_live_leases_and_their_rules() 
         .map(|l| l.id)
         .chain([kse.id])
         .collect();
-    let cell = table.existing_organization(&org()).unwrap();
+    let cell = table.table.existing_organization(&org()).unwrap();
     assert!(cell.lock().expiry.len() > live.len());
 
-    table.compact_after_recovery();
+    let table = table.serve(Serving::volatile(1));
 
     {
         let org = cell.lock();
@@ -627,11 +643,12 @@ async fn compaction_after_recovery_keeps_only_the_live_leases_and_their_rules() 
 
 #[tokio::test(start_paused = true)]
 async fn visiting_live_leases_sees_each_once_across_lock_holds() {
-    let table = table();
-    let restored = restore_many(&table, 3 * LIVE_SLOTS_PER_LOCK + 5);
+    let recovering = recovering();
+    let restored = restore_many(&recovering, 3 * LIVE_SLOTS_PER_LOCK + 5);
     for lease in restored.iter().step_by(3) {
-        table.forget(&org(), lease.id, lease.generation);
+        recovering.forget(&org(), lease.id, lease.generation);
     }
+    let table = recovering.serve(Serving::volatile(1));
     let mut visited = Vec::new();
     table.visit_live(&mut |org_id: &OrgId, lease: LeaseRef<'_>| {
         assert_eq!(org_id, &org());

@@ -8,7 +8,8 @@ use prost::Message;
 use crate::domain::{
     AdminState, ApiKeyId, ApiKeyRecord, Command, Email, OrgId, Organization, Product, Quota, Role,
 };
-use crate::leases::{Lease, LeaseId, LeaseRef};
+use crate::domain::{Lease, LeaseId};
+use crate::leases::LeaseRef;
 
 /// One record of the log.
 #[derive(Clone, PartialEq, Message)]

@@ -19,9 +19,11 @@ use super::codec::{
     self, DecodeError, LeaseEndRecord, LeaseRecord, LogBody, LogScratch, ReusedLogBody,
     SnapshotEncoder,
 };
-use super::{Durable, Journal, LogPermit};
-use crate::domain::{AdminState, Command, DomainError, Email, OrgId};
-use crate::leases::{Lease, LeaseId, LeaseRef, LeaseTable, LiveLeaseVisitor};
+use crate::domain::journal::{self, Durable, Journal, LogPermit};
+use crate::domain::{AdminState, Command, DomainError, Email, Lease, LeaseId, OrgId};
+use crate::leases::{
+    LeaseObserver, LeaseRef, LeaseTable, LiveLeaseVisitor, RecoveringLeases, Serving,
+};
 use crate::limits;
 use crate::wal::{
     self, FileSystem, Lsn, ReplayError, Replayed, SnapshotWriter, Wal, WalError, WalOptions,
@@ -110,7 +112,7 @@ impl Journal for WalJournal {
                 "seatbroker is shutting down; retry against the restarted daemon".into(),
             ),
         })?;
-        super::admit(pending, limits::LOG_QUEUE_RECORDS_MAX)
+        journal::admit(pending, limits::LOG_QUEUE_RECORDS_MAX)
     }
 
     fn append_command(&self, permit: LogPermit, command: &Command) -> Durable {
@@ -170,19 +172,21 @@ pub struct Opened {
     pub recovery_time: std::time::Duration,
 }
 
-/// Opens (or creates) the log in `dir`, rebuilds the admin state and the live leases,
-/// and makes a new boot epoch durable before returning.
+/// Opens (or creates) the log in `dir`, rebuilds the admin state and the live leases
+/// into `leases`, makes a new boot epoch durable, and returns the lease table serving
+/// on the log, telling `observer` (which the replay never reaches).
 ///
 /// The log hands over the snapshot and then one record at a time, each borrowed from
 /// the file being read; leases are decoded into reused records and stored directly,
 /// and their organization ids and emails are shared as they are when granted. So
 /// what stays allocated after a replay is the live state and nothing else, and
-/// `compact_after_recovery` gives the lease storage the size of the live leases.
+/// serving compacts the lease storage to the size of the live leases.
 pub async fn open(
     dir: &Path,
     fs: Arc<dyn FileSystem>,
     options: WalOptions,
-    mut leases: LeaseTable,
+    leases: RecoveringLeases,
+    observer: Arc<dyn LeaseObserver>,
 ) -> Result<Opened, OpenError> {
     let started = WallInstant::now();
     let mut replayer = Replayer::new(&leases, Instant::now());
@@ -203,10 +207,10 @@ pub async fn open(
         snapshot_leases,
         ..
     } = replayer;
-    leases.compact_after_recovery();
+    let (journal, leases) = start_boot(wal, leases, boot_epoch + 1, observer).await?;
     Ok(Opened {
         admin,
-        journal: start_boot(wal, &mut leases, boot_epoch + 1).await?,
+        journal,
         leases,
         boot_epoch: boot_epoch + 1,
         snapshot_leases,
@@ -215,24 +219,28 @@ pub async fn open(
     })
 }
 
-/// Makes `boot_epoch` durable before any grant of this boot can carry it, and hands
-/// the lease table its journal.
+/// Makes `boot_epoch` durable before any grant of this boot can carry it, then serves
+/// the recovered leases on the log.
 async fn start_boot(
     wal: Wal,
-    leases: &mut LeaseTable,
+    leases: RecoveringLeases,
     boot_epoch: u64,
-) -> Result<Arc<WalJournal>, OpenError> {
+    observer: Arc<dyn LeaseObserver>,
+) -> Result<(Arc<WalJournal>, LeaseTable), OpenError> {
     let wal = Arc::new(wal);
     wal.submit(codec::encode_boot(boot_epoch))?.await?;
-    leases.start_epoch(boot_epoch);
     let journal = Arc::new(WalJournal {
         wal,
         replay_records_min: snapshot_records_failpoint()
             .unwrap_or(limits::SNAPSHOT_REPLAY_RECORDS_MIN),
         dropped_lease_ends: AtomicU64::new(0),
     });
-    leases.set_journal(journal.clone());
-    Ok(journal)
+    let leases = leases.serve(Serving {
+        boot_epoch,
+        journal: journal.clone(),
+        observer,
+    });
+    Ok((journal, leases))
 }
 
 /// Name of the environment variable that, in `failpoints` builds, replaces
@@ -251,7 +259,7 @@ fn snapshot_records_failpoint() -> Option<u64> {
 /// Rebuilds the admin state and the live leases from what the log hands over.
 struct Replayer<'t> {
     admin: AdminState,
-    leases: &'t LeaseTable,
+    leases: &'t RecoveringLeases,
     /// The highest boot epoch seen so far.
     boot_epoch: u64,
     /// Every restored lease lives one TTL from here.
@@ -263,7 +271,7 @@ struct Replayer<'t> {
 }
 
 impl<'t> Replayer<'t> {
-    fn new(leases: &'t LeaseTable, now: Instant) -> Self {
+    fn new(leases: &'t RecoveringLeases, now: Instant) -> Self {
         Replayer {
             admin: AdminState::default(),
             leases,
@@ -284,7 +292,7 @@ impl<'t> Replayer<'t> {
         let (state, epoch) =
             codec::decode_snapshot_head(payload).map_err(|e| refused(e.to_string()))?;
         self.admin = state;
-        self.boot_epoch = checked_boot_epoch(epoch).map_err(refused)?;
+        self.boot_epoch = checked_boot_epoch(epoch).map_err(|e| refused(e.to_string()))?;
         let (leases, names, now) = (self.leases, &mut self.names, self.now);
         let mut restored = 0;
         codec::for_each_snapshot_lease(payload, |record| {
@@ -321,12 +329,7 @@ impl<'t> Replayer<'t> {
         self.admin
             .apply(&command)
             .map_err(|e| (what, e.to_string()))?;
-        let users: Vec<_> = command
-            .sessions_to_end()
-            .into_iter()
-            .map(|s| (s.email, s.product))
-            .collect();
-        self.leases.end_sessions_of(command.org(), &users, None);
+        self.leases.end_sessions_withdrawn_by(&command);
         Ok(())
     }
 
@@ -345,8 +348,8 @@ impl<'t> Replayer<'t> {
                 self.replay_command(codec::legacy::decode_command(&record))
             }
             LogBody::Boot(record) => {
-                let epoch =
-                    checked_boot_epoch(record.epoch).map_err(|detail| ("a boot record", detail))?;
+                let epoch = checked_boot_epoch(record.epoch)
+                    .map_err(|e| ("a boot record", e.to_string()))?;
                 self.boot_epoch = self.boot_epoch.max(epoch);
                 Ok(())
             }
@@ -399,7 +402,7 @@ impl SharedNames {
 
 /// Puts back the lease of a grant record or a snapshot, live for one TTL from `now`.
 fn restore(
-    leases: &LeaseTable,
+    leases: &RecoveringLeases,
     names: &mut SharedNames,
     record: &LeaseRecord,
     now: Instant,
@@ -423,7 +426,7 @@ fn restore(
 
 /// Removes the lease of an end record, if that generation is live.
 fn forget(
-    leases: &LeaseTable,
+    leases: &RecoveringLeases,
     names: &mut SharedNames,
     record: &LeaseEndRecord,
 ) -> Result<(), DecodeError> {
@@ -436,15 +439,21 @@ fn forget(
     Ok(())
 }
 
+/// A logged boot epoch whose next one would not fit in a generation's high bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("boot epoch {epoch} is out of range (below {})", BOOT_EPOCHS - 1)]
+pub struct BootEpochOutOfRange {
+    pub epoch: u64,
+}
+
+/// Boot epochs a generation's high bits hold.
+const BOOT_EPOCHS: u64 = 1 << (64 - crate::leases::GENERATION_EPOCH_SHIFT);
+
 /// A logged boot epoch, if the next boot's epoch still fits in a generation's high
 /// bits (a larger one can only come from damage that kept its checksum, or forgery).
-fn checked_boot_epoch(epoch: u64) -> Result<u64, String> {
-    const EPOCHS: u64 = 1 << (64 - crate::leases::GENERATION_EPOCH_SHIFT);
-    if epoch >= EPOCHS - 1 {
-        return Err(format!(
-            "boot epoch {epoch} is out of range (below {})",
-            EPOCHS - 1
-        ));
+fn checked_boot_epoch(epoch: u64) -> Result<u64, BootEpochOutOfRange> {
+    if epoch >= BOOT_EPOCHS - 1 {
+        return Err(BootEpochOutOfRange { epoch });
     }
     Ok(epoch)
 }

@@ -58,8 +58,9 @@ pub const ORG_LEASE_EXPIRIES_TOTAL: &str = "seatbroker_org_lease_expiries_total"
 /// Audit events dropped because the audit queue was full or a write failed.
 pub const AUDIT_EVENTS_DROPPED_TOTAL: &str = "seatbroker_audit_events_dropped_total";
 /// The write-ahead log: fsync latency, records per fsync, snapshot and recovery time.
-pub const WAL_FSYNC_SECONDS: &str = "seatbroker_wal_fsync_seconds";
-pub const WAL_BATCH_RECORDS: &str = "seatbroker_wal_batch_records";
+/// (The log records its fsyncs itself: `wal::metrics`.)
+pub const WAL_FSYNC_SECONDS: &str = crate::wal::metrics::FSYNC_SECONDS;
+pub const WAL_BATCH_RECORDS: &str = crate::wal::metrics::BATCH_RECORDS;
 pub const WAL_SNAPSHOT_SECONDS: &str = "seatbroker_wal_snapshot_seconds";
 pub const WAL_SNAPSHOT_BYTES: &str = "seatbroker_wal_snapshot_bytes";
 pub const WAL_RECOVERY_SECONDS: &str = "seatbroker_wal_recovery_seconds";
@@ -125,14 +126,7 @@ fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
     Ok(builder.install_recorder()?)
 }
 
-// ----- The write-ahead log's hooks. -----
-
-/// Records one fsync of the write-ahead log: how long it took and how many records
-/// it made durable (the group-commit batch).
-pub fn wal_fsync(duration: Duration, batch_records: usize) {
-    histogram!(WAL_FSYNC_SECONDS).record(duration.as_secs_f64());
-    histogram!(WAL_BATCH_RECORDS).record(batch_records as f64);
-}
+// ----- The write-ahead log's snapshots, recovery and alarm (its fsyncs: `wal::metrics`). -----
 
 /// Records one snapshot: how long writing it took (through the directory fsync) and
 /// its size.

@@ -129,17 +129,35 @@ pub fn encode_segment_header(first_lsn: Lsn) -> [u8; SEGMENT_HEADER_BYTES] {
     header
 }
 
+/// Why a segment header or a snapshot file is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("{what} truncated to {bytes} bytes")]
+    Truncated { what: &'static str, bytes: usize },
+    #[error("bad {what} magic")]
+    BadMagic { what: &'static str },
+    #[error("{what} checksum mismatch")]
+    ChecksumMismatch { what: &'static str },
+    #[error("snapshot payload is {actual} bytes, header says {announced}")]
+    PayloadLength { actual: usize, announced: u64 },
+}
+
 /// Decodes a segment header, returning its first LSN, or why it is invalid.
-pub fn decode_segment_header(bytes: &[u8]) -> Result<Lsn, String> {
+pub fn decode_segment_header(bytes: &[u8]) -> Result<Lsn, FormatError> {
     if bytes.len() < SEGMENT_HEADER_BYTES {
-        return Err(format!("segment header truncated to {} bytes", bytes.len()));
+        return Err(FormatError::Truncated {
+            what: "segment header",
+            bytes: bytes.len(),
+        });
     }
     if bytes[0..8] != SEGMENT_MAGIC {
-        return Err("bad segment magic".to_string());
+        return Err(FormatError::BadMagic { what: "segment" });
     }
     let crc = u32::from_le_bytes(le4(&bytes[16..20]));
     if crc != masked_crc(&[&bytes[0..16]]) || bytes[20..24] != [0; 4] {
-        return Err("segment header checksum mismatch".to_string());
+        return Err(FormatError::ChecksumMismatch {
+            what: "segment header",
+        });
     }
     Ok(u64::from_le_bytes(le8(&bytes[8..16])))
 }
@@ -333,27 +351,34 @@ pub fn snapshot_header(lsn: Lsn, length: u64, payload_crc: u32) -> [u8; SNAPSHOT
 }
 
 /// Decodes a snapshot file, returning its LSN and payload, or why it is invalid.
-pub fn decode_snapshot(file: &[u8]) -> Result<(Lsn, &[u8]), String> {
+pub fn decode_snapshot(file: &[u8]) -> Result<(Lsn, &[u8]), FormatError> {
     if file.len() < SNAPSHOT_HEADER_BYTES {
-        return Err(format!("snapshot truncated to {} bytes", file.len()));
+        return Err(FormatError::Truncated {
+            what: "snapshot",
+            bytes: file.len(),
+        });
     }
     if file[0..8] != SNAPSHOT_MAGIC {
-        return Err("bad snapshot magic".to_string());
+        return Err(FormatError::BadMagic { what: "snapshot" });
     }
     if u32::from_le_bytes(le4(&file[28..32])) != masked_crc(&[&file[0..28]]) {
-        return Err("snapshot header checksum mismatch".to_string());
+        return Err(FormatError::ChecksumMismatch {
+            what: "snapshot header",
+        });
     }
     let lsn = u64::from_le_bytes(le8(&file[8..16]));
     let length = u64::from_le_bytes(le8(&file[16..24]));
     let payload = &file[SNAPSHOT_HEADER_BYTES..];
     if payload.len() as u64 != length {
-        return Err(format!(
-            "snapshot payload is {} bytes, header says {length}",
-            payload.len()
-        ));
+        return Err(FormatError::PayloadLength {
+            actual: payload.len(),
+            announced: length,
+        });
     }
     if u32::from_le_bytes(le4(&file[24..28])) != masked_crc(&[payload]) {
-        return Err("snapshot payload checksum mismatch".to_string());
+        return Err(FormatError::ChecksumMismatch {
+            what: "snapshot payload",
+        });
     }
     Ok((lsn, payload))
 }

@@ -89,7 +89,7 @@
 //!   reservation raises the [`Alarm`]: [`Wal::admission`] refuses new awaited
 //!   records (the broker answers UNAVAILABLE, "disk full"), records nobody awaits are
 //!   queued only while they fit in the room left, and the writer retries every
-//!   `limits::LOG_ROOM_RETRY_MS` and clears the alarm on the first success. A group
+//!   [`ROOM_RETRY_INTERVAL`] and clears the alarm on the first success. A group
 //!   admitted before the alarm that does not fit waits, unacknowledged, for that
 //!   retry; at close it is abandoned (its tickets fail).
 //! - A failed write or fdatasync aborts the process (see `fatal.rs`): never
@@ -137,6 +137,7 @@ mod error;
 mod fatal;
 mod format;
 pub mod fs;
+pub mod metrics;
 mod reader;
 mod recovery;
 mod snapshot;
@@ -202,6 +203,11 @@ pub const COMMIT_DELAY_LIMIT: Duration = Duration::from_millis(10);
 pub const BATCH_RECORDS_LIMIT: usize = 1 << 20;
 /// Hard lower bound on `segment_bytes_max` (small segments are for tests).
 pub const SEGMENT_BYTES_MIN: u64 = 1024;
+/// How often the writer retries a failed reservation of room ahead of its appends
+/// (zeros in the active segment, the next segment created ahead of time), and how
+/// long a commit group that found no room waits between tries. While one fails,
+/// [`Wal::admission`] refuses awaited records; the first success resumes them.
+pub const ROOM_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 const _: () = assert!(BATCH_RECORDS_LIMIT <= u32::MAX as usize);
 const _: () = assert!(BATCH_RECORDS_MAX_DEFAULT <= QUEUE_RECORDS_MAX_DEFAULT);

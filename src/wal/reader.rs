@@ -55,7 +55,7 @@ pub(crate) struct SegmentScan<'a> {
 }
 
 /// Reads a whole segment; `Err` when its header itself is invalid.
-pub(crate) fn scan_segment(file: &[u8]) -> Result<SegmentScan<'_>, String> {
+pub(crate) fn scan_segment(file: &[u8]) -> Result<SegmentScan<'_>, format::FormatError> {
     let first_lsn = format::decode_segment_header(file)?;
     let mut records = Vec::new();
     let mut offset = format::SEGMENT_HEADER_BYTES;

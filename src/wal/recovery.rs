@@ -257,7 +257,7 @@ fn newest_valid_snapshot(
                 tracing::error!(file = %path.display(), found_lsn, "snapshot header LSN does not match its name; skipping it");
             }
             Err(reason) => {
-                tracing::error!(file = %path.display(), reason, "invalid snapshot; falling back to an older one")
+                tracing::error!(file = %path.display(), %reason, "invalid snapshot; falling back to an older one")
             }
         }
     }
@@ -347,45 +347,12 @@ fn replay_segments<E>(
     let mut next_lsn = segments[start];
     for (index, &first_lsn) in segments.iter().enumerate().skip(start) {
         let path = dir.join(format::segment_file_name(first_lsn));
-        if first_lsn != next_lsn {
-            let detail = format!(
-                "segment starts at lsn {first_lsn} but the previous one ends at lsn {}",
-                next_lsn - 1
-            );
-            return Err(WalError::corrupt(path, 0, detail).into());
-        }
-        let file = fs
-            .read(&path)
-            .map_err(|error| WalError::io("reading", &path, error))?;
-        let scan =
-            reader::scan_segment(&file).map_err(|reason| WalError::corrupt(&path, 0, reason))?;
-        if scan.first_lsn != first_lsn {
-            let detail = format!(
-                "header says the first lsn is {}, the name says {first_lsn}",
-                scan.first_lsn
-            );
-            return Err(WalError::corrupt(&path, 0, detail).into());
-        }
-        check_lsn_order(&path, &scan)?;
+        let file = read_segment(fs, &path, first_lsn, next_lsn)?;
+        let scan = scan_checked(&path, &file, first_lsn)?;
         next_lsn = first_lsn + scan.records.len() as u64;
         let length = scan.valid_end;
         let is_last = index + 1 == segments.len();
-        let truncated_tail = match (&scan.end, is_last) {
-            (ScanEnd::Clean, false) if length < file.len() as u64 => {
-                let detail = "zeros where records were expected, in a segment that is not the last \
-                              (the writer trims a full segment to its records before the next one starts)";
-                return Err(WalError::corrupt(&path, length, detail).into());
-            }
-            (ScanEnd::Clean, _) => None,
-            (ScanEnd::Damaged { offset, reason }, false) => {
-                let detail =
-                    format!("{reason} (in a segment that is not the last, so it was fully synced)");
-                return Err(WalError::corrupt(&path, *offset, detail).into());
-            }
-            (ScanEnd::Damaged { offset, reason }, true) => {
-                Some(classify_tail(&path, &file, &scan, *offset, reason)?)
-            }
-        };
+        let truncated_tail = torn_tail(&path, &file, &scan, is_last)?;
         let after_snapshot = scan
             .records
             .iter()
@@ -419,6 +386,73 @@ fn replay_segments<E>(
         }
     }
     unreachable!("the loop returns at the last segment")
+}
+
+/// Reads the segment starting at `first_lsn`, which must continue the previous one
+/// (ending just before `next_lsn`).
+fn read_segment(
+    fs: &dyn FileSystem,
+    path: &Path,
+    first_lsn: Lsn,
+    next_lsn: Lsn,
+) -> Result<Vec<u8>, WalError> {
+    if first_lsn != next_lsn {
+        let detail = format!(
+            "segment starts at lsn {first_lsn} but the previous one ends at lsn {}",
+            next_lsn - 1
+        );
+        return Err(WalError::corrupt(path, 0, detail));
+    }
+    fs.read(path)
+        .map_err(|error| WalError::io("reading", path, error))
+}
+
+/// Scans a segment's records; its header must name `first_lsn`, as its file name does,
+/// and its records carry consecutive LSNs.
+fn scan_checked<'f>(
+    path: &Path,
+    file: &'f [u8],
+    first_lsn: Lsn,
+) -> Result<SegmentScan<'f>, WalError> {
+    let scan = reader::scan_segment(file)
+        .map_err(|reason| WalError::corrupt(path, 0, reason.to_string()))?;
+    if scan.first_lsn != first_lsn {
+        let detail = format!(
+            "header says the first lsn is {}, the name says {first_lsn}",
+            scan.first_lsn
+        );
+        return Err(WalError::corrupt(path, 0, detail));
+    }
+    check_lsn_order(path, &scan)?;
+    Ok(scan)
+}
+
+/// Where a segment's records stop short of its end: only the last segment may end in
+/// a torn tail (to truncate); any other was fully synced, so damage or missing
+/// records there are corruption.
+fn torn_tail(
+    path: &Path,
+    file: &[u8],
+    scan: &SegmentScan,
+    is_last: bool,
+) -> Result<Option<TailTruncation>, WalError> {
+    let length = scan.valid_end;
+    match (&scan.end, is_last) {
+        (ScanEnd::Clean, false) if length < file.len() as u64 => {
+            let detail = "zeros where records were expected, in a segment that is not the last \
+                          (the writer trims a full segment to its records before the next one starts)";
+            Err(WalError::corrupt(path, length, detail))
+        }
+        (ScanEnd::Clean, _) => Ok(None),
+        (ScanEnd::Damaged { offset, reason }, false) => {
+            let detail =
+                format!("{reason} (in a segment that is not the last, so it was fully synced)");
+            Err(WalError::corrupt(path, *offset, detail))
+        }
+        (ScanEnd::Damaged { offset, reason }, true) => {
+            classify_tail(path, file, scan, *offset, reason).map(Some)
+        }
+    }
 }
 
 /// Valid records must carry consecutive LSNs from the segment's first LSN. A record

@@ -250,8 +250,7 @@ struct NextSegment {
 pub(crate) const NEXT_SEGMENT_TMP: &str = "next-segment.wal.tmp";
 
 /// How often a failed reservation (space ahead, the next segment) is retried.
-pub(crate) const RESERVE_RETRY_INTERVAL: Duration =
-    Duration::from_millis(crate::limits::LOG_ROOM_RETRY_MS);
+pub(crate) const RESERVE_RETRY_INTERVAL: Duration = super::ROOM_RETRY_INTERVAL;
 
 impl SegmentWriter {
     /// Opens the active segment left by recovery and reserves room ahead of it (a
@@ -694,7 +693,7 @@ pub(crate) fn run(mut writer: SegmentWriter) {
         }
         let sync_started = std::time::Instant::now();
         writer.sync();
-        crate::telemetry::metrics::wal_fsync(sync_started.elapsed(), group.len());
+        super::metrics::fsynced(sync_started.elapsed(), group.len());
         publish_durable(&shared, group);
         retry_at = writer.maintain();
     }

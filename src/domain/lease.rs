@@ -1,0 +1,70 @@
+//! A lease as the rest of the daemon sees it: its id (derived from the engine's
+//! identity, so a retried acquire finds the same lease) and the owned view of one live
+//! session. The lease table (`leases`) keeps them in a compact form of its own; the
+//! journal (`domain::journal`) and the log's codec (`storage::codec`) take these.
+
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use super::{DomainError, Email, OrgId, Product};
+
+/// A lease id: 128 bits derived from the engine's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub u128);
+
+impl LeaseId {
+    const PREFIX: &'static str = "ls_";
+
+    /// The id of the lease of `engine_id` of `email` for `product` in `org`: the same
+    /// for every retry of that engine.
+    pub fn derive(org: &OrgId, email: &Email, product: Product, engine_id: &str) -> Self {
+        let mut hasher = Sha256::new();
+        for part in [org.as_str(), email.as_str(), product.name(), engine_id] {
+            hasher.update((part.len() as u32).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        LeaseId(u128::from_be_bytes(first))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, DomainError> {
+        let invalid = || {
+            DomainError::invalid(
+                "lease_id",
+                format!("{text:?} is not a lease id like ls_<32 hex digits>"),
+            )
+        };
+        let digits = text.strip_prefix(Self::PREFIX).ok_or_else(invalid)?;
+        // `from_str_radix` alone would also take a leading '+': one id, one spelling.
+        if digits.len() != 32 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid());
+        }
+        u128::from_str_radix(digits, 16)
+            .map(LeaseId)
+            .map_err(|_| invalid())
+    }
+}
+
+impl std::fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{:032x}", Self::PREFIX, self.0)
+    }
+}
+
+/// One live session, owned (the table keeps a compact form and builds this on demand).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    pub generation: u64,
+    pub product: Product,
+    pub email: Email,
+    pub engine_id: Box<str>,
+    pub hostname: Box<str>,
+    pub label: Box<str>,
+    /// Monotonic instant after which the lease is gone: last heartbeat received + TTL,
+    /// rounded up to the millisecond.
+    pub deadline: Instant,
+    pub acquired_at_unix_ms: i64,
+}
