@@ -5,7 +5,7 @@ use std::io::Write;
 
 use tonic::Status;
 
-use super::ExportFormat;
+use super::commands::ExportFormat;
 use crate::client::Authorized;
 use crate::limits;
 use crate::proto::{self, admin_service_client::AdminServiceClient};

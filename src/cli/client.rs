@@ -1,14 +1,15 @@
-//! The client half of the CLI: one function per subcommand, each one RPC.
+//! The client half of the CLI: one function per command group, each subcommand one
+//! RPC (a listing: one RPC a page until the last).
 
 use std::process::ExitCode;
 
 use tonic::Status;
 
-use super::output::{self, Table};
-use super::{
-    AuditCommand, ClientArgs, Command, KeyCommand, LicenseCommand, MemberCommand, OrgCommand,
-    ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand,
+use super::commands::{
+    AuditCommand, ClientArgs, ClientCommand, KeyCommand, LicenseCommand, MemberCommand, OrgCommand,
+    ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand, UsageArgs,
 };
+use super::output::{self, Table};
 use crate::client::{self, Authorized, BearerKey};
 use crate::proto::{
     self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
@@ -81,49 +82,9 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
     }
 }
 
-fn client_args(command: &Command) -> &ClientArgs {
-    match command {
-        Command::Serve(_)
-        | Command::OperatorKey(_)
-        | Command::Bench(_)
-        | Command::BenchRestart(_)
-        | Command::BenchNoopServer { .. } => {
-            unreachable!("not a client command")
-        }
-        Command::Org(OrgCommand::Create { client, .. } | OrgCommand::List { client })
-        | Command::Quota(QuotaCommand::Set { client, .. })
-        | Command::Member(
-            MemberCommand::Add { client, .. }
-            | MemberCommand::Remove { client, .. }
-            | MemberCommand::Role { client, .. }
-            | MemberCommand::List { client, .. },
-        )
-        | Command::Key(
-            KeyCommand::Create { client, .. }
-            | KeyCommand::List { client, .. }
-            | KeyCommand::Revoke { client, .. },
-        )
-        | Command::License(
-            LicenseCommand::Assign { client, .. }
-            | LicenseCommand::Unassign { client, .. }
-            | LicenseCommand::Transfer { client, .. }
-            | LicenseCommand::List { client, .. },
-        )
-        | Command::Session(
-            SessionCommand::Acquire { client, .. }
-            | SessionCommand::Heartbeat { client, .. }
-            | SessionCommand::Release { client, .. }
-            | SessionCommand::List { client, .. }
-            | SessionCommand::Terminate { client, .. },
-        ) => client,
-        Command::Usage(args) => &args.client,
-        Command::Audit(AuditCommand::Export { client, .. }) => client,
-    }
-}
-
 /// Runs one client subcommand and prints its answer.
-pub async fn run(command: Command) -> ExitCode {
-    let mut clients = match connect(client_args(&command)).await {
+pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
+    let mut clients = match connect(&args).await {
         Ok(clients) => clients,
         Err(message) => {
             eprintln!("error: {message}");
@@ -139,23 +100,27 @@ pub async fn run(command: Command) -> ExitCode {
     }
 }
 
-async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
-    let json = c.json;
+async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Status> {
     match command {
-        Command::Serve(_)
-        | Command::OperatorKey(_)
-        | Command::Bench(_)
-        | Command::BenchRestart(_)
-        | Command::BenchNoopServer { .. } => {
-            unreachable!("not a client command")
-        }
-        Command::Org(OrgCommand::Create {
+        ClientCommand::Org(command) => org(c, command).await,
+        ClientCommand::Quota(command) => quota_command(c, command).await,
+        ClientCommand::Member(command) => member(c, command).await,
+        ClientCommand::Key(command) => key(c, command).await,
+        ClientCommand::License(command) => license(c, command).await,
+        ClientCommand::Usage(args) => usage(c, args).await,
+        ClientCommand::Audit(command) => audit(c, command).await,
+        ClientCommand::Session(command) => session(c, command).await,
+    }
+}
+
+async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Status> {
+    match command {
+        OrgCommand::Create {
             org_id,
             name,
             owner,
             quota: q,
-            ..
-        }) => {
+        } => {
             let request = proto::CreateOrganizationRequest {
                 org_id,
                 display_name: name,
@@ -163,9 +128,9 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
                 quota: Some(quota(&q)),
             };
             let answer = c.admin.create_organization(request).await?.into_inner();
-            output::organizations(json, answer.organization.as_slice(), &answer);
+            output::organizations(c.json, answer.organization.as_slice(), &answer);
         }
-        Command::Org(OrgCommand::List { .. }) => {
+        OrgCommand::List => {
             let admin = c.admin.clone();
             let organizations = all_pages(|page_token| {
                 let mut admin = admin.clone();
@@ -183,181 +148,184 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
                 organizations,
                 next_page_token: String::new(),
             };
-            output::organizations(json, &answer.organizations, &answer);
+            output::organizations(c.json, &answer.organizations, &answer);
         }
-        Command::Quota(QuotaCommand::Set {
-            org_id, quota: q, ..
-        }) => {
-            let request = proto::SetQuotaRequest {
-                org_id,
-                quota: Some(quota(&q)),
-            };
-            let answer = c.admin.set_quota(request).await?.into_inner();
-            output::organizations(json, answer.organization.as_slice(), &answer);
-        }
-        Command::Member(MemberCommand::Add {
+    }
+    Ok(())
+}
+
+async fn quota_command(c: &mut Clients, command: QuotaCommand) -> Result<(), Status> {
+    let QuotaCommand::Set { org_id, quota: q } = command;
+    let request = proto::SetQuotaRequest {
+        org_id,
+        quota: Some(quota(&q)),
+    };
+    let answer = c.admin.set_quota(request).await?.into_inner();
+    output::organizations(c.json, answer.organization.as_slice(), &answer);
+    Ok(())
+}
+
+async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Status> {
+    match command {
+        MemberCommand::Add {
             org_id,
             email,
             role: r,
-            ..
-        }) => {
+        } => {
             let request = proto::AddMemberRequest {
                 org_id,
                 email,
                 role: role(r),
             };
             let answer = c.admin.add_member(request).await?.into_inner();
-            output::members(json, answer.member.as_slice(), &answer);
+            output::members(c.json, answer.member.as_slice(), &answer);
         }
-        Command::Member(MemberCommand::Remove { org_id, email, .. }) => {
-            let answer = c
-                .admin
-                .remove_member(proto::RemoveMemberRequest { org_id, email })
-                .await?
-                .into_inner();
-            output::message(
-                json,
-                &answer,
-                format!(
-                    "removed; {} sessions ended, {} API keys revoked",
-                    answer.sessions_ended, answer.keys_revoked
-                ),
+        MemberCommand::Remove { org_id, email } => {
+            let request = proto::RemoveMemberRequest { org_id, email };
+            let answer = c.admin.remove_member(request).await?.into_inner();
+            let text = format!(
+                "removed; {} sessions ended, {} API keys revoked",
+                answer.sessions_ended, answer.keys_revoked
             );
+            output::message(c.json, &answer, text);
         }
-        Command::Member(MemberCommand::Role {
+        MemberCommand::Role {
             org_id,
             email,
             role: r,
-            ..
-        }) => {
+        } => {
             let request = proto::SetRoleRequest {
                 org_id,
                 email,
                 role: role(r),
             };
             let answer = c.admin.set_role(request).await?.into_inner();
-            output::members(json, answer.member.as_slice(), &answer);
+            output::members(c.json, answer.member.as_slice(), &answer);
         }
-        Command::Member(MemberCommand::List { org_id, .. }) => {
-            let admin = c.admin.clone();
-            let members = all_pages(|page_token| {
-                let (mut admin, org_id) = (admin.clone(), org_id.clone());
-                async move {
-                    let request = proto::ListMembersRequest {
-                        org_id,
-                        page_size: PAGE_SIZE,
-                        page_token,
-                    };
-                    let page = admin.list_members(request).await?.into_inner();
-                    Ok((page.members, page.next_page_token))
-                }
-            })
-            .await?;
-            let answer = proto::ListMembersResponse {
-                members,
-                next_page_token: String::new(),
+        MemberCommand::List { org_id } => list_members(c, org_id).await?,
+    }
+    Ok(())
+}
+
+async fn list_members(c: &mut Clients, org_id: String) -> Result<(), Status> {
+    let admin = c.admin.clone();
+    let members = all_pages(|page_token| {
+        let (mut admin, org_id) = (admin.clone(), org_id.clone());
+        async move {
+            let request = proto::ListMembersRequest {
+                org_id,
+                page_size: PAGE_SIZE,
+                page_token,
             };
-            output::members(json, &answer.members, &answer);
+            let page = admin.list_members(request).await?.into_inner();
+            Ok((page.members, page.next_page_token))
         }
-        Command::Key(KeyCommand::Create {
+    })
+    .await?;
+    let answer = proto::ListMembersResponse {
+        members,
+        next_page_token: String::new(),
+    };
+    output::members(c.json, &answer.members, &answer);
+    Ok(())
+}
+
+async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Status> {
+    match command {
+        KeyCommand::Create {
             org_id,
             email,
             label,
-            ..
-        }) => {
+        } => {
             let request = proto::CreateApiKeyRequest {
                 org_id,
                 email: email.unwrap_or_default(),
                 label,
             };
             let answer = c.admin.create_api_key(request).await?.into_inner();
-            let key_id = answer
-                .key
-                .as_ref()
-                .map(|k| k.key_id.clone())
-                .unwrap_or_default();
-            output::message(
-                json,
-                &answer,
-                format!(
-                    "API key {key_id} created. It is shown once; store it now:\n\n    {}\n",
-                    answer.secret
-                ),
+            let key_id = answer.key.as_ref().map(|k| k.key_id.as_str()).unwrap_or("");
+            let text = format!(
+                "API key {key_id} created. It is shown once; store it now:\n\n    {}\n",
+                answer.secret
             );
+            output::message(c.json, &answer, text);
         }
-        Command::Key(KeyCommand::List { org_id, .. }) => {
-            let admin = c.admin.clone();
-            let keys = all_pages(|page_token| {
-                let (mut admin, org_id) = (admin.clone(), org_id.clone());
-                async move {
-                    let request = proto::ListApiKeysRequest {
-                        org_id,
-                        page_size: PAGE_SIZE,
-                        page_token,
-                    };
-                    let page = admin.list_api_keys(request).await?.into_inner();
-                    Ok((page.keys, page.next_page_token))
-                }
-            })
-            .await?;
-            let answer = proto::ListApiKeysResponse {
-                keys,
-                next_page_token: String::new(),
+        KeyCommand::List { org_id } => list_keys(c, org_id).await?,
+        KeyCommand::Revoke { org_id, key_id } => {
+            let request = proto::RevokeApiKeyRequest { org_id, key_id };
+            let answer = c.admin.revoke_api_key(request).await?.into_inner();
+            output::message(c.json, &answer, "revoked".into());
+        }
+    }
+    Ok(())
+}
+
+async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Status> {
+    let admin = c.admin.clone();
+    let keys = all_pages(|page_token| {
+        let (mut admin, org_id) = (admin.clone(), org_id.clone());
+        async move {
+            let request = proto::ListApiKeysRequest {
+                org_id,
+                page_size: PAGE_SIZE,
+                page_token,
             };
-            let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED"]);
-            for key in &answer.keys {
-                table.row(vec![
-                    key.key_id.clone(),
-                    key.email.clone(),
-                    key.label.clone(),
-                    output::time(key.created_at_unix_ms),
-                ]);
-            }
-            output::table(json, &answer, table);
+            let page = admin.list_api_keys(request).await?.into_inner();
+            Ok((page.keys, page.next_page_token))
         }
-        Command::Key(KeyCommand::Revoke { org_id, key_id, .. }) => {
-            let answer = c
-                .admin
-                .revoke_api_key(proto::RevokeApiKeyRequest { org_id, key_id })
-                .await?
-                .into_inner();
-            output::message(json, &answer, "revoked".into());
-        }
-        Command::License(LicenseCommand::Assign {
+    })
+    .await?;
+    let answer = proto::ListApiKeysResponse {
+        keys,
+        next_page_token: String::new(),
+    };
+    let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED"]);
+    for key in &answer.keys {
+        table.row(vec![
+            key.key_id.clone(),
+            key.email.clone(),
+            key.label.clone(),
+            output::time(key.created_at_unix_ms),
+        ]);
+    }
+    output::table(c.json, &answer, table);
+    Ok(())
+}
+
+async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Status> {
+    match command {
+        LicenseCommand::Assign {
             org_id,
             product: p,
             emails,
-            ..
-        }) => {
+        } => {
             let request = proto::AssignLicensesRequest {
                 org_id,
                 product: product(p),
                 emails,
             };
             let answer = c.admin.assign_licenses(request).await?.into_inner();
-            output::assignments(json, &answer.results, answer.assigned_total, &answer);
+            output::assignments(c.json, &answer.results, answer.assigned_total, &answer);
         }
-        Command::License(LicenseCommand::Unassign {
+        LicenseCommand::Unassign {
             org_id,
             product: p,
             emails,
-            ..
-        }) => {
+        } => {
             let request = proto::UnassignLicensesRequest {
                 org_id,
                 product: product(p),
                 emails,
             };
             let answer = c.admin.unassign_licenses(request).await?.into_inner();
-            output::assignments(json, &answer.results, answer.assigned_total, &answer);
+            output::assignments(c.json, &answer.results, answer.assigned_total, &answer);
         }
-        Command::License(LicenseCommand::Transfer {
+        LicenseCommand::Transfer {
             org_id,
             product: p,
             from,
             to,
-            ..
-        }) => {
+        } => {
             let request = proto::TransferLicenseRequest {
                 org_id,
                 product: product(p),
@@ -365,76 +333,79 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
                 to_email: to,
             };
             let answer = c.admin.transfer_license(request).await?.into_inner();
-            output::message(
-                json,
-                &answer,
-                format!("transferred; {} sessions ended", answer.sessions_ended),
-            );
+            let text = format!("transferred; {} sessions ended", answer.sessions_ended);
+            output::message(c.json, &answer, text);
         }
-        Command::License(LicenseCommand::List {
-            org_id, product: p, ..
-        }) => {
-            let admin = c.admin.clone();
-            let quota = std::cell::Cell::new(0);
-            let emails = all_pages(|page_token| {
-                let (mut admin, org_id, quota) = (admin.clone(), org_id.clone(), &quota);
-                async move {
-                    let request = proto::ListAssignmentsRequest {
-                        org_id,
-                        product: product(p),
-                        page_size: PAGE_SIZE,
-                        page_token,
-                    };
-                    let page = admin.list_assignments(request).await?.into_inner();
-                    quota.set(page.quota);
-                    Ok((page.emails, page.next_page_token))
-                }
-            })
-            .await?;
-            let answer = proto::ListAssignmentsResponse {
-                emails,
-                quota: quota.get(),
-                next_page_token: String::new(),
+        LicenseCommand::List { org_id, product: p } => list_assignments(c, org_id, p).await?,
+    }
+    Ok(())
+}
+
+async fn list_assignments(c: &mut Clients, org_id: String, p: ProductArg) -> Result<(), Status> {
+    let admin = c.admin.clone();
+    let quota = std::cell::Cell::new(0);
+    let emails = all_pages(|page_token| {
+        let (mut admin, org_id, quota) = (admin.clone(), org_id.clone(), &quota);
+        async move {
+            let request = proto::ListAssignmentsRequest {
+                org_id,
+                product: product(p),
+                page_size: PAGE_SIZE,
+                page_token,
             };
-            let mut table = Table::new(&["EMAIL"]);
-            for email in &answer.emails {
-                table.row(vec![email.clone()]);
-            }
-            if !json {
-                println!("{} of {} assigned", answer.emails.len(), answer.quota);
-            }
-            output::table(json, &answer, table);
+            let page = admin.list_assignments(request).await?.into_inner();
+            quota.set(page.quota);
+            Ok((page.emails, page.next_page_token))
         }
-        Command::Usage(args) => {
-            let window_seconds = u32::try_from(args.window.as_secs()).unwrap_or(u32::MAX);
-            let answer = c
-                .admin
-                .get_usage(proto::GetUsageRequest {
-                    org_id: args.org_id,
-                    window_seconds,
-                })
-                .await?
-                .into_inner();
-            output::usage(json, &answer);
-        }
-        Command::Audit(AuditCommand::Export {
-            org_id,
-            from,
-            to,
-            format,
-            ..
-        }) => {
-            let range = super::audit::range(from.as_deref(), to.as_deref())
-                .map_err(Status::invalid_argument)?;
-            super::audit::export(&mut c.admin, org_id, range, format).await?;
-        }
-        Command::Session(SessionCommand::Acquire {
+    })
+    .await?;
+    let answer = proto::ListAssignmentsResponse {
+        emails,
+        quota: quota.get(),
+        next_page_token: String::new(),
+    };
+    let mut table = Table::new(&["EMAIL"]);
+    for email in &answer.emails {
+        table.row(vec![email.clone()]);
+    }
+    if !c.json {
+        println!("{} of {} assigned", answer.emails.len(), answer.quota);
+    }
+    output::table(c.json, &answer, table);
+    Ok(())
+}
+
+async fn usage(c: &mut Clients, args: UsageArgs) -> Result<(), Status> {
+    let window_seconds = u32::try_from(args.window.as_secs()).unwrap_or(u32::MAX);
+    let request = proto::GetUsageRequest {
+        org_id: args.org_id,
+        window_seconds,
+    };
+    let answer = c.admin.get_usage(request).await?.into_inner();
+    output::usage(c.json, &answer);
+    Ok(())
+}
+
+async fn audit(c: &mut Clients, command: AuditCommand) -> Result<(), Status> {
+    let AuditCommand::Export {
+        org_id,
+        from,
+        to,
+        format,
+    } = command;
+    let range =
+        super::audit::range(from.as_deref(), to.as_deref()).map_err(Status::invalid_argument)?;
+    super::audit::export(&mut c.admin, org_id, range, format).await
+}
+
+async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Status> {
+    match command {
+        SessionCommand::Acquire {
             product: p,
             engine_id,
             hostname,
             label,
-            ..
-        }) => {
+        } => {
             let request = proto::AcquireRequest {
                 product: product(p),
                 engine_id,
@@ -442,76 +413,65 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
                 label,
             };
             let answer = c.session.acquire(request).await?.into_inner();
-            output::leases(json, answer.lease.as_slice(), &answer);
+            output::leases(c.json, answer.lease.as_slice(), &answer);
         }
-        Command::Session(SessionCommand::Heartbeat {
+        SessionCommand::Heartbeat {
             lease_id,
             generation,
-            ..
-        }) => {
-            let answer = c
-                .session
-                .heartbeat(proto::HeartbeatRequest {
-                    lease_id,
-                    generation,
-                })
-                .await?
-                .into_inner();
-            output::message(
-                json,
-                &answer,
-                format!("extended until {}", output::time(answer.expires_at_unix_ms)),
-            );
-        }
-        Command::Session(SessionCommand::Release {
-            lease_id,
-            generation,
-            ..
-        }) => {
-            let answer = c
-                .session
-                .release(proto::ReleaseRequest {
-                    lease_id,
-                    generation,
-                })
-                .await?
-                .into_inner();
-            output::message(json, &answer, "released".into());
-        }
-        Command::Session(SessionCommand::List {
-            org_id, product: p, ..
-        }) => {
-            let admin = c.admin.clone();
-            let sessions = all_pages(|page_token| {
-                let (mut admin, org_id) = (admin.clone(), org_id.clone());
-                async move {
-                    let request = proto::ListSessionsRequest {
-                        org_id,
-                        product: p.map(product).unwrap_or_default(),
-                        page_size: PAGE_SIZE,
-                        page_token,
-                    };
-                    let page = admin.list_sessions(request).await?.into_inner();
-                    Ok((page.sessions, page.next_page_token))
-                }
-            })
-            .await?;
-            let answer = proto::ListSessionsResponse {
-                sessions,
-                next_page_token: String::new(),
+        } => {
+            let request = proto::HeartbeatRequest {
+                lease_id,
+                generation,
             };
-            output::leases(json, &answer.sessions, &answer);
+            let answer = c.session.heartbeat(request).await?.into_inner();
+            let text = format!("extended until {}", output::time(answer.expires_at_unix_ms));
+            output::message(c.json, &answer, text);
         }
-        Command::Session(SessionCommand::Terminate {
-            org_id, lease_id, ..
-        }) => {
-            let answer = c
-                .admin
-                .terminate_session(proto::TerminateSessionRequest { org_id, lease_id })
-                .await?
-                .into_inner();
-            output::message(json, &answer, "terminated".into());
+        SessionCommand::Release {
+            lease_id,
+            generation,
+        } => {
+            let request = proto::ReleaseRequest {
+                lease_id,
+                generation,
+            };
+            let answer = c.session.release(request).await?.into_inner();
+            output::message(c.json, &answer, "released".into());
+        }
+        SessionCommand::List { org_id, product: p } => list_sessions(c, org_id, p).await?,
+        SessionCommand::Terminate { org_id, lease_id } => {
+            let request = proto::TerminateSessionRequest { org_id, lease_id };
+            let answer = c.admin.terminate_session(request).await?.into_inner();
+            output::message(c.json, &answer, "terminated".into());
         }
     }
+    Ok(())
+}
+
+async fn list_sessions(
+    c: &mut Clients,
+    org_id: String,
+    p: Option<ProductArg>,
+) -> Result<(), Status> {
+    let admin = c.admin.clone();
+    let sessions = all_pages(|page_token| {
+        let (mut admin, org_id) = (admin.clone(), org_id.clone());
+        async move {
+            let request = proto::ListSessionsRequest {
+                org_id,
+                product: p.map(product).unwrap_or_default(),
+                page_size: PAGE_SIZE,
+                page_token,
+            };
+            let page = admin.list_sessions(request).await?.into_inner();
+            Ok((page.sessions, page.next_page_token))
+        }
+    })
+    .await?;
+    let answer = proto::ListSessionsResponse {
+        sessions,
+        next_page_token: String::new(),
+    };
+    output::leases(c.json, &answer.sessions, &answer);
     Ok(())
 }
