@@ -134,19 +134,27 @@ pub enum ClientCommand {
     Session(SessionCommand),
 }
 
+/// A product: `kse` (named seats) or `kre` (parallel sessions).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ProductArg {
+    /// Named KSE seats.
     Kse,
+    /// Parallel KRE sessions.
     Kre,
 }
 
+/// A member's role in an organization.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RoleArg {
+    /// Administers the organization, and alone grants, changes or removes the Owner role.
     Owner,
+    /// Administers members, licenses, keys, sessions and the audit record.
     Admin,
+    /// Runs sessions and makes API keys for themself.
     Member,
 }
 
+/// An organization's quota, as `org create` and `quota set` take it.
 #[derive(Debug, Args, Clone)]
 pub struct QuotaArgs {
     /// Named KSE seats.
@@ -162,8 +170,11 @@ pub struct QuotaArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum OrgCommand {
+    /// Create an organization with its quota and its first owner.
     Create {
+        /// The organization's id, as every other command names it (e.g. `acme`).
         org_id: String,
+        /// The display name (e.g. "Acme Corp").
         #[arg(long)]
         name: String,
         /// The first member, with the Owner role.
@@ -172,12 +183,15 @@ pub enum OrgCommand {
         #[command(flatten)]
         quota: QuotaArgs,
     },
+    /// List every organization with its quota and member count.
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum QuotaCommand {
+    /// Replace an organization's quota (seats, sessions and expiry together).
     Set {
+        /// The organization.
         org_id: String,
         #[command(flatten)]
         quota: QuotaArgs,
@@ -186,23 +200,36 @@ pub enum QuotaCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum MemberCommand {
+    /// Add a member to an organization.
     Add {
+        /// The organization.
         org_id: String,
+        /// The member's email.
         email: String,
+        /// The member's role.
         #[arg(long, value_enum, default_value = "member")]
         role: RoleArg,
     },
+    /// Remove a member: revokes their API keys and ends their sessions.
     Remove {
+        /// The organization.
         org_id: String,
+        /// The member's email.
         email: String,
     },
+    /// Change a member's role.
     Role {
+        /// The organization.
         org_id: String,
+        /// The member's email.
         email: String,
+        /// The new role.
         #[arg(value_enum)]
         role: RoleArg,
     },
+    /// List an organization's members and their roles.
     List {
+        /// The organization.
         org_id: String,
     },
 }
@@ -211,18 +238,25 @@ pub enum MemberCommand {
 pub enum KeyCommand {
     /// Create an API key; the key is printed once.
     Create {
+        /// The organization.
         org_id: String,
         /// Whose key (default: the caller).
         #[arg(long)]
         email: Option<String>,
+        /// A note to tell keys apart (e.g. the machine that uses it).
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// List an organization's API keys (ids and labels, never the keys).
     List {
+        /// The organization.
         org_id: String,
     },
+    /// Revoke an API key: it stops working at once.
     Revoke {
+        /// The organization.
         org_id: String,
+        /// The key's id, as `key list` shows it.
         key_id: String,
     },
 }
@@ -231,44 +265,64 @@ pub enum KeyCommand {
 pub enum LicenseCommand {
     /// Assign a product to one or more members (all or nothing).
     Assign {
+        /// The organization.
         org_id: String,
+        /// The product to assign.
         #[arg(value_enum)]
         product: ProductArg,
+        /// The members' emails.
         #[arg(required = true)]
         emails: Vec<String>,
     },
+    /// Take a product from one or more members; their sessions of it end.
     Unassign {
+        /// The organization.
         org_id: String,
+        /// The product to take back.
         #[arg(value_enum)]
         product: ProductArg,
+        /// The members' emails.
         #[arg(required = true)]
         emails: Vec<String>,
     },
+    /// Move a product from one member to another; the first one's sessions end.
     Transfer {
+        /// The organization.
         org_id: String,
+        /// The product to move.
         #[arg(value_enum)]
         product: ProductArg,
+        /// The email of the member who holds it.
         from: String,
+        /// The email of the member who gets it.
         to: String,
     },
+    /// List the members a product is assigned to, and the quota.
     List {
+        /// The organization.
         org_id: String,
+        /// The product.
         #[arg(value_enum)]
         product: ProductArg,
     },
 }
 
+/// `usage`: one organization's figures per product.
 #[derive(Debug, Args)]
 pub struct UsageArgs {
+    /// The organization.
     pub org_id: String,
     /// The window of the peak and denial figures, e.g. 15m, 1h, 24h (at most 24h).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub window: std::time::Duration,
 }
 
+/// How `audit export` writes events.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ExportFormat {
+    /// Comma-separated values with a header line, for spreadsheets.
     Csv,
+    /// One JSON object a line.
     Jsonl,
 }
 
@@ -276,6 +330,7 @@ pub enum ExportFormat {
 pub enum AuditCommand {
     /// Write an organization's audit events to standard output, oldest first.
     Export {
+        /// The organization.
         org_id: String,
         /// Start of the range, inclusive: RFC 3339 (2026-11-29T10:00:00Z) or Unix ms.
         #[arg(long)]
@@ -283,6 +338,7 @@ pub enum AuditCommand {
         /// End of the range, exclusive: RFC 3339 or Unix ms [default: now].
         #[arg(long)]
         to: Option<String>,
+        /// The output format.
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
     },
@@ -292,31 +348,90 @@ pub enum AuditCommand {
 pub enum SessionCommand {
     /// Acquire a session with a member's key (as an engine would).
     Acquire {
+        /// The product to take a seat or session of.
         #[arg(value_enum)]
         product: ProductArg,
+        /// The engine's own id, stable across its restarts.
         #[arg(long)]
         engine_id: String,
+        /// The machine the engine runs on, shown to admins.
         #[arg(long, default_value = "")]
         hostname: String,
+        /// A note shown to admins (e.g. the job).
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// Extend a session, as an engine does every heartbeat interval.
     Heartbeat {
+        /// The lease id `session acquire` printed.
         lease_id: String,
+        /// The lease's generation, as `session acquire` printed it.
         generation: u64,
     },
+    /// End a session and free its seat.
     Release {
+        /// The lease id `session acquire` printed.
         lease_id: String,
+        /// The lease's generation, as `session acquire` printed it.
         generation: u64,
     },
     /// List an organization's live sessions (Owner or Admin).
     List {
+        /// The organization.
         org_id: String,
+        /// Only the sessions of this product.
         #[arg(long, value_enum)]
         product: Option<ProductArg>,
     },
+    /// End another member's session (Owner or Admin).
     Terminate {
+        /// The organization.
         org_id: String,
+        /// The lease id, as `session list` shows it.
         lease_id: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The subcommands and arguments under `command` (its path in `path`) that have no
+    /// help text of their own; hidden ones are left out.
+    fn without_help(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments().filter(|arg| !arg.is_hide_set()) {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} <{}>", arg.get_id()));
+            }
+        }
+        for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            without_help(sub, &sub_path, missing);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_and_argument_has_its_own_help() {
+        let mut tree = command_tree();
+        tree.build();
+        let mut missing = Vec::new();
+        without_help(&tree, "seatbroker", &mut missing);
+        assert!(missing.is_empty(), "without help:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn no_group_takes_the_client_arguments_description_as_its_own() {
+        let tree = command_tree();
+        let abouts: Vec<String> = tree
+            .get_subcommands()
+            .filter_map(|sub| sub.get_about().map(|about| about.to_string()))
+            .collect();
+        let mut unique = abouts.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), abouts.len(), "{abouts:#?}");
+    }
 }
