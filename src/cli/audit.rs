@@ -2,6 +2,7 @@
 //! as CSV or JSON lines to standard output.
 
 use std::io::Write;
+use std::time::Duration;
 
 use tonic::Status;
 
@@ -101,6 +102,7 @@ fn write_event(
 /// is written exactly once.
 pub async fn export(
     admin: &mut AdminServiceClient<Authorized>,
+    call_timeout: Duration,
     org_id: String,
     (from, to): (i64, i64),
     format: ExportFormat,
@@ -120,7 +122,7 @@ pub async fn export(
             limit: limits::AUDIT_EVENTS_PER_QUERY_MAX,
             page_token,
         };
-        let page = admin.list_audit_events(request).await?.into_inner();
+        let page = super::client::within(call_timeout, admin.list_audit_events(request)).await?;
         for event in &page.events {
             write_event(&mut out, format, event).map_err(io)?;
         }

@@ -2,13 +2,16 @@
 //! RPC (a listing: one RPC a page until the last).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use tonic::Status;
+use tonic::transport::Endpoint;
 
 use super::commands::{
     AuditCommand, ClientArgs, ClientCommand, KeyCommand, LicenseCommand, MemberCommand, OrgCommand,
     ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand, UsageArgs,
 };
+use super::failure::Failure;
 use super::output::{self, Table};
 use crate::client::{self, Authorized, BearerKey};
 use crate::proto::{
@@ -43,20 +46,72 @@ where
     }
 }
 
+/// What every client command holds: the daemon's two services with the caller's key,
+/// the per-call deadline, and the output mode.
 struct Clients {
     admin: AdminServiceClient<Authorized>,
     session: SessionServiceClient<Authorized>,
+    /// How long one call may wait for its answer (`--timeout`).
+    call_timeout: Duration,
     json: bool,
 }
 
-async fn connect(args: &ClientArgs) -> Result<Clients, String> {
-    let channel = client::connect_with(&args.addr, &args.tls_files()).await?;
-    let key = BearerKey::new(args.key.as_deref())?;
+async fn connect(args: &ClientArgs) -> Result<Clients, Failure> {
+    let key = check_setup(args)?;
+    let tls = args.tls_files();
+    let connecting = client::connect_with(&args.addr, &tls);
+    let channel = match tokio::time::timeout(args.connect_timeout, connecting).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(message)) => return Err(Failure::Unreachable(message)),
+        Err(_) => {
+            let waited = humantime::format_duration(args.connect_timeout);
+            let message = format!("{} did not answer within {waited}", args.addr);
+            return Err(Failure::Unreachable(message));
+        }
+    };
     Ok(Clients {
         admin: client::admin(channel.clone(), key.clone()),
         session: client::session(channel, key),
+        call_timeout: args.timeout,
         json: args.json,
     })
+}
+
+/// Finds the mistakes of the command's own setup before connecting (an address that
+/// does not parse, TLS files that cannot be used, a key that cannot be sent), so that
+/// a failure to connect means the daemon could not be reached. Returns the key.
+// `client::connect_with` reports both kinds as one `String`; once it returns a typed
+// error, this becomes a match on it.
+fn check_setup(args: &ClientArgs) -> Result<BearerKey, Failure> {
+    let configuration = |message: String| Failure::Configuration(message);
+    Endpoint::from_shared(args.addr.clone())
+        .map_err(|error| configuration(format!("bad address {}: {error}", args.addr)))?;
+    let tls = args.tls_files();
+    if args.addr.starts_with("https://") {
+        crate::tls::client_config(&tls).map_err(|error| configuration(error.to_string()))?;
+    } else if !tls.is_empty() {
+        let message = format!(
+            "TLS files were given but {} is not an https:// address",
+            args.addr
+        );
+        return Err(configuration(message));
+    }
+    BearerKey::new(args.key.as_deref()).map_err(Failure::Usage)
+}
+
+/// Waits at most `timeout` for a call's answer; a daemon that accepted the connection
+/// but does not answer gives DEADLINE_EXCEEDED rather than a command that hangs.
+pub(super) async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(answer) => answer.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no answer within {} (--timeout)",
+            humantime::format_duration(timeout)
+        ))),
+    }
 }
 
 fn product(arg: ProductArg) -> i32 {
@@ -82,25 +137,23 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
     }
 }
 
-/// Runs one client subcommand and prints its answer.
+/// Runs one client subcommand and prints its answer, or the failure on standard error
+/// (as a JSON object with `--json`); returns the failure's exit code.
 pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
-    let mut clients = match connect(&args).await {
-        Ok(clients) => clients,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(super::EXIT_FAILURE);
-        }
+    let outcome = match connect(&args).await {
+        Ok(mut clients) => dispatch(&mut clients, command).await,
+        Err(failure) => Err(failure),
     };
-    match dispatch(&mut clients, command).await {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(status) => {
-            eprintln!("error: {:?}: {}", status.code(), status.message());
-            ExitCode::from(super::EXIT_FAILURE)
+        Err(failure) => {
+            output::failure(args.json, &failure);
+            ExitCode::from(failure.exit_code())
         }
     }
 }
 
-async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Status> {
+async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Failure> {
     match command {
         ClientCommand::Org(command) => org(c, command).await,
         ClientCommand::Quota(command) => quota_command(c, command).await,
@@ -113,7 +166,7 @@ async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Status>
     }
 }
 
-async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Status> {
+async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Failure> {
     match command {
         OrgCommand::Create {
             org_id,
@@ -127,11 +180,11 @@ async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Status> {
                 owner_email: owner,
                 quota: Some(quota(&q)),
             };
-            let answer = c.admin.create_organization(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.create_organization(request)).await?;
             output::organizations(c.json, answer.organization.as_slice(), &answer);
         }
         OrgCommand::List => {
-            let admin = c.admin.clone();
+            let (admin, timeout) = (c.admin.clone(), c.call_timeout);
             let organizations = all_pages(|page_token| {
                 let mut admin = admin.clone();
                 async move {
@@ -139,7 +192,7 @@ async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Status> {
                         page_size: PAGE_SIZE,
                         page_token,
                     };
-                    let page = admin.list_organizations(request).await?.into_inner();
+                    let page = within(timeout, admin.list_organizations(request)).await?;
                     Ok((page.organizations, page.next_page_token))
                 }
             })
@@ -154,18 +207,18 @@ async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Status> {
     Ok(())
 }
 
-async fn quota_command(c: &mut Clients, command: QuotaCommand) -> Result<(), Status> {
+async fn quota_command(c: &mut Clients, command: QuotaCommand) -> Result<(), Failure> {
     let QuotaCommand::Set { org_id, quota: q } = command;
     let request = proto::SetQuotaRequest {
         org_id,
         quota: Some(quota(&q)),
     };
-    let answer = c.admin.set_quota(request).await?.into_inner();
+    let answer = within(c.call_timeout, c.admin.set_quota(request)).await?;
     output::organizations(c.json, answer.organization.as_slice(), &answer);
     Ok(())
 }
 
-async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Status> {
+async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Failure> {
     match command {
         MemberCommand::Add {
             org_id,
@@ -177,12 +230,12 @@ async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Status> {
                 email,
                 role: role(r),
             };
-            let answer = c.admin.add_member(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.add_member(request)).await?;
             output::members(c.json, answer.member.as_slice(), &answer);
         }
         MemberCommand::Remove { org_id, email } => {
             let request = proto::RemoveMemberRequest { org_id, email };
-            let answer = c.admin.remove_member(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.remove_member(request)).await?;
             let text = format!(
                 "removed; {} sessions ended, {} API keys revoked",
                 answer.sessions_ended, answer.keys_revoked
@@ -199,7 +252,7 @@ async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Status> {
                 email,
                 role: role(r),
             };
-            let answer = c.admin.set_role(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.set_role(request)).await?;
             output::members(c.json, answer.member.as_slice(), &answer);
         }
         MemberCommand::List { org_id } => list_members(c, org_id).await?,
@@ -207,8 +260,8 @@ async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Status> {
     Ok(())
 }
 
-async fn list_members(c: &mut Clients, org_id: String) -> Result<(), Status> {
-    let admin = c.admin.clone();
+async fn list_members(c: &mut Clients, org_id: String) -> Result<(), Failure> {
+    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
     let members = all_pages(|page_token| {
         let (mut admin, org_id) = (admin.clone(), org_id.clone());
         async move {
@@ -217,7 +270,7 @@ async fn list_members(c: &mut Clients, org_id: String) -> Result<(), Status> {
                 page_size: PAGE_SIZE,
                 page_token,
             };
-            let page = admin.list_members(request).await?.into_inner();
+            let page = within(timeout, admin.list_members(request)).await?;
             Ok((page.members, page.next_page_token))
         }
     })
@@ -230,7 +283,7 @@ async fn list_members(c: &mut Clients, org_id: String) -> Result<(), Status> {
     Ok(())
 }
 
-async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Status> {
+async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Failure> {
     match command {
         KeyCommand::Create {
             org_id,
@@ -242,7 +295,7 @@ async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Status> {
                 email: email.unwrap_or_default(),
                 label,
             };
-            let answer = c.admin.create_api_key(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.create_api_key(request)).await?;
             let key_id = answer.key.as_ref().map(|k| k.key_id.as_str()).unwrap_or("");
             let text = format!(
                 "API key {key_id} created. It is shown once; store it now:\n\n    {}\n",
@@ -253,15 +306,15 @@ async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Status> {
         KeyCommand::List { org_id } => list_keys(c, org_id).await?,
         KeyCommand::Revoke { org_id, key_id } => {
             let request = proto::RevokeApiKeyRequest { org_id, key_id };
-            let answer = c.admin.revoke_api_key(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.revoke_api_key(request)).await?;
             output::message(c.json, &answer, "revoked".into());
         }
     }
     Ok(())
 }
 
-async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Status> {
-    let admin = c.admin.clone();
+async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Failure> {
+    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
     let keys = all_pages(|page_token| {
         let (mut admin, org_id) = (admin.clone(), org_id.clone());
         async move {
@@ -270,7 +323,7 @@ async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Status> {
                 page_size: PAGE_SIZE,
                 page_token,
             };
-            let page = admin.list_api_keys(request).await?.into_inner();
+            let page = within(timeout, admin.list_api_keys(request)).await?;
             Ok((page.keys, page.next_page_token))
         }
     })
@@ -292,7 +345,7 @@ async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Status> {
     Ok(())
 }
 
-async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Status> {
+async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Failure> {
     match command {
         LicenseCommand::Assign {
             org_id,
@@ -304,7 +357,7 @@ async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Status>
                 product: product(p),
                 emails,
             };
-            let answer = c.admin.assign_licenses(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.assign_licenses(request)).await?;
             output::assignments(c.json, &answer.results, answer.assigned_total, &answer);
         }
         LicenseCommand::Unassign {
@@ -317,7 +370,7 @@ async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Status>
                 product: product(p),
                 emails,
             };
-            let answer = c.admin.unassign_licenses(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.unassign_licenses(request)).await?;
             output::assignments(c.json, &answer.results, answer.assigned_total, &answer);
         }
         LicenseCommand::Transfer {
@@ -332,7 +385,7 @@ async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Status>
                 from_email: from,
                 to_email: to,
             };
-            let answer = c.admin.transfer_license(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.transfer_license(request)).await?;
             let text = format!("transferred; {} sessions ended", answer.sessions_ended);
             output::message(c.json, &answer, text);
         }
@@ -341,8 +394,8 @@ async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Status>
     Ok(())
 }
 
-async fn list_assignments(c: &mut Clients, org_id: String, p: ProductArg) -> Result<(), Status> {
-    let admin = c.admin.clone();
+async fn list_assignments(c: &mut Clients, org_id: String, p: ProductArg) -> Result<(), Failure> {
+    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
     let quota = std::cell::Cell::new(0);
     let emails = all_pages(|page_token| {
         let (mut admin, org_id, quota) = (admin.clone(), org_id.clone(), &quota);
@@ -353,7 +406,7 @@ async fn list_assignments(c: &mut Clients, org_id: String, p: ProductArg) -> Res
                 page_size: PAGE_SIZE,
                 page_token,
             };
-            let page = admin.list_assignments(request).await?.into_inner();
+            let page = within(timeout, admin.list_assignments(request)).await?;
             quota.set(page.quota);
             Ok((page.emails, page.next_page_token))
         }
@@ -375,30 +428,30 @@ async fn list_assignments(c: &mut Clients, org_id: String, p: ProductArg) -> Res
     Ok(())
 }
 
-async fn usage(c: &mut Clients, args: UsageArgs) -> Result<(), Status> {
+async fn usage(c: &mut Clients, args: UsageArgs) -> Result<(), Failure> {
     let window_seconds = u32::try_from(args.window.as_secs()).unwrap_or(u32::MAX);
     let request = proto::GetUsageRequest {
         org_id: args.org_id,
         window_seconds,
     };
-    let answer = c.admin.get_usage(request).await?.into_inner();
+    let answer = within(c.call_timeout, c.admin.get_usage(request)).await?;
     output::usage(c.json, &answer);
     Ok(())
 }
 
-async fn audit(c: &mut Clients, command: AuditCommand) -> Result<(), Status> {
+async fn audit(c: &mut Clients, command: AuditCommand) -> Result<(), Failure> {
     let AuditCommand::Export {
         org_id,
         from,
         to,
         format,
     } = command;
-    let range =
-        super::audit::range(from.as_deref(), to.as_deref()).map_err(Status::invalid_argument)?;
-    super::audit::export(&mut c.admin, org_id, range, format).await
+    let range = super::audit::range(from.as_deref(), to.as_deref()).map_err(Failure::Usage)?;
+    let timeout = c.call_timeout;
+    Ok(super::audit::export(&mut c.admin, timeout, org_id, range, format).await?)
 }
 
-async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Status> {
+async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Failure> {
     match command {
         SessionCommand::Acquire {
             product: p,
@@ -412,7 +465,7 @@ async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Status>
                 hostname,
                 label,
             };
-            let answer = c.session.acquire(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.session.acquire(request)).await?;
             output::leases(c.json, answer.lease.as_slice(), &answer);
         }
         SessionCommand::Heartbeat {
@@ -423,7 +476,7 @@ async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Status>
                 lease_id,
                 generation,
             };
-            let answer = c.session.heartbeat(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.session.heartbeat(request)).await?;
             let text = format!("extended until {}", output::time(answer.expires_at_unix_ms));
             output::message(c.json, &answer, text);
         }
@@ -435,13 +488,13 @@ async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Status>
                 lease_id,
                 generation,
             };
-            let answer = c.session.release(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.session.release(request)).await?;
             output::message(c.json, &answer, "released".into());
         }
         SessionCommand::List { org_id, product: p } => list_sessions(c, org_id, p).await?,
         SessionCommand::Terminate { org_id, lease_id } => {
             let request = proto::TerminateSessionRequest { org_id, lease_id };
-            let answer = c.admin.terminate_session(request).await?.into_inner();
+            let answer = within(c.call_timeout, c.admin.terminate_session(request)).await?;
             output::message(c.json, &answer, "terminated".into());
         }
     }
@@ -452,8 +505,8 @@ async fn list_sessions(
     c: &mut Clients,
     org_id: String,
     p: Option<ProductArg>,
-) -> Result<(), Status> {
-    let admin = c.admin.clone();
+) -> Result<(), Failure> {
+    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
     let sessions = all_pages(|page_token| {
         let (mut admin, org_id) = (admin.clone(), org_id.clone());
         async move {
@@ -463,7 +516,7 @@ async fn list_sessions(
                 page_size: PAGE_SIZE,
                 page_token,
             };
-            let page = admin.list_sessions(request).await?.into_inner();
+            let page = within(timeout, admin.list_sessions(request)).await?;
             Ok((page.sessions, page.next_page_token))
         }
     })

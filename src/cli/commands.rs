@@ -10,6 +10,7 @@
 //! value, the one given on the command line winning over the environment and defaults.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Subcommand, ValueEnum};
 
@@ -41,6 +42,12 @@ pub struct ClientArgs {
     /// The client certificate's private key (PEM).
     #[arg(long = "tls-key", env = "SEATBROKER_CLIENT_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// How long to wait for the connection to the daemon (TCP and TLS), e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long to wait for each call's answer, e.g. 30s (a listing makes one call a page).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 impl ClientArgs {
@@ -314,7 +321,7 @@ pub struct UsageArgs {
     pub org_id: String,
     /// The window of the peak and denial figures, e.g. 15m, 1h, 24h (at most 24h).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    pub window: std::time::Duration,
+    pub window: Duration,
 }
 
 /// How `audit export` writes events.

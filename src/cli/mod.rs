@@ -5,6 +5,7 @@
 mod audit;
 mod client;
 mod commands;
+mod failure;
 mod output;
 
 use std::path::PathBuf;

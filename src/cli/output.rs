@@ -3,6 +3,7 @@
 use comfy_table::presets::NOTHING;
 use serde::Serialize;
 
+use super::failure::Failure;
 use crate::proto;
 
 /// A table of text cells.
@@ -24,6 +25,20 @@ fn print_json(value: &impl Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(error) => eprintln!("error: cannot encode JSON: {error}"),
+    }
+}
+
+/// A failed command's report on standard error: `error: CODE: message`, or with
+/// `--json` one object `{"code": "NOT_FOUND", "message": "..."}`.
+pub fn failure(json: bool, failure: &Failure) {
+    if json {
+        let report = serde_json::json!({
+            "code": failure.code_name(),
+            "message": failure.message(),
+        });
+        eprintln!("{report}");
+    } else {
+        eprintln!("error: {}: {}", failure.code_name(), failure.message());
     }
 }
 
