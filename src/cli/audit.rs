@@ -92,7 +92,9 @@ fn write_event(
     match format {
         ExportFormat::Csv => writeln!(out, "{}", csv_row(event)),
         ExportFormat::Jsonl => {
-            let line = serde_json::to_string(event).map_err(std::io::Error::other)?;
+            let value = serde_json::to_value(event).map_err(std::io::Error::other)?;
+            let line = serde_json::to_string(&super::output::json_shape(value))
+                .map_err(std::io::Error::other)?;
             writeln!(out, "{line}")
         }
     }

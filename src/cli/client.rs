@@ -4,12 +4,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use serde_json::json;
 use tonic::Status;
 use tonic::transport::Endpoint;
 
 use super::commands::{
-    AuditCommand, ClientArgs, ClientCommand, KeyCommand, LicenseCommand, MemberCommand, OrgCommand,
-    ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand, UsageArgs,
+    AuditCommand, ClientArgs, ClientCommand, ExportFormat, KeyCommand, LicenseCommand,
+    MemberCommand, OrgCommand, ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand,
+    UsageArgs,
 };
 use super::failure::Failure;
 use super::output::{self, Table};
@@ -234,13 +236,17 @@ async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Failure> 
             output::members(c.json, answer.member.as_slice(), &answer);
         }
         MemberCommand::Remove { org_id, email } => {
-            let request = proto::RemoveMemberRequest { org_id, email };
+            let request = proto::RemoveMemberRequest {
+                org_id,
+                email: email.clone(),
+            };
             let answer = within(c.call_timeout, c.admin.remove_member(request)).await?;
+            let (sessions_ended, keys_revoked) = (answer.sessions_ended, answer.keys_revoked);
             let text = format!(
-                "removed; {} sessions ended, {} API keys revoked",
-                answer.sessions_ended, answer.keys_revoked
+                "removed; {sessions_ended} sessions ended, {keys_revoked} API keys revoked"
             );
-            output::message(c.json, &answer, text);
+            let said = json!({"removed": email, "sessions_ended": sessions_ended, "keys_revoked": keys_revoked});
+            output::message(c.json, &said, text);
         }
         MemberCommand::Role {
             org_id,
@@ -305,9 +311,10 @@ async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Failure> {
         }
         KeyCommand::List { org_id } => list_keys(c, org_id).await?,
         KeyCommand::Revoke { org_id, key_id } => {
+            let said = json!({ "revoked": key_id });
             let request = proto::RevokeApiKeyRequest { org_id, key_id };
-            let answer = within(c.call_timeout, c.admin.revoke_api_key(request)).await?;
-            output::message(c.json, &answer, "revoked".into());
+            within(c.call_timeout, c.admin.revoke_api_key(request)).await?;
+            output::message(c.json, &said, "revoked".into());
         }
     }
     Ok(())
@@ -379,6 +386,7 @@ async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Failure
             from,
             to,
         } => {
+            let mut said = json!({ "transferred": { "from": from, "to": to } });
             let request = proto::TransferLicenseRequest {
                 org_id,
                 product: product(p),
@@ -386,8 +394,9 @@ async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Failure
                 to_email: to,
             };
             let answer = within(c.call_timeout, c.admin.transfer_license(request)).await?;
+            said["sessions_ended"] = answer.sessions_ended.into();
             let text = format!("transferred; {} sessions ended", answer.sessions_ended);
-            output::message(c.json, &answer, text);
+            output::message(c.json, &said, text);
         }
         LicenseCommand::List { org_id, product: p } => list_assignments(c, org_id, p).await?,
     }
@@ -446,6 +455,10 @@ async fn audit(c: &mut Clients, command: AuditCommand) -> Result<(), Failure> {
         to,
         format,
     } = command;
+    if c.json && matches!(format, ExportFormat::Csv) {
+        let message = "--json writes JSON lines; leave out --format csv".to_owned();
+        return Err(Failure::Usage(message));
+    }
     let range = super::audit::range(from.as_deref(), to.as_deref()).map_err(Failure::Usage)?;
     let timeout = c.call_timeout;
     Ok(super::audit::export(&mut c.admin, timeout, org_id, range, format).await?)
@@ -473,29 +486,36 @@ async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Failure
             generation,
         } => {
             let request = proto::HeartbeatRequest {
-                lease_id,
+                lease_id: lease_id.clone(),
                 generation,
             };
             let answer = within(c.call_timeout, c.session.heartbeat(request)).await?;
             let text = format!("extended until {}", output::time(answer.expires_at_unix_ms));
-            output::message(c.json, &answer, text);
+            let said = json!({
+                "extended": lease_id,
+                "generation": generation,
+                "expires_at_unix_ms": answer.expires_at_unix_ms,
+            });
+            output::message(c.json, &said, text);
         }
         SessionCommand::Release {
             lease_id,
             generation,
         } => {
+            let said = json!({ "released": lease_id });
             let request = proto::ReleaseRequest {
                 lease_id,
                 generation,
             };
-            let answer = within(c.call_timeout, c.session.release(request)).await?;
-            output::message(c.json, &answer, "released".into());
+            within(c.call_timeout, c.session.release(request)).await?;
+            output::message(c.json, &said, "released".into());
         }
         SessionCommand::List { org_id, product: p } => list_sessions(c, org_id, p).await?,
         SessionCommand::Terminate { org_id, lease_id } => {
+            let said = json!({ "terminated": lease_id });
             let request = proto::TerminateSessionRequest { org_id, lease_id };
-            let answer = within(c.call_timeout, c.admin.terminate_session(request)).await?;
-            output::message(c.json, &answer, "terminated".into());
+            within(c.call_timeout, c.admin.terminate_session(request)).await?;
+            output::message(c.json, &said, "terminated".into());
         }
     }
     Ok(())

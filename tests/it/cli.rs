@@ -150,3 +150,99 @@ async fn a_silent_server_ends_the_command_at_its_timeout_with_retry_later() {
         handshake.took
     );
 }
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("not JSON ({error}): {text}"))
+}
+
+/// Runs a command that must succeed and returns its standard output as JSON.
+async fn json_answer(server: &TestServer, key: &str, args: &[&str]) -> serde_json::Value {
+    let outcome = as_caller(server, key, args).await;
+    assert_exit(&outcome, 0, "");
+    json(&outcome.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_answers_and_errors_have_one_shape() {
+    let server = start().await;
+    let org = server.licensed_organization("acme", 1, 2, &["a"]).await;
+
+    // Before or after the subcommand; enum values as the tables and flags name them.
+    let members = json_answer(&server, OPERATOR_KEY, &["--json", "member", "list", "acme"]).await;
+    let roles: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["member", "owner"], "{members}");
+    assert!(members.get("next_page_token").is_none(), "{members}");
+    let assigned = json_answer(
+        &server,
+        OPERATOR_KEY,
+        &["license", "assign", "acme", "kse", org.email(0), "--json"],
+    )
+    .await;
+    assert_eq!(assigned["results"][0]["outcome"], "assigned", "{assigned}");
+
+    // Times in RFC 3339 beside Unix ms; the 64-bit generation as a string.
+    let acquired = json_answer(
+        &server,
+        org.key(0),
+        &["--json", "session", "acquire", "kre", "--engine-id", "e1"],
+    )
+    .await;
+    let lease = &acquired["lease"];
+    assert_eq!(lease["product"], "kre");
+    let generation = lease["generation"]
+        .as_str()
+        .expect("generation as a string");
+    assert!(generation.parse::<u64>().is_ok(), "{lease}");
+    let expires_ms = lease["expires_at_unix_ms"].as_i64().unwrap();
+    let expires_at = lease["expires_at"].as_str().expect("an RFC 3339 time");
+    let parsed = humantime::parse_rfc3339(expires_at).unwrap();
+    let parsed_ms = parsed
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert_eq!(parsed_ms as i64, expires_ms);
+
+    // An answer without fields of its own says what was done.
+    let lease_id = lease["lease_id"].as_str().unwrap();
+    let released = json_answer(
+        &server,
+        org.key(0),
+        &["--json", "session", "release", lease_id, generation],
+    )
+    .await;
+    assert_eq!(released, serde_json::json!({ "released": lease_id }));
+
+    // `audit export` writes the same shape, one object a line.
+    let export = as_caller(
+        &server,
+        OPERATOR_KEY,
+        &["--json", "audit", "export", "acme"],
+    )
+    .await;
+    assert_exit(&export, 0, "");
+    let events: Vec<serde_json::Value> = export.stdout.lines().map(json).collect();
+    let granted = events
+        .iter()
+        .find(|e| e["kind"] == "lease_granted")
+        .unwrap();
+    assert_eq!(granted["product"], "kre");
+    assert!(
+        granted["generation"].is_string() && granted["at"].is_string(),
+        "{granted}"
+    );
+
+    // Errors: one JSON object on standard error, nothing on standard output.
+    let unknown = as_caller(&server, OPERATOR_KEY, &["--json", "usage", "nosuch"]).await;
+    assert_exit(&unknown, 10, "");
+    let error = json(unknown.stderr.trim());
+    assert_eq!(error["code"], "NOT_FOUND");
+    assert!(
+        error["message"].as_str().unwrap().contains("nosuch"),
+        "{error}"
+    );
+}
