@@ -9,26 +9,42 @@ tonic::include_proto!("seatbroker.v1");
 /// The encoded `FileDescriptorSet` of our protos, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("seatbroker_descriptor");
 
-/// Serializers that print enum fields by name in the CLI's JSON output.
+/// Serializers that print enum fields in the CLI's JSON by the names its tables and
+/// flags use: the proto name without the enum's prefix, in lower case (`PRODUCT_KRE`
+/// is `kre`, `ASSIGNMENT_OUTCOME_ALREADY_ASSIGNED` is `already_assigned`); an unknown
+/// value prints as its number.
 pub mod json {
     use serde::Serializer;
 
-    fn name<E: TryFrom<i32>>(value: i32, as_str: impl Fn(E) -> &'static str) -> String {
+    fn name<E: TryFrom<i32>>(
+        value: i32,
+        prefix: &str,
+        as_str: impl Fn(E) -> &'static str,
+    ) -> String {
         E::try_from(value)
-            .map(as_str)
-            .map(str::to_owned)
+            .map(|known| {
+                as_str(known)
+                    .trim_start_matches(prefix)
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_else(|_| value.to_string())
     }
 
     pub fn product<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&name(*value, |v: super::Product| v.as_str_name()))
+        serializer.serialize_str(&name(*value, "PRODUCT_", |v: super::Product| {
+            v.as_str_name()
+        }))
     }
 
     pub fn role<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&name(*value, |v: super::Role| v.as_str_name()))
+        serializer.serialize_str(&name(*value, "ROLE_", |v: super::Role| v.as_str_name()))
     }
 
     pub fn outcome<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&name(*value, |v: super::AssignmentOutcome| v.as_str_name()))
+        serializer.serialize_str(&name(
+            *value,
+            "ASSIGNMENT_OUTCOME_",
+            |v: super::AssignmentOutcome| v.as_str_name(),
+        ))
     }
 }

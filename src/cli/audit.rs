@@ -1,17 +1,30 @@
 //! `seatbroker audit export`: pages through `ListAuditEvents` and writes the events
 //! as CSV or JSON lines to standard output.
 
+use std::borrow::Cow;
 use std::io::Write;
+use std::time::Duration;
 
 use tonic::Status;
 
-use super::ExportFormat;
+use super::commands::ExportFormat;
 use crate::client::Authorized;
 use crate::limits;
 use crate::proto::{self, admin_service_client::AdminServiceClient};
 
-const CSV_HEADER: &str =
-    "at_unix_ms,time,org_id,kind,product,email,lease_id,generation,engine_id,actor,detail";
+const CSV_HEADER: [&str; 11] = [
+    "at_unix_ms",
+    "time",
+    "org_id",
+    "kind",
+    "product",
+    "email",
+    "lease_id",
+    "generation",
+    "engine_id",
+    "actor",
+    "detail",
+];
 
 /// A time given as Unix milliseconds or RFC 3339.
 fn parse_time(text: &str) -> Result<i64, String> {
@@ -33,20 +46,15 @@ pub fn range(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), String>
     Ok((from, to))
 }
 
-/// A CSV field: a value a spreadsheet would run as a formula (one starting with `=`,
-/// `+`, `-`, `@`, a tab or a carriage return, as OWASP's CSV injection advice lists)
-/// gets a leading single quote, so it is shown as text; then a value with a comma,
-/// quote or line break is quoted.
-fn csv_field(text: &str) -> String {
-    let neutral = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{text}")
+/// A CSV field's text: a value a spreadsheet would run as a formula (one starting with
+/// `=`, `+`, `-`, `@`, a tab or a carriage return, as OWASP's CSV injection advice
+/// lists) gets a leading single quote, so it is shown as text. Quoting is the CSV
+/// writer's.
+fn neutralized(text: &str) -> Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{text}"))
     } else {
-        text.to_owned()
-    };
-    if neutral.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", neutral.replace('"', "\"\""))
-    } else {
-        neutral
+        Cow::Borrowed(text)
     }
 }
 
@@ -58,7 +66,8 @@ fn product_name(value: i32) -> &'static str {
     }
 }
 
-fn csv_row(event: &proto::AuditEvent) -> String {
+/// An event's CSV fields, in [`CSV_HEADER`]'s order, neutralized.
+fn csv_record(event: &proto::AuditEvent) -> Vec<String> {
     let generation = if event.generation == 0 {
         String::new()
     } else {
@@ -78,21 +87,45 @@ fn csv_row(event: &proto::AuditEvent) -> String {
         event.detail.clone(),
     ]
     .iter()
-    .map(|field| csv_field(field))
-    .collect::<Vec<_>>()
-    .join(",")
+    .map(|field| neutralized(field).into_owned())
+    .collect()
 }
 
-fn write_event(
-    out: &mut impl Write,
-    format: ExportFormat,
-    event: &proto::AuditEvent,
-) -> std::io::Result<()> {
-    match format {
-        ExportFormat::Csv => writeln!(out, "{}", csv_row(event)),
-        ExportFormat::Jsonl => {
-            let line = serde_json::to_string(event).map_err(std::io::Error::other)?;
-            writeln!(out, "{line}")
+/// Where the events go: CSV records after a header, or JSON lines of the CLI's one
+/// JSON shape.
+enum EventWriter<W: Write> {
+    Csv(Box<csv::Writer<W>>),
+    Jsonl(W),
+}
+
+impl<W: Write> EventWriter<W> {
+    fn new(out: W, format: ExportFormat) -> csv::Result<Self> {
+        Ok(match format {
+            ExportFormat::Csv => {
+                let mut writer = csv::Writer::from_writer(out);
+                writer.write_record(CSV_HEADER)?;
+                EventWriter::Csv(Box::new(writer))
+            }
+            ExportFormat::Jsonl => EventWriter::Jsonl(out),
+        })
+    }
+
+    fn write(&mut self, event: &proto::AuditEvent) -> csv::Result<()> {
+        match self {
+            EventWriter::Csv(writer) => writer.write_record(csv_record(event)),
+            EventWriter::Jsonl(out) => {
+                let value = serde_json::to_value(event).map_err(std::io::Error::other)?;
+                let line = serde_json::to_string(&super::output::json_shape(value))
+                    .map_err(std::io::Error::other)?;
+                Ok(writeln!(out, "{line}")?)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            EventWriter::Csv(writer) => writer.flush(),
+            EventWriter::Jsonl(out) => out.flush(),
         }
     }
 }
@@ -101,16 +134,14 @@ fn write_event(
 /// is written exactly once.
 pub async fn export(
     admin: &mut AdminServiceClient<Authorized>,
+    call_timeout: Duration,
     org_id: String,
     (from, to): (i64, i64),
     format: ExportFormat,
 ) -> Result<(), Status> {
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let io = |e: std::io::Error| Status::internal(format!("cannot write the export: {e}"));
-    if let ExportFormat::Csv = format {
-        writeln!(out, "{CSV_HEADER}").map_err(io)?;
-    }
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let io = |e: csv::Error| Status::internal(format!("cannot write the export: {e}"));
+    let mut out = EventWriter::new(stdout, format).map_err(io)?;
     let mut page_token = String::new();
     loop {
         let request = proto::ListAuditEventsRequest {
@@ -120,9 +151,9 @@ pub async fn export(
             limit: limits::AUDIT_EVENTS_PER_QUERY_MAX,
             page_token,
         };
-        let page = admin.list_audit_events(request).await?.into_inner();
+        let page = super::client::within(call_timeout, admin.list_audit_events(request)).await?;
         for event in &page.events {
-            write_event(&mut out, format, event).map_err(io)?;
+            out.write(event).map_err(io)?;
         }
         if !page.truncated {
             break;
@@ -134,18 +165,27 @@ pub async fn export(
         }
         page_token = page.next_page_token;
     }
-    out.flush().map_err(io)
+    out.flush().map_err(|e| io(e.into()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// One field as the CSV writer of the export writes it, without the line end.
+    fn csv_field(text: &str) -> String {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        writer.write_record([neutralized(text).as_ref()]).unwrap();
+        let line = String::from_utf8(writer.into_inner().unwrap()).unwrap();
+        line.strip_suffix('\n').unwrap().to_owned()
+    }
+
     #[test]
     fn csv_fields_with_commas_and_quotes_are_quoted() {
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
     }
 
     #[test]
@@ -166,7 +206,7 @@ mod tests {
         ] {
             assert_eq!(csv_field(value), field, "{value:?}");
         }
-        // A whole row: a label made by a member cannot reach a spreadsheet as a formula.
+        // A whole record: a label made by a member cannot reach a spreadsheet as a formula.
         let event = proto::AuditEvent {
             at_unix_ms: 1_000,
             org_id: "acme".into(),
@@ -176,7 +216,16 @@ mod tests {
             detail: "=cmd".into(),
             ..Default::default()
         };
-        let row = csv_row(&event);
+        let mut out = EventWriter::new(Vec::new(), ExportFormat::Csv).unwrap();
+        out.write(&event).unwrap();
+        out.flush().unwrap();
+        let EventWriter::Csv(writer) = out else {
+            unreachable!()
+        };
+        let text = String::from_utf8(writer.into_inner().unwrap()).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(CSV_HEADER.join(",").as_str()));
+        let row = lines.next().unwrap();
         assert!(row.ends_with(",a@acme.test,'=cmd"), "{row}");
     }
 

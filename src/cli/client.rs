@@ -1,15 +1,20 @@
-//! The client half of the CLI: one function per subcommand, each one RPC.
+//! The client half of the CLI: one function per command group, each subcommand one
+//! RPC (a listing: one RPC a page until the last).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use serde_json::json;
 use tonic::Status;
 
-use super::output::{self, Table};
-use super::{
-    AuditCommand, ClientArgs, Command, KeyCommand, LicenseCommand, MemberCommand, OrgCommand,
-    ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand,
+use super::commands::{
+    AuditCommand, ClientArgs, ClientCommand, ExportFormat, KeyCommand, LicenseCommand,
+    MemberCommand, OrgCommand, ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand,
+    UsageArgs,
 };
-use crate::client::{self, Authorized, BearerKey};
+use super::failure::Failure;
+use super::output::{self, Table};
+use crate::client::{self, Authorized, BearerKey, ClientError};
 use crate::proto::{
     self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
 };
@@ -42,22 +47,64 @@ where
     }
 }
 
+/// What every client command holds: the daemon's two services with the caller's key,
+/// the per-call deadline, and the output mode.
 struct Clients {
     admin: AdminServiceClient<Authorized>,
     session: SessionServiceClient<Authorized>,
+    /// How long one call may wait for its answer (`--timeout`).
+    call_timeout: Duration,
     json: bool,
 }
 
-async fn connect(args: &ClientArgs) -> Result<Clients, String> {
-    let channel = client::connect_with(&args.addr, &args.tls_files())
-        .await
-        .map_err(|e| e.to_string())?;
-    let key = BearerKey::new(args.key.as_deref()).map_err(|e| e.to_string())?;
+async fn connect(args: &ClientArgs) -> Result<Clients, Failure> {
+    let key = BearerKey::new(args.key.as_deref()).map_err(|e| Failure::Usage(e.to_string()))?;
+    let tls = args.tls_files();
+    let connecting = client::connect_with(&args.addr, &tls);
+    let channel = match tokio::time::timeout(args.connect_timeout, connecting).await {
+        Ok(Ok(channel)) => channel,
+        Ok(Err(error)) => return Err(connect_failure(error)),
+        Err(_) => {
+            let waited = humantime::format_duration(args.connect_timeout);
+            let message = format!("{} did not answer within {waited}", args.addr);
+            return Err(Failure::Unreachable(message));
+        }
+    };
     Ok(Clients {
         admin: client::admin(channel.clone(), key.clone()),
         session: client::session(channel, key),
+        call_timeout: args.timeout,
         json: args.json,
     })
+}
+
+/// A failure to connect: the command's own setup (an address that does not parse, TLS
+/// files that cannot be used) is a configuration error; only a daemon that could not
+/// be reached is worth a retry.
+fn connect_failure(error: ClientError) -> Failure {
+    match error {
+        ClientError::Unreachable { .. } => Failure::Unreachable(error.to_string()),
+        ClientError::UnsendableKey => Failure::Usage(error.to_string()),
+        ClientError::BadAddress { .. }
+        | ClientError::TlsFiles(_)
+        | ClientError::Tls { .. }
+        | ClientError::TlsFilesWithoutHttps { .. } => Failure::Configuration(error.to_string()),
+    }
+}
+
+/// Waits at most `timeout` for a call's answer; a daemon that accepted the connection
+/// but does not answer gives DEADLINE_EXCEEDED rather than a command that hangs.
+pub(super) async fn within<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(answer) => answer.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no answer within {} (--timeout)",
+            humantime::format_duration(timeout)
+        ))),
+    }
 }
 
 fn product(arg: ProductArg) -> i32 {
@@ -83,92 +130,54 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
     }
 }
 
-fn client_args(command: &Command) -> &ClientArgs {
-    match command {
-        Command::Serve(_)
-        | Command::OperatorKey(_)
-        | Command::Bench(_)
-        | Command::BenchRestart(_)
-        | Command::BenchNoopServer { .. } => {
-            unreachable!("not a client command")
-        }
-        Command::Org(OrgCommand::Create { client, .. } | OrgCommand::List { client })
-        | Command::Quota(QuotaCommand::Set { client, .. })
-        | Command::Member(
-            MemberCommand::Add { client, .. }
-            | MemberCommand::Remove { client, .. }
-            | MemberCommand::Role { client, .. }
-            | MemberCommand::List { client, .. },
-        )
-        | Command::Key(
-            KeyCommand::Create { client, .. }
-            | KeyCommand::List { client, .. }
-            | KeyCommand::Revoke { client, .. },
-        )
-        | Command::License(
-            LicenseCommand::Assign { client, .. }
-            | LicenseCommand::Unassign { client, .. }
-            | LicenseCommand::Transfer { client, .. }
-            | LicenseCommand::List { client, .. },
-        )
-        | Command::Session(
-            SessionCommand::Acquire { client, .. }
-            | SessionCommand::Heartbeat { client, .. }
-            | SessionCommand::Release { client, .. }
-            | SessionCommand::List { client, .. }
-            | SessionCommand::Terminate { client, .. },
-        ) => client,
-        Command::Usage(args) => &args.client,
-        Command::Audit(AuditCommand::Export { client, .. }) => client,
-    }
-}
-
-/// Runs one client subcommand and prints its answer.
-pub async fn run(command: Command) -> ExitCode {
-    let mut clients = match connect(client_args(&command)).await {
-        Ok(clients) => clients,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(super::EXIT_FAILURE);
-        }
+/// Runs one client subcommand and prints its answer, or the failure on standard error
+/// (as a JSON object with `--json`); returns the failure's exit code.
+pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
+    let outcome = match connect(&args).await {
+        Ok(mut clients) => dispatch(&mut clients, command).await,
+        Err(failure) => Err(failure),
     };
-    match dispatch(&mut clients, command).await {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(status) => {
-            eprintln!("error: {:?}: {}", status.code(), status.message());
-            ExitCode::from(super::EXIT_FAILURE)
+        Err(failure) => {
+            output::failure(args.json, &failure);
+            ExitCode::from(failure.exit_code())
         }
     }
 }
 
-async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
-    let json = c.json;
+async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Failure> {
     match command {
-        Command::Serve(_)
-        | Command::OperatorKey(_)
-        | Command::Bench(_)
-        | Command::BenchRestart(_)
-        | Command::BenchNoopServer { .. } => {
-            unreachable!("not a client command")
-        }
-        Command::Org(OrgCommand::Create {
+        ClientCommand::Org(command) => org(c, command).await,
+        ClientCommand::Quota(command) => quota_command(c, command).await,
+        ClientCommand::Member(command) => member(c, command).await,
+        ClientCommand::Key(command) => key(c, command).await,
+        ClientCommand::License(command) => license(c, command).await,
+        ClientCommand::Usage(args) => usage(c, args).await,
+        ClientCommand::Audit(command) => audit(c, command).await,
+        ClientCommand::Session(command) => session(c, command).await,
+    }
+}
+
+async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Failure> {
+    match command {
+        OrgCommand::Create {
             org_id,
             name,
             owner,
             quota: q,
-            ..
-        }) => {
+        } => {
             let request = proto::CreateOrganizationRequest {
                 org_id,
                 display_name: name,
                 owner_email: owner,
                 quota: Some(quota(&q)),
             };
-            let answer = c.admin.create_organization(request).await?.into_inner();
-            output::organizations(json, answer.organization.as_slice(), &answer);
+            let answer = within(c.call_timeout, c.admin.create_organization(request)).await?;
+            output::organizations(c.json, answer.organization.as_slice(), &answer);
         }
-        Command::Org(OrgCommand::List { .. }) => {
-            let admin = c.admin.clone();
+        OrgCommand::List => {
+            let (admin, timeout) = (c.admin.clone(), c.call_timeout);
             let organizations = all_pages(|page_token| {
                 let mut admin = admin.clone();
                 async move {
@@ -176,7 +185,7 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
                         page_size: PAGE_SIZE,
                         page_token,
                     };
-                    let page = admin.list_organizations(request).await?.into_inner();
+                    let page = within(timeout, admin.list_organizations(request)).await?;
                     Ok((page.organizations, page.next_page_token))
                 }
             })
@@ -185,335 +194,348 @@ async fn dispatch(c: &mut Clients, command: Command) -> Result<(), Status> {
                 organizations,
                 next_page_token: String::new(),
             };
-            output::organizations(json, &answer.organizations, &answer);
+            output::organizations(c.json, &answer.organizations, &answer);
         }
-        Command::Quota(QuotaCommand::Set {
-            org_id, quota: q, ..
-        }) => {
-            let request = proto::SetQuotaRequest {
-                org_id,
-                quota: Some(quota(&q)),
-            };
-            let answer = c.admin.set_quota(request).await?.into_inner();
-            output::organizations(json, answer.organization.as_slice(), &answer);
-        }
-        Command::Member(MemberCommand::Add {
+    }
+    Ok(())
+}
+
+async fn quota_command(c: &mut Clients, command: QuotaCommand) -> Result<(), Failure> {
+    let QuotaCommand::Set { org_id, quota: q } = command;
+    let request = proto::SetQuotaRequest {
+        org_id,
+        quota: Some(quota(&q)),
+    };
+    let answer = within(c.call_timeout, c.admin.set_quota(request)).await?;
+    output::organizations(c.json, answer.organization.as_slice(), &answer);
+    Ok(())
+}
+
+async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Failure> {
+    match command {
+        MemberCommand::Add {
             org_id,
             email,
             role: r,
-            ..
-        }) => {
+        } => {
             let request = proto::AddMemberRequest {
                 org_id,
                 email,
                 role: role(r),
             };
-            let answer = c.admin.add_member(request).await?.into_inner();
-            output::members(json, answer.member.as_slice(), &answer);
+            let answer = within(c.call_timeout, c.admin.add_member(request)).await?;
+            output::members(c.json, answer.member.as_slice(), &answer);
         }
-        Command::Member(MemberCommand::Remove { org_id, email, .. }) => {
-            let answer = c
-                .admin
-                .remove_member(proto::RemoveMemberRequest { org_id, email })
-                .await?
-                .into_inner();
-            output::message(
-                json,
-                &answer,
-                format!(
-                    "removed; {} sessions ended, {} API keys revoked",
-                    answer.sessions_ended, answer.keys_revoked
-                ),
+        MemberCommand::Remove { org_id, email } => {
+            let request = proto::RemoveMemberRequest {
+                org_id,
+                email: email.clone(),
+            };
+            let answer = within(c.call_timeout, c.admin.remove_member(request)).await?;
+            let (sessions_ended, keys_revoked) = (answer.sessions_ended, answer.keys_revoked);
+            let text = format!(
+                "removed; {sessions_ended} sessions ended, {keys_revoked} API keys revoked"
             );
+            let said = json!({"removed": email, "sessions_ended": sessions_ended, "keys_revoked": keys_revoked});
+            output::message(c.json, &said, text);
         }
-        Command::Member(MemberCommand::Role {
+        MemberCommand::Role {
             org_id,
             email,
             role: r,
-            ..
-        }) => {
+        } => {
             let request = proto::SetRoleRequest {
                 org_id,
                 email,
                 role: role(r),
             };
-            let answer = c.admin.set_role(request).await?.into_inner();
-            output::members(json, answer.member.as_slice(), &answer);
+            let answer = within(c.call_timeout, c.admin.set_role(request)).await?;
+            output::members(c.json, answer.member.as_slice(), &answer);
         }
-        Command::Member(MemberCommand::List { org_id, .. }) => {
-            let admin = c.admin.clone();
-            let members = all_pages(|page_token| {
-                let (mut admin, org_id) = (admin.clone(), org_id.clone());
-                async move {
-                    let request = proto::ListMembersRequest {
-                        org_id,
-                        page_size: PAGE_SIZE,
-                        page_token,
-                    };
-                    let page = admin.list_members(request).await?.into_inner();
-                    Ok((page.members, page.next_page_token))
-                }
-            })
-            .await?;
-            let answer = proto::ListMembersResponse {
-                members,
-                next_page_token: String::new(),
+        MemberCommand::List { org_id } => list_members(c, org_id).await?,
+    }
+    Ok(())
+}
+
+async fn list_members(c: &mut Clients, org_id: String) -> Result<(), Failure> {
+    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
+    let members = all_pages(|page_token| {
+        let (mut admin, org_id) = (admin.clone(), org_id.clone());
+        async move {
+            let request = proto::ListMembersRequest {
+                org_id,
+                page_size: PAGE_SIZE,
+                page_token,
             };
-            output::members(json, &answer.members, &answer);
+            let page = within(timeout, admin.list_members(request)).await?;
+            Ok((page.members, page.next_page_token))
         }
-        Command::Key(KeyCommand::Create {
+    })
+    .await?;
+    let answer = proto::ListMembersResponse {
+        members,
+        next_page_token: String::new(),
+    };
+    output::members(c.json, &answer.members, &answer);
+    Ok(())
+}
+
+async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Failure> {
+    match command {
+        KeyCommand::Create {
             org_id,
             email,
             label,
-            ..
-        }) => {
+        } => {
             let request = proto::CreateApiKeyRequest {
                 org_id,
                 email: email.unwrap_or_default(),
                 label,
             };
-            let answer = c.admin.create_api_key(request).await?.into_inner();
-            let key_id = answer
-                .key
-                .as_ref()
-                .map(|k| k.key_id.clone())
-                .unwrap_or_default();
-            output::message(
-                json,
-                &answer,
-                format!(
-                    "API key {key_id} created. It is shown once; store it now:\n\n    {}\n",
-                    answer.secret
-                ),
+            let answer = within(c.call_timeout, c.admin.create_api_key(request)).await?;
+            let key_id = answer.key.as_ref().map(|k| k.key_id.as_str()).unwrap_or("");
+            let text = format!(
+                "API key {key_id} created. It is shown once; store it now:\n\n    {}\n",
+                answer.secret
             );
+            output::message(c.json, &answer, text);
         }
-        Command::Key(KeyCommand::List { org_id, .. }) => {
-            let admin = c.admin.clone();
-            let keys = all_pages(|page_token| {
-                let (mut admin, org_id) = (admin.clone(), org_id.clone());
-                async move {
-                    let request = proto::ListApiKeysRequest {
-                        org_id,
-                        page_size: PAGE_SIZE,
-                        page_token,
-                    };
-                    let page = admin.list_api_keys(request).await?.into_inner();
-                    Ok((page.keys, page.next_page_token))
-                }
-            })
-            .await?;
-            let answer = proto::ListApiKeysResponse {
-                keys,
-                next_page_token: String::new(),
+        KeyCommand::List { org_id } => list_keys(c, org_id).await?,
+        KeyCommand::Revoke { org_id, key_id } => {
+            let said = json!({ "revoked": key_id });
+            let request = proto::RevokeApiKeyRequest { org_id, key_id };
+            within(c.call_timeout, c.admin.revoke_api_key(request)).await?;
+            output::message(c.json, &said, "revoked".into());
+        }
+    }
+    Ok(())
+}
+
+async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Failure> {
+    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
+    let keys = all_pages(|page_token| {
+        let (mut admin, org_id) = (admin.clone(), org_id.clone());
+        async move {
+            let request = proto::ListApiKeysRequest {
+                org_id,
+                page_size: PAGE_SIZE,
+                page_token,
             };
-            let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED"]);
-            for key in &answer.keys {
-                table.row(vec![
-                    key.key_id.clone(),
-                    key.email.clone(),
-                    key.label.clone(),
-                    output::time(key.created_at_unix_ms),
-                ]);
-            }
-            output::table(json, &answer, table);
+            let page = within(timeout, admin.list_api_keys(request)).await?;
+            Ok((page.keys, page.next_page_token))
         }
-        Command::Key(KeyCommand::Revoke { org_id, key_id, .. }) => {
-            let answer = c
-                .admin
-                .revoke_api_key(proto::RevokeApiKeyRequest { org_id, key_id })
-                .await?
-                .into_inner();
-            output::message(json, &answer, "revoked".into());
-        }
-        Command::License(LicenseCommand::Assign {
+    })
+    .await?;
+    let answer = proto::ListApiKeysResponse {
+        keys,
+        next_page_token: String::new(),
+    };
+    let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED"]);
+    for key in &answer.keys {
+        table.row(vec![
+            key.key_id.clone(),
+            key.email.clone(),
+            key.label.clone(),
+            output::time(key.created_at_unix_ms),
+        ]);
+    }
+    output::table(c.json, &answer, table);
+    Ok(())
+}
+
+async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Failure> {
+    match command {
+        LicenseCommand::Assign {
             org_id,
             product: p,
             emails,
-            ..
-        }) => {
+        } => {
             let request = proto::AssignLicensesRequest {
                 org_id,
                 product: product(p),
                 emails,
             };
-            let answer = c.admin.assign_licenses(request).await?.into_inner();
-            output::assignments(json, &answer.results, answer.assigned_total, &answer);
+            let answer = within(c.call_timeout, c.admin.assign_licenses(request)).await?;
+            output::assignments(c.json, &answer.results, answer.assigned_total, &answer);
         }
-        Command::License(LicenseCommand::Unassign {
+        LicenseCommand::Unassign {
             org_id,
             product: p,
             emails,
-            ..
-        }) => {
+        } => {
             let request = proto::UnassignLicensesRequest {
                 org_id,
                 product: product(p),
                 emails,
             };
-            let answer = c.admin.unassign_licenses(request).await?.into_inner();
-            output::assignments(json, &answer.results, answer.assigned_total, &answer);
+            let answer = within(c.call_timeout, c.admin.unassign_licenses(request)).await?;
+            output::assignments(c.json, &answer.results, answer.assigned_total, &answer);
         }
-        Command::License(LicenseCommand::Transfer {
+        LicenseCommand::Transfer {
             org_id,
             product: p,
             from,
             to,
-            ..
-        }) => {
+        } => {
+            let mut said = json!({ "transferred": { "from": from, "to": to } });
             let request = proto::TransferLicenseRequest {
                 org_id,
                 product: product(p),
                 from_email: from,
                 to_email: to,
             };
-            let answer = c.admin.transfer_license(request).await?.into_inner();
-            output::message(
-                json,
-                &answer,
-                format!("transferred; {} sessions ended", answer.sessions_ended),
-            );
+            let answer = within(c.call_timeout, c.admin.transfer_license(request)).await?;
+            said["sessions_ended"] = answer.sessions_ended.into();
+            let text = format!("transferred; {} sessions ended", answer.sessions_ended);
+            output::message(c.json, &said, text);
         }
-        Command::License(LicenseCommand::List {
-            org_id, product: p, ..
-        }) => {
-            let admin = c.admin.clone();
-            let quota = std::cell::Cell::new(0);
-            let emails = all_pages(|page_token| {
-                let (mut admin, org_id, quota) = (admin.clone(), org_id.clone(), &quota);
-                async move {
-                    let request = proto::ListAssignmentsRequest {
-                        org_id,
-                        product: product(p),
-                        page_size: PAGE_SIZE,
-                        page_token,
-                    };
-                    let page = admin.list_assignments(request).await?.into_inner();
-                    quota.set(page.quota);
-                    Ok((page.emails, page.next_page_token))
-                }
-            })
-            .await?;
-            let answer = proto::ListAssignmentsResponse {
-                emails,
-                quota: quota.get(),
-                next_page_token: String::new(),
+        LicenseCommand::List { org_id, product: p } => list_assignments(c, org_id, p).await?,
+    }
+    Ok(())
+}
+
+async fn list_assignments(c: &mut Clients, org_id: String, p: ProductArg) -> Result<(), Failure> {
+    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
+    let quota = std::cell::Cell::new(0);
+    let emails = all_pages(|page_token| {
+        let (mut admin, org_id, quota) = (admin.clone(), org_id.clone(), &quota);
+        async move {
+            let request = proto::ListAssignmentsRequest {
+                org_id,
+                product: product(p),
+                page_size: PAGE_SIZE,
+                page_token,
             };
-            let mut table = Table::new(&["EMAIL"]);
-            for email in &answer.emails {
-                table.row(vec![email.clone()]);
-            }
-            if !json {
-                println!("{} of {} assigned", answer.emails.len(), answer.quota);
-            }
-            output::table(json, &answer, table);
+            let page = within(timeout, admin.list_assignments(request)).await?;
+            quota.set(page.quota);
+            Ok((page.emails, page.next_page_token))
         }
-        Command::Usage(args) => {
-            let window_seconds = u32::try_from(args.window.as_secs()).unwrap_or(u32::MAX);
-            let answer = c
-                .admin
-                .get_usage(proto::GetUsageRequest {
-                    org_id: args.org_id,
-                    window_seconds,
-                })
-                .await?
-                .into_inner();
-            output::usage(json, &answer);
-        }
-        Command::Audit(AuditCommand::Export {
-            org_id,
-            from,
-            to,
-            format,
-            ..
-        }) => {
-            let range = super::audit::range(from.as_deref(), to.as_deref())
-                .map_err(Status::invalid_argument)?;
-            super::audit::export(&mut c.admin, org_id, range, format).await?;
-        }
-        Command::Session(SessionCommand::Acquire {
+    })
+    .await?;
+    let answer = proto::ListAssignmentsResponse {
+        emails,
+        quota: quota.get(),
+        next_page_token: String::new(),
+    };
+    let mut table = Table::new(&["EMAIL"]);
+    for email in &answer.emails {
+        table.row(vec![email.clone()]);
+    }
+    if !c.json {
+        println!("{} of {} assigned", answer.emails.len(), answer.quota);
+    }
+    output::table(c.json, &answer, table);
+    Ok(())
+}
+
+async fn usage(c: &mut Clients, args: UsageArgs) -> Result<(), Failure> {
+    let window_seconds = u32::try_from(args.window.as_secs()).unwrap_or(u32::MAX);
+    let request = proto::GetUsageRequest {
+        org_id: args.org_id,
+        window_seconds,
+    };
+    let answer = within(c.call_timeout, c.admin.get_usage(request)).await?;
+    output::usage(c.json, &answer);
+    Ok(())
+}
+
+async fn audit(c: &mut Clients, command: AuditCommand) -> Result<(), Failure> {
+    let AuditCommand::Export {
+        org_id,
+        from,
+        to,
+        format,
+    } = command;
+    if c.json && matches!(format, ExportFormat::Csv) {
+        let message = "--json writes JSON lines; leave out --format csv".to_owned();
+        return Err(Failure::Usage(message));
+    }
+    let range = super::audit::range(from.as_deref(), to.as_deref()).map_err(Failure::Usage)?;
+    let timeout = c.call_timeout;
+    Ok(super::audit::export(&mut c.admin, timeout, org_id, range, format).await?)
+}
+
+async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Failure> {
+    match command {
+        SessionCommand::Acquire {
             product: p,
             engine_id,
             hostname,
             label,
-            ..
-        }) => {
+        } => {
             let request = proto::AcquireRequest {
                 product: product(p),
                 engine_id,
                 hostname,
                 label,
             };
-            let answer = c.session.acquire(request).await?.into_inner();
-            output::leases(json, answer.lease.as_slice(), &answer);
+            let answer = within(c.call_timeout, c.session.acquire(request)).await?;
+            output::leases(c.json, answer.lease.as_slice(), &answer);
         }
-        Command::Session(SessionCommand::Heartbeat {
+        SessionCommand::Heartbeat {
             lease_id,
             generation,
-            ..
-        }) => {
-            let answer = c
-                .session
-                .heartbeat(proto::HeartbeatRequest {
-                    lease_id,
-                    generation,
-                })
-                .await?
-                .into_inner();
-            output::message(
-                json,
-                &answer,
-                format!("extended until {}", output::time(answer.expires_at_unix_ms)),
-            );
-        }
-        Command::Session(SessionCommand::Release {
-            lease_id,
-            generation,
-            ..
-        }) => {
-            let answer = c
-                .session
-                .release(proto::ReleaseRequest {
-                    lease_id,
-                    generation,
-                })
-                .await?
-                .into_inner();
-            output::message(json, &answer, "released".into());
-        }
-        Command::Session(SessionCommand::List {
-            org_id, product: p, ..
-        }) => {
-            let admin = c.admin.clone();
-            let sessions = all_pages(|page_token| {
-                let (mut admin, org_id) = (admin.clone(), org_id.clone());
-                async move {
-                    let request = proto::ListSessionsRequest {
-                        org_id,
-                        product: p.map(product).unwrap_or_default(),
-                        page_size: PAGE_SIZE,
-                        page_token,
-                    };
-                    let page = admin.list_sessions(request).await?.into_inner();
-                    Ok((page.sessions, page.next_page_token))
-                }
-            })
-            .await?;
-            let answer = proto::ListSessionsResponse {
-                sessions,
-                next_page_token: String::new(),
+        } => {
+            let request = proto::HeartbeatRequest {
+                lease_id: lease_id.clone(),
+                generation,
             };
-            output::leases(json, &answer.sessions, &answer);
+            let answer = within(c.call_timeout, c.session.heartbeat(request)).await?;
+            let text = format!("extended until {}", output::time(answer.expires_at_unix_ms));
+            let said = json!({
+                "extended": lease_id,
+                "generation": generation,
+                "expires_at_unix_ms": answer.expires_at_unix_ms,
+            });
+            output::message(c.json, &said, text);
         }
-        Command::Session(SessionCommand::Terminate {
-            org_id, lease_id, ..
-        }) => {
-            let answer = c
-                .admin
-                .terminate_session(proto::TerminateSessionRequest { org_id, lease_id })
-                .await?
-                .into_inner();
-            output::message(json, &answer, "terminated".into());
+        SessionCommand::Release {
+            lease_id,
+            generation,
+        } => {
+            let said = json!({ "released": lease_id });
+            let request = proto::ReleaseRequest {
+                lease_id,
+                generation,
+            };
+            within(c.call_timeout, c.session.release(request)).await?;
+            output::message(c.json, &said, "released".into());
+        }
+        SessionCommand::List { org_id, product: p } => list_sessions(c, org_id, p).await?,
+        SessionCommand::Terminate { org_id, lease_id } => {
+            let said = json!({ "terminated": lease_id });
+            let request = proto::TerminateSessionRequest { org_id, lease_id };
+            within(c.call_timeout, c.admin.terminate_session(request)).await?;
+            output::message(c.json, &said, "terminated".into());
         }
     }
+    Ok(())
+}
+
+async fn list_sessions(
+    c: &mut Clients,
+    org_id: String,
+    p: Option<ProductArg>,
+) -> Result<(), Failure> {
+    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
+    let sessions = all_pages(|page_token| {
+        let (mut admin, org_id) = (admin.clone(), org_id.clone());
+        async move {
+            let request = proto::ListSessionsRequest {
+                org_id,
+                product: p.map(product).unwrap_or_default(),
+                page_size: PAGE_SIZE,
+                page_token,
+            };
+            let page = within(timeout, admin.list_sessions(request)).await?;
+            Ok((page.sessions, page.next_page_token))
+        }
+    })
+    .await?;
+    let answer = proto::ListSessionsResponse {
+        sessions,
+        next_page_token: String::new(),
+    };
+    output::leases(c.json, &answer.sessions, &answer);
     Ok(())
 }

@@ -4,12 +4,16 @@
 
 mod audit;
 mod client;
+mod commands;
+mod failure;
 mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+pub use commands::{ClientArgs, ClientCommand, command_tree};
 
 use crate::auth::OperatorKeyError;
 use crate::config::{CommandLine, Config, DATA_DIR_DEFAULT, OPERATOR_KEY_ENV};
@@ -24,6 +28,9 @@ use crate::telemetry::logging;
     about = "Floating-license session broker: named KSE seats and concurrent KRE sessions over gRPC"
 )]
 pub struct Cli {
+    /// The client arguments given before the subcommand, merged with those after it.
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -35,29 +42,9 @@ pub enum Command {
     /// The operator key of a data directory (run where the daemon's files are).
     #[command(subcommand)]
     OperatorKey(OperatorKeyCommand),
-    /// Organizations (operator).
-    #[command(subcommand)]
-    Org(OrgCommand),
-    /// Quotas (operator).
-    #[command(subcommand)]
-    Quota(QuotaCommand),
-    /// Members and roles (Owner or Admin).
-    #[command(subcommand)]
-    Member(MemberCommand),
-    /// API keys.
-    #[command(subcommand)]
-    Key(KeyCommand),
-    /// License assignments (Owner or Admin).
-    #[command(subcommand)]
-    License(LicenseCommand),
-    /// Usage per product: quota, assigned, active, peak, denials, and over a window.
-    Usage(UsageArgs),
-    /// The audit record (Owner or Admin).
-    #[command(subcommand)]
-    Audit(AuditCommand),
-    /// Sessions: what an engine does, and what an admin sees.
-    #[command(subcommand)]
-    Session(SessionCommand),
+    /// The client of a running daemon: one subcommand per RPC.
+    #[command(flatten)]
+    Client(ClientCommand),
     /// Load-test a running broker with simulated engines (or the built-in no-op ceiling).
     Bench(crate::loadgen::BenchArgs),
     /// Start a daemon of its own, build N live sessions, SIGKILL it, restart it on the
@@ -95,274 +82,6 @@ pub enum OperatorKeyCommand {
         /// The daemon's data directory.
         #[arg(long, env = "SEATBROKER_DATA_DIR", default_value = DATA_DIR_DEFAULT)]
         data_dir: PathBuf,
-    },
-}
-
-/// Where the daemon is and who is calling.
-#[derive(Debug, Args, Clone)]
-pub struct ClientArgs {
-    /// Daemon address.
-    #[arg(
-        long,
-        global = true,
-        env = "SEATBROKER_ADDR",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub addr: String,
-    /// API key (a member's `sbk_...` key, or the operator key).
-    #[arg(long, global = true, env = "SEATBROKER_KEY", hide_env_values = true)]
-    pub key: Option<String>,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// CA certificate (PEM) that signed the daemon's certificate, for https:// addresses.
-    #[arg(long, global = true, env = "SEATBROKER_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM), for a daemon that requires mTLS.
-    #[arg(long = "tls-cert", global = true, env = "SEATBROKER_CLIENT_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long = "tls-key", global = true, env = "SEATBROKER_CLIENT_KEY")]
-    pub tls_key: Option<PathBuf>,
-}
-
-impl ClientArgs {
-    pub fn tls_files(&self) -> crate::tls::ClientTlsFiles {
-        crate::tls::ClientTlsFiles {
-            ca: self.tls_ca.clone(),
-            cert: self.tls_cert.clone(),
-            key: self.tls_key.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ProductArg {
-    Kse,
-    Kre,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RoleArg {
-    Owner,
-    Admin,
-    Member,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct QuotaArgs {
-    /// Named KSE seats.
-    #[arg(long, default_value_t = 0)]
-    pub kse: u32,
-    /// Parallel KRE sessions.
-    #[arg(long, default_value_t = 0)]
-    pub kre: u32,
-    /// License expiry, Unix milliseconds (0: none).
-    #[arg(long, default_value_t = 0)]
-    pub expires_at_unix_ms: i64,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum OrgCommand {
-    Create {
-        org_id: String,
-        #[arg(long)]
-        name: String,
-        /// The first member, with the Owner role.
-        #[arg(long)]
-        owner: String,
-        #[command(flatten)]
-        quota: QuotaArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    List {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum QuotaCommand {
-    Set {
-        org_id: String,
-        #[command(flatten)]
-        quota: QuotaArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum MemberCommand {
-    Add {
-        org_id: String,
-        email: String,
-        #[arg(long, value_enum, default_value = "member")]
-        role: RoleArg,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    Remove {
-        org_id: String,
-        email: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    Role {
-        org_id: String,
-        email: String,
-        #[arg(value_enum)]
-        role: RoleArg,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    List {
-        org_id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum KeyCommand {
-    /// Create an API key; the key is printed once.
-    Create {
-        org_id: String,
-        /// Whose key (default: the caller).
-        #[arg(long)]
-        email: Option<String>,
-        #[arg(long, default_value = "")]
-        label: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    List {
-        org_id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    Revoke {
-        org_id: String,
-        key_id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum LicenseCommand {
-    /// Assign a product to one or more members (all or nothing).
-    Assign {
-        org_id: String,
-        #[arg(value_enum)]
-        product: ProductArg,
-        #[arg(required = true)]
-        emails: Vec<String>,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    Unassign {
-        org_id: String,
-        #[arg(value_enum)]
-        product: ProductArg,
-        #[arg(required = true)]
-        emails: Vec<String>,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    Transfer {
-        org_id: String,
-        #[arg(value_enum)]
-        product: ProductArg,
-        from: String,
-        to: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    List {
-        org_id: String,
-        #[arg(value_enum)]
-        product: ProductArg,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct UsageArgs {
-    pub org_id: String,
-    /// The window of the peak and denial figures, e.g. 15m, 1h, 24h (at most 24h).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    pub window: std::time::Duration,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ExportFormat {
-    Csv,
-    Jsonl,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Write an organization's audit events to standard output, oldest first.
-    Export {
-        org_id: String,
-        /// Start of the range, inclusive: RFC 3339 (2026-11-29T10:00:00Z) or Unix ms.
-        #[arg(long)]
-        from: Option<String>,
-        /// End of the range, exclusive: RFC 3339 or Unix ms [default: now].
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, value_enum, default_value = "jsonl")]
-        format: ExportFormat,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum SessionCommand {
-    /// Acquire a session with a member's key (as an engine would).
-    Acquire {
-        #[arg(value_enum)]
-        product: ProductArg,
-        #[arg(long)]
-        engine_id: String,
-        #[arg(long, default_value = "")]
-        hostname: String,
-        #[arg(long, default_value = "")]
-        label: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    Heartbeat {
-        lease_id: String,
-        generation: u64,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    Release {
-        lease_id: String,
-        generation: u64,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// List an organization's live sessions (Owner or Admin).
-    List {
-        org_id: String,
-        #[arg(long, value_enum)]
-        product: Option<ProductArg>,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    Terminate {
-        org_id: String,
-        lease_id: String,
-        #[command(flatten)]
-        client: ClientArgs,
     },
 }
 
@@ -421,14 +140,7 @@ impl From<ServerError> for DaemonError {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|error| {
-        if let Some(variable) = environment_source_of(&error) {
-            eprintln!("{}", error.render().to_string().trim_end());
-            eprintln!("  (the value came from the environment variable {variable})");
-            std::process::exit(error.exit_code());
-        }
-        error.exit()
-    });
+    let cli = commands::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -451,7 +163,7 @@ pub fn main() -> ExitCode {
         Command::BenchNoopServer { seats } => {
             bench_exit(runtime.block_on(crate::loadgen::serve_noop(seats)))
         }
-        other => runtime.block_on(client::run(other)),
+        Command::Client(command) => runtime.block_on(client::run(cli.client, command)),
     }
 }
 
@@ -487,6 +199,17 @@ async fn serve(args: ServeArgs) -> ExitCode {
 
 /// The environment variable an invalid value came from, when the flag it stands for
 /// was not on the command line: clap's message names only the flag.
+/// Exits for a command line clap refused; when the bad value came from an environment
+/// variable, says which.
+fn exit_refused(error: clap::Error) -> ! {
+    if let Some(variable) = environment_source_of(&error) {
+        eprintln!("{}", error.render().to_string().trim_end());
+        eprintln!("  (the value came from the environment variable {variable})");
+        std::process::exit(error.exit_code());
+    }
+    error.exit()
+}
+
 fn environment_source_of(error: &clap::Error) -> Option<String> {
     use clap::error::{ContextKind, ContextValue};
     let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
@@ -501,7 +224,7 @@ fn environment_source_of(error: &clap::Error) -> Option<String> {
     if on_command_line {
         return None;
     }
-    let command = Cli::command();
+    let command = command_tree();
     let mut commands = vec![&command];
     while let Some(command) = commands.pop() {
         let arg = command
@@ -583,10 +306,8 @@ fn print_generated_operator_key(started: Started<'_>) {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     #[test]
     fn the_command_line_is_well_formed() {
-        super::Cli::command().debug_assert();
+        super::command_tree().debug_assert();
     }
 }

@@ -3,6 +3,7 @@
 use comfy_table::presets::NOTHING;
 use serde::Serialize;
 
+use super::failure::Failure;
 use crate::proto;
 
 /// A table of text cells.
@@ -21,9 +22,66 @@ impl Table {
 }
 
 fn print_json(value: &impl Serialize) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+    match serde_json::to_value(value) {
+        Ok(value) => match serde_json::to_string_pretty(&json_shape(value)) {
+            Ok(text) => println!("{text}"),
+            Err(error) => eprintln!("error: cannot encode JSON: {error}"),
+        },
         Err(error) => eprintln!("error: cannot encode JSON: {error}"),
+    }
+}
+
+/// The one JSON shape of every answer (and of each line of `audit export`), on top of
+/// the messages' own fields: every `X_unix_ms` time gains a twin `X` in RFC 3339 (null
+/// for none); a `generation` (64 bits, beyond the 2^53 a JSON number holds exactly in
+/// most readers) is a string, as proto3's JSON mapping writes 64-bit integers; the
+/// `next_page_token` of a listing the CLI already read to its end is left out. Enum
+/// fields print by name (`crate::proto::json`).
+pub fn json_shape(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => {
+            let mut shaped = serde_json::Map::new();
+            for (name, value) in fields {
+                if name == "next_page_token" {
+                    continue;
+                }
+                if let (Some(stem), Some(unix_ms)) = (name.strip_suffix("_unix_ms"), value.as_i64())
+                {
+                    let at = (unix_ms > 0).then(|| time_ms(unix_ms));
+                    shaped.insert(stem.to_owned(), at.map_or(Value::Null, Value::String));
+                }
+                let value = match (name.as_str(), value) {
+                    ("generation", Value::Number(number)) => Value::String(number.to_string()),
+                    (_, value) => json_shape(value),
+                };
+                shaped.insert(name, value);
+            }
+            Value::Object(shaped)
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(json_shape).collect()),
+        other => other,
+    }
+}
+
+/// Unix milliseconds (> 0) as an RFC 3339 UTC time with milliseconds.
+fn time_ms(unix_ms: i64) -> String {
+    let ms = u64::try_from(unix_ms).unwrap_or_default();
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// A failed command's report on standard error: `error: CODE: message`, or with
+/// `--json` one object `{"code": "NOT_FOUND", "message": "..."}`.
+pub fn failure(json: bool, failure: &Failure) {
+    if json {
+        let report = serde_json::json!({
+            "code": failure.code_name(),
+            "message": failure.message(),
+        });
+        eprintln!("{report}");
+    } else {
+        eprintln!("error: {}: {}", failure.code_name(), failure.message());
     }
 }
 
@@ -35,6 +93,8 @@ pub fn table(json: bool, answer: &impl Serialize, table: Table) {
     }
 }
 
+/// A one-line answer: `text` for people; with `--json`, `answer` (an object that says
+/// what was done, never `{}`).
 pub fn message(json: bool, answer: &impl Serialize, text: String) {
     if json {
         print_json(answer);
@@ -194,4 +254,40 @@ pub fn leases(json: bool, leases: &[proto::Lease], answer: &impl Serialize) {
         ]);
     }
     table(json, answer, t);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::json_shape;
+
+    #[test]
+    fn times_gain_an_rfc_3339_twin_and_generations_are_strings() {
+        let answer = json!({
+            "lease": {
+                "lease_id": "ls_1",
+                "generation": 18_446_744_073_709_551_615_u64,
+                "expires_at_unix_ms": 1_000,
+                "acquired_at_unix_ms": 0,
+                "product": "kre",
+            },
+            "next_page_token": "",
+        });
+        let shaped = json_shape(answer);
+        assert_eq!(
+            shaped,
+            json!({
+                "lease": {
+                    "lease_id": "ls_1",
+                    "generation": "18446744073709551615",
+                    "expires_at_unix_ms": 1_000,
+                    "expires_at": "1970-01-01T00:00:01.000Z",
+                    "acquired_at_unix_ms": 0,
+                    "acquired_at": null,
+                    "product": "kre",
+                },
+            })
+        );
+    }
 }

@@ -309,7 +309,7 @@ fn check_cli(daemon: &Daemon, certs: &certs::TestCerts, owner_key: &str) {
     assert!(
         events
             .iter()
-            .any(|e| e["kind"] == "lease_granted" && e["product"] == "PRODUCT_KRE")
+            .any(|e| e["kind"] == "lease_granted" && e["product"] == "kre")
     );
 }
 

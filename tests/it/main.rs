@@ -21,6 +21,7 @@ mod admin;
 mod audit_descriptors;
 mod audit_isolation;
 mod bad_input;
+mod cli;
 mod daemon;
 mod datadir;
 mod disk_full;

@@ -1,0 +1,157 @@
+//! Why a client command failed, and the exit code that tells a script what to do
+//! about it. The codes follow sysexits.h where one fits; the gRPC classes a script
+//! acts on differently get codes of their own in 10-13. README's CLI section has the
+//! table; clap's own usage errors (an unknown flag, a missing argument) exit 2.
+
+use tonic::{Code, Status};
+
+/// Any other failure (INTERNAL, UNKNOWN, DATA_LOSS, ...).
+pub const EXIT_FAILURE: u8 = 1;
+/// The entity named does not exist (NOT_FOUND).
+pub const EXIT_NOT_FOUND: u8 = 10;
+/// The entity to create exists already (ALREADY_EXISTS).
+pub const EXIT_ALREADY_EXISTS: u8 = 11;
+/// The state does not allow the call; changing the state may (FAILED_PRECONDITION).
+pub const EXIT_FAILED_PRECONDITION: u8 = 12;
+/// The daemon refused an argument (INVALID_ARGUMENT, OUT_OF_RANGE).
+pub const EXIT_INVALID_ARGUMENT: u8 = 13;
+/// An argument the command line parsed but the command cannot use (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Retry later: the daemon was unreachable or did not answer in time, or answered
+/// UNAVAILABLE or RESOURCE_EXHAUSTED (EX_TEMPFAIL).
+pub const EXIT_RETRY_LATER: u8 = 75;
+/// The key is unknown or revoked, or may not do this (EX_NOPERM).
+pub const EXIT_NOT_PERMITTED: u8 = 77;
+/// The command's own configuration is wrong: the address, the TLS files (EX_CONFIG).
+pub const EXIT_CONFIGURATION: u8 = 78;
+
+/// Why a client command failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The call's answer: a status of the daemon, or of the client's transport.
+    Call(Status),
+    /// The daemon could not be reached within the connect timeout.
+    Unreachable(String),
+    /// The address or the TLS files cannot be used.
+    Configuration(String),
+    /// An argument the command cannot use.
+    Usage(String),
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Failure::Call(status)
+    }
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Call(status) => exit_code(status.code()),
+            Failure::Unreachable(_) => EXIT_RETRY_LATER,
+            Failure::Configuration(_) => EXIT_CONFIGURATION,
+            Failure::Usage(_) => EXIT_USAGE,
+        }
+    }
+
+    /// The failure's class as a script matches on it: the gRPC code's name, or
+    /// `UNAVAILABLE`, `CONFIGURATION`, `USAGE` for what failed before any call.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Failure::Call(status) => code_name(status.code()),
+            Failure::Unreachable(_) => code_name(Code::Unavailable),
+            Failure::Configuration(_) => "CONFIGURATION",
+            Failure::Usage(_) => "USAGE",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Call(status) => status.message(),
+            Failure::Unreachable(message)
+            | Failure::Configuration(message)
+            | Failure::Usage(message) => message,
+        }
+    }
+}
+
+/// The exit code of a call that ended with `code`.
+pub fn exit_code(code: Code) -> u8 {
+    match code {
+        Code::Ok => 0,
+        Code::NotFound => EXIT_NOT_FOUND,
+        Code::AlreadyExists => EXIT_ALREADY_EXISTS,
+        Code::FailedPrecondition => EXIT_FAILED_PRECONDITION,
+        Code::InvalidArgument | Code::OutOfRange => EXIT_INVALID_ARGUMENT,
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded => EXIT_RETRY_LATER,
+        Code::Unauthenticated | Code::PermissionDenied => EXIT_NOT_PERMITTED,
+        Code::Cancelled
+        | Code::Unknown
+        | Code::Aborted
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::DataLoss => EXIT_FAILURE,
+    }
+}
+
+/// The canonical name of a gRPC code, as proto3 JSON and other gRPC tools spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_class_a_script_acts_on_has_its_own_exit_code() {
+        let classes = [
+            (Code::NotFound, EXIT_NOT_FOUND),
+            (Code::AlreadyExists, EXIT_ALREADY_EXISTS),
+            (Code::FailedPrecondition, EXIT_FAILED_PRECONDITION),
+            (Code::InvalidArgument, EXIT_INVALID_ARGUMENT),
+            (Code::Unavailable, EXIT_RETRY_LATER),
+            (Code::ResourceExhausted, EXIT_RETRY_LATER),
+            (Code::DeadlineExceeded, EXIT_RETRY_LATER),
+            (Code::Unauthenticated, EXIT_NOT_PERMITTED),
+            (Code::PermissionDenied, EXIT_NOT_PERMITTED),
+            (Code::Internal, EXIT_FAILURE),
+        ];
+        for (code, exit) in classes {
+            assert_eq!(exit_code(code), exit, "{code:?}");
+        }
+        let mut distinct = vec![
+            EXIT_FAILURE,
+            EXIT_NOT_FOUND,
+            EXIT_ALREADY_EXISTS,
+            EXIT_FAILED_PRECONDITION,
+            EXIT_INVALID_ARGUMENT,
+            EXIT_USAGE,
+            EXIT_RETRY_LATER,
+            EXIT_NOT_PERMITTED,
+            EXIT_CONFIGURATION,
+            2, // clap's usage errors
+        ];
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 10);
+    }
+}
