@@ -263,8 +263,14 @@ const _: () = assert!(LIST_LEASE_WIRE_BYTES_MAX + 64 <= SESSION_RESPONSE_BYTES_M
 pub const AUDIT_QUERIES_PER_ORG_MAX: usize = 2;
 /// Audit files the writer keeps open at once (one per organization written lately,
 /// least recently used closed first). With `AUDIT_QUERIES_MAX` readers (one file
-/// each at a time), the audit record holds at most 64 + 8 descriptors.
+/// each at a time) and the spares below, the audit record holds at most 64 + 8 + 2
+/// + 2 descriptors, within `DESCRIPTORS_RESERVED`.
 pub const AUDIT_OPEN_FILES_MAX: usize = 64;
+/// Descriptors the audit writer holds in reserve (on `/dev/null`) to open a file when
+/// the process has none left and the writer has no file of its own to close.
+pub const AUDIT_WRITER_SPARE_DESCRIPTORS: usize = 2;
+/// The same for the queries, shared by all of them (each holds one file at a time).
+pub const AUDIT_READER_SPARE_DESCRIPTORS: usize = 2;
 /// Refused acquires are aggregated per organization, member, product and reason over
 /// this period: the first is written, the rest counted and written as one
 /// `acquire_denied_repeated` event with the count when the period ends (or when the
@@ -280,6 +286,14 @@ const _: () = assert!(
     "one organization at its bound leaves another its whole share"
 );
 const _: () = assert!(AUDIT_OPEN_FILES_MAX >= 1);
+const _: () = assert!(
+    (AUDIT_OPEN_FILES_MAX
+        + AUDIT_QUERIES_MAX
+        + AUDIT_WRITER_SPARE_DESCRIPTORS
+        + AUDIT_READER_SPARE_DESCRIPTORS) as u64
+        <= DESCRIPTORS_RESERVED,
+    "the audit record's descriptors fit in the reserve the connection cap leaves"
+);
 const _: () = assert!(AUDIT_DENIAL_REPEAT_MS >= 1_000);
 
 // ----- The gRPC edge: connections, HTTP/2 and request bodies (issue 10). -----

@@ -20,6 +20,7 @@
 //! `limits::AUDIT_QUERIES_MAX` ([`AuditLog::query`]); a query reads only its
 //! organization's files.
 
+mod descriptors;
 pub mod files;
 mod repeats;
 pub mod writer;
@@ -74,9 +75,10 @@ impl AuditError {
     /// ENFILE) apart.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         let path = path.to_path_buf();
-        match source.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => AuditError::OutOfDescriptors { path, source },
-            _ => AuditError::Io { path, source },
+        if descriptors::is_out_of_descriptors(&source) {
+            AuditError::OutOfDescriptors { path, source }
+        } else {
+            AuditError::Io { path, source }
         }
     }
 }

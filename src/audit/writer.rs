@@ -16,7 +16,11 @@
 //!
 //! **Descriptors.** At most `limits::AUDIT_OPEN_FILES_MAX` files are open for writing
 //! (the organizations written to most recently); the least recently used is flushed
-//! to the operating system and closed to make room.
+//! to the operating system and closed to make room. When the process is out of
+//! descriptors (EMFILE, ENFILE), an open closes the writer's own least recently used
+//! files one at a time and tries again, and when none is left to close gives up one
+//! of the writer's spare descriptors ([`super::descriptors`]); so a writer that holds
+//! a file or a spare always gets the one file it needs, whoever else took the rest.
 //!
 //! **Durability** (best effort, as before): open files are fsynced each time
 //! `limits::AUDIT_SYNC_BYTES` have been written since the last fsync (small flushes
@@ -32,6 +36,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::descriptors::{SpareDescriptors, is_out_of_descriptors};
 use super::files::{AuditFiles, FileEntry};
 use super::{AuditError, AuditRecord};
 use crate::limits;
@@ -77,6 +82,9 @@ pub struct AuditWriter {
     uses: u64,
     /// Bytes written since the open files were last fsynced.
     unsynced_bytes: u64,
+    /// Given up to open a file when the process is out of descriptors and the writer
+    /// has no file of its own left to close; taken back after each batch.
+    spares: SpareDescriptors,
 }
 
 fn stored(entries: Vec<FileEntry>) -> VecDeque<StoredFile> {
@@ -165,6 +173,7 @@ impl AuditWriter {
             open: HashMap::new(),
             uses: 0,
             unsynced_bytes: 0,
+            spares: SpareDescriptors::new(limits::AUDIT_WRITER_SPARE_DESCRIPTORS),
         };
         writer.enforce_budget();
         Ok(writer)
@@ -230,10 +239,9 @@ impl AuditWriter {
         let seq = self.files.take_seq();
         let path = dir.join(format!("{seq:010}-{}.jsonl", first_unix_ms.max(0)));
         self.make_room();
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let file = self.with_descriptor(org, || {
+            OpenOptions::new().create_new(true).append(true).open(&path)
+        })?;
         self.uses += 1;
         self.open.insert(
             org.into(),
@@ -259,10 +267,16 @@ impl AuditWriter {
         let uses = self.uses;
         if !self.open.contains_key(org) {
             self.make_room();
+            let path = self.orgs[org]
+                .files
+                .back()
+                .expect("rotate made one")
+                .path
+                .clone();
+            let length = self.with_descriptor(org, || trim_torn_tail(&path))?;
+            let file = self.with_descriptor(org, || OpenOptions::new().append(true).open(&path))?;
             let files = self.orgs.get_mut(org).expect("rotate made one");
             let current = files.files.back_mut().expect("rotate made one");
-            let length = trim_torn_tail(&current.path)?;
-            let file = OpenOptions::new().append(true).open(&current.path)?;
             // Correct the account with what the disk holds (a failed write may have
             // left less, or a torn line more).
             files.bytes = files.bytes - current.bytes + length;
@@ -288,18 +302,47 @@ impl AuditWriter {
     /// (before opening another, so that never more are open).
     fn make_room(&mut self) {
         while self.open.len() >= limits::AUDIT_OPEN_FILES_MAX {
-            let Some(oldest) = self
-                .open
-                .iter()
-                .min_by_key(|(_, open)| open.last_used)
-                .map(|(org, _)| org.clone())
-            else {
+            if !self.close_least_recent_except("") {
                 return;
-            };
-            if let Some(mut open) = self.open.remove(&oldest)
-                && let Err(error) = open.file.flush()
-            {
-                tracing::warn!(%error, org = %oldest, "audit record flush failed");
+            }
+        }
+    }
+
+    /// Flushes and closes the least recently used open file other than `org`'s;
+    /// `false` when there is none.
+    fn close_least_recent_except(&mut self, org: &str) -> bool {
+        let Some(oldest) = self
+            .open
+            .iter()
+            .filter(|(open_org, _)| open_org.as_ref() != org)
+            .min_by_key(|(_, open)| open.last_used)
+            .map(|(org, _)| org.clone())
+        else {
+            return false;
+        };
+        if let Some(mut open) = self.open.remove(&oldest)
+            && let Err(error) = open.file.flush()
+        {
+            tracing::warn!(%error, org = %oldest, "audit record flush failed");
+        }
+        true
+    }
+
+    /// Runs `open` for `org`'s file; out of descriptors, frees the writer's own: its
+    /// other files, least recently used first, then its spares.
+    fn with_descriptor<T>(
+        &mut self,
+        org: &str,
+        mut open: impl FnMut() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        loop {
+            match open() {
+                Err(error) if is_out_of_descriptors(&error) => {
+                    if !self.close_least_recent_except(org) {
+                        return self.spares.open_with(open);
+                    }
+                }
+                result => return result,
             }
         }
     }
@@ -365,6 +408,7 @@ impl AuditWriter {
         if sync {
             self.unsynced_bytes = 0;
         }
+        self.spares.refill();
     }
 
     /// Files open for writing (at most `limits::AUDIT_OPEN_FILES_MAX`).
