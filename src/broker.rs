@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::audit::AuditAdmission;
 use crate::auth::{self, OperatorKey};
 use crate::clock::Clock;
 use crate::domain::{
@@ -58,6 +59,8 @@ pub struct Broker {
     operator: OperatorKey,
     journal: Arc<dyn Journal>,
     clock: Arc<dyn Clock>,
+    /// Refuses admin changes while the audit record cannot keep their events.
+    audit: AuditAdmission,
 }
 
 impl Broker {
@@ -74,7 +77,14 @@ impl Broker {
             operator,
             journal,
             clock,
+            audit: AuditAdmission::default(),
         }
+    }
+
+    /// Admin changes are admitted only while `audit` can keep their events.
+    pub fn with_audit_admission(mut self, audit: AuditAdmission) -> Self {
+        self.audit = audit;
+        self
     }
 
     pub fn leases(&self) -> &LeaseTable {
@@ -123,6 +133,7 @@ impl Broker {
         principal: &Principal,
         command: Command,
     ) -> Result<Executed, DomainError> {
+        self.audit.admit()?;
         let permit = self.journal.admit()?;
         let (executed, durable) = {
             let mut admin = self.admin.write();

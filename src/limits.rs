@@ -271,6 +271,15 @@ pub const AUDIT_OPEN_FILES_MAX: usize = 64;
 pub const AUDIT_WRITER_SPARE_DESCRIPTORS: usize = 2;
 /// The same for the queries, shared by all of them (each holds one file at a time).
 pub const AUDIT_READER_SPARE_DESCRIPTORS: usize = 2;
+/// Events of admin changes recorded and not yet written past which new admin changes
+/// are refused (UNAVAILABLE) until the writer catches up; the events themselves are
+/// never dropped. An assignment of `EMAILS_PER_REQUEST_MAX` emails is that many.
+pub const AUDIT_ADMIN_EVENTS_PENDING_MAX: usize = 4_096;
+/// How often the audit writer retries the events of admin changes it could not write.
+pub const AUDIT_ADMIN_RETRY_MS: u64 = 200;
+/// Repeated warnings of the audit writer (a write failed, admin changes refused) are
+/// logged at most once per this period, with the count of those left out.
+pub const AUDIT_WARNING_INTERVAL_MS: u64 = 10_000;
 /// Refused acquires are aggregated per organization, member, product and reason over
 /// this period: the first is written, the rest counted and written as one
 /// `acquire_denied_repeated` event with the count when the period ends (or when the
@@ -286,6 +295,10 @@ const _: () = assert!(
     "one organization at its bound leaves another its whole share"
 );
 const _: () = assert!(AUDIT_OPEN_FILES_MAX >= 1);
+const _: () = assert!(
+    EMAILS_PER_REQUEST_MAX <= AUDIT_ADMIN_EVENTS_PENDING_MAX,
+    "one admitted assignment fits in the pending bound"
+);
 const _: () = assert!(
     (AUDIT_OPEN_FILES_MAX
         + AUDIT_QUERIES_MAX

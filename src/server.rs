@@ -147,13 +147,10 @@ pub async fn prepare(config: Config) -> Result<Prepared, ServerError> {
     let mut leases = opened.leases;
     // Only now: replaying the log must not reach the audit record or the metrics.
     leases.set_observer(Arc::clone(&activity) as _);
-    let broker = Arc::new(Broker::new(
-        opened.admin,
-        leases,
-        operator,
-        journal.clone(),
-        clock,
-    ));
+    let broker = Arc::new(
+        Broker::new(opened.admin, leases, operator, journal.clone(), clock)
+            .with_audit_admission(activity.audit().admission()),
+    );
     Ok(Prepared {
         broker,
         activity,
@@ -467,7 +464,8 @@ impl Bound {
         }
         // The write-ahead log's final flush and fsync happen in `close`.
         self.broker.close().await.map_err(ServerError::Close)?;
-        if let Err(error) = self.activity.audit().close().await {
+        let grace = Duration::from_millis(self.config.settings().shutdown_grace_ms);
+        if let Err(error) = self.activity.audit().close(grace).await {
             tracing::warn!(%error, "audit record not closed cleanly");
         }
         result

@@ -85,6 +85,8 @@ pub struct AuditWriter {
     /// Given up to open a file when the process is out of descriptors and the writer
     /// has no file of its own left to close; taken back after each batch.
     spares: SpareDescriptors,
+    /// Paces the warning of a failed write (one per event would flood the log).
+    write_warnings: super::Warnings,
 }
 
 fn stored(entries: Vec<FileEntry>) -> VecDeque<StoredFile> {
@@ -174,9 +176,15 @@ impl AuditWriter {
             uses: 0,
             unsynced_bytes: 0,
             spares: SpareDescriptors::new(limits::AUDIT_WRITER_SPARE_DESCRIPTORS),
+            write_warnings: super::Warnings::default(),
         };
         writer.enforce_budget();
         Ok(writer)
+    }
+
+    /// The audit directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.files.dir()
     }
 
     /// The bytes of the record on disk, as accounted.
@@ -184,6 +192,8 @@ impl AuditWriter {
         self.total_bytes
     }
 
+    /// Appends a line of a lease event or a refused acquire: buffered, and dropped
+    /// (counted, with a rate-limited warning) when it cannot be written.
     pub fn append(&mut self, record: &AuditRecord) {
         let Some(mut line) = line_of(record) else {
             metrics::audit_event_dropped();
@@ -191,12 +201,44 @@ impl AuditWriter {
         };
         line.push('\n');
         if let Err(error) = self.write(&record.org, record.at_unix_ms, line.as_bytes()) {
-            tracing::warn!(%error, org = %record.org, dir = %self.files.dir().display(), "audit record write failed");
+            if let Some(left_out) = self.write_warnings.due() {
+                tracing::warn!(%error, org = %record.org, dir = %self.files.dir().display(), warnings_left_out = left_out, "audit record write failed; the event is dropped");
+            }
             metrics::audit_event_dropped();
             // Reopened (and its torn tail cut) at the next line.
             self.open.remove(record.org.as_str());
         }
         self.enforce_budget();
+    }
+
+    /// Appends the line of an admin change's event and hands it to the operating
+    /// system before returning, so that a failure is known for this line: the caller
+    /// keeps the event and tries again. A line the kernel took before reporting an
+    /// error may then be written twice, never lost.
+    pub fn append_now(&mut self, record: &AuditRecord) -> std::io::Result<()> {
+        let Some(mut line) = line_of(record) else {
+            // Cannot happen for an admin change's event (its fields are bounded);
+            // said loudly rather than retried forever.
+            tracing::error!(
+                ?record,
+                "an admin change's audit event cannot be made a line; not written"
+            );
+            metrics::audit_event_dropped();
+            return Ok(());
+        };
+        line.push('\n');
+        let org = record.org.as_str();
+        let written = self
+            .write(org, record.at_unix_ms, line.as_bytes())
+            .and_then(|()| match self.open.get_mut(org) {
+                Some(open) => open.file.flush(),
+                None => Ok(()), // Closed (and flushed) by a fsync's rotation.
+            });
+        if written.is_err() {
+            self.open.remove(org);
+        }
+        self.enforce_budget();
+        written
     }
 
     fn write(&mut self, org: &str, at_unix_ms: i64, line: &[u8]) -> std::io::Result<()> {
