@@ -6,7 +6,8 @@
 //! by the lease table under the organization's lock; refused acquires and admin
 //! changes arrive from the gRPC edge, which is the only place that sees every reason.
 //! Everything here is quick and never blocks: counters are atomics, a usage window is
-//! one small mutex, and the audit record is a `try_send`.
+//! one small mutex, and the audit record is a `try_send` (an admin change's events go
+//! into an inbox under a mutex instead, as they are never dropped).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,11 +86,11 @@ impl Activity {
 }
 
 impl AdminObserver for Activity {
-    /// An admin command was applied and made durable.
+    /// An admin command was applied and made durable: its events are never dropped
+    /// (see [`crate::audit`]).
     fn admin_changed(&self, principal: &Principal, command: &Command) {
-        for event in AuditEvent::of_command(self.clock.unix_ms(), principal, command) {
-            self.audit.record(event);
-        }
+        let events = AuditEvent::of_command(self.clock.unix_ms(), principal, command);
+        self.audit.record_admin_change(events);
     }
 }
 

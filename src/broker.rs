@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::audit::AuditAdmission;
 use crate::auth::{self, OperatorKey};
 use crate::clock::Clock;
 use crate::domain::journal::{Durable, Journal};
@@ -109,6 +110,8 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     /// Hears of every executed command (the audit record).
     admin_observer: Arc<dyn AdminObserver>,
+    /// Refuses admin changes while the audit record cannot keep their events.
+    audit: AuditAdmission,
 }
 
 impl Broker {
@@ -127,7 +130,14 @@ impl Broker {
             journal,
             clock,
             admin_observer,
+            audit: AuditAdmission::default(),
         }
+    }
+
+    /// Admin changes are admitted only while `audit` can keep their events.
+    pub fn with_audit_admission(mut self, audit: AuditAdmission) -> Self {
+        self.audit = audit;
+        self
     }
 
     pub fn leases(&self) -> &LeaseTable {
@@ -203,6 +213,7 @@ impl Broker {
         principal: &Principal,
         command: Command,
     ) -> Result<Executed, DomainError> {
+        self.audit.admit()?;
         let permit = self.journal.admit()?;
         let (executed, durable) = {
             let mut admin = self.admin.write();

@@ -284,8 +284,23 @@ const _: () = assert!(LIST_LEASE_WIRE_BYTES_MAX + 64 <= SESSION_RESPONSE_BYTES_M
 pub const AUDIT_QUERIES_PER_ORG_MAX: usize = 2;
 /// Audit files the writer keeps open at once (one per organization written lately,
 /// least recently used closed first). With `AUDIT_QUERIES_MAX` readers (one file
-/// each at a time), the audit record holds at most 64 + 8 descriptors.
+/// each at a time) and the spares below, the audit record holds at most 64 + 8 + 2
+/// + 2 descriptors, within `DESCRIPTORS_RESERVED`.
 pub const AUDIT_OPEN_FILES_MAX: usize = 64;
+/// Descriptors the audit writer holds in reserve (on `/dev/null`) to open a file when
+/// the process has none left and the writer has no file of its own to close.
+pub const AUDIT_WRITER_SPARE_DESCRIPTORS: usize = 2;
+/// The same for the queries, shared by all of them (each holds one file at a time).
+pub const AUDIT_READER_SPARE_DESCRIPTORS: usize = 2;
+/// Events of admin changes recorded and not yet written past which new admin changes
+/// are refused (UNAVAILABLE) until the writer catches up; the events themselves are
+/// never dropped. An assignment of `EMAILS_PER_REQUEST_MAX` emails is that many.
+pub const AUDIT_ADMIN_EVENTS_PENDING_MAX: usize = 4_096;
+/// How often the audit writer retries the events of admin changes it could not write.
+pub const AUDIT_ADMIN_RETRY_MS: u64 = 200;
+/// Repeated warnings of the audit writer (a write failed, admin changes refused) are
+/// logged at most once per this period, with the count of those left out.
+pub const AUDIT_WARNING_INTERVAL_MS: u64 = 10_000;
 /// Refused acquires are aggregated per organization, member, product and reason over
 /// this period: the first is written, the rest counted and written as one
 /// `acquire_denied_repeated` event with the count when the period ends (or when the
@@ -301,6 +316,18 @@ const _: () = assert!(
     "one organization at its bound leaves another its whole share"
 );
 const _: () = assert!(AUDIT_OPEN_FILES_MAX >= 1);
+const _: () = assert!(
+    EMAILS_PER_REQUEST_MAX <= AUDIT_ADMIN_EVENTS_PENDING_MAX,
+    "one admitted assignment fits in the pending bound"
+);
+const _: () = assert!(
+    (AUDIT_OPEN_FILES_MAX
+        + AUDIT_QUERIES_MAX
+        + AUDIT_WRITER_SPARE_DESCRIPTORS
+        + AUDIT_READER_SPARE_DESCRIPTORS) as u64
+        <= DESCRIPTORS_RESERVED,
+    "the audit record's descriptors fit in the reserve the connection cap leaves"
+);
 const _: () = assert!(AUDIT_DENIAL_REPEAT_MS >= 1_000);
 
 // ----- The gRPC edge: connections, HTTP/2 and request bodies (issue 10). -----

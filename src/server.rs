@@ -183,7 +183,7 @@ pub async fn run(
     }
     // The write-ahead log's final flush and fsync happen in `close`.
     prepared.broker.close().await?;
-    if let Err(error) = prepared.activity.audit().close().await {
+    if let Err(error) = prepared.activity.audit().close(grace).await {
         tracing::warn!(%error, "audit record not closed cleanly");
     }
     // The data directory's lock is let go of last, with `prepared`.
@@ -350,14 +350,17 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
         "recovered the data directory"
     );
     let journal = opened.journal;
-    let broker = Arc::new(Broker::new(
-        opened.admin,
-        opened.leases,
-        operator,
-        journal.clone(),
-        clock,
-        Arc::clone(&activity) as _,
-    ));
+    let broker = Arc::new(
+        Broker::new(
+            opened.admin,
+            opened.leases,
+            operator,
+            journal.clone(),
+            clock,
+            Arc::clone(&activity) as _,
+        )
+        .with_audit_admission(activity.audit().admission()),
+    );
     Ok(Prepared {
         broker,
         activity,

@@ -16,12 +16,18 @@
 //! before the organization's own files. Numbering continues after them, so page
 //! tokens issued by the older daemon stay valid. They count towards the record's
 //! budget and are the first deleted when it is over, as they hold the oldest events.
+//!
+//! **Descriptors.** A query holds one descriptor at a time (a directory listing or a
+//! file). Out of descriptors, it gives up one of the readers' spare descriptors
+//! ([`super::descriptors`]) and tries again; only when none is left does it fail with
+//! [`AuditError::OutOfDescriptors`], which the edge answers as UNAVAILABLE.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::descriptors::{SpareDescriptors, is_out_of_descriptors};
 use super::{AuditCursor, AuditError, AuditOptions, AuditPage, AuditQuery, AuditRecord};
 use crate::limits;
 
@@ -37,6 +43,9 @@ pub struct AuditFiles {
     pub(super) options: AuditOptions,
     /// The sequence number of the next file to create, for every organization.
     next_seq: AtomicU64,
+    /// Shared by the queries (a mutex held only to open a file when out of
+    /// descriptors, and to take spares back after a query).
+    reader_spares: parking_lot::Mutex<SpareDescriptors>,
 }
 
 /// One audit file, as listed.
@@ -95,6 +104,9 @@ impl AuditFiles {
             next_seq: AtomicU64::new(0),
             dir,
             options,
+            reader_spares: parking_lot::Mutex::new(SpareDescriptors::new(
+                limits::AUDIT_READER_SPARE_DESCRIPTORS,
+            )),
         };
         let mut next = 0;
         for org in files.org_names()? {
@@ -109,6 +121,16 @@ impl AuditFiles {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Runs `open` for a reader; out of descriptors, with a spare given up.
+    fn reading<T>(&self, mut open: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+        match open() {
+            Err(error) if is_out_of_descriptors(&error) => {
+                self.reader_spares.lock().open_with(open)
+            }
+            result => result,
+        }
     }
 
     /// A new file's sequence number, larger than every file's so far.
@@ -126,7 +148,7 @@ impl AuditFiles {
     pub(super) fn org_names(&self) -> Result<Vec<String>, AuditError> {
         let io = |source| AuditError::io(&self.dir, source);
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(io)? {
+        for entry in self.reading(|| std::fs::read_dir(&self.dir)).map_err(io)? {
             let entry = entry.map_err(io)?;
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
@@ -144,12 +166,14 @@ impl AuditFiles {
         let Some(dir) = self.org_dir(org) else {
             return Ok(Vec::new());
         };
-        list_files(&dir).map_err(|source| AuditError::io(&dir, source))
+        self.reading(|| list_files(&dir))
+            .map_err(|source| AuditError::io(&dir, source))
     }
 
     /// The older layout's files (every organization mixed), oldest first.
     pub(super) fn legacy_files(&self) -> Result<Vec<FileEntry>, AuditError> {
-        list_files(&self.dir).map_err(|source| AuditError::io(&self.dir, source))
+        self.reading(|| list_files(&self.dir))
+            .map_err(|source| AuditError::io(&self.dir, source))
     }
 
     /// What a query of `org` reads: the older layout's files, then `org`'s, in
@@ -165,6 +189,13 @@ impl AuditFiles {
     /// `query.after` says a previous page stopped; at most `query.limit`. A page that
     /// is cut says where the next one starts.
     pub fn query(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
+        let page = self.query_files(query);
+        // Every file of the query is closed: take back the spares it gave up.
+        self.reader_spares.lock().refill();
+        page
+    }
+
+    fn query_files(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
         let (from_unix_ms, to_unix_ms) = (query.from_unix_ms, query.to_unix_ms);
         let entries = self.files_of(&query.org)?;
         // A page continues in the file it stopped in; if retention deleted that file,
@@ -195,7 +226,7 @@ impl AuditFiles {
             if next_starts_before_range || starts_after_range {
                 continue;
             }
-            let mut file = match File::open(&entry.path) {
+            let mut file = match self.reading(|| File::open(&entry.path)) {
                 Ok(file) => file,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     if query.after.is_some_and(|after| after.seq == entry.seq) {

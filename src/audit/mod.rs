@@ -5,8 +5,22 @@
 //!
 //! Recording never slows an RPC: [`AuditLog::record`] puts the event on a bounded
 //! queue (`limits::AUDIT_QUEUE_EVENTS_MAX`) with `try_send`, and a writer thread turns
-//! events into lines. When the queue is full the event is dropped and counted in the
-//! `seatbroker_audit_events_dropped_total` metric. Repeated refused acquires are
+//! events into lines. When the queue is full (or a write fails) a lease event or a
+//! refused acquire is dropped and counted in the
+//! `seatbroker_audit_events_dropped_total` metric.
+//!
+//! **Admin changes are never dropped.** Their events take another way
+//! ([`AuditLog::record_admin_change`]): an inbox the writer empties before each batch,
+//! written line by line and kept (in order) when a write fails, to be tried again
+//! every `limits::AUDIT_ADMIN_RETRY_MS`. While the writer holds events it could not
+//! write, or more than `limits::AUDIT_ADMIN_EVENTS_PENDING_MAX` wait, new admin
+//! changes are refused with UNAVAILABLE before they are applied
+//! ([`AuditAdmission::admit`], called by `Broker::execute`), as the write-ahead log
+//! refuses them while the disk is full: an admin change is acknowledged only while its
+//! event can be kept. The `seatbroker_audit_admin_events_pending` and
+//! `seatbroker_audit_admin_changes_refused` gauges and a rate-limited error say so. At
+//! shutdown the writer retries them for the grace period; any it still cannot write is
+//! logged as an error with its whole content. Repeated refused acquires are
 //! counted rather than written one by one ([`repeats`]). The record is best effort: it
 //! is flushed to the operating system after every batch and fsynced every MiB
 //! (`limits::AUDIT_SYNC_BYTES`), at rotation and at shutdown, so a power loss may
@@ -20,19 +34,21 @@
 //! `limits::AUDIT_QUERIES_MAX` ([`AuditLog::query`]); a query reads only its
 //! organization's files.
 
+mod descriptors;
 pub mod files;
 mod repeats;
 pub mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::domain::LeaseId;
-use crate::domain::{ApiKeyId, Command, Email, OrgId, Principal, Product};
+use crate::domain::{ApiKeyId, Command, DomainError, Email, LeaseId, OrgId, Principal, Product};
 use crate::leases::{LeaseEnd, LeaseRef};
 use crate::limits;
 use crate::telemetry::metrics;
@@ -75,9 +91,10 @@ impl AuditError {
     /// ENFILE) apart.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         let path = path.to_path_buf();
-        match source.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => AuditError::OutOfDescriptors { path, source },
-            _ => AuditError::Io { path, source },
+        if descriptors::is_out_of_descriptors(&source) {
+            AuditError::OutOfDescriptors { path, source }
+        } else {
+            AuditError::Io { path, source }
         }
     }
 }
@@ -406,6 +423,9 @@ impl Default for AuditOptions {
 /// What the writer thread is asked to do.
 enum Message {
     Event(AuditEvent),
+    /// Events of an admin change wait in the inbox (a wake-up; when the queue is full
+    /// the writer is busy and empties the inbox before its next batch anyway).
+    AdminEvents,
     /// Write out everything queued before this, then answer.
     Flush {
         scope: FlushScope,
@@ -417,8 +437,74 @@ enum Message {
 enum FlushScope {
     /// The counts of one organization's repeated refusals (before a query of it).
     Organization(String),
-    /// Every count, and fsync (at shutdown).
-    Everything,
+    /// Every count, and fsync (at shutdown); admin changes' events are retried until
+    /// the deadline.
+    Everything { deadline: Instant },
+}
+
+/// The events of admin changes on their way to the files, shared by the handle, the
+/// broker's admission and the writer thread.
+#[derive(Default)]
+struct AdminEvents {
+    /// Recorded and not yet taken by the writer.
+    inbox: parking_lot::Mutex<VecDeque<AuditEvent>>,
+    /// Recorded and not yet written (the inbox and the writer's unwritten ones).
+    pending: AtomicUsize,
+    /// Why the writer could not write the oldest unwritten event; `None` while it
+    /// holds none.
+    failing: parking_lot::Mutex<Option<String>>,
+}
+
+/// The audit record's say on admin changes: refused while their events cannot be
+/// kept. Cheap to clone; the default (no audit record) admits every change.
+#[derive(Clone, Default)]
+pub struct AuditAdmission(Option<Arc<AdminEvents>>);
+
+impl AuditAdmission {
+    /// `Err(Unavailable)`, with what the operator can do, while the writer holds
+    /// events of admin changes it cannot write or more than
+    /// `limits::AUDIT_ADMIN_EVENTS_PENDING_MAX` wait to be written.
+    pub fn admit(&self) -> Result<(), DomainError> {
+        let Some(admin) = &self.0 else {
+            return Ok(());
+        };
+        if let Some(reason) = admin.failing.lock().as_deref() {
+            return Err(DomainError::Unavailable(format!(
+                "the audit record cannot be written: {reason}; admin changes are refused until it can (they resume by themselves; see the daemon's log)"
+            )));
+        }
+        let pending = admin.pending.load(Ordering::Relaxed);
+        if pending >= limits::AUDIT_ADMIN_EVENTS_PENDING_MAX {
+            return Err(DomainError::Unavailable(format!(
+                "the audit record cannot keep up: {pending} events of admin changes wait to be written; admin changes are refused until they are, retry shortly"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Paces a repeated warning: due at most once per `limits::AUDIT_WARNING_INTERVAL_MS`.
+#[derive(Debug, Default)]
+struct Warnings {
+    last: Option<Instant>,
+    left_out: u64,
+}
+
+impl Warnings {
+    /// `Some(warnings left out since the last one)` when one is due now.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        let interval = Duration::from_millis(limits::AUDIT_WARNING_INTERVAL_MS);
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < interval)
+        {
+            self.left_out += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.left_out))
+    }
 }
 
 /// The handle of the audit record: record events, flush, query.
@@ -426,6 +512,7 @@ pub struct AuditLog {
     sender: mpsc::Sender<Message>,
     files: Arc<AuditFiles>,
     queries: QueryAdmission,
+    admin: Arc<AdminEvents>,
 }
 
 /// Admission of queries: at most `limits::AUDIT_QUERIES_PER_ORG_MAX` of one
@@ -554,14 +641,24 @@ impl AuditLog {
             .build()
             .map_err(io)?;
         let (sender, receiver) = mpsc::channel(limits::AUDIT_QUEUE_EVENTS_MAX);
+        let admin = Arc::new(AdminEvents::default());
+        let writer = AdminWriter {
+            writer,
+            admin: Arc::clone(&admin),
+            unwritten: VecDeque::new(),
+            refusal_warnings: Warnings::default(),
+            retry_at: None,
+        };
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || write_until_closed(receiver, writer, &timer))
             .map_err(io)?;
+        metrics::audit_admin_events(0, false);
         Ok(AuditLog {
             sender,
             files,
             queries: QueryAdmission::new(),
+            admin,
         })
     }
 
@@ -570,6 +667,20 @@ impl AuditLog {
         if self.sender.try_send(Message::Event(event)).is_err() {
             metrics::audit_event_dropped();
         }
+    }
+
+    /// Hands over the events of an admin change that was admitted
+    /// ([`AuditAdmission::admit`]) and made durable; never waits, never drops them.
+    pub fn record_admin_change(&self, events: Vec<AuditEvent>) {
+        let count = events.len();
+        self.admin.inbox.lock().extend(events);
+        self.admin.pending.fetch_add(count, Ordering::Relaxed);
+        let _ = self.sender.try_send(Message::AdminEvents);
+    }
+
+    /// What `Broker::execute` asks before an admin change.
+    pub fn admission(&self) -> AuditAdmission {
+        AuditAdmission(Some(Arc::clone(&self.admin)))
     }
 
     async fn flush_with(&self, scope: FlushScope) -> Result<(), AuditError> {
@@ -589,9 +700,11 @@ impl AuditLog {
     }
 
     /// Writes out and fsyncs everything recorded so far, every count included (at
-    /// shutdown).
-    pub async fn close(&self) -> Result<(), AuditError> {
-        self.flush_with(FlushScope::Everything).await
+    /// shutdown); events of admin changes the writer cannot write are tried again
+    /// for up to `grace`, then logged as errors with their content.
+    pub async fn close(&self, grace: Duration) -> Result<(), AuditError> {
+        let deadline = Instant::now() + grace;
+        self.flush_with(FlushScope::Everything { deadline }).await
     }
 
     /// Runs `query` (see [`AuditFiles::query`]). Flushes first, so an event recorded
@@ -627,46 +740,168 @@ fn until_period_end(now_unix_ms: i64) -> std::time::Duration {
     std::time::Duration::from_millis(left as u64)
 }
 
+/// The writer and the events of admin changes it has not written yet.
+struct AdminWriter {
+    writer: writer::AuditWriter,
+    admin: Arc<AdminEvents>,
+    /// Taken from the inbox and not yet written, oldest first.
+    unwritten: VecDeque<AuditRecord>,
+    /// Paces the error that says admin changes are refused.
+    refusal_warnings: Warnings,
+    /// After a failed attempt, the next is not made before this (each attempt out of
+    /// descriptors closes the writer's files to find one).
+    retry_at: Option<Instant>,
+}
+
+impl AdminWriter {
+    /// Takes the inbox and writes every unwritten admin event in order, up to the
+    /// first that fails (kept, with the later ones, for the next attempt).
+    fn write_admin_events(&mut self) {
+        let taken = std::mem::take(&mut *self.admin.inbox.lock());
+        self.unwritten.extend(taken.iter().map(AuditRecord::from));
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let was_failing = self.admin.failing.lock().is_some();
+        let mut failure = None;
+        while let Some(record) = self.unwritten.front() {
+            match self.writer.append_now(record) {
+                Ok(()) => {
+                    self.unwritten.pop_front();
+                    self.admin.pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    failure = Some(if descriptors::is_out_of_descriptors(&error) {
+                        "too many open files: the daemon is out of file descriptors".to_owned()
+                    } else {
+                        format!("{error} (in {})", self.writer.dir().display())
+                    });
+                    break;
+                }
+            }
+        }
+        let pending = self.admin.pending.load(Ordering::Relaxed);
+        metrics::audit_admin_events(pending, failure.is_some());
+        match &failure {
+            Some(reason) => {
+                if let Some(left_out) = self.refusal_warnings.due() {
+                    tracing::error!(
+                        reason = %reason,
+                        unwritten = self.unwritten.len(),
+                        warnings_left_out = left_out,
+                        "the audit record cannot be written: admin changes are refused until it can"
+                    );
+                }
+            }
+            None if was_failing => {
+                tracing::warn!("the audit record is written again: admin changes are accepted");
+            }
+            None => {}
+        }
+        self.retry_at = failure
+            .is_some()
+            .then(|| Instant::now() + Duration::from_millis(limits::AUDIT_ADMIN_RETRY_MS));
+        *self.admin.failing.lock() = failure;
+    }
+
+    /// Retries the unwritten admin events until none is left or `deadline` passes.
+    fn write_admin_events_until(&mut self, deadline: Instant) {
+        self.retry_at = None;
+        self.write_admin_events();
+        while !self.unwritten.is_empty() && Instant::now() < deadline {
+            let retry = Duration::from_millis(limits::AUDIT_ADMIN_RETRY_MS);
+            std::thread::sleep(retry.min(deadline.saturating_duration_since(Instant::now())));
+            self.retry_at = None;
+            self.write_admin_events();
+        }
+    }
+
+    /// Logs every admin event still unwritten as an error with its content (the
+    /// daemon stops: nothing is left to retry them).
+    fn report_unwritten(&mut self) {
+        self.unwritten.extend(
+            self.admin
+                .inbox
+                .lock()
+                .drain(..)
+                .map(|e| AuditRecord::from(&e)),
+        );
+        for record in self.unwritten.drain(..) {
+            let event = serde_json::to_string(&record).unwrap_or_else(|_| format!("{record:?}"));
+            tracing::error!(
+                %event,
+                "an admin change's audit event could not be written before the daemon stopped; it is only in this log"
+            );
+        }
+        self.admin.pending.store(0, Ordering::Relaxed);
+    }
+
+    fn has_unwritten(&self) -> bool {
+        !self.unwritten.is_empty()
+    }
+}
+
 /// The writer thread: takes events in batches and appends them, writes the counts of
-/// repeated refusals when their minute ends; ends when every sender is gone.
+/// repeated refusals when their minute ends, retries admin changes' events it could
+/// not write; ends when every sender is gone.
 fn write_until_closed(
     mut receiver: mpsc::Receiver<Message>,
-    mut writer: writer::AuditWriter,
+    mut admin_writer: AdminWriter,
     timer: &tokio::runtime::Runtime,
 ) {
     let mut repeats = repeats::DenialRepeats::default();
     loop {
         let now = unix_ms_now();
+        let writer = &mut admin_writer.writer;
         repeats.end_periods_before(now, &mut |record| writer.append(record));
-        let first = if repeats.is_empty() {
-            timer.block_on(receiver.recv())
-        } else {
-            let wait = until_period_end(now);
+        let retry = Duration::from_millis(limits::AUDIT_ADMIN_RETRY_MS);
+        let wait = match (repeats.is_empty(), admin_writer.has_unwritten()) {
+            (true, false) => None,
+            (true, true) => Some(retry),
+            (false, false) => Some(until_period_end(now)),
+            (false, true) => Some(until_period_end(now).min(retry)),
+        };
+        let first = match wait {
+            None => timer.block_on(receiver.recv()),
             // The timer is made inside the runtime, which it needs.
-            match timer.block_on(async { tokio::time::timeout(wait, receiver.recv()).await }) {
-                Ok(message) => message,
-                Err(_) => continue, // A minute ended: write its counts.
+            Some(wait) => {
+                match timer.block_on(async { tokio::time::timeout(wait, receiver.recv()).await }) {
+                    Ok(message) => message,
+                    Err(_) => {
+                        // A minute ended (its counts are written above), or a retry is due.
+                        admin_writer.write_admin_events();
+                        continue;
+                    }
+                }
             }
         };
         let Some(first) = first else {
             break;
         };
+        admin_writer.write_admin_events();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(message) = next.take() {
+            let writer = &mut admin_writer.writer;
             match message {
                 Message::Event(event) => {
                     repeats.record(&event, &mut |record| writer.append(record));
                 }
+                Message::AdminEvents => {}
                 Message::Flush { scope, done } => {
                     match scope {
                         FlushScope::Organization(org) => {
+                            admin_writer.write_admin_events();
+                            let writer = &mut admin_writer.writer;
                             repeats.write_org(&org, &mut |record| writer.append(record));
                             writer.flush(false);
                         }
-                        FlushScope::Everything => {
+                        FlushScope::Everything { deadline } => {
+                            admin_writer.write_admin_events_until(deadline);
+                            let writer = &mut admin_writer.writer;
                             repeats.write_all(&mut |record| writer.append(record));
                             writer.flush(true);
+                            admin_writer.report_unwritten();
                         }
                     }
                     let _ = done.send(());
@@ -677,15 +912,18 @@ fn write_until_closed(
                 next = receiver.try_recv().ok();
             }
         }
-        writer.flush(false);
+        admin_writer.writer.flush(false);
         // Let the next batch gather: one wake-up per pause instead of one per event
         // keeps the writer from competing with the RPC threads for the cores.
         std::thread::sleep(std::time::Duration::from_millis(
             limits::AUDIT_WRITER_PAUSE_MS,
         ));
     }
+    admin_writer.write_admin_events();
+    let writer = &mut admin_writer.writer;
     repeats.write_all(&mut |record| writer.append(record));
     writer.flush(true);
+    admin_writer.report_unwritten();
 }
 
 /// A lease grant of `org` at `at`, with a 100-byte detail: the unit tests' record.

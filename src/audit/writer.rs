@@ -16,7 +16,11 @@
 //!
 //! **Descriptors.** At most `limits::AUDIT_OPEN_FILES_MAX` files are open for writing
 //! (the organizations written to most recently); the least recently used is flushed
-//! to the operating system and closed to make room.
+//! to the operating system and closed to make room. When the process is out of
+//! descriptors (EMFILE, ENFILE), an open closes the writer's own least recently used
+//! files one at a time and tries again, and when none is left to close gives up one
+//! of the writer's spare descriptors ([`super::descriptors`]); so a writer that holds
+//! a file or a spare always gets the one file it needs, whoever else took the rest.
 //!
 //! **Durability** (best effort, as before): open files are fsynced each time
 //! `limits::AUDIT_SYNC_BYTES` have been written since the last fsync (small flushes
@@ -32,6 +36,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::descriptors::{SpareDescriptors, is_out_of_descriptors};
 use super::files::{AuditFiles, FileEntry};
 use super::{AuditError, AuditRecord};
 use crate::limits;
@@ -77,6 +82,11 @@ pub struct AuditWriter {
     uses: u64,
     /// Bytes written since the open files were last fsynced.
     unsynced_bytes: u64,
+    /// Given up to open a file when the process is out of descriptors and the writer
+    /// has no file of its own left to close; taken back after each batch.
+    spares: SpareDescriptors,
+    /// Paces the warning of a failed write (one per event would flood the log).
+    write_warnings: super::Warnings,
 }
 
 fn stored(entries: Vec<FileEntry>) -> VecDeque<StoredFile> {
@@ -165,9 +175,16 @@ impl AuditWriter {
             open: HashMap::new(),
             uses: 0,
             unsynced_bytes: 0,
+            spares: SpareDescriptors::new(limits::AUDIT_WRITER_SPARE_DESCRIPTORS),
+            write_warnings: super::Warnings::default(),
         };
         writer.enforce_budget();
         Ok(writer)
+    }
+
+    /// The audit directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.files.dir()
     }
 
     /// The bytes of the record on disk, as accounted.
@@ -175,6 +192,8 @@ impl AuditWriter {
         self.total_bytes
     }
 
+    /// Appends a line of a lease event or a refused acquire: buffered, and dropped
+    /// (counted, with a rate-limited warning) when it cannot be written.
     pub fn append(&mut self, record: &AuditRecord) {
         let Some(mut line) = line_of(record) else {
             metrics::audit_event_dropped();
@@ -182,12 +201,44 @@ impl AuditWriter {
         };
         line.push('\n');
         if let Err(error) = self.write(&record.org, record.at_unix_ms, line.as_bytes()) {
-            tracing::warn!(%error, org = %record.org, dir = %self.files.dir().display(), "audit record write failed");
+            if let Some(left_out) = self.write_warnings.due() {
+                tracing::warn!(%error, org = %record.org, dir = %self.files.dir().display(), warnings_left_out = left_out, "audit record write failed; the event is dropped");
+            }
             metrics::audit_event_dropped();
             // Reopened (and its torn tail cut) at the next line.
             self.open.remove(record.org.as_str());
         }
         self.enforce_budget();
+    }
+
+    /// Appends the line of an admin change's event and hands it to the operating
+    /// system before returning, so that a failure is known for this line: the caller
+    /// keeps the event and tries again. A line the kernel took before reporting an
+    /// error may then be written twice, never lost.
+    pub fn append_now(&mut self, record: &AuditRecord) -> std::io::Result<()> {
+        let Some(mut line) = line_of(record) else {
+            // Cannot happen for an admin change's event (its fields are bounded);
+            // said loudly rather than retried forever.
+            tracing::error!(
+                ?record,
+                "an admin change's audit event cannot be made a line; not written"
+            );
+            metrics::audit_event_dropped();
+            return Ok(());
+        };
+        line.push('\n');
+        let org = record.org.as_str();
+        let written = self
+            .write(org, record.at_unix_ms, line.as_bytes())
+            .and_then(|()| match self.open.get_mut(org) {
+                Some(open) => open.file.flush(),
+                None => Ok(()), // Closed (and flushed) by a fsync's rotation.
+            });
+        if written.is_err() {
+            self.open.remove(org);
+        }
+        self.enforce_budget();
+        written
     }
 
     fn write(&mut self, org: &str, at_unix_ms: i64, line: &[u8]) -> std::io::Result<()> {
@@ -230,10 +281,9 @@ impl AuditWriter {
         let seq = self.files.take_seq();
         let path = dir.join(format!("{seq:010}-{}.jsonl", first_unix_ms.max(0)));
         self.make_room();
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let file = self.with_descriptor(org, || {
+            OpenOptions::new().create_new(true).append(true).open(&path)
+        })?;
         self.uses += 1;
         self.open.insert(
             org.into(),
@@ -259,10 +309,16 @@ impl AuditWriter {
         let uses = self.uses;
         if !self.open.contains_key(org) {
             self.make_room();
+            let path = self.orgs[org]
+                .files
+                .back()
+                .expect("rotate made one")
+                .path
+                .clone();
+            let length = self.with_descriptor(org, || trim_torn_tail(&path))?;
+            let file = self.with_descriptor(org, || OpenOptions::new().append(true).open(&path))?;
             let files = self.orgs.get_mut(org).expect("rotate made one");
             let current = files.files.back_mut().expect("rotate made one");
-            let length = trim_torn_tail(&current.path)?;
-            let file = OpenOptions::new().append(true).open(&current.path)?;
             // Correct the account with what the disk holds (a failed write may have
             // left less, or a torn line more).
             files.bytes = files.bytes - current.bytes + length;
@@ -288,18 +344,47 @@ impl AuditWriter {
     /// (before opening another, so that never more are open).
     fn make_room(&mut self) {
         while self.open.len() >= limits::AUDIT_OPEN_FILES_MAX {
-            let Some(oldest) = self
-                .open
-                .iter()
-                .min_by_key(|(_, open)| open.last_used)
-                .map(|(org, _)| org.clone())
-            else {
+            if !self.close_least_recent_except("") {
                 return;
-            };
-            if let Some(mut open) = self.open.remove(&oldest)
-                && let Err(error) = open.file.flush()
-            {
-                tracing::warn!(%error, org = %oldest, "audit record flush failed");
+            }
+        }
+    }
+
+    /// Flushes and closes the least recently used open file other than `org`'s;
+    /// `false` when there is none.
+    fn close_least_recent_except(&mut self, org: &str) -> bool {
+        let Some(oldest) = self
+            .open
+            .iter()
+            .filter(|(open_org, _)| open_org.as_ref() != org)
+            .min_by_key(|(_, open)| open.last_used)
+            .map(|(org, _)| org.clone())
+        else {
+            return false;
+        };
+        if let Some(mut open) = self.open.remove(&oldest)
+            && let Err(error) = open.file.flush()
+        {
+            tracing::warn!(%error, org = %oldest, "audit record flush failed");
+        }
+        true
+    }
+
+    /// Runs `open` for `org`'s file; out of descriptors, frees the writer's own: its
+    /// other files, least recently used first, then its spares.
+    fn with_descriptor<T>(
+        &mut self,
+        org: &str,
+        mut open: impl FnMut() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        loop {
+            match open() {
+                Err(error) if is_out_of_descriptors(&error) => {
+                    if !self.close_least_recent_except(org) {
+                        return self.spares.open_with(open);
+                    }
+                }
+                result => return result,
             }
         }
     }
@@ -365,6 +450,7 @@ impl AuditWriter {
         if sync {
             self.unsynced_bytes = 0;
         }
+        self.spares.refill();
     }
 
     /// Files open for writing (at most `limits::AUDIT_OPEN_FILES_MAX`).

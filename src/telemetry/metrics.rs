@@ -55,8 +55,13 @@ pub const ORG_QUOTA: &str = "seatbroker_org_quota";
 pub const ORG_LEASE_GRANTS_TOTAL: &str = "seatbroker_org_lease_grants_total";
 pub const ORG_QUOTA_DENIALS_TOTAL: &str = "seatbroker_org_quota_denials_total";
 pub const ORG_LEASE_EXPIRIES_TOTAL: &str = "seatbroker_org_lease_expiries_total";
-/// Audit events dropped because the audit queue was full or a write failed.
+/// Audit events of leases and refused acquires dropped because the audit queue was
+/// full or a write failed (an admin change's events are never dropped).
 pub const AUDIT_EVENTS_DROPPED_TOTAL: &str = "seatbroker_audit_events_dropped_total";
+/// Events of admin changes recorded and not yet written to the audit files.
+pub const AUDIT_ADMIN_EVENTS_PENDING: &str = "seatbroker_audit_admin_events_pending";
+/// 1 while the audit record cannot be written and admin changes are refused, else 0.
+pub const AUDIT_ADMIN_REFUSED: &str = "seatbroker_audit_admin_changes_refused";
 /// The write-ahead log: fsync latency, records per fsync, snapshot and recovery time.
 /// (The log records its fsyncs itself: `wal::metrics`.)
 pub const WAL_FSYNC_SECONDS: &str = crate::wal::metrics::FSYNC_SECONDS;
@@ -154,6 +159,13 @@ pub fn log_alarm(alarm: Option<&crate::wal::Alarm>) {
 /// One audit event was lost (queue full, or a write failed).
 pub fn audit_event_dropped() {
     counter!(AUDIT_EVENTS_DROPPED_TOTAL).increment(1);
+}
+
+/// The audit writer's account of admin changes' events: pending, and whether admin
+/// changes are refused for want of a writable record.
+pub fn audit_admin_events(pending: usize, refused: bool) {
+    gauge!(AUDIT_ADMIN_EVENTS_PENDING).set(pending as f64);
+    gauge!(AUDIT_ADMIN_REFUSED).set(if refused { 1.0 } else { 0.0 });
 }
 
 /// The latency histogram of one method and status code; the RPC layer keeps it.

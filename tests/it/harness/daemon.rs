@@ -239,6 +239,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The data directory it serves from.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// The gRPC address; waits for the line that says the socket is bound.
     pub fn addr(&self) -> SocketAddr {
         *self.addr.get_or_init(|| {
