@@ -86,6 +86,10 @@ impl Activity {
 }
 
 impl AdminObserver for Activity {
+    fn admit(&self) -> Result<(), DomainError> {
+        self.audit.admission().admit()
+    }
+
     /// An admin command was applied and made durable: its events are never dropped
     /// (see [`crate::audit`]).
     fn admin_changed(&self, principal: &Principal, command: &Command) {

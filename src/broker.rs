@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::audit::AuditAdmission;
 use crate::auth::{self, OperatorKey};
 use crate::clock::Clock;
 use crate::domain::journal::{Durable, Journal};
@@ -68,6 +67,12 @@ pub struct CreatedKey {
 /// Told of every admin command once it is applied and durable (the audit record),
 /// whoever called [`Broker::execute`].
 pub trait AdminObserver: Send + Sync + 'static {
+    /// Whether a new admin change may be made now: the audit record refuses changes
+    /// while it cannot keep their events (`Err(Unavailable)`, saying why).
+    fn admit(&self) -> Result<(), DomainError> {
+        Ok(())
+    }
+
     fn admin_changed(&self, principal: &Principal, command: &Command);
 }
 
@@ -110,8 +115,6 @@ pub struct Broker {
     clock: Arc<dyn Clock>,
     /// Hears of every executed command (the audit record).
     admin_observer: Arc<dyn AdminObserver>,
-    /// Refuses admin changes while the audit record cannot keep their events.
-    audit: AuditAdmission,
 }
 
 impl Broker {
@@ -130,14 +133,7 @@ impl Broker {
             journal,
             clock,
             admin_observer,
-            audit: AuditAdmission::default(),
         }
-    }
-
-    /// Admin changes are admitted only while `audit` can keep their events.
-    pub fn with_audit_admission(mut self, audit: AuditAdmission) -> Self {
-        self.audit = audit;
-        self
     }
 
     pub fn leases(&self) -> &LeaseTable {
@@ -213,7 +209,7 @@ impl Broker {
         principal: &Principal,
         command: Command,
     ) -> Result<Executed, DomainError> {
-        self.audit.admit()?;
+        self.admin_observer.admit()?;
         let permit = self.journal.admit()?;
         let (executed, durable) = {
             let mut admin = self.admin.write();

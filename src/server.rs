@@ -350,17 +350,14 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
         "recovered the data directory"
     );
     let journal = opened.journal;
-    let broker = Arc::new(
-        Broker::new(
-            opened.admin,
-            opened.leases,
-            operator,
-            journal.clone(),
-            clock,
-            Arc::clone(&activity) as _,
-        )
-        .with_audit_admission(activity.audit().admission()),
-    );
+    let broker = Arc::new(Broker::new(
+        opened.admin,
+        opened.leases,
+        operator,
+        journal.clone(),
+        clock,
+        Arc::clone(&activity) as _,
+    ));
     Ok(Prepared {
         broker,
         activity,
