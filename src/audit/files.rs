@@ -196,7 +196,6 @@ impl AuditFiles {
     }
 
     fn query_files(&self, query: &AuditQuery) -> Result<AuditPage, AuditError> {
-        let (from_unix_ms, to_unix_ms) = (query.from_unix_ms, query.to_unix_ms);
         let entries = self.files_of(&query.org)?;
         // A page continues in the file it stopped in; if retention deleted that file,
         // events were lost to the reader, and it is told rather than given a gap. A
@@ -206,78 +205,123 @@ impl AuditFiles {
         {
             return Err(AuditError::PageGone);
         }
-        let in_range = |at: i64| at >= from_unix_ms && (to_unix_ms == 0 || at < to_unix_ms);
-        // A cheap test before parsing: the line names the organization.
-        let org_field = format!("\"org\":{}", serde_json::Value::from(query.org.as_str()));
+        let lines = LineFilter::of(query);
         let mut records = Vec::new();
-        let mut line = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
-            let io = |source| AuditError::io(&entry.path, source);
             let resume_at = match query.after {
                 Some(after) if entry.seq < after.seq => continue,
                 Some(after) if entry.seq == after.seq => after.offset,
                 _ => 0,
             };
-            let next_starts_before_range = entries
-                .get(i + 1)
-                .is_some_and(|next| next.first_unix_ms + FILE_ORDER_SLACK_MS < from_unix_ms);
-            let starts_after_range = to_unix_ms != 0
-                && entry.first_unix_ms > to_unix_ms.saturating_add(FILE_ORDER_SLACK_MS);
-            if next_starts_before_range || starts_after_range {
+            if outside_range(&entries, i, query) {
                 continue;
             }
-            let mut file = match self.reading(|| File::open(&entry.path)) {
-                Ok(file) => file,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    if query.after.is_some_and(|after| after.seq == entry.seq) {
-                        return Err(AuditError::PageGone);
-                    }
-                    continue; // Deleted since it was listed.
-                }
-                Err(error) => return Err(io(error)),
+            let Some(file) = self.open_for_page(entry, query)? else {
+                continue; // Deleted since it was listed.
             };
-            file.seek(SeekFrom::Start(resume_at)).map_err(io)?;
-            let mut reader = BufReader::new(file);
-            let mut offset = resume_at;
-            loop {
-                line.clear();
-                let read = reader.read_until(b'\n', &mut line).map_err(io)?;
-                let line_start = offset;
-                offset += read as u64;
-                // The end, or a line still being written or torn by a crash: never
-                // step past it, so a later page reads it once it is whole.
-                if line.last() != Some(&b'\n') {
-                    break;
-                }
-                let Ok(text) = std::str::from_utf8(&line) else {
-                    continue;
-                };
-                if !text.contains(&org_field) {
-                    continue;
-                }
-                let Ok(record) = serde_json::from_str::<AuditRecord>(text) else {
-                    continue;
-                };
-                if record.org != query.org || !in_range(record.at_unix_ms) {
-                    continue;
-                }
-                if records.len() == query.limit {
-                    let next = AuditCursor {
-                        seq: entry.seq,
-                        offset: line_start,
-                    };
-                    return Ok(AuditPage {
-                        records,
-                        next: Some(next),
-                    });
-                }
-                records.push(record);
+            let next = read_page(file, entry, resume_at, &lines, query.limit, &mut records)?;
+            if next.is_some() {
+                return Ok(AuditPage { records, next });
             }
         }
         Ok(AuditPage {
             records,
             next: None,
         })
+    }
+
+    /// Opens a file of the query; `None` when it was deleted since it was listed,
+    /// unless the page continues in it (then the page is gone).
+    fn open_for_page(
+        &self,
+        entry: &FileEntry,
+        query: &AuditQuery,
+    ) -> Result<Option<File>, AuditError> {
+        match self.reading(|| File::open(&entry.path)) {
+            Ok(file) => Ok(Some(file)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                if query.after.is_some_and(|after| after.seq == entry.seq) {
+                    return Err(AuditError::PageGone);
+                }
+                Ok(None)
+            }
+            Err(error) => Err(AuditError::io(&entry.path, error)),
+        }
+    }
+}
+
+/// Whether file `i` of `entries` holds nothing of the query's time range, by the
+/// first times of it and of the next file (with the slack of their order).
+fn outside_range(entries: &[FileEntry], i: usize, query: &AuditQuery) -> bool {
+    let next_starts_before_range = entries
+        .get(i + 1)
+        .is_some_and(|next| next.first_unix_ms + FILE_ORDER_SLACK_MS < query.from_unix_ms);
+    let starts_after_range = query.to_unix_ms != 0
+        && entries[i].first_unix_ms > query.to_unix_ms.saturating_add(FILE_ORDER_SLACK_MS);
+    next_starts_before_range || starts_after_range
+}
+
+/// Which lines of the files belong to a query: its organization and time range.
+struct LineFilter<'q> {
+    query: &'q AuditQuery,
+    /// A cheap test before parsing: the line names the organization.
+    org_field: String,
+}
+
+impl<'q> LineFilter<'q> {
+    fn of(query: &'q AuditQuery) -> Self {
+        let org_field = format!("\"org\":{}", serde_json::Value::from(query.org.as_str()));
+        LineFilter { query, org_field }
+    }
+
+    fn record_of(&self, line: &[u8]) -> Option<AuditRecord> {
+        let text = std::str::from_utf8(line).ok()?;
+        if !text.contains(&self.org_field) {
+            return None;
+        }
+        let record = serde_json::from_str::<AuditRecord>(text).ok()?;
+        let at = record.at_unix_ms;
+        let in_range = at >= self.query.from_unix_ms
+            && (self.query.to_unix_ms == 0 || at < self.query.to_unix_ms);
+        (record.org == self.query.org && in_range).then_some(record)
+    }
+}
+
+/// Reads the query's records of one file from `resume_at` into `records`; once the
+/// page holds `limit`, returns where the next page starts.
+fn read_page(
+    file: File,
+    entry: &FileEntry,
+    resume_at: u64,
+    lines: &LineFilter<'_>,
+    limit: usize,
+    records: &mut Vec<AuditRecord>,
+) -> Result<Option<AuditCursor>, AuditError> {
+    let io = |source| AuditError::io(&entry.path, source);
+    let mut reader = BufReader::new(file);
+    reader.seek(SeekFrom::Start(resume_at)).map_err(io)?;
+    let mut offset = resume_at;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line).map_err(io)?;
+        let line_start = offset;
+        offset += read as u64;
+        // The end, or a line still being written or torn by a crash: never step past
+        // it, so a later page reads it once it is whole.
+        if line.last() != Some(&b'\n') {
+            return Ok(None);
+        }
+        let Some(record) = lines.record_of(&line) else {
+            continue;
+        };
+        if records.len() == limit {
+            return Ok(Some(AuditCursor {
+                seq: entry.seq,
+                offset: line_start,
+            }));
+        }
+        records.push(record);
     }
 }
 

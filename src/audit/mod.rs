@@ -846,21 +846,15 @@ impl AdminWriter {
 /// not write; ends when every sender is gone.
 fn write_until_closed(
     mut receiver: mpsc::Receiver<Message>,
-    mut admin_writer: AdminWriter,
+    admin_writer: AdminWriter,
     timer: &tokio::runtime::Runtime,
 ) {
-    let mut repeats = repeats::DenialRepeats::default();
+    let mut writing = Writing {
+        admin_writer,
+        repeats: repeats::DenialRepeats::default(),
+    };
     loop {
-        let now = unix_ms_now();
-        let writer = &mut admin_writer.writer;
-        repeats.end_periods_before(now, &mut |record| writer.append(record));
-        let retry = Duration::from_millis(limits::AUDIT_ADMIN_RETRY_MS);
-        let wait = match (repeats.is_empty(), admin_writer.has_unwritten()) {
-            (true, false) => None,
-            (true, true) => Some(retry),
-            (false, false) => Some(until_period_end(now)),
-            (false, true) => Some(until_period_end(now).min(retry)),
-        };
+        let wait = writing.end_periods_and_wait(unix_ms_now());
         let first = match wait {
             None => timer.block_on(receiver.recv()),
             // The timer is made inside the runtime, which it needs.
@@ -869,7 +863,7 @@ fn write_until_closed(
                     Ok(message) => message,
                     Err(_) => {
                         // A minute ended (its counts are written above), or a retry is due.
-                        admin_writer.write_admin_events();
+                        writing.admin_writer.write_admin_events();
                         continue;
                     }
                 }
@@ -878,52 +872,85 @@ fn write_until_closed(
         let Some(first) = first else {
             break;
         };
-        admin_writer.write_admin_events();
+        writing.admin_writer.write_admin_events();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(message) = next.take() {
-            let writer = &mut admin_writer.writer;
-            match message {
-                Message::Event(event) => {
-                    repeats.record(&event, &mut |record| writer.append(record));
-                }
-                Message::AdminEvents => {}
-                Message::Flush { scope, done } => {
-                    match scope {
-                        FlushScope::Organization(org) => {
-                            admin_writer.write_admin_events();
-                            let writer = &mut admin_writer.writer;
-                            repeats.write_org(&org, &mut |record| writer.append(record));
-                            writer.flush(false);
-                        }
-                        FlushScope::Everything { deadline } => {
-                            admin_writer.write_admin_events_until(deadline);
-                            let writer = &mut admin_writer.writer;
-                            repeats.write_all(&mut |record| writer.append(record));
-                            writer.flush(true);
-                            admin_writer.report_unwritten();
-                        }
-                    }
-                    let _ = done.send(());
-                }
-            }
+            writing.handle(message);
             taken += 1;
             if taken < limits::AUDIT_BATCH_EVENTS_MAX {
                 next = receiver.try_recv().ok();
             }
         }
-        admin_writer.writer.flush(false);
+        writing.admin_writer.writer.flush(false);
         // Let the next batch gather: one wake-up per pause instead of one per event
         // keeps the writer from competing with the RPC threads for the cores.
         std::thread::sleep(std::time::Duration::from_millis(
             limits::AUDIT_WRITER_PAUSE_MS,
         ));
     }
-    admin_writer.write_admin_events();
-    let writer = &mut admin_writer.writer;
-    repeats.write_all(&mut |record| writer.append(record));
-    writer.flush(true);
-    admin_writer.report_unwritten();
+    writing.write_everything(None);
+}
+
+/// The writer thread's state: the files with the admin events they owe, and the
+/// refused acquires being counted.
+struct Writing {
+    admin_writer: AdminWriter,
+    repeats: repeats::DenialRepeats,
+}
+
+impl Writing {
+    /// Writes the counts of the minutes that ended before `now`; returns how long the
+    /// thread may wait for a message (`None`: until one comes).
+    fn end_periods_and_wait(&mut self, now: i64) -> Option<Duration> {
+        let writer = &mut self.admin_writer.writer;
+        self.repeats
+            .end_periods_before(now, &mut |record| writer.append(record));
+        let retry = Duration::from_millis(limits::AUDIT_ADMIN_RETRY_MS);
+        match (self.repeats.is_empty(), self.admin_writer.has_unwritten()) {
+            (true, false) => None,
+            (true, true) => Some(retry),
+            (false, false) => Some(until_period_end(now)),
+            (false, true) => Some(until_period_end(now).min(retry)),
+        }
+    }
+
+    fn handle(&mut self, message: Message) {
+        match message {
+            Message::Event(event) => {
+                let writer = &mut self.admin_writer.writer;
+                self.repeats
+                    .record(&event, &mut |record| writer.append(record));
+            }
+            Message::AdminEvents => {}
+            Message::Flush { scope, done } => {
+                match scope {
+                    FlushScope::Organization(org) => {
+                        self.admin_writer.write_admin_events();
+                        let writer = &mut self.admin_writer.writer;
+                        self.repeats
+                            .write_org(&org, &mut |record| writer.append(record));
+                        writer.flush(false);
+                    }
+                    FlushScope::Everything { deadline } => self.write_everything(Some(deadline)),
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Writes and fsyncs everything held: the admin events (retried until `deadline`,
+    /// else tried once) and every count; says loudly what could not be written.
+    fn write_everything(&mut self, deadline: Option<Instant>) {
+        match deadline {
+            Some(deadline) => self.admin_writer.write_admin_events_until(deadline),
+            None => self.admin_writer.write_admin_events(),
+        }
+        let writer = &mut self.admin_writer.writer;
+        self.repeats.write_all(&mut |record| writer.append(record));
+        writer.flush(true);
+        self.admin_writer.report_unwritten();
+    }
 }
 
 /// A lease grant of `org` at `at`, with a 100-byte detail: the unit tests' record.
