@@ -5,6 +5,8 @@
 
 use tonic::{Code, Status};
 
+use crate::client::code_name;
+
 /// Any other failure (INTERNAL, UNKNOWN, DATA_LOSS, ...).
 pub const EXIT_FAILURE: u8 = 1;
 /// The entity named does not exist (NOT_FOUND).
@@ -91,29 +93,6 @@ pub fn exit_code(code: Code) -> u8 {
         | Code::Unimplemented
         | Code::Internal
         | Code::DataLoss => EXIT_FAILURE,
-    }
-}
-
-/// The canonical name of a gRPC code, as proto3 JSON and other gRPC tools spell it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -21,6 +21,7 @@ use tonic::{Code, Status};
 use super::bounds::{LATENCY_SIGNIFICANT_DIGITS, LATENCY_US_MAX, RPC_TIMEOUT_MS, STATS_SHARDS};
 use super::error::LoadgenError;
 use super::quota_check::Interval;
+use crate::client::code_name;
 
 /// The RPCs engines make; the index of each is its histogram slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,29 +281,6 @@ fn latency_of(histogram: &Histogram<u64>) -> Latency {
         p99: histogram.value_at_quantile(0.99),
         p999: histogram.value_at_quantile(0.999),
         max: histogram.max(),
-    }
-}
-
-/// The canonical upper-case name of a gRPC status code, as in the gRPC spec.
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -30,8 +30,9 @@ use super::super::config::Progress;
 use super::super::cpu::{self, CpuPerOp, CpuUsed};
 use super::super::engine::lease_is_gone;
 use super::super::error::LoadgenError;
-use super::super::stats::{Latency, Method, code_name, report_progress, timed};
+use super::super::stats::{Latency, Method, report_progress, timed};
 use super::sessions::{Engines, HeldLease, Recorder, is_transient, on_every_index, with_retries};
+use crate::client::code_name;
 
 /// How the storm runs.
 pub(crate) struct StormSettings {
