@@ -131,14 +131,19 @@ pub enum LeaseEnd {
     Terminated,
 }
 
-/// Told of each step of a lease's life (metrics, usage windows, the audit record).
+/// Told of each step of a lease's life (metrics, usage windows, the audit record); each
+/// step is ignored unless implemented.
 /// Called under the organization's lock: an observer must be quick and never block.
 pub trait LeaseObserver: Send + Sync + 'static {
     /// A new lease; `active` is the product's active count with it.
-    fn granted(&self, org: &OrgId, lease: LeaseRef<'_>, active: u32);
+    fn granted(&self, org: &OrgId, lease: LeaseRef<'_>, active: u32) {
+        let _ = (org, lease, active);
+    }
     /// A heartbeat arrived `since_last_renewal` after the previous one (or the grant),
     /// to the millisecond.
-    fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration);
+    fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration) {
+        let _ = (lease, since_last_renewal);
+    }
     /// A lease ended; `active` is the product's active count without it. `by` names
     /// who terminated it, when it was terminated by a caller the table was told of.
     fn ended(
@@ -148,25 +153,16 @@ pub trait LeaseObserver: Send + Sync + 'static {
         why: LeaseEnd,
         by: Option<&Principal>,
         active: u32,
-    );
+    ) {
+        let _ = (org, lease, why, by, active);
+    }
 }
 
 /// The observer of a table nobody watches.
 pub struct UnobservedLeases;
 
-impl LeaseObserver for UnobservedLeases {
-    fn granted(&self, _org: &OrgId, _lease: LeaseRef<'_>, _active: u32) {}
-    fn renewed(&self, _lease: LeaseRef<'_>, _since_last_renewal: Duration) {}
-    fn ended(
-        &self,
-        _org: &OrgId,
-        _lease: LeaseRef<'_>,
-        _why: LeaseEnd,
-        _by: Option<&Principal>,
-        _active: u32,
-    ) {
-    }
-}
+/// Every step ignored (the trait's defaults).
+impl LeaseObserver for UnobservedLeases {}
 
 /// The sessions of one organization.
 #[derive(Debug)]
