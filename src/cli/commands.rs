@@ -175,7 +175,12 @@ pub struct QuotaArgs {
     pub kre: u32,
     /// License expiry: a date (2027-06-30, midnight UTC), RFC 3339, a duration from now
     /// (+365d), Unix ms, or `none` [default: none].
-    #[arg(long, alias = "expires-at-unix-ms", value_parser = parse_expiry)]
+    #[arg(
+        long,
+        alias = "expires-at-unix-ms",
+        allow_hyphen_values = true,
+        value_parser = parse_expiry
+    )]
     pub expires: Option<Expiry>,
     /// Accept an expiry in the past (the licenses grant nothing from the start).
     #[arg(long)]
@@ -194,7 +199,12 @@ pub struct QuotaChangeArgs {
     pub kre: Option<u32>,
     /// New license expiry: a date (2027-06-30, midnight UTC), RFC 3339, a duration from
     /// now (+365d), Unix ms, or `none` to remove it.
-    #[arg(long, alias = "expires-at-unix-ms", value_parser = parse_expiry)]
+    #[arg(
+        long,
+        alias = "expires-at-unix-ms",
+        allow_hyphen_values = true,
+        value_parser = parse_expiry
+    )]
     pub expires: Option<Expiry>,
 }
 
