@@ -535,6 +535,7 @@ fn check_cap(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::QuotaUpdate;
 
     fn email(s: &str) -> Email {
         Email::parse(s).unwrap()
@@ -656,6 +657,67 @@ mod tests {
         );
         state.apply(&lower(1)).unwrap();
         assert_eq!(state.organization(&org).unwrap().quota.kse_seats, 1);
+    }
+
+    #[test]
+    fn a_quota_update_changes_only_its_fields_and_is_admitted_on_the_merged_quota() {
+        let (mut state, org) = org_with_members(2, &["a@acme.com"]);
+        state
+            .apply(&Command::AssignLicenses {
+                org: org.clone(),
+                product: Product::Kse,
+                emails: vec![email("a@acme.com")],
+            })
+            .unwrap();
+        let update = |update| Command::UpdateQuota {
+            org: org.clone(),
+            update,
+        };
+        let expires = update(QuotaUpdate {
+            expires_at_unix_ms: Some(Some(2_000_000_000_000)),
+            ..QuotaUpdate::default()
+        });
+        state.apply(&expires).unwrap();
+        let more_kre = update(QuotaUpdate {
+            kre_sessions: Some(4),
+            ..QuotaUpdate::default()
+        });
+        let outcome = state.apply(&more_kre).unwrap();
+        let after = Quota {
+            kse_seats: 2,
+            kre_sessions: 4,
+            expires_at_unix_ms: Some(2_000_000_000_000),
+        };
+        assert_eq!(
+            outcome,
+            CommandOutcome::QuotaSet {
+                before: Quota {
+                    kre_sessions: 1,
+                    ..after
+                },
+                after,
+            }
+        );
+        let no_seats = update(QuotaUpdate {
+            kse_seats: Some(0),
+            ..QuotaUpdate::default()
+        });
+        assert!(matches!(
+            state.admit(&no_seats),
+            Err(DomainError::SeatsBelowAssigned { assigned: 1, .. })
+        ));
+        let never = update(QuotaUpdate {
+            expires_at_unix_ms: Some(None),
+            ..QuotaUpdate::default()
+        });
+        state.apply(&never).unwrap();
+        assert_eq!(
+            state.organization(&org).unwrap().quota,
+            Quota {
+                expires_at_unix_ms: None,
+                ..after
+            }
+        );
     }
 
     fn create_key(org: &OrgId, id: &str, address: &str) -> Command {

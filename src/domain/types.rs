@@ -475,6 +475,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_new_expiry_is_refused_in_seconds_or_in_the_past_unless_forced() {
+        let now = 1_796_083_200_000;
+        let seconds = check_new_expiry("e", 1_798_761_600, now, PastExpiry::Allow).unwrap_err();
+        assert!(seconds.to_string().contains("seconds"), "{seconds}");
+        let past = check_new_expiry("e", now - 1, now, PastExpiry::Refuse).unwrap_err();
+        assert!(past.to_string().contains("in the past"), "{past}");
+        assert!(check_new_expiry("e", now - 1, now, PastExpiry::Allow).is_ok());
+        assert!(check_new_expiry("e", now + 1, now, PastExpiry::Refuse).is_ok());
+    }
+
+    #[test]
     fn emails_are_normalized_and_checked() {
         assert_eq!(
             Email::parse(" Alice@Example.COM ").unwrap().as_str(),
