@@ -22,6 +22,10 @@ pub const EMAILS_PER_REQUEST_MAX: usize = 1000;
 /// Quota values an operator may set.
 pub const KSE_SEATS_MAX: u32 = 1_000_000;
 pub const KRE_SESSIONS_MAX: u32 = 1_000_000;
+/// The earliest license expiry a new command may set: 2000-01-01T00:00:00Z in Unix
+/// milliseconds. Anything smaller is a time in seconds given as milliseconds (seconds
+/// of today read as milliseconds fall in January 1970).
+pub const LICENSE_EXPIRY_UNIX_MS_MIN: i64 = 946_684_800_000;
 /// Live leases (KSE and KRE together) of one organization: KRE is bounded by its quota,
 /// KSE by its seats, and this bounds the sum whatever the quota says.
 pub const LEASES_PER_ORG_MAX: usize = 2_000_000;

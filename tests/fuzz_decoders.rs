@@ -503,6 +503,14 @@ fn command_record() -> impl Strategy<Value = codec::CommandRecord> {
             10 => Some(Body::RevokeApiKey(codec::KeyIdRecord {
                 key_id: r.key_id.clone(),
             })),
+            11 => r.quota.clone().map(|q| {
+                Body::UpdateQuota(codec::QuotaUpdateRecord {
+                    kse_seats: (q.kse_seats % 2 == 0).then_some(q.kse_seats),
+                    kre_sessions: (q.kre_sessions % 2 == 0).then_some(q.kre_sessions),
+                    expires_at_unix_ms: (q.expires_at_unix_ms % 2 == 0)
+                        .then_some(q.expires_at_unix_ms),
+                })
+            }),
             _ => None,
         };
         codec::CommandRecord {
@@ -953,11 +961,20 @@ proptest! {
             let _ = convert::role(raw, None);
             let _ = convert::usage_window_seconds(window);
             let _ = convert::time_range(from, to);
-            let _ = convert::quota(Some(seatbroker::proto::Quota {
+            let raw_quota = seatbroker::proto::Quota {
                 kse_seats: quota.0,
                 kre_sessions: quota.1,
                 expires_at_unix_ms: quota.2,
-            }));
+            };
+            let _ = convert::new_quota(Some(raw_quota), from, convert::past_expiry(false));
+            let _ = convert::quota_change(
+                &seatbroker::proto::SetQuotaRequest {
+                    kse_seats: Some(quota.0),
+                    expires_at_unix_ms: Some(quota.2),
+                    ..Default::default()
+                },
+                from,
+            );
             let _ = Email::parse(&text);
         })?;
     }

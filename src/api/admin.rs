@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::convert::{self, QuotaChange};
 use super::paging::{Listing, Pager, SlotPosition, take_page};
 use super::status::to_status;
 use crate::activity::Activity;
@@ -85,6 +85,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::CreateOrganizationRequest>,
     ) -> Answer<proto::CreateOrganizationResponse> {
+        let now_unix_ms = self.broker.clock().unix_ms();
         let (_, command, _) = self
             .run(request, |body| {
                 check_required_text(
@@ -92,11 +93,12 @@ impl AdminService for AdminApi {
                     &body.display_name,
                     limits::DISPLAY_NAME_BYTES_MAX,
                 )?;
+                let past = convert::past_expiry(body.allow_past_expiry);
                 Ok(Command::CreateOrganization {
                     org: convert::org_id(&body.org_id)?,
                     display_name: body.display_name,
                     owner: Email::parse_field("owner_email", &body.owner_email)?,
-                    quota: convert::quota(body.quota)?,
+                    quota: convert::new_quota(body.quota, now_unix_ms, past)?,
                 })
             })
             .await?;
@@ -109,16 +111,27 @@ impl AdminService for AdminApi {
         &self,
         request: Request<proto::SetQuotaRequest>,
     ) -> Answer<proto::SetQuotaResponse> {
-        let (_, command, _) = self
+        let now_unix_ms = self.broker.clock().unix_ms();
+        let (_, command, executed) = self
             .run(request, |body| {
-                Ok(Command::SetQuota {
-                    org: convert::org_id(&body.org_id)?,
-                    quota: convert::quota(body.quota)?,
+                let org = convert::org_id(&body.org_id)?;
+                Ok(match convert::quota_change(&body, now_unix_ms)? {
+                    QuotaChange::Replace(quota) => Command::SetQuota { org, quota },
+                    QuotaChange::Update(update) => Command::UpdateQuota { org, update },
                 })
             })
             .await?;
+        let CommandOutcome::QuotaSet { before, after } = executed.outcome else {
+            return Err(Status::internal(
+                "a quota change answered without its quota",
+            ));
+        };
+        // The quota as this change left it, whatever changed since.
+        let mut organization = self.organization_answer(command.org())?;
+        organization.quota = Some(convert::quota_to_wire(after));
         Ok(Response::new(proto::SetQuotaResponse {
-            organization: Some(self.organization_answer(command.org())?),
+            organization: Some(organization),
+            previous_quota: Some(convert::quota_to_wire(before)),
         }))
     }
 

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use crate::audit::AuditRecord;
 use crate::domain::Lease;
 use crate::domain::{
-    ApiKeyRecord, AssignmentOutcome, DomainError, Email, OrgId, Organization, Product, Quota, Role,
+    ApiKeyRecord, AssignmentOutcome, DomainError, Email, OrgId, Organization, PastExpiry, Product,
+    Quota, QuotaUpdate, Role, check_new_expiry,
 };
 use crate::limits;
 use crate::proto;
@@ -148,14 +149,72 @@ pub fn audit_event_to_wire(record: &AuditRecord) -> proto::AuditEvent {
     }
 }
 
-pub fn quota(raw: Option<proto::Quota>) -> Result<Quota, DomainError> {
+/// A whole quota given now: its expiry (0 for none) must meet `check_new_expiry`.
+pub fn new_quota(
+    raw: Option<proto::Quota>,
+    now_unix_ms: i64,
+    past: PastExpiry,
+) -> Result<Quota, DomainError> {
     let raw = raw.ok_or_else(|| DomainError::invalid("quota", "is required"))?;
-    Quota {
+    let quota = Quota {
         kse_seats: raw.kse_seats,
         kre_sessions: raw.kre_sessions,
         expires_at_unix_ms: (raw.expires_at_unix_ms != 0).then_some(raw.expires_at_unix_ms),
     }
-    .validate()
+    .validate()?;
+    if let Some(at) = quota.expires_at_unix_ms {
+        check_new_expiry("quota.expires_at_unix_ms", at, now_unix_ms, past)?;
+    }
+    Ok(quota)
+}
+
+/// `SetQuotaRequest`'s change: a partial update from the optional fields, or the
+/// replacement `quota` that clients before the optional fields send; both or neither
+/// is refused. A new expiry must meet `check_new_expiry`.
+pub fn quota_change(
+    body: &proto::SetQuotaRequest,
+    now_unix_ms: i64,
+) -> Result<QuotaChange, DomainError> {
+    let past = past_expiry(body.allow_past_expiry);
+    let update = QuotaUpdate {
+        kse_seats: body.kse_seats,
+        kre_sessions: body.kre_sessions,
+        expires_at_unix_ms: body.expires_at_unix_ms.map(|at| (at != 0).then_some(at)),
+    };
+    match (body.quota, update.is_empty()) {
+        (Some(_), false) => Err(DomainError::invalid(
+            "quota",
+            "set either quota (to replace the whole quota) or the fields to change \
+             (kse_seats, kre_sessions, expires_at_unix_ms), not both",
+        )),
+        (None, true) => Err(DomainError::invalid(
+            "quota",
+            "nothing to change: set kse_seats, kre_sessions or expires_at_unix_ms \
+             (0 removes the expiry), or quota to replace the whole quota",
+        )),
+        (Some(raw), true) => new_quota(Some(raw), now_unix_ms, past).map(QuotaChange::Replace),
+        (None, false) => {
+            let update = update.validate()?;
+            if let Some(Some(at)) = update.expires_at_unix_ms {
+                check_new_expiry("expires_at_unix_ms", at, now_unix_ms, past)?;
+            }
+            Ok(QuotaChange::Update(update))
+        }
+    }
+}
+
+/// What a `SetQuotaRequest` asks for.
+pub enum QuotaChange {
+    Replace(Quota),
+    Update(QuotaUpdate),
+}
+
+pub fn past_expiry(allow_past_expiry: bool) -> PastExpiry {
+    if allow_past_expiry {
+        PastExpiry::Allow
+    } else {
+        PastExpiry::Refuse
+    }
 }
 
 pub fn quota_to_wire(quota: Quota) -> proto::Quota {

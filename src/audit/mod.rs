@@ -311,6 +311,9 @@ fn describe(command: &Command) -> Described {
             Some(format!("name={display_name:?} {}", quota_text(quota))),
         ),
         Command::SetQuota { quota, .. } => (K::QuotaSet, None, None, Some(quota_text(quota))),
+        Command::UpdateQuota { update, .. } => {
+            (K::QuotaSet, None, None, Some(quota_update_text(update)))
+        }
         Command::AddMember { email, role, .. } => (
             K::MemberAdded,
             None,
@@ -362,6 +365,21 @@ fn quota_text(quota: &crate::domain::Quota) -> String {
         quota.kre_sessions,
         quota.expires_at_unix_ms.unwrap_or(0)
     )
+}
+
+/// The fields a partial quota update set, in `quota_text`'s form (the others kept).
+fn quota_update_text(update: &crate::domain::QuotaUpdate) -> String {
+    let mut fields = Vec::new();
+    if let Some(kse_seats) = update.kse_seats {
+        fields.push(format!("kse_seats={kse_seats}"));
+    }
+    if let Some(kre_sessions) = update.kre_sessions {
+        fields.push(format!("kre_sessions={kre_sessions}"));
+    }
+    if let Some(expires) = update.expires_at_unix_ms {
+        fields.push(format!("expires_at_unix_ms={}", expires.unwrap_or(0)));
+    }
+    fields.join(" ")
 }
 
 /// One line of the audit record, as written and as read back.

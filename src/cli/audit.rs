@@ -8,6 +8,7 @@ use std::time::Duration;
 use tonic::Status;
 
 use super::commands::ExportFormat;
+use super::time::parse_time;
 use crate::client::Authorized;
 use crate::limits;
 use crate::proto::{self, admin_service_client::AdminServiceClient};
@@ -25,19 +26,6 @@ const CSV_HEADER: [&str; 11] = [
     "actor",
     "detail",
 ];
-
-/// A time given as Unix milliseconds or RFC 3339.
-fn parse_time(text: &str) -> Result<i64, String> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    let at = humantime::parse_rfc3339_weak(text)
-        .map_err(|e| format!("{text:?} is neither Unix milliseconds nor RFC 3339: {e}"))?;
-    let since_epoch = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("{text:?} is before 1970"))?;
-    i64::try_from(since_epoch.as_millis()).map_err(|_| format!("{text:?} is too far away"))
-}
 
 /// The `[from, to)` range of the flags; absent ends are open (0).
 pub fn range(from: Option<&str>, to: Option<&str>) -> Result<(i64, i64), String> {
@@ -230,9 +218,11 @@ mod tests {
     }
 
     #[test]
-    fn times_are_unix_ms_or_rfc_3339() {
-        assert_eq!(parse_time("1500").unwrap(), 1500);
-        assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1000);
-        assert!(parse_time("yesterday").is_err());
+    fn a_range_takes_dates_and_leaves_absent_ends_open() {
+        assert_eq!(
+            range(Some("2026-12-02"), None).unwrap(),
+            (1_796_169_600_000, 0)
+        );
+        assert!(range(None, Some("yesterday")).is_err());
     }
 }

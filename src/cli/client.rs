@@ -14,6 +14,7 @@ use super::commands::{
 };
 use super::failure::Failure;
 use super::output::{self, Table};
+use super::time::Expiry;
 use crate::client::{self, Authorized, BearerKey, ClientError};
 use crate::proto::{
     self, admin_service_client::AdminServiceClient, session_service_client::SessionServiceClient,
@@ -126,7 +127,7 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
     proto::Quota {
         kse_seats: args.kse,
         kre_sessions: args.kre,
-        expires_at_unix_ms: args.expires_at_unix_ms,
+        expires_at_unix_ms: args.expires.map_or(0, Expiry::unix_ms),
     }
 }
 
@@ -172,6 +173,7 @@ async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Failure> {
                 display_name: name,
                 owner_email: owner,
                 quota: Some(quota(&q)),
+                allow_past_expiry: q.force,
             };
             let answer = within(c.call_timeout, c.admin.create_organization(request)).await?;
             output::organizations(c.json, answer.organization.as_slice(), &answer);
@@ -201,13 +203,22 @@ async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Failure> {
 }
 
 async fn quota_command(c: &mut Clients, command: QuotaCommand) -> Result<(), Failure> {
-    let QuotaCommand::Set { org_id, quota: q } = command;
+    let QuotaCommand::Set {
+        org_id,
+        change,
+        force,
+    } = command;
+    // Only the fields given: the daemon keeps the others.
     let request = proto::SetQuotaRequest {
         org_id,
-        quota: Some(quota(&q)),
+        quota: None,
+        kse_seats: change.kse,
+        kre_sessions: change.kre,
+        expires_at_unix_ms: change.expires.map(Expiry::unix_ms),
+        allow_past_expiry: force,
     };
     let answer = within(c.call_timeout, c.admin.set_quota(request)).await?;
-    output::organizations(c.json, answer.organization.as_slice(), &answer);
+    output::quota_change(c.json, &answer);
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Subcommand, ValueEnum};
 
 use super::Cli;
+use super::time::{Expiry, parse_expiry};
 
 // Where the daemon is, who is calling, and how to print the answer. (A plain comment:
 // clap would show a doc comment here as the description of every group it is added to.)
@@ -163,7 +164,7 @@ pub enum RoleArg {
     Member,
 }
 
-/// An organization's quota, as `org create` and `quota set` take it.
+/// A new organization's quota, as `org create` takes it.
 #[derive(Debug, Args, Clone)]
 pub struct QuotaArgs {
     /// Named KSE seats.
@@ -172,9 +173,39 @@ pub struct QuotaArgs {
     /// Parallel KRE sessions.
     #[arg(long, default_value_t = 0)]
     pub kre: u32,
-    /// License expiry, Unix milliseconds (0: none).
-    #[arg(long, default_value_t = 0)]
-    pub expires_at_unix_ms: i64,
+    /// License expiry: a date (2027-06-30, midnight UTC), RFC 3339, a duration from now
+    /// (+365d), Unix ms, or `none` [default: none].
+    #[arg(
+        long,
+        alias = "expires-at-unix-ms",
+        allow_hyphen_values = true,
+        value_parser = parse_expiry
+    )]
+    pub expires: Option<Expiry>,
+    /// Accept an expiry in the past (the licenses grant nothing from the start).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The quota fields `quota set` changes: only those given, at least one.
+#[derive(Debug, Args, Clone)]
+#[group(required = true, multiple = true)]
+pub struct QuotaChangeArgs {
+    /// New number of named KSE seats.
+    #[arg(long)]
+    pub kse: Option<u32>,
+    /// New number of parallel KRE sessions.
+    #[arg(long)]
+    pub kre: Option<u32>,
+    /// New license expiry: a date (2027-06-30, midnight UTC), RFC 3339, a duration from
+    /// now (+365d), Unix ms, or `none` to remove it.
+    #[arg(
+        long,
+        alias = "expires-at-unix-ms",
+        allow_hyphen_values = true,
+        value_parser = parse_expiry
+    )]
+    pub expires: Option<Expiry>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,12 +229,16 @@ pub enum OrgCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum QuotaCommand {
-    /// Replace an organization's quota (seats, sessions and expiry together).
+    /// Change an organization's seats, sessions or expiry; what is not given is kept.
+    /// Prints the quota before and after.
     Set {
         /// The organization.
         org_id: String,
         #[command(flatten)]
-        quota: QuotaArgs,
+        change: QuotaChangeArgs,
+        /// Accept an expiry in the past (the licenses stop granting at once).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -341,11 +376,12 @@ pub enum AuditCommand {
     Export {
         /// The organization.
         org_id: String,
-        /// Start of the range, inclusive: RFC 3339 (2026-11-29T10:00:00Z) or Unix ms.
-        #[arg(long)]
+        /// Start of the range, inclusive: RFC 3339 (2026-11-29T10:00:00Z), a date
+        /// (2026-11-29, midnight UTC), a duration from now (-7d) or Unix ms.
+        #[arg(long, allow_hyphen_values = true)]
         from: Option<String>,
-        /// End of the range, exclusive: RFC 3339 or Unix ms [default: now].
-        #[arg(long)]
+        /// End of the range, exclusive, in the same forms as --from [default: now].
+        #[arg(long, allow_hyphen_values = true)]
         to: Option<String>,
         /// The output format.
         #[arg(long, value_enum, default_value = "jsonl")]

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod failure;
 mod output;
+mod time;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

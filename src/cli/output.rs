@@ -155,6 +155,22 @@ pub fn organizations(json: bool, organizations: &[proto::Organization], answer: 
     table(json, answer, t);
 }
 
+/// `quota set`'s answer: the quota before and after the change.
+pub fn quota_change(json: bool, answer: &proto::SetQuotaResponse) {
+    let mut t = Table::new(&["", "KSE SEATS", "KRE SESSIONS", "EXPIRES"]);
+    let after = answer.organization.as_ref().and_then(|o| o.quota);
+    for (when, quota) in [("before", answer.previous_quota), ("after", after)] {
+        let quota = quota.unwrap_or_default();
+        t.row(vec![
+            when.to_owned(),
+            quota.kse_seats.to_string(),
+            quota.kre_sessions.to_string(),
+            time(quota.expires_at_unix_ms),
+        ]);
+    }
+    table(json, answer, t);
+}
+
 pub fn members(json: bool, members: &[proto::Member], answer: &impl Serialize) {
     let mut t = Table::new(&["EMAIL", "ROLE"]);
     for member in members {

@@ -122,7 +122,9 @@ pub fn authorize_command(
         return Ok(());
     }
     let action = match command {
-        Command::CreateOrganization { .. } | Command::SetQuota { .. } => Action::Operate,
+        Command::CreateOrganization { .. }
+        | Command::SetQuota { .. }
+        | Command::UpdateQuota { .. } => Action::Operate,
         Command::CreateApiKey { .. } | Command::RevokeApiKey { .. } => Action::ManageKeysOf,
         _ => Action::Administer,
     };

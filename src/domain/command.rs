@@ -2,7 +2,7 @@
 //! everything `apply` needs to be deterministic (ids, hashes and times are chosen before
 //! the command is made), so replaying the log reproduces the state exactly.
 
-use super::types::{ApiKeyId, Email, OrgId, Product, Quota, Role};
+use super::types::{ApiKeyId, Email, OrgId, Product, Quota, QuotaUpdate, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -12,9 +12,16 @@ pub enum Command {
         owner: Email,
         quota: Quota,
     },
+    /// Replaces the whole quota.
     SetQuota {
         org: OrgId,
         quota: Quota,
+    },
+    /// Changes some fields of the quota and keeps the others: merged with the quota of
+    /// the moment in `apply`, so replay reproduces it.
+    UpdateQuota {
+        org: OrgId,
+        update: QuotaUpdate,
     },
     AddMember {
         org: OrgId,
@@ -74,6 +81,7 @@ impl Command {
         match self {
             Command::CreateOrganization { org, .. }
             | Command::SetQuota { org, .. }
+            | Command::UpdateQuota { org, .. }
             | Command::AddMember { org, .. }
             | Command::RemoveMember { org, .. }
             | Command::SetRole { org, .. }
@@ -124,6 +132,11 @@ pub enum AssignmentOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandOutcome {
     Done,
+    /// A quota set or updated: the quota before and after, read under the same lock.
+    QuotaSet {
+        before: Quota,
+        after: Quota,
+    },
     MemberRemoved {
         keys_revoked: u32,
     },

@@ -18,4 +18,6 @@ pub use command::{AssignmentOutcome, Command, CommandOutcome, SessionsToEnd};
 pub use error::DomainError;
 pub use lease::{Lease, LeaseId};
 pub use state::{AdminState, ApiKeyRecord, Organization};
-pub use types::{ApiKeyId, Email, OrgId, Product, Quota, Role};
+pub use types::{
+    ApiKeyId, Email, OrgId, PastExpiry, Product, Quota, QuotaUpdate, Role, check_new_expiry,
+};

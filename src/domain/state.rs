@@ -131,16 +131,10 @@ impl AdminState {
                 "organizations",
                 "run another daemon for further organizations",
             ),
-            Command::SetQuota { org, quota } => {
-                let assigned = self.organization(org)?.kse_assigned.len() as u32;
-                if quota.kse_seats < assigned {
-                    return Err(DomainError::SeatsBelowAssigned {
-                        org: org.clone(),
-                        kse_seats: quota.kse_seats,
-                        assigned,
-                    });
-                }
-                Ok(())
+            Command::SetQuota { org, quota } => self.admit_quota(org, *quota),
+            Command::UpdateQuota { org, update } => {
+                let current = self.organization(org)?.quota;
+                self.admit_quota(org, update.applied_to(current)?)
             }
             Command::AddMember { org, .. } => check_cap(
                 || format!("organization {org}"),
@@ -167,6 +161,19 @@ impl AdminState {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A new quota may not hold fewer KSE seats than are assigned.
+    fn admit_quota(&self, org: &OrgId, quota: Quota) -> Result<(), DomainError> {
+        let assigned = self.organization(org)?.kse_assigned.len() as u32;
+        if quota.kse_seats < assigned {
+            return Err(DomainError::SeatsBelowAssigned {
+                org: org.clone(),
+                kse_seats: quota.kse_seats,
+                assigned,
+            });
+        }
+        Ok(())
     }
 
     pub fn organization(&self, org: &OrgId) -> Result<&Organization, DomainError> {
@@ -199,6 +206,19 @@ impl AdminState {
         Some((org, record))
     }
 
+    /// Replaces the quota with what `new` makes of the current one.
+    fn set_quota(
+        &mut self,
+        org: &OrgId,
+        new: impl FnOnce(Quota) -> Result<Quota, DomainError>,
+    ) -> Result<CommandOutcome, DomainError> {
+        let organization = self.organization_mut(org)?;
+        let before = organization.quota;
+        let after = new(before)?;
+        organization.quota = after;
+        Ok(CommandOutcome::QuotaSet { before, after })
+    }
+
     fn organization_mut(&mut self, org: &OrgId) -> Result<&mut Organization, DomainError> {
         self.organizations
             .get_mut(org)
@@ -214,9 +234,9 @@ impl AdminState {
                 owner,
                 quota,
             } => self.create_organization(org, display_name, owner, *quota),
-            Command::SetQuota { org, quota } => {
-                self.organization_mut(org)?.quota = *quota;
-                Ok(CommandOutcome::Done)
+            Command::SetQuota { org, quota } => self.set_quota(org, |_| Ok(*quota)),
+            Command::UpdateQuota { org, update } => {
+                self.set_quota(org, |current| update.applied_to(current))
             }
             Command::AddMember { org, email, role } => self.add_member(org, email, *role),
             Command::RemoveMember { org, email } => self.remove_member(org, email),
@@ -515,6 +535,7 @@ fn check_cap(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::QuotaUpdate;
 
     fn email(s: &str) -> Email {
         Email::parse(s).unwrap()
@@ -636,6 +657,67 @@ mod tests {
         );
         state.apply(&lower(1)).unwrap();
         assert_eq!(state.organization(&org).unwrap().quota.kse_seats, 1);
+    }
+
+    #[test]
+    fn a_quota_update_changes_only_its_fields_and_is_admitted_on_the_merged_quota() {
+        let (mut state, org) = org_with_members(2, &["a@acme.com"]);
+        state
+            .apply(&Command::AssignLicenses {
+                org: org.clone(),
+                product: Product::Kse,
+                emails: vec![email("a@acme.com")],
+            })
+            .unwrap();
+        let update = |update| Command::UpdateQuota {
+            org: org.clone(),
+            update,
+        };
+        let expires = update(QuotaUpdate {
+            expires_at_unix_ms: Some(Some(2_000_000_000_000)),
+            ..QuotaUpdate::default()
+        });
+        state.apply(&expires).unwrap();
+        let more_kre = update(QuotaUpdate {
+            kre_sessions: Some(4),
+            ..QuotaUpdate::default()
+        });
+        let outcome = state.apply(&more_kre).unwrap();
+        let after = Quota {
+            kse_seats: 2,
+            kre_sessions: 4,
+            expires_at_unix_ms: Some(2_000_000_000_000),
+        };
+        assert_eq!(
+            outcome,
+            CommandOutcome::QuotaSet {
+                before: Quota {
+                    kre_sessions: 1,
+                    ..after
+                },
+                after,
+            }
+        );
+        let no_seats = update(QuotaUpdate {
+            kse_seats: Some(0),
+            ..QuotaUpdate::default()
+        });
+        assert!(matches!(
+            state.admit(&no_seats),
+            Err(DomainError::SeatsBelowAssigned { assigned: 1, .. })
+        ));
+        let never = update(QuotaUpdate {
+            expires_at_unix_ms: Some(None),
+            ..QuotaUpdate::default()
+        });
+        state.apply(&never).unwrap();
+        assert_eq!(
+            state.organization(&org).unwrap().quota,
+            Quota {
+                expires_at_unix_ms: None,
+                ..after
+            }
+        );
     }
 
     fn create_key(org: &OrgId, id: &str, address: &str) -> Command {

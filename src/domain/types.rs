@@ -260,6 +260,80 @@ impl Quota {
     }
 }
 
+/// A change to some fields of a quota; `None` keeps the current value. Merged with the
+/// current quota when applied (under the admin lock, and again on replay), so two
+/// partial updates never undo each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuotaUpdate {
+    pub kse_seats: Option<u32>,
+    pub kre_sessions: Option<u32>,
+    /// `Some(None)` removes the expiry.
+    pub expires_at_unix_ms: Option<Option<i64>>,
+}
+
+impl QuotaUpdate {
+    /// True when it changes no field: a request for it is refused (nothing to do).
+    pub fn is_empty(self) -> bool {
+        self == QuotaUpdate::default()
+    }
+
+    /// Checks each field it sets as `Quota::validate` does.
+    pub fn validate(self) -> Result<Self, DomainError> {
+        self.applied_to(Quota::default())?;
+        Ok(self)
+    }
+
+    /// The quota `current` becomes, checked as any quota is.
+    pub fn applied_to(self, current: Quota) -> Result<Quota, DomainError> {
+        Quota {
+            kse_seats: self.kse_seats.unwrap_or(current.kse_seats),
+            kre_sessions: self.kre_sessions.unwrap_or(current.kre_sessions),
+            expires_at_unix_ms: self
+                .expires_at_unix_ms
+                .unwrap_or(current.expires_at_unix_ms),
+        }
+        .validate()
+    }
+}
+
+/// Whether a new license expiry may lie in the past (the caller forced it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PastExpiry {
+    Refuse,
+    Allow,
+}
+
+/// The rules a license expiry given now must meet, besides `Quota::validate`: not
+/// before 2000-01-01 (seconds given as milliseconds), and not in the past unless
+/// forced. For new requests only: a log holding such a value still loads.
+pub fn check_new_expiry(
+    field: &'static str,
+    at_unix_ms: i64,
+    now_unix_ms: i64,
+    past: PastExpiry,
+) -> Result<(), DomainError> {
+    if at_unix_ms < limits::LICENSE_EXPIRY_UNIX_MS_MIN {
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "{at_unix_ms} is before 2000-01-01T00:00:00Z ({} ms): it looks like seconds \
+                 given as milliseconds; send Unix milliseconds (seconds x 1000)",
+                limits::LICENSE_EXPIRY_UNIX_MS_MIN
+            ),
+        ));
+    }
+    if at_unix_ms <= now_unix_ms && past == PastExpiry::Refuse {
+        return Err(DomainError::invalid(
+            field,
+            format!(
+                "{at_unix_ms} is in the past (now is {now_unix_ms}): the licenses would stop \
+                 granting at once; give a later time, or force it (allow_past_expiry)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The public id of an API key (the `<id>` part of `sbk_<id>_<secret><crc>`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ApiKeyId(pub Arc<str>);
@@ -399,6 +473,17 @@ fn is_default_ignorable(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_expiry_is_refused_in_seconds_or_in_the_past_unless_forced() {
+        let now = 1_796_083_200_000;
+        let seconds = check_new_expiry("e", 1_798_761_600, now, PastExpiry::Allow).unwrap_err();
+        assert!(seconds.to_string().contains("seconds"), "{seconds}");
+        let past = check_new_expiry("e", now - 1, now, PastExpiry::Refuse).unwrap_err();
+        assert!(past.to_string().contains("in the past"), "{past}");
+        assert!(check_new_expiry("e", now - 1, now, PastExpiry::Allow).is_ok());
+        assert!(check_new_expiry("e", now + 1, now, PastExpiry::Refuse).is_ok());
+    }
 
     #[test]
     fn emails_are_normalized_and_checked() {

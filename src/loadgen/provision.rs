@@ -38,6 +38,7 @@ pub async fn create_organization(
         display_name: organization.display_name,
         owner_email: organization.owner_email,
         quota: Some(organization.quota),
+        allow_past_expiry: false,
     };
     admin.create_organization(request).await.map(drop)
 }

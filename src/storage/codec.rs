@@ -6,7 +6,8 @@
 use prost::Message;
 
 use crate::domain::{
-    AdminState, ApiKeyId, ApiKeyRecord, Command, Email, OrgId, Organization, Product, Quota, Role,
+    AdminState, ApiKeyId, ApiKeyRecord, Command, Email, OrgId, Organization, Product, Quota,
+    QuotaUpdate, Role,
 };
 use crate::domain::{Lease, LeaseId};
 use crate::leases::LeaseRef;
@@ -39,7 +40,7 @@ pub enum LogBody {
 pub struct CommandRecord {
     #[prost(string, tag = "1")]
     pub org: String,
-    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15")]
     pub body: Option<CommandBody>,
 }
 
@@ -65,6 +66,8 @@ pub enum CommandBody {
     CreateApiKey(StoredApiKey),
     #[prost(message, tag = "11")]
     RevokeApiKey(KeyIdRecord),
+    #[prost(message, tag = "15")]
+    UpdateQuota(QuotaUpdateRecord),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -132,6 +135,18 @@ pub struct QuotaRecord {
     pub kre_sessions: u32,
     #[prost(int64, tag = "3")]
     pub expires_at_unix_ms: i64,
+}
+
+/// A partial quota update: an absent field keeps the quota's value; an expiry of 0
+/// removes it.
+#[derive(Clone, PartialEq, Message)]
+pub struct QuotaUpdateRecord {
+    #[prost(uint32, optional, tag = "1")]
+    pub kse_seats: Option<u32>,
+    #[prost(uint32, optional, tag = "2")]
+    pub kre_sessions: Option<u32>,
+    #[prost(int64, optional, tag = "3")]
+    pub expires_at_unix_ms: Option<i64>,
 }
 
 /// A granted lease (also the form of a live lease in a snapshot).
@@ -267,6 +282,24 @@ fn quota_record(quota: Quota) -> QuotaRecord {
     }
 }
 
+fn quota_update_record(update: QuotaUpdate) -> QuotaUpdateRecord {
+    QuotaUpdateRecord {
+        kse_seats: update.kse_seats,
+        kre_sessions: update.kre_sessions,
+        expires_at_unix_ms: update.expires_at_unix_ms.map(|at| at.unwrap_or(0)),
+    }
+}
+
+fn quota_update_from(record: &QuotaUpdateRecord) -> Result<QuotaUpdate, DecodeError> {
+    QuotaUpdate {
+        kse_seats: record.kse_seats,
+        kre_sessions: record.kre_sessions,
+        expires_at_unix_ms: record.expires_at_unix_ms.map(|at| (at != 0).then_some(at)),
+    }
+    .validate()
+    .map_err(|e| bad("quota update", e))
+}
+
 fn quota_from(record: Option<&QuotaRecord>) -> Result<Quota, DecodeError> {
     let record = record.ok_or_else(|| bad("quota", "missing"))?;
     Quota {
@@ -320,6 +353,9 @@ fn command_body(command: &Command) -> CommandBody {
             quota: Some(quota_record(*quota)),
         }),
         Command::SetQuota { quota, .. } => CommandBody::SetQuota(quota_record(*quota)),
+        Command::UpdateQuota { update, .. } => {
+            CommandBody::UpdateQuota(quota_update_record(*update))
+        }
         Command::AddMember { email, role, .. } => {
             CommandBody::AddMember(member_record(email, *role))
         }
@@ -391,6 +427,10 @@ pub fn decode_command(record: &CommandRecord) -> Result<Command, DecodeError> {
         CommandBody::SetQuota(quota) => Command::SetQuota {
             org,
             quota: quota_from(Some(quota))?,
+        },
+        CommandBody::UpdateQuota(update) => Command::UpdateQuota {
+            org,
+            update: quota_update_from(update)?,
         },
         CommandBody::AddMember(member) => Command::AddMember {
             org,
@@ -953,6 +993,14 @@ mod tests {
             Command::SetQuota {
                 org: org.clone(),
                 quota,
+            },
+            Command::UpdateQuota {
+                org: org.clone(),
+                update: QuotaUpdate {
+                    kre_sessions: Some(0),
+                    expires_at_unix_ms: Some(None),
+                    ..QuotaUpdate::default()
+                },
             },
             Command::AddMember {
                 org: org.clone(),

@@ -195,6 +195,7 @@ async fn only_owners_and_admins_administer() {
     let quota = proto::SetQuotaRequest {
         org_id: org.id.clone(),
         quota: Some(proto::Quota::default()),
+        ..Default::default()
     };
     assert_status(
         owner.set_quota(quota).await,

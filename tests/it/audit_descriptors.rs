@@ -51,6 +51,7 @@ async fn create(admin: &mut Admin, org: &str) -> Result<(), tonic::Status> {
         display_name: format!("{org} Inc."),
         owner_email: format!("owner@{org}.test"),
         quota: Some(proto::Quota::default()),
+        ..Default::default()
     };
     let answer = tokio::time::timeout(ANSWER_DEADLINE, admin.create_organization(request))
         .await

@@ -11,6 +11,7 @@ fn organization(org_id: &str, name: &str, owner: &str) -> proto::CreateOrganizat
         display_name: name.into(),
         owner_email: owner.into(),
         quota: Some(proto::Quota::default()),
+        ..Default::default()
     }
 }
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 /// What one run of `seatbroker ARGS` said, and how long it took.
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
     took: Duration,
 }
 
@@ -33,7 +33,7 @@ async fn seatbroker(args: &[&str]) -> Outcome {
 }
 
 /// Runs a client command against `server` with `key`.
-async fn as_caller(server: &TestServer, key: &str, args: &[&str]) -> Outcome {
+pub(crate) async fn as_caller(server: &TestServer, key: &str, args: &[&str]) -> Outcome {
     let url = server.url();
     let mut all = args.to_vec();
     all.extend(["--addr", &url, "--key", key]);
@@ -42,7 +42,7 @@ async fn as_caller(server: &TestServer, key: &str, args: &[&str]) -> Outcome {
 
 /// The command exited with `code`, `needle` in its standard error; a failure prints
 /// nothing on standard output.
-fn assert_exit(outcome: &Outcome, code: i32, needle: &str) {
+pub(crate) fn assert_exit(outcome: &Outcome, code: i32, needle: &str) {
     assert_eq!(outcome.code, code, "{}", outcome.stderr);
     if code != 0 {
         assert_eq!(outcome.stdout, "", "a failure printed on standard output");

@@ -152,6 +152,7 @@ async fn walkthrough(daemon: &Daemon) -> Walkthrough {
                 kre_sessions: 1,
                 expires_at_unix_ms: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -37,6 +37,7 @@ async fn create_org(daemon: &Daemon, key: &str, org: &str) {
                 kre_sessions: 1,
                 expires_at_unix_ms: 0,
             }),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|status| panic!("create {org}: {status:?}"));

@@ -256,6 +256,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 display_name: "Crash".into(),
                 owner_email: "owner@crash.test".into(),
                 quota: Some(proto::Quota::default()),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -394,6 +395,7 @@ async fn a_failed_fsync_aborts_and_nothing_unacknowledged_appears() {
             display_name: "Acme".into(),
             owner_email: "owner@acme.test".into(),
             quota: Some(proto::Quota::default()),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -482,6 +484,7 @@ async fn held_sessions_survive_restarts_through_snapshots_of_the_lease_table() {
                 kre_sessions: QUOTA as u32,
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap();

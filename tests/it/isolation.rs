@@ -128,6 +128,7 @@ async fn call(
                 display_name: "Gamma".into(),
                 owner_email: "o@gamma.test".into(),
                 quota: Some(proto::Quota::default()),
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -135,6 +136,7 @@ async fn call(
             .set_quota(proto::SetQuotaRequest {
                 org_id,
                 quota: Some(proto::Quota::default()),
+                ..Default::default()
             })
             .await
             .map(drop),

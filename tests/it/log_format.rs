@@ -90,6 +90,7 @@ mod writer {
                 display_name: "Alpha Ltd.".into(),
                 owner_email: "owner@alpha.test".into(),
                 quota: quota(2, 2, 0),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -97,6 +98,7 @@ mod writer {
             .set_quota(proto::SetQuotaRequest {
                 org_id: alpha.clone(),
                 quota: quota(3, 2, EXPIRES_AT_UNIX_MS),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -30,6 +30,9 @@ async fn set_quota(server: &TestServer, org: &Org, kre_sessions: u32, expires_at
     let request = proto::SetQuotaRequest {
         org_id: org.id.clone(),
         quota: Some(quota),
+        // Tests set expiries in the past on purpose.
+        allow_past_expiry: true,
+        ..Default::default()
     };
     server.operator().await.set_quota(request).await.unwrap();
 }
@@ -314,8 +317,8 @@ async fn lowering_the_kre_quota_grants_nothing_new_until_under_it() {
 async fn an_expired_license_grants_nothing() {
     let server = start().await;
     let org = server.licensed_organization("acme", 0, 3, &["a"]).await;
-    // A license that ran out in 1970.
-    set_quota(&server, &org, 3, 1_000).await;
+    // A license that ran out at the start of 2000.
+    set_quota(&server, &org, 3, 946_684_800_000).await;
     let mut a = server.session(org.key(0)).await;
     assert_status(
         a.acquire(acquire_request(KRE, "e")).await,

@@ -22,6 +22,7 @@ fn set_quota(org: &str, kse_seats: u32) -> proto::SetQuotaRequest {
             kre_sessions: 5,
             expires_at_unix_ms: 0,
         }),
+        ..Default::default()
     }
 }
 
