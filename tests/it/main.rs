@@ -36,5 +36,6 @@ mod metrics_listener;
 mod restart_bench;
 mod sessions;
 mod tenant_bounds;
+mod tls_diagnostics;
 mod usage_audit;
 mod wire;
