@@ -25,6 +25,10 @@ pub enum ClientError {
     TlsFilesWithoutHttps { addr: String },
     #[error("cannot reach seatbroker at {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
+    /// The connection was made but TLS (or plaintext against TLS) failed: `cause`
+    /// says why in plain words and what to do ([`crate::tls::explain_client_failure`]).
+    #[error("cannot talk to seatbroker at {addr}: {cause}")]
+    Handshake { addr: String, cause: String },
     #[error("the API key holds characters that cannot be sent")]
     UnsendableKey,
 }
@@ -85,14 +89,80 @@ pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, C
             addr: addr.to_owned(),
         });
     }
-    endpoint
-        .tcp_nodelay(true)
-        .connect()
+    endpoint.tcp_nodelay(true).connect().await.map_err(
+        |e| match crate::tls::explain_client_failure(&e) {
+            Some(cause) => ClientError::Handshake {
+                addr: addr.to_owned(),
+                cause,
+            },
+            None => ClientError::Unreachable {
+                addr: addr.to_owned(),
+                reason: source_chain(&e),
+            },
+        },
+    )
+}
+
+/// Why the daemon at an `https://` `addr` closed a call's connection (`status`, a
+/// transport failure): with TLS 1.3 the daemon refuses a client certificate (or its
+/// absence) after the client's side of the handshake, and hyper drops the alert that
+/// says why. So this makes one handshake of its own with the same files and
+/// reads the daemon's first answer: an alert is explained
+/// ([`crate::tls::explain_client_failure`]). `None` for other failures.
+pub async fn explain_refusal(addr: &str, tls: &ClientTlsFiles, status: &Status) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    // A closed connection reaches the call as CANCELLED, sometimes without a source.
+    let transport_failure = matches!(
+        status.code(),
+        tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
+    );
+    if !transport_failure || !addr.starts_with("https://") {
+        return None;
+    }
+    let uri: tonic::codegen::http::Uri = addr.parse().ok()?;
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let config = crate::tls::client_probe_config(tls).ok()?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(443)))
+            .await
+            .ok()?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let mut stream = match connector.connect(name, tcp).await {
+            Ok(stream) => stream,
+            Err(error) => return crate::tls::explain_client_failure(&error),
+        };
+        // Nothing is written: a write to a connection the daemon closed draws a
+        // reset, which discards the alert unread. On success the daemon's HTTP/2
+        // SETTINGS arrive; on refusal, its alert.
+        let mut answer = [0u8; 64];
+        match stream.read(&mut answer).await {
+            Err(error) => crate::tls::explain_client_failure(&error),
+            Ok(_) => None,
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), probe)
         .await
-        .map_err(|e| ClientError::Unreachable {
-            addr: addr.to_owned(),
-            reason: source_chain(&e),
-        })
+        .ok()
+        .flatten()
+}
+
+/// A call's status with its transport cause explained: with TLS 1.3 a daemon refuses
+/// a client certificate (or its absence) only after the client's side of the
+/// handshake is done, so the refusal reaches the first call, not `connect_with`. The
+/// status is rebuilt with its message naming the cause (each once); `None` when the
+/// status carries no transport cause.
+pub fn explain_status(status: &Status) -> Option<Status> {
+    let source = std::error::Error::source(status)?;
+    let message = match crate::tls::explain_client_failure(source) {
+        Some(cause) => cause,
+        None => source_chain(source),
+    };
+    Some(Status::new(status.code(), message))
 }
 
 pub fn admin(channel: Channel, key: BearerKey) -> AdminServiceClient<Authorized> {

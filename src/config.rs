@@ -512,7 +512,7 @@ impl Config {
         command_line.apply_to(&mut settings);
         let config = Config::resolve(settings)?;
         if let Some(files) = &config.tls {
-            tls::check_server(files)?;
+            tls::server_acceptor(files)?;
         }
         Ok(config)
     }

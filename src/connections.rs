@@ -17,6 +17,13 @@
 //! Envoy's `idle_timeout`), reads as timed out, and the server closes it. The RPC
 //! layer tells the connection about its calls through [`ConnectionState`], which
 //! reaches it in the request's extensions as [`ConnectionInfo`].
+//!
+//! With TLS, each accepted connection's handshake runs in a task of its own (under the
+//! handshake deadline) before the server gets it as a [`ServedStream`]; a refused
+//! handshake is logged with the peer's address and the reason, at most once a second
+//! with the count of those not logged (a scanner or a misconfigured fleet would
+//! otherwise flood the log). The client certificate's subject joins the
+//! [`ConnectionInfo`].
 
 use std::future::Future as _;
 use std::io;
@@ -32,6 +39,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
@@ -124,6 +133,8 @@ impl Drop for CallInFlight {
 pub struct ConnectionInfo {
     pub remote_addr: Option<SocketAddr>,
     pub state: Arc<ConnectionState>,
+    /// The subject of the client certificate the TLS handshake verified (mTLS).
+    pub client_subject: Option<Arc<str>>,
 }
 
 /// An accepted connection holding one of the listener's slots until it is dropped,
@@ -139,21 +150,35 @@ pub struct LimitedStream {
     _slot: OwnedSemaphorePermit,
 }
 
+/// A connection as the server gets it: plaintext, or past its TLS handshake.
+pub enum ServedStream {
+    Plain(LimitedStream),
+    Tls(Box<tokio_rustls::server::TlsStream<LimitedStream>>),
+}
+
 /// The accept task of a listener and the connections it hands over.
 pub struct Incoming {
-    pub connections: ReceiverStream<io::Result<LimitedStream>>,
+    pub connections: ReceiverStream<io::Result<ServedStream>>,
     /// Ends soon after `connections` is dropped, releasing the listener.
     pub task: JoinHandle<()>,
 }
 
 /// The accepted connections of `listener`, at most `limits.connections_max` open at
-/// once, with `TCP_NODELAY` set and the deadlines of `limits`.
-pub fn limited_incoming(listener: Arc<TcpListener>, limits: ConnectionLimits) -> Incoming {
+/// once, with `TCP_NODELAY` set and the deadlines of `limits`; past a TLS handshake
+/// with `tls` when given.
+pub fn limited_incoming(
+    listener: Arc<TcpListener>,
+    limits: ConnectionLimits,
+    tls: Option<Arc<ServerConfig>>,
+) -> Incoming {
     // Capacity 1: nothing is accepted ahead of the server asking for it.
     let (accepted, connections) = mpsc::channel(1);
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let task = tokio::spawn(async move {
         let mut accept_errors = AcceptErrors::new("gRPC");
+        let refusals = Arc::new(parking_lot::Mutex::new(RepeatedWarning::new(
+            Duration::from_millis(limits::WARNING_REPEAT_MS_MIN),
+        )));
         loop {
             let slot = tokio::select! {
                 () = accepted.closed() => return,
@@ -174,14 +199,69 @@ pub fn limited_incoming(listener: Arc<TcpListener>, limits: ConnectionLimits) ->
                     continue;
                 }
             };
-            if accepted.send(Ok(connection)).await.is_err() {
-                return;
-            }
+            let Some(tls) = &tls else {
+                if accepted
+                    .send(Ok(ServedStream::Plain(connection)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            };
+            // Handshakes run side by side: a slow one holds only its own slot.
+            let (acceptor, accepted, refusals) = (
+                TlsAcceptor::from(Arc::clone(tls)),
+                accepted.clone(),
+                Arc::clone(&refusals),
+            );
+            tokio::spawn(async move {
+                if let Some(served) = handshake(acceptor, connection, &limits, &refusals).await {
+                    let _ = accepted.send(Ok(served)).await;
+                }
+            });
         }
     });
     Incoming {
         connections: ReceiverStream::new(connections),
         task,
+    }
+}
+
+/// The TLS handshake of `connection`, within the handshake timeout; a refused one is
+/// logged (rate-limited) with the peer and the reason.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    connection: LimitedStream,
+    limits: &ConnectionLimits,
+    refusals: &parking_lot::Mutex<RepeatedWarning>,
+) -> Option<ServedStream> {
+    let peer = connection.info.remote_addr;
+    let outcome = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(connection))
+        .await
+        .unwrap_or_else(|_| Err(LimitedStream::timed_out_error()));
+    match outcome {
+        Ok(mut stream) => {
+            let (_, session) = stream.get_ref();
+            let subject = session
+                .peer_certificates()
+                .and_then(|certificates| certificates.first())
+                .and_then(|certificate| crate::tls::certificate_subject(certificate));
+            stream.get_mut().0.info.client_subject = subject.map(Arc::from);
+            Some(ServedStream::Tls(Box::new(stream)))
+        }
+        Err(error) => {
+            let due = refusals.lock().due(Instant::now());
+            if let Some(suppressed) = due {
+                tracing::warn!(
+                    remote = ?peer,
+                    reason = %crate::tls::refusal_reason(&error),
+                    suppressed,
+                    "refused a TLS handshake (suppressed: refusals not logged in the last second)"
+                );
+            }
+            None
+        }
     }
 }
 
@@ -280,6 +360,7 @@ impl LimitedStream {
             info: ConnectionInfo {
                 remote_addr: Some(peer),
                 state: Arc::new(ConnectionState::new(limits.request_bodies_bytes_max)),
+                client_subject: None,
             },
             deadline: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
             calls_seen: 0,
@@ -387,6 +468,76 @@ impl AsyncWrite for LimitedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Connected for ServedStream {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            ServedStream::Plain(stream) => stream.info.clone(),
+            ServedStream::Tls(stream) => stream.get_ref().0.info.clone(),
+        }
+    }
+}
+
+/// Forwards to the plaintext or the TLS stream.
+macro_rules! served {
+    ($self:ident, $stream:ident => $call:expr) => {
+        match $self.get_mut() {
+            ServedStream::Plain($stream) => {
+                let $stream = Pin::new($stream);
+                $call
+            }
+            ServedStream::Tls($stream) => {
+                let $stream = Pin::new(&mut **$stream);
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for ServedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        served!(self, stream => stream.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for ServedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        served!(self, stream => stream.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        served!(self, stream => stream.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServedStream::Plain(stream) => stream.is_write_vectored(),
+            ServedStream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        served!(self, stream => stream.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        served!(self, stream => stream.poll_shutdown(cx))
     }
 }
 

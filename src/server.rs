@@ -211,7 +211,10 @@ impl Edge {
         let services = BrokerServices::default();
         let router = router(config, Arc::clone(&phase), health_service, &services)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let incoming = connections::limited_incoming(Arc::new(listener), connection_limits(config));
+        // The handshakes run in `connections`, which logs the refused ones.
+        let tls = config.tls().map(tls::server_acceptor).transpose()?;
+        let incoming =
+            connections::limited_incoming(Arc::new(listener), connection_limits(config), tls);
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
             incoming.connections,
             async {
@@ -394,23 +397,13 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
     }
 }
 
-/// A server builder with TLS when configured and every HTTP/2 bound of the daemon:
+/// A server builder with every HTTP/2 bound of the daemon (TLS is `connections`'):
 /// concurrent streams per connection, flow-control windows (what a client can make
 /// the daemon buffer before it reads), frame and header sizes, the rapid-reset
 /// guards, keepalive.
 fn http2_server(config: &Config) -> Result<Server, ServerError> {
     let limits = &config.settings().limits;
-    let mut builder = Server::builder();
-    if let Some(files) = config.tls() {
-        // A refusal here is the configuration's: keep it a TLS error (exit 64).
-        builder = builder
-            .tls_config(
-                tls::server_config(files)?
-                    .timeout(Duration::from_millis(limits.handshake_timeout_ms)),
-            )
-            .map_err(|error| TlsError::Invalid(tls::source_chain(&error)))?;
-    }
-    Ok(builder
+    Ok(Server::builder()
         .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
         .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)

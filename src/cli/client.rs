@@ -89,6 +89,7 @@ fn connect_failure(error: ClientError) -> Failure {
         ClientError::BadAddress { .. }
         | ClientError::TlsFiles(_)
         | ClientError::Tls { .. }
+        | ClientError::Handshake { .. }
         | ClientError::TlsFilesWithoutHttps { .. } => Failure::Configuration(error.to_string()),
     }
 }
@@ -137,6 +138,17 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
     let outcome = match connect(&args).await {
         Ok(mut clients) => dispatch(&mut clients, command).await,
         Err(failure) => Err(failure),
+    };
+    let outcome = match outcome {
+        // A connection closed at the first call may be the daemon refusing the client
+        // certificate (TLS 1.3 says so only then, and hyper drops the alert): ask.
+        Err(Failure::Call(status)) if status.code() != tonic::Code::Ok => {
+            match client::explain_refusal(&args.addr, &args.tls_files(), &status).await {
+                Some(cause) => Err(Failure::Configuration(cause)),
+                None => Err(Failure::Call(status)),
+            }
+        }
+        other => other,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,8 +41,18 @@ pub enum Failure {
 }
 
 impl From<Status> for Failure {
+    /// A status whose cause is a TLS failure (say, the daemon refused the client
+    /// certificate at the first call) is a configuration failure: retrying the same
+    /// files does not help. Other transport causes keep the call's class, their message
+    /// naming the cause.
     fn from(status: Status) -> Self {
-        Failure::Call(status)
+        let Some(source) = std::error::Error::source(&status) else {
+            return Failure::Call(status);
+        };
+        if let Some(cause) = crate::tls::explain_client_failure(source) {
+            return Failure::Configuration(cause);
+        }
+        Failure::Call(crate::client::explain_status(&status).unwrap_or(status))
     }
 }
 

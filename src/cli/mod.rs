@@ -177,6 +177,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     if args.check_config {
+        if let Err(code) = inspect_tls_files(&config) {
+            return code;
+        }
         print!("{}", config.to_toml_redacted());
         return ExitCode::SUCCESS;
     }
@@ -195,6 +198,35 @@ async fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(exit_code)
         }
+    }
+}
+
+/// `--check-config`'s look at the TLS certificates (validity window, the listen host,
+/// a CA as client CA): warnings on standard error, errors fail the check.
+fn inspect_tls_files(config: &Config) -> Result<(), ExitCode> {
+    let Some(files) = config.tls() else {
+        return Ok(());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64);
+    let found = match crate::tls::inspect_server_files(files, config.settings().listen.ip(), now) {
+        Ok(found) => found,
+        Err(error) => {
+            eprintln!("error: configuration: {error}");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    for warning in &found.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for error in &found.errors {
+        eprintln!("error: configuration: {error}");
+    }
+    if found.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ExitCode::from(EXIT_CONFIG))
     }
 }
 

@@ -264,10 +264,10 @@ where
         let path = request.uri().path();
         let method = method_metrics(path);
         let phase = self.phase.get();
-        let connection = request
-            .extensions()
-            .get::<ConnectionInfo>()
-            .map(|info| &info.state);
+        let info = request.extensions().get::<ConnectionInfo>();
+        let connection = info.map(|info| &info.state);
+        // The mTLS identity: which client certificate made the call.
+        let client_cert = info.and_then(|info| info.client_subject.clone());
         if path.starts_with(BROKER_PATH_PREFIX) && phase != Phase::Serving {
             if let Some(connection) = connection {
                 connection.call_answered();
@@ -289,7 +289,8 @@ where
             "rpc",
             method = method.label,
             org = tracing::field::Empty,
-            code = tracing::field::Empty
+            code = tracing::field::Empty,
+            client_cert = client_cert.as_deref()
         );
         let call = connection.map(|connection| connection.call_started());
         let started = Instant::now();

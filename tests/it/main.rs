@@ -37,5 +37,6 @@ mod quota_update;
 mod restart_bench;
 mod sessions;
 mod tenant_bounds;
+mod tls_diagnostics;
 mod usage_audit;
 mod wire;
