@@ -116,7 +116,13 @@ pub async fn explain_refusal(addr: &str, tls: &ClientTlsFiles, status: &Status) 
         status.code(),
         tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
     );
-    if !transport_failure || !addr.starts_with("https://") {
+    if !transport_failure {
+        return None;
+    }
+    if addr.starts_with("http://") {
+        return probe_plaintext(addr).await;
+    }
+    if !addr.starts_with("https://") {
         return None;
     }
     let uri: tonic::codegen::http::Uri = addr.parse().ok()?;
@@ -171,6 +177,38 @@ pub fn admin(channel: Channel, key: BearerKey) -> AdminServiceClient<Authorized>
 
 pub fn session(channel: Channel, key: BearerKey) -> SessionServiceClient<Authorized> {
     SessionServiceClient::with_interceptor(channel, key)
+}
+
+/// Whether a daemon reached over `http://` speaks TLS: a plaintext call to it fails with
+/// whatever the connection's end looked like (a frame of absurd size, a broken pipe, a
+/// reset). Five bytes that are no TLS record draw a TLS daemon's alert (a record of
+/// type 21) without leaving unread bytes that would turn its close into a reset.
+async fn probe_plaintext(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let uri: tonic::codegen::http::Uri = addr.parse().ok()?;
+    let host = uri
+        .host()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let probe = async {
+        let mut tcp = tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(80)))
+            .await
+            .ok()?;
+        tcp.write_all(b"PRI *").await.ok()?;
+        let mut answer = [0u8; 2];
+        tcp.read_exact(&mut answer).await.ok()?;
+        // A TLS alert record: content type 21, protocol version 3.x.
+        (answer == [0x15, 0x03]).then(|| {
+            "the daemon speaks TLS: use an https:// address and --tls-ca (the CA that signed \
+             its certificate)"
+                .to_owned()
+        })
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The canonical upper-case name of a gRPC status code, as in the gRPC spec.
