@@ -33,6 +33,7 @@ mod listing;
 mod loadgen;
 mod log_format;
 mod metrics_listener;
+mod org_life;
 mod restart_bench;
 mod sessions;
 mod tenant_bounds;
