@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 /// What one run of `seatbroker ARGS` said, and how long it took.
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
     took: Duration,
 }
 
 /// Runs `seatbroker ARGS` (the test's `SEATBROKER_*` variables removed) to its end,
 /// without blocking the runtime that serves the in-process daemon.
-async fn seatbroker(args: &[&str]) -> Outcome {
+pub(crate) async fn seatbroker(args: &[&str]) -> Outcome {
     let started = Instant::now();
     let output = tokio::process::Command::from(daemon::command())
         .args(args)
@@ -33,7 +33,7 @@ async fn seatbroker(args: &[&str]) -> Outcome {
 }
 
 /// Runs a client command against `server` with `key`.
-async fn as_caller(server: &TestServer, key: &str, args: &[&str]) -> Outcome {
+pub(crate) async fn as_caller(server: &TestServer, key: &str, args: &[&str]) -> Outcome {
     let url = server.url();
     let mut all = args.to_vec();
     all.extend(["--addr", &url, "--key", key]);

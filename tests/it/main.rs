@@ -22,6 +22,7 @@ mod audit_descriptors;
 mod audit_isolation;
 mod bad_input;
 mod cli;
+mod cli_lifecycle;
 mod daemon;
 mod datadir;
 mod disk_full;
