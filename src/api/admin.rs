@@ -69,6 +69,12 @@ fn member_answer(email: &Email, role: Role) -> proto::Member {
     }
 }
 
+/// An organization's display name, at creation or renaming: required, bounded.
+fn display_name(name: String) -> Result<String, DomainError> {
+    check_required_text("display_name", &name, limits::DISPLAY_NAME_BYTES_MAX)?;
+    Ok(name)
+}
+
 fn assignments(outcome: CommandOutcome) -> (Vec<proto::AssignmentResult>, u32) {
     match outcome {
         CommandOutcome::Assignments {
@@ -87,14 +93,9 @@ impl AdminService for AdminApi {
     ) -> Answer<proto::CreateOrganizationResponse> {
         let (_, command, _) = self
             .run(request, |body| {
-                check_required_text(
-                    "display_name",
-                    &body.display_name,
-                    limits::DISPLAY_NAME_BYTES_MAX,
-                )?;
                 Ok(Command::CreateOrganization {
                     org: convert::org_id(&body.org_id)?,
-                    display_name: body.display_name,
+                    display_name: display_name(body.display_name)?,
                     owner: Email::parse_field("owner_email", &body.owner_email)?,
                     quota: convert::quota(body.quota)?,
                 })
@@ -179,14 +180,9 @@ impl AdminService for AdminApi {
     ) -> Answer<proto::RenameOrganizationResponse> {
         let (_, command, _) = self
             .run(request, |body| {
-                check_required_text(
-                    "display_name",
-                    &body.display_name,
-                    limits::DISPLAY_NAME_BYTES_MAX,
-                )?;
                 Ok(Command::RenameOrganization {
                     org: convert::org_id(&body.org_id)?,
-                    display_name: body.display_name,
+                    display_name: display_name(body.display_name)?,
                 })
             })
             .await?;
