@@ -427,7 +427,7 @@ fn lease_id_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 fn admin_record() -> impl Strategy<Value = codec::legacy::AdminRecord> {
     (
-        (0i32..14, field_text(), field_text(), field_text()),
+        (0i32..15, field_text(), field_text(), field_text()),
         (
             prop::collection::vec(field_text(), 0..4),
             small_i32(),
@@ -503,10 +503,10 @@ fn command_record() -> impl Strategy<Value = codec::CommandRecord> {
             10 => Some(Body::RevokeApiKey(codec::KeyIdRecord {
                 key_id: r.key_id.clone(),
             })),
-            11 => Some(Body::RenameOrganization(codec::DisplayNameRecord {
+            12 => Some(Body::RenameOrganization(codec::DisplayNameRecord {
                 display_name: r.display_name.clone(),
             })),
-            12 => Some(Body::DeleteOrganization(
+            13 => Some(Body::DeleteOrganization(
                 codec::OrganizationDeletedRecord {},
             )),
             _ => None,
