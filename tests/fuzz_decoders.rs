@@ -427,7 +427,7 @@ fn lease_id_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 fn admin_record() -> impl Strategy<Value = codec::legacy::AdminRecord> {
     (
-        (0i32..12, field_text(), field_text(), field_text()),
+        (0i32..15, field_text(), field_text(), field_text()),
         (
             prop::collection::vec(field_text(), 0..4),
             small_i32(),
@@ -511,6 +511,12 @@ fn command_record() -> impl Strategy<Value = codec::CommandRecord> {
                         .then_some(q.expires_at_unix_ms),
                 })
             }),
+            12 => Some(Body::RenameOrganization(codec::DisplayNameRecord {
+                display_name: r.display_name.clone(),
+            })),
+            13 => Some(Body::DeleteOrganization(
+                codec::OrganizationDeletedRecord {},
+            )),
             _ => None,
         };
         codec::CommandRecord {

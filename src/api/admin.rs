@@ -69,6 +69,12 @@ fn member_answer(email: &Email, role: Role) -> proto::Member {
     }
 }
 
+/// An organization's display name, at creation or renaming: required, bounded.
+fn display_name(name: String) -> Result<String, DomainError> {
+    check_required_text("display_name", &name, limits::DISPLAY_NAME_BYTES_MAX)?;
+    Ok(name)
+}
+
 fn assignments(outcome: CommandOutcome) -> (Vec<proto::AssignmentResult>, u32) {
     match outcome {
         CommandOutcome::Assignments {
@@ -88,15 +94,10 @@ impl AdminService for AdminApi {
         let now_unix_ms = self.broker.clock().unix_ms();
         let (_, command, _) = self
             .run(request, |body| {
-                check_required_text(
-                    "display_name",
-                    &body.display_name,
-                    limits::DISPLAY_NAME_BYTES_MAX,
-                )?;
                 let past = convert::past_expiry(body.allow_past_expiry);
                 Ok(Command::CreateOrganization {
                     org: convert::org_id(&body.org_id)?,
-                    display_name: body.display_name,
+                    display_name: display_name(body.display_name)?,
                     owner: Email::parse_field("owner_email", &body.owner_email)?,
                     quota: convert::new_quota(body.quota, now_unix_ms, past)?,
                 })
@@ -163,6 +164,68 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::ListOrganizationsResponse {
             organizations,
             next_page_token: pager.next_token(last.as_ref().map(|id| id.as_str().as_bytes())),
+        }))
+    }
+
+    async fn get_organization(
+        &self,
+        request: Request<proto::GetOrganizationRequest>,
+    ) -> Answer<proto::GetOrganizationResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let org = convert::org_id(&request.get_ref().org_id).map_err(to_status)?;
+        let organization = self
+            .broker
+            .read_organization(
+                &principal,
+                Action::Administer,
+                &org,
+                convert::organization_to_wire,
+            )
+            .map_err(to_status)?;
+        Ok(Response::new(proto::GetOrganizationResponse {
+            organization: Some(organization),
+        }))
+    }
+
+    async fn rename_organization(
+        &self,
+        request: Request<proto::RenameOrganizationRequest>,
+    ) -> Answer<proto::RenameOrganizationResponse> {
+        let (_, command, _) = self
+            .run(request, |body| {
+                Ok(Command::RenameOrganization {
+                    org: convert::org_id(&body.org_id)?,
+                    display_name: display_name(body.display_name)?,
+                })
+            })
+            .await?;
+        Ok(Response::new(proto::RenameOrganizationResponse {
+            organization: Some(self.organization_answer(command.org())?),
+        }))
+    }
+
+    async fn delete_organization(
+        &self,
+        request: Request<proto::DeleteOrganizationRequest>,
+    ) -> Answer<proto::DeleteOrganizationResponse> {
+        let (_, _, executed) = self
+            .run(request, |body| {
+                Ok(Command::DeleteOrganization {
+                    org: convert::org_id(&body.org_id)?,
+                })
+            })
+            .await?;
+        let (keys_revoked, members_removed) = match executed.outcome {
+            CommandOutcome::OrganizationDeleted {
+                keys_revoked,
+                members_removed,
+            } => (keys_revoked, members_removed),
+            _ => (0, 0),
+        };
+        Ok(Response::new(proto::DeleteOrganizationResponse {
+            sessions_ended: executed.sessions_ended,
+            keys_revoked,
+            members_removed,
         }))
     }
 
@@ -549,9 +612,13 @@ impl AdminService for AdminApi {
         let principal = super::principal(&self.broker, &request)?;
         let body = request.into_inner();
         let org = convert::org_id(&body.org_id).map_err(to_status)?;
-        self.broker
-            .read_organization(&principal, Action::Administer, &org, |_| ())
-            .map_err(to_status)?;
+        // The operator reads the record of any organization id, a deleted one's too
+        // (its events stay); a member, only that of their existing organization.
+        if principal != Principal::Operator {
+            self.broker
+                .read_organization(&principal, Action::Administer, &org, |_| ())
+                .map_err(to_status)?;
+        }
         let range = convert::time_range(body.from_unix_ms, body.to_unix_ms).map_err(to_status)?;
         let limit = match body.limit {
             0 => limits::AUDIT_EVENTS_PER_QUERY_MAX,

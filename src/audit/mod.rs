@@ -119,6 +119,9 @@ pub enum AuditKind {
     LicenseTransferred,
     ApiKeyCreated,
     ApiKeyRevoked,
+    OrganizationRenamed,
+    /// The organization's state was removed; its earlier events stay in the record.
+    OrganizationDeleted,
 }
 
 impl AuditKind {
@@ -140,6 +143,8 @@ impl AuditKind {
             AuditKind::LicenseTransferred => "license_transferred",
             AuditKind::ApiKeyCreated => "api_key_created",
             AuditKind::ApiKeyRevoked => "api_key_revoked",
+            AuditKind::OrganizationRenamed => "organization_renamed",
+            AuditKind::OrganizationDeleted => "organization_deleted",
         }
     }
 }
@@ -355,6 +360,13 @@ fn describe(command: &Command) -> Described {
         Command::RevokeApiKey { key_id: id, .. } => {
             (K::ApiKeyRevoked, None, None, Some(key_id(id)))
         }
+        Command::RenameOrganization { display_name, .. } => (
+            K::OrganizationRenamed,
+            None,
+            None,
+            Some(format!("name={display_name:?}")),
+        ),
+        Command::DeleteOrganization { .. } => (K::OrganizationDeleted, None, None, None),
     }
 }
 

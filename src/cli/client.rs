@@ -8,12 +8,13 @@ use serde_json::json;
 use tonic::Status;
 
 use super::commands::{
-    AuditCommand, ClientArgs, ClientCommand, ExportFormat, KeyCommand, LicenseCommand,
-    MemberCommand, OrgCommand, ProductArg, QuotaArgs, QuotaCommand, RoleArg, SessionCommand,
-    UsageArgs,
+    AuditCommand, ClientArgs, ClientCommand, DestructiveArgs, ExportFormat, KeyCommand,
+    LicenseCommand, MemberCommand, OrgCommand, ProductArg, QuotaArgs, QuotaCommand, RoleArg,
+    SessionCommand, UsageArgs,
 };
 use super::failure::Failure;
 use super::output::{self, Table};
+use super::plan::{self, Destructive};
 use super::time::Expiry;
 use crate::client::{self, Authorized, BearerKey, ClientError};
 use crate::proto::{
@@ -56,6 +57,17 @@ struct Clients {
     /// How long one call may wait for its answer (`--timeout`).
     call_timeout: Duration,
     json: bool,
+}
+
+impl Clients {
+    /// Whether a destructive command goes ahead (see [`plan::go_ahead`]).
+    async fn go_ahead(
+        &self,
+        flags: DestructiveArgs,
+        command: Destructive<'_>,
+    ) -> Result<bool, Failure> {
+        plan::go_ahead(&self.admin, self.call_timeout, flags, self.json, command).await
+    }
 }
 
 async fn connect(args: &ClientArgs) -> Result<Clients, Failure> {
@@ -210,6 +222,43 @@ async fn org(c: &mut Clients, command: OrgCommand) -> Result<(), Failure> {
             };
             output::organizations(c.json, &answer.organizations, &answer);
         }
+        OrgCommand::Show { org_id } => {
+            let request = proto::GetOrganizationRequest { org_id };
+            let answer = within(c.call_timeout, c.admin.get_organization(request)).await?;
+            output::organizations(c.json, answer.organization.as_slice(), &answer);
+        }
+        OrgCommand::Rename { org_id, name } => {
+            let request = proto::RenameOrganizationRequest {
+                org_id,
+                display_name: name,
+            };
+            let answer = within(c.call_timeout, c.admin.rename_organization(request)).await?;
+            output::organizations(c.json, answer.organization.as_slice(), &answer);
+        }
+        OrgCommand::Delete {
+            org_id,
+            destructive,
+        } => {
+            let planned = Destructive::OrgDelete { org_id: &org_id };
+            if !c.go_ahead(destructive, planned).await? {
+                return Ok(());
+            }
+            let request = proto::DeleteOrganizationRequest {
+                org_id: org_id.clone(),
+            };
+            let answer = within(c.call_timeout, c.admin.delete_organization(request)).await?;
+            let text = format!(
+                "deleted; {} sessions ended, {} API keys revoked, {} members removed (its audit events are kept)",
+                answer.sessions_ended, answer.keys_revoked, answer.members_removed
+            );
+            let said = json!({
+                "deleted": org_id,
+                "sessions_ended": answer.sessions_ended,
+                "keys_revoked": answer.keys_revoked,
+                "members_removed": answer.members_removed,
+            });
+            output::message(c.json, &said, text);
+        }
     }
     Ok(())
 }
@@ -249,7 +298,18 @@ async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Failure> 
             let answer = within(c.call_timeout, c.admin.add_member(request)).await?;
             output::members(c.json, answer.member.as_slice(), &answer);
         }
-        MemberCommand::Remove { org_id, email } => {
+        MemberCommand::Remove {
+            org_id,
+            email,
+            destructive,
+        } => {
+            let planned = Destructive::MemberRemove {
+                org_id: &org_id,
+                email: &email,
+            };
+            if !c.go_ahead(destructive, planned).await? {
+                return Ok(());
+            }
             let request = proto::RemoveMemberRequest {
                 org_id,
                 email: email.clone(),
@@ -281,20 +341,7 @@ async fn member(c: &mut Clients, command: MemberCommand) -> Result<(), Failure> 
 }
 
 async fn list_members(c: &mut Clients, org_id: String) -> Result<(), Failure> {
-    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
-    let members = all_pages(|page_token| {
-        let (mut admin, org_id) = (admin.clone(), org_id.clone());
-        async move {
-            let request = proto::ListMembersRequest {
-                org_id,
-                page_size: PAGE_SIZE,
-                page_token,
-            };
-            let page = within(timeout, admin.list_members(request)).await?;
-            Ok((page.members, page.next_page_token))
-        }
-    })
-    .await?;
+    let members = fetch_members(&c.admin, c.call_timeout, &org_id).await?;
     let answer = proto::ListMembersResponse {
         members,
         next_page_token: String::new(),
@@ -324,7 +371,18 @@ async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Failure> {
             output::message(c.json, &answer, text);
         }
         KeyCommand::List { org_id } => list_keys(c, org_id).await?,
-        KeyCommand::Revoke { org_id, key_id } => {
+        KeyCommand::Revoke {
+            org_id,
+            key_id,
+            destructive,
+        } => {
+            let planned = Destructive::KeyRevoke {
+                org_id: &org_id,
+                key_id: &key_id,
+            };
+            if !c.go_ahead(destructive, planned).await? {
+                return Ok(());
+            }
             let said = json!({ "revoked": key_id });
             let request = proto::RevokeApiKeyRequest { org_id, key_id };
             within(c.call_timeout, c.admin.revoke_api_key(request)).await?;
@@ -335,20 +393,7 @@ async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Failure> {
 }
 
 async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Failure> {
-    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
-    let keys = all_pages(|page_token| {
-        let (mut admin, org_id) = (admin.clone(), org_id.clone());
-        async move {
-            let request = proto::ListApiKeysRequest {
-                org_id,
-                page_size: PAGE_SIZE,
-                page_token,
-            };
-            let page = within(timeout, admin.list_api_keys(request)).await?;
-            Ok((page.keys, page.next_page_token))
-        }
-    })
-    .await?;
+    let keys = fetch_keys(&c.admin, c.call_timeout, &org_id).await?;
     let answer = proto::ListApiKeysResponse {
         keys,
         next_page_token: String::new(),
@@ -385,7 +430,16 @@ async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Failure
             org_id,
             product: p,
             emails,
+            destructive,
         } => {
+            let planned = Destructive::LicenseUnassign {
+                org_id: &org_id,
+                product: product(p),
+                emails: &emails,
+            };
+            if !c.go_ahead(destructive, planned).await? {
+                return Ok(());
+            }
             let request = proto::UnassignLicensesRequest {
                 org_id,
                 product: product(p),
@@ -399,7 +453,16 @@ async fn license(c: &mut Clients, command: LicenseCommand) -> Result<(), Failure
             product: p,
             from,
             to,
+            destructive,
         } => {
+            let planned = Destructive::LicenseTransfer {
+                org_id: &org_id,
+                product: product(p),
+                from: &from,
+            };
+            if !c.go_ahead(destructive, planned).await? {
+                return Ok(());
+            }
             let mut said = json!({ "transferred": { "from": from, "to": to } });
             let request = proto::TransferLicenseRequest {
                 org_id,
@@ -525,7 +588,18 @@ async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Failure
             output::message(c.json, &said, "released".into());
         }
         SessionCommand::List { org_id, product: p } => list_sessions(c, org_id, p).await?,
-        SessionCommand::Terminate { org_id, lease_id } => {
+        SessionCommand::Terminate {
+            org_id,
+            lease_id,
+            destructive,
+        } => {
+            let planned = Destructive::SessionTerminate {
+                org_id: &org_id,
+                lease_id: &lease_id,
+            };
+            if !c.go_ahead(destructive, planned).await? {
+                return Ok(());
+            }
             let said = json!({ "terminated": lease_id });
             let request = proto::TerminateSessionRequest { org_id, lease_id };
             within(c.call_timeout, c.admin.terminate_session(request)).await?;
@@ -540,25 +614,77 @@ async fn list_sessions(
     org_id: String,
     p: Option<ProductArg>,
 ) -> Result<(), Failure> {
-    let (admin, timeout) = (c.admin.clone(), c.call_timeout);
-    let sessions = all_pages(|page_token| {
-        let (mut admin, org_id) = (admin.clone(), org_id.clone());
-        async move {
-            let request = proto::ListSessionsRequest {
-                org_id,
-                product: p.map(product).unwrap_or_default(),
-                page_size: PAGE_SIZE,
-                page_token,
-            };
-            let page = within(timeout, admin.list_sessions(request)).await?;
-            Ok((page.sessions, page.next_page_token))
-        }
-    })
-    .await?;
+    let product = p.map(product).unwrap_or_default();
+    let sessions = fetch_sessions(&c.admin, c.call_timeout, &org_id, product).await?;
     let answer = proto::ListSessionsResponse {
         sessions,
         next_page_token: String::new(),
     };
     output::leases(c.json, &answer.sessions, &answer);
     Ok(())
+}
+
+/// Every member of `org_id`, page after page.
+pub(super) async fn fetch_members(
+    admin: &AdminServiceClient<Authorized>,
+    timeout: Duration,
+    org_id: &str,
+) -> Result<Vec<proto::Member>, Status> {
+    all_pages(|page_token| {
+        let mut admin = admin.clone();
+        let request = proto::ListMembersRequest {
+            org_id: org_id.to_owned(),
+            page_size: PAGE_SIZE,
+            page_token,
+        };
+        async move {
+            let page = within(timeout, admin.list_members(request)).await?;
+            Ok((page.members, page.next_page_token))
+        }
+    })
+    .await
+}
+
+/// Every API key of `org_id`, page after page.
+pub(super) async fn fetch_keys(
+    admin: &AdminServiceClient<Authorized>,
+    timeout: Duration,
+    org_id: &str,
+) -> Result<Vec<proto::ApiKey>, Status> {
+    all_pages(|page_token| {
+        let mut admin = admin.clone();
+        let request = proto::ListApiKeysRequest {
+            org_id: org_id.to_owned(),
+            page_size: PAGE_SIZE,
+            page_token,
+        };
+        async move {
+            let page = within(timeout, admin.list_api_keys(request)).await?;
+            Ok((page.keys, page.next_page_token))
+        }
+    })
+    .await
+}
+
+/// Every live session of `org_id` (of `product`; 0: both), page after page.
+pub(super) async fn fetch_sessions(
+    admin: &AdminServiceClient<Authorized>,
+    timeout: Duration,
+    org_id: &str,
+    product: i32,
+) -> Result<Vec<proto::Lease>, Status> {
+    all_pages(|page_token| {
+        let mut admin = admin.clone();
+        let request = proto::ListSessionsRequest {
+            org_id: org_id.to_owned(),
+            product,
+            page_size: PAGE_SIZE,
+            page_token,
+        };
+        async move {
+            let page = within(timeout, admin.list_sessions(request)).await?;
+            Ok((page.sessions, page.next_page_token))
+        }
+    })
+    .await
 }

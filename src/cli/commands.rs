@@ -208,6 +208,21 @@ pub struct QuotaChangeArgs {
     pub expires: Option<Expiry>,
 }
 
+/// The flags of a command that ends or removes something (README: destructive
+/// actions). On a terminal the command shows what it will end and asks first; when
+/// standard input is not a terminal it proceeds as it always did, so scripts keep
+/// working.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct DestructiveArgs {
+    /// Print what the command would end or remove (with --json, as JSON) and change
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation on a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum OrgCommand {
     /// Create an organization with its quota and its first owner.
@@ -225,6 +240,28 @@ pub enum OrgCommand {
     },
     /// List every organization with its quota and member count.
     List,
+    /// Show one organization (the operator, or its Owner or Admin).
+    Show {
+        /// The organization.
+        org_id: String,
+    },
+    /// Change an organization's display name (operator).
+    Rename {
+        /// The organization.
+        org_id: String,
+        /// The new display name (e.g. "Acme Corporation").
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete an organization for good (operator): ends its sessions, revokes its API
+    /// keys and removes its members and licenses; its audit events are kept, and its
+    /// id may be created again.
+    Delete {
+        /// The organization.
+        org_id: String,
+        #[command(flatten)]
+        destructive: DestructiveArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +297,8 @@ pub enum MemberCommand {
         org_id: String,
         /// The member's email.
         email: String,
+        #[command(flatten)]
+        destructive: DestructiveArgs,
     },
     /// Change a member's role.
     Role {
@@ -302,6 +341,8 @@ pub enum KeyCommand {
         org_id: String,
         /// The key's id, as `key list` shows it.
         key_id: String,
+        #[command(flatten)]
+        destructive: DestructiveArgs,
     },
 }
 
@@ -328,6 +369,8 @@ pub enum LicenseCommand {
         /// The members' emails.
         #[arg(required = true)]
         emails: Vec<String>,
+        #[command(flatten)]
+        destructive: DestructiveArgs,
     },
     /// Move a product from one member to another; the first one's sessions end.
     Transfer {
@@ -340,6 +383,8 @@ pub enum LicenseCommand {
         from: String,
         /// The email of the member who gets it.
         to: String,
+        #[command(flatten)]
+        destructive: DestructiveArgs,
     },
     /// List the members a product is assigned to, and the quota.
     List {
@@ -434,6 +479,8 @@ pub enum SessionCommand {
         org_id: String,
         /// The lease id, as `session list` shows it.
         lease_id: String,
+        #[command(flatten)]
+        destructive: DestructiveArgs,
     },
 }
 

@@ -38,6 +38,9 @@ pub enum Failure {
     Configuration(String),
     /// An argument the command cannot use.
     Usage(String),
+    /// The person at the terminal did not confirm a destructive command; nothing
+    /// changed.
+    Declined,
 }
 
 impl From<Status> for Failure {
@@ -63,6 +66,7 @@ impl Failure {
             Failure::Unreachable(_) => EXIT_RETRY_LATER,
             Failure::Configuration(_) => EXIT_CONFIGURATION,
             Failure::Usage(_) => EXIT_USAGE,
+            Failure::Declined => EXIT_FAILURE,
         }
     }
 
@@ -74,6 +78,7 @@ impl Failure {
             Failure::Unreachable(_) => code_name(Code::Unavailable),
             Failure::Configuration(_) => "CONFIGURATION",
             Failure::Usage(_) => "USAGE",
+            Failure::Declined => "DECLINED",
         }
     }
 
@@ -83,6 +88,7 @@ impl Failure {
             Failure::Unreachable(message)
             | Failure::Configuration(message)
             | Failure::Usage(message) => message,
+            Failure::Declined => "not confirmed; nothing changed",
         }
     }
 }

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod failure;
 mod output;
+mod plan;
 mod time;
 
 use std::path::PathBuf;
@@ -51,6 +52,13 @@ pub enum Command {
     /// Start a daemon of its own, build N live sessions, SIGKILL it, restart it on the
     /// same data directory, and measure recovery, memory and the reconnect storm.
     BenchRestart(crate::loadgen::RestartArgs),
+    /// Print a shell completion script, e.g. `seatbroker completions bash >
+    /// /etc/bash_completion.d/seatbroker`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
     /// The no-op gRPC ceiling as its own process (started by `bench`).
     #[command(hide = true)]
     BenchNoopServer {
@@ -73,6 +81,17 @@ pub struct ServeArgs {
     pub check_config: bool,
     #[command(flatten)]
     pub settings: CommandLine,
+}
+
+/// A shell `seatbroker completions` writes a script for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// Bash: source the script, or put it in a bash-completion directory.
+    Bash,
+    /// Zsh: put the script, named `_seatbroker`, in a directory of `$fpath`.
+    Zsh,
+    /// Fish: put the script in `~/.config/fish/completions/seatbroker.fish`.
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,8 +183,22 @@ pub fn main() -> ExitCode {
         Command::BenchNoopServer { seats } => {
             bench_exit(runtime.block_on(crate::loadgen::serve_noop(seats)))
         }
+        Command::Completions { shell } => print_completions(shell),
         Command::Client(command) => runtime.block_on(client::run(cli.client, command)),
     }
+}
+
+/// Writes the completion script of the whole command tree ([`command_tree`], client
+/// arguments included) for `shell` to standard output.
+fn print_completions(shell: CompletionShell) -> ExitCode {
+    let generator = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut tree = command_tree();
+    clap_complete::generate(generator, &mut tree, "seatbroker", &mut std::io::stdout());
+    ExitCode::SUCCESS
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {

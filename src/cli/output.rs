@@ -19,6 +19,10 @@ impl Table {
     pub fn row(&mut self, cells: Vec<String>) {
         self.0.add_row(cells);
     }
+
+    pub fn render(&self) -> String {
+        self.0.to_string()
+    }
 }
 
 fn print_json(value: &impl Serialize) {
@@ -115,7 +119,7 @@ pub fn time(unix_ms: i64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-fn product_name(value: i32) -> &'static str {
+pub fn product_name(value: i32) -> &'static str {
     match proto::Product::try_from(value) {
         Ok(proto::Product::Kse) => "KSE",
         Ok(proto::Product::Kre) => "KRE",
@@ -123,7 +127,7 @@ fn product_name(value: i32) -> &'static str {
     }
 }
 
-fn role_name(value: i32) -> &'static str {
+pub fn role_name(value: i32) -> &'static str {
     match proto::Role::try_from(value) {
         Ok(proto::Role::Owner) => "owner",
         Ok(proto::Role::Admin) => "admin",

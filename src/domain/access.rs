@@ -21,7 +21,8 @@ pub enum Principal {
 /// What an admin request wants to do, for the permission check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Operator only: create organizations, set quotas, list organizations.
+    /// Operator only: create, rename and delete organizations, set quotas, list
+    /// organizations.
     Operate,
     /// Owner or Admin: members, assignments, usage, sessions.
     Administer,
@@ -61,7 +62,7 @@ pub fn authorize(
     };
     if action == Action::Operate {
         return Err(DomainError::PermissionDenied(
-            "only the operator may create organizations and set quotas".into(),
+            "only the operator may create, rename and delete organizations and set quotas".into(),
         ));
     }
     check_same_organization(principal, org)?;
@@ -124,7 +125,9 @@ pub fn authorize_command(
     let action = match command {
         Command::CreateOrganization { .. }
         | Command::SetQuota { .. }
-        | Command::UpdateQuota { .. } => Action::Operate,
+        | Command::UpdateQuota { .. }
+        | Command::RenameOrganization { .. }
+        | Command::DeleteOrganization { .. } => Action::Operate,
         Command::CreateApiKey { .. } | Command::RevokeApiKey { .. } => Action::ManageKeysOf,
         _ => Action::Administer,
     };

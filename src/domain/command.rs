@@ -65,6 +65,26 @@ pub enum Command {
         org: OrgId,
         key_id: ApiKeyId,
     },
+    /// A new display name (validated at the edge: required, bounded).
+    RenameOrganization {
+        org: OrgId,
+        display_name: String,
+    },
+    /// The organization's state removed for good: members, assignments, keys, quota,
+    /// and (through [`Command::sessions_to_end`]) its sessions. Its id may be created
+    /// again; its audit events are the audit record's and stay.
+    DeleteOrganization {
+        org: OrgId,
+    },
+}
+
+/// Sessions that a command ends once applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// Some members' sessions (a removed member's, a license taken away).
+    Sessions(Vec<SessionsToEnd>),
+    /// Every session of the organization (it was deleted).
+    WholeOrganization,
 }
 
 /// Sessions that a command ends once applied: a removed member's sessions, and the
@@ -89,13 +109,22 @@ impl Command {
             | Command::UnassignLicenses { org, .. }
             | Command::TransferLicense { org, .. }
             | Command::CreateApiKey { org, .. }
-            | Command::RevokeApiKey { org, .. } => org,
+            | Command::RevokeApiKey { org, .. }
+            | Command::RenameOrganization { org, .. }
+            | Command::DeleteOrganization { org } => org,
         }
     }
 
     /// The sessions this command ends; derived from the command alone, so recovery and
     /// the live path agree.
-    pub fn sessions_to_end(&self) -> Vec<SessionsToEnd> {
+    pub fn sessions_to_end(&self) -> Withdrawal {
+        match self {
+            Command::DeleteOrganization { .. } => Withdrawal::WholeOrganization,
+            _ => Withdrawal::Sessions(self.members_sessions_to_end()),
+        }
+    }
+
+    fn members_sessions_to_end(&self) -> Vec<SessionsToEnd> {
         match self {
             Command::RemoveMember { email, .. } => vec![SessionsToEnd {
                 email: email.clone(),
@@ -139,6 +168,10 @@ pub enum CommandOutcome {
     },
     MemberRemoved {
         keys_revoked: u32,
+    },
+    OrganizationDeleted {
+        keys_revoked: u32,
+        members_removed: u32,
     },
     Assignments {
         results: Vec<(Email, AssignmentOutcome)>,

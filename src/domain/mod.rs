@@ -14,7 +14,7 @@ pub mod state;
 pub mod types;
 
 pub use access::{Action, Principal, authorize, authorize_command};
-pub use command::{AssignmentOutcome, Command, CommandOutcome, SessionsToEnd};
+pub use command::{AssignmentOutcome, Command, CommandOutcome, SessionsToEnd, Withdrawal};
 pub use error::DomainError;
 pub use lease::{Lease, LeaseId};
 pub use state::{AdminState, ApiKeyRecord, Organization};

@@ -275,7 +275,29 @@ impl AdminState {
                 self.create_api_key(org, record)
             }
             Command::RevokeApiKey { org, key_id } => self.revoke_api_key(org, key_id),
+            Command::RenameOrganization { org, display_name } => {
+                self.organization_mut(org)?.display_name = display_name.clone();
+                Ok(CommandOutcome::Done)
+            }
+            Command::DeleteOrganization { org } => self.delete_organization(org),
         }
+    }
+
+    /// Removes the organization and its keys from the indexes; its id is free again.
+    fn delete_organization(&mut self, org: &OrgId) -> Result<CommandOutcome, DomainError> {
+        let organization = self
+            .organizations
+            .remove(org)
+            .ok_or_else(|| DomainError::OrganizationNotFound(org.clone()))?;
+        for record in organization.api_keys.values() {
+            self.key_index.remove(&record.id);
+            self.keys_per_member
+                .remove(&(org.clone(), record.email.clone()));
+        }
+        Ok(CommandOutcome::OrganizationDeleted {
+            keys_revoked: organization.api_keys.len() as u32,
+            members_removed: organization.members.len() as u32,
+        })
     }
 
     fn add_member(

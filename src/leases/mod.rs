@@ -29,7 +29,9 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::domain::journal::{Durable, Journal, LogPermit, VolatileJournal};
-use crate::domain::{Command, DomainError, Email, Lease, LeaseId, OrgId, Principal, Product};
+use crate::domain::{
+    Command, DomainError, Email, Lease, LeaseId, OrgId, Principal, Product, Withdrawal,
+};
 use crate::limits;
 use expiry::ExpiryIndex;
 use store::{LeaseStore, MsClock, Slot, StoredLease};
@@ -713,11 +715,17 @@ impl LeaseTable {
     /// ended. Call it once the command applied, under the admin lock. Admin commands
     /// are rare, so this scans the organization's leases once per command rather than
     /// keeping a per-user index on the hot path.
+    ///
+    /// A deleted organization's sessions all end, and its leases are forgotten with it
+    /// (counters included), so an organization created again under its id starts
+    /// afresh; ends the journal could not take are covered by the logged deletion,
+    /// whose replay ends the same sessions.
     pub fn end_sessions_withdrawn_by(&self, command: &Command, by: Option<&Principal>) -> u32 {
-        let withdrawn = command.sessions_to_end();
-        if withdrawn.is_empty() {
-            return 0;
-        }
+        let withdrawn = match command.sessions_to_end() {
+            Withdrawal::Sessions(withdrawn) if withdrawn.is_empty() => return 0,
+            Withdrawal::Sessions(withdrawn) => withdrawn,
+            Withdrawal::WholeOrganization => return self.end_organization(command.org(), by),
+        };
         let Some(cell) = self.existing_organization(command.org()) else {
             return 0;
         };
@@ -736,6 +744,19 @@ impl LeaseTable {
             })
             .map(|(slot, _)| slot)
             .collect();
+        for &slot in &ending {
+            org.end_observed(slot, LeaseEnd::Terminated, by, self.sinks());
+        }
+        ending.len() as u32
+    }
+
+    /// Ends every session of a deleted organization and forgets its leases.
+    fn end_organization(&self, org: &OrgId, by: Option<&Principal>) -> u32 {
+        let Some((_, cell)) = self.organizations.remove(org) else {
+            return 0;
+        };
+        let mut org = cell.lock();
+        let ending: Vec<Slot> = org.leases.iter().map(|(slot, _)| slot).collect();
         for &slot in &ending {
             org.end_observed(slot, LeaseEnd::Terminated, by, self.sinks());
         }

@@ -40,7 +40,10 @@ pub enum LogBody {
 pub struct CommandRecord {
     #[prost(string, tag = "1")]
     pub org: String,
-    #[prost(oneof = "CommandBody", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15")]
+    #[prost(
+        oneof = "CommandBody",
+        tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15"
+    )]
     pub body: Option<CommandBody>,
 }
 
@@ -66,9 +69,23 @@ pub enum CommandBody {
     CreateApiKey(StoredApiKey),
     #[prost(message, tag = "11")]
     RevokeApiKey(KeyIdRecord),
+    #[prost(message, tag = "12")]
+    RenameOrganization(DisplayNameRecord),
+    /// Holds nothing but its kind: the organization is the record's.
+    #[prost(message, tag = "13")]
+    DeleteOrganization(OrganizationDeletedRecord),
     #[prost(message, tag = "15")]
     UpdateQuota(QuotaUpdateRecord),
 }
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DisplayNameRecord {
+    #[prost(string, tag = "1")]
+    pub display_name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct OrganizationDeletedRecord {}
 
 #[derive(Clone, PartialEq, Message)]
 pub struct NewOrganizationRecord {
@@ -393,6 +410,14 @@ fn command_body(command: &Command) -> CommandBody {
         Command::RevokeApiKey { key_id, .. } => CommandBody::RevokeApiKey(KeyIdRecord {
             key_id: key_id.to_string(),
         }),
+        Command::RenameOrganization { display_name, .. } => {
+            CommandBody::RenameOrganization(DisplayNameRecord {
+                display_name: display_name.clone(),
+            })
+        }
+        Command::DeleteOrganization { .. } => {
+            CommandBody::DeleteOrganization(OrganizationDeletedRecord {})
+        }
     }
 }
 
@@ -477,6 +502,13 @@ pub fn decode_command(record: &CommandRecord) -> Result<Command, DecodeError> {
             org,
             key_id: ApiKeyId(key.key_id.as_str().into()),
         },
+        CommandBody::RenameOrganization(name) => Command::RenameOrganization {
+            org,
+            display_name: name.display_name.clone(),
+        },
+        CommandBody::DeleteOrganization(OrganizationDeletedRecord {}) => {
+            Command::DeleteOrganization { org }
+        }
     };
     Ok(command)
 }
@@ -1041,9 +1073,14 @@ mod tests {
                 created_at_unix_ms: 1234,
             },
             Command::RevokeApiKey {
-                org,
+                org: org.clone(),
                 key_id: ApiKeyId("0123456789ab".into()),
             },
+            Command::RenameOrganization {
+                org: org.clone(),
+                display_name: "Acme Corp".into(),
+            },
+            Command::DeleteOrganization { org },
         ];
         for command in commands {
             let bytes = encode_command(&command);

@@ -17,7 +17,7 @@ pub(crate) struct Outcome {
 
 /// Runs `seatbroker ARGS` (the test's `SEATBROKER_*` variables removed) to its end,
 /// without blocking the runtime that serves the in-process daemon.
-async fn seatbroker(args: &[&str]) -> Outcome {
+pub(crate) async fn seatbroker(args: &[&str]) -> Outcome {
     let started = Instant::now();
     let output = tokio::process::Command::from(daemon::command())
         .args(args)

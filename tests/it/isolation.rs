@@ -39,6 +39,8 @@ enum Rpc {
     CreateOrganization,
     SetQuota,
     ListOrganizations,
+    RenameOrganization,
+    GetOrganization,
     ListMembers,
     AddMember,
     SetRole,
@@ -57,6 +59,7 @@ enum Rpc {
     Acquire,
     Heartbeat,
     Release,
+    DeleteOrganization,
 }
 
 const OK: Code = Code::Ok;
@@ -68,15 +71,18 @@ const FAILED_PRECONDITION: Code = Code::FailedPrecondition;
 /// The code of each call, by caller in the order of [`CALLERS`]: alpha's Owner, Admin
 /// and Member, no key, a forged key, the operator. The operator's calls run in this
 /// order and change beta: RemoveMember, which removes the subject, comes after every
-/// other call that names the subject.
+/// other call that names the subject, and DeleteOrganization, which removes beta,
+/// comes last.
 #[rustfmt::skip]
-const EXPECTED: [(Rpc, [Code; 6]); 21] = [
+const EXPECTED: [(Rpc, [Code; 6]); 24] = [
     // Operator-only calls.
     (Rpc::CreateOrganization, [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::SetQuota,           [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::ListOrganizations,  [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
+    (Rpc::RenameOrganization, [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     // Calls naming beta: refused before anything of beta is looked up, so a real
     // member, key or lease of beta is refused like an invented one.
+    (Rpc::GetOrganization,    [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::ListMembers,        [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::AddMember,          [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::SetRole,            [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
@@ -98,6 +104,8 @@ const EXPECTED: [(Rpc, [Code; 6]); 21] = [
     (Rpc::Acquire,            [OK,        OK,        OK,        UNAUTHENTICATED, UNAUTHENTICATED, DENIED]),
     (Rpc::Heartbeat,          [NOT_FOUND, NOT_FOUND, NOT_FOUND, UNAUTHENTICATED, UNAUTHENTICATED, DENIED]),
     (Rpc::Release,            [NOT_FOUND, NOT_FOUND, NOT_FOUND, UNAUTHENTICATED, UNAUTHENTICATED, DENIED]),
+    // Operator only, and last: it removes beta.
+    (Rpc::DeleteOrganization, [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
 ];
 
 /// What the calls aim at: organization beta, a member of it (the subject of the
@@ -142,6 +150,21 @@ async fn call(
             .map(drop),
         Rpc::ListOrganizations => admin
             .list_organizations(proto::ListOrganizationsRequest::default())
+            .await
+            .map(drop),
+        Rpc::RenameOrganization => admin
+            .rename_organization(proto::RenameOrganizationRequest {
+                org_id,
+                display_name: "Beta renamed".into(),
+            })
+            .await
+            .map(drop),
+        Rpc::GetOrganization => admin
+            .get_organization(proto::GetOrganizationRequest { org_id })
+            .await
+            .map(drop),
+        Rpc::DeleteOrganization => admin
+            .delete_organization(proto::DeleteOrganizationRequest { org_id })
             .await
             .map(drop),
         Rpc::ListMembers => admin
