@@ -34,11 +34,11 @@ pub struct Cli {
     #[command(flatten)]
     pub client: ClientArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: CliCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum CliCommand {
     /// Run the daemon.
     Serve(ServeArgs),
     /// The operator key of a data directory (run where the daemon's files are).
@@ -172,19 +172,19 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
-        Command::OperatorKey(OperatorKeyCommand::Rotate { data_dir }) => {
+        CliCommand::Serve(args) => runtime.block_on(serve(args)),
+        CliCommand::OperatorKey(OperatorKeyCommand::Rotate { data_dir }) => {
             rotate_operator_key(data_dir)
         }
-        Command::Bench(args) => bench_exit(runtime.block_on(crate::loadgen::run(args))),
-        Command::BenchRestart(args) => {
+        CliCommand::Bench(args) => bench_exit(runtime.block_on(crate::loadgen::run(args))),
+        CliCommand::BenchRestart(args) => {
             bench_exit(runtime.block_on(crate::loadgen::run_restart(args)))
         }
-        Command::BenchNoopServer { seats } => {
+        CliCommand::BenchNoopServer { seats } => {
             bench_exit(runtime.block_on(crate::loadgen::serve_noop(seats)))
         }
-        Command::Completions { shell } => print_completions(shell),
-        Command::Client(command) => runtime.block_on(client::run(cli.client, command)),
+        CliCommand::Completions { shell } => print_completions(shell),
+        CliCommand::Client(command) => runtime.block_on(client::run(cli.client, command)),
     }
 }
 
