@@ -1,6 +1,7 @@
 //! The generated gRPC code of `proto/seatbroker/v1`, and the descriptor set that the
-//! reflection service serves. Wire types stay at the edge: only `api`, the CLI and
-//! the load generator use them.
+//! reflection service serves; the serde forms the CLI prints as JSON (enum values as
+//! the tables show them). Wire types stay at the edge: they never reach `domain`,
+//! `leases`, `storage`, `wal` or `broker` (checked by `layering`).
 
 #![allow(clippy::all, clippy::pedantic)]
 
