@@ -125,16 +125,11 @@ pub async fn explain_refusal(addr: &str, tls: &ClientTlsFiles, status: &Status) 
     if !addr.starts_with("https://") {
         return None;
     }
-    let uri: tonic::codegen::http::Uri = addr.parse().ok()?;
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let (host, port) = host_and_port(addr)?;
     let config = crate::tls::client_probe_config(tls).ok()?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
     let probe = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(443)))
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .ok()?;
         let connector = tokio_rustls::TlsConnector::from(config);
@@ -179,20 +174,28 @@ pub fn session(channel: Channel, key: BearerKey) -> SessionServiceClient<Authori
     SessionServiceClient::with_interceptor(channel, key)
 }
 
+/// The host (without IPv6 brackets) and port of a daemon's address; the scheme's port
+/// when none is given.
+fn host_and_port(addr: &str) -> Option<(String, u16)> {
+    let uri: tonic::codegen::http::Uri = addr.parse().ok()?;
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let default_port = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    Some((host.to_owned(), uri.port_u16().unwrap_or(default_port)))
+}
+
 /// Whether a daemon reached over `http://` speaks TLS: a plaintext call to it fails with
 /// whatever the connection's end looked like (a frame of absurd size, a broken pipe, a
 /// reset). Five bytes that are no TLS record draw a TLS daemon's alert (a record of
 /// type 21) without leaving unread bytes that would turn its close into a reset.
 async fn probe_plaintext(addr: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let uri: tonic::codegen::http::Uri = addr.parse().ok()?;
-    let host = uri
-        .host()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let (host, port) = host_and_port(addr)?;
     let probe = async {
-        let mut tcp = tokio::net::TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(80)))
+        let mut tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .ok()?;
         tcp.write_all(b"PRI *").await.ok()?;
