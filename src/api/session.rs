@@ -50,6 +50,19 @@ fn duration_ms(duration: Duration) -> u32 {
 
 #[tonic::async_trait]
 impl SessionService for SessionApi {
+    type ChannelStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<proto::ChannelResponse, Status>> + Send>,
+    >;
+
+    async fn channel(
+        &self,
+        _request: Request<tonic::Streaming<proto::ChannelRequest>>,
+    ) -> Result<Response<Self::ChannelStream>, Status> {
+        Err(Status::unimplemented(
+            "the session channel is not served by this build yet",
+        ))
+    }
+
     async fn acquire(
         &self,
         request: Request<proto::AcquireRequest>,

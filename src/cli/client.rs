@@ -554,6 +554,7 @@ async fn session(c: &mut Clients, command: SessionCommand) -> Result<(), Failure
                 engine_id,
                 hostname,
                 label,
+                wait_ms: 0,
             };
             let answer = within(c.call_timeout, c.session.acquire(request)).await?;
             output::leases(c.json, answer.lease.as_slice(), &answer);

@@ -268,6 +268,19 @@ fn lease_id(generation: u64) -> String {
 
 #[tonic::async_trait]
 impl SessionService for NoopSessions {
+    type ChannelStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<crate::proto::ChannelResponse, Status>> + Send>,
+    >;
+
+    async fn channel(
+        &self,
+        _request: Request<tonic::Streaming<crate::proto::ChannelRequest>>,
+    ) -> Result<Response<Self::ChannelStream>, Status> {
+        Err(Status::unimplemented(
+            "the no-op server has no session channel yet",
+        ))
+    }
+
     async fn acquire(
         &self,
         request: Request<AcquireRequest>,

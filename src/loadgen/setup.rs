@@ -88,6 +88,7 @@ pub(crate) fn kre_acquire_request(engine_id: String, hostname: String) -> Acquir
         engine_id,
         hostname,
         label: "seatbroker-bench".to_owned(),
+        wait_ms: 0,
     }
 }
 

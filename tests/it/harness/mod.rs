@@ -254,6 +254,7 @@ pub fn acquire_request(product: i32, engine: &str) -> proto::AcquireRequest {
         engine_id: engine.into(),
         hostname: "test-host".into(),
         label: String::new(),
+        wait_ms: 0,
     }
 }
 
