@@ -87,6 +87,23 @@ fn assert_denied(answer: Result<(), tonic::Status>, needle: &str, bound: &str) {
     );
 }
 
+/// `bound` (bound to `subject`, the usual client certificate's) works with that
+/// certificate and is refused with `stranger`'s.
+async fn works_only_with_its_certificate(
+    url: &str,
+    certs: &TestCerts,
+    stranger: &ClientTlsFiles,
+    bound: &str,
+    subject: &str,
+) {
+    lease_with(url, &certs.client(true), bound).await.unwrap();
+    assert_denied(
+        lease_with(url, stranger, bound).await,
+        "has another subject",
+        subject,
+    );
+}
+
 async fn wait_for_a_snapshot(dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -138,12 +155,7 @@ async fn a_key_bound_to_a_client_certificate_works_only_with_it_across_restarts(
         .into_inner()
         .secret;
     let url = daemon.url();
-    lease_with(&url, &certs.client(true), &bound).await.unwrap();
-    assert_denied(
-        lease_with(&url, &stranger, &bound).await,
-        "has another subject",
-        &subject,
-    );
+    works_only_with_its_certificate(&url, &certs, &stranger, &bound, &subject).await;
     assert_denied(
         lease_with(&url, &certs.client(true), &bound_elsewhere).await,
         "has another subject",
@@ -220,12 +232,7 @@ async fn a_key_bound_to_a_client_certificate_works_only_with_it_across_restarts(
     // From the snapshot (or the log again), over mTLS: the binding holds.
     let daemon = mtls().start().await;
     let url = daemon.url();
-    lease_with(&url, &certs.client(true), &bound).await.unwrap();
-    assert_denied(
-        lease_with(&url, &stranger, &bound).await,
-        "has another subject",
-        &subject,
-    );
+    works_only_with_its_certificate(&url, &certs, &stranger, &bound, &subject).await;
     daemon.kill();
 }
 
