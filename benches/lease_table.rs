@@ -144,12 +144,15 @@ fn authentication(c: &mut Criterion) {
             label: String::new(),
             secret_sha256: key.sha256,
             created_at_unix_ms: 0,
+            client_cert_subject: None,
         })
         .unwrap();
     let operator = OperatorKey::from_text(&auth::generate_operator_key()).unwrap();
     c.bench_function("authenticate/member_key", |b| {
         b.iter(|| {
-            black_box(auth::authenticate(&state, &operator, black_box(&key.full_text)).unwrap())
+            black_box(
+                auth::authenticate(&state, &operator, black_box(&key.full_text), None).unwrap(),
+            )
         })
     });
 }

@@ -187,8 +187,14 @@ impl Broker {
         })
     }
 
-    pub fn authenticate(&self, token: &str) -> Result<Principal, DomainError> {
-        auth::authenticate(&self.admin.read(), &self.operator, token)
+    /// Resolves `token` into the caller, over a connection whose verified client
+    /// certificate has `client_subject` (see [`auth::authenticate`]).
+    pub fn authenticate(
+        &self,
+        token: &str,
+        client_subject: Option<&str>,
+    ) -> Result<Principal, DomainError> {
+        auth::authenticate(&self.admin.read(), &self.operator, token, client_subject)
     }
 
     /// Called once at shutdown, after the last in-flight call finished: makes every
@@ -240,6 +246,7 @@ impl Broker {
         org: OrgId,
         email: Option<Email>,
         label: String,
+        client_cert_subject: Option<String>,
     ) -> Result<CreatedKey, DomainError> {
         let email = match (email, principal) {
             (Some(email), _) => email,
@@ -258,6 +265,7 @@ impl Broker {
             label: label.clone(),
             secret_sha256: generated.sha256,
             created_at_unix_ms: self.clock.unix_ms(),
+            client_cert_subject: client_cert_subject.clone(),
         };
         let command = Command::CreateApiKey {
             org,
@@ -266,6 +274,7 @@ impl Broker {
             label,
             secret_sha256: record.secret_sha256,
             created_at_unix_ms: record.created_at_unix_ms,
+            client_cert_subject,
         };
         self.execute(principal, command).await?;
         Ok(CreatedKey {

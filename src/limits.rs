@@ -16,6 +16,9 @@ pub const EMAIL_LOCAL_BYTES_MAX: usize = 64;
 pub const ENGINE_ID_BYTES_MAX: usize = 128;
 pub const HOSTNAME_BYTES_MAX: usize = 253;
 pub const LABEL_BYTES_MAX: usize = 128;
+/// The client certificate subject an API key may be bound to (as the daemon writes
+/// it, `CN=engine-7, O=Acme`); a longer subject cannot be bound.
+pub const CLIENT_CERT_SUBJECT_BYTES_MAX: usize = 512;
 /// Emails in one AssignLicenses or UnassignLicenses call.
 pub const EMAILS_PER_REQUEST_MAX: usize = 1000;
 
@@ -226,10 +229,12 @@ pub const LIST_LEASE_WIRE_BYTES_MAX: usize = wire_field_bytes(35)
     + wire_field_bytes(HOSTNAME_BYTES_MAX)
     + wire_field_bytes(LABEL_BYTES_MAX)
     + 6 * WIRE_VARINT_FIELD_BYTES_MAX;
-/// An API key on the wire: key id (at most 64 bytes), email, label, creation time.
+/// An API key on the wire: key id (at most 64 bytes), email, label, client
+/// certificate subject, creation time.
 pub const LIST_API_KEY_WIRE_BYTES_MAX: usize = wire_field_bytes(64)
     + wire_field_bytes(EMAIL_BYTES_MAX)
     + wire_field_bytes(LABEL_BYTES_MAX)
+    + wire_field_bytes(CLIENT_CERT_SUBJECT_BYTES_MAX)
     + WIRE_VARINT_FIELD_BYTES_MAX;
 /// An organization on the wire: id, display name, quota (three numbers), member count.
 pub const LIST_ORGANIZATION_WIRE_BYTES_MAX: usize = wire_field_bytes(ORG_ID_BYTES_MAX)

@@ -50,5 +50,5 @@ pub fn principal<T>(broker: &Broker, request: &Request<T>) -> Result<Principal, 
     if let Some(principal) = request.extensions().get::<Principal>() {
         return Ok(principal.clone());
     }
-    guard::authenticate(broker, request.metadata().as_ref())
+    guard::authenticate(broker, request.metadata().as_ref(), request.extensions())
 }

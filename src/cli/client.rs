@@ -356,11 +356,13 @@ async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Failure> {
             org_id,
             email,
             label,
+            client_cert_subject,
         } => {
             let request = proto::CreateApiKeyRequest {
                 org_id,
                 email: email.unwrap_or_default(),
                 label,
+                client_cert_subject,
             };
             let answer = within(c.call_timeout, c.admin.create_api_key(request)).await?;
             let key_id = answer.key.as_ref().map(|k| k.key_id.as_str()).unwrap_or("");
@@ -398,13 +400,14 @@ async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Failure> {
         keys,
         next_page_token: String::new(),
     };
-    let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED"]);
+    let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED", "CLIENT CERT"]);
     for key in &answer.keys {
         table.row(vec![
             key.key_id.clone(),
             key.email.clone(),
             key.label.clone(),
             output::time(key.created_at_unix_ms),
+            key.client_cert_subject.clone(),
         ]);
     }
     output::table(c.json, &answer, table);

@@ -329,6 +329,11 @@ pub enum KeyCommand {
         /// A note to tell keys apart (e.g. the machine that uses it).
         #[arg(long, default_value = "")]
         label: String,
+        /// Bind the key to this client certificate subject (mTLS), as the daemon logs
+        /// it (e.g. "CN=engine-7, O=Acme"): calls with the key over any other
+        /// connection are refused. Fixed for the key's life.
+        #[arg(long, value_name = "SUBJECT")]
+        client_cert_subject: Option<String>,
     },
     /// List an organization's API keys (ids and labels, never the keys).
     List {

@@ -60,6 +60,8 @@ pub enum Command {
         label: String,
         secret_sha256: [u8; 32],
         created_at_unix_ms: i64,
+        /// The only client certificate subject the key may be used with, if bound.
+        client_cert_subject: Option<String>,
     },
     RevokeApiKey {
         org: OrgId,

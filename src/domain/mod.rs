@@ -19,5 +19,6 @@ pub use error::DomainError;
 pub use lease::{Lease, LeaseId};
 pub use state::{AdminState, ApiKeyRecord, Organization};
 pub use types::{
-    ApiKeyId, Email, OrgId, PastExpiry, Product, Quota, QuotaUpdate, Role, check_new_expiry,
+    ApiKeyId, Email, OrgId, PastExpiry, Product, Quota, QuotaUpdate, Role,
+    check_client_cert_subject, check_new_expiry,
 };

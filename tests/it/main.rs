@@ -21,6 +21,7 @@ mod admin;
 mod audit_descriptors;
 mod audit_isolation;
 mod bad_input;
+mod cert_binding;
 mod cli;
 mod cli_lifecycle;
 mod daemon;

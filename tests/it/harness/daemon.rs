@@ -148,6 +148,16 @@ impl Serve {
         self
     }
 
+    /// Over TLS requiring client certificates of the test CA (mTLS); the harness's
+    /// own clients present the usual client certificate.
+    pub fn mtls(self, certs: &TestCerts) -> Serve {
+        let mut serve = self
+            .tls(certs)
+            .args(["--tls-client-ca", certs.ca.to_str().expect("a UTF-8 path")]);
+        serve.client_tls = certs.client(true);
+        serve
+    }
+
     /// Starts the process and returns at once: it may not listen yet, may be
     /// recovering its log, or may be about to refuse to start.
     pub fn spawn(self) -> Daemon {
