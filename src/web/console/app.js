@@ -341,7 +341,8 @@ async function terminate(session) {
 
 // ---- Usage ----------------------------------------------------------------------
 
-const WINDOWS = [["Last hour", 3600], ["Last day", 86400], ["Last week", 604800]];
+// The daemon keeps 24 hours of per-minute figures (limits::USAGE_WINDOW_SECONDS_MAX).
+const WINDOWS = [["Last 15 minutes", 900], ["Last hour", 3600], ["Last day", 86400]];
 
 async function usagePage() {
   const answers = await Promise.all(WINDOWS.map(([, seconds]) => api("GetUsage", { orgId: org(), windowSeconds: seconds })));
@@ -351,8 +352,8 @@ async function usagePage() {
     const peaks = figures.map((f) => Number(f.windowPeakSessions || 0));
     const denials = figures.map((f) => Number(f.windowDenials || 0));
     const verdict = denials[2] > 0 || peaks[2] >= quota
-      ? `Sessions reached the quota of ${quota} this week${denials[2] ? ` and ${denials[2]} acquire(s) were refused` : ""}: consider more seats.`
-      : `Peak this week ${peaks[2]} of ${quota}: the quota suffices.`;
+      ? `Sessions reached the quota of ${quota} in the last day${denials[2] ? ` and ${denials[2]} acquire(s) were refused` : ""}: consider more seats.`
+      : `Peak in the last day ${peaks[2]} of ${quota}: the quota suffices.`;
     return el("section", { "data-product": product },
       el("h2", {}, `${productName(product)}: now ${figures[0].activeSessions || 0} active of ${quota}`),
       el("p", {}, verdict),
@@ -366,7 +367,7 @@ async function usagePage() {
 // Horizontal bars: each window's peak over the quota (grey), red past it.
 function barChart(labels, values, quota, title) {
   const ns = "http://www.w3.org/2000/svg";
-  const width = 480, rowHeight = 28, left = 90;
+  const width = 500, rowHeight = 28, left = 120;
   const scale = Math.max(quota, ...values, 1);
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${labels.length * rowHeight + 10}`);
@@ -478,10 +479,11 @@ async function createOrg(event) {
 }
 
 async function setQuota(orgId, kse, kre, expires) {
-  const body = { orgId, kseSeats: Number(kse), kreSessions: Number(kre), expiresAtUnixMs: expires ? String(new Date(`${expires}T23:59:59Z`).getTime()) : "0" };
+  const body = { orgId, kseSeats: Number(kse), kreSessions: Number(kre) };
+  if (expires) body.expiresAtUnixMs = String(new Date(`${expires}T23:59:59Z`).getTime());
   if (await act(() => api("SetQuota", body))) {
     await route();
-    say(`Saved the quota of ${orgId}: ${kse} KSE seats, ${kre} KRE sessions${expires ? `, licenses until ${expires}` : ", no expiry"}.`);
+    say(`Saved the quota of ${orgId}: ${kse} KSE seats, ${kre} KRE sessions${expires ? `, licenses until ${expires}` : ""}.`);
   }
 }
 
