@@ -483,7 +483,7 @@ async fn callers_without_a_valid_key_or_of_another_organization_are_refused() {
     let answer = post_json(server.addr, "ListMembers", Some(acme.key(0)), &list).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.text());
     // Only the operator makes organizations.
-    let create = json!({"orgId": "mine", "displayName": "Mine", "ownerEmail": "x@mine.test"});
+    let create = json!({"orgId": "mine", "displayName": "Mine", "ownerEmail": "x@mine.test", "quota": {"kseSeats": 1}});
     let answer = post_json(
         server.addr,
         "CreateOrganization",
