@@ -42,6 +42,11 @@ const RULES: &[(&str, Rule)] = &[
         Rule::Never(&["server", "cli", "storage", "wal", "config"]),
     ),
     ("config", Rule::Never(&["server", "cli", "api", "broker"])),
+    // The web edge reaches the broker only as a gRPC call down the server's stack.
+    (
+        "web",
+        Rule::Never(&["broker", "api", "storage", "wal", "server", "cli"]),
+    ),
 ];
 
 #[test]

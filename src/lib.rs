@@ -2,6 +2,8 @@
 //!
 //! Modules, from the wire inwards:
 //! - [`api`]: the gRPC edge (tonic services, request validation, error mapping).
+//! - [`web`]: the admin web console and the JSON form of `AdminService`, on the same
+//!   listener, sent down the gRPC stack.
 //! - [`server`]: builds the daemon: data directory, operator key, recovery, the gRPC
 //!   server, the expiry sweeper, shutdown.
 //! - [`broker`]: the one place where admin state, leases and the log meet; the single
@@ -56,6 +58,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod usage;
 pub mod wal;
+pub mod web;
 
 #[cfg(test)]
 mod layering;

@@ -52,6 +52,7 @@ use crate::telemetry::metrics::{self, MetricsError};
 use crate::telemetry::rpc::{Phase, PhaseCell, RpcLayer};
 use crate::tls::{self, TlsError};
 use crate::wal::{RealFs, WalOptions};
+use crate::web::WebLayer;
 
 use crate::config::{Config, OperatorKeySource};
 use crate::connections::{self, ConnectionLimits};
@@ -400,10 +401,15 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
 /// A server builder with every HTTP/2 bound of the daemon (TLS is `connections`'):
 /// concurrent streams per connection, flow-control windows (what a client can make
 /// the daemon buffer before it reads), frame and header sizes, the rapid-reset
-/// guards, keepalive.
+/// guards, keepalive. HTTP/1.1 is accepted too, for browsers and `curl` (the console
+/// and the JSON API, see `web`), one request at a time per connection; the bounds of
+/// `connections` apply to both: the cap, the handshake deadline (which bounds the
+/// first request's headers) and the idle deadline (later ones: tonic 0.14.5 gives
+/// hyper no timer, so hyper's own HTTP/1 header-read timeout is off).
 fn http2_server(config: &Config) -> Result<Server, ServerError> {
     let limits = &config.settings().limits;
     Ok(Server::builder()
+        .accept_http1(true)
         .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
         .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)
@@ -435,6 +441,8 @@ fn router<H: Health>(
     ));
     let open = limits::UNAUTHENTICATED_REQUEST_BYTES_MAX;
     Ok(http2_server(config)?
+        // Outermost: the console's files, and JSON calls sent down as gRPC calls.
+        .layer(WebLayer::new(limits.request_bytes_max))
         .layer(RpcLayer::new(phase))
         .layer(BodyBudgetLayer::new(bodies))
         .add_service(health_service.max_decoding_message_size(open))
@@ -448,9 +456,9 @@ fn router<H: Health>(
         .add_service(services.admin.clone()))
 }
 
-/// The layers of the router, outermost first: the phase gate and telemetry, then the
-/// request-body budget.
-type EdgeLayers = Stack<BodyBudgetLayer, Stack<RpcLayer, Identity>>;
+/// The layers of the router, outermost first: the web (console and JSON), the phase
+/// gate and telemetry, then the request-body budget.
+type EdgeLayers = Stack<BodyBudgetLayer, Stack<RpcLayer, Stack<WebLayer, Identity>>>;
 
 /// The broker services, served from the start but built only once the log is
 /// recovered (they need the broker).

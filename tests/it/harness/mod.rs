@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod daemon;
+pub mod http;
 pub mod listing;
 pub mod server;
 
