@@ -50,6 +50,14 @@ impl Stream {
 
     /// Sends one batch of operations.
     pub async fn send(&self, operations: Vec<Operation>) {
+        assert!(
+            self.try_send(operations).await,
+            "the stream takes operations"
+        );
+    }
+
+    /// Sends one batch; false when the broker no longer takes operations.
+    pub async fn try_send(&self, operations: Vec<Operation>) -> bool {
         let request = ChannelRequest {
             operations: operations
                 .into_iter()
@@ -58,10 +66,8 @@ impl Stream {
                 })
                 .collect(),
         };
-        self.operations
-            .send(request)
-            .await
-            .expect("the stream takes operations");
+        let sent = tokio::time::timeout(Duration::from_secs(5), self.operations.send(request));
+        matches!(sent.await, Ok(Ok(())))
     }
 
     /// The next event; panics when none comes within [`EVENT_DEADLINE`] or the stream ends.
@@ -563,4 +569,71 @@ async fn streams_get_draining_at_shutdown_and_their_leases_stay_live() {
     next.send(vec![attach_op(&[(&lease.lease_id, lease.generation)])])
         .await;
     assert!(matches!(next.next().await, Event::Attached(_)));
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_closed_and_others_go_on() {
+    let server = start().await;
+    let org = server
+        .licensed_organization("acme", 0, 3, &["a", "b"])
+        .await;
+    let mut slow = Stream::open(&server, org.key(0)).await;
+    let lease = slow.acquire(1, "slow-engine").await;
+    let mut other = Stream::open(&server, org.key(1)).await;
+    other.acquire(1, "other-engine").await;
+    // Renews whose answers nobody reads: past the HTTP/2 window and the outbox.
+    let renews: Vec<Operation> = (0..seatbroker::limits::CHANNEL_OPERATIONS_PER_MESSAGE_MAX)
+        .map(|_| Operation::Renew(proto::StreamRenew {}))
+        .collect();
+    for _ in 0..400 {
+        if !slow.try_send(renews.clone()).await {
+            break; // The broker stopped reading this stream.
+        }
+        // The other stream is served meanwhile.
+    }
+    assert_eq!(other.renew().await, 1, "another stream is not harmed");
+    let (events, status) = slow.until_end().await;
+    assert!(
+        !events.is_empty(),
+        "the events buffered before the close are delivered"
+    );
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("attach"), "{status:?}");
+    // Its lease survives, for a new stream to attach.
+    let mut next = Stream::open(&server, org.key(0)).await;
+    next.send(vec![attach_op(&[(&lease.lease_id, lease.generation)])])
+        .await;
+    assert!(matches!(next.next().await, Event::Attached(_)));
+}
+
+#[tokio::test]
+async fn streams_per_key_are_bounded() {
+    let server = start().await;
+    let org = server.licensed_organization("acme", 0, 3, &["a"]).await;
+    let mut open = Vec::new();
+    for _ in 0..seatbroker::limits::STREAMS_PER_KEY_MAX {
+        open.push(Stream::open(&server, org.key(0)).await);
+    }
+    let refused = Stream::try_open(&server, org.key(0)).await;
+    assert_status(
+        refused.map(|_| ()),
+        Code::ResourceExhausted,
+        "open session streams",
+    );
+    // Closing one makes room (the broker notices the end of its request side).
+    drop(open.pop());
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    loop {
+        match Stream::try_open(&server, org.key(0)).await {
+            Ok(stream) => {
+                open.push(stream);
+                break;
+            }
+            Err(status) if Instant::now() < deadline => {
+                assert_eq!(status.code(), Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("a closed stream still counts: {status:?}"),
+        }
+    }
 }

@@ -343,3 +343,46 @@ async fn a_unary_long_poll_is_granted_when_a_seat_frees() {
     // The stream waiter moved up to the head (told within a position update).
     assert_eq!(queued(&mut behind, attempt).await, (1, 1));
 }
+
+#[tokio::test]
+async fn the_queue_of_an_organization_is_bounded() {
+    let server = start().await;
+    let org = server
+        .licensed_organization("acme", 0, 1, &["a", "b"])
+        .await;
+    let mut holder = Stream::open(&server, org.key(0)).await;
+    holder.acquire(1, "holder").await;
+    let per_stream = 1_000;
+    let streams_needed = limits::WAITERS_PER_ORG_MAX / per_stream;
+    let mut waiters = Vec::new();
+    for s in 0..streams_needed {
+        let mut stream = Stream::open(&server, org.key(1)).await;
+        let acquires = (0..per_stream as u64)
+            .map(|i| acquire_op(i, KRE, &format!("e-{s}-{i}"), 600_000))
+            .collect();
+        stream.send(acquires).await;
+        let mut queued = 0;
+        while queued < per_stream {
+            match stream.next().await {
+                Event::Queued(_) => queued += 1,
+                other => panic!("expected queued, got {other:?}"),
+            }
+        }
+        waiters.push(stream);
+    }
+    let mut last = Stream::open(&server, org.key(1)).await;
+    last.send(vec![acquire_op(1, KRE, "one-too-many", 600_000)])
+        .await;
+    assert_denied(
+        &answer(&mut last, 1).await,
+        Code::ResourceExhausted,
+        "queued acquires per organization",
+    );
+    // A waiter that does not wait is refused as before, a quota matter.
+    last.send(vec![acquire_op(2, KRE, "no-wait", 0)]).await;
+    assert_denied(
+        &answer(&mut last, 2).await,
+        Code::ResourceExhausted,
+        "1 of 1",
+    );
+}

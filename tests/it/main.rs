@@ -23,6 +23,7 @@ mod audit_isolation;
 mod bad_input;
 mod channel;
 mod channel_queue;
+mod channel_restart;
 mod cli;
 mod cli_lifecycle;
 mod daemon;
