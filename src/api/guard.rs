@@ -59,7 +59,7 @@ pub fn authenticate(
 }
 
 /// The subject of the client certificate the request's connection presented.
-fn client_subject(extensions: &http::Extensions) -> Option<Arc<str>> {
+pub(crate) fn client_subject(extensions: &http::Extensions) -> Option<Arc<str>> {
     extensions
         .get::<ConnectionInfo>()
         .and_then(|info| info.client_subject.clone())
