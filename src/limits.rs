@@ -513,7 +513,8 @@ const _: () = assert!(ENGINE_MESSAGE_BYTES_MAX <= REQUEST_BYTES_MAX_FLOOR);
 // Every operation fits in a message alone: an acquire, and an attach at its largest
 // (a lease id is 32 hex digits; 64 bytes leave room).
 const _: () = assert!(ENGINE_ACQUIRE_WIRE_BYTES_MAX <= ENGINE_MESSAGE_BYTES_MAX);
-const _: () = assert!(ENGINE_ATTACH_LEASES_PER_OPERATION_MAX * (64 + 24) <= ENGINE_MESSAGE_BYTES_MAX);
+const _: () =
+    assert!(ENGINE_ATTACH_LEASES_PER_OPERATION_MAX * (64 + 24) <= ENGINE_MESSAGE_BYTES_MAX);
 // A reconnection re-sends every pending acquire, behind the attaches.
 const _: () = assert!(ENGINE_PENDING_ACQUIRES_MAX < ENGINE_OPERATIONS_BUFFERED_MAX);
 const _: () = assert!(ENGINE_RECONNECT_BACKOFF_MS_INITIAL <= ENGINE_RECONNECT_BACKOFF_MS_MAX);

@@ -86,8 +86,16 @@ mod tests {
         let backoff = backoff();
         let draws: std::collections::BTreeSet<Duration> =
             (0..64).map(|_| backoff.next_delay(4)).collect();
-        assert!(draws.iter().all(|delay| *delay >= Duration::from_millis(400)));
-        assert!(draws.iter().all(|delay| *delay <= Duration::from_millis(800)));
+        assert!(
+            draws
+                .iter()
+                .all(|delay| *delay >= Duration::from_millis(400))
+        );
+        assert!(
+            draws
+                .iter()
+                .all(|delay| *delay <= Duration::from_millis(800))
+        );
         assert!(draws.len() > 8, "jitter spreads the attempts: {draws:?}");
     }
 }

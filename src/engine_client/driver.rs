@@ -14,8 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
 use super::{
-    AcquireSpec, ClientOptions, Command, ConnectError, LostReason, NewAcquire, QueuePosition,
-    Seat, SeatLost,
+    AcquireSpec, ClientOptions, Command, ConnectError, LostReason, NewAcquire, QueuePosition, Seat,
+    SeatLost,
 };
 use crate::client::{self, BearerKey, ClientError};
 use crate::limits;
@@ -445,11 +445,7 @@ impl Book {
             }
             seat.lost.send_replace(Some(SeatLost {
                 reason: LostReason::Refused,
-                message: format!(
-                    "{}: {}",
-                    client::code_name(status.code()),
-                    status.message()
-                ),
+                message: format!("{}: {}", client::code_name(status.code()), status.message()),
             }));
         }
     }
@@ -584,7 +580,10 @@ impl Driver {
             Err(_) => {
                 return Err(ConnectError::Client(ClientError::Unreachable {
                     addr,
-                    reason: format!("no connection within {}", humantime::format_duration(timeout)),
+                    reason: format!(
+                        "no connection within {}",
+                        humantime::format_duration(timeout)
+                    ),
                 }));
             }
         };
@@ -672,7 +671,10 @@ impl Driver {
 
     /// Serves one open stream until it ends.
     async fn serve(&mut self, mut stream: Stream) -> StreamEnd {
-        let mut renew_at = self.book.renew_interval().map(|every| Instant::now() + every);
+        let mut renew_at = self
+            .book
+            .renew_interval()
+            .map(|every| Instant::now() + every);
         let mut commands_open = true;
         loop {
             if !commands_open && self.book.is_idle() && self.book.outbox.is_empty() {
@@ -715,7 +717,10 @@ impl Driver {
                 _ = sleep_until_some(deadline) => self.book.expire(Instant::now(), true),
             }
             if renew_at.is_none() {
-                renew_at = self.book.renew_interval().map(|every| Instant::now() + every);
+                renew_at = self
+                    .book
+                    .renew_interval()
+                    .map(|every| Instant::now() + every);
             }
         }
     }
@@ -726,5 +731,368 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{AcquireDenied, AcquireQueued, LeaseAttached, LeaseEnded, LeaseGranted};
+
+    struct Waiter {
+        queue: watch::Receiver<Option<QueuePosition>>,
+        answer: oneshot::Receiver<Result<Seat, Status>>,
+    }
+
+    fn book() -> (Book, mpsc::Sender<Command>, mpsc::Receiver<Command>) {
+        let (commands, receiver) = mpsc::channel(64);
+        (
+            Book::new(commands.downgrade(), Duration::from_secs(10)),
+            commands,
+            receiver,
+        )
+    }
+
+    fn acquire(book: &mut Book, request_id: u64, wait: Duration, connected: bool) -> Waiter {
+        let (queue, queue_receiver) = watch::channel(None);
+        let (answer, answer_receiver) = oneshot::channel();
+        let spec = AcquireSpec {
+            product: proto::Product::Kre,
+            engine_id: None,
+            hostname: "ci-7".into(),
+            label: String::new(),
+            wait,
+        };
+        let command = Command::Acquire(NewAcquire {
+            request_id,
+            spec,
+            queue,
+            answer,
+        });
+        book.command(command, connected, Instant::now());
+        Waiter {
+            queue: queue_receiver,
+            answer: answer_receiver,
+        }
+    }
+
+    fn lease(lease_id: &str, generation: u64) -> proto::Lease {
+        proto::Lease {
+            lease_id: lease_id.into(),
+            generation,
+            ttl_ms: 3_000,
+            heartbeat_interval_ms: 1_000,
+            ..Default::default()
+        }
+    }
+
+    fn grant(book: &mut Book, request_id: u64, lease_id: &str, generation: u64) {
+        let granted = LeaseGranted {
+            request_id,
+            lease: Some(lease(lease_id, generation)),
+            resumed: false,
+        };
+        book.event(Event::Granted(granted), Instant::now());
+    }
+
+    fn ended(lease_id: &str, generation: u64, reason: EndReason) -> Event {
+        Event::Ended(LeaseEnded {
+            lease_id: lease_id.into(),
+            generation,
+            reason: reason as i32,
+            message: format!("{reason:?}"),
+        })
+    }
+
+    fn operations(book: &mut Book) -> Vec<Operation> {
+        let mut operations = Vec::new();
+        while let Some(batch) = book.next_batch() {
+            operations.extend(batch.operations.into_iter().filter_map(|op| op.operation));
+        }
+        operations
+    }
+
+    #[test]
+    fn events_reach_the_acquire_they_name_by_request_id() {
+        let (mut book, _commands, _receiver) = book();
+        let mut first = acquire(&mut book, 1, Duration::from_secs(60), true);
+        let mut second = acquire(&mut book, 2, Duration::ZERO, true);
+        let sent = operations(&mut book);
+        let ids: Vec<u64> = sent
+            .iter()
+            .map(|op| match op {
+                Operation::Acquire(acquire) => acquire.request_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, [1, 2]);
+        if let Operation::Acquire(acquire) = &sent[0] {
+            assert!(acquire.wait_ms > 59_000 && acquire.wait_ms <= 60_000);
+            assert!(acquire.engine_id.starts_with("engine-"));
+        }
+
+        let queued = AcquireQueued {
+            request_id: 1,
+            position: 2,
+            queue_length: 3,
+        };
+        book.event(Event::Queued(queued), Instant::now());
+        let position = QueuePosition {
+            position: 2,
+            queue_length: 3,
+        };
+        assert_eq!(*first.queue.borrow(), Some(position));
+        assert_eq!(*second.queue.borrow(), None);
+
+        let denied = AcquireDenied {
+            request_id: 2,
+            code: Code::ResourceExhausted as i32,
+            message: "quota full".into(),
+        };
+        book.event(Event::Denied(denied), Instant::now());
+        let status = second.answer.try_recv().unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(first.answer.try_recv().is_err(), "not answered yet");
+
+        grant(&mut book, 1, "lease-a", 7);
+        let seat = first.answer.try_recv().unwrap().unwrap();
+        assert_eq!((seat.lease_id(), seat.generation()), ("lease-a", 7));
+        assert!(book.pending.is_empty());
+        assert_eq!(book.renew_interval(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_end_reaches_the_seat_it_names_with_its_reason() {
+        let (mut book, _commands, _receiver) = book();
+        let mut a = acquire(&mut book, 1, Duration::ZERO, true);
+        let mut b = acquire(&mut book, 2, Duration::ZERO, true);
+        grant(&mut book, 1, "lease-a", 7);
+        grant(&mut book, 2, "lease-b", 8);
+        let a = a.answer.try_recv().unwrap().unwrap();
+        let b = b.answer.try_recv().unwrap().unwrap();
+
+        // A stale generation is not this seat.
+        book.event(ended("lease-a", 6, EndReason::Terminated), Instant::now());
+        assert_eq!(a.lost_now(), None);
+        book.event(ended("lease-a", 7, EndReason::Terminated), Instant::now());
+        let lost = a.lost_now().expect("lost");
+        assert_eq!(lost.reason, LostReason::Terminated);
+        assert_eq!(b.lost_now(), None);
+        assert_eq!(book.seats.len(), 1);
+        std::mem::forget(a); // its drop would queue a release command; not under test here
+        std::mem::forget(b);
+    }
+
+    #[test]
+    fn a_release_is_answered_by_the_end_it_asked_for() {
+        let (mut book, _commands, _receiver) = book();
+        let mut a = acquire(&mut book, 1, Duration::ZERO, true);
+        grant(&mut book, 1, "lease-a", 7);
+        let seat = a.answer.try_recv().unwrap().unwrap();
+        operations(&mut book);
+        let (done, mut answer) = oneshot::channel();
+        let release = Command::Release {
+            lease_id: "lease-a".into(),
+            generation: 7,
+            done: Some(done),
+        };
+        book.command(release, true, Instant::now());
+        assert!(matches!(&operations(&mut book)[..], [Operation::Release(r)] if r.generation == 7));
+        assert!(answer.try_recv().is_err(), "not before the broker ends it");
+        book.event(ended("lease-a", 7, EndReason::Released), Instant::now());
+        assert!(answer.try_recv().unwrap().is_ok());
+        assert_eq!(seat.lost_now(), None, "a release is not a loss");
+        std::mem::forget(seat);
+    }
+
+    #[test]
+    fn a_new_stream_attaches_every_seat_and_resends_every_pending_acquire() {
+        let (mut book, _commands, _receiver) = book();
+        let mut seats = Vec::new();
+        for request_id in 1..=3 {
+            let mut waiter = acquire(&mut book, request_id, Duration::ZERO, true);
+            grant(
+                &mut book,
+                request_id,
+                &format!("lease-{request_id}"),
+                request_id + 10,
+            );
+            seats.push(waiter.answer.try_recv().unwrap().unwrap());
+        }
+        let _waiting = acquire(&mut book, 4, Duration::from_secs(30), true);
+        let (done, _answer) = oneshot::channel();
+        let release = Command::Release {
+            lease_id: "lease-3".into(),
+            generation: 13,
+            done: Some(done),
+        };
+        book.command(release, true, Instant::now());
+        book.renew(Instant::now());
+
+        book.reopen(Instant::now());
+        let sent = operations(&mut book);
+        let [
+            Operation::Attach(attach),
+            Operation::Release(release),
+            Operation::Acquire(acquire),
+        ] = &sent[..]
+        else {
+            panic!("{sent:?}")
+        };
+        let attached: Vec<(&str, u64)> = attach
+            .leases
+            .iter()
+            .map(|handle| (handle.lease_id.as_str(), handle.generation))
+            .collect();
+        assert_eq!(
+            attached,
+            [("lease-1", 11), ("lease-2", 12), ("lease-3", 13)]
+        );
+        assert_eq!(
+            (release.lease_id.as_str(), release.generation),
+            ("lease-3", 13)
+        );
+        assert_eq!(acquire.request_id, 4);
+        assert!(acquire.wait_ms <= 30_000);
+        assert!(
+            book.renewals_sent.is_empty(),
+            "the old stream's renewal is gone with it"
+        );
+        seats.into_iter().for_each(std::mem::forget);
+    }
+
+    #[test]
+    fn renewals_and_attaches_move_deadlines_forward_and_unreachable_seats_are_lost() {
+        let (mut book, _commands, _receiver) = book();
+        let mut a = acquire(&mut book, 1, Duration::ZERO, true);
+        let start = Instant::now();
+        grant(&mut book, 1, "lease-a", 7);
+        let seat = a.answer.try_recv().unwrap().unwrap();
+        let granted_deadline = book.seats["lease-a"].deadline;
+        assert!(granted_deadline >= start + Duration::from_secs(3));
+
+        let later = start + Duration::from_secs(2);
+        book.renew(later);
+        let renewed = proto::LeasesRenewed {
+            expires_at_unix_ms: 0,
+            ttl_ms: 3_000,
+            lease_count: 1,
+        };
+        book.event(Event::Renewed(renewed), later);
+        assert_eq!(
+            book.seats["lease-a"].deadline,
+            later + Duration::from_secs(3)
+        );
+
+        let attached = LeaseAttached {
+            lease: Some(lease("lease-a", 7)),
+        };
+        let reattached = later + Duration::from_secs(1);
+        book.event(Event::Attached(attached), reattached);
+        assert_eq!(
+            book.seats["lease-a"].deadline,
+            reattached + Duration::from_secs(3)
+        );
+
+        book.expire(reattached + Duration::from_millis(2_999), false);
+        assert_eq!(seat.lost_now(), None);
+        book.expire(reattached + Duration::from_secs(3), false);
+        assert_eq!(seat.lost_now().unwrap().reason, LostReason::Unreachable);
+        assert!(book.is_idle());
+        std::mem::forget(seat);
+    }
+
+    #[test]
+    fn a_grant_nobody_waits_for_is_given_back() {
+        let (mut book, _commands, _receiver) = book();
+        let waiter = acquire(&mut book, 1, Duration::from_secs(5), true);
+        operations(&mut book);
+        book.command(Command::Cancel { request_id: 1 }, true, Instant::now());
+        assert!(matches!(&operations(&mut book)[..], [Operation::Cancel(c)] if c.request_id == 1));
+        drop(waiter);
+        grant(&mut book, 1, "lease-a", 7);
+        assert!(
+            matches!(&operations(&mut book)[..], [Operation::Release(r)] if r.lease_id == "lease-a")
+        );
+        assert!(book.seats.is_empty());
+    }
+
+    #[test]
+    fn acquires_past_the_bound_are_refused_at_once() {
+        let (mut book, _commands, _receiver) = book();
+        let waiters: Vec<Waiter> = (0..limits::ENGINE_PENDING_ACQUIRES_MAX as u64)
+            .map(|request_id| acquire(&mut book, request_id, Duration::ZERO, false))
+            .collect();
+        let mut refused = acquire(&mut book, u64::MAX, Duration::ZERO, false);
+        let status = refused.answer.try_recv().unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(book.pending.len(), waiters.len());
+    }
+
+    #[test]
+    fn while_disconnected_acquires_give_up_after_their_patience() {
+        let (mut book, _commands, _receiver) = book();
+        let mut waiter = acquire(&mut book, 1, Duration::from_secs(1), false);
+        assert!(
+            book.next_batch().is_none(),
+            "nothing goes out without a stream"
+        );
+        let give_up = book.next_deadline(false).unwrap();
+        book.expire(give_up - Duration::from_millis(1), false);
+        assert!(waiter.answer.try_recv().is_err());
+        book.expire(give_up, false);
+        let status = waiter.answer.try_recv().unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        let (mut book, _commands, _receiver) = book();
+        for _ in 0..limits::ENGINE_OPERATIONS_PER_MESSAGE_MAX + 5 {
+            book.push(Operation::Renew(StreamRenew {}));
+        }
+        let first = book.next_batch().unwrap();
+        assert_eq!(
+            first.operations.len(),
+            limits::ENGINE_OPERATIONS_PER_MESSAGE_MAX
+        );
+        assert_eq!(book.next_batch().unwrap().operations.len(), 5);
+        let leases: Vec<LeaseHandle> = (0..limits::ENGINE_ATTACH_LEASES_PER_OPERATION_MAX)
+            .map(|i| LeaseHandle {
+                lease_id: format!("{i:032x}"),
+                generation: u64::MAX,
+            })
+            .collect();
+        for _ in 0..8 {
+            book.push(Operation::Attach(StreamAttach {
+                leases: leases.clone(),
+            }));
+        }
+        while let Some(batch) = book.next_batch() {
+            let bytes = prost::Message::encoded_len(&batch);
+            assert!(bytes <= limits::ENGINE_MESSAGE_BYTES_MAX, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn only_unavailable_and_broken_connections_are_retried() {
+        assert!(is_retryable(&Status::unavailable("restarting")));
+        for final_status in [
+            Status::unauthenticated("bad key"),
+            Status::permission_denied("not yours"),
+            Status::unimplemented("no channel"),
+            Status::resource_exhausted("slow reader"),
+            Status::invalid_argument("bad"),
+            Status::unknown("no transport cause"),
+        ] {
+            assert!(!is_retryable(&final_status), "{final_status:?}");
+        }
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )));
+        // A connection that broke: no status from the broker, the cause as the source.
+        assert!(std::error::Error::source(&broken).is_some());
+        assert!(is_retryable(&broken), "{broken:?}");
     }
 }
