@@ -411,15 +411,18 @@ impl Seat {
     }
 
     /// Waits until the seat is lost, and says why. Never returns while the seat is
-    /// held (a reconnection that re-attaches it is not a loss).
-    pub async fn lost(&self) -> SeatLost {
+    /// held (a reconnection that re-attaches it is not a loss). The future borrows
+    /// nothing, so it can be moved to a task of its own.
+    pub fn lost(&self) -> impl Future<Output = SeatLost> + Send + 'static {
         let mut lost = self.lost.clone();
-        match lost.wait_for(Option::is_some).await {
-            Ok(value) => value.clone().expect("waited for a value"),
-            Err(_) => SeatLost {
-                reason: LostReason::Refused,
-                message: "the engine client has stopped".into(),
-            },
+        async move {
+            match lost.wait_for(Option::is_some).await {
+                Ok(value) => value.clone().expect("waited for a value"),
+                Err(_) => SeatLost {
+                    reason: LostReason::Refused,
+                    message: "the engine client has stopped".into(),
+                },
+            }
         }
     }
 
