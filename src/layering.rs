@@ -42,6 +42,11 @@ const RULES: &[(&str, Rule)] = &[
         Rule::Never(&["server", "cli", "storage", "wal", "config"]),
     ),
     ("config", Rule::Never(&["server", "cli", "api", "broker"])),
+    // What an engine embeds: the wire and the client helper, nothing of the daemon.
+    (
+        "engine_client",
+        Rule::Only(&["client", "proto", "tls", "limits"]),
+    ),
 ];
 
 #[test]

@@ -125,8 +125,8 @@ fn no_seat_cause(code: Code) -> &'static str {
     match code {
         Code::ResourceExhausted => "the quota is full",
         Code::DeadlineExceeded => "the wait passed",
-        Code::PermissionDenied => "not licensed for this product",
-        Code::FailedPrecondition => "the license does not allow it now",
+        Code::FailedPrecondition => "not licensed for this product now",
+        Code::PermissionDenied => "the key may not take this seat",
         Code::Cancelled => "the wait was cancelled",
         _ => "refused",
     }
