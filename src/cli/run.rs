@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tonic::Code;
 
 use super::commands::{ClientArgs, ProductArg, RunArgs};
 use super::failure::Failure;
 use super::output;
-use crate::engine_client::{ClientOptions, ConnectError, EngineClient, PendingSeat, Seat};
+use crate::engine_client::{
+    ClientOptions, ConnectError, EngineClient, PendingSeat, Seat, SeatLost,
+};
 use crate::proto::Product;
 
 /// Exit status when COMMAND could not be started, as shells use them.
@@ -25,6 +28,8 @@ const EXIT_COMMAND_NOT_FOUND: u8 = 127;
 /// How long the release after COMMAND's exit may take before `run` exits anyway (the
 /// seat then ends at its deadline).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Signals received and not yet forwarded (a burst of Ctrl-C beyond it waits).
+const SIGNALS_QUEUED_MAX: usize = 16;
 
 /// Runs `seatbroker run`; the exit code is COMMAND's, or one of `failure`'s.
 pub async fn run(client: ClientArgs, args: RunArgs) -> ExitCode {
@@ -39,13 +44,11 @@ pub async fn run(client: ClientArgs, args: RunArgs) -> ExitCode {
 
 async fn hold_seat_while_running(client: &ClientArgs, args: RunArgs) -> Result<ExitCode, Failure> {
     let engine = connect(client).await?;
-    let mut signals = Signals::new()?;
+    let mut signals = forwarded_signals()?;
     let seat = tokio::select! {
         seat = acquire(&engine, &args) => seat?,
-        signal = signals.next() => {
-            // Dropping the pending acquire cancels it.
-            return Ok(ExitCode::from(128 + signal as u8));
-        }
+        // Dropping the pending acquire cancels it.
+        Some(signal) = signals.recv() => return Ok(ExitCode::from(128 + signal as u8)),
     };
     let mut child = match spawn(&args, &seat) {
         Ok(child) => child,
@@ -54,19 +57,42 @@ async fn hold_seat_while_running(client: &ClientArgs, args: RunArgs) -> Result<E
             return Ok(ExitCode::from(code));
         }
     };
+    match supervise(&mut child, seat.lost(), &mut signals, args.grace).await {
+        Ended::Exited(code) => {
+            release(seat).await;
+            Ok(ExitCode::from(code))
+        }
+        Ended::SeatLost(lost) => Err(Failure::SeatLost(lost)),
+    }
+}
+
+/// How COMMAND's run ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// COMMAND exited by itself (or after a forwarded signal): its status.
+    Exited(u8),
+    /// The seat was lost; COMMAND was stopped.
+    SeatLost(SeatLost),
+}
+
+/// Waits for `child` to exit, forwarding each signal of `signals` to it; when `lost`
+/// resolves first, stops it (SIGTERM, SIGKILL after `grace`).
+async fn supervise(
+    child: &mut Child,
+    lost: impl Future<Output = SeatLost>,
+    signals: &mut mpsc::Receiver<libc::c_int>,
+    grace: Duration,
+) -> Ended {
     let pid = child.id().map(|pid| pid as libc::pid_t);
+    tokio::pin!(lost);
     loop {
         tokio::select! {
-            status = child.wait() => {
-                let code = exit_code_of(status);
-                release(seat).await;
-                return Ok(ExitCode::from(code));
-            }
-            signal = signals.next() => send_signal(pid, signal),
-            lost = seat.lost() => {
+            status = child.wait() => return Ended::Exited(exit_code_of(status)),
+            Some(signal) = signals.recv() => send_signal(pid, signal),
+            lost = &mut lost => {
                 eprintln!("seatbroker run: the seat was lost ({lost}); stopping COMMAND");
-                stop(&mut child, pid, args.grace).await;
-                return Err(Failure::SeatLost(lost));
+                stop(child, pid, grace).await;
+                return Ended::SeatLost(lost);
             }
         }
     }
@@ -229,29 +255,129 @@ fn this_hostname() -> String {
         .unwrap_or_default()
 }
 
-/// SIGINT and SIGTERM, as they arrive, to forward to COMMAND.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
+/// SIGINT and SIGTERM, as they arrive, to forward to COMMAND (from a task that
+/// listens for them while `run` lives).
+fn forwarded_signals() -> Result<mpsc::Receiver<libc::c_int>, Failure> {
+    let install = |kind| {
+        signal(kind)
+            .map_err(|error| Failure::Configuration(format!("cannot handle signals: {error}")))
+    };
+    let mut interrupt = install(SignalKind::interrupt())?;
+    let mut terminate = install(SignalKind::terminate())?;
+    let (sender, receiver) = mpsc::channel(SIGNALS_QUEUED_MAX);
+    tokio::spawn(async move {
+        loop {
+            let signal = tokio::select! {
+                _ = interrupt.recv() => libc::SIGINT,
+                _ = terminate.recv() => libc::SIGTERM,
+            };
+            if sender.send(signal).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(receiver)
 }
 
-impl Signals {
-    fn new() -> Result<Self, Failure> {
-        let install = |kind| {
-            signal(kind)
-                .map_err(|error| Failure::Configuration(format!("cannot handle signals: {error}")))
-        };
-        Ok(Signals {
-            interrupt: install(SignalKind::interrupt())?,
-            terminate: install(SignalKind::terminate())?,
-        })
+#[cfg(test)]
+mod tests {
+    //! COMMAND's supervision with a real child process and a seat loss or signal
+    //! given by the test (the seat and the broker are `tests/it/run_command.rs`'s).
+
+    use std::process::Stdio;
+
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    use super::*;
+    use crate::engine_client::LostReason;
+
+    /// A shell child running `script`, once it has printed its first line (so its
+    /// traps are installed).
+    async fn child(script: &str) -> Child {
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start sh");
+        let stdout = child.stdout.take().expect("piped");
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .await
+            .expect("read");
+        assert_eq!(first.trim(), "ready");
+        child
     }
 
-    /// The next signal's number.
-    async fn next(&mut self) -> libc::c_int {
-        tokio::select! {
-            _ = self.interrupt.recv() => libc::SIGINT,
-            _ = self.terminate.recv() => libc::SIGTERM,
+    fn terminated() -> SeatLost {
+        SeatLost {
+            reason: LostReason::Terminated,
+            message: "an admin ended it".into(),
         }
+    }
+
+    const BOUND: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn commands_own_status_passes_through() {
+        let mut child = child("echo ready; exit 7").await;
+        let (_keep, mut signals) = mpsc::channel(1);
+        let never_lost = std::future::pending();
+        let ended = supervise(&mut child, never_lost, &mut signals, BOUND);
+        let ended = tokio::time::timeout(BOUND, ended).await.expect("bounded");
+        assert_eq!(ended, Ended::Exited(7));
+    }
+
+    #[tokio::test]
+    async fn signals_are_forwarded_to_command() {
+        let script = "trap 'exit 9' TERM; echo ready; while :; do sleep 0.05; done";
+        let mut child = child(script).await;
+        let (forward, mut signals) = mpsc::channel(1);
+        forward.send(libc::SIGTERM).await.expect("queued");
+        let never_lost = std::future::pending();
+        let ended = supervise(&mut child, never_lost, &mut signals, BOUND);
+        let ended = tokio::time::timeout(BOUND, ended).await.expect("bounded");
+        assert_eq!(ended, Ended::Exited(9), "COMMAND's trap ran");
+    }
+
+    #[tokio::test]
+    async fn a_lost_seat_sends_sigterm_to_command() {
+        let script = "trap 'exit 3' TERM; echo ready; while :; do sleep 0.05; done";
+        let mut child = child(script).await;
+        let (_keep, mut signals) = mpsc::channel(1);
+        let lost = async { terminated() };
+        let ended = supervise(&mut child, lost, &mut signals, BOUND);
+        let ended = tokio::time::timeout(BOUND, ended).await.expect("bounded");
+        assert_eq!(ended, Ended::SeatLost(terminated()));
+        let status = child.try_wait().expect("reaped").expect("exited");
+        assert_eq!(
+            status.code(),
+            Some(3),
+            "COMMAND exited from its SIGTERM trap"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_that_ignores_sigterm_gets_sigkill_after_the_grace() {
+        use std::os::unix::process::ExitStatusExt;
+        let script = "trap '' TERM; echo ready; while :; do sleep 0.05; done";
+        let mut child = child(script).await;
+        let (_keep, mut signals) = mpsc::channel(1);
+        let lost = async { terminated() };
+        let grace = Duration::from_millis(200);
+        let ended = supervise(&mut child, lost, &mut signals, grace);
+        let ended = tokio::time::timeout(BOUND, ended).await.expect("bounded");
+        assert_eq!(ended, Ended::SeatLost(terminated()));
+        let status = child.try_wait().expect("reaped").expect("exited");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    }
+
+    #[test]
+    fn a_signal_ends_as_128_plus_its_number() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = ExitStatus::from_raw(libc::SIGTERM);
+        assert_eq!(exit_code_of(Ok(status)), 128 + libc::SIGTERM as u8);
+        assert_eq!(exit_code_of(Ok(ExitStatus::from_raw(5 << 8))), 5);
     }
 }
