@@ -295,9 +295,12 @@ impl PendingSeat {
     }
 
     /// Waits for the broker's answer: the seat, or the status that refused it.
+    /// Dropping this future before the answer cancels the acquire.
     pub async fn seat(mut self) -> Result<Seat, Status> {
-        let answer = self.answer.take().expect("answered once");
-        match answer.await {
+        let answer = self.answer.as_mut().expect("answered once").await;
+        // Answered: nothing to cancel any more.
+        self.answer = None;
+        match answer {
             Ok(answer) => answer,
             Err(_) => Err(match self.stopped.get() {
                 Some(status) => status.clone(),
