@@ -25,7 +25,6 @@ async fn active(daemon: &impl DaemonApi, org: &Org) -> u32 {
 }
 
 #[tokio::test]
-#[ignore = "needs the broker side of SessionService.Channel (branch channel)"]
 async fn many_seats_share_one_stream_up_to_the_quota() {
     let server = start().await;
     let org = server.licensed_organization("many", 0, 5, &["eve"]).await;
@@ -69,7 +68,6 @@ async fn many_seats_share_one_stream_up_to_the_quota() {
 }
 
 #[tokio::test]
-#[ignore = "needs the broker side of SessionService.Channel (branch channel)"]
 async fn a_terminated_seat_is_lost_with_the_reason_and_the_others_are_kept() {
     let server = start().await;
     let org = server.licensed_organization("lost", 0, 2, &["eve"]).await;
@@ -93,7 +91,6 @@ async fn a_terminated_seat_is_lost_with_the_reason_and_the_others_are_kept() {
 }
 
 #[tokio::test]
-#[ignore = "needs the broker side of SessionService.Channel (branch channel)"]
 async fn seats_are_reattached_after_the_daemon_is_killed_and_restarted() {
     let ttl = "6000";
     let data_dir = tempfile::tempdir().expect("a data directory");

@@ -140,7 +140,6 @@ async fn active(daemon: &Daemon, org: &Org) -> u32 {
 }
 
 #[tokio::test]
-#[ignore = "needs the broker side of SessionService.Channel (branch channel)"]
 async fn commands_exit_status_passes_through_and_the_seat_is_free_right_after() {
     let daemon = daemon_with_ttl("30000", None).await;
     let org = daemon
@@ -157,7 +156,6 @@ async fn commands_exit_status_passes_through_and_the_seat_is_free_right_after() 
 }
 
 #[tokio::test]
-#[ignore = "needs the broker side of SessionService.Channel (branch channel)"]
 async fn without_a_wait_a_full_quota_exits_20_and_with_one_the_second_run_queues() {
     let daemon = daemon_with_ttl("30000", None).await;
     let org = daemon
@@ -185,7 +183,6 @@ async fn without_a_wait_a_full_quota_exits_20_and_with_one_the_second_run_queues
 }
 
 #[tokio::test]
-#[ignore = "needs the broker side of SessionService.Channel (branch channel)"]
 async fn a_terminated_seat_stops_command_and_exits_21() {
     let daemon = daemon_with_ttl("30000", None).await;
     let org = daemon
@@ -210,7 +207,6 @@ async fn a_terminated_seat_stops_command_and_exits_21() {
 }
 
 #[tokio::test]
-#[ignore = "needs the broker side of SessionService.Channel (branch channel)"]
 async fn sigterm_to_run_reaches_command_and_the_seat_is_released_after() {
     let daemon = daemon_with_ttl("30000", None).await;
     let org = daemon
@@ -231,7 +227,6 @@ async fn sigterm_to_run_reaches_command_and_the_seat_is_released_after() {
 }
 
 #[tokio::test]
-#[ignore = "needs the broker side of SessionService.Channel (branch channel)"]
 async fn command_keeps_running_across_a_daemon_restart_within_the_ttl() {
     let data_dir = tempfile::tempdir().expect("a data directory");
     let daemon = daemon_with_ttl("8000", Some(data_dir.path())).await;
