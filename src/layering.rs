@@ -47,6 +47,11 @@ const RULES: &[(&str, Rule)] = &[
         "web",
         Rule::Never(&["broker", "api", "storage", "wal", "server", "cli"]),
     ),
+    // What an engine embeds: the wire and the client helper, nothing of the daemon.
+    (
+        "engine_client",
+        Rule::Only(&["client", "proto", "tls", "limits"]),
+    ),
 ];
 
 #[test]

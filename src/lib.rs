@@ -18,6 +18,9 @@
 //!   commit, torn-tail recovery, snapshot files).
 //! - [`cli`]: the `seatbroker` command line (daemon and client subcommands);
 //!   [`client`]: the gRPC client helper it shares with tests and the load generator.
+//! - [`engine_client`]: the library an engine embeds to hold seats through the
+//!   session channel (renewal, reconnection and re-attach, lost seats); `seatbroker
+//!   run` is built on it.
 //! - [`loadgen`]: the load generator behind `seatbroker bench` (and its no-op
 //!   gRPC ceiling).
 //! - [`limits`]: every bound of the broker, in one place (the write-ahead log keeps
@@ -47,6 +50,7 @@ pub mod config;
 pub mod connections;
 pub mod datadir;
 pub mod domain;
+pub mod engine_client;
 pub mod leases;
 pub mod limits;
 pub mod loadgen;

@@ -487,6 +487,46 @@ const _: () = assert!(
 );
 const _: () = assert!(ACCEPT_ERROR_PAUSE_MS_MAX < WARNING_REPEAT_MS_MIN);
 
+// ----- The engine client library (`engine_client`), on the engine's side. -----
+
+/// Acquires one client has sent and not yet seen answered; more are refused at once
+/// with RESOURCE_EXHAUSTED (the broker's own bound per stream).
+pub const ENGINE_PENDING_ACQUIRES_MAX: usize = PENDING_ACQUIRES_PER_STREAM_MAX;
+/// Operations waiting for the stream (a broker that reads slowly); acquires past it are
+/// refused at once, renewals are never queued twice.
+pub const ENGINE_OPERATIONS_BUFFERED_MAX: usize = 8_192;
+/// Operations in one `ChannelRequest`.
+pub const ENGINE_OPERATIONS_PER_MESSAGE_MAX: usize = 512;
+/// Encoded bytes of one `ChannelRequest` (a batch stops before it would pass this).
+pub const ENGINE_MESSAGE_BYTES_MAX: usize = CHANNEL_REQUEST_BYTES_MAX / 2;
+/// Leases named in one attach operation (a reconnection attaches in chunks).
+pub const ENGINE_ATTACH_LEASES_PER_OPERATION_MAX: usize = 256;
+/// Messages handed to the transport and not yet written.
+pub const ENGINE_MESSAGES_IN_FLIGHT_MAX: usize = 8;
+/// Commands of the handles (acquire, release, cancel) waiting for the client's task.
+pub const ENGINE_COMMANDS_QUEUED_MAX: usize = 1_024;
+/// The defaults of `engine_client::ClientOptions`.
+pub const ENGINE_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const ENGINE_UNREACHABLE_PATIENCE_MS_DEFAULT: u64 = 10_000;
+pub const ENGINE_RECONNECT_BACKOFF_MS_INITIAL: u64 = 100;
+pub const ENGINE_RECONNECT_BACKOFF_MS_MAX: u64 = 5_000;
+
+/// A stream acquire's fields at their largest, with room for tags and the numbers.
+const ENGINE_ACQUIRE_WIRE_BYTES_MAX: usize =
+    ENGINE_ID_BYTES_MAX + HOSTNAME_BYTES_MAX + LABEL_BYTES_MAX + 48;
+// What the client sends stays within what the broker's channel accepts.
+const _: () = assert!(ENGINE_MESSAGE_BYTES_MAX <= CHANNEL_REQUEST_BYTES_MAX);
+const _: () = assert!(ENGINE_OPERATIONS_PER_MESSAGE_MAX <= CHANNEL_OPERATIONS_PER_MESSAGE_MAX);
+const _: () = assert!(ENGINE_PENDING_ACQUIRES_MAX <= PENDING_ACQUIRES_PER_STREAM_MAX);
+// Every operation fits in a message alone: an acquire, and an attach at its largest
+// (a lease id is 32 hex digits; 64 bytes leave room).
+const _: () = assert!(ENGINE_ACQUIRE_WIRE_BYTES_MAX <= ENGINE_MESSAGE_BYTES_MAX);
+const _: () =
+    assert!(ENGINE_ATTACH_LEASES_PER_OPERATION_MAX * (64 + 24) <= ENGINE_MESSAGE_BYTES_MAX);
+// A reconnection re-sends every pending acquire, behind the attaches.
+const _: () = assert!(ENGINE_PENDING_ACQUIRES_MAX < ENGINE_OPERATIONS_BUFFERED_MAX);
+const _: () = assert!(ENGINE_RECONNECT_BACKOFF_MS_INITIAL <= ENGINE_RECONNECT_BACKOFF_MS_MAX);
+
 // ----- The session channel and the wait queue (issue 16). -----
 
 /// The longest wait an acquire may ask for (`wait_ms`, unary and streamed): an hour.

@@ -94,7 +94,7 @@ async fn connect(args: &ClientArgs) -> Result<Clients, Failure> {
 /// A failure to connect: the command's own setup (an address that does not parse, TLS
 /// files that cannot be used) is a configuration error; only a daemon that could not
 /// be reached is worth a retry.
-fn connect_failure(error: ClientError) -> Failure {
+pub(super) fn connect_failure(error: ClientError) -> Failure {
     match error {
         ClientError::Unreachable { .. } => Failure::Unreachable(error.to_string()),
         ClientError::UnsendableKey => Failure::Usage(error.to_string()),
@@ -147,6 +147,10 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
 /// Runs one client subcommand and prints its answer, or the failure on standard error
 /// (as a JSON object with `--json`); returns the failure's exit code.
 pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
+    let command = match command {
+        ClientCommand::Run(run) => return super::run::run(args, run).await,
+        command => command,
+    };
     let outcome = match connect(&args).await {
         Ok(mut clients) => dispatch(&mut clients, command).await,
         Err(failure) => Err(failure),
@@ -181,6 +185,7 @@ async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Failure
         ClientCommand::Usage(args) => usage(c, args).await,
         ClientCommand::Audit(command) => audit(c, command).await,
         ClientCommand::Session(command) => session(c, command).await,
+        ClientCommand::Run(_) => unreachable!("`run` holds a stream of its own, see run()"),
     }
 }
 

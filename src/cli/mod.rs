@@ -8,6 +8,7 @@ mod commands;
 mod failure;
 mod output;
 mod plan;
+mod run;
 mod time;
 
 use std::path::PathBuf;
