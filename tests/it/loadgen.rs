@@ -28,6 +28,7 @@ fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> BenchConfi
         progress: Progress::Off,
         seed: 7,
         rate: None,
+        stream: None,
     }
 }
 
