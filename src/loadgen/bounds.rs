@@ -32,8 +32,9 @@ pub const ERROR_BACKOFF_MS: u64 = 10;
 /// cannot turn `realistic` into a busy loop.
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
 
-/// Operations in one message of a session channel (`--batch`).
-pub const STREAM_BATCH_MAX: u32 = 4_096;
+/// Operations in one message of a session channel (`--batch`): the broker closes a
+/// stream whose message carries more than 1,024.
+pub const STREAM_BATCH_MAX: u32 = 1_024;
 /// Session channels per connection (`--streams`); each is one simulated host.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 100_000;
 /// Messages a host's stream queues before its sender waits for the connection.

@@ -82,8 +82,13 @@ pub async fn run(args: BenchArgs) -> Result<Outcome, LoadgenError> {
     let outcome = match &plan.mode {
         Mode::Single(target) => Outcome::Single(Box::new(execute(&config, target).await?)),
         Mode::CompareNoop(broker, noop) => {
+            let server_pid = broker.server_pid;
             let broker = execute(&config, &Target::Broker(broker.clone())).await?;
-            let noop = execute(&config, noop).await?;
+            let noop = match noop {
+                // The ceiling runs on the broker's cores (`taskset` pinning included).
+                Target::NoopProcess => runner::execute_noop_process(&config, server_pid).await?,
+                other => execute(&config, other).await?,
+            };
             Outcome::Compare(Box::new(Comparison::new(broker, noop)))
         }
     };
@@ -136,7 +141,7 @@ pub async fn execute(config: &BenchConfig, target: &Target) -> Result<Report, Lo
     match target {
         Target::Broker(broker) => runner::execute_broker(config, broker).await,
         Target::Noop => runner::execute_noop(config, noop::NoopOptions::for_config(config)).await,
-        Target::NoopProcess => runner::execute_noop_process(config).await,
+        Target::NoopProcess => runner::execute_noop_process(config, None).await,
     }
 }
 

@@ -109,8 +109,13 @@ pub(crate) struct ChildNoopServer {
 }
 
 impl ChildNoopServer {
-    /// Spawns the child and reads the address it listens on from its first line.
-    pub(crate) async fn spawn(options: NoopOptions) -> Result<Self, LoadgenError> {
+    /// Spawns the child and reads the address it listens on from its first line. With
+    /// `cpus_of`, the child runs on the CPUs that process may run on (the broker it is
+    /// compared with, pinned with `taskset`): the ceiling gets the same cores.
+    pub(crate) async fn spawn(
+        options: NoopOptions,
+        cpus_of: Option<u32>,
+    ) -> Result<Self, LoadgenError> {
         use tokio::io::AsyncBufReadExt;
         let exe = std::env::current_exe().map_err(LoadgenError::NoopServer)?;
         let mut command = tokio::process::Command::new(exe);
@@ -122,6 +127,9 @@ impl ChildNoopServer {
             command.args(["--seats", &seats.to_string()]);
         }
         let mut child = command.spawn().map_err(LoadgenError::NoopServer)?;
+        if let (Some(model), Some(pid)) = (cpus_of, child.id()) {
+            copy_cpu_affinity(model, pid).map_err(LoadgenError::NoopServer)?;
+        }
         let stdout = child.stdout.take().ok_or_else(|| {
             LoadgenError::NoopServer(std::io::Error::other("no-op child has no stdout"))
         })?;
@@ -157,6 +165,30 @@ impl ChildNoopServer {
 
     pub(crate) async fn stop(&mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// Lets process `to` run on exactly the CPUs process `from` may run on.
+fn copy_cpu_affinity(from: u32, to: u32) -> std::io::Result<()> {
+    let pid = |id: u32| {
+        libc::pid_t::try_from(id).map_err(|_| std::io::Error::other("process id out of range"))
+    };
+    let (from, to) = (pid(from)?, pid(to)?);
+    // SAFETY: `cpu_set_t` is plain data (all zeroes is the empty set), and both calls
+    // get its true size and a pointer valid for the call.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(from, size, &mut set) == 0 {
+            libc::sched_setaffinity(to, size, &set)
+        } else {
+            -1
+        }
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -67,11 +67,15 @@ pub(crate) async fn execute_noop(
     result
 }
 
-/// Starts the no-op server as a child process of this binary, drives it, and stops it.
-pub(crate) async fn execute_noop_process(config: &BenchConfig) -> Result<Report, LoadgenError> {
+/// Starts the no-op server as a child process of this binary (on the CPUs of process
+/// `cpus_of` when given: the broker it is compared with), drives it, and stops it.
+pub(crate) async fn execute_noop_process(
+    config: &BenchConfig,
+    cpus_of: Option<u32>,
+) -> Result<Report, LoadgenError> {
     config.validate()?;
     let options = NoopOptions::for_config(config);
-    let mut child = super::noop::ChildNoopServer::spawn(options).await?;
+    let mut child = super::noop::ChildNoopServer::spawn(options, cpus_of).await?;
     let result = drive_noop_at(config, child.uri(), child.pid()).await;
     child.stop().await;
     result
