@@ -55,7 +55,9 @@ fn lease_table(c: &mut Criterion) {
         let table = table();
         b.iter(|| {
             let (id, generation) = acquire(&table, &org, &email, "engine-1", Instant::now());
-            table.release(&org, &email, id, generation).unwrap();
+            table
+                .release(&org, &email, id, generation, Instant::now())
+                .unwrap();
         })
     });
 
@@ -84,7 +86,9 @@ fn lease_table(c: &mut Criterion) {
                         for _ in 0..iterations / 2 {
                             let (id, generation) =
                                 acquire(&table, &org, &email, &engine, Instant::now());
-                            table.release(&org, &email, id, generation).unwrap();
+                            table
+                                .release(&org, &email, id, generation, Instant::now())
+                                .unwrap();
                         }
                     });
                 }

@@ -481,3 +481,48 @@ const _: () = assert!(
     1 <= ACCEPT_ERROR_PAUSE_MS_MIN && ACCEPT_ERROR_PAUSE_MS_MIN <= ACCEPT_ERROR_PAUSE_MS_MAX
 );
 const _: () = assert!(ACCEPT_ERROR_PAUSE_MS_MAX < WARNING_REPEAT_MS_MIN);
+
+// ----- The session channel and the wait queue (issue 16). -----
+
+/// The longest wait an acquire may ask for (`wait_ms`, unary and streamed): an hour.
+/// Longer is INVALID_ARGUMENT, so a forgotten waiter cannot hold a queue place for days.
+pub const ACQUIRE_WAIT_MS_MAX: u32 = 3_600_000;
+/// Queued acquires of one organization, all products together: past it an acquire that
+/// would wait is refused with RESOURCE_EXHAUSTED. A waiter costs about 200 bytes.
+pub const WAITERS_PER_ORG_MAX: usize = 10_000;
+/// A queued acquire hears its position at most this often (coalesced `queued` events;
+/// a unary long poll hears nothing).
+pub const QUEUE_POSITION_UPDATE_MS: u64 = 250;
+/// Operations in one `ChannelRequest`: past it the stream is closed with
+/// INVALID_ARGUMENT. Each is a few hundred bytes at most, so a full batch stays under
+/// the message bound.
+pub const CHANNEL_OPERATIONS_PER_MESSAGE_MAX: usize = 1_024;
+/// A `ChannelRequest` over this is refused from its 5-byte prefix (tonic's per-service
+/// decoding limit, shared with the unary calls of `SessionService`).
+pub const CHANNEL_REQUEST_BYTES_MAX: usize = SESSION_REQUEST_BYTES_MAX;
+/// Leases one stream holds (granted on it or attached): further acquires and attaches
+/// are refused (RESOURCE_EXHAUSTED) until some are released.
+pub const LEASES_PER_STREAM_MAX: usize = 100_000;
+/// Acquires of one stream not answered yet (waiting in the queue or for durability):
+/// past it an acquire is denied with RESOURCE_EXHAUSTED.
+pub const PENDING_ACQUIRES_PER_STREAM_MAX: usize = 1_024;
+/// Open streams authenticated by one API key (an engine host needs one): past it a new
+/// stream is refused with RESOURCE_EXHAUSTED. Streams per connection are bounded by
+/// HTTP/2 (`CONCURRENT_STREAMS_PER_CONNECTION_MAX`).
+pub const STREAMS_PER_KEY_MAX: usize = 64;
+/// Events waiting for a stream's client to read them. A stream whose outbox is full
+/// (its client reads nothing) is closed with RESOURCE_EXHAUSTED; its leases stay live
+/// for their TTL, to be attached again.
+pub const STREAM_OUTBOX_EVENTS_MAX: usize = 8_192;
+/// Events in one `ChannelResponse`: the outbox is drained into batches of this many.
+pub const CHANNEL_EVENTS_PER_MESSAGE_MAX: usize = 256;
+/// The largest encoded `ChannelResponse`: a full batch of the largest event (a granted
+/// lease).
+pub const CHANNEL_RESPONSE_BYTES_MAX: usize =
+    CHANNEL_EVENTS_PER_MESSAGE_MAX * (LIST_LEASE_WIRE_BYTES_MAX + 64);
+
+const _: () = assert!(PENDING_ACQUIRES_PER_STREAM_MAX <= WAITERS_PER_ORG_MAX);
+const _: () = assert!(CHANNEL_EVENTS_PER_MESSAGE_MAX <= STREAM_OUTBOX_EVENTS_MAX);
+// A whole batch of operations answered at once fits in the outbox.
+const _: () = assert!(CHANNEL_OPERATIONS_PER_MESSAGE_MAX <= STREAM_OUTBOX_EVENTS_MAX);
+const _: () = assert!(SESSION_RESPONSE_BYTES_MAX <= CHANNEL_RESPONSE_BYTES_MAX);

@@ -36,14 +36,16 @@ use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::activity::Activity;
+use crate::api::channel::StreamRegistry;
 use crate::api::guard::{AuthLayer, AuthService, BodyBudgetLayer, GuardFuture, RequestBodies};
 use crate::api::{AdminApi, SessionApi};
 use crate::audit::{AuditError, AuditLog, AuditOptions};
 use crate::auth::{self, OperatorKeyError};
-use crate::broker::Broker;
+use crate::broker::{AdminObserver, Broker};
 use crate::clock::{Clock, SystemClock};
 use crate::datadir::{self, DataDirLock, LockError};
-use crate::leases::{LeaseTiming, RecoveringLeases};
+use crate::domain::{Command, DomainError, OrgId, Principal};
+use crate::leases::{LeaseEnd, LeaseObserver, LeaseRef, LeaseTiming, RecoveringLeases};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
@@ -156,8 +158,12 @@ pub async fn run(
             return Err(error);
         }
     };
-    edge.services
-        .install(&config, &prepared.broker, &prepared.activity);
+    edge.services.install(
+        &config,
+        &prepared.broker,
+        &prepared.activity,
+        &prepared.streams,
+    );
     started(Started::Recovered {
         generated_operator_key: prepared.generated_operator_key.as_deref(),
     });
@@ -271,6 +277,11 @@ impl Edge {
         self.phase.set(Phase::Draining);
         report_health(&self.health, ServingStatus::NotServing).await;
         let _ = self.stop.send(());
+        // Open session streams hear `draining` and close, so they do not hold the
+        // drain; their leases stay live for their TTL.
+        if let Some(streams) = self.services.streams.get() {
+            streams.drain(u32::try_from(grace.as_millis()).unwrap_or(u32::MAX));
+        }
         match tokio::time::timeout(grace, &mut self.server).await {
             Ok(joined) => flatten(joined),
             Err(_) => {
@@ -289,6 +300,8 @@ impl Edge {
 struct Prepared {
     broker: Arc<Broker>,
     activity: Arc<Activity>,
+    /// The open session streams (told of lease ends and admin changes).
+    streams: Arc<StreamRegistry>,
     generated_operator_key: Option<String>,
     journal: Arc<WalJournal>,
     boot_epoch: u64,
@@ -329,6 +342,11 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
         },
     )?;
     let activity = Arc::new(Activity::new(Arc::clone(&clock), timing, audit));
+    let streams = Arc::new(StreamRegistry::new());
+    let observers = Arc::new(DaemonObservers {
+        activity: Arc::clone(&activity),
+        streams: Arc::clone(&streams),
+    });
     let leases = RecoveringLeases::new(timing, settings.limits.leases_per_org_max);
     let opened = durable::open(
         &data_dir.join(WAL_DIR),
@@ -338,7 +356,7 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
             ..WalOptions::default()
         },
         leases,
-        Arc::clone(&activity) as _,
+        Arc::clone(&observers) as _,
     )
     .await?;
     // The replay's files and scans were freed on this thread.
@@ -359,11 +377,12 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
         operator,
         journal.clone(),
         clock,
-        Arc::clone(&activity) as _,
+        observers as _,
     ));
     Ok(Prepared {
         broker,
         activity,
+        streams,
         generated_operator_key,
         journal,
         boot_epoch: opened.boot_epoch,
@@ -458,17 +477,31 @@ type EdgeLayers = Stack<BodyBudgetLayer, Stack<RpcLayer, Identity>>;
 struct BrokerServices {
     sessions: AfterRecovery<AuthService<SessionServiceServer<SessionApi>>>,
     admin: AfterRecovery<AuthService<AdminServiceServer<AdminApi>>>,
+    /// The session streams, drained at shutdown.
+    streams: OnceLock<Arc<StreamRegistry>>,
 }
 
 impl BrokerServices {
     /// Puts the services of `broker` behind their routes.
-    fn install(&self, config: &Config, broker: &Arc<Broker>, activity: &Arc<Activity>) {
+    fn install(
+        &self,
+        config: &Config,
+        broker: &Arc<Broker>,
+        activity: &Arc<Activity>,
+        streams: &Arc<StreamRegistry>,
+    ) {
         let limits = &config.settings().limits;
         let auth = AuthLayer::new(Arc::clone(broker));
-        let sessions =
-            SessionServiceServer::new(SessionApi::new(Arc::clone(broker), Arc::clone(activity)))
-                .max_decoding_message_size(limits::SESSION_REQUEST_BYTES_MAX)
-                .max_encoding_message_size(limits::SESSION_RESPONSE_BYTES_MAX);
+        let api = SessionApi::new(
+            Arc::clone(broker),
+            Arc::clone(activity),
+            Arc::clone(streams),
+        );
+        // A streamed batch of events is larger than any unary answer.
+        let sessions = SessionServiceServer::new(api)
+            .max_decoding_message_size(limits::CHANNEL_REQUEST_BYTES_MAX)
+            .max_encoding_message_size(limits::CHANNEL_RESPONSE_BYTES_MAX);
+        let _ = self.streams.set(Arc::clone(streams));
         let admin =
             AdminServiceServer::new(AdminApi::new(Arc::clone(broker), Arc::clone(activity)))
                 .max_decoding_message_size(limits.request_bytes_max)
@@ -643,6 +676,46 @@ async fn watch_log_alarm(
     }
 }
 
+/// Everyone told of lease events and admin changes: the account of them (`Activity`)
+/// and the session streams holding the leases (`StreamRegistry`).
+struct DaemonObservers {
+    activity: Arc<Activity>,
+    streams: Arc<StreamRegistry>,
+}
+
+impl LeaseObserver for DaemonObservers {
+    fn granted(&self, org: &OrgId, lease: LeaseRef<'_>, active: u32) {
+        self.activity.granted(org, lease, active);
+    }
+
+    fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration) {
+        self.activity.renewed(lease, since_last_renewal);
+    }
+
+    fn ended(
+        &self,
+        org: &OrgId,
+        lease: LeaseRef<'_>,
+        why: LeaseEnd,
+        by: Option<&Principal>,
+        active: u32,
+    ) {
+        self.activity.ended(org, lease, why, by, active);
+        self.streams.ended(org, lease, why, by, active);
+    }
+}
+
+impl AdminObserver for DaemonObservers {
+    fn admit(&self) -> Result<(), DomainError> {
+        self.activity.admit()
+    }
+
+    fn admin_changed(&self, principal: &Principal, command: &Command) {
+        self.activity.admin_changed(principal, command);
+        self.streams.admin_changed(command);
+    }
+}
+
 /// The tasks that live as long as the server: expiry, metrics sampling and export.
 fn spawn_background(
     broker: &Arc<Broker>,
@@ -670,6 +743,14 @@ async fn sweep_expired_leases(broker: Arc<Broker>) {
         let expired = broker.leases().expire_due(broker.clock().now());
         if expired > 0 {
             tracing::debug!(expired, "leases expired");
+        }
+        // Streams hear of an expired license within a tick.
+        let ended = broker.end_expired_licenses();
+        if ended > 0 {
+            tracing::info!(
+                ended,
+                "sessions ended: their organization's license expired"
+            );
         }
     }
 }

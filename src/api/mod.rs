@@ -4,6 +4,7 @@
 //! back into wire messages. No license rule lives here.
 
 pub mod admin;
+pub mod channel;
 pub mod convert;
 pub mod guard;
 pub mod paging;

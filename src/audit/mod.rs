@@ -48,7 +48,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::domain::{ApiKeyId, Command, DomainError, Email, LeaseId, OrgId, Principal, Product};
+use crate::domain::{
+    ApiKeyId, Command, DomainError, Email, LeaseId, OrgId, Principal, Product, Termination,
+};
 use crate::leases::{LeaseEnd, LeaseRef};
 use crate::limits;
 use crate::telemetry::metrics;
@@ -208,10 +210,18 @@ impl AuditEvent {
                 (AuditKind::LeaseReleased, Actor::Member(lease.email.clone()))
             }
             Some(LeaseEnd::Expired) => (AuditKind::LeaseExpired, Actor::Daemon),
-            Some(LeaseEnd::Terminated) => (
+            Some(LeaseEnd::Terminated(_)) => (
                 AuditKind::LeaseTerminated,
                 terminated_by.map_or(Actor::Admin, Actor::of),
             ),
+        };
+        // The cause of a termination other than an admin's own (a withdrawal, the
+        // license's expiry, a revoked key): rare, so its text is allocated.
+        let detail = match ended {
+            Some(LeaseEnd::Terminated(cause)) if cause != Termination::Admin => {
+                Some(cause.name().to_string())
+            }
+            _ => None,
         };
         AuditEvent {
             at_unix_ms,
@@ -222,7 +232,7 @@ impl AuditEvent {
             lease: Some((lease.id, lease.generation)),
             engine_id: Some(lease.engine_id.into()),
             actor,
-            detail: None,
+            detail,
         }
     }
 

@@ -2,6 +2,7 @@
 //! everything `apply` needs to be deterministic (ids, hashes and times are chosen before
 //! the command is made), so replaying the log reproduces the state exactly.
 
+use super::lease::Termination;
 use super::types::{ApiKeyId, Email, OrgId, Product, Quota, QuotaUpdate, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +122,18 @@ impl Command {
         match self {
             Command::DeleteOrganization { .. } => Withdrawal::WholeOrganization,
             _ => Withdrawal::Sessions(self.members_sessions_to_end()),
+        }
+    }
+
+    /// Why the sessions this command withdraws end, as their engines are told.
+    pub fn termination(&self) -> Termination {
+        match self {
+            Command::DeleteOrganization { .. } => Termination::OrganizationDeleted,
+            Command::RemoveMember { .. } => Termination::MemberRemoved,
+            Command::UnassignLicenses { .. } | Command::TransferLicense { .. } => {
+                Termination::Unassigned
+            }
+            _ => Termination::Admin,
         }
     }
 

@@ -21,6 +21,8 @@ mod admin;
 mod audit_descriptors;
 mod audit_isolation;
 mod bad_input;
+mod channel;
+mod channel_queue;
 mod cli;
 mod cli_lifecycle;
 mod daemon;
