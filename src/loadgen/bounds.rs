@@ -4,7 +4,7 @@
 //! unit and end with the qualifier (`_max`, `_min`); the `const` assertions at the
 //! bottom keep their relations true.
 
-use crate::limits::{KRE_SESSIONS_MAX, ORGANIZATIONS_MAX};
+use crate::limits::{CHANNEL_OPERATIONS_PER_MESSAGE_MAX, KRE_SESSIONS_MAX, ORGANIZATIONS_MAX};
 
 /// Simulated runtime engines in one run; each is one task holding at most one lease.
 pub const ENGINES_MAX: u32 = 1_000_000;
@@ -33,8 +33,8 @@ pub const ERROR_BACKOFF_MS: u64 = 10;
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
 
 /// Operations in one message of a session channel (`--batch`): the broker closes a
-/// stream whose message carries more than 1,024.
-pub const STREAM_BATCH_MAX: u32 = 1_024;
+/// stream whose message carries more.
+pub const STREAM_BATCH_MAX: u32 = CHANNEL_OPERATIONS_PER_MESSAGE_MAX as u32;
 /// Session channels per connection (`--streams`); each is one simulated host.
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 100_000;
 /// Messages a host's stream queues before its sender waits for the connection.
@@ -115,6 +115,7 @@ pub const METRICS_RESPONSE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 pub const METRICS_SCRAPE_MS_MAX: u64 = 10_000;
 
 const _: () = assert!(DURATION_MS_MIN <= DURATION_MS_MAX);
+const _: () = assert!(CHANNEL_OPERATIONS_PER_MESSAGE_MAX <= u32::MAX as usize);
 const _: () = assert!(ORGS_MAX <= ENGINES_MAX);
 const _: () = assert!(
     KRE_SESSIONS_MAX >= ENGINES_MAX,

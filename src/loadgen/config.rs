@@ -6,7 +6,7 @@
 use std::net::{IpAddr, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::limits::KRE_SESSIONS_MAX;
+use crate::limits::{KRE_SESSIONS_MAX, STREAMS_PER_KEY_MAX};
 use crate::tls::ClientTlsFiles;
 
 use super::args::{BenchArgs, OperatorKeyText, Protocol, TargetKind, Workload};
@@ -330,6 +330,14 @@ impl BenchConfig {
             self.orgs.into(),
             hosts.into(),
         )?;
+        let streams_per_key = hosts.div_ceil(self.members);
+        if streams_per_key as usize > STREAMS_PER_KEY_MAX {
+            return Err(usage(format!(
+                "{hosts} hosts on {} members open {streams_per_key} streams per key; the broker \
+                 allows {STREAMS_PER_KEY_MAX}: raise --members",
+                self.members
+            )));
+        }
         if let Some(every) = stream.renew_interval {
             check_millis(
                 "--renew-interval",
