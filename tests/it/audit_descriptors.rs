@@ -240,3 +240,69 @@ async fn an_admin_event_still_unwritable_at_shutdown_is_logged_with_its_content(
         "{event}"
     );
 }
+
+/// The warning of a failed accept (`connections::AcceptErrors`).
+const ACCEPT_FAILED: &str = "accepting a connection failed";
+/// Clients knocking while the daemon can open no descriptor: each waits in the listen
+/// backlog, so every accept the daemon tries fails with EMFILE.
+const KNOCKING_CLIENTS: usize = 8;
+/// How long the daemon is watched failing its accepts.
+const STARVED_FOR: Duration = Duration::from_secs(3);
+
+fn suppressed_of(line: &str) -> u64 {
+    let Some((_, rest)) = line
+        .split_once("\"suppressed\":")
+        .or_else(|| line.split_once("suppressed="))
+    else {
+        return 0;
+    };
+    rest.chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_accept_loop_pauses_and_warns_once_a_second_then_serves_again() {
+    let daemon = Serve::new().start().await;
+    daemon.organization("acme", 0, 1, &[]).await;
+    let mut admin = daemon.operator().await;
+    events(&mut admin, "acme").await.unwrap();
+    let original = daemon.soft_descriptor_limit();
+
+    let _held = fill_descriptor_holes(&daemon).await;
+    daemon.set_soft_descriptor_limit(daemon.lowest_free_descriptor());
+    let knocking: Vec<_> = (0..KNOCKING_CLIENTS)
+        .map(|_| std::net::TcpStream::connect(daemon.addr()).unwrap())
+        .collect();
+    tokio::time::sleep(STARVED_FOR).await;
+    let warnings: Vec<String> = daemon
+        .log_lines()
+        .into_iter()
+        .filter(|line| line.contains(ACCEPT_FAILED))
+        .collect();
+    daemon.set_soft_descriptor_limit(original);
+
+    // An unpaced loop fails its accepts as fast as it can retry them (over a million
+    // warnings in 3 s were seen before pacing); paced and rate-limited, at most one
+    // warning a second, each counting the failures it stands for.
+    assert!(!warnings.is_empty(), "the failed accepts are reported");
+    let seconds = STARVED_FOR.as_secs() as usize;
+    assert!(
+        warnings.len() <= seconds + 2,
+        "at most one warning a second: {}",
+        warnings.join("\n")
+    );
+    assert!(
+        warnings.iter().any(|line| suppressed_of(line) > 0),
+        "the repeats are counted, not logged: {}",
+        warnings.join("\n")
+    );
+    // Descriptors free again: the knocking clients are accepted and a new one served.
+    drop(knocking);
+    let mut fresh = daemon.operator().await;
+    events(&mut fresh, "acme")
+        .await
+        .expect("served once descriptors are free");
+}
