@@ -14,6 +14,7 @@
 //! - [`storage`]: the journal on the local log (the port's adapter), the record
 //!   codec, recovery and snapshots; [`wal`]: the write-ahead log underneath (segments, group
 //!   commit, torn-tail recovery, snapshot files).
+//! - [`cluster`]: cluster mode: leader election, the journal and recovery on etcd.
 //! - [`cli`]: the `seatbroker` command line (daemon and client subcommands);
 //!   [`client`]: the gRPC client helper it shares with tests and the load generator.
 //! - [`loadgen`]: the load generator behind `seatbroker bench` (and its no-op
@@ -41,6 +42,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod datadir;
