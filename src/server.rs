@@ -300,7 +300,8 @@ impl Edge {
                 self.drain(grace).await
             }
             reason = lost => {
-                self.drain(Duration::ZERO).await?;
+                // The journal already refuses: calls in flight get their UNAVAILABLE.
+                self.drain(LEADERSHIP_LOST_GRACE).await?;
                 Err(ServerError::LeadershipLost(reason))
             }
             joined = &mut self.server => flatten(joined),
@@ -334,6 +335,10 @@ impl Edge {
         }
     }
 }
+
+/// How long a leader that lost its leadership lets calls in flight take to be
+/// answered (UNAVAILABLE, from the journal) before it cuts them and exits.
+const LEADERSHIP_LOST_GRACE: Duration = Duration::from_millis(250);
 
 /// A recovered daemon: its broker and the operator key it generated, if any.
 struct Prepared {
@@ -503,7 +508,13 @@ async fn lead_cluster(
     let on_leader = |leader: &str| phase.stand_by(leader);
     let leadership = election::campaign(&etcd, &keys, &options, &on_leader).await;
     phase.set(Phase::Starting);
-    let recovered = recovery::recover(&etcd, &keys, &leadership, leases, observer).await?;
+    let recovered = match recovery::recover(&etcd, &keys, &leadership, leases, observer).await {
+        Ok(recovered) => recovered,
+        Err(ClusterError::LeadershipLost(reason)) => {
+            return Err(ServerError::LeadershipLost(reason));
+        }
+        Err(error) => return Err(error.into()),
+    };
     metrics::recovery(recovered.recovery_time, recovered.records_replayed);
     tracing::info!(
         groups = recovered.groups_replayed,

@@ -44,14 +44,20 @@ impl LostSignal {
 
     /// Marks the leadership lost (the first reason stays).
     pub fn lose(&self, reason: String) {
+        if self.set(reason.clone()) {
+            tracing::error!(%reason, "stepping down: this node no longer leads");
+        }
+    }
+
+    /// Sets the reason unless one is set; whether it was.
+    fn set(&self, reason: String) -> bool {
         self.0.send_if_modified(|lost| {
             if lost.is_some() {
                 return false;
             }
-            tracing::error!(%reason, "stepping down: this node no longer leads");
             *lost = Some(reason);
             true
-        });
+        })
     }
 
     pub fn is_lost(&self) -> bool {
@@ -76,7 +82,8 @@ impl Leadership {
     /// Gives the leadership up at once (a graceful shutdown): the lease is revoked, so
     /// the election key goes and a standby is elected without waiting for a TTL.
     pub async fn resign(self, etcd: &Etcd) {
-        self.lost.lose("this node is shutting down".into());
+        self.lost.set("this node is shutting down".into());
+        tracing::info!("resigning the leadership: revoking the election lease");
         self.keepalive.abort();
         if let Err(error) = etcd.revoke(self.lease).await {
             tracing::warn!(%error, "could not revoke the election lease; a standby takes over once it expires");

@@ -52,9 +52,10 @@ impl NodeOptions {
         self.election_ttl / 2
     }
 
-    /// How long an etcd call may take before it counts as failed.
+    /// How long an etcd call may take before it counts as failed (and is retried,
+    /// while this node leads or campaigns).
     pub fn request_timeout(&self) -> Duration {
-        (self.election_ttl / 4).max(Duration::from_millis(250))
+        (self.election_ttl / 4).max(Duration::from_secs(1))
     }
 
     /// How often a standby looks whether the election key is free.

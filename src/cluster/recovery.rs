@@ -10,7 +10,7 @@
 //! write is fenced on it.
 
 use std::sync::Arc;
-use std::time::Instant as WallInstant;
+use std::time::{Duration, Instant as WallInstant};
 
 use tokio::time::Instant;
 
@@ -28,6 +28,9 @@ use crate::storage::durable::{self, Replayer};
 const PAGE_GROUPS: i64 = 16;
 const _: () =
     assert!(PAGE_GROUPS as usize * journal::GROUP_BYTES_MAX * 2 <= etcd::RESPONSE_BYTES_MAX);
+
+/// A failed read of the log is tried again after this pause, while this node leads.
+const READ_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a new leader rebuilt.
 pub struct Recovered {
@@ -57,7 +60,7 @@ pub async fn recover(
     let mut last_seq = None;
     let (mut groups, mut records) = (0u64, 0u64);
     loop {
-        let page = etcd.range(&start, &end, revision, PAGE_GROUPS).await?;
+        let page = read_page(etcd, leadership, (&start, &end), revision).await?;
         if revision == 0 {
             revision = page.header.as_ref().map(|h| h.revision).unwrap_or_default();
         }
@@ -119,4 +122,27 @@ pub async fn recover(
         records_replayed: records,
         recovery_time: started.elapsed(),
     })
+}
+
+/// One page of the log at `revision` (0: now), retried while this node leads.
+async fn read_page(
+    etcd: &Etcd,
+    leadership: &Leadership,
+    (start, end): (&[u8], &[u8]),
+    revision: i64,
+) -> Result<etcd::pb::RangeResponse, ClusterError> {
+    loop {
+        if leadership.signal().is_lost() {
+            return Err(ClusterError::LeadershipLost(
+                "lost while reading the log from etcd".into(),
+            ));
+        }
+        match etcd.range(start, end, revision, PAGE_GROUPS).await {
+            Ok(page) => return Ok(page),
+            Err(error) => {
+                tracing::warn!(%error, "reading the cluster's log from etcd failed; retrying");
+                tokio::time::sleep(READ_RETRY_PAUSE).await;
+            }
+        }
+    }
 }

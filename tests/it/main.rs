@@ -23,6 +23,7 @@ mod audit_isolation;
 mod bad_input;
 mod cli;
 mod cli_lifecycle;
+mod cluster;
 mod daemon;
 mod datadir;
 mod disk_full;
