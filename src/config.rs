@@ -895,6 +895,55 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_needs_names_the_operator_key_and_etcd_urls() {
+        let key = "a-very-secret-operator-key-0123456789abcdef";
+        let toml = |extra: &str| {
+            Settings::parse(&format!(
+                "operator_key = \"{key}\"\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n{extra}"
+            ))
+            .unwrap()
+        };
+        let node = check(toml("node_name = \"a\"\n")).unwrap();
+        assert!(node.settings().cluster.enabled());
+        assert_eq!(
+            node.settings().cluster.election_ttl_s,
+            limits::ELECTION_TTL_S_DEFAULT
+        );
+        assert!(check(toml("")).unwrap_err().contains("--node-name"));
+        let no_key = Settings {
+            operator_key: None,
+            ..toml("node_name = \"a\"\n")
+        };
+        assert!(check(no_key).unwrap_err().contains("operator key given"));
+        let mut bad_url = toml("node_name = \"a\"\n");
+        bad_url.cluster.etcd_endpoints = vec!["127.0.0.1:2379".into()];
+        assert!(
+            check(bad_url)
+                .unwrap_err()
+                .contains("not an etcd client URL")
+        );
+        let short_ttl = toml("node_name = \"a\"\nelection_ttl_s = 1\n");
+        assert!(
+            check(short_ttl)
+                .unwrap_err()
+                .contains("cluster.election_ttl_s")
+        );
+        let big_requests = Settings::parse(&format!(
+            "operator_key = \"{key}\"\n[limits]\nrequest_bytes_max = 2097152\nrequest_bodies_bytes_max = 4194304\n[cluster]\netcd_endpoints = [\"http://e:2379\"]\nnode_name = \"a\"\n"
+        ))
+        .unwrap();
+        assert!(check(big_requests).unwrap_err().contains("one etcd value"));
+        // Without endpoints nothing of the section is checked: a single node.
+        assert!(
+            !check(Settings::default())
+                .unwrap()
+                .settings()
+                .cluster
+                .enabled()
+        );
+    }
+
+    #[test]
     fn edge_bounds_are_checked_and_the_body_budget_holds_a_whole_request() {
         let config = check(Settings::default()).unwrap();
         assert_eq!(config.settings().limits.handshake_timeout_ms, 10_000);

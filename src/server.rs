@@ -356,7 +356,7 @@ enum Log {
     /// The local write-ahead log (a single node).
     Local(Arc<WalJournal>),
     /// etcd, while this node leads its cluster.
-    Cluster(ClusterTerm),
+    Cluster(Box<ClusterTerm>),
 }
 
 /// A cluster leader's term: its etcd client, its leadership and its journal.
@@ -529,7 +529,7 @@ async fn lead_cluster(
         admin: recovered.admin,
         leases: recovered.leases,
         journal,
-        log: Log::Cluster(ClusterTerm { etcd, leadership }),
+        log: Log::Cluster(Box::new(ClusterTerm { etcd, leadership })),
         boot_epoch: recovered.boot_epoch,
     })
 }

@@ -38,7 +38,7 @@ pub struct Leadership {
 pub struct LostSignal(watch::Sender<Option<String>>);
 
 impl LostSignal {
-    fn new() -> Arc<LostSignal> {
+    pub fn new() -> Arc<LostSignal> {
         Arc::new(LostSignal(watch::Sender::new(None)))
     }
 

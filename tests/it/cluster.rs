@@ -665,3 +665,70 @@ async fn while_etcd_is_down_writes_are_refused_and_nothing_acknowledged_is_lost(
         "a refused write was applied"
     );
 }
+
+#[tokio::test]
+async fn a_write_fenced_on_another_term_is_refused_and_leaves_nothing_in_etcd() {
+    use seatbroker::cluster::election::LostSignal;
+    use seatbroker::cluster::etcd;
+    use seatbroker::cluster::journal::{EtcdJournal, Writer};
+    use seatbroker::cluster::{ClusterError, Keys};
+
+    let Some(binary) = etcd_binary() else { return };
+    let etcd_server = EtcdServer::start(binary).await;
+    let client = etcd_server.client();
+    let keys = Keys::new("fenced");
+    // Another node's term: the election key, created now.
+    let elected = client
+        .txn(etcd::pb::TxnRequest {
+            compare: vec![etcd::created_at(&keys.election, 0)],
+            success: vec![etcd::put(keys.election.clone(), b"127.0.0.1:1".to_vec(), 0)],
+            failure: vec![],
+        })
+        .await
+        .expect("txn");
+    assert!(elected.succeeded);
+    let current = elected.header.expect("a header").revision;
+
+    // A deposed leader: its term's revision is an older one.
+    let lost = LostSignal::new();
+    let deposed = EtcdJournal::start(
+        Writer {
+            etcd: client.clone(),
+            keys: keys.clone(),
+            fence_revision: current - 1,
+            next_seq: 0,
+        },
+        Arc::clone(&lost),
+    );
+    let refused = deposed.append_and_wait(b"a record".to_vec()).await;
+    assert!(
+        matches!(refused, Err(ClusterError::LeadershipLost(_))),
+        "{refused:?}"
+    );
+    assert!(lost.is_lost(), "a fenced-off write ends the term");
+    assert!(client.get(&keys.log_key(0)).await.expect("get").is_none());
+
+    // The current term's writes land.
+    let leader = EtcdJournal::start(
+        Writer {
+            etcd: client.clone(),
+            keys: keys.clone(),
+            fence_revision: current,
+            next_seq: 0,
+        },
+        LostSignal::new(),
+    );
+    leader
+        .append_and_wait(b"a record".to_vec())
+        .await
+        .expect("the leader's write");
+    let landed = client
+        .get(&keys.log_key(0))
+        .await
+        .expect("get")
+        .expect("the group");
+    assert_eq!(
+        seatbroker::cluster::journal::unframe(&landed.value).unwrap(),
+        [b"a record".as_slice()]
+    );
+}
