@@ -64,6 +64,7 @@ fn build(members: usize) -> AdminState {
                             label: "laptop".into(),
                             secret_sha256: [7; 32],
                             created_at_unix_ms: 0,
+                            client_cert_subject: None,
                         };
                         (record.id.clone(), record)
                     })

@@ -55,7 +55,9 @@ fn lease_table(c: &mut Criterion) {
         let table = table();
         b.iter(|| {
             let (id, generation) = acquire(&table, &org, &email, "engine-1", Instant::now());
-            table.release(&org, &email, id, generation).unwrap();
+            table
+                .release(&org, &email, id, generation, Instant::now())
+                .unwrap();
         })
     });
 
@@ -84,7 +86,9 @@ fn lease_table(c: &mut Criterion) {
                         for _ in 0..iterations / 2 {
                             let (id, generation) =
                                 acquire(&table, &org, &email, &engine, Instant::now());
-                            table.release(&org, &email, id, generation).unwrap();
+                            table
+                                .release(&org, &email, id, generation, Instant::now())
+                                .unwrap();
                         }
                     });
                 }
@@ -144,12 +148,15 @@ fn authentication(c: &mut Criterion) {
             label: String::new(),
             secret_sha256: key.sha256,
             created_at_unix_ms: 0,
+            client_cert_subject: None,
         })
         .unwrap();
     let operator = OperatorKey::from_text(&auth::generate_operator_key()).unwrap();
     c.bench_function("authenticate/member_key", |b| {
         b.iter(|| {
-            black_box(auth::authenticate(&state, &operator, black_box(&key.full_text)).unwrap())
+            black_box(
+                auth::authenticate(&state, &operator, black_box(&key.full_text), None).unwrap(),
+            )
         })
     });
 }

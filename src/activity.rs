@@ -8,6 +8,10 @@
 //! Everything here is quick and never blocks: counters are atomics, a usage window is
 //! one small mutex, and the audit record is a `try_send` (an admin change's events go
 //! into an inbox under a mutex instead, as they are never dropped).
+//!
+//! Every event of a call carries the subject of its connection's client certificate
+//! (mTLS), taken from the task serving the call ([`call_client_subject`]); events of
+//! no call (expiries) carry none.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +19,7 @@ use std::time::Duration;
 use crate::audit::{AuditEvent, AuditLog};
 use crate::broker::AdminObserver;
 use crate::clock::Clock;
+use crate::connections::call_client_subject;
 use crate::domain::{Command, DomainError, OrgId, Principal, Product};
 use crate::leases::{LeaseEnd, LeaseObserver, LeaseRef, LeaseTiming};
 use crate::telemetry::metrics::{DENIAL_REASONS, LeaseMetrics};
@@ -74,7 +79,8 @@ impl Activity {
         if matches!(error, DomainError::QuotaExhausted { .. }) {
             self.usage.denied(org, product, now);
         }
-        let event = AuditEvent::denied(now, org, email, product, DENIAL_REASONS[reason]);
+        let event = AuditEvent::denied(now, org, email, product, DENIAL_REASONS[reason])
+            .with_client_cert(call_client_subject());
         self.audit.record(event);
     }
 
@@ -93,7 +99,11 @@ impl AdminObserver for Activity {
     /// An admin command was applied and made durable: its events are never dropped
     /// (see [`crate::audit`]).
     fn admin_changed(&self, principal: &Principal, command: &Command) {
-        let events = AuditEvent::of_command(self.clock.unix_ms(), principal, command);
+        let client_cert = call_client_subject();
+        let events = AuditEvent::of_command(self.clock.unix_ms(), principal, command)
+            .into_iter()
+            .map(|event| event.with_client_cert(client_cert.clone()))
+            .collect();
         self.audit.record_admin_change(events);
     }
 }
@@ -103,8 +113,9 @@ impl LeaseObserver for Activity {
         let now = self.clock.unix_ms();
         self.metrics.granted(lease.product);
         self.usage.granted(org, lease.product, active, now);
-        self.audit
-            .record(AuditEvent::lease(now, org, lease, None, None));
+        let event =
+            AuditEvent::lease(now, org, lease, None, None).with_client_cert(call_client_subject());
+        self.audit.record(event);
     }
 
     fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration) {
@@ -123,7 +134,8 @@ impl LeaseObserver for Activity {
         let now = self.clock.unix_ms();
         self.metrics.ended(lease.product, why);
         self.usage.ended(org, lease.product, active, now);
-        self.audit
-            .record(AuditEvent::lease(now, org, lease, Some(why), by));
+        let event = AuditEvent::lease(now, org, lease, Some(why), by)
+            .with_client_cert(call_client_subject());
+        self.audit.record(event);
     }
 }

@@ -256,10 +256,16 @@ fn write_durably(path: &Path, contents: &[u8]) -> Result<(), OperatorKeyError> {
 
 /// Resolves a bearer token into the caller. Unknown, revoked and malformed keys are
 /// all UNAUTHENTICATED; which one is said only where it helps an honest caller.
+///
+/// A key bound to a client certificate subject is refused (PERMISSION_DENIED: the key
+/// is genuine, this connection may not use it) unless `client_subject`, the subject of
+/// the certificate the connection's TLS handshake verified, is that subject. The
+/// answer says which kind of mismatch it is, never the expected subject.
 pub fn authenticate(
     state: &AdminState,
     operator: &OperatorKey,
     token: &str,
+    client_subject: Option<&str>,
 ) -> Result<Principal, DomainError> {
     if token.is_empty() {
         return Err(DomainError::Unauthenticated(
@@ -274,6 +280,11 @@ pub fn authenticate(
         if let Some((org, record)) = state.api_key(key_id)
             && bool::from(sha256(token).ct_eq(&record.secret_sha256))
         {
+            check_client_binding(
+                key_id,
+                record.client_cert_subject.as_deref(),
+                client_subject,
+            )?;
             return Ok(Principal::Member {
                 org: org.id.clone(),
                 email: record.email.clone(),
@@ -295,9 +306,54 @@ pub fn authenticate(
     ))
 }
 
+/// Refuses a key bound to `bound` used over a connection whose client certificate
+/// subject is `presented` (none: plaintext, or TLS without a client certificate).
+fn check_client_binding(
+    key_id: &str,
+    bound: Option<&str>,
+    presented: Option<&str>,
+) -> Result<(), DomainError> {
+    let Some(bound) = bound else {
+        return Ok(());
+    };
+    match presented {
+        Some(presented) if presented == bound => Ok(()),
+        Some(_) => Err(DomainError::PermissionDenied(format!(
+            "API key {key_id} is bound to a client certificate subject, and this \
+             connection's client certificate has another subject; connect with the \
+             certificate the key was bound to"
+        ))),
+        None => Err(DomainError::PermissionDenied(format!(
+            "API key {key_id} is bound to a client certificate subject, and this \
+             connection presented no client certificate; connect over TLS with the \
+             certificate the key was bound to (--tls-cert and --tls-key)"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bound_key_needs_its_subject() {
+        let bound = Some("CN=engine-7, O=Acme");
+        assert!(check_client_binding("k", None, None).is_ok());
+        assert!(check_client_binding("k", None, Some("CN=x")).is_ok());
+        assert!(check_client_binding("k", bound, bound).is_ok());
+        let other = check_client_binding("k", bound, Some("CN=engine-8, O=Acme"))
+            .unwrap_err()
+            .to_string();
+        assert!(other.contains("another subject"), "{other}");
+        assert!(
+            !other.contains("engine-7"),
+            "the bound subject leaked: {other}"
+        );
+        let none = check_client_binding("k", bound, None)
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("no client certificate"), "{none}");
+    }
 
     #[test]
     fn generated_keys_parse_and_typos_do_not() {

@@ -14,12 +14,17 @@ use crate::clock::Clock;
 use crate::domain::journal::{Durable, Journal};
 use crate::domain::{
     Action, AdminState, ApiKeyRecord, Command, CommandOutcome, DomainError, Email, OrgId,
-    Organization, Principal, Product, Quota, Role, authorize, authorize_command,
+    Organization, Principal, Product, Quota, Role, Termination, authorize, authorize_command,
 };
 use crate::domain::{Lease, LeaseId};
-use crate::leases::{AcquireRequest, Granted, LeaseTable, Now, ProductCounters};
+use crate::leases::{
+    AcquireRequest, Acquired, GoneLeases, Granted, LeaseEnd, LeaseTable, Now, ProductCounters,
+    WaitTicket,
+};
+use crate::limits;
 use crate::storage::durable::{self, WalJournal};
 use crate::wal::{Lsn, WalError};
+use tokio::time::Instant;
 
 /// Why [`Broker::close`] could not make the log durable: the journal's answer, or the
 /// task that asked it failing (an infrastructure failure, not a domain error).
@@ -187,8 +192,14 @@ impl Broker {
         })
     }
 
-    pub fn authenticate(&self, token: &str) -> Result<Principal, DomainError> {
-        auth::authenticate(&self.admin.read(), &self.operator, token)
+    /// Resolves `token` into the caller, over a connection whose verified client
+    /// certificate has `client_subject` (see [`auth::authenticate`]).
+    pub fn authenticate(
+        &self,
+        token: &str,
+        client_subject: Option<&str>,
+    ) -> Result<Principal, DomainError> {
+        auth::authenticate(&self.admin.read(), &self.operator, token, client_subject)
     }
 
     /// Called once at shutdown, after the last in-flight call finished: makes every
@@ -219,9 +230,15 @@ impl Broker {
             let durable = self.journal.append_command(permit, &command);
             // Ending sessions under the admin lock keeps an acquire that checked the
             // old assignment from slipping in after the cleanup.
-            let sessions_ended = self
-                .leases
-                .end_sessions_withdrawn_by(&command, Some(principal));
+            let now = self.clock.now();
+            let sessions_ended =
+                self.leases
+                    .end_sessions_withdrawn_by(&command, Some(principal), Some(now));
+            if let CommandOutcome::QuotaSet { after, .. } = &outcome {
+                // A raise frees seats: the waiters get them before anyone new.
+                let quotas = Product::ALL.map(|product| (product, after.for_product(product)));
+                self.leases.quota_changed(command.org(), quotas, now);
+            }
             let executed = Executed {
                 outcome,
                 sessions_ended,
@@ -240,6 +257,7 @@ impl Broker {
         org: OrgId,
         email: Option<Email>,
         label: String,
+        client_cert_subject: Option<String>,
     ) -> Result<CreatedKey, DomainError> {
         let email = match (email, principal) {
             (Some(email), _) => email,
@@ -258,6 +276,7 @@ impl Broker {
             label: label.clone(),
             secret_sha256: generated.sha256,
             created_at_unix_ms: self.clock.unix_ms(),
+            client_cert_subject: client_cert_subject.clone(),
         };
         let command = Command::CreateApiKey {
             org,
@@ -266,6 +285,7 @@ impl Broker {
             label,
             secret_sha256: record.secret_sha256,
             created_at_unix_ms: record.created_at_unix_ms,
+            client_cert_subject,
         };
         self.execute(principal, command).await?;
         Ok(CreatedKey {
@@ -387,7 +407,7 @@ impl Broker {
         let admin = self.admin.read();
         authorize(&admin, principal, Action::Administer, org, None)?;
         admin.organization(org)?;
-        self.leases.terminate(org, id, principal)
+        self.leases.terminate(org, id, principal, self.clock.now())
     }
 
     // ----- Engine calls: the hot path. -----
@@ -407,17 +427,180 @@ impl Broker {
         principal: &Principal,
         request: &EngineRequest,
     ) -> Result<Granted, DomainError> {
-        let (granted, durable) = self.grant(principal, request)?;
+        let (granted, durable) = self.with_license(principal, request, |acquire, now| {
+            self.leases.acquire(acquire, now)
+        })?;
         durable.await?;
         Ok(granted)
     }
 
-    /// Checks the license and takes the seat, under the admin read lock.
-    fn grant(
+    /// Extends a lease; returns its remaining time.
+    pub fn heartbeat(
+        &self,
+        principal: &Principal,
+        id: LeaseId,
+        generation: u64,
+    ) -> Result<std::time::Duration, DomainError> {
+        let (org, email) = Self::engine_identity(principal)?;
+        let license_expired = {
+            let admin = self.admin.read();
+            admin
+                .organization(org)?
+                .quota
+                .expired_at(self.clock.unix_ms())
+        };
+        if license_expired {
+            // The license ran out: the caller's own session ends now rather than at its
+            // deadline (checked like a release: same user, same generation), unless
+            // the license sweep ended it already; either way the engine hears why.
+            let why = LeaseEnd::Terminated(Termination::LicenseExpired);
+            let now = self.clock.now();
+            let _ = self.leases.end_held(org, email, id, generation, why, now);
+            return Err(DomainError::LicenseExpired(org.clone()));
+        }
+        // Read after any wait for the admin lock: the heartbeat counts from now.
+        let now = self.clock.now();
+        let deadline = self.leases.heartbeat(org, email, id, generation, now)?;
+        Ok(deadline.saturating_duration_since(now))
+    }
+
+    pub fn release(
+        &self,
+        principal: &Principal,
+        id: LeaseId,
+        generation: u64,
+    ) -> Result<(), DomainError> {
+        let (org, email) = Self::engine_identity(principal)?;
+        self.leases
+            .release(org, email, id, generation, self.clock.now())
+    }
+
+    /// Grants a session, or queues the request when the quota is full (see
+    /// [`Waiting`]); a grant may be answered once its `Durable` resolves.
+    pub fn acquire_or_queue(
+        self: &Arc<Self>,
+        principal: &Principal,
+        request: &EngineRequest,
+    ) -> Result<Acquisition, DomainError> {
+        let acquired = self.with_license(principal, request, |acquire, now| {
+            self.leases.acquire_or_queue(acquire, now)
+        })?;
+        Ok(match acquired {
+            Acquired::Granted(granted, durable) => Acquisition::Granted(granted, durable),
+            Acquired::Queued {
+                ticket,
+                position,
+                length,
+            } => Acquisition::Queued(Waiting {
+                broker: Arc::clone(self),
+                org: Self::engine_identity(principal)?.0.clone(),
+                ticket: Some(ticket),
+                unclaimed: None,
+                position: (position, length),
+            }),
+        })
+    }
+
+    /// A unary acquire that waits up to `wait` for a seat (a long poll); answers once
+    /// the grant is durable. Dropping the future leaves the queue.
+    pub async fn acquire_waiting(
+        self: &Arc<Self>,
+        principal: &Principal,
+        request: &EngineRequest,
+        wait: std::time::Duration,
+    ) -> Result<Granted, DomainError> {
+        let started = self.clock.now();
+        match self.acquire_or_queue(principal, request)? {
+            Acquisition::Granted(granted, durable) => {
+                durable.await?;
+                Ok(granted)
+            }
+            Acquisition::Queued(mut waiting) => {
+                waiting
+                    .granted_within(started, wait, std::future::pending(), |_, _| {})
+                    .await
+            }
+        }
+    }
+
+    /// Renews every lease in `held` (one stream's) to now + TTL with one admin read and
+    /// one lock of the organization (to now + TTL); returns the leases that are gone
+    /// (with why), which the caller stops holding.
+    pub fn renew_all(
+        &self,
+        principal: &Principal,
+        held: &[(LeaseId, u64)],
+    ) -> Result<GoneLeases, DomainError> {
+        let (org, email) = Self::engine_identity(principal)?;
+        let license_expired = {
+            let admin = self.admin.read();
+            admin
+                .organization(org)?
+                .quota
+                .expired_at(self.clock.unix_ms())
+        };
+        if license_expired {
+            self.leases.end_expired_license(org);
+            return Err(DomainError::LicenseExpired(org.clone()));
+        }
+        let now = self.clock.now();
+        Ok(self.leases.heartbeat_all(org, email, held, now))
+    }
+
+    /// The lease `id` of the caller at `generation`, extended like a heartbeat: what a
+    /// stream attaching it answers (fenced: another user's lease is not found, a stale
+    /// generation refused).
+    pub fn attach(
+        &self,
+        principal: &Principal,
+        id: LeaseId,
+        generation: u64,
+    ) -> Result<Lease, DomainError> {
+        let (org, email) = Self::engine_identity(principal)?;
+        self.heartbeat(principal, id, generation)?;
+        self.leases.live_lease(org, email, id, generation)
+    }
+
+    /// Ends a lease of the caller for `why` (its stream's key was revoked).
+    pub fn end_held(
+        &self,
+        principal: &Principal,
+        id: LeaseId,
+        generation: u64,
+        why: Termination,
+    ) -> Result<(), DomainError> {
+        let (org, email) = Self::engine_identity(principal)?;
+        let why = LeaseEnd::Terminated(why);
+        self.leases
+            .end_held(org, email, id, generation, why, self.clock.now())
+    }
+
+    /// Ends the sessions of every organization whose license has expired, so that the
+    /// streams holding them hear it at once (a unary engine hears it at its next
+    /// heartbeat, as before); called by the expiry sweep. Returns the sessions ended.
+    pub fn end_expired_licenses(&self) -> u32 {
+        let now_unix_ms = self.clock.unix_ms();
+        let expired: Vec<OrgId> = self
+            .admin
+            .read()
+            .organizations()
+            .filter(|o| o.quota.expired_at(now_unix_ms) && self.leases.is_occupied(&o.id))
+            .map(|o| o.id.clone())
+            .collect();
+        expired
+            .iter()
+            .map(|org| self.leases.end_expired_license(org))
+            .sum()
+    }
+
+    /// Checks the license of `principal` for `request` under the admin read lock and
+    /// hands the lease table's request to `take`.
+    fn with_license<T>(
         &self,
         principal: &Principal,
         request: &EngineRequest,
-    ) -> Result<(Granted, Durable), DomainError> {
+        take: impl FnOnce(AcquireRequest<'_>, Now) -> Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
         let (org, email) = Self::engine_identity(principal)?;
         let now = self.now();
         let admin = self.admin.read();
@@ -441,44 +624,111 @@ impl Broker {
             label: &request.label,
             quota: organization.quota.for_product(request.product),
         };
-        self.leases.acquire(acquire, now)
+        take(acquire, now)
+    }
+}
+
+/// What [`Broker::acquire_or_queue`] did.
+pub enum Acquisition {
+    /// A seat at once; answer once `Durable` resolves.
+    Granted(Granted, Durable),
+    /// Queued: wait with [`Waiting::granted_within`].
+    Queued(Waiting),
+}
+
+/// A queued acquire. Dropped before it was answered, it leaves the queue, and a seat
+/// granted to it meanwhile (or whose grant it was still making durable) is ended, so
+/// no seat is held by a waiter that went away.
+pub struct Waiting {
+    broker: Arc<Broker>,
+    org: OrgId,
+    /// `None` once answered.
+    ticket: Option<WaitTicket>,
+    /// A grant taken from the queue and not yet handed to the engine.
+    unclaimed: Option<Granted>,
+    /// The position and queue length last told.
+    position: (u32, u32),
+}
+
+impl Waiting {
+    /// The place in the queue when it was queued (1 is the head) and the queue's length.
+    pub fn position(&self) -> (u32, u32) {
+        self.position
     }
 
-    /// Extends a lease; returns its remaining time.
-    pub fn heartbeat(
-        &self,
-        principal: &Principal,
-        id: LeaseId,
-        generation: u64,
-    ) -> Result<std::time::Duration, DomainError> {
-        let (org, email) = Self::engine_identity(principal)?;
-        let license_expired = {
-            let admin = self.admin.read();
-            admin
-                .organization(org)?
-                .quota
-                .expired_at(self.clock.unix_ms())
+    /// Waits for a seat until `wait` after `started` (`WaitExpired` then) or until `cancelled`
+    /// resolves (`WaitCancelled`), telling `moved` of each change of position (checked
+    /// every `limits::QUEUE_POSITION_UPDATE_MS`, so coalesced). A grant is returned once
+    /// durable; one made in the same instant as the deadline or the cancel is kept.
+    pub async fn granted_within(
+        &mut self,
+        started: Instant,
+        wait: std::time::Duration,
+        cancelled: impl Future<Output = ()>,
+        mut moved: impl FnMut(u32, u32),
+    ) -> Result<Granted, DomainError> {
+        let Some(ticket) = self.ticket.as_mut() else {
+            return Err(DomainError::FailedPrecondition("already answered".into()));
         };
-        if license_expired {
-            // The license ran out: the caller's own session ends now rather than at its
-            // deadline (checked like a release: same user, same generation).
-            self.leases.release(org, email, id, generation)?;
-            return Err(DomainError::LicenseExpired(org.clone()));
+        let product = ticket.product();
+        let deadline = started + wait;
+        let mut cancelled = std::pin::pin!(cancelled);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+            limits::QUEUE_POSITION_UPDATE_MS,
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let left_because = loop {
+            tokio::select! {
+                answer = ticket.answered() => break Ok(answer),
+                () = tokio::time::sleep_until(deadline) => break Err(DomainError::WaitExpired {
+                    product,
+                    waited_ms: wait.as_millis() as u64,
+                }),
+                () = &mut cancelled => break Err(DomainError::WaitCancelled),
+                _ = tick.tick() => {
+                    if let Some(position) = self.broker.leases.queue_position(ticket)
+                        && position != self.position
+                    {
+                        self.position = position;
+                        moved(position.0, position.1);
+                    }
+                }
+            }
+        };
+        let answer = match left_because {
+            Ok(answer) => answer,
+            Err(why) => match self.broker.leases.leave_queue(ticket) {
+                Some(answer) => answer,
+                None => {
+                    self.ticket = None;
+                    return Err(why);
+                }
+            },
+        };
+        self.ticket = None;
+        let (granted, durable) = answer?;
+        if !granted.resumed {
+            self.unclaimed = Some(granted.clone());
         }
-        // Read after any wait for the admin lock: the heartbeat counts from now.
-        let now = self.clock.now();
-        let deadline = self.leases.heartbeat(org, email, id, generation, now)?;
-        Ok(deadline.saturating_duration_since(now))
+        durable.await?;
+        self.unclaimed = None;
+        Ok(granted)
     }
+}
 
-    pub fn release(
-        &self,
-        principal: &Principal,
-        id: LeaseId,
-        generation: u64,
-    ) -> Result<(), DomainError> {
-        let (org, email) = Self::engine_identity(principal)?;
-        self.leases.release(org, email, id, generation)
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let leases = &self.broker.leases;
+        let granted = match self.ticket.as_mut() {
+            Some(ticket) => match leases.leave_queue(ticket) {
+                Some(Ok((granted, _))) if !granted.resumed => Some(granted),
+                _ => None,
+            },
+            None => self.unclaimed.take(),
+        };
+        if let Some(granted) = granted {
+            leases.end_unclaimed(&self.org, &granted, self.broker.clock.now());
+        }
     }
 }
 

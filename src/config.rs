@@ -456,6 +456,46 @@ impl FromArgMatches for CommandLine {
 }
 
 impl CommandLine {
+    /// `error`, naming the flag or environment variable that gave a value out of its
+    /// bounds (the TOML key alone would send the operator to a file that may not even
+    /// hold it). A setting's clap id is the last part of its TOML key.
+    fn name_source(&self, error: ConfigError) -> ConfigError {
+        let ConfigError::OutOfBounds {
+            key,
+            value,
+            range,
+            given_by: None,
+        } = error
+        else {
+            return error;
+        };
+        let id = key.rsplit('.').next().unwrap_or(key);
+        let command = Settings::augment_args(Command::new("serve"));
+        let arg = command.get_arguments().find(|arg| arg.get_id() == id);
+        // Ids cleared of clap's defaults have no source: the file or the defaults.
+        let source = self
+            .given
+            .try_contains_id(id)
+            .unwrap_or(false)
+            .then(|| self.given.value_source(id))
+            .flatten();
+        let given_by = match (source, arg) {
+            (Some(ValueSource::EnvVariable), Some(arg)) => arg
+                .get_env()
+                .map(|env| format!("the environment variable {}", env.to_string_lossy())),
+            (Some(ValueSource::CommandLine), Some(arg)) => {
+                arg.get_long().map(|long| format!("--{long}"))
+            }
+            _ => None,
+        };
+        ConfigError::OutOfBounds {
+            key,
+            value,
+            range,
+            given_by,
+        }
+    }
+
     /// Sets in `settings` what the command line and the environment gave.
     fn apply_to(&self, settings: &mut Settings) {
         settings
@@ -500,6 +540,15 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A setting outside its bounds; `key` is its TOML key, `given_by` the flag or
+    /// environment variable that gave the value (`None`: the file or the defaults).
+    #[error("{key} = {value} is outside {range}{}", given_by.as_deref().map(|by| format!(" (given by {by})")).unwrap_or_default())]
+    OutOfBounds {
+        key: &'static str,
+        value: String,
+        range: String,
+        given_by: Option<String>,
+    },
     #[error(transparent)]
     OperatorKey(#[from] crate::auth::OperatorKeyLengthError),
     #[error(transparent)]
@@ -556,7 +605,7 @@ impl Config {
             None => Settings::default(),
         };
         command_line.apply_to(&mut settings);
-        let config = Config::resolve(settings)?;
+        let config = Config::resolve(settings).map_err(|error| command_line.name_source(error))?;
         if let Some(files) = &config.tls {
             tls::server_acceptor(files)?;
         }
@@ -783,18 +832,20 @@ fn check_bounds(settings: &Settings) -> Result<(), ConfigError> {
     )
 }
 
-/// Refuses `value` outside `range`, naming the setting `name` (its TOML key).
+/// Refuses `value` outside `range`, naming the setting `key` (its TOML key; the
+/// command line's [`CommandLine::name_source`] adds its flag or variable).
 fn check<T: PartialOrd + std::fmt::Display>(
-    name: &str,
+    key: &'static str,
     value: T,
     range: RangeInclusive<T>,
 ) -> Result<(), ConfigError> {
     if !range.contains(&value) {
-        return Err(ConfigError::Invalid(format!(
-            "{name} = {value} is outside {}..={}",
-            range.start(),
-            range.end()
-        )));
+        return Err(ConfigError::OutOfBounds {
+            key,
+            value: value.to_string(),
+            range: format!("{}..={}", range.start(), range.end()),
+            given_by: None,
+        });
     }
     Ok(())
 }

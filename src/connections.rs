@@ -23,7 +23,9 @@
 //! handshake is logged with the peer's address and the reason, at most once a second
 //! with the count of those not logged (a scanner or a misconfigured fleet would
 //! otherwise flood the log). The client certificate's subject joins the
-//! [`ConnectionInfo`].
+//! [`ConnectionInfo`]; while a call is served it is also the call's
+//! [`call_client_subject`], which the audit record reads (the lease table tells the
+//! audit of a grant synchronously, on the task serving the call).
 
 use std::future::Future as _;
 use std::io;
@@ -135,6 +137,26 @@ pub struct ConnectionInfo {
     pub state: Arc<ConnectionState>,
     /// The subject of the client certificate the TLS handshake verified (mTLS).
     pub client_subject: Option<Arc<str>>,
+}
+
+tokio::task_local! {
+    /// The client certificate subject of the connection of the call being served.
+    static CALL_CLIENT_SUBJECT: Option<Arc<str>>;
+}
+
+/// Runs `call` (a call's whole service future) with `subject` as its
+/// [`call_client_subject`].
+pub fn with_call_client_subject<F: std::future::Future>(
+    subject: Option<Arc<str>>,
+    call: F,
+) -> tokio::task::futures::TaskLocalFuture<Option<Arc<str>>, F> {
+    CALL_CLIENT_SUBJECT.scope(subject, call)
+}
+
+/// The client certificate subject of the call this task is serving; `None` without
+/// one, and outside calls (expiries).
+pub fn call_client_subject() -> Option<Arc<str>> {
+    CALL_CLIENT_SUBJECT.try_with(Clone::clone).ok().flatten()
 }
 
 /// An accepted connection holding one of the listener's slots until it is dropped,

@@ -47,6 +47,16 @@ const RULES: &[(&str, Rule)] = &[
         Rule::Never(&["server", "cli", "storage", "wal", "config"]),
     ),
     ("config", Rule::Never(&["server", "cli", "api", "broker"])),
+    // The web edge reaches the broker only as a gRPC call down the server's stack.
+    (
+        "web",
+        Rule::Never(&["broker", "api", "storage", "wal", "server", "cli"]),
+    ),
+    // What an engine embeds: the wire and the client helper, nothing of the daemon.
+    (
+        "engine_client",
+        Rule::Only(&["client", "proto", "tls", "limits"]),
+    ),
 ];
 
 #[test]

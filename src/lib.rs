@@ -2,6 +2,8 @@
 //!
 //! Modules, from the wire inwards:
 //! - [`api`]: the gRPC edge (tonic services, request validation, error mapping).
+//! - [`web`]: the admin web console and the JSON form of `AdminService`, on the same
+//!   listener, sent down the gRPC stack.
 //! - [`server`]: builds the daemon: data directory, operator key, recovery, the gRPC
 //!   server, the expiry sweeper, shutdown.
 //! - [`broker`]: the one place where admin state, leases and the log meet; the single
@@ -17,6 +19,9 @@
 //! - [`cluster`]: cluster mode: leader election, the journal and recovery on etcd.
 //! - [`cli`]: the `seatbroker` command line (daemon and client subcommands);
 //!   [`client`]: the gRPC client helper it shares with tests and the load generator.
+//! - [`engine_client`]: the library an engine embeds to hold seats through the
+//!   session channel (renewal, reconnection and re-attach, lost seats); `seatbroker
+//!   run` is built on it.
 //! - [`loadgen`]: the load generator behind `seatbroker bench` (and its no-op
 //!   gRPC ceiling).
 //! - [`limits`]: every bound of the broker, in one place (the write-ahead log keeps
@@ -47,6 +52,7 @@ pub mod config;
 pub mod connections;
 pub mod datadir;
 pub mod domain;
+pub mod engine_client;
 pub mod leases;
 pub mod limits;
 pub mod loadgen;
@@ -58,6 +64,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod usage;
 pub mod wal;
+pub mod web;
 
 #[cfg(test)]
 mod layering;

@@ -16,6 +16,9 @@ pub const EMAIL_LOCAL_BYTES_MAX: usize = 64;
 pub const ENGINE_ID_BYTES_MAX: usize = 128;
 pub const HOSTNAME_BYTES_MAX: usize = 253;
 pub const LABEL_BYTES_MAX: usize = 128;
+/// The client certificate subject an API key may be bound to (as the daemon writes
+/// it, `CN=engine-7, O=Acme`); a longer subject cannot be bound.
+pub const CLIENT_CERT_SUBJECT_BYTES_MAX: usize = 512;
 /// Emails in one AssignLicenses or UnassignLicenses call.
 pub const EMAILS_PER_REQUEST_MAX: usize = 1000;
 
@@ -226,10 +229,12 @@ pub const LIST_LEASE_WIRE_BYTES_MAX: usize = wire_field_bytes(35)
     + wire_field_bytes(HOSTNAME_BYTES_MAX)
     + wire_field_bytes(LABEL_BYTES_MAX)
     + 6 * WIRE_VARINT_FIELD_BYTES_MAX;
-/// An API key on the wire: key id (at most 64 bytes), email, label, creation time.
+/// An API key on the wire: key id (at most 64 bytes), email, label, client
+/// certificate subject, creation time.
 pub const LIST_API_KEY_WIRE_BYTES_MAX: usize = wire_field_bytes(64)
     + wire_field_bytes(EMAIL_BYTES_MAX)
     + wire_field_bytes(LABEL_BYTES_MAX)
+    + wire_field_bytes(CLIENT_CERT_SUBJECT_BYTES_MAX)
     + WIRE_VARINT_FIELD_BYTES_MAX;
 /// An organization on the wire: id, display name, quota (three numbers), member count.
 pub const LIST_ORGANIZATION_WIRE_BYTES_MAX: usize = wire_field_bytes(ORG_ID_BYTES_MAX)
@@ -498,3 +503,88 @@ pub const ETCD_ENDPOINTS_MAX: usize = 16;
 const _: () = assert!(ELECTION_TTL_S_MIN <= ELECTION_TTL_S_DEFAULT);
 const _: () = assert!(ELECTION_TTL_S_DEFAULT <= ELECTION_TTL_S_MAX);
 const _: () = assert!(REQUEST_BYTES_MAX_FLOOR <= CLUSTER_REQUEST_BYTES_MAX);
+
+// ----- The engine client library (`engine_client`), on the engine's side. -----
+
+/// Acquires one client has sent and not yet seen answered; more are refused at once
+/// with RESOURCE_EXHAUSTED (the broker's own bound per stream).
+pub const ENGINE_PENDING_ACQUIRES_MAX: usize = PENDING_ACQUIRES_PER_STREAM_MAX;
+/// Operations waiting for the stream (a broker that reads slowly); acquires past it are
+/// refused at once, renewals are never queued twice.
+pub const ENGINE_OPERATIONS_BUFFERED_MAX: usize = 8_192;
+/// Operations in one `ChannelRequest`.
+pub const ENGINE_OPERATIONS_PER_MESSAGE_MAX: usize = 512;
+/// Encoded bytes of one `ChannelRequest` (a batch stops before it would pass this).
+pub const ENGINE_MESSAGE_BYTES_MAX: usize = CHANNEL_REQUEST_BYTES_MAX / 2;
+/// Leases named in one attach operation (a reconnection attaches in chunks).
+pub const ENGINE_ATTACH_LEASES_PER_OPERATION_MAX: usize = 256;
+/// Messages handed to the transport and not yet written.
+pub const ENGINE_MESSAGES_IN_FLIGHT_MAX: usize = 8;
+/// Commands of the handles (acquire, release, cancel) waiting for the client's task.
+pub const ENGINE_COMMANDS_QUEUED_MAX: usize = 1_024;
+/// The defaults of `engine_client::ClientOptions`.
+pub const ENGINE_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+pub const ENGINE_UNREACHABLE_PATIENCE_MS_DEFAULT: u64 = 10_000;
+pub const ENGINE_RECONNECT_BACKOFF_MS_INITIAL: u64 = 100;
+pub const ENGINE_RECONNECT_BACKOFF_MS_MAX: u64 = 5_000;
+
+/// A stream acquire's fields at their largest, with room for tags and the numbers.
+const ENGINE_ACQUIRE_WIRE_BYTES_MAX: usize =
+    ENGINE_ID_BYTES_MAX + HOSTNAME_BYTES_MAX + LABEL_BYTES_MAX + 48;
+// What the client sends stays within what the broker's channel accepts.
+const _: () = assert!(ENGINE_MESSAGE_BYTES_MAX <= CHANNEL_REQUEST_BYTES_MAX);
+const _: () = assert!(ENGINE_OPERATIONS_PER_MESSAGE_MAX <= CHANNEL_OPERATIONS_PER_MESSAGE_MAX);
+const _: () = assert!(ENGINE_PENDING_ACQUIRES_MAX <= PENDING_ACQUIRES_PER_STREAM_MAX);
+// Every operation fits in a message alone: an acquire, and an attach at its largest
+// (a lease id is 32 hex digits; 64 bytes leave room).
+const _: () = assert!(ENGINE_ACQUIRE_WIRE_BYTES_MAX <= ENGINE_MESSAGE_BYTES_MAX);
+const _: () =
+    assert!(ENGINE_ATTACH_LEASES_PER_OPERATION_MAX * (64 + 24) <= ENGINE_MESSAGE_BYTES_MAX);
+// A reconnection re-sends every pending acquire, behind the attaches.
+const _: () = assert!(ENGINE_PENDING_ACQUIRES_MAX < ENGINE_OPERATIONS_BUFFERED_MAX);
+const _: () = assert!(ENGINE_RECONNECT_BACKOFF_MS_INITIAL <= ENGINE_RECONNECT_BACKOFF_MS_MAX);
+
+// ----- The session channel and the wait queue (issue 16). -----
+
+/// The longest wait an acquire may ask for (`wait_ms`, unary and streamed): an hour.
+/// Longer is INVALID_ARGUMENT, so a forgotten waiter cannot hold a queue place for days.
+pub const ACQUIRE_WAIT_MS_MAX: u32 = 3_600_000;
+/// Queued acquires of one organization, all products together: past it an acquire that
+/// would wait is refused with RESOURCE_EXHAUSTED. A waiter costs about 200 bytes.
+pub const WAITERS_PER_ORG_MAX: usize = 10_000;
+/// A queued acquire hears its position at most this often (coalesced `queued` events;
+/// a unary long poll hears nothing).
+pub const QUEUE_POSITION_UPDATE_MS: u64 = 250;
+/// Operations in one `ChannelRequest`: past it the stream is closed with
+/// INVALID_ARGUMENT. Each is a few hundred bytes at most, so a full batch stays under
+/// the message bound.
+pub const CHANNEL_OPERATIONS_PER_MESSAGE_MAX: usize = 1_024;
+/// A `ChannelRequest` over this is refused from its 5-byte prefix (tonic's per-service
+/// decoding limit, shared with the unary calls of `SessionService`).
+pub const CHANNEL_REQUEST_BYTES_MAX: usize = SESSION_REQUEST_BYTES_MAX;
+/// Leases one stream holds (granted on it or attached): further acquires and attaches
+/// are refused (RESOURCE_EXHAUSTED) until some are released.
+pub const LEASES_PER_STREAM_MAX: usize = 100_000;
+/// Acquires of one stream not answered yet (waiting in the queue or for durability):
+/// past it an acquire is denied with RESOURCE_EXHAUSTED.
+pub const PENDING_ACQUIRES_PER_STREAM_MAX: usize = 1_024;
+/// Open streams authenticated by one API key (an engine host needs one): past it a new
+/// stream is refused with RESOURCE_EXHAUSTED. Streams per connection are bounded by
+/// HTTP/2 (`CONCURRENT_STREAMS_PER_CONNECTION_MAX`).
+pub const STREAMS_PER_KEY_MAX: usize = 64;
+/// Events waiting for a stream's client to read them. A stream whose outbox is full
+/// (its client reads nothing) is closed with RESOURCE_EXHAUSTED; its leases stay live
+/// for their TTL, to be attached again.
+pub const STREAM_OUTBOX_EVENTS_MAX: usize = 8_192;
+/// Events in one `ChannelResponse`: the outbox is drained into batches of this many.
+pub const CHANNEL_EVENTS_PER_MESSAGE_MAX: usize = 256;
+/// The largest encoded `ChannelResponse`: a full batch of the largest event (a granted
+/// lease).
+pub const CHANNEL_RESPONSE_BYTES_MAX: usize =
+    CHANNEL_EVENTS_PER_MESSAGE_MAX * (LIST_LEASE_WIRE_BYTES_MAX + 64);
+
+const _: () = assert!(PENDING_ACQUIRES_PER_STREAM_MAX <= WAITERS_PER_ORG_MAX);
+const _: () = assert!(CHANNEL_EVENTS_PER_MESSAGE_MAX <= STREAM_OUTBOX_EVENTS_MAX);
+// A whole batch of operations answered at once fits in the outbox.
+const _: () = assert!(CHANNEL_OPERATIONS_PER_MESSAGE_MAX <= STREAM_OUTBOX_EVENTS_MAX);
+const _: () = assert!(SESSION_RESPONSE_BYTES_MAX <= CHANNEL_RESPONSE_BYTES_MAX);

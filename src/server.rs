@@ -36,20 +36,21 @@ use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::activity::Activity;
+use crate::api::channel::StreamRegistry;
 use crate::api::guard::{AuthLayer, AuthService, BodyBudgetLayer, GuardFuture, RequestBodies};
 use crate::api::{AdminApi, SessionApi};
 use crate::audit::{AuditError, AuditLog, AuditOptions};
 use crate::auth::{self, OperatorKeyError};
-use crate::broker::Broker;
+use crate::broker::{AdminObserver, Broker};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::election::{self, Leadership};
 use crate::cluster::etcd::Etcd;
 use crate::cluster::journal::EtcdJournal;
 use crate::cluster::{ClusterError, Keys, NodeOptions, recovery};
 use crate::datadir::{self, DataDirLock, LockError};
-use crate::domain::AdminState;
 use crate::domain::journal::Journal;
-use crate::leases::{LeaseObserver, LeaseTable, LeaseTiming, RecoveringLeases};
+use crate::domain::{AdminState, Command, DomainError, OrgId, Principal};
+use crate::leases::{LeaseEnd, LeaseObserver, LeaseRef, LeaseTable, LeaseTiming, RecoveringLeases};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
@@ -58,6 +59,7 @@ use crate::telemetry::metrics::{self, MetricsError};
 use crate::telemetry::rpc::{Phase, PhaseCell, RpcLayer};
 use crate::tls::{self, TlsError};
 use crate::wal::{RealFs, WalOptions};
+use crate::web::WebLayer;
 
 use crate::config::{Config, OperatorKeySource};
 use crate::connections::{self, ConnectionLimits};
@@ -175,8 +177,12 @@ pub async fn run(
             return Err(error);
         }
     };
-    edge.services
-        .install(&config, &prepared.broker, &prepared.activity);
+    edge.services.install(
+        &config,
+        &prepared.broker,
+        &prepared.activity,
+        &prepared.streams,
+    );
     started(Started::Recovered {
         generated_operator_key: prepared.generated_operator_key.as_deref(),
     });
@@ -322,6 +328,11 @@ impl Edge {
         self.phase.set(Phase::Draining);
         report_health(&self.health, ServingStatus::NotServing).await;
         let _ = self.stop.send(());
+        // Open session streams hear `draining` and close, so they do not hold the
+        // drain; their leases stay live for their TTL.
+        if let Some(streams) = self.services.streams.get() {
+            streams.drain(u32::try_from(grace.as_millis()).unwrap_or(u32::MAX));
+        }
         match tokio::time::timeout(grace, &mut self.server).await {
             Ok(joined) => flatten(joined),
             Err(_) => {
@@ -344,6 +355,8 @@ const LEADERSHIP_LOST_GRACE: Duration = Duration::from_millis(250);
 struct Prepared {
     broker: Arc<Broker>,
     activity: Arc<Activity>,
+    /// The open session streams (told of lease ends and admin changes).
+    streams: Arc<StreamRegistry>,
     generated_operator_key: Option<String>,
     log: Log,
     boot_epoch: u64,
@@ -414,8 +427,13 @@ async fn prepare(
         },
     )?;
     let activity = Arc::new(Activity::new(Arc::clone(&clock), timing, audit));
+    let streams = Arc::new(StreamRegistry::new());
+    let observers = Arc::new(DaemonObservers {
+        activity: Arc::clone(&activity),
+        streams: Arc::clone(&streams),
+    });
     let leases = RecoveringLeases::new(timing, settings.limits.leases_per_org_max);
-    let observer = Arc::clone(&activity) as Arc<dyn LeaseObserver>;
+    let observer = Arc::clone(&observers) as Arc<dyn LeaseObserver>;
     let rebuilt = if settings.cluster.enabled() {
         lead_cluster(config, phase, addr, leases, observer).await?
     } else {
@@ -427,11 +445,12 @@ async fn prepare(
         operator,
         rebuilt.journal,
         clock,
-        Arc::clone(&activity) as _,
+        observers as _,
     ));
     Ok(Prepared {
         broker,
         activity,
+        streams,
         generated_operator_key,
         log: rebuilt.log,
         boot_epoch: rebuilt.boot_epoch,
@@ -563,10 +582,15 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
 /// A server builder with every HTTP/2 bound of the daemon (TLS is `connections`'):
 /// concurrent streams per connection, flow-control windows (what a client can make
 /// the daemon buffer before it reads), frame and header sizes, the rapid-reset
-/// guards, keepalive.
+/// guards, keepalive. HTTP/1.1 is accepted too, for browsers and `curl` (the console
+/// and the JSON API, see `web`), one request at a time per connection; the bounds of
+/// `connections` apply to both: the cap, the handshake deadline (which bounds the
+/// first request's headers) and the idle deadline (later ones: tonic 0.14.5 gives
+/// hyper no timer, so hyper's own HTTP/1 header-read timeout is off).
 fn http2_server(config: &Config) -> Result<Server, ServerError> {
     let limits = &config.settings().limits;
     Ok(Server::builder()
+        .accept_http1(true)
         .max_concurrent_streams(limits.concurrent_streams_per_connection_max)
         .initial_stream_window_size(limits::HTTP2_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(limits::HTTP2_CONNECTION_WINDOW_BYTES)
@@ -598,6 +622,8 @@ fn router<H: Health>(
     ));
     let open = limits::UNAUTHENTICATED_REQUEST_BYTES_MAX;
     Ok(http2_server(config)?
+        // Outermost: the console's files, and JSON calls sent down as gRPC calls.
+        .layer(WebLayer::new(limits.request_bytes_max))
         .layer(RpcLayer::new(phase))
         .layer(BodyBudgetLayer::new(bodies))
         .add_service(health_service.max_decoding_message_size(open))
@@ -611,9 +637,9 @@ fn router<H: Health>(
         .add_service(services.admin.clone()))
 }
 
-/// The layers of the router, outermost first: the phase gate and telemetry, then the
-/// request-body budget.
-type EdgeLayers = Stack<BodyBudgetLayer, Stack<RpcLayer, Identity>>;
+/// The layers of the router, outermost first: the web (console and JSON), the phase
+/// gate and telemetry, then the request-body budget.
+type EdgeLayers = Stack<BodyBudgetLayer, Stack<RpcLayer, Stack<WebLayer, Identity>>>;
 
 /// The broker services, served from the start but built only once the log is
 /// recovered (they need the broker).
@@ -621,17 +647,31 @@ type EdgeLayers = Stack<BodyBudgetLayer, Stack<RpcLayer, Identity>>;
 struct BrokerServices {
     sessions: AfterRecovery<AuthService<SessionServiceServer<SessionApi>>>,
     admin: AfterRecovery<AuthService<AdminServiceServer<AdminApi>>>,
+    /// The session streams, drained at shutdown.
+    streams: OnceLock<Arc<StreamRegistry>>,
 }
 
 impl BrokerServices {
     /// Puts the services of `broker` behind their routes.
-    fn install(&self, config: &Config, broker: &Arc<Broker>, activity: &Arc<Activity>) {
+    fn install(
+        &self,
+        config: &Config,
+        broker: &Arc<Broker>,
+        activity: &Arc<Activity>,
+        streams: &Arc<StreamRegistry>,
+    ) {
         let limits = &config.settings().limits;
         let auth = AuthLayer::new(Arc::clone(broker));
-        let sessions =
-            SessionServiceServer::new(SessionApi::new(Arc::clone(broker), Arc::clone(activity)))
-                .max_decoding_message_size(limits::SESSION_REQUEST_BYTES_MAX)
-                .max_encoding_message_size(limits::SESSION_RESPONSE_BYTES_MAX);
+        let api = SessionApi::new(
+            Arc::clone(broker),
+            Arc::clone(activity),
+            Arc::clone(streams),
+        );
+        // A streamed batch of events is larger than any unary answer.
+        let sessions = SessionServiceServer::new(api)
+            .max_decoding_message_size(limits::CHANNEL_REQUEST_BYTES_MAX)
+            .max_encoding_message_size(limits::CHANNEL_RESPONSE_BYTES_MAX);
+        let _ = self.streams.set(Arc::clone(streams));
         let admin =
             AdminServiceServer::new(AdminApi::new(Arc::clone(broker), Arc::clone(activity)))
                 .max_decoding_message_size(limits.request_bytes_max)
@@ -806,6 +846,46 @@ async fn watch_log_alarm(
     }
 }
 
+/// Everyone told of lease events and admin changes: the account of them (`Activity`)
+/// and the session streams holding the leases (`StreamRegistry`).
+struct DaemonObservers {
+    activity: Arc<Activity>,
+    streams: Arc<StreamRegistry>,
+}
+
+impl LeaseObserver for DaemonObservers {
+    fn granted(&self, org: &OrgId, lease: LeaseRef<'_>, active: u32) {
+        self.activity.granted(org, lease, active);
+    }
+
+    fn renewed(&self, lease: LeaseRef<'_>, since_last_renewal: Duration) {
+        self.activity.renewed(lease, since_last_renewal);
+    }
+
+    fn ended(
+        &self,
+        org: &OrgId,
+        lease: LeaseRef<'_>,
+        why: LeaseEnd,
+        by: Option<&Principal>,
+        active: u32,
+    ) {
+        self.activity.ended(org, lease, why, by, active);
+        self.streams.ended(org, lease, why, by, active);
+    }
+}
+
+impl AdminObserver for DaemonObservers {
+    fn admit(&self) -> Result<(), DomainError> {
+        self.activity.admit()
+    }
+
+    fn admin_changed(&self, principal: &Principal, command: &Command) {
+        self.activity.admin_changed(principal, command);
+        self.streams.admin_changed(command);
+    }
+}
+
 /// The tasks that live as long as the server: expiry, metrics sampling and export.
 fn spawn_background(
     broker: &Arc<Broker>,
@@ -833,6 +913,14 @@ async fn sweep_expired_leases(broker: Arc<Broker>) {
         let expired = broker.leases().expire_due(broker.clock().now());
         if expired > 0 {
             tracing::debug!(expired, "leases expired");
+        }
+        // Streams hear of an expired license within a tick.
+        let ended = broker.end_expired_licenses();
+        if ended > 0 {
+            tracing::info!(
+                ended,
+                "sessions ended: their organization's license expired"
+            );
         }
     }
 }

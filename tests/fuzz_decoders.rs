@@ -533,6 +533,8 @@ fn stored_api_key(r: &codec::legacy::AdminRecord) -> codec::StoredApiKey {
         label: r.label.clone(),
         secret_sha256: r.secret_sha256.clone(),
         created_at_unix_ms: r.created_at_unix_ms,
+        // Arbitrary text as a bound subject: decoding re-checks it.
+        client_cert_subject: (!r.to_email.is_empty()).then(|| r.to_email.clone()),
     }
 }
 
@@ -831,6 +833,7 @@ fn state_with_a_key() -> &'static (AdminState, String) {
                 label: String::new(),
                 secret_sha256: key.sha256,
                 created_at_unix_ms: 0,
+                client_cert_subject: None,
             })
             .unwrap();
         (state, key.full_text)
@@ -857,7 +860,7 @@ proptest! {
     fn api_keys_authenticate_or_are_refused_cleanly(token in token()) {
         let (state, valid) = state_with_a_key();
         let operator = OperatorKey::from_text(OPERATOR_TEXT).unwrap();
-        let answer = bounded("authenticate", || auth::authenticate(state, &operator, &token))?;
+        let answer = bounded("authenticate", || auth::authenticate(state, &operator, &token, None))?;
         // Only the real key (or the operator's) authenticates.
         prop_assert_eq!(answer.is_ok(), token == *valid || token == OPERATOR_TEXT);
     }

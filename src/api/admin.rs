@@ -14,7 +14,7 @@ use crate::activity::Activity;
 use crate::audit::{AuditCursor, AuditError, AuditQuery};
 use crate::broker::{Broker, Executed};
 use crate::domain::LeaseId;
-use crate::domain::types::{check_optional_text, check_required_text};
+use crate::domain::types::{check_client_cert_subject, check_optional_text, check_required_text};
 use crate::domain::{
     Action, Command, CommandOutcome, DomainError, Email, OrgId, Principal, Product, Role,
 };
@@ -537,9 +537,12 @@ impl AdminService for AdminApi {
             Some(Email::parse(&body.email).map_err(to_status)?)
         };
         check_optional_text("label", &body.label, limits::LABEL_BYTES_MAX).map_err(to_status)?;
+        if let Some(subject) = &body.client_cert_subject {
+            check_client_cert_subject(subject).map_err(to_status)?;
+        }
         let created = self
             .broker
-            .create_api_key(&principal, org, email, body.label)
+            .create_api_key(&principal, org, email, body.label, body.client_cert_subject)
             .await
             .map_err(to_status)?;
         Ok(Response::new(proto::CreateApiKeyResponse {

@@ -146,6 +146,7 @@ pub fn audit_event_to_wire(record: &AuditRecord) -> proto::AuditEvent {
         engine_id: record.engine_id.clone().unwrap_or_default(),
         actor: record.actor.clone(),
         detail: record.detail.clone().unwrap_or_default(),
+        client_cert: record.client_cert.clone().unwrap_or_default(),
     }
 }
 
@@ -263,6 +264,7 @@ pub fn api_key_to_wire(record: &ApiKeyRecord) -> proto::ApiKey {
         email: record.email.to_string(),
         label: record.label.clone(),
         created_at_unix_ms: record.created_at_unix_ms,
+        client_cert_subject: record.client_cert_subject.clone().unwrap_or_default(),
     }
 }
 

@@ -6,7 +6,10 @@
 //!   `authorization` header. A call without a valid key is answered UNAUTHENTICATED at
 //!   once, so its body is never buffered; a valid one carries its [`Principal`] in the
 //!   request's extensions, where [`super::principal`] takes it (one authentication per
-//!   call). Health and reflection stay open to everyone.
+//!   call). Health and reflection stay open to everyone. A key bound to a client
+//!   certificate subject is refused here (PERMISSION_DENIED) over a connection
+//!   without that subject, and each call runs with its connection's subject as
+//!   [`crate::connections::call_client_subject`], for the audit record.
 //! - [`BodyBudgetLayer`] charges every request body against the connection's share
 //!   ([`ConnectionState`]) and the daemon's budget ([`RequestBodies`]), and gives the
 //!   bytes back when the call's body is dropped (right after its message is decoded).
@@ -23,29 +26,43 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::task::futures::TaskLocalFuture;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
 use crate::broker::Broker;
-use crate::connections::{ConnectionInfo, ConnectionState, charge};
+use crate::connections::{ConnectionInfo, ConnectionState, charge, with_call_client_subject};
 use crate::domain::Principal;
 use crate::telemetry::rpc::BROKER_PATH_PREFIX;
 
 /// The bytes before each gRPC message: a compression flag and the length.
 const GRPC_PREFIX_BYTES: usize = 5;
 
-/// Authenticates the caller of `headers` (the bearer token of `authorization`).
-pub fn authenticate(broker: &Broker, headers: &http::HeaderMap) -> Result<Principal, Status> {
+/// Authenticates the caller of a request with `headers` (the bearer token of
+/// `authorization`) and `extensions` (the connection's client certificate, for keys
+/// bound to one).
+pub fn authenticate(
+    broker: &Broker,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> Result<Principal, Status> {
     let token = super::bearer_token_of(headers)?;
     let principal = broker
-        .authenticate(token)
+        .authenticate(token, client_subject(extensions).as_deref())
         .map_err(super::status::to_status)?;
     if let Some(org) = principal.org() {
         crate::telemetry::rpc::record_org(org.as_str());
     }
     Ok(principal)
+}
+
+/// The subject of the client certificate the request's connection presented.
+pub(crate) fn client_subject(extensions: &http::Extensions) -> Option<Arc<str>> {
+    extensions
+        .get::<ConnectionInfo>()
+        .and_then(|info| info.client_subject.clone())
 }
 
 /// Adds [`AuthService`] around a broker service (the daemon puts it around each).
@@ -115,7 +132,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = GuardFuture<S::Future, S::Response>;
+    type Future = GuardFuture<TaskLocalFuture<Option<Arc<str>>, S::Future>, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -123,7 +140,7 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         if request.uri().path().starts_with(BROKER_PATH_PREFIX) {
-            match authenticate(&self.broker, request.headers()) {
+            match authenticate(&self.broker, request.headers(), request.extensions()) {
                 Ok(principal) => {
                     request.extensions_mut().insert(principal);
                 }
@@ -134,8 +151,10 @@ where
                 }
             }
         }
+        // The audit record names the client certificate of each event's call.
+        let subject = client_subject(request.extensions());
         GuardFuture::Called {
-            inner: self.inner.call(request),
+            inner: with_call_client_subject(subject, self.inner.call(request)),
         }
     }
 }

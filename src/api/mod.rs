@@ -4,6 +4,7 @@
 //! back into wire messages. No license rule lives here.
 
 pub mod admin;
+pub mod channel;
 pub mod convert;
 pub mod guard;
 pub mod paging;
@@ -50,5 +51,5 @@ pub fn principal<T>(broker: &Broker, request: &Request<T>) -> Result<Principal, 
     if let Some(principal) = request.extensions().get::<Principal>() {
         return Ok(principal.clone());
     }
-    guard::authenticate(broker, request.metadata().as_ref())
+    guard::authenticate(broker, request.metadata().as_ref(), request.extensions())
 }

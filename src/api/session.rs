@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::channel::{self, EventStream, StreamRegistry};
 use super::convert;
 use super::status::to_status;
 use crate::activity::Activity;
@@ -19,11 +20,17 @@ pub struct SessionApi {
     broker: Arc<Broker>,
     /// Told of refused acquires (metrics, usage windows, audit).
     activity: Arc<Activity>,
+    /// The open session streams and the leases they hold.
+    streams: Arc<StreamRegistry>,
 }
 
 impl SessionApi {
-    pub fn new(broker: Arc<Broker>, activity: Arc<Activity>) -> Self {
-        SessionApi { broker, activity }
+    pub fn new(broker: Arc<Broker>, activity: Arc<Activity>, streams: Arc<StreamRegistry>) -> Self {
+        SessionApi {
+            broker,
+            activity,
+            streams,
+        }
     }
 
     fn expires_at_unix_ms(&self, remaining: Duration) -> i64 {
@@ -31,17 +38,39 @@ impl SessionApi {
     }
 }
 
-fn engine_request(raw: proto::AcquireRequest) -> Result<EngineRequest, DomainError> {
-    let product = convert::product(raw.product)?;
-    check_required_text("engine_id", &raw.engine_id, limits::ENGINE_ID_BYTES_MAX)?;
-    check_optional_text("hostname", &raw.hostname, limits::HOSTNAME_BYTES_MAX)?;
-    check_optional_text("label", &raw.label, limits::LABEL_BYTES_MAX)?;
+/// The validated fields of an acquire, unary or streamed.
+pub(super) fn engine_fields(
+    product: i32,
+    engine_id: &str,
+    hostname: &str,
+    label: &str,
+) -> Result<EngineRequest, DomainError> {
+    let product = convert::product(product)?;
+    check_required_text("engine_id", engine_id, limits::ENGINE_ID_BYTES_MAX)?;
+    check_optional_text("hostname", hostname, limits::HOSTNAME_BYTES_MAX)?;
+    check_optional_text("label", label, limits::LABEL_BYTES_MAX)?;
     Ok(EngineRequest {
         product,
-        engine_id: raw.engine_id,
-        hostname: raw.hostname,
-        label: raw.label,
+        engine_id: engine_id.to_owned(),
+        hostname: hostname.to_owned(),
+        label: label.to_owned(),
     })
+}
+
+/// The validated acquire and its wait (`wait_ms`, at most `limits::ACQUIRE_WAIT_MS_MAX`).
+fn engine_request(raw: &proto::AcquireRequest) -> Result<(EngineRequest, Duration), DomainError> {
+    if raw.wait_ms > limits::ACQUIRE_WAIT_MS_MAX {
+        return Err(DomainError::invalid(
+            "wait_ms",
+            format!(
+                "{} ms is longer than the longest wait, {} ms",
+                raw.wait_ms,
+                limits::ACQUIRE_WAIT_MS_MAX
+            ),
+        ));
+    }
+    let engine = engine_fields(raw.product, &raw.engine_id, &raw.hostname, &raw.label)?;
+    Ok((engine, Duration::from_millis(raw.wait_ms.into())))
 }
 
 fn duration_ms(duration: Duration) -> u32 {
@@ -50,17 +79,13 @@ fn duration_ms(duration: Duration) -> u32 {
 
 #[tonic::async_trait]
 impl SessionService for SessionApi {
-    type ChannelStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<proto::ChannelResponse, Status>> + Send>,
-    >;
+    type ChannelStream = EventStream;
 
     async fn channel(
         &self,
-        _request: Request<tonic::Streaming<proto::ChannelRequest>>,
+        request: Request<tonic::Streaming<proto::ChannelRequest>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
-        Err(Status::unimplemented(
-            "the session channel is not served by this build yet",
-        ))
+        channel::open(&self.broker, &self.activity, &self.streams, request)
     }
 
     async fn acquire(
@@ -68,8 +93,14 @@ impl SessionService for SessionApi {
         request: Request<proto::AcquireRequest>,
     ) -> Result<Response<proto::AcquireResponse>, Status> {
         let principal = super::principal(&self.broker, &request)?;
-        let engine = engine_request(request.into_inner()).map_err(to_status)?;
-        let granted = match self.broker.acquire(&principal, &engine).await {
+        let (engine, wait) = engine_request(request.get_ref()).map_err(to_status)?;
+        let granted = if wait.is_zero() {
+            self.broker.acquire(&principal, &engine).await
+        } else {
+            // A long poll: dropping this future (the call cancelled) leaves the queue.
+            self.broker.acquire_waiting(&principal, &engine, wait).await
+        };
+        let granted = match granted {
             Ok(granted) => granted,
             Err(error) => {
                 self.activity

@@ -25,6 +25,8 @@ pub fn code_of(error: &DomainError) -> Code {
         | E::SeatsBelowAssigned { .. }
         | E::FailedPrecondition(_) => Code::FailedPrecondition,
         E::Unavailable(_) => Code::Unavailable,
+        E::WaitExpired { .. } => Code::DeadlineExceeded,
+        E::WaitCancelled => Code::Cancelled,
     }
 }
 

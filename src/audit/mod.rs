@@ -48,7 +48,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::domain::{ApiKeyId, Command, DomainError, Email, LeaseId, OrgId, Principal, Product};
+use crate::domain::{
+    ApiKeyId, Command, DomainError, Email, LeaseId, OrgId, Principal, Product, Termination,
+};
 use crate::leases::{LeaseEnd, LeaseRef};
 use crate::limits;
 use crate::telemetry::metrics;
@@ -191,9 +193,17 @@ pub struct AuditEvent {
     pub engine_id: Option<Box<str>>,
     pub actor: Actor,
     pub detail: Option<String>,
+    /// The subject of the client certificate (mTLS) of the call that caused the event.
+    pub client_cert: Option<Arc<str>>,
 }
 
 impl AuditEvent {
+    /// The event, caused by a call over a connection with this client certificate.
+    pub fn with_client_cert(mut self, subject: Option<Arc<str>>) -> Self {
+        self.client_cert = subject;
+        self
+    }
+
     /// A grant, or the end of a lease; `terminated_by` names the admin who ended it.
     pub fn lease(
         at_unix_ms: i64,
@@ -208,10 +218,18 @@ impl AuditEvent {
                 (AuditKind::LeaseReleased, Actor::Member(lease.email.clone()))
             }
             Some(LeaseEnd::Expired) => (AuditKind::LeaseExpired, Actor::Daemon),
-            Some(LeaseEnd::Terminated) => (
+            Some(LeaseEnd::Terminated(_)) => (
                 AuditKind::LeaseTerminated,
                 terminated_by.map_or(Actor::Admin, Actor::of),
             ),
+        };
+        // The cause of a termination other than an admin's own (a withdrawal, the
+        // license's expiry, a revoked key): rare, so its text is allocated.
+        let detail = match ended {
+            Some(LeaseEnd::Terminated(cause)) if cause != Termination::Admin => {
+                Some(cause.name().to_string())
+            }
+            _ => None,
         };
         AuditEvent {
             at_unix_ms,
@@ -222,7 +240,8 @@ impl AuditEvent {
             lease: Some((lease.id, lease.generation)),
             engine_id: Some(lease.engine_id.into()),
             actor,
-            detail: None,
+            detail,
+            client_cert: None,
         }
     }
 
@@ -244,6 +263,7 @@ impl AuditEvent {
             engine_id: None,
             actor: Actor::Member(email.clone()),
             detail: Some(reason.into()),
+            client_cert: None,
         }
     }
 
@@ -260,6 +280,7 @@ impl AuditEvent {
             engine_id: None,
             actor: Actor::of(principal),
             detail,
+            client_cert: None,
         };
         match command {
             Command::AssignLicenses {
@@ -350,13 +371,15 @@ fn describe(command: &Command) -> Described {
             key_id: id,
             email,
             label,
+            client_cert_subject,
             ..
-        } => (
-            K::ApiKeyCreated,
-            None,
-            Some(email.clone()),
-            Some(format!("{} label={label:?}", key_id(id))),
-        ),
+        } => {
+            let mut detail = format!("{} label={label:?}", key_id(id));
+            if let Some(subject) = client_cert_subject {
+                detail.push_str(&format!(" bound_to_client_cert={subject:?}"));
+            }
+            (K::ApiKeyCreated, None, Some(email.clone()), Some(detail))
+        }
         Command::RevokeApiKey { key_id: id, .. } => {
             (K::ApiKeyRevoked, None, None, Some(key_id(id)))
         }
@@ -413,6 +436,9 @@ pub struct AuditRecord {
     pub actor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The subject of the client certificate of the call's connection (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
 }
 
 impl From<&AuditEvent> for AuditRecord {
@@ -428,6 +454,7 @@ impl From<&AuditEvent> for AuditRecord {
             engine_id: event.engine_id.as_deref().map(str::to_owned),
             actor: event.actor.text(),
             detail: event.detail.clone(),
+            client_cert: event.client_cert.as_deref().map(str::to_owned),
         }
     }
 }
@@ -997,6 +1024,7 @@ pub(crate) fn sample_record(at: i64, org: &str) -> AuditRecord {
         engine_id: Some("e-1".into()),
         actor: "a@acme.test".into(),
         detail: Some("x".repeat(100)),
+        client_cert: None,
     }
 }
 

@@ -61,6 +61,7 @@ fn summary(org: &str, series: &Series, count: &Count) -> AuditRecord {
         engine_id: None,
         actor: email,
         detail: Some(format!("reason={} count={}", series.reason, count.repeated)),
+        client_cert: None,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::client::Authorized;
 use crate::limits;
 use crate::proto::{self, admin_service_client::AdminServiceClient};
 
-const CSV_HEADER: [&str; 11] = [
+const CSV_HEADER: [&str; 12] = [
     "at_unix_ms",
     "time",
     "org_id",
@@ -25,6 +25,7 @@ const CSV_HEADER: [&str; 11] = [
     "engine_id",
     "actor",
     "detail",
+    "client_cert",
 ];
 
 /// The `[from, to)` range of the flags; absent ends are open (0).
@@ -73,6 +74,7 @@ fn csv_record(event: &proto::AuditEvent) -> Vec<String> {
         event.engine_id.clone(),
         event.actor.clone(),
         event.detail.clone(),
+        event.client_cert.clone(),
     ]
     .iter()
     .map(|field| neutralized(field).into_owned())
@@ -214,7 +216,8 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some(CSV_HEADER.join(",").as_str()));
         let row = lines.next().unwrap();
-        assert!(row.ends_with(",a@acme.test,'=cmd"), "{row}");
+        // The detail, then an empty client_cert (the call had no client certificate).
+        assert!(row.ends_with(",a@acme.test,'=cmd,"), "{row}");
     }
 
     #[test]

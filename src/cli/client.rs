@@ -94,7 +94,7 @@ async fn connect(args: &ClientArgs) -> Result<Clients, Failure> {
 /// A failure to connect: the command's own setup (an address that does not parse, TLS
 /// files that cannot be used) is a configuration error; only a daemon that could not
 /// be reached is worth a retry.
-fn connect_failure(error: ClientError) -> Failure {
+pub(super) fn connect_failure(error: ClientError) -> Failure {
     match error {
         ClientError::Unreachable { .. } => Failure::Unreachable(error.to_string()),
         ClientError::UnsendableKey => Failure::Usage(error.to_string()),
@@ -147,6 +147,10 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
 /// Runs one client subcommand and prints its answer, or the failure on standard error
 /// (as a JSON object with `--json`); returns the failure's exit code.
 pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
+    let command = match command {
+        ClientCommand::Run(run) => return super::run::run(args, run).await,
+        command => command,
+    };
     let outcome = match connect(&args).await {
         Ok(mut clients) => dispatch(&mut clients, command).await,
         Err(failure) => Err(failure),
@@ -181,6 +185,7 @@ async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Failure
         ClientCommand::Usage(args) => usage(c, args).await,
         ClientCommand::Audit(command) => audit(c, command).await,
         ClientCommand::Session(command) => session(c, command).await,
+        ClientCommand::Run(_) => unreachable!("`run` holds a stream of its own, see run()"),
     }
 }
 
@@ -356,11 +361,13 @@ async fn key(c: &mut Clients, command: KeyCommand) -> Result<(), Failure> {
             org_id,
             email,
             label,
+            client_cert_subject,
         } => {
             let request = proto::CreateApiKeyRequest {
                 org_id,
                 email: email.unwrap_or_default(),
                 label,
+                client_cert_subject,
             };
             let answer = within(c.call_timeout, c.admin.create_api_key(request)).await?;
             let key_id = answer.key.as_ref().map(|k| k.key_id.as_str()).unwrap_or("");
@@ -398,13 +405,14 @@ async fn list_keys(c: &mut Clients, org_id: String) -> Result<(), Failure> {
         keys,
         next_page_token: String::new(),
     };
-    let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED"]);
+    let mut table = Table::new(&["KEY ID", "EMAIL", "LABEL", "CREATED", "CLIENT CERT"]);
     for key in &answer.keys {
         table.row(vec![
             key.key_id.clone(),
             key.email.clone(),
             key.label.clone(),
             output::time(key.created_at_unix_ms),
+            key.client_cert_subject.clone(),
         ]);
     }
     output::table(c.json, &answer, table);

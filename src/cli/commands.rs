@@ -142,6 +142,40 @@ pub enum ClientCommand {
     /// Sessions: what an engine does, and what an admin sees.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Hold a seat while a command runs: acquire (waiting in the queue up to --wait),
+    /// run COMMAND with the lease in its environment, keep the seat alive, release it
+    /// when COMMAND exits. Exits with COMMAND's status; 20 when no seat is granted, 21
+    /// when the broker ended the seat and 22 when it expired while COMMAND ran.
+    Run(RunArgs),
+}
+
+/// `seatbroker run`: what to acquire, and the command to run while it is held.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The product to take a seat or session of.
+    #[arg(long, value_enum)]
+    pub product: ProductArg,
+    /// How long to wait in the broker's queue when the quota is full, e.g. 10m
+    /// [default: do not wait].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+    /// The engine's own id (an acquire with the id of a live lease gets it back)
+    /// [default: a random one].
+    #[arg(long)]
+    pub engine_id: Option<String>,
+    /// The machine the command runs on, shown to admins [default: this host's name].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// A note shown to admins (e.g. the job).
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// When the seat is lost: how long COMMAND has to exit after SIGTERM before it gets
+    /// SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// The command to run and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// A product: `kse` (named seats) or `kre` (parallel sessions).
@@ -329,6 +363,11 @@ pub enum KeyCommand {
         /// A note to tell keys apart (e.g. the machine that uses it).
         #[arg(long, default_value = "")]
         label: String,
+        /// Bind the key to this client certificate subject (mTLS), as the daemon logs
+        /// it (e.g. "CN=engine-7, O=Acme"): calls with the key over any other
+        /// connection are refused. Fixed for the key's life.
+        #[arg(long, value_name = "SUBJECT")]
+        client_cert_subject: Option<String>,
     },
     /// List an organization's API keys (ids and labels, never the keys).
     List {

@@ -6,6 +6,7 @@
 use tonic::{Code, Status};
 
 use crate::client::code_name;
+use crate::engine_client::{LostReason, SeatLost};
 
 /// Any other failure (INTERNAL, UNKNOWN, DATA_LOSS, ...).
 pub const EXIT_FAILURE: u8 = 1;
@@ -17,6 +18,15 @@ pub const EXIT_ALREADY_EXISTS: u8 = 11;
 pub const EXIT_FAILED_PRECONDITION: u8 = 12;
 /// The daemon refused an argument (INVALID_ARGUMENT, OUT_OF_RANGE).
 pub const EXIT_INVALID_ARGUMENT: u8 = 13;
+/// `seatbroker run`: no seat was granted (the quota is full, the wait passed, the user
+/// is not licensed); COMMAND did not run.
+pub const EXIT_NO_SEAT: u8 = 20;
+/// `seatbroker run`: the broker ended the seat while COMMAND ran (an admin terminated
+/// it, the product was unassigned, the member removed, ...); COMMAND was stopped.
+pub const EXIT_SEAT_LOST: u8 = 21;
+/// `seatbroker run`: the seat expired while COMMAND ran (the broker stayed unreachable
+/// past the lease's TTL); COMMAND was stopped.
+pub const EXIT_SEAT_EXPIRED: u8 = 22;
 /// An argument the command line parsed but the command cannot use (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 /// Retry later: the daemon was unreachable or did not answer in time, or answered
@@ -41,6 +51,10 @@ pub enum Failure {
     /// The person at the terminal did not confirm a destructive command; nothing
     /// changed.
     Declined,
+    /// `seatbroker run` was granted no seat: the broker's answer.
+    NoSeat(Status),
+    /// `seatbroker run` lost its seat while COMMAND ran.
+    SeatLost(SeatLost),
 }
 
 impl From<Status> for Failure {
@@ -67,6 +81,11 @@ impl Failure {
             Failure::Configuration(_) => EXIT_CONFIGURATION,
             Failure::Usage(_) => EXIT_USAGE,
             Failure::Declined => EXIT_FAILURE,
+            Failure::NoSeat(_) => EXIT_NO_SEAT,
+            Failure::SeatLost(lost) => match lost.reason {
+                LostReason::Expired | LostReason::Unreachable => EXIT_SEAT_EXPIRED,
+                _ => EXIT_SEAT_LOST,
+            },
         }
     }
 
@@ -79,17 +98,37 @@ impl Failure {
             Failure::Configuration(_) => "CONFIGURATION",
             Failure::Usage(_) => "USAGE",
             Failure::Declined => "DECLINED",
+            Failure::NoSeat(status) => code_name(status.code()),
+            Failure::SeatLost(_) => "SEAT_LOST",
         }
     }
 
-    pub fn message(&self) -> &str {
+    pub fn message(&self) -> String {
         match self {
-            Failure::Call(status) => status.message(),
+            Failure::Call(status) => status.message().to_owned(),
+            Failure::NoSeat(status) => format!(
+                "no seat granted ({}): {}",
+                no_seat_cause(status.code()),
+                status.message()
+            ),
+            Failure::SeatLost(lost) => format!("the seat was lost ({lost}); COMMAND was stopped"),
             Failure::Unreachable(message)
             | Failure::Configuration(message)
-            | Failure::Usage(message) => message,
-            Failure::Declined => "not confirmed; nothing changed",
+            | Failure::Usage(message) => message.clone(),
+            Failure::Declined => "not confirmed; nothing changed".to_owned(),
         }
+    }
+}
+
+/// Why no seat was granted, in a person's words, from the broker's code.
+fn no_seat_cause(code: Code) -> &'static str {
+    match code {
+        Code::ResourceExhausted => "the quota is full",
+        Code::DeadlineExceeded => "the wait passed",
+        Code::FailedPrecondition => "not licensed for this product now",
+        Code::PermissionDenied => "the key may not take this seat",
+        Code::Cancelled => "the wait was cancelled",
+        _ => "refused",
     }
 }
 
@@ -143,10 +182,15 @@ mod tests {
             EXIT_RETRY_LATER,
             EXIT_NOT_PERMITTED,
             EXIT_CONFIGURATION,
+            EXIT_NO_SEAT,
+            EXIT_SEAT_LOST,
+            EXIT_SEAT_EXPIRED,
             2, // clap's usage errors
         ];
         distinct.sort();
         distinct.dedup();
-        assert_eq!(distinct.len(), 10);
+        assert_eq!(distinct.len(), 13);
+        // Clear of the shells' own: 126 (not executable), 127 (not found), 128 + n (a signal).
+        assert!(distinct.iter().all(|code| *code < 126));
     }
 }

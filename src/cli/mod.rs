@@ -8,6 +8,7 @@ mod commands;
 mod failure;
 mod output;
 mod plan;
+mod run;
 mod time;
 
 use std::path::PathBuf;
@@ -359,20 +360,40 @@ async fn run_daemon(mut config: Config) -> Result<(), DaemonError> {
     if let Ok(addr) = listener.local_addr() {
         println!("seatbroker listening on {addr}");
     }
-    crate::server::run(config, listener, print_generated_operator_key, shutdown).await?;
+    let scheme = if config.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let announce = |started: Started<'_>| print_start(scheme, started);
+    crate::server::run(config, listener, announce, shutdown).await?;
     Ok(())
 }
 
-/// Shows a key made for a new data directory, once: only its hash is kept.
-fn print_generated_operator_key(started: Started<'_>) {
-    if let Started::Recovered {
-        generated_operator_key: Some(key),
-    } = started
-    {
-        println!(
-            "Generated the operator key. It is shown once; only its hash is kept:\n\n    {key}\n"
-        );
-        println!("Use it with: export SEATBROKER_KEY={key}\n");
+/// Shows a key made for a new data directory, once (only its hash is kept), and the
+/// console's address once the daemon serves.
+fn print_start(scheme: &str, started: Started<'_>) {
+    match started {
+        Started::Recovered {
+            generated_operator_key: Some(key),
+        } => {
+            println!(
+                "Generated the operator key. It is shown once; only its hash is kept:\n\n    {key}\n"
+            );
+            println!("Use it with: export SEATBROKER_KEY={key}\n");
+        }
+        Started::Recovered { .. } => {}
+        Started::Serving { addr, .. } => {
+            // A wildcard address is not one a browser can open: show loopback.
+            let host = if addr.ip().is_unspecified() {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+            } else {
+                addr
+            };
+            println!(
+                "Admin console: {scheme}://{host}/ (sign in with the operator key, or an Owner's or Admin's API key)"
+            );
+        }
     }
 }
 

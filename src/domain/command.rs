@@ -2,6 +2,7 @@
 //! everything `apply` needs to be deterministic (ids, hashes and times are chosen before
 //! the command is made), so replaying the log reproduces the state exactly.
 
+use super::lease::Termination;
 use super::types::{ApiKeyId, Email, OrgId, Product, Quota, QuotaUpdate, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub enum Command {
         label: String,
         secret_sha256: [u8; 32],
         created_at_unix_ms: i64,
+        /// The only client certificate subject the key may be used with, if bound.
+        client_cert_subject: Option<String>,
     },
     RevokeApiKey {
         org: OrgId,
@@ -121,6 +124,18 @@ impl Command {
         match self {
             Command::DeleteOrganization { .. } => Withdrawal::WholeOrganization,
             _ => Withdrawal::Sessions(self.members_sessions_to_end()),
+        }
+    }
+
+    /// Why the sessions this command withdraws end, as their engines are told.
+    pub fn termination(&self) -> Termination {
+        match self {
+            Command::DeleteOrganization { .. } => Termination::OrganizationDeleted,
+            Command::RemoveMember { .. } => Termination::MemberRemoved,
+            Command::UnassignLicenses { .. } | Command::TransferLicense { .. } => {
+                Termination::Unassigned
+            }
+            _ => Termination::Admin,
         }
     }
 

@@ -118,6 +118,16 @@ pub enum DomainError {
         assigned: u32,
     },
 
+    /// A queued acquire's wait passed with no seat freed.
+    #[error(
+        "no {product} seat freed within the wait of {waited_ms} ms; retry later, wait longer, or ask an Owner to raise the quota"
+    )]
+    WaitExpired { product: Product, waited_ms: u64 },
+
+    /// A queued acquire left the queue at its engine's request.
+    #[error("the queued acquire was cancelled by its engine")]
+    WaitCancelled,
+
     /// The durable log could not take the command (overloaded or shutting down).
     #[error("{0}")]
     Unavailable(String),

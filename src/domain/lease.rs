@@ -8,6 +8,39 @@ use tokio::time::Instant;
 
 use super::{DomainError, Email, OrgId, Product};
 
+/// Why a session was ended by someone other than its engine (an admin action, an admin
+/// command's withdrawal, or a rule of the license): told to the observers, and pushed
+/// to the stream holding the lease, so an engine learns the precise cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Termination {
+    /// An admin terminated the session (`TerminateSession`).
+    Admin,
+    /// The user's license of the product was unassigned or transferred away.
+    Unassigned,
+    /// The user was removed from the organization.
+    MemberRemoved,
+    /// The API key the holding stream was authenticated with was revoked.
+    KeyRevoked,
+    /// The organization's license expired.
+    LicenseExpired,
+    /// The organization was deleted.
+    OrganizationDeleted,
+}
+
+impl Termination {
+    /// The cause's name in the audit record and the logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Termination::Admin => "terminated",
+            Termination::Unassigned => "unassigned",
+            Termination::MemberRemoved => "member_removed",
+            Termination::KeyRevoked => "key_revoked",
+            Termination::LicenseExpired => "license_expired",
+            Termination::OrganizationDeleted => "organization_deleted",
+        }
+    }
+}
+
 /// A lease id: 128 bits derived from the engine's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LeaseId(pub u128);

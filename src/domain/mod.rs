@@ -16,8 +16,9 @@ pub mod types;
 pub use access::{Action, Principal, authorize, authorize_command};
 pub use command::{AssignmentOutcome, Command, CommandOutcome, SessionsToEnd, Withdrawal};
 pub use error::DomainError;
-pub use lease::{Lease, LeaseId};
+pub use lease::{Lease, LeaseId, Termination};
 pub use state::{AdminState, ApiKeyRecord, Organization};
 pub use types::{
-    ApiKeyId, Email, OrgId, PastExpiry, Product, Quota, QuotaUpdate, Role, check_new_expiry,
+    ApiKeyId, Email, OrgId, PastExpiry, Product, Quota, QuotaUpdate, Role,
+    check_client_cert_subject, check_new_expiry,
 };

@@ -30,6 +30,8 @@ pub struct ApiKeyRecord {
     pub label: String,
     pub secret_sha256: [u8; 32],
     pub created_at_unix_ms: i64,
+    /// The only client certificate subject (mTLS) the key may be used with, if bound.
+    pub client_cert_subject: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +266,7 @@ impl AdminState {
                 label,
                 secret_sha256,
                 created_at_unix_ms,
+                client_cert_subject,
             } => {
                 let record = ApiKeyRecord {
                     id: key_id.clone(),
@@ -271,6 +274,7 @@ impl AdminState {
                     label: label.clone(),
                     secret_sha256: *secret_sha256,
                     created_at_unix_ms: *created_at_unix_ms,
+                    client_cert_subject: client_cert_subject.clone(),
                 };
                 self.create_api_key(org, record)
             }
@@ -750,6 +754,7 @@ mod tests {
             label: String::new(),
             secret_sha256: [0; 32],
             created_at_unix_ms: 0,
+            client_cert_subject: None,
         }
     }
 

@@ -385,6 +385,16 @@ pub fn check_optional_text(
     check_visible(field, value)
 }
 
+/// Checks the client certificate subject an API key is bound to: not blank, within
+/// `limits::CLIENT_CERT_SUBJECT_BYTES_MAX`, visible characters only.
+pub fn check_client_cert_subject(subject: &str) -> Result<(), DomainError> {
+    check_required_text(
+        "client_cert_subject",
+        subject,
+        limits::CLIENT_CERT_SUBJECT_BYTES_MAX,
+    )
+}
+
 /// The identity form of a text: NFKC, then Unicode default case folding, then NFKC
 /// again (folding can leave a string that is not in NFKC). ASCII takes a fast path
 /// with the same result.

@@ -15,9 +15,13 @@
 //!
 //! - `expiry`: the per-organization heap of deadlines.
 //! - `store`: the per-organization slab, id index and millisecond clock.
+//! - `queue`: the per-organization wait queues of acquires that found the quota full.
 
 pub mod expiry;
+mod queue;
 mod store;
+
+pub use queue::{Acquired, WaitAnswer, WaitTicket};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,10 +34,11 @@ use tokio::time::Instant;
 
 use crate::domain::journal::{Durable, Journal, LogPermit, VolatileJournal};
 use crate::domain::{
-    Command, DomainError, Email, Lease, LeaseId, OrgId, Principal, Product, Withdrawal,
+    Command, DomainError, Email, Lease, LeaseId, OrgId, Principal, Product, Termination, Withdrawal,
 };
 use crate::limits;
 use expiry::ExpiryIndex;
+use queue::WaitQueues;
 use store::{LeaseStore, MsClock, Slot, StoredLease};
 
 /// One live session, borrowed from the table (under its organization's lock) or from a
@@ -122,6 +127,9 @@ pub struct ProductCounters {
     pub terminations: u64,
 }
 
+/// Leases a renewal found gone or superseded: id, generation presented, and why.
+pub type GoneLeases = Vec<(LeaseId, u64, DomainError)>;
+
 /// Why a lease ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseEnd {
@@ -129,8 +137,9 @@ pub enum LeaseEnd {
     Released,
     /// Its heartbeats stopped and its deadline passed.
     Expired,
-    /// An admin ended it, or an admin command withdrew the license it used.
-    Terminated,
+    /// Someone else ended it: an admin, an admin command's withdrawal, the license's
+    /// expiry or a revoked key (the cause, as its engine is told).
+    Terminated(Termination),
 }
 
 /// Told of each step of a lease's life (metrics, usage windows, the audit record); each
@@ -182,6 +191,8 @@ struct OrgLeases {
     unlogged_ends: Vec<(LeaseId, u64)>,
     counters: [ProductCounters; 2],
     expiry: ExpiryIndex,
+    /// Acquires waiting for a seat (see `queue`).
+    waiters: WaitQueues,
 }
 
 fn product_index(product: Product) -> usize {
@@ -201,6 +212,7 @@ impl OrgLeases {
             unlogged_ends: Vec::new(),
             counters: Default::default(),
             expiry: ExpiryIndex::default(),
+            waiters: WaitQueues::default(),
         }
     }
 
@@ -260,7 +272,7 @@ impl OrgLeases {
         match why {
             LeaseEnd::Released => counters.releases += 1,
             LeaseEnd::Expired => counters.expiries += 1,
-            LeaseEnd::Terminated => counters.terminations += 1,
+            LeaseEnd::Terminated(_) => counters.terminations += 1,
         }
         let active = counters.active;
         sinks
@@ -370,6 +382,8 @@ pub struct LeaseTable {
     /// The next generation to grant. Its high bits hold the boot epoch, so generations
     /// keep increasing across restarts.
     next_generation: AtomicU64,
+    /// Numbers queue places in arrival order (see `queue`).
+    next_ticket: AtomicU64,
     timing: LeaseTiming,
 }
 
@@ -435,6 +449,7 @@ impl RecoveringLeases {
                 observer: Arc::new(UnobservedLeases),
                 leases_per_org_max,
                 next_generation: AtomicU64::new(1),
+                next_ticket: AtomicU64::new(0),
                 timing,
             },
         }
@@ -455,7 +470,7 @@ impl RecoveringLeases {
     /// Ends the sessions a replayed command withdrew (see
     /// [`LeaseTable::end_sessions_withdrawn_by`]).
     pub fn end_sessions_withdrawn_by(&self, command: &Command) -> u32 {
-        self.table.end_sessions_withdrawn_by(command, None)
+        self.table.end_sessions_withdrawn_by(command, None, None)
     }
 
     /// Live leases restored so far.
@@ -542,7 +557,8 @@ impl LeaseTable {
         if let Some(slot) = org.leases.find(id) {
             return Ok(self.resume(org, slot, deadline_ms, permit, request.org));
         }
-        self.check_grant(org, &request)?;
+        org.waiters.set_quota(request.product, request.quota);
+        self.check_new_grant(org, &request)?;
         Ok(self.grant(org, id, &request, deadline_ms, now.unix_ms, permit))
     }
 
@@ -568,6 +584,21 @@ impl LeaseTable {
         (granted, durable)
     }
 
+    /// The rules a new request must meet: no barging past the product's waiters (a
+    /// seat freed while they wait is theirs, see `queue`), then those of
+    /// [`LeaseTable::check_grant`].
+    fn check_new_grant(
+        &self,
+        org: &mut OrgLeases,
+        request: &AcquireRequest<'_>,
+    ) -> Result<(), DomainError> {
+        check_kse_holder(org, request)?;
+        if org.waiters.waiting(request.product) > 0 {
+            return Err(quota_exhausted(org, request));
+        }
+        self.check_grant(org, request)
+    }
+
     /// The rules a new lease must meet, in order: one KSE engine per user, the
     /// product's quota (a refusal is counted), every earlier end journaled, and the
     /// organization's cap on live leases.
@@ -576,30 +607,9 @@ impl LeaseTable {
         org: &mut OrgLeases,
         request: &AcquireRequest<'_>,
     ) -> Result<(), DomainError> {
-        if request.product == Product::Kse
-            && let Some(&holder) = org.kse_holders.get(request.email)
-        {
-            let other = org.leases.get(holder).expect("KSE holders are live");
-            return Err(DomainError::KseSessionInUse {
-                email: request.email.clone(),
-                engine_id: other.engine_id().to_string(),
-                lease_id: other.id().to_string(),
-            });
-        }
-        let counters = org.counters_mut(request.product);
-        if counters.active >= request.quota {
-            counters.denials += 1;
-            let active = counters.active;
-            return Err(DomainError::QuotaExhausted {
-                org: request.org.clone(),
-                product: request.product,
-                active,
-                quota: request.quota,
-                unit: match request.product {
-                    Product::Kse => "KSE sessions",
-                    Product::Kre => "parallel sessions",
-                },
-            });
+        check_kse_holder(org, request)?;
+        if org.counters_mut(request.product).active >= request.quota {
+            return Err(quota_exhausted(org, request));
         }
         org.log_unlogged_ends(self.journal.as_ref())?;
         if org.leases.len() >= self.leases_per_org_max {
@@ -673,20 +683,92 @@ impl LeaseTable {
         Ok(org.clock.instant(lease.deadline_ms))
     }
 
-    /// Ends a lease of `email` at the engine's request.
+    /// Extends every lease of `held` (one stream's, all of `email`) to `now + ttl`
+    /// under one hold of the organization's lock: memory only, O(leases). Returns the
+    /// leases that are gone or superseded, with why.
+    pub fn heartbeat_all(
+        &self,
+        org: &OrgId,
+        email: &Email,
+        held: &[(LeaseId, u64)],
+        now: Instant,
+    ) -> GoneLeases {
+        let Some(cell) = self.existing_organization(org) else {
+            let gone = |&(id, generation): &(LeaseId, u64)| {
+                (id, generation, DomainError::LeaseNotFound(id.to_string()))
+            };
+            return held.iter().map(gone).collect();
+        };
+        let mut guard = cell.lock();
+        let org = &mut *guard;
+        let renewed_ms = org.clock.deadline_ms(now + self.timing.ttl);
+        let mut gone = Vec::new();
+        for &(id, generation) in held {
+            let slot = match org.find(id, Some(email), generation) {
+                Ok(slot) => slot,
+                Err(error) => {
+                    gone.push((id, generation, error));
+                    continue;
+                }
+            };
+            let lease = org.leases.get_mut(slot).expect("found slots are occupied");
+            self.observer.renewed(
+                lease.view(org.clock),
+                Duration::from_millis(renewed_ms.saturating_sub(lease.deadline_ms)),
+            );
+            lease.deadline_ms = lease.deadline_ms.max(renewed_ms);
+        }
+        gone
+    }
+
+    /// The live lease `id` of `email` at `generation` (fenced like a heartbeat).
+    pub fn live_lease(
+        &self,
+        org: &OrgId,
+        email: &Email,
+        id: LeaseId,
+        generation: u64,
+    ) -> Result<Lease, DomainError> {
+        let cell = self
+            .existing_organization(org)
+            .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
+        let org = cell.lock();
+        let slot = org.find(id, Some(email), generation)?;
+        let lease = org.leases.get(slot).expect("found slots are occupied");
+        Ok(lease.view(org.clock).to_lease())
+    }
+
+    /// Ends a lease of `email` at the engine's request; its seat goes to the head of
+    /// the queue, granted as of `now`.
     pub fn release(
         &self,
         org: &OrgId,
         email: &Email,
         id: LeaseId,
         generation: u64,
+        now: Instant,
+    ) -> Result<(), DomainError> {
+        self.end_held(org, email, id, generation, LeaseEnd::Released, now)
+    }
+
+    /// Ends a lease of `email` at `generation` for `why` (a release, or a cause its
+    /// holder learns of, such as its key's revocation), then serves the waiters.
+    pub fn end_held(
+        &self,
+        org: &OrgId,
+        email: &Email,
+        id: LeaseId,
+        generation: u64,
+        why: LeaseEnd,
+        now: Instant,
     ) -> Result<(), DomainError> {
         let cell = self
             .existing_organization(org)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
         let mut org = cell.lock();
         let slot = org.find(id, Some(email), generation)?;
-        org.end_observed(slot, LeaseEnd::Released, None, self.sinks());
+        let ended = org.end_observed(slot, why, None, self.sinks());
+        self.serve_waiters(&mut org, ended.product, now);
         Ok(())
     }
 
@@ -696,6 +778,7 @@ impl LeaseTable {
         org: &OrgId,
         id: LeaseId,
         by: &Principal,
+        now: Instant,
     ) -> Result<Lease, DomainError> {
         let cell = self
             .existing_organization(org)
@@ -705,7 +788,9 @@ impl LeaseTable {
             .leases
             .find(id)
             .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
-        let lease = org.end_observed(slot, LeaseEnd::Terminated, Some(by), self.sinks());
+        let why = LeaseEnd::Terminated(Termination::Admin);
+        let lease = org.end_observed(slot, why, Some(by), self.sinks());
+        self.serve_waiters(&mut org, lease.product, now);
         Ok(lease.view(org.clock).to_lease())
     }
 
@@ -720,12 +805,21 @@ impl LeaseTable {
     /// (counters included), so an organization created again under its id starts
     /// afresh; ends the journal could not take are covered by the logged deletion,
     /// whose replay ends the same sessions.
-    pub fn end_sessions_withdrawn_by(&self, command: &Command, by: Option<&Principal>) -> u32 {
+    ///
+    /// Waiters the command withdraws are refused; the seats freed go to the others,
+    /// granted as of `now` (`None` when replaying: nobody waits during recovery).
+    pub fn end_sessions_withdrawn_by(
+        &self,
+        command: &Command,
+        by: Option<&Principal>,
+        now: Option<Instant>,
+    ) -> u32 {
         let withdrawn = match command.sessions_to_end() {
             Withdrawal::Sessions(withdrawn) if withdrawn.is_empty() => return 0,
             Withdrawal::Sessions(withdrawn) => withdrawn,
             Withdrawal::WholeOrganization => return self.end_organization(command.org(), by),
         };
+        let why = LeaseEnd::Terminated(command.termination());
         let Some(cell) = self.existing_organization(command.org()) else {
             return 0;
         };
@@ -733,19 +827,40 @@ impl LeaseTable {
             .iter()
             .map(|sessions| (&sessions.email, sessions.product))
             .collect();
-        let mut org = cell.lock();
+        let mut guard = cell.lock();
+        let org = &mut *guard;
+        let withdraws = |product: Product, email: &Email| {
+            ending_products
+                .get(email)
+                .is_some_and(|ending| ending.is_none_or(|p| p == product))
+        };
+        let org_id = org.id.clone();
+        org.waiters.refuse_where(|product, email| {
+            withdraws(product, email).then(|| match command.termination() {
+                Termination::MemberRemoved => DomainError::NotAMember {
+                    org: org_id.clone(),
+                    email: email.clone(),
+                },
+                _ => DomainError::NotLicensed {
+                    org: org_id.clone(),
+                    email: email.clone(),
+                    product,
+                },
+            })
+        });
         let ending: Vec<Slot> = org
             .leases
             .iter()
-            .filter(|(_, lease)| {
-                ending_products
-                    .get(&lease.email)
-                    .is_some_and(|product| product.is_none_or(|p| p == lease.product))
-            })
+            .filter(|(_, lease)| withdraws(lease.product, &lease.email))
             .map(|(slot, _)| slot)
             .collect();
         for &slot in &ending {
-            org.end_observed(slot, LeaseEnd::Terminated, by, self.sinks());
+            org.end_observed(slot, why, by, self.sinks());
+        }
+        if let Some(now) = now {
+            for product in Product::ALL {
+                self.serve_waiters(org, product, now);
+            }
         }
         ending.len() as u32
     }
@@ -756,9 +871,13 @@ impl LeaseTable {
             return 0;
         };
         let mut org = cell.lock();
+        let org_id = org.id.clone();
+        org.waiters
+            .refuse_where(|_, _| Some(DomainError::OrganizationNotFound(org_id.clone())));
         let ending: Vec<Slot> = org.leases.iter().map(|(slot, _)| slot).collect();
+        let why = LeaseEnd::Terminated(Termination::OrganizationDeleted);
         for &slot in &ending {
-            org.end_observed(slot, LeaseEnd::Terminated, by, self.sinks());
+            org.end_observed(slot, why, by, self.sinks());
         }
         ending.len() as u32
     }
@@ -864,7 +983,16 @@ impl LeaseTable {
             .collect();
         cells
             .iter()
-            .map(|cell| expire_org(&mut cell.lock(), now, self.sinks()))
+            .map(|cell| {
+                let mut org = cell.lock();
+                let expired = expire_org(&mut org, now, self.sinks());
+                if expired > 0 {
+                    for product in Product::ALL {
+                        self.serve_waiters(&mut org, product, now);
+                    }
+                }
+                expired
+            })
             .sum()
     }
 
@@ -914,6 +1042,37 @@ impl LeaseTable {
             .iter()
             .map(|o| o.lock().leases.len())
             .sum()
+    }
+}
+
+/// One KSE engine per user: refuses a second KSE session of a user holding one.
+fn check_kse_holder(org: &OrgLeases, request: &AcquireRequest<'_>) -> Result<(), DomainError> {
+    if request.product == Product::Kse
+        && let Some(&holder) = org.kse_holders.get(request.email)
+    {
+        let other = org.leases.get(holder).expect("KSE holders are live");
+        return Err(DomainError::KseSessionInUse {
+            email: request.email.clone(),
+            engine_id: other.engine_id().to_string(),
+            lease_id: other.id().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The refusal of a full quota (or of a free seat that waiters are owed), counted.
+fn quota_exhausted(org: &mut OrgLeases, request: &AcquireRequest<'_>) -> DomainError {
+    let counters = org.counters_mut(request.product);
+    counters.denials += 1;
+    DomainError::QuotaExhausted {
+        org: request.org.clone(),
+        product: request.product,
+        active: counters.active,
+        quota: request.quota,
+        unit: match request.product {
+            Product::Kse => "KSE sessions",
+            Product::Kre => "parallel sessions",
+        },
     }
 }
 

@@ -70,7 +70,13 @@ async fn quota_bounds_grants_and_release_frees_a_seat() {
         }
     ));
     table
-        .release(&org(), &email(1), first.lease.id, first.lease.generation)
+        .release(
+            &org(),
+            &email(1),
+            first.lease.id,
+            first.lease.generation,
+            Instant::now(),
+        )
         .unwrap();
     acquire(&table, 3, "e3", Product::Kre, 2).unwrap();
     let counters = table.counters(&org(), Product::Kre);
@@ -140,7 +146,7 @@ async fn a_new_grant_fences_off_the_old_generation() {
     assert!(new.generation > old.generation);
     let stale = table.heartbeat(&org(), &email(1), old.id, old.generation, Instant::now());
     assert!(matches!(stale, Err(DomainError::StaleGeneration { .. })));
-    let stale = table.release(&org(), &email(1), old.id, old.generation);
+    let stale = table.release(&org(), &email(1), old.id, old.generation, Instant::now());
     assert!(matches!(stale, Err(DomainError::StaleGeneration { .. })));
 }
 
@@ -157,7 +163,13 @@ async fn kse_allows_one_engine_per_user() {
 async fn another_user_cannot_touch_a_lease() {
     let table = table();
     let lease = acquire(&table, 1, "e1", Product::Kre, 1).unwrap().lease;
-    let other = table.release(&org(), &email(2), lease.id, lease.generation);
+    let other = table.release(
+        &org(),
+        &email(2),
+        lease.id,
+        lease.generation,
+        Instant::now(),
+    );
     assert!(matches!(other, Err(DomainError::LeaseNotFound(_))));
 }
 
@@ -173,13 +185,13 @@ async fn ending_a_users_sessions_frees_their_seats() {
         product: Product::Kre,
         emails: vec![email(1)],
     };
-    assert_eq!(table.end_sessions_withdrawn_by(&unassign, None), 2);
+    assert_eq!(table.end_sessions_withdrawn_by(&unassign, None, None), 2);
     assert_eq!(table.counters(&org(), Product::Kre).active, 1);
     let remove = Command::RemoveMember {
         org: org(),
         email: email(1),
     };
-    assert_eq!(table.end_sessions_withdrawn_by(&remove, None), 1);
+    assert_eq!(table.end_sessions_withdrawn_by(&remove, None, None), 1);
     assert_eq!(table.counters(&org(), Product::Kse).active, 0);
 }
 
@@ -195,6 +207,7 @@ async fn expiry_pops_only_what_is_due_and_stale_entries_are_compacted() {
                     &email(n),
                     granted.lease.id,
                     granted.lease.generation,
+                    Instant::now(),
                 )
                 .unwrap();
         }
@@ -232,7 +245,13 @@ async fn a_reused_slot_ignores_the_stale_entry_of_its_earlier_lease() {
     let first = acquire(&table, 1, "e1", Product::Kre, 10).unwrap().lease;
     let first_slot = slot_of(&table, first.id).unwrap();
     table
-        .release(&org(), &email(1), first.id, first.generation)
+        .release(
+            &org(),
+            &email(1),
+            first.id,
+            first.generation,
+            Instant::now(),
+        )
         .unwrap();
     advance(TTL / 2).await;
     // The next grant takes the freed slot; the first lease's heap entry is still there.
@@ -465,7 +484,7 @@ async fn an_end_the_log_could_not_take_is_journaled_before_its_seat_is_granted_a
     let old = acquire(&table, 1, "e1", Product::Kre, 1).unwrap().lease;
     journal.refuse_ends.store(true, Ordering::Relaxed);
     table
-        .release(&org(), &email(1), old.id, old.generation)
+        .release(&org(), &email(1), old.id, old.generation, Instant::now())
         .unwrap();
     // The seat is free in memory, but granting it now could over-admit after a crash.
     let refused = acquire(&table, 2, "e2", Product::Kre, 1).unwrap_err();
@@ -535,7 +554,13 @@ async fn pages_list_each_live_lease_once_and_examine_boundedly_many_slots() {
     for granted in kre.iter().step_by(2) {
         let lease = &granted.lease;
         table
-            .release(&org(), &email(0), lease.id, lease.generation)
+            .release(
+                &org(),
+                &email(0),
+                lease.id,
+                lease.generation,
+                Instant::now(),
+            )
             .unwrap();
     }
 

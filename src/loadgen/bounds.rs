@@ -4,7 +4,7 @@
 //! unit and end with the qualifier (`_max`, `_min`); the `const` assertions at the
 //! bottom keep their relations true.
 
-use crate::limits::{KRE_SESSIONS_MAX, ORGANIZATIONS_MAX};
+use crate::limits::{CHANNEL_OPERATIONS_PER_MESSAGE_MAX, KRE_SESSIONS_MAX, ORGANIZATIONS_MAX};
 
 /// Simulated runtime engines in one run; each is one task holding at most one lease.
 pub const ENGINES_MAX: u32 = 1_000_000;
@@ -32,6 +32,14 @@ pub const ERROR_BACKOFF_MS: u64 = 10;
 /// cannot turn `realistic` into a busy loop.
 pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
 
+/// Operations in one message of a session channel (`--batch`): the broker closes a
+/// stream whose message carries more.
+pub const STREAM_BATCH_MAX: u32 = CHANNEL_OPERATIONS_PER_MESSAGE_MAX as u32;
+/// Session channels per connection (`--streams`); each is one simulated host.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 100_000;
+/// Messages a host's stream queues before its sender waits for the connection.
+pub const STREAM_OUTBOX: usize = 16;
+
 /// Client-side timeout of one measured RPC (`stats::timed_rpc`).
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
 /// Timeout of establishing one connection.
@@ -52,14 +60,12 @@ pub const LATENCY_US_MAX: u64 = 60_000_000;
 pub const LATENCY_SIGNIFICANT_DIGITS: u8 = 3;
 /// Histogram shards: engines record into `engine % STATS_SHARDS`, so a lock is rarely contended.
 pub const STATS_SHARDS: usize = 8;
-/// How often the `--rate` pacing thread releases start permits.
-pub const PACER_TICK_US: u64 = 50;
-/// Start permits the pacer keeps for busy engines, in ticks' worth.
-pub const PACER_BANKED_TICKS: u64 = 4;
 /// How often the progress line is written to stderr.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
 /// Concurrent streams per connection the in-process no-op server accepts.
 pub const NOOP_STREAMS_PER_CONNECTION_MAX: u32 = IN_FLIGHT_MAX;
+/// Batches of events the no-op server's channel queues for a slow reader.
+pub const NOOP_CHANNEL_OUTBOX: usize = 64;
 /// How long stopping the no-op server may take.
 pub const NOOP_STOP_MS_MAX: u64 = 5_000;
 
@@ -109,6 +115,7 @@ pub const METRICS_RESPONSE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 pub const METRICS_SCRAPE_MS_MAX: u64 = 10_000;
 
 const _: () = assert!(DURATION_MS_MIN <= DURATION_MS_MAX);
+const _: () = assert!(CHANNEL_OPERATIONS_PER_MESSAGE_MAX <= u32::MAX as usize);
 const _: () = assert!(ORGS_MAX <= ENGINES_MAX);
 const _: () = assert!(
     KRE_SESSIONS_MAX >= ENGINES_MAX,

@@ -6,10 +6,10 @@
 use std::net::{IpAddr, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::limits::KRE_SESSIONS_MAX;
+use crate::limits::{KRE_SESSIONS_MAX, STREAMS_PER_KEY_MAX};
 use crate::tls::ClientTlsFiles;
 
-use super::args::{BenchArgs, OperatorKeyText, TargetKind, Workload};
+use super::args::{BenchArgs, OperatorKeyText, Protocol, TargetKind, Workload};
 use super::bounds::*;
 use super::error::LoadgenError;
 
@@ -123,6 +123,19 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Total RPCs per second to pace to; `None` runs unpaced.
     pub rate: Option<u32>,
+    /// `--protocol stream`: operations go over session channels; `None` is unary.
+    pub stream: Option<StreamConfig>,
+}
+
+/// The session-channel settings (`--protocol stream`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Operations per message, at most.
+    pub batch: u32,
+    /// Streams per connection; each is one simulated host.
+    pub streams_per_connection: u32,
+    /// `hosts`: period of each host's renewal; `None` uses the leases' heartbeat interval.
+    pub renew_interval: Option<Duration>,
 }
 
 impl Plan {
@@ -161,10 +174,23 @@ impl BenchConfig {
         let engines = args.engines.unwrap_or(defaults.engines);
         check_range("--engines", engines.into(), 1, ENGINES_MAX.into())?;
         check_range("--orgs", orgs.into(), 1, u64::from(ORGS_MAX.min(engines)))?;
-        let members = args.members.unwrap_or(engines);
+        let stream = (args.protocol == Protocol::Stream).then_some(StreamConfig {
+            batch: args.batch,
+            streams_per_connection: args.streams,
+            renew_interval: args.renew_interval,
+        });
+        let hosts = args.connections.saturating_mul(args.streams);
+        // Over streams the members are the hosts' (a stream holds one user's leases).
+        let members = args.members.unwrap_or(if stream.is_some() {
+            hosts.min(engines)
+        } else {
+            engines
+        });
         let engines_per_org = engines.div_ceil(orgs);
         let quota = match args.workload {
             Workload::Contention => args.quota.unwrap_or((engines / 4).max(1)),
+            // Hosts spread over organizations by member: the quota covers any split.
+            _ if stream.is_some() => args.quota.unwrap_or(engines),
             _ => args.quota.unwrap_or(engines_per_org),
         };
         let config = Self {
@@ -188,6 +214,7 @@ impl BenchConfig {
             },
             seed: args.seed.unwrap_or_else(clock_seed),
             rate: args.rate.filter(|r| *r > 0),
+            stream,
         };
         config.validate()?;
         Ok(config)
@@ -239,6 +266,86 @@ impl BenchConfig {
         if self.workload == Workload::Contention {
             self.validate_contention()?;
         }
+        match &self.stream {
+            Some(stream) => self.validate_stream(stream)?,
+            None if self.workload == Workload::Hosts => {
+                return Err(usage("the hosts workload needs --protocol stream"));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Simulated hosts: one stream each (`--protocol stream`), else none.
+    pub fn hosts(&self) -> u32 {
+        self.stream.map_or(0, |stream| {
+            self.connections
+                .saturating_mul(stream.streams_per_connection)
+        })
+    }
+
+    /// What is provisioned one member's key at a time: the hosts over streams (a
+    /// stream holds one user's leases), else the engines.
+    pub(crate) fn key_holders(&self) -> u32 {
+        if self.stream.is_some() {
+            self.hosts()
+        } else {
+            self.engines
+        }
+    }
+
+    fn validate_stream(&self, stream: &StreamConfig) -> Result<(), LoadgenError> {
+        if !matches!(
+            self.workload,
+            Workload::AcquireRelease | Workload::Heartbeat | Workload::Hosts
+        ) {
+            return Err(usage(format!(
+                "--protocol stream runs acquire-release, heartbeat and hosts, not {}",
+                self.workload.name()
+            )));
+        }
+        if self.rate.is_some() {
+            return Err(usage(
+                "--rate paces unary calls; over streams use the hosts workload's --renew-interval",
+            ));
+        }
+        check_range("--batch", stream.batch.into(), 1, STREAM_BATCH_MAX.into())?;
+        check_range(
+            "--streams",
+            stream.streams_per_connection.into(),
+            1,
+            STREAMS_PER_CONNECTION_MAX.into(),
+        )?;
+        let hosts = self.hosts();
+        if hosts > self.engines {
+            return Err(usage(format!(
+                "{hosts} hosts (--connections x --streams) need at least as many --engines, \
+                 the leases they hold; got {}",
+                self.engines
+            )));
+        }
+        check_range(
+            "--members",
+            self.members.into(),
+            self.orgs.into(),
+            hosts.into(),
+        )?;
+        let streams_per_key = hosts.div_ceil(self.members);
+        if streams_per_key as usize > STREAMS_PER_KEY_MAX {
+            return Err(usage(format!(
+                "{hosts} hosts on {} members open {streams_per_key} streams per key; the broker \
+                 allows {STREAMS_PER_KEY_MAX}: raise --members",
+                self.members
+            )));
+        }
+        if let Some(every) = stream.renew_interval {
+            check_millis(
+                "--renew-interval",
+                every,
+                HEARTBEAT_INTERVAL_MS_MIN,
+                HOLD_MS_MAX,
+            )?;
+        }
         Ok(())
     }
 
@@ -279,7 +386,7 @@ impl Defaults {
                 hold_min: Duration::from_millis(1),
                 hold_max: Duration::from_millis(5),
             },
-            Workload::AcquireRelease | Workload::Heartbeat => Self {
+            Workload::AcquireRelease | Workload::Heartbeat | Workload::Hosts => Self {
                 orgs: 1,
                 engines: 256,
                 hold_min: Duration::ZERO,

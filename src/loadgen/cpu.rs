@@ -21,6 +21,17 @@ pub struct CpuPerOp {
     pub client_us: Option<f64>,
 }
 
+/// Cores' worth of CPU each process used over the measured window (1.0 is one core
+/// busy all the time); `None` where a process could not be read.
+#[derive(Serialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuCores {
+    /// The server driven (broker or no-op).
+    pub server: Option<f64>,
+    /// This load generator: beside every figure, so that a generator that is itself
+    /// the bottleneck is seen to be.
+    pub client: Option<f64>,
+}
+
 /// CPU seconds used so far by `process` (user and system, all threads).
 pub(crate) fn cpu_seconds(process: &Process) -> Option<f64> {
     let stat = process.stat().ok()?;
@@ -44,6 +55,22 @@ impl CpuUsed {
             client_us: per_op(self.client_s),
         }
     }
+}
+
+impl CpuUsed {
+    /// Divides by the window's length in seconds.
+    pub(crate) fn cores(self, window_s: f64) -> CpuCores {
+        let share = |seconds: Option<f64>| seconds.filter(|_| window_s > 0.0).map(|s| s / window_s);
+        CpuCores {
+            server: share(self.server_s),
+            client: share(self.client_s),
+        }
+    }
+}
+
+/// CPU seconds this process has used so far, for the progress line.
+pub(crate) fn own_cpu_seconds() -> Option<f64> {
+    cpu_seconds(&Process::myself().ok()?)
 }
 
 /// Samples both processes at `from` and at `to` (the measured window) in a task.

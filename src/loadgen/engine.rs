@@ -18,8 +18,7 @@ use crate::proto::{HeartbeatRequest, Lease, ReleaseRequest};
 use super::args::Workload;
 use super::bounds::{ERROR_BACKOFF_MS, HEARTBEAT_INTERVAL_MS_MIN};
 use super::config::BenchConfig;
-use super::error::LoadgenError;
-use super::pacer::Pacer;
+use super::pacer::Schedule;
 use super::quota_check::Interval;
 use super::rng::Rng;
 use super::setup::kre_acquire_request;
@@ -38,8 +37,8 @@ pub(crate) struct Shared {
     pub backoff: Duration,
     /// Each engine keeps at most this many lease intervals for the quota check.
     pub intervals_per_engine_max: usize,
-    /// Spaces calls evenly when `--rate` is set.
-    pub pacer: Option<Pacer>,
+    /// The absolute start schedule when `--rate` is set.
+    pub schedule: Option<Schedule>,
 }
 
 impl Shared {
@@ -48,12 +47,11 @@ impl Shared {
         stats: Arc<Stats>,
         phases: Phases,
         intervals_per_engine_max: usize,
-    ) -> Result<Self, LoadgenError> {
-        let pacer = match config.rate {
-            Some(rate) => Some(Pacer::start(rate, phases.deadline.into_std())?),
-            None => None,
-        };
-        Ok(Self {
+    ) -> Self {
+        let schedule = config
+            .rate
+            .map(|rate| Schedule::new(rate, phases.start, phases.deadline));
+        Self {
             stats,
             in_flight: Semaphore::new(config.in_flight as usize),
             phases,
@@ -63,27 +61,36 @@ impl Shared {
             think_max: config.think_max,
             backoff: config.backoff,
             intervals_per_engine_max,
-            pacer,
-        })
+            schedule,
+        }
     }
 
-    /// Makes one RPC under the in-flight bound and records it.
+    /// Makes one RPC under the in-flight bound and records it. Paced, the call first
+    /// waits for its slot of the schedule, and its latency counts from when the slot
+    /// was due (the wait for an in-flight permit included), so a stalled server shows
+    /// in the percentiles instead of silently slowing the generator down.
     async fn call<T>(
         &self,
         engine_index: u32,
         method: Method,
         rpc: impl Future<Output = Result<Response<T>, Status>>,
     ) -> Result<T, Status> {
+        let intended = match &self.schedule {
+            Some(schedule) => schedule.wait_turn().await,
+            None => None,
+        };
         let _permit = self
             .in_flight
             .acquire()
             .await
             .map_err(|_| Status::cancelled("the in-flight semaphore was closed"))?;
-        if let Some(pacer) = &self.pacer {
-            pacer.wait_turn().await;
-        }
-        let (result, span) = timed(rpc).await;
+        let (result, (sent, answered)) = timed(rpc).await;
         let answer = self.classify(method, &result);
+        if let Some(intended) = intended {
+            self.stats
+                .record_start_lag(sent - intended, answered, &self.phases);
+        }
+        let span = (intended.unwrap_or(sent), answered);
         self.stats
             .record(engine_index, method, answer, span, &self.phases);
         result.map(Response::into_inner)
@@ -148,6 +155,8 @@ pub(crate) async fn run(mut engine: Engine) -> EngineOutcome {
         Workload::Heartbeat => engine.heartbeat_fast().await,
         Workload::Realistic => engine.realistic().await,
         Workload::Contention => engine.contend().await,
+        // Refused by `BenchConfig::validate` without streams (`stream.rs` runs it).
+        Workload::Hosts => EngineOutcome::default(),
     }
 }
 

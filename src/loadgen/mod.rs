@@ -16,7 +16,10 @@
 //! - `error`: `LoadgenError` and its exit codes.
 //! - `channels`: one tonic `Channel` per HTTP/2 connection, TLS, the auth metadata.
 //! - `setup`: provisioning organizations, members, licenses and API keys on the broker.
-//! - `engine`: one task per simulated engine; the four workloads.
+//! - `engine`: one task per simulated engine; the unary workloads.
+//! - `stream`: `--protocol stream`, one task per simulated host driving one session
+//!   channel with batches of operations; acquire-release, heartbeat and hosts.
+//! - `pacer`: `--rate`, the absolute start schedule (coordinated omission corrected).
 //! - `runner`: one run against one target, bounded by the deadline and the drain.
 //! - `stats`: phases, sharded latency histograms, error counts, the progress line.
 //! - `quota_check`: the sweep over client-side lease intervals.
@@ -47,14 +50,18 @@ mod rng;
 mod runner;
 mod setup;
 mod stats;
+mod stream;
 
 #[cfg(test)]
 mod tests;
 
 use std::io::Write as _;
 
-pub use args::{BenchArgs, OperatorKeyText, TargetKind, Workload};
-pub use config::{BenchConfig, BrokerTarget, Mode, Output, Plan, Progress, Target, check_loopback};
+pub use args::{BenchArgs, OperatorKeyText, Protocol, TargetKind, Workload};
+pub use config::{
+    BenchConfig, BrokerTarget, Mode, Output, Plan, Progress, StreamConfig, Target, check_loopback,
+};
+pub use cpu::{CpuCores, CpuPerOp};
 pub use error::LoadgenError;
 pub use noop::serve_standalone as serve_noop;
 pub use quota_check::{QuotaCheck, Verdict};
@@ -75,8 +82,13 @@ pub async fn run(args: BenchArgs) -> Result<Outcome, LoadgenError> {
     let outcome = match &plan.mode {
         Mode::Single(target) => Outcome::Single(Box::new(execute(&config, target).await?)),
         Mode::CompareNoop(broker, noop) => {
+            let server_pid = broker.server_pid;
             let broker = execute(&config, &Target::Broker(broker.clone())).await?;
-            let noop = execute(&config, noop).await?;
+            let noop = match noop {
+                // The ceiling runs on the broker's cores (`taskset` pinning included).
+                Target::NoopProcess => runner::execute_noop_process(&config, server_pid).await?,
+                other => execute(&config, other).await?,
+            };
             Outcome::Compare(Box::new(Comparison::new(broker, noop)))
         }
     };
@@ -129,7 +141,7 @@ pub async fn execute(config: &BenchConfig, target: &Target) -> Result<Report, Lo
     match target {
         Target::Broker(broker) => runner::execute_broker(config, broker).await,
         Target::Noop => runner::execute_noop(config, noop::NoopOptions::for_config(config)).await,
-        Target::NoopProcess => runner::execute_noop_process(config).await,
+        Target::NoopProcess => runner::execute_noop_process(config, None).await,
     }
 }
 

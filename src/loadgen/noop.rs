@@ -6,24 +6,27 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::proto::session_service_server::{SessionService, SessionServiceServer};
 use crate::proto::{
-    AcquireRequest, AcquireResponse, HeartbeatRequest, HeartbeatResponse, Lease, Product,
-    ReleaseRequest, ReleaseResponse,
+    AcquireDenied, AcquireRequest, AcquireResponse, ChannelRequest, ChannelResponse, EndReason,
+    HeartbeatRequest, HeartbeatResponse, Lease, LeaseAttached, LeaseEnded, LeaseGranted,
+    LeasesRenewed, Product, ReleaseRequest, ReleaseResponse, StreamEvent, StreamRenew,
+    stream_event, stream_operation,
 };
 
 use super::args::Workload;
-use super::bounds::{NOOP_STOP_MS_MAX, NOOP_STREAMS_PER_CONNECTION_MAX};
+use super::bounds::{NOOP_CHANNEL_OUTBOX, NOOP_STOP_MS_MAX, NOOP_STREAMS_PER_CONNECTION_MAX};
 use super::config::BenchConfig;
 use super::error::LoadgenError;
 
@@ -106,8 +109,13 @@ pub(crate) struct ChildNoopServer {
 }
 
 impl ChildNoopServer {
-    /// Spawns the child and reads the address it listens on from its first line.
-    pub(crate) async fn spawn(options: NoopOptions) -> Result<Self, LoadgenError> {
+    /// Spawns the child and reads the address it listens on from its first line. With
+    /// `cpus_of`, the child runs on the CPUs that process may run on (the broker it is
+    /// compared with, pinned with `taskset`): the ceiling gets the same cores.
+    pub(crate) async fn spawn(
+        options: NoopOptions,
+        cpus_of: Option<u32>,
+    ) -> Result<Self, LoadgenError> {
         use tokio::io::AsyncBufReadExt;
         let exe = std::env::current_exe().map_err(LoadgenError::NoopServer)?;
         let mut command = tokio::process::Command::new(exe);
@@ -119,6 +127,9 @@ impl ChildNoopServer {
             command.args(["--seats", &seats.to_string()]);
         }
         let mut child = command.spawn().map_err(LoadgenError::NoopServer)?;
+        if let (Some(model), Some(pid)) = (cpus_of, child.id()) {
+            copy_cpu_affinity(model, pid).map_err(LoadgenError::NoopServer)?;
+        }
         let stdout = child.stdout.take().ok_or_else(|| {
             LoadgenError::NoopServer(std::io::Error::other("no-op child has no stdout"))
         })?;
@@ -157,6 +168,30 @@ impl ChildNoopServer {
     }
 }
 
+/// Lets process `to` run on exactly the CPUs process `from` may run on.
+fn copy_cpu_affinity(from: u32, to: u32) -> std::io::Result<()> {
+    let pid = |id: u32| {
+        libc::pid_t::try_from(id).map_err(|_| std::io::Error::other("process id out of range"))
+    };
+    let (from, to) = (pid(from)?, pid(to)?);
+    // SAFETY: `cpu_set_t` is plain data (all zeroes is the empty set), and both calls
+    // get its true size and a pointer valid for the call.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(from, size, &mut set) == 0 {
+            libc::sched_setaffinity(to, size, &set)
+        } else {
+            -1
+        }
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 const NOOP_LISTENING_PREFIX: &str = "noop listening on ";
 
 /// `seatbroker bench-noop-server`: serves the no-op SessionService on 127.0.0.1:0,
@@ -178,8 +213,9 @@ pub async fn serve_standalone(seats: Option<u32>) -> Result<(), LoadgenError> {
 struct NoopSessions {
     /// Copied into every answer; engine fields are replaced by the request's.
     template: Lease,
-    /// Source of generations and lease ids; strictly increasing.
-    generation: AtomicU64,
+    /// Source of generations and lease ids; strictly increasing; shared with the
+    /// channels' tasks.
+    generation: Arc<AtomicU64>,
     seats: Option<Seats>,
 }
 
@@ -214,7 +250,7 @@ impl NoopSessions {
         });
         Self {
             template,
-            generation: AtomicU64::new(1),
+            generation: Arc::new(AtomicU64::new(1)),
             seats,
         }
     }
@@ -261,6 +297,96 @@ impl Seats {
     }
 }
 
+/// The no-op session channel: answers each batch of operations with one batch of
+/// events of the broker's shapes (granted, ended as released, renewed with the count
+/// of leases the stream holds, attached, denied for a cancel). It keeps no quota
+/// (`NoopOptions::seats` is for the unary calls): it is the ceiling of the protocol.
+async fn answer_channel(
+    mut inbound: tonic::Streaming<ChannelRequest>,
+    outbox: mpsc::Sender<Result<ChannelResponse, Status>>,
+    template: Lease,
+    generation: Arc<AtomicU64>,
+) {
+    let mut held: HashSet<String> = HashSet::new();
+    while let Ok(Some(request)) = inbound.message().await {
+        let events = request
+            .operations
+            .into_iter()
+            .filter_map(|operation| operation.operation)
+            .map(|operation| StreamEvent {
+                event: Some(noop_event(operation, &template, &generation, &mut held)),
+            })
+            .collect();
+        if outbox.send(Ok(ChannelResponse { events })).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn noop_event(
+    operation: stream_operation::Operation,
+    template: &Lease,
+    generation: &AtomicU64,
+    held: &mut HashSet<String>,
+) -> stream_event::Event {
+    use stream_event::Event;
+    use stream_operation::Operation;
+    match operation {
+        Operation::Acquire(acquire) => {
+            let generation = generation.fetch_add(1, Ordering::Relaxed) + 1;
+            let lease = Lease {
+                lease_id: lease_id(generation),
+                generation,
+                engine_id: acquire.engine_id,
+                hostname: acquire.hostname,
+                label: acquire.label,
+                ..template.clone()
+            };
+            held.insert(lease.lease_id.clone());
+            Event::Granted(LeaseGranted {
+                request_id: acquire.request_id,
+                lease: Some(lease),
+                resumed: false,
+            })
+        }
+        Operation::Release(release) => {
+            let reason = if held.remove(&release.lease_id) {
+                EndReason::Released
+            } else {
+                EndReason::NotFound
+            };
+            Event::Ended(LeaseEnded {
+                lease_id: release.lease_id,
+                generation: release.generation,
+                reason: reason as i32,
+                message: String::new(),
+            })
+        }
+        Operation::Renew(StreamRenew {}) => Event::Renewed(LeasesRenewed {
+            expires_at_unix_ms: template.expires_at_unix_ms,
+            ttl_ms: template.ttl_ms,
+            lease_count: u32::try_from(held.len()).unwrap_or(u32::MAX),
+        }),
+        Operation::Attach(attach) => {
+            // One event per message is enough for a ceiling: attach the first.
+            let lease = attach.leases.into_iter().next().map(|handle| {
+                held.insert(handle.lease_id.clone());
+                Lease {
+                    lease_id: handle.lease_id,
+                    generation: handle.generation,
+                    ..template.clone()
+                }
+            });
+            Event::Attached(LeaseAttached { lease })
+        }
+        Operation::Cancel(cancel) => Event::Denied(AcquireDenied {
+            request_id: cancel.request_id,
+            code: Code::Cancelled as i32,
+            message: "cancelled".to_owned(),
+        }),
+    }
+}
+
 /// Lease ids of a fixed length, like the broker's.
 fn lease_id(generation: u64) -> String {
     format!("lse_{generation:024x}")
@@ -268,17 +394,22 @@ fn lease_id(generation: u64) -> String {
 
 #[tonic::async_trait]
 impl SessionService for NoopSessions {
-    type ChannelStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<crate::proto::ChannelResponse, Status>> + Send>,
-    >;
+    type ChannelStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ChannelResponse, Status>> + Send>>;
 
     async fn channel(
         &self,
-        _request: Request<tonic::Streaming<crate::proto::ChannelRequest>>,
+        request: Request<tonic::Streaming<ChannelRequest>>,
     ) -> Result<Response<Self::ChannelStream>, Status> {
-        Err(Status::unimplemented(
-            "the no-op server has no session channel yet",
-        ))
+        let inbound = request.into_inner();
+        let (outbox, events) = mpsc::channel(NOOP_CHANNEL_OUTBOX);
+        tokio::spawn(answer_channel(
+            inbound,
+            outbox,
+            self.template.clone(),
+            Arc::clone(&self.generation),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
 
     async fn acquire(

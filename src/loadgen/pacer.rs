@@ -1,114 +1,134 @@
-//! `--rate`: calls started evenly at sub-millisecond resolution.
+//! `--rate`: call starts on an absolute schedule, corrected for coordinated omission
+//! as wrk2 does.
 //!
-//! Tokio's timer wheel ticks once per millisecond, so engines that each sleep until
-//! their reserved start wake together, `rate / 1000` at a time, and the run then
-//! measures the generator's own bursts queueing in front of the server. Instead a
-//! pacing thread (std sleeps have microsecond resolution) releases start permits
-//! every `PACER_TICK_US` in proportion to the time elapsed, and engines wait for a
-//! permit before each call.
+//! Slot `n` of the run is due at `start + n / rate`. An engine about to call claims
+//! the next slot (one atomic add), sleeps on a tokio timer until it is due, and the
+//! call's latency is then counted from that *intended* start, not from the send. The
+//! schedule never slips: a slot claimed late (every engine was busy waiting for a slow
+//! server) is due in the past, is sent at once, and the time it waited counts in its
+//! latency, which is what a client arriving at that moment would have seen. This is
+//! deliberately tokio's `MissedTickBehavior::Burst` and not `Delay` or `Skip`: those
+//! move the schedule back when the server stalls, and so hide the stall from the
+//! percentiles (the coordinated omission of a closed-loop generator).
+//!
+//! Nothing spins: a waiting engine is a timer entry, so the generator's own CPU per
+//! call is the call's. Tokio's timer wheel wakes at 1 ms resolution, so starts due
+//! within one millisecond leave together; how late each call was sent after its
+//! intended start (the start lag) is reported beside the latency, so the generator's
+//! own lateness is visible and not mistaken for the server's.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
-use super::bounds::{PACER_BANKED_TICKS, PACER_TICK_US};
-use super::error::LoadgenError;
-
-/// Releases start permits at `rate` per second until `until` or until dropped.
-pub(crate) struct Pacer {
-    permits: Arc<Semaphore>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// The run's start schedule at `rate` calls per second.
+pub(crate) struct Schedule {
+    start: Instant,
+    rate: u32,
+    /// No slot is due at or after this instant (the run's deadline).
+    until: Instant,
+    next_slot: AtomicU64,
 }
 
-impl Pacer {
-    /// Starts the pacing thread.
-    pub(crate) fn start(rate: u32, until: Instant) -> Result<Self, LoadgenError> {
-        let permits = Arc::new(Semaphore::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
-            .name("bench-pacer".into())
-            .spawn({
-                let permits = Arc::clone(&permits);
-                let stop = Arc::clone(&stop);
-                move || release_permits(rate, until, &permits, &stop)
-            })
-            .map_err(|e| LoadgenError::Internal(format!("starting the pacer thread: {e}")))?;
-        Ok(Self {
-            permits,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Waits for this call's start time; returns at once after the pacer stopped.
-    pub(crate) async fn wait_turn(&self) {
-        if let Ok(permit) = self.permits.acquire().await {
-            permit.forget();
+impl Schedule {
+    /// A schedule whose slot 0 is due at `start`; `rate` is at least 1.
+    pub(crate) fn new(rate: u32, start: Instant, until: Instant) -> Self {
+        Self {
+            start,
+            rate: rate.max(1),
+            until,
+            next_slot: AtomicU64::new(0),
         }
     }
-}
 
-impl Drop for Pacer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            // Bounded: the thread checks `stop` every tick.
-            let _ = thread.join();
-        }
+    /// When slot `slot` is due: `start + slot / rate`, exact to the nanosecond (no
+    /// accumulated rounding: slot a million is as exact as slot one).
+    pub(crate) fn due(&self, slot: u64) -> Instant {
+        let nanos = u128::from(slot) * 1_000_000_000 / u128::from(self.rate);
+        self.start + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
-}
 
-/// The thread's body. Starts owed while every engine was busy are not banked beyond
-/// `PACER_BANKED_TICKS` ticks' worth: a client that fell behind does not catch up
-/// in a burst (the achieved rate in the report then shows it fell short).
-fn release_permits(rate: u32, until: Instant, permits: &Semaphore, stop: &AtomicBool) {
-    let started = Instant::now();
-    let tick = Duration::from_micros(PACER_TICK_US);
-    let per_tick = (u64::from(rate) * PACER_TICK_US).div_ceil(1_000_000);
-    let banked_max = (per_tick * PACER_BANKED_TICKS).max(1) as usize;
-    let mut released: u64 = 0;
-    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
-        std::thread::sleep(tick);
-        let due = (started.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
-        let owed = due.saturating_sub(released) as usize;
-        let room = banked_max.saturating_sub(permits.available_permits());
-        permits.add_permits(owed.min(room));
-        released = due;
+    /// Claims the next slot and returns when it is due, or `None` when the schedule
+    /// has no slot left before its end.
+    pub(crate) fn claim(&self) -> Option<Instant> {
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let due = self.due(slot);
+        (due < self.until).then_some(due)
     }
-    // Engines waiting now proceed and see the deadline themselves.
-    permits.close();
+
+    /// Waits for the next slot and returns its intended start, or `None` (at once)
+    /// when the schedule is over: the caller then sends unpaced, after the deadline.
+    pub(crate) async fn wait_turn(&self) -> Option<Instant> {
+        let due = self.claim()?;
+        tokio::time::sleep_until(due).await;
+        Some(due)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn releases_about_rate_permits_per_second_and_closes_at_the_end() {
-        let window = Duration::from_millis(300);
-        let pacer = Pacer::start(10_000, Instant::now() + window).unwrap();
-        let counted = tokio::time::timeout(window * 10, async {
-            let mut count = 0u32;
-            while !pacer.permits.is_closed() {
-                pacer.wait_turn().await;
-                count += 1;
-            }
-            count
-        })
-        .await
-        .expect("the pacer closes by itself after its window");
-        // 3,000 starts are due in 300 ms; scheduling noise may cost some, never add.
-        assert!(
-            counted <= 3_000 + 2,
-            "released {counted} starts for 3,000 due"
+    fn schedule(rate: u32, seconds: u64) -> (Schedule, Instant) {
+        let start = Instant::now();
+        (
+            Schedule::new(rate, start, start + Duration::from_secs(seconds)),
+            start,
+        )
+    }
+
+    #[test]
+    fn slots_are_due_at_exact_multiples_of_the_period() {
+        let (schedule, start) = schedule(3, 10);
+        // 1/3 s does not divide into nanoseconds: each slot is computed from the
+        // start, so the error never accumulates.
+        assert_eq!(schedule.due(0), start);
+        assert_eq!(schedule.due(1), start + Duration::from_nanos(333_333_333));
+        assert_eq!(schedule.due(2), start + Duration::from_nanos(666_666_666));
+        assert_eq!(schedule.due(3), start + Duration::from_secs(1));
+        assert_eq!(
+            schedule.due(3_000_000),
+            start + Duration::from_secs(1_000_000)
         );
-        assert!(
-            counted >= 1_000,
-            "released only {counted} starts for 3,000 due"
-        );
+    }
+
+    #[test]
+    fn claims_hand_out_consecutive_slots_and_stop_at_the_end() {
+        let (schedule, start) = schedule(1_000, 1);
+        let due: Vec<Instant> = std::iter::from_fn(|| schedule.claim()).collect();
+        assert_eq!(due.len(), 1_000, "slots 0..999 are due within one second");
+        for (slot, due) in due.iter().enumerate() {
+            assert_eq!(*due, start + Duration::from_millis(slot as u64));
+        }
+        assert_eq!(schedule.claim(), None, "and stays over");
+    }
+
+    #[test]
+    fn a_late_claim_is_due_in_the_past_so_its_wait_counts_as_latency() {
+        // The schedule does not slip when nobody claims: the slot claimed after a
+        // stall is the one that was due, and latency from it includes the stall.
+        let start = Instant::now() - Duration::from_secs(2);
+        let schedule = Schedule::new(10, start, start + Duration::from_secs(60));
+        let due = schedule.claim().unwrap();
+        assert_eq!(due, start);
+        assert!(Instant::now().duration_since(due) >= Duration::from_secs(2));
+        assert_eq!(schedule.claim(), Some(start + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_zero_rate_is_read_as_one_per_second() {
+        let (schedule, start) = schedule(0, 5);
+        assert_eq!(schedule.due(2), start + Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_waits_until_its_slot_is_due_on_the_timer() {
+        let (schedule, start) = schedule(100, 1);
+        for slot in 0..5u64 {
+            let due = schedule.wait_turn().await.expect("within the schedule");
+            assert_eq!(due, start + Duration::from_millis(10 * slot));
+            assert!(Instant::now() >= due, "no call starts before it is due");
+        }
     }
 }

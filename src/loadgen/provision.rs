@@ -87,6 +87,7 @@ pub async fn create_api_key(
         org_id: org_id.to_owned(),
         email: email.to_owned(),
         label: label.to_owned(),
+        client_cert_subject: None,
     };
     Ok(admin.create_api_key(request).await?.into_inner().secret)
 }

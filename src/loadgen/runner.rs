@@ -24,6 +24,7 @@ use super::report::{Report, TargetLabel};
 use super::rng::{Rng, engine_seed};
 use super::setup::{self, Layout};
 use super::stats::{Phases, Stats, report_progress};
+use super::stream;
 
 /// Provisions the broker, then drives it.
 pub(crate) async fn execute_broker(
@@ -36,7 +37,7 @@ pub(crate) async fn execute_broker(
     if config.progress == Progress::Stderr {
         eprintln!(
             "bench: provisioning {} organizations and {} members on {} (run {})",
-            config.orgs, config.engines, target.uri, layout.run_id
+            config.orgs, config.members, target.uri, layout.run_id
         );
     }
     let keys = setup::provision(
@@ -66,11 +67,15 @@ pub(crate) async fn execute_noop(
     result
 }
 
-/// Starts the no-op server as a child process of this binary, drives it, and stops it.
-pub(crate) async fn execute_noop_process(config: &BenchConfig) -> Result<Report, LoadgenError> {
+/// Starts the no-op server as a child process of this binary (on the CPUs of process
+/// `cpus_of` when given: the broker it is compared with), drives it, and stops it.
+pub(crate) async fn execute_noop_process(
+    config: &BenchConfig,
+    cpus_of: Option<u32>,
+) -> Result<Report, LoadgenError> {
     config.validate()?;
     let options = NoopOptions::for_config(config);
-    let mut child = super::noop::ChildNoopServer::spawn(options).await?;
+    let mut child = super::noop::ChildNoopServer::spawn(options, cpus_of).await?;
     let result = drive_noop_at(config, child.uri(), child.pid()).await;
     child.stop().await;
     result
@@ -83,7 +88,7 @@ async fn drive_noop_at(
 ) -> Result<Report, LoadgenError> {
     let channels = connect_all(&uri, &ClientTlsFiles::default(), config.connections).await?;
     let key = bearer("noop")?;
-    let keys = vec![key; config.engines as usize];
+    let keys = vec![key; config.key_holders() as usize];
     let label = TargetLabel {
         kind: "noop",
         addr: uri,
@@ -103,7 +108,8 @@ fn layout_for(config: &BenchConfig) -> Layout {
     Layout {
         run_id: format!("{:08x}", Rng::new(config.seed).next_u64() as u32),
         orgs: config.orgs,
-        engines: config.engines,
+        // Over streams, one key per host: the layout's "engines" are the hosts.
+        engines: config.key_holders(),
         members: config.members,
     }
 }
@@ -117,22 +123,26 @@ async fn drive(
     label: TargetLabel,
     server_pid: Option<u32>,
 ) -> Result<Report, LoadgenError> {
-    debug_assert_eq!(keys.len(), config.engines as usize);
+    debug_assert_eq!(keys.len(), config.key_holders() as usize);
     let stats = Arc::new(Stats::new()?);
     let phases = Phases::starting_now(config.warmup, config.duration);
     let cpu = cpu::measure(server_pid, phases.measure_from, phases.deadline);
-    let intervals_per_engine_max = INTERVALS_MAX / config.engines as usize;
-    let shared = Arc::new(Shared::new(
-        config,
-        stats.clone(),
-        phases,
-        intervals_per_engine_max,
-    )?);
     let progress = (config.progress == Progress::Stderr).then(|| {
         let name = format!("{} {}", label.kind, config.workload.name());
         tokio::spawn(report_progress(stats.clone(), phases, name))
     });
-    let engines = spawn_engines(config, layout, &channels, keys, &shared);
+    let engines = if config.stream.is_some() {
+        stream::spawn_hosts(config, layout, &channels, keys, stats.clone(), phases)
+    } else {
+        let intervals_per_engine_max = INTERVALS_MAX / config.engines as usize;
+        let shared = Arc::new(Shared::new(
+            config,
+            stats.clone(),
+            phases,
+            intervals_per_engine_max,
+        ));
+        spawn_engines(config, layout, &channels, keys, &shared)
+    };
     let collected = collect(
         engines,
         phases.deadline + Duration::from_millis(DRAIN_MS_MAX),

@@ -3,10 +3,12 @@
 //! counters the progress line reads.
 //!
 //! An RPC counts in the report when it completed inside the measured window
-//! [`measure_from`, `deadline`]. Latency is timed from when the call got its in-flight
-//! permit to when the answer arrived (closed loop: no correction for coordinated
-//! omission). Successful calls and expected denials go into the histograms; errors are
-//! only counted.
+//! [`measure_from`, `deadline`]. Unpaced, latency is timed from the send to the answer
+//! (a closed loop: the generator sends only as fast as answers come). Paced
+//! (`--rate`), it is timed from the call's intended start on the schedule
+//! (`pacer::Schedule`), corrected for coordinated omission as wrk2 does, and the start
+//! lag (send minus intended start) gets a histogram of its own. Successful calls and
+//! expected denials go into the histograms; errors are only counted.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,9 +31,16 @@ pub(crate) enum Method {
     Acquire = 0,
     Heartbeat = 1,
     Release = 2,
+    /// A stream's renewal, which extends every lease the stream holds.
+    Renew = 3,
 }
 
-const METHODS: [Method; 3] = [Method::Acquire, Method::Heartbeat, Method::Release];
+const METHODS: [Method; 4] = [
+    Method::Acquire,
+    Method::Heartbeat,
+    Method::Release,
+    Method::Renew,
+];
 /// gRPC status codes are 0..=16.
 const CODES: usize = 17;
 
@@ -41,6 +50,7 @@ impl Method {
             Self::Acquire => "acquire",
             Self::Heartbeat => "heartbeat",
             Self::Release => "release",
+            Self::Renew => "renew",
         }
     }
 }
@@ -112,7 +122,7 @@ pub(crate) async fn timed<T>(
 pub(crate) struct Stats {
     /// Latency histograms per method, sharded by engine index. A `std::sync::Mutex`:
     /// it is held only to record one value, never across an `.await`.
-    shards: Box<[Mutex<[Histogram<u64>; 3]>]>,
+    shards: Box<[Mutex<[Histogram<u64>; METHODS.len()]>]>,
     /// Failed calls in the measured window, indexed by status code.
     errors: [AtomicU64; CODES],
     /// Expected denials in the measured window.
@@ -121,6 +131,10 @@ pub(crate) struct Stats {
     answered_live: AtomicU64,
     /// Failed calls since the start, warmup included: for progress.
     errors_live: AtomicU64,
+    /// How late paced calls were sent after their intended start (`--rate` only).
+    start_lag: Mutex<Histogram<u64>>,
+    /// Leases extended by stream renewals answered in the measured window.
+    leases_renewed: AtomicU64,
 }
 
 /// Latency percentiles in microseconds.
@@ -148,6 +162,10 @@ pub(crate) struct Snapshot {
     pub methods: BTreeMap<&'static str, Latency>,
     pub errors: BTreeMap<&'static str, u64>,
     pub denials: u64,
+    /// Paced runs: how late calls were sent after their intended start.
+    pub start_lag: Option<Latency>,
+    /// Leases extended by stream renewals in the measured window.
+    pub leases_renewed: u64,
 }
 
 impl Stats {
@@ -155,6 +173,7 @@ impl Stats {
         let shards = (0..STATS_SHARDS)
             .map(|_| {
                 Ok(Mutex::new([
+                    new_histogram()?,
                     new_histogram()?,
                     new_histogram()?,
                     new_histogram()?,
@@ -167,6 +186,8 @@ impl Stats {
             denials: AtomicU64::new(0),
             answered_live: AtomicU64::new(0),
             errors_live: AtomicU64::new(0),
+            start_lag: Mutex::new(new_histogram()?),
+            leases_renewed: AtomicU64::new(0),
         })
     }
 
@@ -198,6 +219,35 @@ impl Stats {
         }
     }
 
+    /// Records how late a paced call answered at `answered` was sent after its slot.
+    pub(crate) fn record_start_lag(&self, lag: Duration, answered: Instant, phases: &Phases) {
+        if !phases.measures(answered) {
+            return;
+        }
+        let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.start_lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .saturating_record(micros);
+    }
+
+    /// Counts the leases one stream renewal answered at `answered` extended.
+    pub(crate) fn count_renewed(&self, leases: u32, answered: Instant, phases: &Phases) {
+        if phases.measures(answered) {
+            self.leases_renewed
+                .fetch_add(u64::from(leases), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed call (or stream operation) answered at `answered`, if in the
+    /// measured window.
+    pub(crate) fn count_error_at(&self, code: Code, answered: Instant, phases: &Phases) {
+        self.errors_live.fetch_add(1, Ordering::Relaxed);
+        if phases.measures(answered) {
+            self.count_error(code);
+        }
+    }
+
     /// Counts a failed call in the measured window (also used for malformed answers).
     pub(crate) fn count_error(&self, code: Code) {
         let slot = (code as usize).min(CODES - 1);
@@ -225,7 +275,12 @@ impl Stats {
 
     /// Merges the shards into per-method and overall figures.
     pub(crate) fn snapshot(&self) -> Result<Snapshot, LoadgenError> {
-        let mut per_method = [new_histogram()?, new_histogram()?, new_histogram()?];
+        let mut per_method = [
+            new_histogram()?,
+            new_histogram()?,
+            new_histogram()?,
+            new_histogram()?,
+        ];
         for shard in self.shards.iter() {
             let histograms = shard
                 .lock()
@@ -251,6 +306,14 @@ impl Stats {
             methods,
             errors: self.error_counts(),
             denials: self.denials.load(Ordering::Relaxed),
+            start_lag: {
+                let lag = self
+                    .start_lag
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (!lag.is_empty()).then(|| latency_of(&lag))
+            },
+            leases_renewed: self.leases_renewed.load(Ordering::Relaxed),
         })
     }
 
@@ -289,6 +352,7 @@ pub(crate) async fn report_progress(stats: std::sync::Arc<Stats>, phases: Phases
     let period = Duration::from_millis(super::bounds::PROGRESS_INTERVAL_MS);
     let mut ticks = tokio::time::interval_at(phases.start + period, period);
     let mut previous = (0, 0);
+    let mut previous_cpu = super::cpu::own_cpu_seconds();
     while Instant::now() < phases.deadline {
         let tick = ticks.tick().await;
         let (answered, errors) = stats.live_counts();
@@ -299,10 +363,18 @@ pub(crate) async fn report_progress(stats: std::sync::Arc<Stats>, phases: Phases
             "measure"
         };
         let elapsed = tick.duration_since(phases.start).as_secs();
+        let cpu = super::cpu::own_cpu_seconds();
+        let client_cpu = match (previous_cpu, cpu) {
+            (Some(before), Some(now)) => {
+                format!("{:.0}%", (now - before) * 100.0 / period.as_secs_f64())
+            }
+            _ => "n/a".to_owned(),
+        };
         eprintln!(
-            "bench {label} {phase} t={elapsed}s ops/s {rate:.0} errors {} (total {errors})",
+            "bench {label} {phase} t={elapsed}s ops/s {rate:.0} errors {} (total {errors}) client cpu {client_cpu}",
             errors - previous.1
         );
         previous = (answered, errors);
+        previous_cpu = cpu;
     }
 }

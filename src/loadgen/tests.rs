@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use super::args::{BenchArgs, Workload};
-use super::config::{BenchConfig, Mode, Output, Plan, Progress, Target};
+use super::config::{BenchConfig, Mode, Output, Plan, Progress, StreamConfig, Target};
 use super::error::LoadgenError;
 use super::noop::NoopOptions;
 use super::quota_check::Verdict;
@@ -32,6 +32,7 @@ fn config(workload: Workload) -> BenchConfig {
         progress: Progress::Off,
         seed: 42,
         rate: None,
+        stream: None,
     }
 }
 
@@ -160,6 +161,74 @@ async fn contention_on_an_over_granting_server_fails() {
     assert_eq!(verdict.map_err(|e| e.exit_code()), Err(1));
 }
 
+fn streamed(workload: Workload, batch: u32, streams_per_connection: u32) -> BenchConfig {
+    BenchConfig {
+        // One member per host (2 connections).
+        members: 2 * streams_per_connection,
+        stream: Some(StreamConfig {
+            batch,
+            streams_per_connection,
+            renew_interval: None,
+        }),
+        ..config(workload)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_acquire_release_batches_operations_over_the_hosts_streams() {
+    // 2 connections x 4 streams: 8 hosts cycling 4 leases each, 2 in flight each.
+    let report = check(
+        streamed(Workload::AcquireRelease, 8, 4),
+        fast_heartbeats(None),
+    )
+    .await;
+    let shape = report.stream.expect("a streamed run says its shape");
+    assert_eq!((shape.hosts, shape.leases_per_host, shape.batch), (8, 4, 8));
+    let (acquires, releases) = (
+        method_ops(&report, "acquire"),
+        method_ops(&report, "release"),
+    );
+    assert!(acquires > 0 && acquires.abs_diff(releases) <= u64::from(report.engines));
+    assert_eq!(method_ops(&report, "renew"), 0);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["protocol"], "stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_heartbeats_renew_every_lease_of_the_stream_at_once() {
+    let report = check(streamed(Workload::Heartbeat, 4, 2), fast_heartbeats(None)).await;
+    let renewals = method_ops(&report, "renew");
+    assert!(renewals > 0, "{:?}", report.methods);
+    // 32 engines over 4 hosts: each renewal extends the 8 leases of its stream.
+    assert_eq!(report.leases_renewed, Some(renewals * 8));
+    assert!(report.leases_renewed_per_sec.unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_renew_once_per_interval_and_hold_their_leases() {
+    let config = BenchConfig {
+        warmup: Duration::from_millis(300),
+        duration: Duration::from_millis(1_000),
+        members: 8,
+        stream: Some(StreamConfig {
+            batch: 64,
+            streams_per_connection: 4,
+            renew_interval: Some(Duration::from_millis(100)),
+        }),
+        ..config(Workload::Hosts)
+    };
+    let report = check(config, fast_heartbeats(None)).await;
+    let renewals = method_ops(&report, "renew");
+    // 8 hosts renewing every 100 ms for 1 s: about 80; never one per operation slot.
+    assert!((40..=100).contains(&renewals), "{renewals} renewals");
+    assert_eq!(report.leases_renewed, Some(renewals * 4));
+    assert_eq!(
+        method_ops(&report, "acquire") + method_ops(&report, "release"),
+        0,
+        "the leases were acquired in the warmup and are released after the deadline"
+    );
+}
+
 /// `seatbroker bench` flattens `BenchArgs` the same way.
 #[derive(clap::Parser, Debug)]
 struct Cli {
@@ -228,7 +297,9 @@ async fn half_peak_finds_the_peak_then_runs_paced_at_half_of_it() {
     };
     let rate = report.rate.expect("the reported run was paced");
     assert!(rate >= 1);
-    // Paced runs never go faster than asked (plus the few starts the pacer banks).
+    // Paced runs never go faster than asked (plus calls due in the warmup answered
+    // late), and say how late the generator sent its calls.
+    assert!(report.start_lag_us.is_some_and(|lag| lag.count > 0));
     assert!(
         report.ops_per_sec <= f64::from(rate) * 1.1 + 100.0,
         "paced at {rate} ops/s, ran at {:.0}",
@@ -254,6 +325,29 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
         &["--target", "noop", "--duration", "61m"],
         &["--compare-noop", "--target", "noop"],
         &["--target", "noop", "--half-peak", "--rate", "100"],
+        &["--target", "noop", "--workload", "hosts"],
+        &[
+            "--target",
+            "noop",
+            "--protocol",
+            "stream",
+            "--workload",
+            "realistic",
+        ],
+        &["--target", "noop", "--protocol", "stream", "--rate", "100"],
+        &["--target", "noop", "--protocol", "stream", "--batch", "0"],
+        &[
+            "--target",
+            "noop",
+            "--protocol",
+            "stream",
+            "--connections",
+            "4",
+            "--streams",
+            "100",
+            "--engines",
+            "256",
+        ],
         &["--target", "noop", "--engines", "10", "--members", "11"],
         &[
             "--target",

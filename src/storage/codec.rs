@@ -142,6 +142,9 @@ pub struct StoredApiKey {
     pub secret_sha256: Vec<u8>,
     #[prost(int64, tag = "13")]
     pub created_at_unix_ms: i64,
+    /// The client certificate subject the key is bound to (none in the first format).
+    #[prost(string, optional, tag = "14")]
+    pub client_cert_subject: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -399,6 +402,7 @@ fn command_body(command: &Command) -> CommandBody {
             label,
             secret_sha256,
             created_at_unix_ms,
+            client_cert_subject,
             ..
         } => CommandBody::CreateApiKey(StoredApiKey {
             email: email.to_string(),
@@ -406,6 +410,7 @@ fn command_body(command: &Command) -> CommandBody {
             label: label.clone(),
             secret_sha256: secret_sha256.to_vec(),
             created_at_unix_ms: *created_at_unix_ms,
+            client_cert_subject: client_cert_subject.clone(),
         }),
         Command::RevokeApiKey { key_id, .. } => CommandBody::RevokeApiKey(KeyIdRecord {
             key_id: key_id.to_string(),
@@ -496,6 +501,7 @@ pub fn decode_command(record: &CommandRecord) -> Result<Command, DecodeError> {
                 label: key.label,
                 secret_sha256: key.secret_sha256,
                 created_at_unix_ms: key.created_at_unix_ms,
+                client_cert_subject: key.client_cert_subject,
             }
         }
         CommandBody::RevokeApiKey(key) => Command::RevokeApiKey {
@@ -524,7 +530,19 @@ fn api_key_from(record: &StoredApiKey) -> Result<ApiKeyRecord, DecodeError> {
             .try_into()
             .map_err(|_| bad("API key hash", "not 32 bytes"))?,
         created_at_unix_ms: record.created_at_unix_ms,
+        client_cert_subject: record
+            .client_cert_subject
+            .as_deref()
+            .map(client_cert_subject_from)
+            .transpose()?,
     })
+}
+
+/// A stored key's client certificate subject, held to the bounds of a new one.
+fn client_cert_subject_from(subject: &str) -> Result<String, DecodeError> {
+    crate::domain::check_client_cert_subject(subject)
+        .map_err(|error| bad("API key client certificate subject", error))?;
+    Ok(subject.to_owned())
 }
 
 fn lease_id_bytes(id: LeaseId) -> Vec<u8> {
@@ -651,6 +669,7 @@ fn organization_records(state: &AdminState) -> Vec<OrganizationRecord> {
                     label: key.label.clone(),
                     secret_sha256: key.secret_sha256.to_vec(),
                     created_at_unix_ms: key.created_at_unix_ms,
+                    client_cert_subject: key.client_cert_subject.clone(),
                 })
                 .collect(),
         })
@@ -980,6 +999,7 @@ pub mod legacy {
                     label: record.label.clone(),
                     secret_sha256: record.secret_sha256.clone(),
                     created_at_unix_ms: record.created_at_unix_ms,
+                    client_cert_subject: None,
                 })?;
                 Command::CreateApiKey {
                     org,
@@ -988,6 +1008,7 @@ pub mod legacy {
                     label: key.label,
                     secret_sha256: key.secret_sha256,
                     created_at_unix_ms: key.created_at_unix_ms,
+                    client_cert_subject: None,
                 }
             }
             AdminKind::RevokeApiKey => Command::RevokeApiKey {
@@ -1071,6 +1092,7 @@ mod tests {
                 label: "ci".into(),
                 secret_sha256: [7; 32],
                 created_at_unix_ms: 1234,
+                client_cert_subject: Some("CN=engine-7, O=Acme".into()),
             },
             Command::RevokeApiKey {
                 org: org.clone(),

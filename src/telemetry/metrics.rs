@@ -36,6 +36,16 @@ use crate::limits;
 /// Latency of one RPC, by `method` and gRPC status `code` (for streams: time to the
 /// response headers).
 pub const RPC_DURATION_SECONDS: &str = "seatbroker_rpc_duration_seconds";
+/// Session streams (`SessionService.Channel`) open now.
+pub const CHANNEL_STREAMS_OPEN: &str = "seatbroker_channel_streams_open";
+/// Events queued for the engines of session streams.
+pub const CHANNEL_EVENTS_TOTAL: &str = "seatbroker_channel_events_total";
+/// Lease ends pushed to the stream holding the lease, by `reason` (the wire `EndReason`).
+pub const CHANNEL_PUSHED_ENDS_TOTAL: &str = "seatbroker_channel_pushed_ends_total";
+/// Acquires waiting in the wait queues now, all organizations (sampled).
+pub const QUEUE_WAITING: &str = "seatbroker_queue_waiting";
+/// How long a queued acquire waited, whatever its outcome.
+pub const QUEUE_WAIT_SECONDS: &str = "seatbroker_queue_wait_seconds";
 /// Sessions granted, by `product`.
 pub const LEASE_GRANTS_TOTAL: &str = "seatbroker_lease_grants_total";
 /// Sessions ended, by `product` and `reason` (released, expired, terminated).
@@ -204,7 +214,7 @@ fn end_index(why: LeaseEnd) -> usize {
     match why {
         LeaseEnd::Released => 0,
         LeaseEnd::Expired => 1,
-        LeaseEnd::Terminated => 2,
+        LeaseEnd::Terminated(_) => 2,
     }
 }
 
@@ -284,6 +294,7 @@ struct OrgFigures {
 }
 
 fn sample(broker: &Broker, org_series: Option<&mut OrgSeries>) {
+    gauge!(QUEUE_WAITING).set(broker.leases().waiting_count() as f64);
     let samples: Vec<OrgSample> = broker
         .quotas()
         .into_iter()

@@ -178,6 +178,7 @@ async fn only_owners_and_admins_administer() {
         org_id: org.id.clone(),
         email: org.owner.clone(),
         label: String::new(),
+        ..Default::default()
     };
     assert_status(
         admin.create_api_key(owner_key).await,
@@ -247,6 +248,7 @@ async fn members_must_exist_before_licenses_and_keys() {
             org_id: org.id.clone(),
             email: "nobody@acme.test".into(),
             label: String::new(),
+            ..Default::default()
         })
         .await;
     assert_status(key, Code::FailedPrecondition, "not a member");
@@ -270,6 +272,7 @@ async fn members_manage_their_own_keys_only() {
             org_id: org.id.clone(),
             email: String::new(),
             label: "laptop".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -280,6 +283,7 @@ async fn members_manage_their_own_keys_only() {
         org_id: org.id.clone(),
         email: org.email(1).into(),
         label: String::new(),
+        ..Default::default()
     };
     assert_status(
         a.create_api_key(for_b).await,

@@ -318,6 +318,7 @@ async fn invisible_and_bidi_characters_are_refused_in_every_identifier() {
             org_id: org.id.clone(),
             email: String::new(),
             label: sneaky("laptop"),
+            ..Default::default()
         };
         refused_naming(owner.create_api_key(key).await, "label", c);
         let acquire = |engine_id: String, hostname: String, label: String| proto::AcquireRequest {

@@ -12,7 +12,7 @@ pub(crate) struct Outcome {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
-    took: Duration,
+    pub took: Duration,
 }
 
 /// Runs `seatbroker ARGS` (the test's `SEATBROKER_*` variables removed) to its end,

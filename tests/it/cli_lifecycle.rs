@@ -1,7 +1,13 @@
 //! The organization commands and the destructive actions of the real binary: `org
 //! show`, `org rename`, `org delete`; `--dry-run` lists what would end and changes
 //! nothing (as JSON with `--json`), and without a terminal on standard input the
-//! command proceeds without asking, as scripts expect; shell completions.
+//! command proceeds without asking, as scripts expect; on a real pseudo-terminal the
+//! command shows its plan and asks, and only "y" goes ahead; shell completions.
+
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -179,6 +185,133 @@ async fn a_dry_run_lists_what_would_end_and_changes_nothing() {
         removed.stdout
     );
     assert!(heartbeat(&mut engine_a, &lease_a).await.is_err());
+}
+
+/// Bounds one command run on the pseudo-terminal.
+const TERMINAL_RUN_MAX: Duration = Duration::from_secs(30);
+
+/// Runs a client command against `server` with `key`, its standard input a real
+/// pseudo-terminal on which `answer` and a newline are already typed (the terminal
+/// holds the line until the command reads it); standard output and error piped.
+async fn on_terminal(
+    server: &TestServer,
+    key: &str,
+    args: &[&str],
+    answer: &str,
+) -> crate::cli::Outcome {
+    let (mut controller, terminal) = {
+        let (mut controller, mut terminal) = (-1, -1);
+        // SAFETY: openpty writes two descriptors it opened into the two integers; the
+        // name, termios and window size pointers may be null.
+        let opened = unsafe {
+            libc::openpty(
+                &mut controller,
+                &mut terminal,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened and are owned by nothing else.
+        unsafe {
+            (
+                std::fs::File::from(OwnedFd::from_raw_fd(controller)),
+                OwnedFd::from_raw_fd(terminal),
+            )
+        }
+    };
+    controller
+        .write_all(format!("{answer}\n").as_bytes())
+        .expect("type on the pseudo-terminal");
+    let url = server.url();
+    let mut all = args.to_vec();
+    all.extend(["--addr", &url, "--key", key]);
+    let mut command = tokio::process::Command::from(daemon::command());
+    command
+        .args(&all)
+        .stdin(Stdio::from(terminal))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(TERMINAL_RUN_MAX, command.output())
+        .await
+        .expect("the command on the terminal ends")
+        .expect("run the seatbroker binary");
+    // The controller stays open until the command ended: closing it hangs up its terminal.
+    drop(controller);
+    crate::cli::Outcome {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        took: Duration::ZERO,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_a_destructive_command_asks_and_only_yes_goes_ahead() {
+    let server = start().await;
+    let org = server.licensed_organization("acme", 1, 3, &["a"]).await;
+    let mut engine = server.session(org.key(0)).await;
+    let lease = acquire_lease(&mut engine, KRE, "engine-a").await;
+    let delete = ["org", "delete", "acme"];
+
+    for answer in ["n", "", "yes please"] {
+        let declined = on_terminal(&server, OPERATOR_KEY, &delete, answer).await;
+        assert_eq!(declined.code, 1, "{answer:?}: {}", declined.stderr);
+        for shown in [
+            "org delete in acme would end 1 session, revoke 2 API keys, remove 2 members",
+            lease.lease_id.as_str(),
+            "Proceed? [y/N]",
+            "not confirmed; nothing changed",
+        ] {
+            assert!(
+                declined.stderr.contains(shown),
+                "{answer:?}: {shown:?} not in {}",
+                declined.stderr
+            );
+        }
+        assert_eq!(declined.stdout, "", "{answer:?}");
+        heartbeat(&mut engine, &lease)
+            .await
+            .expect("a declined deletion ends nothing");
+        let shown = as_caller(&server, OPERATOR_KEY, &["org", "show", "acme"]).await;
+        assert_eq!(shown.code, 0, "{answer:?}: {}", shown.stderr);
+    }
+
+    // --yes on a terminal does not ask; a key revoked this way is gone.
+    let owner = server.admin(&org.owner_key).await;
+    let member_key = api_keys(&owner, "acme")
+        .await
+        .into_iter()
+        .find(|key| key.email == org.email(0))
+        .unwrap()
+        .key_id;
+    let revoked = on_terminal(
+        &server,
+        OPERATOR_KEY,
+        &["key", "revoke", "acme", &member_key, "--yes"],
+        "n",
+    )
+    .await;
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    assert!(!revoked.stderr.contains("Proceed?"), "{}", revoked.stderr);
+    assert!(
+        api_keys(&owner, "acme")
+            .await
+            .iter()
+            .all(|key| key.key_id != member_key)
+    );
+
+    let deleted = on_terminal(&server, OPERATOR_KEY, &delete, "Y").await;
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    assert!(
+        deleted.stderr.contains("Proceed? [y/N]"),
+        "{}",
+        deleted.stderr
+    );
+    let gone = as_caller(&server, OPERATOR_KEY, &["org", "show", "acme"]).await;
+    assert_eq!(gone.code, 10, "{}", gone.stderr);
 }
 
 #[tokio::test]

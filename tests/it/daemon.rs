@@ -471,6 +471,60 @@ fn a_bad_environment_value_is_refused_naming_the_variable() {
     );
 }
 
+/// A value that parses but breaks a bound names where it came from: the environment
+/// variable or the flag, beside the TOML key; from a file, the key alone.
+#[test]
+fn an_environment_value_out_of_bounds_is_refused_naming_the_variable() {
+    for (variable, value, shown) in [
+        (
+            "SEATBROKER_LEASE_TTL_MS",
+            "1",
+            "lease_ttl_ms = 1 is outside",
+        ),
+        (
+            "SEATBROKER_AUDIT_FILES_MAX",
+            "0",
+            "audit.files_max = 0 is outside",
+        ),
+    ] {
+        let refused = daemon::run(&["serve", "--check-config"], &[(variable, value)]);
+        assert_eq!(refused.code, 64, "{}", refused.stderr);
+        let wanted = format!("(given by the environment variable {variable})");
+        assert!(
+            refused.stderr.contains(shown) && refused.stderr.contains(&wanted),
+            "{}",
+            refused.stderr
+        );
+    }
+    let refused = daemon::run(&["serve", "--check-config", "--lease-ttl-ms", "1"], &[]);
+    assert_eq!(refused.code, 64, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("(given by --lease-ttl-ms)"),
+        "{}",
+        refused.stderr
+    );
+    // From a file, the TOML key is where to look.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seatbroker.toml");
+    std::fs::write(&file, "lease_ttl_ms = 1\n").unwrap();
+    let refused = daemon::run(
+        &[
+            "serve",
+            "--check-config",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(refused.code, 64, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("lease_ttl_ms = 1 is outside")
+            && !refused.stderr.contains("given by"),
+        "{}",
+        refused.stderr
+    );
+}
+
 #[test]
 fn text_logs_carry_no_colour_codes_when_standard_error_is_not_a_terminal() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

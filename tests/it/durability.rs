@@ -501,6 +501,7 @@ async fn held_sessions_survive_restarts_through_snapshots_of_the_lease_table() {
             org_id: org.clone(),
             email: "owner@snap.test".into(),
             label: "engines".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -249,6 +249,7 @@ async fn call(
                 org_id,
                 email: subject,
                 label: String::new(),
+                ..Default::default()
             })
             .await
             .map(drop),

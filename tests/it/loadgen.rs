@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 use seatbroker::loadgen::{
-    self, BenchConfig, BrokerTarget, OperatorKeyText, Progress, Target, Workload,
+    self, BenchConfig, BrokerTarget, OperatorKeyText, Progress, StreamConfig, Target, Workload,
 };
 use seatbroker::tls::ClientTlsFiles;
 
@@ -28,6 +28,7 @@ fn config(workload: Workload, orgs: u32, engines: u32, quota: u32) -> BenchConfi
         progress: Progress::Off,
         seed: 7,
         rate: None,
+        stream: None,
     }
 }
 
@@ -247,4 +248,109 @@ async fn with_allow_remote_a_target_that_is_not_loopback_is_benchmarked() {
             .any(|org| org.org_id.starts_with("bench-")),
         "the run provisioned the broker: {organizations:?}"
     );
+}
+
+/// `engines` leases over `hosts` streams (2 connections), one member per host.
+fn streamed(workload: Workload, engines: u32, hosts: u32, quota: u32) -> BenchConfig {
+    BenchConfig {
+        members: hosts,
+        stream: Some(StreamConfig {
+            batch: 16,
+            streams_per_connection: hosts / 2,
+            renew_interval: None,
+        }),
+        ..config(workload, 1, engines, quota)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_acquire_release_cycles_leases_in_batches_over_the_real_channel() {
+    let server = start().await;
+    let report = loadgen::execute(
+        &streamed(Workload::AcquireRelease, 64, 4, 64),
+        &target(&server),
+    )
+    .await
+    .expect("the run completes");
+    assert_eq!(report.errors_total, 0, "{:?}", report.errors);
+    let count = |method: &str| report.methods.get(method).map_or(0, |l| l.count);
+    let (acquires, releases) = (count("acquire"), count("release"));
+    assert!(acquires > 0, "{:?}", report.methods);
+    assert!(
+        acquires.abs_diff(releases) <= 64,
+        "{acquires} vs {releases}"
+    );
+    let shape = report.stream.expect("streamed");
+    assert_eq!((shape.hosts, shape.leases_per_host), (4, 16));
+    assert!(report.cpu_cores.server.is_some_and(|cores| cores > 0.0));
+    let usage = kre_usage(&server).await;
+    assert_eq!(usage.active_sessions, 0, "every lease released: {usage:?}");
+    assert!(usage.peak_sessions <= 64, "{usage:?}");
+}
+
+/// The KRE usage of the run's one organization, as the operator sees it.
+async fn kre_usage(server: &TestServer) -> seatbroker::proto::ProductUsage {
+    let mut operator = server.operator().await;
+    let org_id = organizations(&operator).await[0].org_id.clone();
+    operator
+        .get_usage(seatbroker::proto::GetUsageRequest {
+            org_id,
+            window_seconds: 0,
+        })
+        .await
+        .expect("usage")
+        .into_inner()
+        .products
+        .into_iter()
+        .find(|usage| usage.product == seatbroker::proto::Product::Kre as i32)
+        .expect("KRE usage")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_acquires_past_the_quota_are_denied_and_counted() {
+    let server = start().await;
+    // 32 lease slots on 4 streams, 8 seats.
+    let report = loadgen::execute(
+        &streamed(Workload::AcquireRelease, 32, 4, 8),
+        &target(&server),
+    )
+    .await
+    .expect("the run completes");
+    assert!(
+        report
+            .errors
+            .get("RESOURCE_EXHAUSTED")
+            .is_some_and(|n| *n > 0),
+        "a full quota denies: {:?}",
+        report.errors
+    );
+    assert!(report.methods.get("acquire").is_some_and(|l| l.count > 0));
+    let usage = kre_usage(&server).await;
+    assert!(
+        usage.peak_sessions == 8 && usage.denials > 0,
+        "the seats were used, never past the quota: {usage:?}"
+    );
+    assert_eq!(usage.active_sessions, 0, "{usage:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_keep_every_lease_of_their_stream_alive_with_one_renewal() {
+    let server = start().await;
+    let config = BenchConfig {
+        warmup: Duration::from_millis(1_000),
+        stream: Some(StreamConfig {
+            batch: 64,
+            streams_per_connection: 2,
+            renew_interval: Some(Duration::from_millis(100)),
+        }),
+        ..streamed(Workload::Hosts, 200, 4, 200)
+    };
+    let report = loadgen::execute(&config, &target(&server))
+        .await
+        .expect("the run completes");
+    assert_eq!(report.errors_total, 0, "{:?}", report.errors);
+    let renewals = report.methods.get("renew").map_or(0, |l| l.count);
+    assert!(renewals > 0, "{:?}", report.methods);
+    // 200 leases over 4 hosts: every renewal extended the 50 leases of its stream.
+    assert_eq!(report.leases_renewed, Some(renewals * 50));
 }

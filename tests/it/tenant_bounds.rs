@@ -139,6 +139,7 @@ async fn create_key_for(
             org_id: org.id.clone(),
             email: email.into(),
             label: String::new(),
+            ..Default::default()
         })
         .await
         .map(|answer| answer.into_inner())

@@ -7,6 +7,7 @@ Exits 0 when every step did what the README says; prints one line per step.
 
 import argparse
 import importlib
+import queue
 import sys
 import tempfile
 
@@ -110,6 +111,70 @@ def walkthrough(pb, rpc, channel, operator_key, steps):
     events = admin.ListAuditEvents(pb.ListAuditEventsRequest(org_id="pyco"), metadata=owner).events
     kinds = [event.kind for event in events]
     steps.check("audit record", "lease_granted" in kinds and "lease_released" in kinds, str(kinds))
+    session_channel(pb, session, admin, alice, owner, steps)
+
+
+class Stream:
+    """One SessionService.Channel stream: batches of operations out, events in."""
+
+    def __init__(self, pb, session, metadata):
+        self.pb = pb
+        self.outgoing = queue.Queue()
+        self.events = []
+        self.responses = session.Channel(iter(self.outgoing.get, None), metadata=metadata, timeout=60)
+
+    def send(self, *operations):
+        self.outgoing.put(self.pb.ChannelRequest(operations=list(operations)))
+
+    def next(self):
+        while not self.events:
+            self.events.extend(next(self.responses).events)
+        return self.events.pop(0)
+
+    def close(self):
+        self.outgoing.put(None)
+        return list(self.responses)
+
+
+def session_channel(pb, session, admin, alice, owner, steps):
+    """The session stream as the README's protocol section describes it."""
+    stream = Stream(pb, session, alice)
+    acquire = lambda request_id, engine, wait_ms=0: pb.StreamOperation(acquire=pb.StreamAcquire(
+        request_id=request_id, product=pb.PRODUCT_KRE, engine_id=engine, hostname="ci-7", wait_ms=wait_ms))
+    stream.send(acquire(1, "py-stream-1"))
+    event = stream.next()
+    steps.check("stream: granted", event.WhichOneof("event") == "granted" and event.granted.request_id == 1,
+                str(event))
+    lease = event.granted.lease
+    stream.send(pb.StreamOperation(renew=pb.StreamRenew()))
+    event = stream.next()
+    steps.check("stream: one renew for every lease", event.renewed.lease_count == 1, str(event))
+
+    admin.TerminateSession(pb.TerminateSessionRequest(org_id="pyco", lease_id=lease.lease_id), metadata=owner)
+    event = stream.next()
+    steps.check("stream: termination pushed",
+                event.ended.lease_id == lease.lease_id and event.ended.reason == pb.END_REASON_TERMINATED,
+                str(event))
+
+    stream.send(acquire(2, "py-stream-2"))
+    second = stream.next().granted.lease
+    try:
+        session.Acquire(pb.AcquireRequest(product=pb.PRODUCT_KRE, engine_id="runner-3", wait_ms=300),
+                        metadata=alice)
+        steps.check("unary long poll runs out of time", False, "it was granted")
+    except grpc.RpcError as error:
+        steps.check("unary long poll runs out of time",
+                    error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, str(error.code()))
+
+    stream.send(acquire(3, "py-stream-3", wait_ms=60000))
+    event = stream.next()
+    steps.check("stream: queued at the head", (event.queued.request_id, event.queued.position) == (3, 1),
+                str(event))
+    stream.send(pb.StreamOperation(release=pb.StreamRelease(lease_id=second.lease_id,
+                                                            generation=second.generation)))
+    seen = {stream.next().WhichOneof("event") for _ in range(2)}
+    steps.check("stream: the freed seat goes to the waiter", seen == {"ended", "granted"}, str(seen))
+    steps.check("stream: ends cleanly", stream.close() == [])
 
 
 def main():

@@ -121,6 +121,26 @@ impl TestCerts {
 }
 
 impl TestCerts {
+    /// The client files with a further client certificate of the CA whose subject is
+    /// `CN=<common_name>` (written as `<common_name>.pem` and `.key`).
+    pub fn another_client(&self, common_name: &str) -> ClientTlsFiles {
+        let (mut params, key) = leaf(&[common_name], ExtendedKeyUsagePurpose::ClientAuth);
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let certificate = params.signed_by(&key, &self.issuer).expect("certificate");
+        let cert = self.dir.path().join(format!("{common_name}.pem"));
+        let key_path = self.dir.path().join(format!("{common_name}.key"));
+        std::fs::write(&cert, certificate.pem()).expect("write PEM");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write PEM");
+        ClientTlsFiles {
+            ca: Some(self.ca.clone()),
+            cert: Some(cert),
+            key: Some(key_path),
+        }
+    }
+
     pub fn server(&self, require_client_certificates: bool) -> ServerTlsFiles {
         ServerTlsFiles {
             cert: self.server_cert.clone(),

@@ -67,6 +67,8 @@ pub fn run(args: &[&str], envs: &[(&str, &str)]) -> Finished {
 /// How to start `seatbroker serve`: on 127.0.0.1:0 with JSON logs, the test operator
 /// key and a temporary data directory unless told otherwise.
 pub struct Serve {
+    /// `--listen`: 127.0.0.1:0 unless a test needs the address of an earlier daemon.
+    listen: SocketAddr,
     args: Vec<OsString>,
     envs: Vec<(String, OsString)>,
     data_dir: Option<PathBuf>,
@@ -79,6 +81,7 @@ pub struct Serve {
 impl Default for Serve {
     fn default() -> Self {
         Serve {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             args: Vec::new(),
             envs: Vec::new(),
             data_dir: None,
@@ -93,6 +96,13 @@ impl Default for Serve {
 impl Serve {
     pub fn new() -> Serve {
         Serve::default()
+    }
+
+    /// Listen on `addr` (say, the address of the daemon this one restarts, so that its
+    /// clients reconnect to the same place).
+    pub fn listen(mut self, addr: SocketAddr) -> Serve {
+        self.listen = addr;
+        self
     }
 
     /// Extra flags of `serve`.
@@ -148,6 +158,16 @@ impl Serve {
         self
     }
 
+    /// Over TLS requiring client certificates of the test CA (mTLS); the harness's
+    /// own clients present the usual client certificate.
+    pub fn mtls(self, certs: &TestCerts) -> Serve {
+        let mut serve = self
+            .tls(certs)
+            .args(["--tls-client-ca", certs.ca.to_str().expect("a UTF-8 path")]);
+        serve.client_tls = certs.client(true);
+        serve
+    }
+
     /// Starts the process and returns at once: it may not listen yet, may be
     /// recovering its log, or may be about to refuse to start.
     pub fn spawn(self) -> Daemon {
@@ -172,7 +192,9 @@ impl Serve {
         };
         clear_our_variables(&mut command);
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["serve", "--log-format", "json"])
+            .arg("--listen")
+            .arg(self.listen.to_string())
             .arg("--data-dir")
             .arg(&data_dir)
             .args(&self.args)

@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod daemon;
 pub mod etcd;
+pub mod http;
 pub mod listing;
 pub mod server;
 
