@@ -1,6 +1,7 @@
 //! Compiles `proto/seatbroker/v1/*.proto` into Rust with `protox` (a pure-Rust protobuf
 //! compiler, so no system `protoc` is needed) and `tonic-prost-build`, and writes the
-//! file descriptor set that the reflection service serves.
+//! file descriptor set that the reflection service serves; and the vendored subset of
+//! etcd's API (`proto/etcd/`) into the client stubs of cluster mode.
 
 use std::path::PathBuf;
 
@@ -36,5 +37,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     builder.compile_fds(descriptors)?;
+
+    // The etcd client of cluster mode: the vendored subset of etcd's API, client stubs
+    // only, kept out of the descriptor set reflection serves.
+    let etcd = protox::compile(["proto/etcd/rpc.proto"], ["proto/etcd"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(etcd)?;
     Ok(())
 }

@@ -93,6 +93,8 @@ pub struct Settings {
     pub audit: AuditSettings,
     #[command(flatten)]
     pub wal: WalSettings,
+    #[command(flatten)]
+    pub cluster: ClusterSettings,
 }
 
 /// `[tls]`: the daemon's certificate and key, both or neither (plaintext).
@@ -265,6 +267,49 @@ pub struct WalSettings {
     pub commit_delay_us: u32,
 }
 
+/// `[cluster]`: a node of a cluster sharing its log in etcd (cluster mode). Without
+/// `etcd_endpoints` the daemon is a single node on its local log.
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// etcd's client URLs, comma-separated (`http://host:2379,...`): starts this daemon
+    /// as a node of a cluster whose log lives in etcd.
+    #[arg(
+        long,
+        env = "SEATBROKER_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// The cluster's name: the nodes of one cluster share it (their etcd keys are under
+    /// `/seatbroker/<name>/`).
+    #[arg(long, env = "SEATBROKER_CLUSTER_NAME", default_value = "seatbroker")]
+    pub cluster_name: String,
+    /// This node's name, in its logs (required in cluster mode).
+    #[arg(long, env = "SEATBROKER_NODE_NAME", default_value = "")]
+    pub node_name: String,
+    /// Where clients reach this node (`host:port`); standbys tell clients the
+    /// leader's. Default: the address the daemon listens on.
+    #[arg(long, env = "SEATBROKER_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// The election lease's time-to-live in seconds: a crashed leader is replaced
+    /// about this long after it died; a leader cut from etcd steps down after half of
+    /// it.
+    #[arg(
+        long,
+        env = "SEATBROKER_ELECTION_TTL_S",
+        default_value_t = limits::ELECTION_TTL_S_DEFAULT
+    )]
+    pub election_ttl_s: u32,
+}
+
+impl ClusterSettings {
+    /// Whether the daemon runs as a node of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
+}
+
 /// The defaults of a group of settings, as clap fills them in when nothing is given:
 /// an empty command line, with the environment variables left unread.
 fn clap_defaults<T: Args + FromArgMatches>() -> T {
@@ -293,7 +338,8 @@ default_from_clap!(
     MetricsSettings,
     LimitsSettings,
     AuditSettings,
-    WalSettings
+    WalSettings,
+    ClusterSettings
 );
 
 impl Settings {
@@ -659,9 +705,64 @@ fn tls_files(settings: &TlsSettings) -> Result<Option<ServerTlsFiles>, ConfigErr
 }
 
 /// The bounds of `limits` on each setting, in the order of the file.
+/// The rules of cluster mode, when it is on.
+fn check_cluster(settings: &Settings) -> Result<(), ConfigError> {
+    use crate::limits::*;
+    let cluster = &settings.cluster;
+    if !cluster.enabled() {
+        return Ok(());
+    }
+    let invalid = |text: String| Err(ConfigError::Invalid(text));
+    if cluster.etcd_endpoints.len() > ETCD_ENDPOINTS_MAX {
+        return invalid(format!(
+            "cluster.etcd_endpoints names {} endpoints; at most {ETCD_ENDPOINTS_MAX}",
+            cluster.etcd_endpoints.len()
+        ));
+    }
+    if let Some(bad) = cluster
+        .etcd_endpoints
+        .iter()
+        .find(|url| !url.starts_with("http://") || url.len() <= "http://".len())
+    {
+        return invalid(format!(
+            "cluster.etcd_endpoints: {bad:?} is not an etcd client URL such as http://127.0.0.1:2379"
+        ));
+    }
+    let name_ok = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    };
+    if !name_ok(&cluster.cluster_name) || !name_ok(&cluster.node_name) {
+        return invalid(format!(
+            "cluster mode needs --cluster-name and --node-name of 1 to 64 letters, digits, '-', '_' or '.' (given {:?} and {:?})",
+            cluster.cluster_name, cluster.node_name
+        ));
+    }
+    if settings.operator_key.is_none() {
+        return invalid(
+            "cluster mode needs the operator key given (SEATBROKER_OPERATOR_KEY or operator_key in the file), the same on every node: a node's data directory is its own".into(),
+        );
+    }
+    if settings.limits.request_bytes_max > CLUSTER_REQUEST_BYTES_MAX {
+        return invalid(format!(
+            "limits.request_bytes_max = {} is over {CLUSTER_REQUEST_BYTES_MAX} in cluster mode: an admin command must fit in one etcd value",
+            settings.limits.request_bytes_max
+        ));
+    }
+    check(
+        "cluster.election_ttl_s",
+        cluster.election_ttl_s,
+        ELECTION_TTL_S_MIN..=ELECTION_TTL_S_MAX,
+    )
+}
+
 fn check_bounds(settings: &Settings) -> Result<(), ConfigError> {
     use crate::limits::*;
     let Settings { limits, audit, .. } = settings;
+    check_cluster(settings)?;
     check(
         "lease_ttl_ms",
         settings.lease_ttl_ms,
@@ -842,6 +943,55 @@ mod tests {
             ..Settings::default()
         };
         assert!(check(short_key).unwrap_err().contains("operator key"));
+    }
+
+    #[test]
+    fn cluster_mode_needs_names_the_operator_key_and_etcd_urls() {
+        let key = "a-very-secret-operator-key-0123456789abcdef";
+        let toml = |extra: &str| {
+            Settings::parse(&format!(
+                "operator_key = \"{key}\"\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n{extra}"
+            ))
+            .unwrap()
+        };
+        let node = check(toml("node_name = \"a\"\n")).unwrap();
+        assert!(node.settings().cluster.enabled());
+        assert_eq!(
+            node.settings().cluster.election_ttl_s,
+            limits::ELECTION_TTL_S_DEFAULT
+        );
+        assert!(check(toml("")).unwrap_err().contains("--node-name"));
+        let no_key = Settings {
+            operator_key: None,
+            ..toml("node_name = \"a\"\n")
+        };
+        assert!(check(no_key).unwrap_err().contains("operator key given"));
+        let mut bad_url = toml("node_name = \"a\"\n");
+        bad_url.cluster.etcd_endpoints = vec!["127.0.0.1:2379".into()];
+        assert!(
+            check(bad_url)
+                .unwrap_err()
+                .contains("not an etcd client URL")
+        );
+        let short_ttl = toml("node_name = \"a\"\nelection_ttl_s = 1\n");
+        assert!(
+            check(short_ttl)
+                .unwrap_err()
+                .contains("cluster.election_ttl_s")
+        );
+        let big_requests = Settings::parse(&format!(
+            "operator_key = \"{key}\"\n[limits]\nrequest_bytes_max = 2097152\nrequest_bodies_bytes_max = 4194304\n[cluster]\netcd_endpoints = [\"http://e:2379\"]\nnode_name = \"a\"\n"
+        ))
+        .unwrap();
+        assert!(check(big_requests).unwrap_err().contains("one etcd value"));
+        // Without endpoints nothing of the section is checked: a single node.
+        assert!(
+            !check(Settings::default())
+                .unwrap()
+                .settings()
+                .cluster
+                .enabled()
+        );
     }
 
     #[test]

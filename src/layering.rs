@@ -24,6 +24,11 @@ const RULES: &[(&str, Rule)] = &[
         "storage",
         Rule::Only(&["domain", "leases", "wal", "limits"]),
     ),
+    // Cluster mode implements the port on etcd and replays through storage's code.
+    (
+        "cluster",
+        Rule::Only(&["domain", "leases", "storage", "limits"]),
+    ),
     (
         "broker",
         Rule::Never(&[

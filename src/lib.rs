@@ -16,6 +16,7 @@
 //! - [`storage`]: the journal on the local log (the port's adapter), the record
 //!   codec, recovery and snapshots; [`wal`]: the write-ahead log underneath (segments, group
 //!   commit, torn-tail recovery, snapshot files).
+//! - [`cluster`]: cluster mode: leader election, the journal and recovery on etcd.
 //! - [`cli`]: the `seatbroker` command line (daemon and client subcommands);
 //!   [`client`]: the gRPC client helper it shares with tests and the load generator.
 //! - [`engine_client`]: the library an engine embeds to hold seats through the
@@ -46,6 +47,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod datadir;

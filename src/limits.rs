@@ -487,6 +487,23 @@ const _: () = assert!(
 );
 const _: () = assert!(ACCEPT_ERROR_PAUSE_MS_MAX < WARNING_REPEAT_MS_MIN);
 
+// Cluster mode (`cluster`).
+
+/// The election lease's time-to-live, in seconds (`[cluster] election_ttl_s`): a
+/// crashed leader is replaced about this long after its last renewal; it steps down
+/// after half of it without one. etcd grants no lease under about 2 s.
+pub const ELECTION_TTL_S_MIN: u32 = 2;
+pub const ELECTION_TTL_S_MAX: u32 = 60;
+pub const ELECTION_TTL_S_DEFAULT: u32 = 4;
+/// The largest admin request in cluster mode: one command's record must fit in one
+/// etcd value (`cluster::journal::GROUP_BYTES_MAX`, below etcd's 1.5 MiB requests).
+pub const CLUSTER_REQUEST_BYTES_MAX: usize = REQUEST_BYTES_MAX;
+/// The most etcd endpoints a node is given.
+pub const ETCD_ENDPOINTS_MAX: usize = 16;
+const _: () = assert!(ELECTION_TTL_S_MIN <= ELECTION_TTL_S_DEFAULT);
+const _: () = assert!(ELECTION_TTL_S_DEFAULT <= ELECTION_TTL_S_MAX);
+const _: () = assert!(REQUEST_BYTES_MAX_FLOOR <= CLUSTER_REQUEST_BYTES_MAX);
+
 // ----- The engine client library (`engine_client`), on the engine's side. -----
 
 /// Acquires one client has sent and not yet seen answered; more are refused at once

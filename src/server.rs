@@ -43,9 +43,14 @@ use crate::audit::{AuditError, AuditLog, AuditOptions};
 use crate::auth::{self, OperatorKeyError};
 use crate::broker::{AdminObserver, Broker};
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::election::{self, Leadership};
+use crate::cluster::etcd::Etcd;
+use crate::cluster::journal::EtcdJournal;
+use crate::cluster::{ClusterError, Keys, NodeOptions, recovery};
 use crate::datadir::{self, DataDirLock, LockError};
-use crate::domain::{Command, DomainError, OrgId, Principal};
-use crate::leases::{LeaseEnd, LeaseObserver, LeaseRef, LeaseTiming, RecoveringLeases};
+use crate::domain::journal::Journal;
+use crate::domain::{AdminState, Command, DomainError, OrgId, Principal};
+use crate::leases::{LeaseEnd, LeaseObserver, LeaseRef, LeaseTable, LeaseTiming, RecoveringLeases};
 use crate::limits;
 use crate::proto::admin_service_server::AdminServiceServer;
 use crate::proto::session_service_server::SessionServiceServer;
@@ -91,6 +96,12 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("the gRPC server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cluster mode: {0}")]
+    Cluster(#[from] ClusterError),
+    #[error(
+        "this node stopped leading its cluster ({0}); it exits so that its supervisor restarts it as a standby"
+    )]
+    LeadershipLost(String),
 }
 
 /// What [`run`] tells its caller as the daemon starts.
@@ -147,10 +158,17 @@ pub async fn run(
     // A stop signal during recovery is acted on once recovery is done (a second one
     // exits at once, see `shutdown`): the daemon then stops without serving.
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut recovery = std::pin::pin!(prepare(&config));
+    let phase = Arc::clone(&edge.phase);
+    let mut recovery = std::pin::pin!(prepare(&config, &phase, addr));
     let (recovered, stop_requested) = tokio::select! {
         recovered = &mut recovery => (recovered, false),
-        () = &mut shutdown => (recovery.await, true),
+        () = &mut shutdown => {
+            if settings.cluster.enabled() {
+                // A standby may wait for ever: it stops at once, holding nothing.
+                return edge.drain(Duration::from_millis(settings.shutdown_grace_ms)).await;
+            }
+            (recovery.await, true)
+        }
     };
     let prepared = match recovered {
         Ok(prepared) => prepared,
@@ -170,26 +188,32 @@ pub async fn run(
     });
     let mut background =
         spawn_background(&prepared.broker, settings.metrics.per_org, metrics_export);
-    background.push(tokio::spawn(take_snapshots(
-        Arc::clone(&prepared.broker),
-        Arc::clone(&prepared.journal),
-        prepared.boot_epoch,
-    )));
+    if let Log::Local(journal) = &prepared.log {
+        background.push(tokio::spawn(take_snapshots(
+            Arc::clone(&prepared.broker),
+            Arc::clone(journal),
+            prepared.boot_epoch,
+        )));
+    }
     let grace = Duration::from_millis(settings.shutdown_grace_ms);
     let result = if stop_requested {
         edge.drain(grace).await
     } else {
-        edge.report_serving(&prepared.journal).await;
+        edge.report_serving(&prepared.log).await;
         // Only now: whoever waits for this line may call at once.
         log_serving(addr, config.tls().is_some(), metrics_addr);
         started(Started::Serving { addr, metrics_addr });
-        edge.serve_until(shutdown, &prepared.journal, grace).await
+        edge.serve_until(shutdown, &prepared.log, grace).await
     };
     for task in background {
         task.abort();
     }
     // The write-ahead log's final flush and fsync happen in `close`.
     prepared.broker.close().await?;
+    if let Log::Cluster(term) = prepared.log {
+        // A standby takes over at once rather than one election TTL later.
+        term.leadership.resign(&term.etcd).await;
+    }
     if let Err(error) = prepared.activity.audit().close(grace).await {
         tracing::warn!(%error, "audit record not closed cleanly");
     }
@@ -238,33 +262,59 @@ impl Edge {
     }
 
     /// Phase Serving, and health as the log's alarm says.
-    async fn report_serving(&self, journal: &WalJournal) {
+    async fn report_serving(&self, log: &Log) {
         self.phase.set(Phase::Serving);
-        report_serving(&self.health, journal.alarm().as_ref()).await;
+        let alarm = match log {
+            Log::Local(journal) => journal.alarm(),
+            Log::Cluster(_) => None,
+        };
+        report_serving(&self.health, alarm.as_ref()).await;
     }
 
     /// Serves until `shutdown` resolves (then drains) or the server fails, following
     /// the log's alarm meanwhile.
+    ///
+    /// A cluster's leader serves until its leadership is lost too: it then refuses
+    /// every broker call at once (the journal already refuses writes), cuts the calls
+    /// in flight, and returns [`ServerError::LeadershipLost`].
     async fn serve_until(
         mut self,
         shutdown: impl Future<Output = ()>,
-        journal: &Arc<WalJournal>,
+        log: &Log,
         grace: Duration,
     ) -> Result<(), ServerError> {
-        let alarm_watch = tokio::spawn(watch_log_alarm(
-            Arc::clone(journal),
-            self.health.clone(),
-            journal.alarm(),
-        ));
+        let alarm_watch = match log {
+            Log::Local(journal) => Some(tokio::spawn(watch_log_alarm(
+                Arc::clone(journal),
+                self.health.clone(),
+                journal.alarm(),
+            ))),
+            Log::Cluster(_) => None,
+        };
+        let lost = async {
+            match log {
+                Log::Cluster(term) => term.leadership.signal().lost().await,
+                Log::Local(_) => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             () = shutdown => {
                 // Nothing may report SERVING once the drain said NOT_SERVING.
-                alarm_watch.abort();
+                if let Some(watch) = &alarm_watch {
+                    watch.abort();
+                }
                 self.drain(grace).await
+            }
+            reason = lost => {
+                // The journal already refuses: calls in flight get their UNAVAILABLE.
+                self.drain(LEADERSHIP_LOST_GRACE).await?;
+                Err(ServerError::LeadershipLost(reason))
             }
             joined = &mut self.server => flatten(joined),
         };
-        alarm_watch.abort();
+        if let Some(watch) = alarm_watch {
+            watch.abort();
+        }
         result
     }
 
@@ -297,6 +347,10 @@ impl Edge {
     }
 }
 
+/// How long a leader that lost its leadership lets calls in flight take to be
+/// answered (UNAVAILABLE, from the journal) before it cuts them and exits.
+const LEADERSHIP_LOST_GRACE: Duration = Duration::from_millis(250);
+
 /// A recovered daemon: its broker and the operator key it generated, if any.
 struct Prepared {
     broker: Arc<Broker>,
@@ -304,10 +358,33 @@ struct Prepared {
     /// The open session streams (told of lease ends and admin changes).
     streams: Arc<StreamRegistry>,
     generated_operator_key: Option<String>,
-    journal: Arc<WalJournal>,
+    log: Log,
     boot_epoch: u64,
     /// Held until the daemon stops (see [`datadir`]).
     data_dir_lock: DataDirLock,
+}
+
+/// Where the daemon's log lives.
+enum Log {
+    /// The local write-ahead log (a single node).
+    Local(Arc<WalJournal>),
+    /// etcd, while this node leads its cluster.
+    Cluster(Box<ClusterTerm>),
+}
+
+/// A cluster leader's term: its etcd client, its leadership and its journal.
+struct ClusterTerm {
+    etcd: Etcd,
+    leadership: Leadership,
+}
+
+/// What either recovery rebuilt.
+struct Rebuilt {
+    admin: AdminState,
+    leases: LeaseTable,
+    journal: Arc<dyn Journal>,
+    log: Log,
+    boot_epoch: u64,
 }
 
 /// The log lives in this subdirectory of the data directory.
@@ -316,7 +393,14 @@ const WAL_DIR: &str = "wal";
 /// Opens the data directory and the audit record, recovers the state from the log and
 /// builds the broker (the configuration was checked when it was made). The metrics
 /// recorder, if any, is installed before.
-async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
+///
+/// In cluster mode the node first campaigns (a standby meanwhile, naming the leader
+/// through `phase`), then rebuilds the state from etcd's log once elected.
+async fn prepare(
+    config: &Config,
+    phase: &Arc<PhaseCell>,
+    addr: SocketAddr,
+) -> Result<Prepared, ServerError> {
     let settings = config.settings();
     let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
@@ -349,15 +433,47 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
         streams: Arc::clone(&streams),
     });
     let leases = RecoveringLeases::new(timing, settings.limits.leases_per_org_max);
+    let observer = Arc::clone(&observers) as Arc<dyn LeaseObserver>;
+    let rebuilt = if settings.cluster.enabled() {
+        lead_cluster(config, phase, addr, leases, observer).await?
+    } else {
+        recover_local(config, leases, observer).await?
+    };
+    let broker = Arc::new(Broker::new(
+        rebuilt.admin,
+        rebuilt.leases,
+        operator,
+        rebuilt.journal,
+        clock,
+        observers as _,
+    ));
+    Ok(Prepared {
+        broker,
+        activity,
+        streams,
+        generated_operator_key,
+        log: rebuilt.log,
+        boot_epoch: rebuilt.boot_epoch,
+        data_dir_lock,
+    })
+}
+
+/// Recovers the data directory's log.
+async fn recover_local(
+    config: &Config,
+    leases: RecoveringLeases,
+    observer: Arc<dyn LeaseObserver>,
+) -> Result<Rebuilt, ServerError> {
+    let settings = config.settings();
     let opened = durable::open(
-        &data_dir.join(WAL_DIR),
+        &settings.data_dir.join(WAL_DIR),
         Arc::new(RealFs),
         WalOptions {
             commit_delay: Duration::from_micros(settings.wal.commit_delay_us.into()),
             ..WalOptions::default()
         },
         leases,
-        Arc::clone(&observers) as _,
+        observer,
     )
     .await?;
     // The replay's files and scans were freed on this thread.
@@ -371,23 +487,69 @@ async fn prepare(config: &Config) -> Result<Prepared, ServerError> {
         millis = opened.recovery_time.as_millis() as u64,
         "recovered the data directory"
     );
-    let journal = opened.journal;
-    let broker = Arc::new(Broker::new(
-        opened.admin,
-        opened.leases,
-        operator,
-        journal.clone(),
-        clock,
-        observers as _,
-    ));
-    Ok(Prepared {
-        broker,
-        activity,
-        streams,
-        generated_operator_key,
-        journal,
+    Ok(Rebuilt {
+        admin: opened.admin,
+        leases: opened.leases,
+        journal: opened.journal.clone(),
+        log: Log::Local(opened.journal),
         boot_epoch: opened.boot_epoch,
-        data_dir_lock,
+    })
+}
+
+/// The options of this node of a cluster, from its settings and bound address.
+fn node_options(config: &Config, addr: SocketAddr) -> NodeOptions {
+    let cluster = &config.settings().cluster;
+    NodeOptions {
+        endpoints: cluster.etcd_endpoints.clone(),
+        cluster_name: cluster.cluster_name.clone(),
+        node_name: cluster.node_name.clone(),
+        advertise_addr: cluster
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| addr.to_string()),
+        election_ttl: Duration::from_secs(cluster.election_ttl_s.into()),
+    }
+}
+
+/// Stands by until this node is elected, then rebuilds the state from etcd's log.
+async fn lead_cluster(
+    config: &Config,
+    phase: &Arc<PhaseCell>,
+    addr: SocketAddr,
+    leases: RecoveringLeases,
+    observer: Arc<dyn LeaseObserver>,
+) -> Result<Rebuilt, ServerError> {
+    let options = node_options(config, addr);
+    let keys = Keys::new(&options.cluster_name);
+    let etcd =
+        Etcd::connect(&options.endpoints, options.request_timeout()).map_err(ClusterError::from)?;
+    tracing::info!(node = %options.node_name, cluster = %options.cluster_name, advertise = %options.advertise_addr, "seatbroker standing by");
+    let on_leader = |leader: &str| phase.stand_by(leader);
+    let leadership = election::campaign(&etcd, &keys, &options, &on_leader).await;
+    phase.set(Phase::Starting);
+    let recovered = match recovery::recover(&etcd, &keys, &leadership, leases, observer).await {
+        Ok(recovered) => recovered,
+        Err(ClusterError::LeadershipLost(reason)) => {
+            return Err(ServerError::LeadershipLost(reason));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    metrics::recovery(recovered.recovery_time, recovered.records_replayed);
+    tracing::info!(
+        groups = recovered.groups_replayed,
+        records = recovered.records_replayed,
+        boot_epoch = recovered.boot_epoch,
+        live_leases = recovered.leases.live_count(),
+        millis = recovered.recovery_time.as_millis() as u64,
+        "recovered the cluster's log from etcd"
+    );
+    let journal: Arc<EtcdJournal> = recovered.journal;
+    Ok(Rebuilt {
+        admin: recovered.admin,
+        leases: recovered.leases,
+        journal,
+        log: Log::Cluster(Box::new(ClusterTerm { etcd, leadership })),
+        boot_epoch: recovered.boot_epoch,
     })
 }
 

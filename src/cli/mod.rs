@@ -122,6 +122,10 @@ const EXIT_IN_USE: u8 = 75;
 /// (EX_CONFIG: state found unconfigured; the operator must choose how to proceed).
 const EXIT_OPERATOR_KEY_MISSING: u8 = 78;
 
+/// A cluster's leader that lost its leadership (cut from etcd, or deposed) and
+/// stopped (EX_TEMPFAIL): its supervisor restarts it, and it rejoins as a standby.
+const EXIT_LEADERSHIP_LOST: u8 = 75;
+
 /// The exit code for a daemon that could not start or run.
 fn exit_code(error: &ServerError) -> u8 {
     match error {
@@ -141,7 +145,9 @@ fn exit_code(error: &ServerError) -> u8 {
         | ServerError::Reflection(_)
         | ServerError::Close(_)
         | ServerError::Transport(_)
-        | ServerError::Task(_) => EXIT_FAILURE,
+        | ServerError::Task(_)
+        | ServerError::Cluster(_) => EXIT_FAILURE,
+        ServerError::LeadershipLost(_) => EXIT_LEADERSHIP_LOST,
     }
 }
 

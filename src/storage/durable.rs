@@ -256,8 +256,11 @@ fn snapshot_records_failpoint() -> Option<u64> {
     records.trim().parse().ok()
 }
 
-/// Rebuilds the admin state and the live leases from what the log hands over.
-struct Replayer<'t> {
+/// Rebuilds the admin state and the live leases from what a log hands over: the local
+/// log's snapshot and records here, cluster mode's records read from etcd
+/// (`cluster::recovery`), through the same decoding, `AdminState::apply` and lease
+/// restore.
+pub struct Replayer<'t> {
     admin: AdminState,
     leases: &'t RecoveringLeases,
     /// The highest boot epoch seen so far.
@@ -271,7 +274,8 @@ struct Replayer<'t> {
 }
 
 impl<'t> Replayer<'t> {
-    fn new(leases: &'t RecoveringLeases, now: Instant) -> Self {
+    /// A replay into `leases`, each restored lease live one TTL from `now`.
+    pub fn new(leases: &'t RecoveringLeases, now: Instant) -> Self {
         Replayer {
             admin: AdminState::default(),
             leases,
@@ -281,6 +285,12 @@ impl<'t> Replayer<'t> {
             scratch: LogScratch::default(),
             snapshot_leases: 0,
         }
+    }
+
+    /// The admin state rebuilt, and the highest boot epoch seen (the next boot's is one
+    /// more).
+    pub fn finish(self) -> (AdminState, u64) {
+        (self.admin, self.boot_epoch)
     }
 
     fn snapshot(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), OpenError> {
@@ -305,7 +315,8 @@ impl<'t> Replayer<'t> {
         Ok(())
     }
 
-    fn record(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), OpenError> {
+    /// Replays one log record (`codec`'s encoding); `lsn` names its place in errors.
+    pub fn record(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), OpenError> {
         let refused = |what, detail: String| OpenError::Replay { what, lsn, detail };
         let body = codec::decode_log_record_reusing(payload, &mut self.scratch)
             .map_err(|e| refused("a record", e.to_string()))?;
@@ -451,7 +462,7 @@ const BOOT_EPOCHS: u64 = 1 << (64 - crate::leases::GENERATION_EPOCH_SHIFT);
 
 /// A logged boot epoch, if the next boot's epoch still fits in a generation's high
 /// bits (a larger one can only come from damage that kept its checksum, or forgery).
-fn checked_boot_epoch(epoch: u64) -> Result<u64, BootEpochOutOfRange> {
+pub fn checked_boot_epoch(epoch: u64) -> Result<u64, BootEpochOutOfRange> {
     if epoch >= BOOT_EPOCHS - 1 {
         return Err(BootEpochOutOfRange { epoch });
     }

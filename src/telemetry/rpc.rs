@@ -1,5 +1,6 @@
 //! The tower layer around every gRPC call: it refuses broker calls while the daemon is
-//! starting or draining (health and reflection stay reachable), opens the call's span
+//! starting, draining or a cluster's standby (naming the leader; health and reflection
+//! stay reachable), opens the call's span
 //! (`rpc` with `method`, `org` and `code`; the edge records `org` once it knows it),
 //! records the call's latency by method and status code, and counts the call in and
 //! out of its connection (for the connection's handshake and idle deadlines).
@@ -31,27 +32,62 @@ pub enum Phase {
     Serving = 1,
     /// Shutting down: new broker calls answer UNAVAILABLE; calls in flight finish.
     Draining = 2,
+    /// A standby of a cluster: broker calls answer UNAVAILABLE with the leader's
+    /// address, when known, in the [`LEADER_METADATA`] trailer.
+    Standby = 3,
 }
 
-/// The phase, shared by the server and the layer.
+/// The trailer in which a standby names the leader's address (`host:port`).
+pub const LEADER_METADATA: &str = "seatbroker-leader";
+
+/// The phase, shared by the server and the layer, and the leader a standby names.
 #[derive(Debug)]
-pub struct PhaseCell(AtomicU8);
+pub struct PhaseCell {
+    phase: AtomicU8,
+    leader: parking_lot::RwLock<Option<tonic::metadata::AsciiMetadataValue>>,
+}
 
 impl PhaseCell {
     pub fn new(phase: Phase) -> Self {
-        PhaseCell(AtomicU8::new(phase as u8))
+        PhaseCell {
+            phase: AtomicU8::new(phase as u8),
+            leader: parking_lot::RwLock::new(None),
+        }
     }
 
     pub fn set(&self, phase: Phase) {
-        self.0.store(phase as u8, Ordering::Release);
+        self.phase.store(phase as u8, Ordering::Release);
     }
 
     pub fn get(&self) -> Phase {
-        match self.0.load(Ordering::Acquire) {
+        match self.phase.load(Ordering::Acquire) {
             0 => Phase::Starting,
             1 => Phase::Serving,
+            3 => Phase::Standby,
             _ => Phase::Draining,
         }
+    }
+
+    /// A standby, naming `leader` (an address that is not valid metadata is left
+    /// out).
+    pub fn stand_by(&self, leader: &str) {
+        *self.leader.write() = leader.parse().ok();
+        self.set(Phase::Standby);
+    }
+
+    fn standby_status(&self) -> tonic::Status {
+        let leader = self.leader.read().clone();
+        let Some(leader) = leader else {
+            return tonic::Status::unavailable(
+                "this seatbroker node is a standby and knows no leader yet; retry shortly",
+            );
+        };
+        let mut status = tonic::Status::unavailable(format!(
+            "this seatbroker node is a standby; the cluster's leader is at {} (trailer {LEADER_METADATA})",
+            leader.to_str().unwrap_or_default()
+        ));
+        status.metadata_mut().insert(LEADER_METADATA, leader);
+        status
     }
 }
 
@@ -276,6 +312,7 @@ where
                 Phase::Starting => tonic::Status::unavailable(
                     "seatbroker is starting: it is recovering its log; retry shortly",
                 ),
+                Phase::Standby => self.phase.standby_status(),
                 _ => tonic::Status::unavailable(
                     "seatbroker is shutting down; retry on another instance or after the restart",
                 ),

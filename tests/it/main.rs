@@ -27,6 +27,7 @@ mod channel_queue;
 mod channel_restart;
 mod cli;
 mod cli_lifecycle;
+mod cluster;
 mod console;
 mod daemon;
 mod datadir;

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod daemon;
+pub mod etcd;
 pub mod http;
 pub mod listing;
 pub mod server;
@@ -22,6 +23,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub use daemon::{Daemon, Serve};
+pub use etcd::{EtcdServer, TcpProxy, etcd_binary};
 pub use listing::{
     api_keys, assigned_emails, audit_page, audit_record, member_emails, members, organizations,
     sessions,

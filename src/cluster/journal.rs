@@ -1,0 +1,310 @@
+//! [`EtcdJournal`]: the durability port (`domain::journal::Journal`) on etcd, for the
+//! leader of a cluster. Records are encoded as the local log encodes them
+//! (`storage::codec`) and queued; one writer task takes everything queued (at most
+//! [`GROUP_BYTES_MAX`]) and writes it as one value, `/seatbroker/<cluster>/log/<seq>`,
+//! in one transaction (one operation: far below etcd's 128 per transaction and its
+//! 1.5 MiB request limit) that compares the election key's create revision with this
+//! leader's. Every waiter of the group is answered once etcd said yes.
+//!
+//! A write etcd refused on the fence (another node leads) or that could not be made
+//! before the leadership was lost fails its group and everything queued after it with
+//! UNAVAILABLE, and the journal refuses everything after: memory may now be ahead of
+//! the log, so this node stops leading (the process exits, see `server`). A write
+//! whose answer was lost is retried at the same key, which is idempotent: the retry's
+//! fence fails if another node leads, and then a value already at the key equal to
+//! ours means the first try landed (while this node still led).
+//!
+//! A value is records framed as `u32` little-endian length + record bytes.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, oneshot};
+
+use super::election::LostSignal;
+use super::etcd::{self, Etcd, pb};
+use super::{ClusterError, Keys};
+use crate::domain::journal::{self, Durable, Journal, LogPermit};
+use crate::domain::{Command, DomainError, Lease, LeaseId, OrgId};
+use crate::limits;
+use crate::storage::codec;
+
+/// The most record bytes written in one value: below etcd's default 1.5 MiB request
+/// limit with room for the key and the transaction's framing.
+pub const GROUP_BYTES_MAX: usize = 1024 * 1024;
+/// Lease ends wait for room past this many queued records (grants and commands are
+/// admitted up to `limits::LOG_QUEUE_RECORDS_MAX`).
+const QUEUED_RECORDS_FOR_ENDS_MAX: usize = 2 * limits::LOG_QUEUE_RECORDS_MAX;
+/// A failed write is tried again after this pause, until the leadership is lost.
+const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// An admin command's record (at most the request it came in, plus its framing) fits
+/// in one group.
+const _: () = assert!(limits::CLUSTER_REQUEST_BYTES_MAX + 4096 <= GROUP_BYTES_MAX + 64 * 1024);
+const _: () = assert!(limits::LOG_QUEUE_RECORDS_MAX < QUEUED_RECORDS_FOR_ENDS_MAX);
+
+/// The framing of a record in a commit group.
+const FRAME_BYTES: usize = 4;
+
+pub struct EtcdJournal {
+    queue: Mutex<Queue>,
+    wake: Notify,
+    lost: Arc<LostSignal>,
+}
+
+#[derive(Default)]
+struct Queue {
+    entries: VecDeque<Entry>,
+    /// Set when the writer stopped: every later append fails.
+    closed: bool,
+}
+
+struct Entry {
+    record: Vec<u8>,
+    /// Told when the record is durable (or not); lease ends have nobody waiting.
+    done: Option<oneshot::Sender<Result<(), DomainError>>>,
+}
+
+/// Where the writer writes: the etcd client, the keys, and this leader's fence.
+pub struct Writer {
+    pub etcd: Etcd,
+    pub keys: Keys,
+    /// The election key's create revision while this node leads.
+    pub fence_revision: i64,
+    /// The sequence of the next commit group.
+    pub next_seq: u64,
+}
+
+impl EtcdJournal {
+    /// A journal whose writer task starts at once; it stops when the leadership is
+    /// lost (`lost`) or a write is refused.
+    pub fn start(writer: Writer, lost: Arc<LostSignal>) -> Arc<EtcdJournal> {
+        let journal = Arc::new(EtcdJournal {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            lost,
+        });
+        tokio::spawn(write_groups(Arc::clone(&journal), writer));
+        journal
+    }
+
+    /// Appends an already encoded record and waits until it is durable (the boot
+    /// record of a new term).
+    pub async fn append_and_wait(&self, record: Vec<u8>) -> Result<(), ClusterError> {
+        let permit = self
+            .admit()
+            .map_err(|e| ClusterError::LeadershipLost(e.to_string()))?;
+        self.push(permit, record)
+            .await
+            .map_err(|e| ClusterError::LeadershipLost(e.to_string()))
+    }
+
+    fn push(&self, _admitted: LogPermit, record: Vec<u8>) -> Durable {
+        let (done, durable) = oneshot::channel();
+        {
+            let mut queue = self.queue.lock();
+            if queue.closed {
+                return Box::pin(std::future::ready(Err(not_leading())));
+            }
+            queue.entries.push_back(Entry {
+                record,
+                done: Some(done),
+            });
+        }
+        self.wake.notify_one();
+        Box::pin(async move { durable.await.unwrap_or_else(|_| Err(not_leading())) })
+    }
+
+    /// Takes the next commit group: queued records up to `GROUP_BYTES_MAX` (at least
+    /// one).
+    fn take_group(&self) -> Option<Vec<Entry>> {
+        let mut queue = self.queue.lock();
+        let mut bytes = 0;
+        let mut count = 0;
+        for entry in &queue.entries {
+            let framed = entry.record.len() + FRAME_BYTES;
+            if count > 0 && bytes + framed > GROUP_BYTES_MAX {
+                break;
+            }
+            bytes += framed;
+            count += 1;
+        }
+        (count > 0).then(|| queue.entries.drain(..count).collect())
+    }
+
+    /// Fails every queued record and refuses later ones.
+    fn close_with(&self, reason: &str) {
+        let entries = {
+            let mut queue = self.queue.lock();
+            queue.closed = true;
+            std::mem::take(&mut queue.entries)
+        };
+        fail(entries, reason);
+    }
+}
+
+fn not_leading() -> DomainError {
+    DomainError::Unavailable(
+        "this seatbroker node stopped leading its cluster before the change was durable; retry against the new leader".into(),
+    )
+}
+
+fn fail(entries: impl IntoIterator<Item = Entry>, reason: &str) {
+    for entry in entries {
+        if let Some(done) = entry.done {
+            let _ = done.send(Err(DomainError::Unavailable(format!(
+                "the change was not made durable in etcd ({reason}); retry against the cluster's leader"
+            ))));
+        }
+    }
+}
+
+/// Records framed into one commit group's value.
+pub fn frame(records: impl IntoIterator<Item = impl AsRef<[u8]>>) -> Vec<u8> {
+    let mut value = Vec::new();
+    for record in records {
+        let record = record.as_ref();
+        value.extend_from_slice(&(record.len() as u32).to_le_bytes());
+        value.extend_from_slice(record);
+    }
+    value
+}
+
+/// The records of a commit group's value, or why it is not one.
+pub fn unframe(mut value: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut records = Vec::new();
+    while !value.is_empty() {
+        let Some((length, rest)) = value.split_first_chunk::<FRAME_BYTES>() else {
+            return Err(format!("{} stray bytes at the end", value.len()));
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if rest.len() < length {
+            return Err(format!(
+                "a record of {length} bytes where {} remain",
+                rest.len()
+            ));
+        }
+        let (record, after) = rest.split_at(length);
+        records.push(record);
+        value = after;
+    }
+    Ok(records)
+}
+
+/// The writer task: one commit group at a time, in order.
+async fn write_groups(journal: Arc<EtcdJournal>, mut writer: Writer) {
+    loop {
+        let Some(group) = journal.take_group() else {
+            tokio::select! {
+                () = journal.wake.notified() => continue,
+                reason = journal.lost.lost() => {
+                    journal.close_with(&reason);
+                    return;
+                }
+            }
+        };
+        let value = frame(group.iter().map(|entry| &entry.record));
+        match write_fenced(&writer, &journal.lost, value).await {
+            Ok(()) => {
+                writer.next_seq += 1;
+                for entry in group {
+                    if let Some(done) = entry.done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+            }
+            Err(reason) => {
+                journal.lost.lose(reason.clone());
+                fail(group, &reason);
+                journal.close_with(&reason);
+                return;
+            }
+        }
+    }
+}
+
+/// Writes one commit group at `writer.next_seq`, fenced; retried while the answer is
+/// lost and this node leads.
+async fn write_fenced(writer: &Writer, lost: &LostSignal, value: Vec<u8>) -> Result<(), String> {
+    let key = writer.keys.log_key(writer.next_seq);
+    let txn = pb::TxnRequest {
+        compare: vec![etcd::created_at(
+            &writer.keys.election,
+            writer.fence_revision,
+        )],
+        success: vec![etcd::put(key.clone(), value.clone(), 0)],
+        failure: vec![etcd::get(key)],
+    };
+    loop {
+        if lost.is_lost() {
+            return Err("the leadership was lost while writing".into());
+        }
+        match writer.etcd.txn(txn.clone()).await {
+            Ok(response) if response.succeeded => return Ok(()),
+            Ok(response) => {
+                // Fenced off: did an earlier try of this very write land?
+                return match etcd::first_range(&response).first() {
+                    Some(landed) if landed.value == value => Ok(()),
+                    _ => Err("another node leads the cluster (the write's fence failed)".into()),
+                };
+            }
+            Err(error) => {
+                tracing::warn!(%error, seq = writer.next_seq, "an etcd write failed; retrying");
+                tokio::time::sleep(WRITE_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+impl Journal for EtcdJournal {
+    fn admit(&self) -> Result<LogPermit, DomainError> {
+        if self.lost.is_lost() {
+            return Err(not_leading());
+        }
+        let queued = self.queue.lock().entries.len() as u64;
+        journal::admit(queued, limits::LOG_QUEUE_RECORDS_MAX)
+    }
+
+    fn append_command(&self, permit: LogPermit, command: &Command) -> Durable {
+        self.push(permit, codec::encode_command(command))
+    }
+
+    fn append_lease_granted(&self, permit: LogPermit, org: &OrgId, lease: &Lease) -> Durable {
+        self.push(permit, codec::encode_lease_granted(org, lease))
+    }
+
+    fn append_lease_ended(&self, org: &OrgId, id: LeaseId, generation: u64) -> bool {
+        let record = codec::encode_lease_ended(org, id, generation);
+        {
+            let mut queue = self.queue.lock();
+            if queue.closed || queue.entries.len() >= QUEUED_RECORDS_FOR_ENDS_MAX {
+                return false;
+            }
+            queue.entries.push_back(Entry { record, done: None });
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    fn close(&self) -> Result<(), DomainError> {
+        // What is queued dies with this node's term: nobody was answered for it.
+        self.close_with("this node is shutting down");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_framed_group_unframes_to_its_records() {
+        let records: [&[u8]; 3] = [b"one", b"", b"three"];
+        let value = frame(records);
+        assert_eq!(unframe(&value).unwrap(), records);
+        assert!(unframe(&value[..value.len() - 1]).is_err());
+        assert!(unframe(&[1, 0]).is_err());
+    }
+}

@@ -1,0 +1,733 @@
+//! Cluster mode against real processes: one etcd (Debian's `etcd`) and three nodes of
+//! the real binary. Specifies: one leader serves, standbys answer UNAVAILABLE naming
+//! it in the `seatbroker-leader` trailer and report NOT_SERVING; kill -9 of the leader,
+//! again and again under admin writers and engines, loses no acknowledged change,
+//! never admits more sessions than the quota, keeps generations increasing across
+//! leaders and keeps the seats of engines that heartbeat through it; a leader cut from
+//! etcd steps down within half its election TTL and rejoins as a standby; an etcd
+//! restart refuses writes while etcd is down and loses nothing.
+//!
+//! The clients here follow the trailer as the CLI and engines do: a call answered
+//! UNAVAILABLE goes again to the leader it names, or to the next node.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use seatbroker::client::{self, Authorized, BearerKey};
+use seatbroker::loadgen::provision;
+use seatbroker::proto::{self, admin_service_client::AdminServiceClient};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::harness::*;
+
+/// The election TTL of the test nodes: a crashed leader is replaced about this long
+/// after its death.
+const ELECTION_TTL_S: u32 = 2;
+/// The engines' lease TTL: far longer than a failover.
+const LEASE_TTL_MS: u32 = 10_000;
+/// A call that keeps failing over for this long fails the test.
+const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
+/// Each attempt of a call is bounded by this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+const CLUSTER: &str = "it";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// Starts a node of the test cluster over `endpoint` (etcd, or a proxy to it).
+fn spawn_node(endpoint: &str, name: &str) -> Daemon {
+    Serve::new()
+        .args([
+            "--etcd-endpoints",
+            endpoint,
+            "--cluster-name",
+            CLUSTER,
+            "--node-name",
+            name,
+            "--election-ttl-s",
+            &ELECTION_TTL_S.to_string(),
+            "--lease-ttl-ms",
+            &LEASE_TTL_MS.to_string(),
+        ])
+        .spawn()
+}
+
+/// The node that reports SessionService SERVING (the leader), waiting for one.
+async fn leader_of(nodes: &[Daemon]) -> usize {
+    let until = Instant::now() + FOLLOW_DEADLINE;
+    loop {
+        for (index, node) in nodes.iter().enumerate() {
+            let status = health_status(&node.url(), node.client_tls(), SESSION_SERVICE).await;
+            if status == Some(ServingStatus::Serving) {
+                return index;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no node became leader within {FOLLOW_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The leader a standby names in the trailer of its UNAVAILABLE answer, waiting until
+/// it knows one (its first look at the election key).
+async fn leader_named_by(standby: &Daemon) -> String {
+    let until = Instant::now() + FOLLOW_DEADLINE;
+    loop {
+        let refused = standby
+            .operator()
+            .await
+            .list_organizations(proto::ListOrganizationsRequest::default())
+            .await
+            .expect_err("a standby serves no broker call");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        if let Some(leader) = refused.metadata().get("seatbroker-leader") {
+            return leader.to_str().expect("an address").to_owned();
+        }
+        assert!(Instant::now() < until, "the standby never named a leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Where calls go: the leader last named, else the nodes in turn.
+struct Route {
+    urls: Mutex<Vec<String>>,
+    leader: Mutex<Option<String>>,
+    turn: AtomicU64,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Route {
+    fn new(nodes: &[Daemon]) -> Arc<Route> {
+        Arc::new(Route {
+            urls: Mutex::new(nodes.iter().map(|n| n.url()).collect()),
+            leader: Mutex::new(None),
+            turn: AtomicU64::new(0),
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn set_nodes(&self, nodes: &[Daemon]) {
+        *self.urls.lock() = nodes.iter().map(|n| n.url()).collect();
+    }
+
+    fn target(&self) -> String {
+        if let Some(leader) = self.leader.lock().clone() {
+            return leader;
+        }
+        let urls = self.urls.lock();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize;
+        urls[turn % urls.len()].clone()
+    }
+
+    fn channel(&self, url: &str) -> Channel {
+        self.channels
+            .lock()
+            .entry(url.to_owned())
+            .or_insert_with(|| {
+                Endpoint::from_shared(url.to_owned())
+                    .expect("a URL")
+                    .connect_timeout(Duration::from_secs(1))
+                    .connect_lazy()
+            })
+            .clone()
+    }
+
+    /// Runs `call` on the leader, following the trailer; gives up after
+    /// [`FOLLOW_DEADLINE`] with the last refusal.
+    async fn on_leader<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let until = Instant::now() + FOLLOW_DEADLINE;
+        loop {
+            let url = self.target();
+            let answer = tokio::time::timeout(CALL_TIMEOUT, call(self.channel(&url)))
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("the call timed out")));
+            let status = match answer {
+                Err(status) if failed_over(&status) => status,
+                other => return other,
+            };
+            let named = status
+                .metadata()
+                .get("seatbroker-leader")
+                .and_then(|value| value.to_str().ok())
+                .map(|leader| format!("http://{leader}"));
+            *self.leader.lock() = named.filter(|leader| *leader != url);
+            if Instant::now() > until {
+                return Err(status);
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+}
+
+/// Whether a refusal means "not here, or not now": a standby, a node going away, a
+/// leader between terms.
+fn failed_over(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
+fn bearer(key: &str) -> BearerKey {
+    BearerKey::new(Some(key)).expect("a key")
+}
+
+fn operator(channel: Channel) -> AdminServiceClient<Authorized> {
+    client::admin(channel, bearer(OPERATOR_KEY))
+}
+
+/// Creates organization `org` (one KSE seat) on the leader; `Ok(true)` when this call
+/// was acknowledged, `Ok(false)` when an earlier unacknowledged try had landed.
+async fn create_org(route: &Route, org: &str) -> Result<bool, tonic::Status> {
+    let answer = route
+        .on_leader(|channel| async move {
+            let organization = provision::NewOrganization {
+                org_id: org.into(),
+                display_name: org.into(),
+                owner_email: format!("owner@{org}.test"),
+                quota: proto::Quota {
+                    kse_seats: 1,
+                    kre_sessions: 0,
+                    expires_at_unix_ms: 0,
+                },
+            };
+            provision::create_organization(&mut operator(channel), organization).await
+        })
+        .await;
+    match answer {
+        Ok(()) => Ok(true),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(false),
+        Err(status) => Err(status),
+    }
+}
+
+async fn org_exists(route: &Route, org: &str) -> bool {
+    let answer = route
+        .on_leader(|channel| async move {
+            operator(channel)
+                .get_organization(proto::GetOrganizationRequest { org_id: org.into() })
+                .await
+        })
+        .await;
+    match answer {
+        Ok(_) => true,
+        Err(status) if status.code() == tonic::Code::NotFound => false,
+        Err(status) => panic!("GetOrganization {org}: {status:?}"),
+    }
+}
+
+/// One session as the engine saw it.
+#[derive(Debug, Clone)]
+struct Held {
+    lease_id: String,
+    generation: u64,
+    /// The server's grant time.
+    acquired_at_ms: i64,
+    /// When the engine asked (its clock, the same machine's).
+    requested_at_ms: i64,
+    acked_at_ms: i64,
+    resumed: bool,
+    /// The last moment the server confirmed it live: the send time of the last
+    /// heartbeat or release it answered OK.
+    live_until_ms: i64,
+}
+
+#[derive(Default)]
+struct History {
+    sessions: Mutex<Vec<Held>>,
+    acked_orgs: Mutex<Vec<String>>,
+    /// Heartbeats answered NOT_FOUND: a seat lost.
+    lost_seats: AtomicU64,
+    unexpected: Mutex<Vec<String>>,
+}
+
+/// An engine: acquire (retrying while the quota is full), heartbeat a few times,
+/// release; again until `stop`.
+async fn engine(
+    route: Arc<Route>,
+    key: String,
+    engine_id: String,
+    history: Arc<History>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut beats = 1;
+    while !stop.load(Ordering::Relaxed) {
+        let requested_at_ms = now_ms();
+        let answer = route
+            .on_leader(|channel| {
+                let mut session = client::session(channel, bearer(&key));
+                let request = acquire_request(KRE, &engine_id);
+                async move { session.acquire(request).await }
+            })
+            .await;
+        let granted = match answer {
+            Ok(granted) => granted.into_inner(),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(status) => {
+                history
+                    .unexpected
+                    .lock()
+                    .push(format!("acquire: {status:?}"));
+                return;
+            }
+        };
+        let acked_at_ms = now_ms();
+        let lease = granted.lease.expect("a granted acquire carries its lease");
+        let mut held = Held {
+            lease_id: lease.lease_id.clone(),
+            generation: lease.generation,
+            acquired_at_ms: lease.acquired_at_unix_ms,
+            requested_at_ms,
+            acked_at_ms,
+            resumed: granted.resumed,
+            live_until_ms: lease.acquired_at_unix_ms,
+        };
+        beats = beats % 5 + 1;
+        let mut lost = false;
+        for _ in 0..beats {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let sent = now_ms();
+            let answer = route
+                .on_leader(|channel| {
+                    let mut session = client::session(channel, bearer(&key));
+                    let lease = lease.clone();
+                    async move { heartbeat(&mut session, &lease).await }
+                })
+                .await;
+            match answer {
+                Ok(_) => held.live_until_ms = sent,
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    history.lost_seats.fetch_add(1, Ordering::Relaxed);
+                    lost = true;
+                    break;
+                }
+                Err(status) => {
+                    history
+                        .unexpected
+                        .lock()
+                        .push(format!("heartbeat: {status:?}"));
+                    return;
+                }
+            }
+        }
+        if !lost {
+            let sent = now_ms();
+            let answer = route
+                .on_leader(|channel| {
+                    let mut session = client::session(channel, bearer(&key));
+                    let lease = lease.clone();
+                    async move { release(&mut session, &lease).await }
+                })
+                .await;
+            match answer {
+                Ok(_) => held.live_until_ms = sent,
+                // An earlier try, whose answer was lost, released it.
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => {
+                    history
+                        .unexpected
+                        .lock()
+                        .push(format!("release: {status:?}"));
+                    return;
+                }
+            }
+        }
+        history.sessions.lock().push(held);
+    }
+}
+
+/// An admin writer: creates organizations one after another until `stop`, recording
+/// the acknowledged ones.
+async fn admin_writer(route: Arc<Route>, history: Arc<History>, stop: Arc<AtomicBool>) {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let org = format!("w{n}");
+        match create_org(&route, &org).await {
+            Ok(true) => history.acked_orgs.lock().push(org),
+            Ok(false) => {}
+            Err(status) => {
+                history
+                    .unexpected
+                    .lock()
+                    .push(format!("create {org}: {status:?}"));
+                return;
+            }
+        }
+    }
+}
+
+/// The most sessions live at once, from intervals each known live throughout. An
+/// engine that got its own lease back (`resumed`: its release was not durable when the
+/// leader died) held one seat throughout: a lease's records are merged.
+fn most_live_at_once(sessions: &[Held]) -> usize {
+    let mut leases: HashMap<(&str, u64), (i64, i64)> = HashMap::new();
+    for held in sessions
+        .iter()
+        .filter(|h| h.live_until_ms > h.acquired_at_ms)
+    {
+        let interval = leases
+            .entry((&held.lease_id, held.generation))
+            .or_insert((held.acquired_at_ms, held.live_until_ms));
+        interval.0 = interval.0.min(held.acquired_at_ms);
+        interval.1 = interval.1.max(held.live_until_ms);
+    }
+    let mut edges: Vec<(i64, i32)> = Vec::new();
+    for (start, end) in leases.into_values() {
+        edges.push((start, 1));
+        edges.push((end, -1));
+    }
+    // Ends before starts at the same millisecond: touching intervals do not overlap.
+    edges.sort();
+    let (mut live, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        live += step;
+        most = most.max(live);
+    }
+    most as usize
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() {
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = EtcdServer::start(binary).await;
+    let rounds = if std::env::var("CI").as_deref() == Ok("true") {
+        20
+    } else {
+        6
+    };
+    let mut nodes: Vec<Daemon> = (0..3)
+        .map(|i| spawn_node(&etcd.url(), &format!("n{i}")))
+        .collect();
+    let first = leader_of(&nodes).await;
+
+    // Standbys refuse broker calls naming the leader, and are not SERVING.
+    for (index, node) in nodes.iter().enumerate().filter(|(i, _)| *i != first) {
+        let named = leader_named_by(node).await;
+        assert_eq!(named, nodes[first].addr().to_string(), "node {index}");
+        assert_eq!(
+            node.health(SESSION_SERVICE).await,
+            ServingStatus::NotServing
+        );
+    }
+
+    const QUOTA: u32 = 3;
+    let members = ["e0", "e1", "e2", "e3", "e4", "e5"];
+    let org = nodes[first]
+        .licensed_organization("acme", 0, QUOTA, &members)
+        .await;
+    let route = Route::new(&nodes);
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = vec![tokio::spawn(admin_writer(
+        Arc::clone(&route),
+        Arc::clone(&history),
+        Arc::clone(&stop),
+    ))];
+    for i in 0..members.len() {
+        workers.push(tokio::spawn(engine(
+            Arc::clone(&route),
+            org.key(i).to_owned(),
+            format!("engine-{i}"),
+            Arc::clone(&history),
+            Arc::clone(&stop),
+        )));
+    }
+
+    let mut kills = Vec::new();
+    for round in 0..rounds {
+        // Under load: the workload made progress since the last kill.
+        let (sessions_before, orgs_before) = (
+            history.sessions.lock().len(),
+            history.acked_orgs.lock().len(),
+        );
+        let until = Instant::now() + FOLLOW_DEADLINE;
+        while history.sessions.lock().len() < sessions_before + 2
+            || history.acked_orgs.lock().len() < orgs_before + 2
+        {
+            assert!(
+                history.unexpected.lock().is_empty(),
+                "{:?}",
+                history.unexpected.lock()
+            );
+            assert!(
+                Instant::now() < until,
+                "round {round}: the workload made no progress"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let leader = leader_of(&nodes).await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..300))).await;
+        let killed_at = now_ms();
+        let dead = std::mem::replace(
+            &mut nodes[leader],
+            spawn_node(&etcd.url(), &format!("n{leader}r{round}")),
+        );
+        dead.kill();
+        kills.push(killed_at);
+        route.set_nodes(&nodes);
+    }
+    // The last failover served too.
+    let settled = history.sessions.lock().len();
+    let until = Instant::now() + FOLLOW_DEADLINE;
+    while history.sessions.lock().len() < settled + 3 {
+        assert!(
+            Instant::now() < until,
+            "no sessions after the last failover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("a worker");
+    }
+    assert!(
+        history.unexpected.lock().is_empty(),
+        "{:?}",
+        history.unexpected.lock()
+    );
+
+    // Nothing acknowledged is missing on the leader now.
+    let acked = history.acked_orgs.lock().clone();
+    for org in &acked {
+        assert!(
+            org_exists(&route, org).await,
+            "acknowledged organization {org} is missing"
+        );
+    }
+    // Engines heartbeating through every failover kept their seats.
+    assert_eq!(
+        history.lost_seats.load(Ordering::Relaxed),
+        0,
+        "seats lost in a failover"
+    );
+    let sessions = history.sessions.lock().clone();
+    // Never more sessions than the quota at once.
+    let most = most_live_at_once(&sessions);
+    assert!(
+        most <= QUOTA as usize,
+        "{most} sessions live at once over a quota of {QUOTA}: {sessions:#?}"
+    );
+    // Generations: a grant asked for after another was acknowledged has a larger one,
+    // across leaders too.
+    let mut fresh: Vec<&Held> = sessions.iter().filter(|h| !h.resumed).collect();
+    fresh.sort_by_key(|h| h.acked_at_ms);
+    for (index, earlier) in fresh.iter().enumerate() {
+        for later in &fresh[index + 1..] {
+            if later.requested_at_ms > earlier.acked_at_ms {
+                assert!(
+                    later.generation > earlier.generation,
+                    "generation {} granted after {}",
+                    later.generation,
+                    earlier.generation
+                );
+            }
+        }
+    }
+    // Failover time: from the kill to the next grant acknowledged.
+    let mut failovers: Vec<u64> = kills
+        .iter()
+        .filter_map(|&killed| {
+            sessions
+                .iter()
+                .filter(|h| h.acked_at_ms > killed && !h.resumed)
+                .map(|h| (h.acked_at_ms - killed) as u64)
+                .min()
+        })
+        .collect();
+    failovers.sort_unstable();
+    assert_eq!(
+        failovers.len(),
+        kills.len(),
+        "a failover without a grant after it"
+    );
+    eprintln!(
+        "cluster failover: {} kills, {} sessions, {} admin changes; kill to next grant p50 {} ms, p99 {} ms, max {} ms (election TTL {ELECTION_TTL_S} s)",
+        kills.len(),
+        sessions.len(),
+        acked.len(),
+        percentile(&failovers, 0.5),
+        percentile(&failovers, 0.99),
+        failovers.last().unwrap()
+    );
+    // The failover time is reported above, not asserted: on a shared 2-core host under a
+    // full test suite a takeover has been seen to take over 15 s (docs/benchmarks.md has
+    // the figures of a quiet sitting).
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_from_etcd_steps_down_within_half_its_ttl_and_rejoins_as_a_standby() {
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = EtcdServer::start(binary).await;
+    let proxy = TcpProxy::start(etcd.addr()).await;
+    // The node behind the proxy starts first and leads.
+    let mut cut_node = spawn_node(&proxy.url(), "behind-proxy");
+    cut_node
+        .wait_health(SESSION_SERVICE, ServingStatus::Serving)
+        .await;
+    let others = [spawn_node(&etcd.url(), "a"), spawn_node(&etcd.url(), "b")];
+    let org = cut_node.licensed_organization("acme", 0, 2, &["e0"]).await;
+    let mut engine = cut_node.session(org.key(0)).await;
+    let lease = acquire_lease(&mut engine, KRE, "engine-0").await;
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let status = cut_node.wait_exit();
+    let stepped_down_after = cut_at.elapsed();
+    assert_eq!(status.code(), Some(75), "a leader that lost etcd exits 75");
+    // Half the TTL without renewal, counted from the last renewal (at most a quarter
+    // TTL before the cut), and a little scheduling.
+    let margin = Duration::from_millis(u64::from(ELECTION_TTL_S) * 1000);
+    assert!(
+        stepped_down_after < margin,
+        "stepped down {stepped_down_after:?} after the cut; its lease expires {margin:?} after the last renewal"
+    );
+    assert!(
+        cut_node.stderr().contains("stepping down"),
+        "{}",
+        cut_node.stderr()
+    );
+
+    // A standby takes over, with the session and the organization.
+    let new_leader = leader_of(&others).await;
+    let mut engine = others[new_leader].session(org.key(0)).await;
+    heartbeat(&mut engine, &lease)
+        .await
+        .expect("the session survived the takeover");
+
+    // Healed, the old leader (restarted by its supervisor) rejoins as a standby.
+    proxy.heal();
+    let rejoined = spawn_node(&proxy.url(), "behind-proxy-again");
+    assert_eq!(
+        leader_named_by(&rejoined).await,
+        others[new_leader].addr().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_etcd_is_down_writes_are_refused_and_nothing_acknowledged_is_lost() {
+    let Some(binary) = etcd_binary() else { return };
+    let mut etcd = EtcdServer::start(binary).await;
+    let nodes: Vec<Daemon> = (0..3)
+        .map(|i| spawn_node(&etcd.url(), &format!("n{i}")))
+        .collect();
+    let leader = leader_of(&nodes).await;
+    let route = Route::new(&nodes);
+    assert!(create_org(&route, "before").await.expect("create before"));
+
+    etcd.kill();
+    let refused = nodes[leader]
+        .operator()
+        .await
+        .create_organization(proto::CreateOrganizationRequest {
+            org_id: "during".into(),
+            display_name: "during".into(),
+            owner_email: "owner@during.test".into(),
+            quota: Some(proto::Quota::default()),
+            allow_past_expiry: false,
+        })
+        .await
+        .expect_err("no write is acknowledged while etcd is down");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    etcd.restart().await;
+    assert!(create_org(&route, "after").await.expect("create after"));
+    assert!(org_exists(&route, "before").await);
+    assert!(org_exists(&route, "after").await);
+    assert!(
+        !org_exists(&route, "during").await,
+        "a refused write was applied"
+    );
+}
+
+#[tokio::test]
+async fn a_write_fenced_on_another_term_is_refused_and_leaves_nothing_in_etcd() {
+    use seatbroker::cluster::election::LostSignal;
+    use seatbroker::cluster::etcd;
+    use seatbroker::cluster::journal::{EtcdJournal, Writer};
+    use seatbroker::cluster::{ClusterError, Keys};
+
+    let Some(binary) = etcd_binary() else { return };
+    let etcd_server = EtcdServer::start(binary).await;
+    let client = etcd_server.client();
+    let keys = Keys::new("fenced");
+    // Another node's term: the election key, created now.
+    let elected = client
+        .txn(etcd::pb::TxnRequest {
+            compare: vec![etcd::created_at(&keys.election, 0)],
+            success: vec![etcd::put(keys.election.clone(), b"127.0.0.1:1".to_vec(), 0)],
+            failure: vec![],
+        })
+        .await
+        .expect("txn");
+    assert!(elected.succeeded);
+    let current = elected.header.expect("a header").revision;
+
+    // A deposed leader: its term's revision is an older one.
+    let lost = LostSignal::new();
+    let deposed = EtcdJournal::start(
+        Writer {
+            etcd: client.clone(),
+            keys: keys.clone(),
+            fence_revision: current - 1,
+            next_seq: 0,
+        },
+        Arc::clone(&lost),
+    );
+    let refused = deposed.append_and_wait(b"a record".to_vec()).await;
+    assert!(
+        matches!(refused, Err(ClusterError::LeadershipLost(_))),
+        "{refused:?}"
+    );
+    assert!(lost.is_lost(), "a fenced-off write ends the term");
+    assert!(client.get(&keys.log_key(0)).await.expect("get").is_none());
+
+    // The current term's writes land.
+    let leader = EtcdJournal::start(
+        Writer {
+            etcd: client.clone(),
+            keys: keys.clone(),
+            fence_revision: current,
+            next_seq: 0,
+        },
+        LostSignal::new(),
+    );
+    leader
+        .append_and_wait(b"a record".to_vec())
+        .await
+        .expect("the leader's write");
+    let landed = client
+        .get(&keys.log_key(0))
+        .await
+        .expect("get")
+        .expect("the group");
+    assert_eq!(
+        seatbroker::cluster::journal::unframe(&landed.value).unwrap(),
+        [b"a record".as_slice()]
+    );
+}
