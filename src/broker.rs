@@ -160,7 +160,8 @@ impl Broker {
     /// under the same write lock, so that the copy reflects exactly the admin commands
     /// up to that mark. The copy shares the state's structure (persistent maps), so
     /// the lock is held for O(1) whatever the state's size; encoding it happens after.
-    fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
+    /// (Cluster mode's snapshots mark the etcd journal with `EtcdJournal::cut`.)
+    pub fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
         let admin = self.admin.write();
         let marked = mark();
         (admin.clone(), marked)

@@ -301,6 +301,14 @@ pub struct ClusterSettings {
         default_value_t = limits::ELECTION_TTL_S_DEFAULT
     )]
     pub election_ttl_s: u32,
+    /// The fewest log records after a snapshot in etcd that make the leader write the
+    /// next one (or half the live leases, if more), deleting the log it covers.
+    #[arg(
+        long = "cluster-snapshot-records",
+        env = "SEATBROKER_CLUSTER_SNAPSHOT_RECORDS",
+        default_value_t = limits::CLUSTER_SNAPSHOT_RECORDS_DEFAULT
+    )]
+    pub snapshot_records: u64,
 }
 
 impl ClusterSettings {
@@ -756,6 +764,11 @@ fn check_cluster(settings: &Settings) -> Result<(), ConfigError> {
         "cluster.election_ttl_s",
         cluster.election_ttl_s,
         ELECTION_TTL_S_MIN..=ELECTION_TTL_S_MAX,
+    )?;
+    check(
+        "cluster.snapshot_records",
+        cluster.snapshot_records,
+        CLUSTER_SNAPSHOT_RECORDS_MIN..=CLUSTER_SNAPSHOT_RECORDS_MAX,
     )
 }
 

@@ -503,6 +503,21 @@ pub const ETCD_ENDPOINTS_MAX: usize = 16;
 const _: () = assert!(ELECTION_TTL_S_MIN <= ELECTION_TTL_S_DEFAULT);
 const _: () = assert!(ELECTION_TTL_S_DEFAULT <= ELECTION_TTL_S_MAX);
 const _: () = assert!(REQUEST_BYTES_MAX_FLOOR <= CLUSTER_REQUEST_BYTES_MAX);
+/// `[cluster] snapshot_records`: the fewest log records after a snapshot in etcd that
+/// make the next one due (or half the live leases, if more: the local log's rule).
+/// Lower keeps etcd smaller and takeovers shorter at the cost of more snapshots.
+pub const CLUSTER_SNAPSHOT_RECORDS_MIN: u64 = 100;
+pub const CLUSTER_SNAPSHOT_RECORDS_MAX: u64 = 10_000_000;
+pub const CLUSTER_SNAPSHOT_RECORDS_DEFAULT: u64 = SNAPSHOT_REPLAY_RECORDS_MIN;
+/// A snapshot in etcd is also due once the log after the last one holds this many
+/// bytes, so the log's share of etcd's space (2 GiB by default) stays small whatever
+/// the records' sizes.
+pub const CLUSTER_SNAPSHOT_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// etcd's history is compacted after a snapshot, at most this often: compaction
+/// frees the room of deleted and overwritten keys' old versions.
+pub const CLUSTER_COMPACTION_INTERVAL_MS: u64 = 5_000;
+const _: () = assert!(CLUSTER_SNAPSHOT_RECORDS_MIN <= CLUSTER_SNAPSHOT_RECORDS_DEFAULT);
+const _: () = assert!(CLUSTER_SNAPSHOT_RECORDS_DEFAULT <= CLUSTER_SNAPSHOT_RECORDS_MAX);
 
 // ----- The engine client library (`engine_client`), on the engine's side. -----
 

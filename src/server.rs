@@ -46,7 +46,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::cluster::election::{self, Leadership};
 use crate::cluster::etcd::Etcd;
 use crate::cluster::journal::EtcdJournal;
-use crate::cluster::{ClusterError, Keys, NodeOptions, recovery};
+use crate::cluster::recovery::Follower;
+use crate::cluster::{ClusterError, Keys, NodeOptions, recovery, snapshot};
 use crate::datadir::{self, DataDirLock, LockError};
 use crate::domain::journal::Journal;
 use crate::domain::{AdminState, Command, DomainError, OrgId, Principal};
@@ -188,13 +189,22 @@ pub async fn run(
     });
     let mut background =
         spawn_background(&prepared.broker, settings.metrics.per_org, metrics_export);
-    if let Log::Local(journal) = &prepared.log {
-        background.push(tokio::spawn(take_snapshots(
-            Arc::clone(&prepared.broker),
-            Arc::clone(journal),
-            prepared.boot_epoch,
-        )));
-    }
+    let snapshots = match &prepared.log {
+        Log::Local(journal) => SnapshotTarget::Local(Arc::clone(journal)),
+        Log::Cluster(term) => SnapshotTarget::Cluster(ClusterSnapshots {
+            etcd: term.etcd.clone(),
+            keys: term.keys.clone(),
+            fence_revision: term.leadership.revision,
+            journal: Arc::clone(&term.journal),
+            records_min: term.snapshot_records,
+            compacted_at: None,
+        }),
+    };
+    background.push(tokio::spawn(take_snapshots(
+        Arc::clone(&prepared.broker),
+        snapshots,
+        prepared.boot_epoch,
+    )));
     let grace = Duration::from_millis(settings.shutdown_grace_ms);
     let result = if stop_requested {
         edge.drain(grace).await
@@ -375,7 +385,10 @@ enum Log {
 /// A cluster leader's term: its etcd client, its leadership and its journal.
 struct ClusterTerm {
     etcd: Etcd,
+    keys: Keys,
     leadership: Leadership,
+    journal: Arc<EtcdJournal>,
+    snapshot_records: u64,
 }
 
 /// What either recovery rebuilt.
@@ -432,12 +445,13 @@ async fn prepare(
         activity: Arc::clone(&activity),
         streams: Arc::clone(&streams),
     });
-    let leases = RecoveringLeases::new(timing, settings.limits.leases_per_org_max);
+    let leases_per_org_max = settings.limits.leases_per_org_max;
+    let fresh_leases = move || RecoveringLeases::new(timing, leases_per_org_max);
     let observer = Arc::clone(&observers) as Arc<dyn LeaseObserver>;
     let rebuilt = if settings.cluster.enabled() {
-        lead_cluster(config, phase, addr, leases, observer).await?
+        lead_cluster(config, phase, addr, fresh_leases, observer).await?
     } else {
-        recover_local(config, leases, observer).await?
+        recover_local(config, fresh_leases(), observer).await?
     };
     let broker = Arc::new(Broker::new(
         rebuilt.admin,
@@ -508,15 +522,17 @@ fn node_options(config: &Config, addr: SocketAddr) -> NodeOptions {
             .clone()
             .unwrap_or_else(|| addr.to_string()),
         election_ttl: Duration::from_secs(cluster.election_ttl_s.into()),
+        snapshot_records: cluster.snapshot_records,
     }
 }
 
-/// Stands by until this node is elected, then rebuilds the state from etcd's log.
+/// Stands by until this node is elected, following etcd's log meanwhile (a hot
+/// standby), then catches up its tail and leads.
 async fn lead_cluster(
     config: &Config,
     phase: &Arc<PhaseCell>,
     addr: SocketAddr,
-    leases: RecoveringLeases,
+    fresh_leases: impl Fn() -> RecoveringLeases + Send + Sync + 'static,
     observer: Arc<dyn LeaseObserver>,
 ) -> Result<Rebuilt, ServerError> {
     let options = node_options(config, addr);
@@ -525,9 +541,20 @@ async fn lead_cluster(
         Etcd::connect(&options.endpoints, options.request_timeout()).map_err(ClusterError::from)?;
     tracing::info!(node = %options.node_name, cluster = %options.cluster_name, advertise = %options.advertise_addr, "seatbroker standing by");
     let on_leader = |leader: &str| phase.stand_by(leader);
-    let leadership = election::campaign(&etcd, &keys, &options, &on_leader).await;
+    let mut follower = Follower::new(fresh_leases);
+    // Following never ends by itself: the campaign's end stops it, between two
+    // groups.
+    let leadership = tokio::select! {
+        leadership = election::campaign(&etcd, &keys, &options, &on_leader) => leadership,
+        () = follower.follow(&etcd, &keys) => unreachable!("following ends only when dropped"),
+    };
     phase.set(Phase::Starting);
-    let recovered = match recovery::recover(&etcd, &keys, &leadership, leases, observer).await {
+    tracing::info!(
+        applied_seq = follower.applied_seq(),
+        live_leases = follower.live_leases(),
+        "elected: catching up the tail of the cluster's log"
+    );
+    let recovered = match recovery::recover(&etcd, &keys, &leadership, follower, observer).await {
         Ok(recovered) => recovered,
         Err(ClusterError::LeadershipLost(reason)) => {
             return Err(ServerError::LeadershipLost(reason));
@@ -547,8 +574,14 @@ async fn lead_cluster(
     Ok(Rebuilt {
         admin: recovered.admin,
         leases: recovered.leases,
-        journal,
-        log: Log::Cluster(Box::new(ClusterTerm { etcd, leadership })),
+        journal: journal.clone(),
+        log: Log::Cluster(Box::new(ClusterTerm {
+            etcd,
+            keys,
+            leadership,
+            journal,
+            snapshot_records: options.snapshot_records,
+        })),
         boot_epoch: recovered.boot_epoch,
     })
 }
@@ -928,12 +961,105 @@ async fn sweep_expired_leases(broker: Arc<Broker>) {
 /// How often the snapshot task asks the log whether a snapshot is due.
 const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Where the snapshot task writes: the local log's directory, or etcd.
+enum SnapshotTarget {
+    Local(Arc<WalJournal>),
+    Cluster(ClusterSnapshots),
+}
+
+/// A cluster leader's snapshots (`cluster::snapshot`) and etcd's compaction.
+struct ClusterSnapshots {
+    etcd: Etcd,
+    keys: Keys,
+    fence_revision: i64,
+    journal: Arc<EtcdJournal>,
+    records_min: u64,
+    /// When etcd's history was last compacted by this leader.
+    compacted_at: Option<tokio::time::Instant>,
+}
+
+impl SnapshotTarget {
+    fn due(&self, live_leases: u64) -> bool {
+        match self {
+            SnapshotTarget::Local(journal) => journal.snapshot_due(live_leases),
+            SnapshotTarget::Cluster(cluster) => cluster
+                .journal
+                .snapshot_due(live_leases, cluster.records_min),
+        }
+    }
+
+    async fn take(
+        &mut self,
+        broker: &Arc<Broker>,
+        boot_epoch: u64,
+    ) -> Result<crate::broker::SnapshotTaken, String> {
+        match self {
+            SnapshotTarget::Local(journal) => broker
+                .snapshot_now(journal, boot_epoch)
+                .await
+                .map_err(|error| error.to_string()),
+            SnapshotTarget::Cluster(cluster) => cluster.take(broker, boot_epoch).await,
+        }
+    }
+}
+
+impl ClusterSnapshots {
+    /// Cuts the state at the journal's current end, writes the snapshot to etcd (which
+    /// deletes the log it covers), then compacts etcd's history if it was not compacted
+    /// for `limits::CLUSTER_COMPACTION_INTERVAL_MS`.
+    async fn take(
+        &mut self,
+        broker: &Arc<Broker>,
+        boot_epoch: u64,
+    ) -> Result<crate::broker::SnapshotTaken, String> {
+        let started = std::time::Instant::now();
+        let (admin, cut) = broker.admin_cut(|| self.journal.cut());
+        let cut = cut
+            .await
+            .map_err(|_| "the journal closed before the cut was durable".to_owned())?;
+        let Some(seq) = cut.seq else {
+            return Err("nothing is logged yet".into());
+        };
+        let broker = Arc::clone(broker);
+        let written = snapshot::write(
+            &self.etcd,
+            &self.keys,
+            self.fence_revision,
+            seq,
+            Box::new(move |sink| {
+                durable::encode_snapshot(&admin, broker.leases(), boot_epoch, sink)
+            }),
+        )
+        .await
+        .map_err(|error| error.to_string())?;
+        self.journal.snapshot_written(cut);
+        let interval = Duration::from_millis(limits::CLUSTER_COMPACTION_INTERVAL_MS);
+        if self.compacted_at.is_none_or(|at| at.elapsed() >= interval) {
+            match self.etcd.compact(written.revision).await {
+                Ok(()) => {
+                    self.compacted_at = Some(tokio::time::Instant::now());
+                    tracing::info!(revision = written.revision, "compacted etcd's history");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "compacting etcd's history failed; retried after the next snapshot")
+                }
+            }
+        }
+        Ok(crate::broker::SnapshotTaken {
+            lsn: seq,
+            bytes: written.manifest.bytes as usize,
+            leases: written.manifest.leases,
+            took: started.elapsed(),
+        })
+    }
+}
+
 /// Writes a snapshot whenever the log has grown past its bounds (bytes, or records a
-/// restart would replay), so that disk use and restart time stay bounded under endless
-/// churn. A failed one (no space, no
-/// descriptor) is retried after `SNAPSHOT_RETRY_MS_MIN`, doubling up to
+/// restart would replay), so that disk use (etcd's space, in cluster mode) and restart
+/// time stay bounded under endless churn. A failed one (no space, no descriptor, etcd
+/// away) is retried after `SNAPSHOT_RETRY_MS_MIN`, doubling up to
 /// `SNAPSHOT_RETRY_MS_MAX`: each try copies the admin state.
-async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoch: u64) {
+async fn take_snapshots(broker: Arc<Broker>, mut target: SnapshotTarget, boot_epoch: u64) {
     let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let retry_min = Duration::from_millis(limits::SNAPSHOT_RETRY_MS_MIN);
@@ -943,10 +1069,10 @@ async fn take_snapshots(broker: Arc<Broker>, journal: Arc<WalJournal>, boot_epoc
     loop {
         tick.tick().await;
         let live_leases = broker.leases().live_count() as u64;
-        if !journal.snapshot_due(live_leases) || tokio::time::Instant::now() < next_try {
+        if !target.due(live_leases) || tokio::time::Instant::now() < next_try {
             continue;
         }
-        match broker.snapshot_now(&journal, boot_epoch).await {
+        match target.take(&broker, boot_epoch).await {
             Ok(taken) => {
                 metrics::snapshot(taken.took, taken.bytes as u64);
                 tracing::info!(

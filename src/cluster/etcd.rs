@@ -15,6 +15,8 @@ pub mod pb {
 
 use pb::kv_client::KvClient;
 use pb::lease_client::LeaseClient;
+use pb::maintenance_client::MaintenanceClient;
+use pb::watch_client::WatchClient;
 
 /// The largest answer read from etcd: a page of log values (see `recovery`).
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -32,6 +34,8 @@ pub enum EtcdError {
 pub struct Etcd {
     kv: KvClient<Channel>,
     lease: LeaseClient<Channel>,
+    watch: WatchClient<Channel>,
+    maintenance: MaintenanceClient<Channel>,
 }
 
 impl Etcd {
@@ -59,7 +63,9 @@ impl Etcd {
         let channel = Channel::balance_list(endpoints.into_iter());
         Ok(Etcd {
             kv: KvClient::new(channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX),
-            lease: LeaseClient::new(channel),
+            lease: LeaseClient::new(channel.clone()),
+            watch: WatchClient::new(channel.clone()).max_decoding_message_size(RESPONSE_BYTES_MAX),
+            maintenance: MaintenanceClient::new(channel),
         })
     }
 
@@ -126,6 +132,35 @@ impl Etcd {
     pub fn lease_client(&self) -> LeaseClient<Channel> {
         self.lease.clone()
     }
+
+    /// The watch stream's client (a standby following the log; no deadline: the
+    /// channel's keepalive ends a stream to an etcd that went away).
+    pub fn watch_client(&self) -> WatchClient<Channel> {
+        self.watch.clone()
+    }
+
+    /// Compacts etcd's history up to `revision`: older versions of keys are forgotten
+    /// (and their room reused), the current ones stay.
+    pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {
+        self.kv
+            .clone()
+            .compact(pb::CompactionRequest {
+                revision,
+                physical: false,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The answering member's status (its database's size and the part in use).
+    pub async fn status(&self) -> Result<pb::StatusResponse, EtcdError> {
+        Ok(self
+            .maintenance
+            .clone()
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner())
+    }
 }
 
 /// The end of the range of every key that starts with `prefix`.
@@ -157,6 +192,18 @@ pub fn put(key: Vec<u8>, value: Vec<u8>, lease: i64) -> pb::RequestOp {
             value,
             lease,
         })),
+    }
+}
+
+/// Deletes every key of `[start, end)`.
+pub fn delete_range(start: Vec<u8>, end: Vec<u8>) -> pb::RequestOp {
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestDeleteRange(
+            pb::DeleteRangeRequest {
+                key: start,
+                range_end: end,
+            },
+        )),
     }
 }
 

@@ -15,9 +15,15 @@
 //! ours means the first try landed (while this node still led).
 //!
 //! A value is records framed as `u32` little-endian length + record bytes.
+//!
+//! A snapshot's cut ([`EtcdJournal::cut`], made under the broker's admin write lock)
+//! is a marker in the queue: no commit group spans it, and it is answered with the
+//! last group before it once that group is durable, so the snapshot covers exactly the
+//! groups up to that one (see `super::snapshot`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -25,7 +31,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::election::LostSignal;
 use super::etcd::{self, Etcd, pb};
-use super::{ClusterError, Keys};
+use super::{APPLIED_SEQ_METRIC, ClusterError, Keys};
 use crate::domain::journal::{self, Durable, Journal, LogPermit};
 use crate::domain::{Command, DomainError, Lease, LeaseId, OrgId};
 use crate::limits;
@@ -52,6 +58,26 @@ pub struct EtcdJournal {
     queue: Mutex<Queue>,
     wake: Notify,
     lost: Arc<LostSignal>,
+    /// Records and their bytes in the log after the newest snapshot, counted since
+    /// this term began (the tail found at takeover included)...
+    logged: Logged,
+    /// ...and how many of those the newest snapshot covers.
+    covered: Mutex<Cut>,
+}
+
+#[derive(Default)]
+struct Logged {
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Where a snapshot was cut: after commit group `seq` (`None`: before the first),
+/// when this term had logged `records` records of `bytes` bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cut {
+    pub seq: Option<u64>,
+    pub records: u64,
+    pub bytes: u64,
 }
 
 #[derive(Default)]
@@ -61,10 +87,20 @@ struct Queue {
     closed: bool,
 }
 
-struct Entry {
-    record: Vec<u8>,
-    /// Told when the record is durable (or not); lease ends have nobody waiting.
-    done: Option<oneshot::Sender<Result<(), DomainError>>>,
+enum Entry {
+    Record {
+        record: Vec<u8>,
+        /// Told when the record is durable (or not); lease ends have nobody waiting.
+        done: Option<oneshot::Sender<Result<(), DomainError>>>,
+    },
+    /// A snapshot's cut, answered when every record before it is durable.
+    Cut(oneshot::Sender<Cut>),
+}
+
+/// What the writer takes from the queue next.
+enum Next {
+    Group(Vec<Entry>),
+    Cut(oneshot::Sender<Cut>),
 }
 
 /// Where the writer writes: the etcd client, the keys, and this leader's fence.
@@ -75,6 +111,10 @@ pub struct Writer {
     pub fence_revision: i64,
     /// The sequence of the next commit group.
     pub next_seq: u64,
+    /// Records (and their bytes) already in the log after the newest snapshot: they
+    /// count towards the next one.
+    pub log_records: u64,
+    pub log_bytes: u64,
 }
 
 impl EtcdJournal {
@@ -85,6 +125,11 @@ impl EtcdJournal {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             lost,
+            logged: Logged {
+                records: AtomicU64::new(writer.log_records),
+                bytes: AtomicU64::new(writer.log_bytes),
+            },
+            covered: Mutex::new(Cut::default()),
         });
         tokio::spawn(write_groups(Arc::clone(&journal), writer));
         journal
@@ -108,7 +153,7 @@ impl EtcdJournal {
             if queue.closed {
                 return Box::pin(std::future::ready(Err(not_leading())));
             }
-            queue.entries.push_back(Entry {
+            queue.entries.push_back(Entry::Record {
                 record,
                 done: Some(done),
             });
@@ -117,21 +162,64 @@ impl EtcdJournal {
         Box::pin(async move { durable.await.unwrap_or_else(|_| Err(not_leading())) })
     }
 
-    /// Takes the next commit group: queued records up to `GROUP_BYTES_MAX` (at least
-    /// one).
-    fn take_group(&self) -> Option<Vec<Entry>> {
+    /// Marks a snapshot's cut: call it under the admin write lock (`Broker::admin_cut`),
+    /// so the records before it are exactly the admin commands of the state copied
+    /// there. Resolves once they are durable; fails when the journal closes first.
+    pub fn cut(&self) -> oneshot::Receiver<Cut> {
+        let (answer, cut) = oneshot::channel();
+        let mut queue = self.queue.lock();
+        if !queue.closed {
+            queue.entries.push_back(Entry::Cut(answer));
+            drop(queue);
+            self.wake.notify_one();
+        }
+        cut
+    }
+
+    /// Whether a snapshot is due: the records logged since the newest snapshot are
+    /// more than a takeover should replay for `live_leases` (the local log's rule,
+    /// `durable::replay_due`, with `records_min`), or their bytes passed
+    /// `limits::CLUSTER_SNAPSHOT_LOG_BYTES_MAX` (etcd's space).
+    pub fn snapshot_due(&self, live_leases: u64, records_min: u64) -> bool {
+        let covered = *self.covered.lock();
+        let records = self.logged.records.load(Ordering::Relaxed) - covered.records;
+        let bytes = self.logged.bytes.load(Ordering::Relaxed) - covered.bytes;
+        crate::storage::durable::replay_due(records, live_leases, records_min)
+            || bytes >= limits::CLUSTER_SNAPSHOT_LOG_BYTES_MAX
+    }
+
+    /// The snapshot cut at `cut` is complete in etcd: the log it covers is gone.
+    pub fn snapshot_written(&self, cut: Cut) {
+        let mut covered = self.covered.lock();
+        if cut.records > covered.records {
+            *covered = cut;
+        }
+    }
+
+    /// Takes what the writer does next: a cut at the head of the queue, or a commit
+    /// group: the queued records up to `GROUP_BYTES_MAX` (at least one) before any cut.
+    fn take_next(&self) -> Option<Next> {
         let mut queue = self.queue.lock();
         let mut bytes = 0;
         let mut count = 0;
         for entry in &queue.entries {
-            let framed = entry.record.len() + FRAME_BYTES;
+            let Entry::Record { record, .. } = entry else {
+                break;
+            };
+            let framed = record.len() + FRAME_BYTES;
             if count > 0 && bytes + framed > GROUP_BYTES_MAX {
                 break;
             }
             bytes += framed;
             count += 1;
         }
-        (count > 0).then(|| queue.entries.drain(..count).collect())
+        if count > 0 {
+            return Some(Next::Group(queue.entries.drain(..count).collect()));
+        }
+        match queue.entries.pop_front()? {
+            Entry::Cut(answer) => Some(Next::Cut(answer)),
+            Entry::Record { .. } => unreachable!("a record at the head is taken as a group"),
+        }
     }
 
     /// Fails every queued record and refuses later ones.
@@ -153,7 +241,11 @@ fn not_leading() -> DomainError {
 
 fn fail(entries: impl IntoIterator<Item = Entry>, reason: &str) {
     for entry in entries {
-        if let Some(done) = entry.done {
+        // A cut's sender is dropped: its snapshot fails.
+        if let Entry::Record {
+            done: Some(done), ..
+        } = entry
+        {
             let _ = done.send(Err(DomainError::Unavailable(format!(
                 "the change was not made durable in etcd ({reason}); retry against the cluster's leader"
             ))));
@@ -196,21 +288,46 @@ pub fn unframe(mut value: &[u8]) -> Result<Vec<&[u8]>, String> {
 /// The writer task: one commit group at a time, in order.
 async fn write_groups(journal: Arc<EtcdJournal>, mut writer: Writer) {
     loop {
-        let Some(group) = journal.take_group() else {
-            tokio::select! {
-                () = journal.wake.notified() => continue,
-                reason = journal.lost.lost() => {
-                    journal.close_with(&reason);
-                    return;
+        let group = match journal.take_next() {
+            Some(Next::Group(group)) => group,
+            Some(Next::Cut(answer)) => {
+                // Every group before the cut is written.
+                let _ = answer.send(Cut {
+                    seq: writer.next_seq.checked_sub(1),
+                    records: journal.logged.records.load(Ordering::Relaxed),
+                    bytes: journal.logged.bytes.load(Ordering::Relaxed),
+                });
+                continue;
+            }
+            None => {
+                tokio::select! {
+                    () = journal.wake.notified() => continue,
+                    reason = journal.lost.lost() => {
+                        journal.close_with(&reason);
+                        return;
+                    }
                 }
             }
         };
-        let value = frame(group.iter().map(|entry| &entry.record));
+        let value = frame(group.iter().map(|entry| match entry {
+            Entry::Record { record, .. } => record.as_slice(),
+            Entry::Cut(_) => unreachable!("groups hold records only"),
+        }));
+        let bytes = value.len() as u64;
         match write_fenced(&writer, &journal.lost, value).await {
             Ok(()) => {
+                metrics::gauge!(APPLIED_SEQ_METRIC).set(writer.next_seq as f64);
                 writer.next_seq += 1;
+                journal
+                    .logged
+                    .records
+                    .fetch_add(group.len() as u64, Ordering::Relaxed);
+                journal.logged.bytes.fetch_add(bytes, Ordering::Relaxed);
                 for entry in group {
-                    if let Some(done) = entry.done {
+                    if let Entry::Record {
+                        done: Some(done), ..
+                    } = entry
+                    {
                         let _ = done.send(Ok(()));
                     }
                 }
@@ -282,7 +399,9 @@ impl Journal for EtcdJournal {
             if queue.closed || queue.entries.len() >= QUEUED_RECORDS_FOR_ENDS_MAX {
                 return false;
             }
-            queue.entries.push_back(Entry { record, done: None });
+            queue
+                .entries
+                .push_back(Entry::Record { record, done: None });
         }
         self.wake.notify_one();
         true

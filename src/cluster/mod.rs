@@ -9,20 +9,32 @@
 //! - [`journal`]: [`journal::EtcdJournal`], the `domain::journal::Journal` port on
 //!   etcd: records group-committed into one value per transaction, each transaction
 //!   fenced on the election key's create revision.
-//! - [`recovery`]: a new leader's state, replayed from etcd's log through
-//!   `storage::durable::Replayer` (the local recovery's code path), then a new boot
-//!   epoch made durable before any grant.
+//! - [`snapshot`]: the leader's snapshots in etcd (chunks, then a manifest written
+//!   last, which also deletes the log they cover), and the compaction of etcd's
+//!   history.
+//! - [`recovery`]: [`recovery::Follower`], the state rebuilt from etcd (the newest
+//!   snapshot, then the log after it) through `storage::durable::Replayer` (the local
+//!   recovery's code path) and kept current by a standby with a watch; and
+//!   [`recovery::recover`], a new leader's catch-up of the tail, then a new boot epoch
+//!   made durable before any grant.
 //!
 //! The keys of a cluster named `c`: `/seatbroker/c/election` (the leader's advertised
-//! address, under its etcd lease) and `/seatbroker/c/log/<seq>` (commit groups, the
-//! sequence zero-padded to 20 digits so that key order is log order).
+//! address, under its etcd lease), `/seatbroker/c/log/<seq>` (commit groups, the
+//! sequence zero-padded to 20 digits so that key order is log order),
+//! `/seatbroker/c/snapshot/<seq>/<chunk>` (the snapshot covering the log through
+//! `<seq>`, in chunks) and `/seatbroker/c/manifest` (which snapshot is complete).
 
 pub mod election;
 pub mod etcd;
 pub mod journal;
 pub mod recovery;
+pub mod snapshot;
 
 use std::time::Duration;
+
+/// The gauge of the last commit group this node holds: written, on the leader;
+/// applied, on a standby. A standby's lag is the leader's value minus its own.
+pub const APPLIED_SEQ_METRIC: &str = "seatbroker_cluster_applied_seq";
 
 /// What a node of a cluster is told at start (from `config::ClusterSettings`).
 #[derive(Debug, Clone)]
@@ -36,6 +48,9 @@ pub struct NodeOptions {
     /// The election lease's time-to-live: a dead leader's seat is free this long after
     /// its last keepalive.
     pub election_ttl: Duration,
+    /// The fewest log records after a snapshot that make the next one due (see
+    /// [`journal::EtcdJournal::snapshot_due`]).
+    pub snapshot_records: u64,
 }
 
 impl NodeOptions {
@@ -69,14 +84,26 @@ impl NodeOptions {
 pub struct Keys {
     pub election: Vec<u8>,
     pub log_prefix: Vec<u8>,
+    pub snapshot_prefix: Vec<u8>,
+    pub manifest: Vec<u8>,
 }
 
 impl Keys {
     pub fn new(cluster_name: &str) -> Keys {
+        let root = format!("/seatbroker/{cluster_name}");
         Keys {
-            election: format!("/seatbroker/{cluster_name}/election").into_bytes(),
-            log_prefix: format!("/seatbroker/{cluster_name}/log/").into_bytes(),
+            election: format!("{root}/election").into_bytes(),
+            log_prefix: format!("{root}/log/").into_bytes(),
+            snapshot_prefix: format!("{root}/snapshot/").into_bytes(),
+            manifest: format!("{root}/manifest").into_bytes(),
         }
+    }
+
+    /// Chunk `chunk` of the snapshot covering the log through `seq`.
+    pub fn snapshot_chunk(&self, seq: u64, chunk: u32) -> Vec<u8> {
+        let mut key = self.snapshot_prefix.clone();
+        key.extend_from_slice(format!("{seq:020}/{chunk:010}").as_bytes());
+        key
     }
 
     /// The key of commit group `seq`.
@@ -106,6 +133,8 @@ pub enum ClusterError {
     Damaged { key: String, detail: String },
     #[error("lost the leadership: {0}")]
     LeadershipLost(String),
+    #[error("writing a snapshot to etcd: {0}")]
+    Snapshot(String),
 }
 
 #[cfg(test)]
@@ -120,5 +149,8 @@ mod tests {
         assert_eq!(keys.log_seq(&ten), Some(10));
         assert_eq!(keys.log_seq(&keys.election), None);
         assert_eq!(keys.log_seq(b"/seatbroker/c/log/x"), None);
+        assert_eq!(keys.log_seq(&keys.snapshot_chunk(10, 0)), None);
+        // An older snapshot's chunks sort before a newer one's first.
+        assert!(keys.snapshot_chunk(9, 100) < keys.snapshot_chunk(10, 0));
     }
 }

@@ -478,6 +478,23 @@ impl RecoveringLeases {
         self.table.live_count()
     }
 
+    /// Gives every restored lease a full TTL from `now`: a standby that followed the
+    /// log restored its leases as their grants came, and takes over later.
+    pub fn live_from(&self, now: Instant) {
+        let ttl = self.table.timing.ttl;
+        for entry in self.table.organizations.iter() {
+            let mut org = entry.value().lock();
+            let deadline_ms = org.clock.deadline_ms(now + ttl);
+            let slots: Vec<Slot> = org.leases.iter().map(|(slot, _)| slot).collect();
+            for slot in slots {
+                if let Some(lease) = org.leases.get_mut(slot) {
+                    lease.deadline_ms = lease.deadline_ms.max(deadline_ms);
+                }
+            }
+            // `serve` rebuilds the expiry heap from these deadlines.
+        }
+    }
+
     /// Recovery is over: gives each organization's storage the size of its live
     /// leases (`compact_after_recovery`), and serves with `serving`'s journal and
     /// observer, granting generations of its boot epoch.

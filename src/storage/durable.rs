@@ -66,8 +66,12 @@ impl WalJournal {
     /// least half as many records as it holds leases (the snapshot of a million
     /// leases, under a second of one core, at most every 500,000 grants and ends).
     pub fn snapshot_due(&self, live_leases: u64) -> bool {
-        let replay_records_max = (live_leases / 2).max(self.replay_records_min);
-        self.wal.snapshot_due() || self.wal.stats().records_since_snapshot >= replay_records_max
+        self.wal.snapshot_due()
+            || replay_due(
+                self.wal.stats().records_since_snapshot,
+                live_leases,
+                self.replay_records_min,
+            )
     }
 
     /// Why the log refuses new grants and admin changes, while it does (a full disk).
@@ -92,6 +96,14 @@ impl WalJournal {
             Err(error) => log_diverged(&error),
         }
     }
+}
+
+/// Whether `records` logged since the last snapshot are more than a restart should
+/// replay for a state of `live_leases`: half the live leases, at least `records_min`
+/// (see [`WalJournal::snapshot_due`]; cluster mode's snapshots in etcd follow the same
+/// rule).
+pub fn replay_due(records: u64, live_leases: u64, records_min: u64) -> bool {
+    records >= (live_leases / 2).max(records_min)
 }
 
 /// Memory now holds a change the log does not: stop before anything builds on it.
@@ -189,7 +201,7 @@ pub async fn open(
     observer: Arc<dyn LeaseObserver>,
 ) -> Result<Opened, OpenError> {
     let started = WallInstant::now();
-    let mut replayer = Replayer::new(&leases, Instant::now());
+    let mut replayer = Replayer::new(leases, Instant::now());
     let (wal, report) = Wal::open_replaying(dir, fs, options, |replayed| match replayed {
         Replayed::Snapshot { lsn, payload } => replayer.snapshot(lsn, payload),
         Replayed::Record { lsn, payload } => replayer.record(lsn, payload),
@@ -201,12 +213,8 @@ pub async fn open(
     if let Some(tail) = &report.truncated_tail {
         tracing::warn!(file = %tail.file.display(), offset = tail.offset, bytes = tail.bytes_dropped, reason = %tail.reason, "truncated a torn record at the end of the log");
     }
-    let Replayer {
-        admin,
-        boot_epoch,
-        snapshot_leases,
-        ..
-    } = replayer;
+    let snapshot_leases = replayer.snapshot_leases();
+    let (admin, boot_epoch, leases) = replayer.finish();
     let (journal, leases) = start_boot(wal, leases, boot_epoch + 1, observer).await?;
     Ok(Opened {
         admin,
@@ -257,12 +265,12 @@ fn snapshot_records_failpoint() -> Option<u64> {
 }
 
 /// Rebuilds the admin state and the live leases from what a log hands over: the local
-/// log's snapshot and records here, cluster mode's records read from etcd
-/// (`cluster::recovery`), through the same decoding, `AdminState::apply` and lease
-/// restore.
-pub struct Replayer<'t> {
+/// log's snapshot and records here, cluster mode's snapshot and records read from etcd
+/// (`cluster::recovery`, by a new leader and by a standby following the log), through
+/// the same decoding, `AdminState::apply` and lease restore.
+pub struct Replayer {
     admin: AdminState,
-    leases: &'t RecoveringLeases,
+    leases: RecoveringLeases,
     /// The highest boot epoch seen so far.
     boot_epoch: u64,
     /// Every restored lease lives one TTL from here.
@@ -273,9 +281,9 @@ pub struct Replayer<'t> {
     snapshot_leases: u64,
 }
 
-impl<'t> Replayer<'t> {
+impl Replayer {
     /// A replay into `leases`, each restored lease live one TTL from `now`.
-    pub fn new(leases: &'t RecoveringLeases, now: Instant) -> Self {
+    pub fn new(leases: RecoveringLeases, now: Instant) -> Self {
         Replayer {
             admin: AdminState::default(),
             leases,
@@ -287,13 +295,25 @@ impl<'t> Replayer<'t> {
         }
     }
 
-    /// The admin state rebuilt, and the highest boot epoch seen (the next boot's is one
-    /// more).
-    pub fn finish(self) -> (AdminState, u64) {
-        (self.admin, self.boot_epoch)
+    /// The admin state rebuilt, the highest boot epoch seen (the next boot's is one
+    /// more), and the leases.
+    pub fn finish(self) -> (AdminState, u64, RecoveringLeases) {
+        (self.admin, self.boot_epoch, self.leases)
     }
 
-    fn snapshot(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), OpenError> {
+    /// The leases rebuilt so far.
+    pub fn leases(&self) -> &RecoveringLeases {
+        &self.leases
+    }
+
+    /// Leases the snapshot held.
+    pub fn snapshot_leases(&self) -> u64 {
+        self.snapshot_leases
+    }
+
+    /// Loads a snapshot (`codec`'s encoding, as `write_snapshot` and
+    /// [`encode_snapshot`] make it) into an empty replay; `lsn` names it in errors.
+    pub fn snapshot(&mut self, lsn: Lsn, payload: &[u8]) -> Result<(), OpenError> {
         let refused = |detail: String| OpenError::Replay {
             what: "the snapshot",
             lsn,
@@ -303,7 +323,7 @@ impl<'t> Replayer<'t> {
             codec::decode_snapshot_head(payload).map_err(|e| refused(e.to_string()))?;
         self.admin = state;
         self.boot_epoch = checked_boot_epoch(epoch).map_err(|e| refused(e.to_string()))?;
-        let (leases, names, now) = (self.leases, &mut self.names, self.now);
+        let (leases, names, now) = (&self.leases, &mut self.names, self.now);
         let mut restored = 0;
         codec::for_each_snapshot_lease(payload, |record| {
             restore(leases, names, record, now)?;
@@ -320,7 +340,7 @@ impl<'t> Replayer<'t> {
         let refused = |what, detail: String| OpenError::Replay { what, lsn, detail };
         let body = codec::decode_log_record_reusing(payload, &mut self.scratch)
             .map_err(|e| refused("a record", e.to_string()))?;
-        let (leases, names, now) = (self.leases, &mut self.names, self.now);
+        let (leases, names, now) = (&self.leases, &mut self.names, self.now);
         match body {
             ReusedLogBody::LeaseGranted => restore(leases, names, &self.scratch.granted, now)
                 .map_err(|e| refused("a lease grant", e.to_string())),
@@ -346,7 +366,7 @@ impl<'t> Replayer<'t> {
 
     /// Replays a record the allocation-free decoder left to the plain one.
     fn apply(&mut self, body: LogBody) -> Result<(), (&'static str, String)> {
-        let (leases, names, now) = (self.leases, &mut self.names, self.now);
+        let (leases, names, now) = (&self.leases, &mut self.names, self.now);
         match body {
             LogBody::LeaseGranted(record) => {
                 restore(leases, names, &record, now).map_err(|e| ("a lease grant", e.to_string()))
@@ -490,43 +510,57 @@ pub fn write_snapshot(
     let to_file = |error| WalError::io("writing", Path::new("the snapshot"), error);
     let mut totals = (0, 0);
     wal.install_snapshot_with(lsn, |file: &mut SnapshotWriter| {
-        let mut pieces = SnapshotPieces {
-            encoder: SnapshotEncoder::new(admin, boot_epoch),
-            file,
-            written: 0,
-            failed: None,
-        };
-        leases.visit_live(&mut pieces);
-        if let Some(error) = pieces.failed {
-            return Err(to_file(error));
-        }
-        pieces.write_pending().map_err(to_file)?;
-        totals = (pieces.written, pieces.encoder.leases());
-        Ok(())
+        totals = encode_snapshot(admin, leases, boot_epoch, |piece| file.write(piece))
+            .map_err(to_file)?;
+        Ok::<(), WalError>(())
     })?;
     Ok(totals)
 }
 
+/// Encodes a snapshot of `admin` and of the leases live now (see [`write_snapshot`]
+/// for why that is exact after replay) and hands it to `write` in pieces of about
+/// `SNAPSHOT_PIECE_BYTES`, between holds of the organizations' locks: the local log's
+/// snapshot file, or cluster mode's chunks in etcd. Returns the payload's size in
+/// bytes and its leases; stops at the first failed write.
+pub fn encode_snapshot(
+    admin: &AdminState,
+    leases: &LeaseTable,
+    boot_epoch: u64,
+    write: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<(usize, u64)> {
+    let mut pieces = SnapshotPieces {
+        encoder: SnapshotEncoder::new(admin, boot_epoch),
+        write,
+        written: 0,
+        failed: None,
+    };
+    leases.visit_live(&mut pieces);
+    if let Some(error) = pieces.failed {
+        return Err(error);
+    }
+    pieces.write_pending()?;
+    Ok((pieces.written, pieces.encoder.leases()))
+}
+
 /// Encodes the leases of a snapshot under each organization's lock, and writes them
-/// into the file only between holds, so no engine's call waits on a write.
-struct SnapshotPieces<'f> {
+/// out only between holds, so no engine's call waits on a write.
+struct SnapshotPieces<W> {
     encoder: SnapshotEncoder,
-    file: &'f mut SnapshotWriter,
+    write: W,
     /// Payload bytes written so far.
     written: usize,
     /// The first write that failed; the rest of the walk does nothing.
     failed: Option<std::io::Error>,
 }
 
-impl SnapshotPieces<'_> {
+impl<W: FnMut(&[u8]) -> std::io::Result<()>> SnapshotPieces<W> {
     fn write_pending(&mut self) -> std::io::Result<()> {
         self.written += self.encoder.pending_bytes();
-        let file = &mut *self.file;
-        self.encoder.drain_into(|piece| file.write(piece))
+        self.encoder.drain_into(&mut self.write)
     }
 }
 
-impl LiveLeaseVisitor for SnapshotPieces<'_> {
+impl<W: FnMut(&[u8]) -> std::io::Result<()>> LiveLeaseVisitor for SnapshotPieces<W> {
     fn lease(&mut self, org: &OrgId, lease: LeaseRef<'_>) {
         if self.failed.is_none() {
             self.encoder.push_lease(org, lease);

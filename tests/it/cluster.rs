@@ -5,7 +5,10 @@
 //! never admits more sessions than the quota, keeps generations increasing across
 //! leaders and keeps the seats of engines that heartbeat through it; a leader cut from
 //! etcd steps down within half its election TTL and rejoins as a standby; an etcd
-//! restart refuses writes while etcd is down and loses nothing.
+//! restart refuses writes while etcd is down and loses nothing; under churn the
+//! leader's snapshots keep etcd's keys and space bounded, standbys follow the log (a
+//! standby's applied commit group reaches the leader's), and a node started after the
+//! log was compacted away recovers every lease and change from snapshot + tail.
 //!
 //! The clients here follow the trailer as the CLI and engines do: a call answered
 //! UNAVAILABLE goes again to the leader it names, or to the next node.
@@ -45,7 +48,13 @@ fn now_ms() -> i64 {
 
 /// Starts a node of the test cluster over `endpoint` (etcd, or a proxy to it).
 fn spawn_node(endpoint: &str, name: &str) -> Daemon {
+    spawn_node_with(endpoint, name, &[])
+}
+
+/// [`spawn_node`] with more flags.
+fn spawn_node_with(endpoint: &str, name: &str, extra: &[&str]) -> Daemon {
     Serve::new()
+        .args(extra)
         .args([
             "--etcd-endpoints",
             endpoint,
@@ -696,6 +705,8 @@ async fn a_write_fenced_on_another_term_is_refused_and_leaves_nothing_in_etcd() 
             keys: keys.clone(),
             fence_revision: current - 1,
             next_seq: 0,
+            log_records: 0,
+            log_bytes: 0,
         },
         Arc::clone(&lost),
     );
@@ -714,6 +725,8 @@ async fn a_write_fenced_on_another_term_is_refused_and_leaves_nothing_in_etcd() 
             keys: keys.clone(),
             fence_revision: current,
             next_seq: 0,
+            log_records: 0,
+            log_bytes: 0,
         },
         LostSignal::new(),
     );
@@ -729,5 +742,264 @@ async fn a_write_fenced_on_another_term_is_refused_and_leaves_nothing_in_etcd() 
     assert_eq!(
         seatbroker::cluster::journal::unframe(&landed.value).unwrap(),
         [b"a record".as_slice()]
+    );
+}
+
+/// A free port on 127.0.0.1 (bound and let go; the node binds it right after).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+/// `seatbroker_cluster_applied_seq` from the node whose `/metrics` is on `port`;
+/// `None` while it does not answer or has no value yet.
+async fn applied_seq(port: u16) -> Option<i64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    tokio::time::timeout(CALL_TIMEOUT, stream.read_to_string(&mut text))
+        .await
+        .ok()?
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("seatbroker_cluster_applied_seq "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as i64)
+}
+
+/// Waits until the node on `port` has applied commit group `seq` (lease ends the
+/// leader logged since may have followed it).
+async fn wait_applied(port: u16, seq: i64, who: &str) {
+    let until = Instant::now() + FOLLOW_DEADLINE;
+    loop {
+        let applied = applied_seq(port).await;
+        if applied.is_some_and(|applied| applied >= seq) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{who} applied {applied:?}, the leader wrote {seq}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The keys under `prefix` in etcd.
+async fn keys_under(etcd: &seatbroker::cluster::etcd::Etcd, prefix: &[u8]) -> i64 {
+    let end = seatbroker::cluster::etcd::prefix_end(prefix);
+    etcd.range(prefix, &end, 0, 1)
+        .await
+        .expect("count keys")
+        .count
+}
+
+/// Heartbeats member `i`'s `leases[i]` on `node`; panics if a seat was lost.
+async fn heartbeat_holders(node: &Daemon, org: &Org, leases: &[proto::Lease]) {
+    for (i, lease) in leases.iter().enumerate() {
+        let mut engine = node.session(org.key(i)).await;
+        heartbeat(&mut engine, lease)
+            .await
+            .unwrap_or_else(|status| panic!("holder {i} lost its seat: {status:?}"));
+    }
+}
+
+/// The test's snapshot policy: a snapshot every 100 records (the least allowed).
+const SNAPSHOT_RECORDS: u64 = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_lease_and_change() {
+    use seatbroker::cluster::Keys;
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = EtcdServer::start(binary).await;
+    let client = etcd.client();
+    let keys = Keys::new(CLUSTER);
+    let snapshot_records = SNAPSHOT_RECORDS.to_string();
+    let spawn = |name: &str, metrics_port: u16| {
+        spawn_node_with(
+            &etcd.url(),
+            name,
+            &[
+                "--cluster-snapshot-records",
+                &snapshot_records,
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics_port}"),
+            ],
+        )
+    };
+    let ports = [free_port(), free_port(), free_port()];
+    let first = spawn("a", ports[0]);
+    first
+        .wait_health(SESSION_SERVICE, ServingStatus::Serving)
+        .await;
+    let standby = spawn("b", ports[1]);
+
+    const QUOTA: u32 = 3;
+    let org = first
+        .licensed_organization("acme", 0, QUOTA, &["e0", "e1", "e2", "e3"])
+        .await;
+    // Two seats held through everything: granted before the churn, so only a snapshot
+    // holds them once the log they were granted in is deleted.
+    let mut holders = Vec::new();
+    for i in 0..2 {
+        let mut engine = first.session(org.key(i)).await;
+        let lease = acquire_lease(&mut engine, KRE, &format!("holder-{i}")).await;
+        holders.push(lease);
+    }
+    let mut churner = first.session(org.key(2)).await;
+    let mut operator = first.operator().await;
+    let (mut pairs, mut created) = (0u64, Vec::new());
+    let mut measured = Vec::new();
+    // The standby's lag, sampled through the churn: commit groups the leader wrote
+    // that the standby had not applied yet (each scrape a moment after the other).
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let sampling = Arc::clone(&sampling);
+        let (leader_port, standby_port) = (ports[0], ports[1]);
+        async move {
+            let mut lags = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                if let (Some(written), Some(applied)) = (
+                    applied_seq(leader_port).await,
+                    applied_seq(standby_port).await,
+                ) {
+                    lags.push(written.saturating_sub(applied).max(0) as u64);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lags
+        }
+    });
+    for phase in 0..3 {
+        // The holders' seats stay live (the lease TTL is far longer than a phase).
+        heartbeat_holders(&first, &org, &holders).await;
+        for round in 0..150 {
+            let lease = acquire_lease(&mut churner, KRE, "churner").await;
+            release(&mut churner, &lease).await.expect("release");
+            pairs += 1;
+            if round % 50 == 0 {
+                let org_id = format!("churn-{phase}-{round}");
+                provision::create_organization(
+                    &mut operator,
+                    provision::NewOrganization {
+                        org_id: org_id.clone(),
+                        display_name: org_id.clone(),
+                        owner_email: format!("owner@{org_id}.test"),
+                        quota: proto::Quota::default(),
+                    },
+                )
+                .await
+                .expect("create an organization");
+                created.push(org_id);
+            }
+        }
+        // Each grant waits for its own commit group: the log would hold about
+        // `pairs` groups without snapshots. The policy keeps it to the records of
+        // one snapshot interval, plus what one check of the snapshot task lets pass.
+        let until = Instant::now() + FOLLOW_DEADLINE;
+        let log_keys = loop {
+            let log_keys = keys_under(&client, &keys.log_prefix).await;
+            if log_keys <= 2 * SNAPSHOT_RECORDS as i64 {
+                break log_keys;
+            }
+            assert!(
+                Instant::now() < until,
+                "phase {phase}: {log_keys} log keys after {pairs} acquire/release pairs: no snapshot deleted them"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let status = client.status().await.expect("etcd's status");
+        let chunks = keys_under(&client, &keys.snapshot_prefix).await;
+        eprintln!(
+            "etcd under churn: {pairs} pairs, {} organizations created: {log_keys} log keys, {chunks} snapshot chunk keys, db size {} bytes, in use {} bytes",
+            created.len(),
+            status.db_size,
+            status.db_size_in_use
+        );
+        assert!(chunks >= 1, "no snapshot in etcd");
+        measured.push(status.db_size_in_use);
+    }
+    sampling.store(false, Ordering::Relaxed);
+    let mut lags = sampler.await.expect("the lag sampler");
+    lags.sort_unstable();
+    if !lags.is_empty() {
+        eprintln!(
+            "standby lag under churn: {} samples, p50 {} p99 {} max {} commit groups",
+            lags.len(),
+            percentile(&lags, 0.5),
+            percentile(&lags, 0.99),
+            lags.last().unwrap()
+        );
+    }
+    let manifest = client
+        .get(&keys.manifest)
+        .await
+        .expect("get")
+        .expect("a manifest");
+    let manifest =
+        seatbroker::cluster::snapshot::Manifest::parse(&manifest.value).expect("a manifest");
+    assert!(manifest.seq > pairs, "{manifest:?} after {pairs} pairs");
+    // Compacted, the space in use stops growing with the churn: the last phase ends
+    // no bigger than the first by more than the first phase's own growth.
+    assert!(
+        measured[2] <= 2 * measured[0],
+        "etcd's space in use grew with the churn: {measured:?}"
+    );
+
+    // The standby followed: it applied every group the leader wrote.
+    let leader_seq = applied_seq(ports[0])
+        .await
+        .expect("the leader's applied seq");
+    wait_applied(ports[1], leader_seq, "the standby").await;
+    // A node started now finds the log it needs only in the snapshot.
+    let late = spawn("c", ports[2]);
+    wait_applied(ports[2], leader_seq, "the late standby").await;
+    assert!(
+        late.wait_for_log("loaded the cluster's snapshot from etcd")
+            .is_some(),
+        "{}",
+        late.stderr()
+    );
+
+    // kill -9 of the leader: a standby takes over with every lease and change.
+    heartbeat_holders(&first, &org, &holders).await;
+    first.kill();
+    let nodes = [standby, late];
+    let leader = &nodes[leader_of(&nodes).await];
+    if let Some(recovered) = leader.wait_for_log("recovered the cluster's log from etcd") {
+        eprintln!(
+            "takeover by a hot standby: {} commit groups ({} records) caught up in {} ms",
+            recovered["groups"], recovered["records"], recovered["millis"]
+        );
+    }
+    heartbeat_holders(leader, &org, &holders).await;
+    let mut operator = leader.operator().await;
+    for org_id in &created {
+        operator
+            .get_organization(proto::GetOrganizationRequest {
+                org_id: org_id.clone(),
+            })
+            .await
+            .unwrap_or_else(|status| {
+                panic!("acknowledged organization {org_id} is missing: {status:?}")
+            });
+    }
+    // The recovered seats count against the quota: one is left, then none.
+    let mut third = leader.session(org.key(2)).await;
+    acquire_lease(&mut third, KRE, "after-takeover").await;
+    let mut fourth = leader.session(org.key(3)).await;
+    let refused = fourth
+        .acquire(acquire_request(KRE, "over-quota"))
+        .await
+        .expect_err("the quota is full of recovered seats");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
     );
 }
