@@ -20,7 +20,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::body::Body;
@@ -155,6 +154,16 @@ pub async fn run(
         None => None,
     };
     let edge = Edge::start(&config, listener).await?;
+    // `/metrics` answers from the start: a cluster's standby, which may wait for ever,
+    // reports how far it follows the log.
+    let sampled = metrics_export.is_some();
+    let metrics_http = metrics_export.map(|(listener, handle)| {
+        AbortOnDrop(tokio::spawn(metrics::serve_http(
+            listener,
+            handle,
+            settings.metrics.per_org,
+        )))
+    });
 
     // A stop signal during recovery is acted on once recovery is done (a second one
     // exits at once, see `shutdown`): the daemon then stops without serving.
@@ -187,18 +196,17 @@ pub async fn run(
     started(Started::Recovered {
         generated_operator_key: prepared.generated_operator_key.as_deref(),
     });
-    let mut background =
-        spawn_background(&prepared.broker, settings.metrics.per_org, metrics_export);
+    let mut background = spawn_background(&prepared.broker, settings.metrics.per_org, sampled);
     let snapshots = match &prepared.log {
         Log::Local(journal) => SnapshotTarget::Local(Arc::clone(journal)),
-        Log::Cluster(term) => SnapshotTarget::Cluster(ClusterSnapshots {
+        Log::Cluster(term) => SnapshotTarget::Cluster(Box::new(ClusterSnapshots {
             etcd: term.etcd.clone(),
             keys: term.keys.clone(),
             fence_revision: term.leadership.revision,
             journal: Arc::clone(&term.journal),
             records_min: term.snapshot_records,
             compacted_at: None,
-        }),
+        })),
     };
     background.push(tokio::spawn(take_snapshots(
         Arc::clone(&prepared.broker),
@@ -227,6 +235,7 @@ pub async fn run(
     if let Err(error) = prepared.activity.audit().close(grace).await {
         tracing::warn!(%error, "audit record not closed cleanly");
     }
+    drop(metrics_http);
     // The data directory's lock is let go of last, with `prepared`.
     drop(prepared.data_dir_lock);
     result
@@ -919,21 +928,26 @@ impl AdminObserver for DaemonObservers {
     }
 }
 
-/// The tasks that live as long as the server: expiry, metrics sampling and export.
-fn spawn_background(
-    broker: &Arc<Broker>,
-    per_org: bool,
-    metrics_export: Option<(TcpListener, PrometheusHandle)>,
-) -> Vec<JoinHandle<()>> {
+/// The tasks that live as long as the broker: expiry and metrics sampling (the export
+/// runs from the start, see [`run`]).
+fn spawn_background(broker: &Arc<Broker>, per_org: bool, sampled: bool) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(sweep_expired_leases(Arc::clone(broker)))];
-    if let Some((listener, handle)) = metrics_export {
+    if sampled {
         tasks.push(tokio::spawn(metrics::sample_forever(
             Arc::clone(broker),
             per_org,
         )));
-        tasks.push(tokio::spawn(metrics::serve_http(listener, handle, per_org)));
     }
     tasks
+}
+
+/// A task aborted when its handle is dropped, on every way out of [`run`].
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Expires leases every [`limits::EXPIRY_TICK_MS`]. The work per tick is bounded by the
@@ -964,7 +978,7 @@ const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Where the snapshot task writes: the local log's directory, or etcd.
 enum SnapshotTarget {
     Local(Arc<WalJournal>),
-    Cluster(ClusterSnapshots),
+    Cluster(Box<ClusterSnapshots>),
 }
 
 /// A cluster leader's snapshots (`cluster::snapshot`) and etcd's compaction.

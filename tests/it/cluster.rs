@@ -944,10 +944,10 @@ async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_leas
     let manifest =
         seatbroker::cluster::snapshot::Manifest::parse(&manifest.value).expect("a manifest");
     assert!(manifest.seq > pairs, "{manifest:?} after {pairs} pairs");
-    // Compacted, the space in use stops growing with the churn: the last phase ends
-    // no bigger than the first by more than the first phase's own growth.
+    // Compacted, the space in use does not grow with the churn: the last phase ends
+    // within a MiB of the first (the pages etcd's freelist and one snapshot move by).
     assert!(
-        measured[2] <= 2 * measured[0],
+        measured[2] <= measured[0] + 1024 * 1024,
         "etcd's space in use grew with the churn: {measured:?}"
     );
 
@@ -959,17 +959,13 @@ async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_leas
     // A node started now finds the log it needs only in the snapshot.
     let late = spawn("c", ports[2]);
     wait_applied(ports[2], leader_seq, "the late standby").await;
-    assert!(
-        late.wait_for_log("loaded the cluster's snapshot from etcd")
-            .is_some(),
-        "{}",
-        late.stderr()
-    );
 
-    // kill -9 of the leader: a standby takes over with every lease and change.
+    // kill -9 of the leader and of the standby that followed from the start: the node
+    // that loaded the snapshot takes over with every lease and change.
     heartbeat_holders(&first, &org, &holders).await;
+    standby.kill();
     first.kill();
-    let nodes = [standby, late];
+    let nodes = [late];
     let leader = &nodes[leader_of(&nodes).await];
     if let Some(recovered) = leader.wait_for_log("recovered the cluster's log from etcd") {
         eprintln!(
