@@ -39,7 +39,7 @@ use crate::activity::Activity;
 use crate::api::channel::StreamRegistry;
 use crate::api::guard::{AuthLayer, AuthService, BodyBudgetLayer, GuardFuture, RequestBodies};
 use crate::api::{AdminApi, SessionApi};
-use crate::audit::{AuditError, AuditLog, AuditOptions};
+use crate::audit::{AuditAdmission, AuditError, AuditLog, AuditOptions};
 use crate::auth::{self, OperatorKeyError};
 use crate::broker::{AdminObserver, Broker};
 use crate::clock::{Clock, SystemClock};
@@ -203,7 +203,9 @@ pub async fn run(
         // Only now: whoever waits for this line may call at once.
         log_serving(addr, config.tls().is_some(), metrics_addr);
         started(Started::Serving { addr, metrics_addr });
-        edge.serve_until(shutdown, &prepared.log, grace).await
+        let audit = prepared.activity.audit().admission();
+        edge.serve_until(shutdown, &prepared.log, audit, grace)
+            .await
     };
     for task in background {
         task.abort();
@@ -268,11 +270,11 @@ impl Edge {
             Log::Local(journal) => journal.alarm(),
             Log::Cluster(_) => None,
         };
-        report_serving(&self.health, alarm.as_ref()).await;
+        report_serving(&self.health, alarm.as_ref(), false).await;
     }
 
     /// Serves until `shutdown` resolves (then drains) or the server fails, following
-    /// the log's alarm meanwhile.
+    /// the log's alarm and the audit record's admission meanwhile.
     ///
     /// A cluster's leader serves until its leadership is lost too: it then refuses
     /// every broker call at once (the journal already refuses writes), cuts the calls
@@ -281,16 +283,14 @@ impl Edge {
         mut self,
         shutdown: impl Future<Output = ()>,
         log: &Log,
+        audit: AuditAdmission,
         grace: Duration,
     ) -> Result<(), ServerError> {
-        let alarm_watch = match log {
-            Log::Local(journal) => Some(tokio::spawn(watch_log_alarm(
-                Arc::clone(journal),
-                self.health.clone(),
-                journal.alarm(),
-            ))),
+        let journal = match log {
+            Log::Local(journal) => Some(Arc::clone(journal)),
             Log::Cluster(_) => None,
         };
+        let degradations = tokio::spawn(watch_degradations(journal, audit, self.health.clone()));
         let lost = async {
             match log {
                 Log::Cluster(term) => term.leadership.signal().lost().await,
@@ -300,9 +300,7 @@ impl Edge {
         let result = tokio::select! {
             () = shutdown => {
                 // Nothing may report SERVING once the drain said NOT_SERVING.
-                if let Some(watch) = &alarm_watch {
-                    watch.abort();
-                }
+                degradations.abort();
                 self.drain(grace).await
             }
             reason = lost => {
@@ -312,9 +310,7 @@ impl Edge {
             }
             joined = &mut self.server => flatten(joined),
         };
-        if let Some(watch) = alarm_watch {
-            watch.abort();
-        }
+        degradations.abort();
         result
     }
 
@@ -800,49 +796,102 @@ fn flatten(
 /// `/health` reports false with "ALARM NOSPACE" while it keeps serving reads;
 /// SessionService stays SERVING because heartbeats and releases, which keep engines'
 /// seats, still work (acquires answer UNAVAILABLE "disk full").
-async fn report_serving(reporter: &HealthReporter, alarm: Option<&crate::wal::Alarm>) {
-    let degraded = if alarm.is_some() {
-        ServingStatus::NotServing
-    } else {
-        ServingStatus::Serving
+///
+/// While the audit record refuses admin changes (it cannot write their events),
+/// `AdminService` alone reports NOT_SERVING: engines are served as before, and an
+/// admin client or load balancer watching the admin service sees why its changes fail.
+async fn report_serving(
+    reporter: &HealthReporter,
+    alarm: Option<&crate::wal::Alarm>,
+    audit_refuses: bool,
+) {
+    let status_if = |down: bool| {
+        if down {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        }
     };
     let [whole, sessions, admin] = HEALTH_SERVICES;
-    reporter.set_service_status(whole, degraded).await;
-    reporter.set_service_status(admin, degraded).await;
+    reporter
+        .set_service_status(whole, status_if(alarm.is_some()))
+        .await;
+    reporter
+        .set_service_status(admin, status_if(alarm.is_some() || audit_refuses))
+        .await;
     reporter
         .set_service_status(sessions, ServingStatus::Serving)
         .await;
 }
 
-/// How often the daemon looks at the log's alarm, for health and the metrics.
+/// How often the daemon looks at the log's alarm and the audit record's admission, for
+/// health and the metrics.
 const LOG_ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(limits::LOG_ALARM_CHECK_MS);
 
-/// Follows the log's alarm (raised and cleared by the WAL writer, which retries the
-/// reservation by itself): metrics, health and a log line on each change.
-async fn watch_log_alarm(
-    journal: Arc<WalJournal>,
+/// What makes the daemon serve less than everything: the local log's read-only alarm
+/// (raised and cleared by the WAL writer, which retries the reservation by itself) and
+/// the audit record's refusal of admin changes (lifted by its writer once it can
+/// write again).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Degradations {
+    alarm: Option<crate::wal::Alarm>,
+    /// Why the audit record refuses admin changes, while it does.
+    audit_refusal: Option<String>,
+}
+
+impl Degradations {
+    fn now(journal: Option<&WalJournal>, audit: &AuditAdmission) -> Self {
+        Degradations {
+            alarm: journal.and_then(WalJournal::alarm),
+            audit_refusal: audit.admit().err().map(|refusal| refusal.to_string()),
+        }
+    }
+}
+
+/// Follows the degradations: metrics, health and a log line on each change.
+async fn watch_degradations(
+    journal: Option<Arc<WalJournal>>,
+    audit: AuditAdmission,
     health: HealthReporter,
-    mut reported: Option<crate::wal::Alarm>,
 ) {
-    metrics::log_alarm(reported.as_ref());
+    let mut reported = Degradations {
+        alarm: journal.as_deref().and_then(WalJournal::alarm),
+        audit_refusal: None,
+    };
+    metrics::log_alarm(reported.alarm.as_ref());
     let mut tick = tokio::time::interval(LOG_ALARM_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let alarm = journal.alarm();
-        if alarm == reported {
+        let now = Degradations::now(journal.as_deref(), &audit);
+        if now == reported {
             continue;
         }
-        match &alarm {
-            Some(alarm) => tracing::error!(
-                %alarm,
-                "read-only: grants and admin changes answer UNAVAILABLE until the log can reserve room"
-            ),
-            None => tracing::warn!("the log reserved room again: serving grants and admin changes"),
+        if now.alarm != reported.alarm {
+            match &now.alarm {
+                Some(alarm) => tracing::error!(
+                    %alarm,
+                    "read-only: grants and admin changes answer UNAVAILABLE until the log can reserve room"
+                ),
+                None => {
+                    tracing::warn!("the log reserved room again: serving grants and admin changes")
+                }
+            }
+            metrics::log_alarm(now.alarm.as_ref());
         }
-        metrics::log_alarm(alarm.as_ref());
-        report_serving(&health, alarm.as_ref()).await;
-        reported = alarm;
+        if now.audit_refusal.is_some() != reported.audit_refusal.is_some() {
+            match &now.audit_refusal {
+                Some(refusal) => tracing::error!(
+                    %refusal,
+                    "AdminService NOT_SERVING: admin changes are refused while the audit record cannot keep their events"
+                ),
+                None => tracing::warn!(
+                    "the audit record writes again: AdminService SERVING, admin changes accepted"
+                ),
+            }
+        }
+        report_serving(&health, now.alarm.as_ref(), now.audit_refusal.is_some()).await;
+        reported = now;
     }
 }
 
