@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use seatbroker::engine_client::{ClientOptions, ConnectError, EngineClient, Keepalive, LostReason};
+use seatbroker::engine_client::{
+    ClientOptions, ConnectError, EngineClient, Keepalive, LostReason, Seat,
+};
 use seatbroker::proto::{self, Product};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +28,23 @@ async fn engine(daemon: &impl DaemonApi, key: &str) -> EngineClient {
     EngineClient::connect(options)
         .await
         .expect("open the stream")
+}
+
+/// The owner terminates `seat`'s session; the seat hears it, with that reason.
+async fn terminate_and_hear(daemon: &impl DaemonApi, org: &Org, seat: &Seat) {
+    daemon
+        .admin(&org.owner_key)
+        .await
+        .terminate_session(proto::TerminateSessionRequest {
+            org_id: org.id.clone(),
+            lease_id: seat.lease_id().to_owned(),
+        })
+        .await
+        .expect("terminate");
+    let lost = tokio::time::timeout(DEADLINE, seat.lost())
+        .await
+        .expect("the termination is pushed to the seat's stream");
+    assert_eq!(lost.reason, LostReason::Terminated, "{lost}");
 }
 
 async fn active(daemon: &impl DaemonApi, org: &Org) -> u32 {
@@ -82,18 +101,7 @@ async fn a_terminated_seat_is_lost_with_the_reason_and_the_others_are_kept() {
     let client = engine(&server, org.key(0)).await;
     let terminated = client.acquire(Product::Kre).await.expect("a seat");
     let kept = client.acquire(Product::Kre).await.expect("a seat");
-    let mut owner = server.admin(&org.owner_key).await;
-    owner
-        .terminate_session(proto::TerminateSessionRequest {
-            org_id: org.id.clone(),
-            lease_id: terminated.lease_id().to_owned(),
-        })
-        .await
-        .expect("terminate");
-    let lost = tokio::time::timeout(DEADLINE, terminated.lost())
-        .await
-        .expect("the termination is pushed");
-    assert_eq!(lost.reason, LostReason::Terminated, "{lost}");
+    terminate_and_hear(&server, &org, &terminated).await;
     assert_eq!(kept.lost_now(), None);
     kept.release().await.expect("released");
 }
@@ -281,17 +289,5 @@ async fn a_silent_connection_is_noticed_by_keepalive_and_the_seat_moves_to_the_n
         "the same lease continues, same generation"
     );
     // The lease is held by the new stream: a termination is pushed there.
-    server
-        .admin(&org.owner_key)
-        .await
-        .terminate_session(proto::TerminateSessionRequest {
-            org_id: org.id.clone(),
-            lease_id: seat.lease_id().to_owned(),
-        })
-        .await
-        .expect("terminate");
-    let lost = tokio::time::timeout(DEADLINE, seat.lost())
-        .await
-        .expect("the termination reaches the re-attached seat");
-    assert_eq!(lost.reason, LostReason::Terminated, "{lost}");
+    terminate_and_hear(&server, &org, &seat).await;
 }
