@@ -73,6 +73,16 @@ pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
 /// Opens a channel to `addr`: `http://` in plaintext, `https://` over TLS with the CA
 /// (and, for mTLS, the client certificate and key) in `tls`.
 pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, ClientError> {
+    connect_tuned(addr, tls, |endpoint| endpoint).await
+}
+
+/// [`connect_with`], the endpoint tuned by `tune` before it connects (the engine
+/// client's HTTP/2 keepalive).
+pub async fn connect_tuned(
+    addr: &str,
+    tls: &ClientTlsFiles,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Result<Channel, ClientError> {
     let mut endpoint =
         Endpoint::from_shared(addr.to_owned()).map_err(|e| ClientError::BadAddress {
             addr: addr.to_owned(),
@@ -89,8 +99,10 @@ pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, C
             addr: addr.to_owned(),
         });
     }
-    endpoint.tcp_nodelay(true).connect().await.map_err(
-        |e| match crate::tls::explain_client_failure(&e) {
+    tune(endpoint.tcp_nodelay(true))
+        .connect()
+        .await
+        .map_err(|e| match crate::tls::explain_client_failure(&e) {
             Some(cause) => ClientError::Handshake {
                 addr: addr.to_owned(),
                 cause,
@@ -99,8 +111,7 @@ pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, C
                 addr: addr.to_owned(),
                 reason: source_chain(&e),
             },
-        },
-    )
+        })
 }
 
 /// Why the daemon at an `https://` `addr` closed a call's connection (`status`, a

@@ -527,6 +527,9 @@ pub const ENGINE_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const ENGINE_UNREACHABLE_PATIENCE_MS_DEFAULT: u64 = 10_000;
 pub const ENGINE_RECONNECT_BACKOFF_MS_INITIAL: u64 = 100;
 pub const ENGINE_RECONNECT_BACKOFF_MS_MAX: u64 = 5_000;
+/// The shortest HTTP/2 keepalive interval and timeout of the engine client
+/// (`engine_client::Keepalive`, half and a quarter of the leases' heartbeat interval).
+pub const ENGINE_KEEPALIVE_MS_MIN: u64 = 100;
 
 /// A stream acquire's fields at their largest, with room for tags and the numbers.
 const ENGINE_ACQUIRE_WIRE_BYTES_MAX: usize =
@@ -543,6 +546,10 @@ const _: () =
 // A reconnection re-sends every pending acquire, behind the attaches.
 const _: () = assert!(ENGINE_PENDING_ACQUIRES_MAX < ENGINE_OPERATIONS_BUFFERED_MAX);
 const _: () = assert!(ENGINE_RECONNECT_BACKOFF_MS_INITIAL <= ENGINE_RECONNECT_BACKOFF_MS_MAX);
+const _: () = assert!(
+    ENGINE_KEEPALIVE_MS_MIN * 4 * 3 <= LEASE_TTL_MS_DEFAULT as u64,
+    "the default TTL's keepalive is derived from it, not the floor"
+);
 
 // ----- The session channel and the wait queue (issue 16). -----
 

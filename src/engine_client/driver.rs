@@ -14,8 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
 use super::{
-    AcquireSpec, ClientOptions, Command, ConnectError, LostReason, NewAcquire, QueuePosition, Seat,
-    SeatLost,
+    AcquireSpec, ClientOptions, Command, ConnectError, Keepalive, LostReason, NewAcquire,
+    QueuePosition, Seat, SeatLost,
 };
 use crate::client::{self, BearerKey, ClientError};
 use crate::limits;
@@ -574,7 +574,10 @@ impl Driver {
         let addr = self.options.addrs[self.next_addr].clone();
         self.next_addr = (self.next_addr + 1) % self.options.addrs.len();
         let timeout = self.options.connect_timeout;
-        let connecting = client::connect_with(&addr, &self.options.tls);
+        let keepalive = self.keepalive();
+        let connecting = client::connect_tuned(&addr, &self.options.tls, |endpoint| {
+            keepalive.apply(endpoint)
+        });
         let channel = match tokio::time::timeout(timeout, connecting).await {
             Ok(channel) => channel?,
             Err(_) => {
@@ -612,6 +615,17 @@ impl Driver {
                 "the stream did not open within {}",
                 humantime::format_duration(timeout)
             )))),
+        }
+    }
+
+    /// The options' keepalive, no slower than the held seats' heartbeat interval asks.
+    fn keepalive(&self) -> Keepalive {
+        match self.book.renew_interval() {
+            Some(every) => self
+                .options
+                .keepalive
+                .at_most(Keepalive::for_heartbeat_interval(every)),
+            None => self.options.keepalive,
         }
     }
 
