@@ -502,7 +502,9 @@ function seriesChart(answer, title) {
   shape("text", { x: left, y: denialTop - 6 }, "Refused acquires");
   const tick = (ms) => {
     const date = new Date(ms);
-    return resolution >= 3600000 ? date.toLocaleDateString(undefined, { month: "short", day: "numeric" }) : date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+    if (resolution >= 3600000) return date.toLocaleDateString(undefined, { month: "short", day: "numeric" });
+    const time = date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+    return span > 12 * 3600000 ? `${date.toLocaleDateString(undefined, { weekday: "short" })} ${time}` : time;
   };
   shape("text", { x: left, y: height - 4 }, tick(start));
   shape("text", { x: (left + width - right) / 2, y: height - 4, "text-anchor": "middle" }, tick(start + span / 2));
