@@ -177,6 +177,9 @@ pub async fn run(
             return Err(error);
         }
     };
+    // The usage series know each quota from now on (later changes come from
+    // `admin_changed`).
+    prepared.activity.quotas_at_start(&prepared.broker.quotas());
     edge.services.install(
         &config,
         &prepared.broker,
@@ -581,7 +584,8 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
 /// guards, keepalive. HTTP/1.1 is accepted too, for browsers and `curl` (the console
 /// and the JSON API, see `web`), one request at a time per connection; the bounds of
 /// `connections` apply to both: the cap, the handshake deadline (which bounds the
-/// first request's headers) and the idle deadline (later ones: tonic 0.14.5 gives
+/// first request's headers) and the idle deadline, which for an HTTP/1 connection is
+/// the handshake timeout too and so bounds later requests' headers (tonic 0.14.5 gives
 /// hyper no timer, so hyper's own HTTP/1 header-read timeout is off).
 fn http2_server(config: &Config) -> Result<Server, ServerError> {
     let limits = &config.settings().limits;
@@ -618,8 +622,9 @@ fn router<H: Health>(
     ));
     let open = limits::UNAUTHENTICATED_REQUEST_BYTES_MAX;
     Ok(http2_server(config)?
-        // Outermost: the console's files, and JSON calls sent down as gRPC calls.
-        .layer(WebLayer::new(limits.request_bytes_max))
+        // Outermost: the console's files, and JSON calls sent down as gRPC calls (their
+        // JSON charged to the same budget as gRPC bodies).
+        .layer(WebLayer::new(limits.request_bytes_max, Arc::clone(&bodies)))
         .layer(RpcLayer::new(phase))
         .layer(BodyBudgetLayer::new(bodies))
         .add_service(health_service.max_decoding_message_size(open))

@@ -50,4 +50,5 @@ mod sessions;
 mod tenant_bounds;
 mod tls_diagnostics;
 mod usage_audit;
+mod web_edge;
 mod wire;
