@@ -27,11 +27,11 @@ use crate::harness::*;
 
 /// The election TTL of the test nodes: a crashed leader is replaced about this long
 /// after its death.
-const ELECTION_TTL_S: u32 = 2;
+pub(crate) const ELECTION_TTL_S: u32 = 2;
 /// The engines' lease TTL: far longer than a failover.
-const LEASE_TTL_MS: u32 = 10_000;
+pub(crate) const LEASE_TTL_MS: u32 = 10_000;
 /// A call that keeps failing over for this long fails the test.
-const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
 /// Each attempt of a call is bounded by this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const CLUSTER: &str = "it";
@@ -44,7 +44,12 @@ fn now_ms() -> i64 {
 }
 
 /// Starts a node of the test cluster over `endpoint` (etcd, or a proxy to it).
-fn spawn_node(endpoint: &str, name: &str) -> Daemon {
+pub(crate) fn spawn_node(endpoint: &str, name: &str) -> Daemon {
+    node(endpoint, name).spawn()
+}
+
+/// `serve` for a node of the test cluster over `endpoint`, to be given more flags.
+pub(crate) fn node(endpoint: &str, name: &str) -> Serve {
     Serve::new()
         .args([
             "--etcd-endpoints",
@@ -58,11 +63,10 @@ fn spawn_node(endpoint: &str, name: &str) -> Daemon {
             "--lease-ttl-ms",
             &LEASE_TTL_MS.to_string(),
         ])
-        .spawn()
 }
 
 /// The node that reports SessionService SERVING (the leader), waiting for one.
-async fn leader_of(nodes: &[Daemon]) -> usize {
+pub(crate) async fn leader_of(nodes: &[Daemon]) -> usize {
     let until = Instant::now() + FOLLOW_DEADLINE;
     loop {
         for (index, node) in nodes.iter().enumerate() {
@@ -81,7 +85,7 @@ async fn leader_of(nodes: &[Daemon]) -> usize {
 
 /// The leader a standby names in the trailer of its UNAVAILABLE answer, waiting until
 /// it knows one (its first look at the election key).
-async fn leader_named_by(standby: &Daemon) -> String {
+pub(crate) async fn leader_named_by(standby: &Daemon) -> String {
     let until = Instant::now() + FOLLOW_DEADLINE;
     loop {
         let refused = standby
@@ -729,5 +733,111 @@ async fn a_write_fenced_on_another_term_is_refused_and_leaves_nothing_in_etcd() 
     assert_eq!(
         seatbroker::cluster::journal::unframe(&landed.value).unwrap(),
         [b"a record".as_slice()]
+    );
+}
+
+/// Sequential organization creations on the leader, each one's latency in ms.
+async fn write_latencies(route: &Route, prefix: &str, count: usize) -> Vec<u64> {
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
+        let started = Instant::now();
+        let created = create_org(route, &format!("{prefix}{i}")).await;
+        assert!(created.expect("a write"), "{prefix}{i} was created twice");
+        latencies.push(started.elapsed().as_millis() as u64);
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_etcd_slows_writes_but_loses_nothing_and_the_leader_keeps_its_term() {
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = EtcdServer::start(binary).await;
+    let proxy = TcpProxy::start(etcd.addr()).await;
+    // The node behind the proxy starts first and leads; a standby watches.
+    let leader = spawn_node(&proxy.url(), "behind-slow-proxy");
+    leader
+        .wait_health(SESSION_SERVICE, ServingStatus::Serving)
+        .await;
+    let standby = spawn_node(&etcd.url(), "standby");
+    assert_eq!(leader_named_by(&standby).await, leader.addr().to_string());
+    const QUOTA: u32 = 2;
+    let members = ["e0", "e1", "e2", "e3"];
+    let org = leader.licensed_organization("acme", 0, QUOTA, &members).await;
+    let nodes = [leader, standby];
+    let route = Route::new(&nodes);
+    let before = write_latencies(&route, "fast", 10).await;
+
+    // Every chunk held 75 ms each way: a round trip to etcd takes 150 ms more, far
+    // under the half TTL (1 s) after which a leader that renewed nothing steps down.
+    const DELAY: Duration = Duration::from_millis(75);
+    proxy.delay(DELAY);
+    let during = write_latencies(&route, "slow", 10).await;
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = vec![tokio::spawn(admin_writer(
+        Arc::clone(&route),
+        Arc::clone(&history),
+        Arc::clone(&stop),
+    ))];
+    for i in 0..members.len() {
+        workers.push(tokio::spawn(engine(
+            Arc::clone(&route),
+            org.key(i).to_owned(),
+            format!("engine-{i}"),
+            Arc::clone(&history),
+            Arc::clone(&stop),
+        )));
+    }
+    // Under load for a few election TTLs.
+    let until = Instant::now() + Duration::from_secs(u64::from(ELECTION_TTL_S) * 2);
+    while Instant::now() < until || history.sessions.lock().len() < 4 {
+        assert!(
+            Instant::now() < until + FOLLOW_DEADLINE,
+            "no progress over the slow etcd"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("a worker");
+    }
+    assert!(
+        history.unexpected.lock().is_empty(),
+        "{:?}",
+        history.unexpected.lock()
+    );
+
+    // The leader kept its term: still serving, never stepped down, still named.
+    let [mut leader, standby] = nodes;
+    leader.assert_alive();
+    assert_eq!(
+        leader.health(SESSION_SERVICE).await,
+        ServingStatus::Serving
+    );
+    assert!(
+        !leader.stderr().contains("stepping down"),
+        "{}",
+        leader.stderr()
+    );
+    assert_eq!(leader_named_by(&standby).await, leader.addr().to_string());
+    // Nothing acknowledged is missing, no seat was lost, the quota held.
+    let acked = history.acked_orgs.lock().clone();
+    for org in &acked {
+        assert!(org_exists(&route, org).await, "{org} is missing");
+    }
+    assert_eq!(history.lost_seats.load(Ordering::Relaxed), 0);
+    let sessions = history.sessions.lock().clone();
+    let most = most_live_at_once(&sessions);
+    assert!(most <= QUOTA as usize, "{most} live at once over {QUOTA}");
+    eprintln!(
+        "slow etcd ({} ms each way): admin write p50 {} ms -> {} ms, max {} ms -> {} ms; under load {} admin changes and {} sessions",
+        DELAY.as_millis(),
+        percentile(&before, 0.5),
+        percentile(&during, 0.5),
+        before.last().unwrap(),
+        during.last().unwrap(),
+        acked.len(),
+        sessions.len()
     );
 }
