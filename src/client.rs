@@ -342,7 +342,10 @@ mod tests {
             standby_answer("10.0.0.2:50051").metadata().clone(),
         );
         assert_eq!(leader_redirect(&other_code, "http://a:1"), None);
-        assert_eq!(leader_redirect(&Status::unavailable("x"), "http://a:1"), None);
+        assert_eq!(
+            leader_redirect(&Status::unavailable("x"), "http://a:1"),
+            None
+        );
         for bad in ["no-port", "u@h:1", "h:1/path", "http://h:1", ""] {
             assert_eq!(
                 leader_redirect(&standby_answer(bad), "http://a:1"),
@@ -374,7 +377,10 @@ mod tests {
         )
         .await;
         assert_eq!(answer.unwrap_err().code(), Code::Unavailable);
-        assert_eq!(calls.borrow().len(), 1 + crate::limits::LEADER_REDIRECTS_MAX);
+        assert_eq!(
+            calls.borrow().len(),
+            1 + crate::limits::LEADER_REDIRECTS_MAX
+        );
         assert_eq!(calls.borrow()[1], "http://b:1");
         // A leader's answer ends the chain.
         let answer = at_leader(

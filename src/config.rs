@@ -42,7 +42,8 @@ pub const OPERATOR_KEY_ENV: &str = "SEATBROKER_OPERATOR_KEY";
 /// or `[cluster] etcd_password_file`).
 pub const ETCD_PASSWORD_ENV: &str = "SEATBROKER_ETCD_PASSWORD";
 /// Where `--check-config` would print the etcd password.
-const ETCD_PASSWORD_NOT_SHOWN: &str = "# the etcd password is set but not shown: give it again (SEATBROKER_ETCD_PASSWORD).\n";
+const ETCD_PASSWORD_NOT_SHOWN: &str =
+    "# the etcd password is set but not shown: give it again (SEATBROKER_ETCD_PASSWORD).\n";
 /// The default listen address: loopback, where plaintext is allowed.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 pub const DATA_DIR_DEFAULT: &str = "./data";
@@ -436,7 +437,15 @@ impl Settings {
             etcd_password_file,
             ..
         } = &mut self.cluster;
-        let paths = [cert, key, client_ca, etcd_ca, etcd_cert, etcd_key, etcd_password_file];
+        let paths = [
+            cert,
+            key,
+            client_ca,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_password_file,
+        ];
         for path in paths.into_iter().flatten() {
             *path = resolve(path);
         }

@@ -596,9 +596,11 @@ fn etcd_refusal(error: &EtcdError) -> Option<String> {
                 Some(source) => tls::source_chain(source),
                 None => status.message().to_owned(),
             };
-            let cause = source
-                .and_then(tls::tls_failure)
-                .or_else(|| chain.contains("invalid peer certificate").then(|| chain.clone()));
+            let cause = source.and_then(tls::tls_failure).or_else(|| {
+                chain
+                    .contains("invalid peer certificate")
+                    .then(|| chain.clone())
+            });
             if let Some(cause) = cause {
                 return Some(format!(
                     "the TLS handshake with etcd failed ({cause}): check cluster.etcd_ca (--etcd-ca: the CA that signed etcd's certificate), and cluster.etcd_cert and etcd_key when etcd requires client certificates"

@@ -218,9 +218,7 @@ pub fn tls_failure(error: &(dyn StdError + 'static)) -> Option<String> {
         return Some(tls.to_string());
     }
     let chain = source_chain(error);
-    chain
-        .contains("received fatal alert")
-        .then_some(chain)
+    chain.contains("received fatal alert").then_some(chain)
 }
 
 /// What a client's failure to talk to the daemon means and what to do about it, when

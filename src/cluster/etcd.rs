@@ -65,7 +65,11 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ user: {:?}, password: <redacted> }}", self.user)
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
     }
 }
 
@@ -203,11 +207,13 @@ impl Etcd {
             }
             Err(status) => return Err(status.into()),
         };
-        let token = token.parse().map_err(|_| {
-            EtcdError::Call(Status::internal("etcd's token is not valid metadata"))
-        })?;
+        let token = token
+            .parse()
+            .map_err(|_| EtcdError::Call(Status::internal("etcd's token is not valid metadata")))?;
         *self.token.0.write() = Some(token);
-        authenticator.authentications.fetch_add(1, Ordering::Relaxed);
+        authenticator
+            .authentications
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -269,7 +275,10 @@ impl Etcd {
         .await
     }
 
-    async fn range_request(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
+    async fn range_request(
+        &self,
+        request: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, EtcdError> {
         self.call(|| {
             let mut kv = self.kv.clone();
             let request = request.clone();
@@ -293,7 +302,11 @@ impl Etcd {
         let response = self
             .call(|| {
                 let mut lease = self.lease.clone();
-                async move { lease.lease_grant(pb::LeaseGrantRequest { ttl, id: 0 }).await }
+                async move {
+                    lease
+                        .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+                        .await
+                }
             })
             .await?;
         Ok(response.id)
@@ -302,7 +315,11 @@ impl Etcd {
     pub async fn revoke(&self, lease: i64) -> Result<(), EtcdError> {
         self.call(|| {
             let mut client = self.lease.clone();
-            async move { client.lease_revoke(pb::LeaseRevokeRequest { id: lease }).await }
+            async move {
+                client
+                    .lease_revoke(pb::LeaseRevokeRequest { id: lease })
+                    .await
+            }
         })
         .await?;
         Ok(())

@@ -50,19 +50,18 @@ pub(crate) fn spawn_node(endpoint: &str, name: &str) -> Daemon {
 
 /// `serve` for a node of the test cluster over `endpoint`, to be given more flags.
 pub(crate) fn node(endpoint: &str, name: &str) -> Serve {
-    Serve::new()
-        .args([
-            "--etcd-endpoints",
-            endpoint,
-            "--cluster-name",
-            CLUSTER,
-            "--node-name",
-            name,
-            "--election-ttl-s",
-            &ELECTION_TTL_S.to_string(),
-            "--lease-ttl-ms",
-            &LEASE_TTL_MS.to_string(),
-        ])
+    Serve::new().args([
+        "--etcd-endpoints",
+        endpoint,
+        "--cluster-name",
+        CLUSTER,
+        "--node-name",
+        name,
+        "--election-ttl-s",
+        &ELECTION_TTL_S.to_string(),
+        "--lease-ttl-ms",
+        &LEASE_TTL_MS.to_string(),
+    ])
 }
 
 /// The node that reports SessionService SERVING (the leader), waiting for one.
@@ -763,7 +762,9 @@ async fn a_slow_etcd_slows_writes_but_loses_nothing_and_the_leader_keeps_its_ter
     assert_eq!(leader_named_by(&standby).await, leader.addr().to_string());
     const QUOTA: u32 = 2;
     let members = ["e0", "e1", "e2", "e3"];
-    let org = leader.licensed_organization("acme", 0, QUOTA, &members).await;
+    let org = leader
+        .licensed_organization("acme", 0, QUOTA, &members)
+        .await;
     let nodes = [leader, standby];
     let route = Route::new(&nodes);
     let before = write_latencies(&route, "fast", 10).await;
@@ -811,10 +812,7 @@ async fn a_slow_etcd_slows_writes_but_loses_nothing_and_the_leader_keeps_its_ter
     // The leader kept its term: still serving, never stepped down, still named.
     let [mut leader, standby] = nodes;
     leader.assert_alive();
-    assert_eq!(
-        leader.health(SESSION_SERVICE).await,
-        ServingStatus::Serving
-    );
+    assert_eq!(leader.health(SESSION_SERVICE).await, ServingStatus::Serving);
     assert!(
         !leader.stderr().contains("stepping down"),
         "{}",

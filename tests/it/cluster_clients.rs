@@ -51,7 +51,10 @@ async fn wait_renewed_on(daemon: &Daemon, org: &str, lease_id: &str) {
         if let Some(expiry) = expiry_on(daemon, org, lease_id).await {
             break expiry;
         }
-        assert!(Instant::now() < until, "lease {lease_id} is not on the leader");
+        assert!(
+            Instant::now() < until,
+            "lease {lease_id} is not on the leader"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     loop {
@@ -99,8 +102,19 @@ async fn any_nodes_address_reaches_the_leader_and_clients_ride_a_failover() {
     for (org, addr) in [("cli-a", standby_url.as_str()), ("cli-b", list.as_str())] {
         let owner = format!("owner@{org}.test");
         let args = [
-            "org", "create", org, "--name", org, "--owner", owner.as_str(), "--kre", "1", "--addr", addr,
-            "--key", OPERATOR_KEY,
+            "org",
+            "create",
+            org,
+            "--name",
+            org,
+            "--owner",
+            owner.as_str(),
+            "--kre",
+            "1",
+            "--addr",
+            addr,
+            "--key",
+            OPERATOR_KEY,
         ];
         let created = tokio::task::block_in_place(|| daemon::run(&args, &[]));
         assert_eq!(created.code, 0, "org create at {addr}: {}", created.stderr);
@@ -120,12 +134,21 @@ async fn any_nodes_address_reaches_the_leader_and_clients_ride_a_failover() {
             org_id: "cli-a".into(),
         })
         .await;
-    assert!(on_leader.is_ok(), "the change is on the leader: {on_leader:?}");
+    assert!(
+        on_leader.is_ok(),
+        "the change is on the leader: {on_leader:?}"
+    );
 
     // The load generator, at a standby, drives the leader.
     let bench = tokio::task::block_in_place(|| {
         daemon::command()
-            .args(["bench", "--addr", &standby_url, "--operator-key", OPERATOR_KEY])
+            .args([
+                "bench",
+                "--addr",
+                &standby_url,
+                "--operator-key",
+                OPERATOR_KEY,
+            ])
             .args(["--engines", "2", "--warmup", "0s", "--duration", "300ms"])
             .args(["--json", "--quiet"])
             .output()
@@ -314,10 +337,7 @@ async fn a_node_authenticates_to_etcd_and_a_wrong_password_stops_its_start() {
         credentials: Some(credentials),
     };
     let client = Etcd::connect(&[etcd.url()], Duration::from_secs(2), access).expect("a client");
-    client
-        .check_access(b"/probe")
-        .await
-        .expect("authenticated");
+    client.check_access(b"/probe").await.expect("authenticated");
     assert_eq!(client.authentications(), 1);
     // etcd sweeps tokens unused for their TTL once a second.
     tokio::time::sleep(Duration::from_millis(2_500)).await;

@@ -76,23 +76,40 @@ impl EtcdServer {
 
     /// Starts etcd, over TLS when `tls` is given, with further `args`; waits until it
     /// answers.
-    pub async fn start_with(binary: PathBuf, tls: Option<EtcdTls<'_>>, args: &[&str]) -> EtcdServer {
-        let tls = tls.map(|EtcdTls { certs, client_cert_auth }| {
-            let path = |path: &PathBuf| path.to_str().expect("a UTF-8 path").to_owned();
-            let mut flags = vec![
-                "--cert-file".to_owned(),
-                path(&certs.server_cert),
-                "--key-file".to_owned(),
-                path(&certs.server_key),
-            ];
-            let read = |path: &PathBuf| std::fs::read(path).expect("a PEM file");
-            let mut client = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&certs.ca)));
-            if client_cert_auth {
-                flags.extend(["--client-cert-auth".to_owned(), "--trusted-ca-file".to_owned(), path(&certs.ca)]);
-                client = client.identity(Identity::from_pem(read(&certs.client_cert), read(&certs.client_key)));
-            }
-            (flags, client)
-        });
+    pub async fn start_with(
+        binary: PathBuf,
+        tls: Option<EtcdTls<'_>>,
+        args: &[&str],
+    ) -> EtcdServer {
+        let tls = tls.map(
+            |EtcdTls {
+                 certs,
+                 client_cert_auth,
+             }| {
+                let path = |path: &PathBuf| path.to_str().expect("a UTF-8 path").to_owned();
+                let mut flags = vec![
+                    "--cert-file".to_owned(),
+                    path(&certs.server_cert),
+                    "--key-file".to_owned(),
+                    path(&certs.server_key),
+                ];
+                let read = |path: &PathBuf| std::fs::read(path).expect("a PEM file");
+                let mut client =
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&certs.ca)));
+                if client_cert_auth {
+                    flags.extend([
+                        "--client-cert-auth".to_owned(),
+                        "--trusted-ca-file".to_owned(),
+                        path(&certs.ca),
+                    ]);
+                    client = client.identity(Identity::from_pem(
+                        read(&certs.client_cert),
+                        read(&certs.client_key),
+                    ));
+                }
+                (flags, client)
+            },
+        );
         let mut etcd = EtcdServer {
             binary,
             data_dir: tempfile::tempdir().expect("etcd's data directory"),
@@ -160,7 +177,11 @@ impl EtcdServer {
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "etcd is running");
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let tls_flags = self.tls.as_ref().map(|(flags, _)| flags.clone()).unwrap_or_default();
+        let tls_flags = self
+            .tls
+            .as_ref()
+            .map(|(flags, _)| flags.clone())
+            .unwrap_or_default();
         let child = Command::new(&self.binary)
             .args(["--name", "test"])
             .arg("--data-dir")
