@@ -384,19 +384,7 @@ impl Settings {
     /// Reads a TOML file (at most `limits::CONFIG_FILE_BYTES_MAX`); the keys it leaves
     /// out get their defaults.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let read = |source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(read)?.len();
-        if size > limits::CONFIG_FILE_BYTES_MAX {
-            return Err(ConfigError::Invalid(format!(
-                "{} is {size} bytes; a configuration file holds at most {}",
-                path.display(),
-                limits::CONFIG_FILE_BYTES_MAX
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        let text = read_small_file(path, limits::CONFIG_FILE_BYTES_MAX, "a configuration file")?;
         let parse_error = |source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
@@ -790,6 +778,22 @@ fn tls_files(settings: &TlsSettings) -> Result<Option<ServerTlsFiles>, ConfigErr
     }
 }
 
+/// The text of `path`, refused past `max_bytes` (`what` names the file in the error).
+fn read_small_file(path: &Path, max_bytes: u64, what: &str) -> Result<String, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read)?.len();
+    if size > max_bytes {
+        return Err(ConfigError::Invalid(format!(
+            "{} is {size} bytes; {what} holds at most {max_bytes}",
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(read)
+}
+
 /// The etcd user's password: `SEATBROKER_ETCD_PASSWORD`, or the first line of
 /// `etcd_password_file` (at most `limits::ETCD_PASSWORD_FILE_BYTES_MAX` bytes).
 fn etcd_password(cluster: &ClusterSettings) -> Result<SecretText, ConfigError> {
@@ -801,19 +805,11 @@ fn etcd_password(cluster: &ClusterSettings) -> Result<SecretText, ConfigError> {
             "cluster.etcd_user needs its password: {ETCD_PASSWORD_ENV} or cluster.etcd_password_file (--etcd-password-file)"
         )));
     };
-    let read = |source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    };
-    let size = std::fs::metadata(path).map_err(read)?.len();
-    if size > limits::ETCD_PASSWORD_FILE_BYTES_MAX {
-        return Err(ConfigError::Invalid(format!(
-            "cluster.etcd_password_file {} is {size} bytes; a password file holds at most {}",
-            path.display(),
-            limits::ETCD_PASSWORD_FILE_BYTES_MAX
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(read)?;
+    let text = read_small_file(
+        path,
+        limits::ETCD_PASSWORD_FILE_BYTES_MAX,
+        "cluster.etcd_password_file",
+    )?;
     let password = text.lines().next().unwrap_or_default();
     if password.is_empty() {
         return Err(ConfigError::Invalid(format!(

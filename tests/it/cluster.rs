@@ -381,6 +381,32 @@ async fn admin_writer(route: Arc<Route>, history: Arc<History>, stop: Arc<Atomic
     }
 }
 
+/// An admin writer and `engines` engines (one per member of `org`) on `route`, until
+/// `stop`.
+fn spawn_workload(
+    route: &Arc<Route>,
+    org: &Org,
+    engines: usize,
+    history: &Arc<History>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut workers = vec![tokio::spawn(admin_writer(
+        Arc::clone(route),
+        Arc::clone(history),
+        Arc::clone(stop),
+    ))];
+    for i in 0..engines {
+        workers.push(tokio::spawn(engine(
+            Arc::clone(route),
+            org.key(i).to_owned(),
+            format!("engine-{i}"),
+            Arc::clone(history),
+            Arc::clone(stop),
+        )));
+    }
+    workers
+}
+
 /// The most sessions live at once, from intervals each known live throughout. An
 /// engine that got its own lease back (`resumed`: its release was not durable when the
 /// leader died) held one seat throughout: a lease's records are merged.
@@ -447,20 +473,7 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
     let route = Route::new(&nodes);
     let history = Arc::new(History::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = vec![tokio::spawn(admin_writer(
-        Arc::clone(&route),
-        Arc::clone(&history),
-        Arc::clone(&stop),
-    ))];
-    for i in 0..members.len() {
-        workers.push(tokio::spawn(engine(
-            Arc::clone(&route),
-            org.key(i).to_owned(),
-            format!("engine-{i}"),
-            Arc::clone(&history),
-            Arc::clone(&stop),
-        )));
-    }
+    let workers = spawn_workload(&route, &org, members.len(), &history, &stop);
 
     let mut kills = Vec::new();
     for round in 0..rounds {
@@ -776,20 +789,7 @@ async fn a_slow_etcd_slows_writes_but_loses_nothing_and_the_leader_keeps_its_ter
     let during = write_latencies(&route, "slow", 10).await;
     let history = Arc::new(History::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = vec![tokio::spawn(admin_writer(
-        Arc::clone(&route),
-        Arc::clone(&history),
-        Arc::clone(&stop),
-    ))];
-    for i in 0..members.len() {
-        workers.push(tokio::spawn(engine(
-            Arc::clone(&route),
-            org.key(i).to_owned(),
-            format!("engine-{i}"),
-            Arc::clone(&history),
-            Arc::clone(&stop),
-        )));
-    }
+    let workers = spawn_workload(&route, &org, members.len(), &history, &stop);
     // Under load for a few election TTLs.
     let until = Instant::now() + Duration::from_secs(u64::from(ELECTION_TTL_S) * 2);
     while Instant::now() < until || history.sessions.lock().len() < 4 {
