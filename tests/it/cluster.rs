@@ -407,6 +407,23 @@ fn spawn_workload(
     workers
 }
 
+/// Stops the workload, waits for its workers, and checks they saw nothing unexpected.
+async fn stop_workload(
+    stop: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    history: &History,
+) {
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("a worker");
+    }
+    assert!(
+        history.unexpected.lock().is_empty(),
+        "{:?}",
+        history.unexpected.lock()
+    );
+}
+
 /// The most sessions live at once, from intervals each known live throughout. An
 /// engine that got its own lease back (`resumed`: its release was not durable when the
 /// leader died) held one seat throughout: a lease's records are merged.
@@ -518,15 +535,7 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.expect("a worker");
-    }
-    assert!(
-        history.unexpected.lock().is_empty(),
-        "{:?}",
-        history.unexpected.lock()
-    );
+    stop_workload(&stop, workers, &history).await;
 
     // Nothing acknowledged is missing on the leader now.
     let acked = history.acked_orgs.lock().clone();
@@ -753,8 +762,10 @@ async fn write_latencies(route: &Route, prefix: &str, count: usize) -> Vec<u64> 
     let mut latencies = Vec::with_capacity(count);
     for i in 0..count {
         let started = Instant::now();
-        let created = create_org(route, &format!("{prefix}{i}")).await;
-        assert!(created.expect("a write"), "{prefix}{i} was created twice");
+        // `false`: an earlier try whose answer was late had landed; a write all the same.
+        create_org(route, &format!("{prefix}{i}"))
+            .await
+            .expect("a write");
         latencies.push(started.elapsed().as_millis() as u64);
     }
     latencies.sort_unstable();
@@ -799,15 +810,7 @@ async fn a_slow_etcd_slows_writes_but_loses_nothing_and_the_leader_keeps_its_ter
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.expect("a worker");
-    }
-    assert!(
-        history.unexpected.lock().is_empty(),
-        "{:?}",
-        history.unexpected.lock()
-    );
+    stop_workload(&stop, workers, &history).await;
 
     // The leader kept its term: still serving, never stepped down, still named.
     let [mut leader, standby] = nodes;
