@@ -519,6 +519,15 @@ pub const ETCD_ENDPOINTS_MAX: usize = 16;
 const _: () = assert!(ELECTION_TTL_S_MIN <= ELECTION_TTL_S_DEFAULT);
 const _: () = assert!(ELECTION_TTL_S_DEFAULT <= ELECTION_TTL_S_MAX);
 const _: () = assert!(REQUEST_BYTES_MAX_FLOOR <= CLUSTER_REQUEST_BYTES_MAX);
+/// Standbys followed in a row by a client (`client::at_leader`, the engine client): a
+/// standby names the leader in the `seatbroker-leader` trailer of its UNAVAILABLE
+/// answer and the client calls it at once; two nodes that name each other (a stale
+/// view during an election) are followed this many times, then the client falls back
+/// to its own list of addresses and its backoff.
+pub const LEADER_REDIRECTS_MAX: usize = 3;
+/// Bytes of a password file (`[cluster] etcd_password_file`).
+pub const ETCD_PASSWORD_FILE_BYTES_MAX: u64 = 4_096;
+const _: () = assert!(LEADER_REDIRECTS_MAX >= 1);
 
 // ----- The engine client library (`engine_client`), on the engine's side. -----
 

@@ -44,7 +44,7 @@ use crate::auth::{self, OperatorKeyError};
 use crate::broker::{AdminObserver, Broker};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::election::{self, Leadership};
-use crate::cluster::etcd::Etcd;
+use crate::cluster::etcd::{Etcd, EtcdError};
 use crate::cluster::journal::EtcdJournal;
 use crate::cluster::{ClusterError, Keys, NodeOptions, recovery};
 use crate::datadir::{self, DataDirLock, LockError};
@@ -102,6 +102,10 @@ pub enum ServerError {
         "this node stopped leading its cluster ({0}); it exits so that its supervisor restarts it as a standby"
     )]
     LeadershipLost(String),
+    /// etcd refused this node: its certificate, or its user and password; the message
+    /// names the setting to fix.
+    #[error("cluster mode: {0}")]
+    EtcdRefused(String),
 }
 
 /// What [`run`] tells its caller as the daemon starts.
@@ -520,8 +524,12 @@ async fn lead_cluster(
 ) -> Result<Rebuilt, ServerError> {
     let options = node_options(config, addr);
     let keys = Keys::new(&options.cluster_name);
-    let etcd =
-        Etcd::connect(&options.endpoints, options.request_timeout()).map_err(ClusterError::from)?;
+    let access = config
+        .etcd_access()
+        .map_err(|error| ServerError::EtcdRefused(error.to_string()))?;
+    let etcd = Etcd::connect(&options.endpoints, options.request_timeout(), access)
+        .map_err(ClusterError::from)?;
+    first_contact(&etcd, &keys, &options).await?;
     tracing::info!(node = %options.node_name, cluster = %options.cluster_name, advertise = %options.advertise_addr, "seatbroker standing by");
     let on_leader = |leader: &str| phase.stand_by(leader);
     let leadership = election::campaign(&etcd, &keys, &options, &on_leader).await;
@@ -550,6 +558,59 @@ async fn lead_cluster(
         log: Log::Cluster(Box::new(ClusterTerm { etcd, leadership })),
         boot_epoch: recovered.boot_epoch,
     })
+}
+
+/// Waits until etcd answers this node's first call, retrying while etcd cannot be
+/// reached (as the campaign would); refuses to start when etcd refuses the node: a
+/// certificate that does not verify, or a user or password it does not know.
+async fn first_contact(etcd: &Etcd, keys: &Keys, options: &NodeOptions) -> Result<(), ServerError> {
+    let mut warned_at: Option<tokio::time::Instant> = None;
+    loop {
+        let error = match etcd.check_access(&keys.election).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if let Some(refusal) = etcd_refusal(&error) {
+            return Err(ServerError::EtcdRefused(refusal));
+        }
+        if warned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+            tracing::warn!(%error, "etcd does not answer; retrying");
+            warned_at = Some(tokio::time::Instant::now());
+        }
+        tokio::time::sleep(options.standby_poll_interval()).await;
+    }
+}
+
+/// What an operator must fix when etcd refused this node, naming the setting; `None`
+/// for a failure that retrying may cure (etcd down, unreachable).
+fn etcd_refusal(error: &EtcdError) -> Option<String> {
+    match error {
+        EtcdError::AuthFailed { .. } => Some(format!(
+            "{error}: check cluster.etcd_user (--etcd-user) and its password ({} or cluster.etcd_password_file)",
+            crate::config::ETCD_PASSWORD_ENV
+        )),
+        EtcdError::Call(status) => {
+            let source = std::error::Error::source(status);
+            let chain = match source {
+                Some(source) => tls::source_chain(source),
+                None => status.message().to_owned(),
+            };
+            let cause = source.and_then(tls::tls_failure).or_else(|| {
+                chain
+                    .contains("invalid peer certificate")
+                    .then(|| chain.clone())
+            });
+            if let Some(cause) = cause {
+                return Some(format!(
+                    "the TLS handshake with etcd failed ({cause}): check cluster.etcd_ca (--etcd-ca: the CA that signed etcd's certificate), and cluster.etcd_cert and etcd_key when etcd requires client certificates"
+                ));
+            }
+            (chain.contains("frame with invalid size") || chain.contains("FRAME_SIZE_ERROR")).then(|| {
+                "etcd answers in TLS: give https:// cluster.etcd_endpoints and cluster.etcd_ca (--etcd-ca)".to_owned()
+            })
+        }
+        EtcdError::Endpoint { .. } => Some(error.to_string()),
+    }
 }
 
 /// With the `failpoints` feature, `SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS=N` makes

@@ -12,8 +12,9 @@
 //! - A broken stream (the broker restarting, a network failure, a draining broker, a
 //!   connection whose HTTP/2 keepalive PING went unanswered: [`Keepalive`]) is
 //!   reconnected with exponential backoff and jitter ([`Backoff`]), trying the next
-//!   address each time, and every held seat is attached to the new stream by lease id
-//!   and generation. Only `UNAVAILABLE` (and a connection that broke without a status)
+//!   address each time (or, at once, the leader a cluster's standby names in its
+//!   refusal: any node's address reaches the leader), and every held seat is attached
+//!   to the new stream by lease id and generation. Only `UNAVAILABLE` (and a connection that broke without a status)
 //!   is retried; any other status is final and surfaced to every seat and acquire.
 //! - [`Seat::lost`] says when and why a seat was lost: ended by the broker (an admin
 //!   terminated it, the product was unassigned, ...) or expired because the broker

@@ -68,6 +68,9 @@ pub struct BrokerTarget {
     pub operator_key: OperatorKeyText,
     /// The daemon's process, for its CPU per operation.
     pub server_pid: Option<u32>,
+    /// `--allow-remote`: a cluster's leader named by a standby may be on another
+    /// machine.
+    pub allow_remote: bool,
 }
 
 /// Where the report goes.
@@ -448,6 +451,7 @@ impl BrokerTarget {
             tls,
             operator_key,
             server_pid: args.server_pid,
+            allow_remote: args.allow_remote,
         })
     }
 }

@@ -34,12 +34,14 @@ pub(crate) async fn execute_broker(
     target: &BrokerTarget,
 ) -> Result<Report, LoadgenError> {
     config.validate()?;
-    let channels = connect_all(&target.uri, &target.tls, config.connections).await?;
+    // A cluster's standby names its leader: the load goes there.
+    let uri = channels::leader_uri(target).await?;
+    let channels = connect_all(&uri, &target.tls, config.connections).await?;
     let layout = layout_for(config);
     if config.progress == Progress::Stderr {
         eprintln!(
             "bench: provisioning {} organizations and {} members on {} (run {})",
-            config.orgs, config.members, target.uri, layout.run_id
+            config.orgs, config.members, uri, layout.run_id
         );
     }
     let keys = setup::provision(
@@ -51,7 +53,7 @@ pub(crate) async fn execute_broker(
     .await?;
     let label = TargetLabel {
         kind: "broker",
-        addr: target.uri.clone(),
+        addr: uri,
     };
     // The terminating admin speaks on the first connection, beside the hosts' streams.
     let admin = channels::admin(&channels[0], &bearer(&target.operator_key.0)?);

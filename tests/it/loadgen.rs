@@ -39,6 +39,7 @@ fn target(server: &TestServer) -> Target {
         operator_key: OPERATOR_KEY.parse::<OperatorKeyText>().unwrap(),
         // The test broker runs in this process.
         server_pid: Some(std::process::id()),
+        allow_remote: false,
     })
 }
 
@@ -160,6 +161,7 @@ async fn over_mtls_it_connects_through_the_shared_client_with_a_client_certifica
         tls: certs.client(true),
         operator_key: OPERATOR_KEY.parse::<OperatorKeyText>().unwrap(),
         server_pid: None,
+        allow_remote: false,
     });
     let report = loadgen::execute(&config(Workload::AcquireRelease, 1, 8, 8), &target)
         .await

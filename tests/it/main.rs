@@ -28,6 +28,7 @@ mod channel_restart;
 mod cli;
 mod cli_lifecycle;
 mod cluster;
+mod cluster_clients;
 mod console;
 mod daemon;
 mod datadir;
