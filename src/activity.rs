@@ -20,10 +20,11 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::broker::AdminObserver;
 use crate::clock::Clock;
 use crate::connections::call_client_subject;
+use crate::domain::Quota;
 use crate::domain::{Command, DomainError, OrgId, Principal, Product};
 use crate::leases::{LeaseEnd, LeaseObserver, LeaseRef, LeaseTiming};
 use crate::telemetry::metrics::{DENIAL_REASONS, LeaseMetrics};
-use crate::usage::{UsageWindows, WindowUsage};
+use crate::usage::{Series, UsageWindows, WindowUsage};
 
 pub struct Activity {
     clock: Arc<dyn Clock>,
@@ -56,10 +57,10 @@ impl Activity {
     /// record.
     pub fn new(clock: Arc<dyn Clock>, timing: LeaseTiming, audit: AuditLog) -> Self {
         Activity {
+            usage: UsageWindows::new(clock.unix_ms()),
             clock,
             timing,
             metrics: LeaseMetrics::register(),
-            usage: UsageWindows::new(),
             audit,
         }
     }
@@ -89,6 +90,59 @@ impl Activity {
         self.usage
             .window(org, product, window_seconds, self.clock.unix_ms())
     }
+
+    /// The usage series of `product` in `org` over `[start_ms, end_ms)`, which ends by
+    /// now and starts within the week kept (see [`UsageWindows::series`]).
+    pub fn usage_series(
+        &self,
+        org: &OrgId,
+        product: Product,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Series {
+        self.usage
+            .series(org, product, start_ms, end_ms, self.clock.unix_ms())
+    }
+
+    /// Usage figures are kept from this time (the daemon's start) on.
+    pub fn usage_kept_since_unix_ms(&self) -> i64 {
+        self.usage.kept_since_unix_ms()
+    }
+
+    /// Each organization's quota when the daemon starts serving (the series know each
+    /// later change from `admin_changed`).
+    pub fn quotas_at_start(&self, quotas: &[(OrgId, Quota)]) {
+        for (org, quota) in quotas {
+            for product in Product::ALL {
+                self.usage
+                    .quota_at_start(org, product, quota.for_product(product));
+            }
+        }
+    }
+
+    /// Quota changes and deletions, for the usage series.
+    fn usage_admin_changed(&self, command: &Command) {
+        let now = self.clock.unix_ms();
+        let quotas = match command {
+            Command::CreateOrganization { org, quota, .. } | Command::SetQuota { org, quota } => {
+                Product::ALL.map(|product| (org, product, Some(quota.for_product(product))))
+            }
+            Command::UpdateQuota { org, update } => [
+                (org, Product::Kse, update.kse_seats),
+                (org, Product::Kre, update.kre_sessions),
+            ],
+            Command::DeleteOrganization { org } => {
+                self.usage.forget(org);
+                return;
+            }
+            _ => return,
+        };
+        for (org, product, quota) in quotas {
+            if let Some(quota) = quota {
+                self.usage.quota_set(org, product, quota, now);
+            }
+        }
+    }
 }
 
 impl AdminObserver for Activity {
@@ -99,6 +153,7 @@ impl AdminObserver for Activity {
     /// An admin command was applied and made durable: its events are never dropped
     /// (see [`crate::audit`]).
     fn admin_changed(&self, principal: &Principal, command: &Command) {
+        self.usage_admin_changed(command);
         let client_cert = call_client_subject();
         let events = AuditEvent::of_command(self.clock.unix_ms(), principal, command)
             .into_iter()

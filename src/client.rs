@@ -1,6 +1,15 @@
 //! A gRPC client of our own API, for the CLI, the load generator and the tests: a
 //! channel (plaintext, TLS or mTLS) plus an interceptor that sends
 //! `authorization: Bearer <key>`, marked sensitive so that HTTP/2 never indexes it.
+//!
+//! And the one rule by which every client of ours reaches a cluster's leader from any
+//! node: a standby answers broker calls UNAVAILABLE naming the leader (`host:port`)
+//! in the `seatbroker-leader` trailer; [`leader_redirect`] turns that answer into the
+//! address to call instead (with the caller's scheme, so the same TLS files), and
+//! [`at_leader`] runs a call again there, at most `limits::LEADER_REDIRECTS_MAX`
+//! standbys in a row. Nothing else is retried: a standby refuses before doing
+//! anything, so its refusal is the only failure after which a call is surely safe to
+//! send again.
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -73,6 +82,16 @@ pub async fn connect(addr: &str) -> Result<Channel, ClientError> {
 /// Opens a channel to `addr`: `http://` in plaintext, `https://` over TLS with the CA
 /// (and, for mTLS, the client certificate and key) in `tls`.
 pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, ClientError> {
+    connect_tuned(addr, tls, |endpoint| endpoint).await
+}
+
+/// [`connect_with`], the endpoint tuned by `tune` before it connects (the engine
+/// client's HTTP/2 keepalive).
+pub async fn connect_tuned(
+    addr: &str,
+    tls: &ClientTlsFiles,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Result<Channel, ClientError> {
     let mut endpoint =
         Endpoint::from_shared(addr.to_owned()).map_err(|e| ClientError::BadAddress {
             addr: addr.to_owned(),
@@ -89,8 +108,10 @@ pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, C
             addr: addr.to_owned(),
         });
     }
-    endpoint.tcp_nodelay(true).connect().await.map_err(
-        |e| match crate::tls::explain_client_failure(&e) {
+    tune(endpoint.tcp_nodelay(true))
+        .connect()
+        .await
+        .map_err(|e| match crate::tls::explain_client_failure(&e) {
             Some(cause) => ClientError::Handshake {
                 addr: addr.to_owned(),
                 cause,
@@ -99,8 +120,7 @@ pub async fn connect_with(addr: &str, tls: &ClientTlsFiles) -> Result<Channel, C
                 addr: addr.to_owned(),
                 reason: source_chain(&e),
             },
-        },
-    )
+        })
 }
 
 /// Why the daemon at an `https://` `addr` closed a call's connection (`status`, a
@@ -164,6 +184,69 @@ pub fn explain_status(status: &Status) -> Option<Status> {
         None => source_chain(source),
     };
     Some(Status::new(status.code(), message))
+}
+
+/// Where a call that `addr` answered with `status` should go instead: the leader a
+/// standby names in the `seatbroker-leader` metadata of an UNAVAILABLE answer, as a
+/// URL with `addr`'s scheme (the leader is reached with the same TLS files, and its
+/// certificate must name the host it advertises). `None` for any other answer, for a
+/// value that is not `host:port`, and for a leader at `addr` itself.
+pub fn leader_redirect(status: &Status, addr: &str) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    let named = status
+        .metadata()
+        .get(crate::proto::LEADER_METADATA)?
+        .to_str()
+        .ok()?;
+    let authority: tonic::codegen::http::uri::Authority = named.trim().parse().ok()?;
+    // `host:port` and nothing else: no user part, a port.
+    if authority.as_str().contains('@') || authority.port_u16().is_none() {
+        return None;
+    }
+    let scheme = if addr.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    let leader = format!("{scheme}://{authority}");
+    let same = host_and_port(&leader)
+        .zip(host_and_port(addr))
+        .is_some_and(|(leader, addr)| leader.0.eq_ignore_ascii_case(&addr.0) && leader.1 == addr.1);
+    (!same).then_some(leader)
+}
+
+/// Runs `attempt` against `addr`, and again against the leader each time a standby
+/// answers naming it ([`leader_redirect`]), at most `limits::LEADER_REDIRECTS_MAX`
+/// times; returns the last outcome. `status_of` finds the call's status in an
+/// attempt's error (`None`: a failure that is no call's answer, never followed).
+/// `attempt` is given the address to use; it connects and calls.
+pub async fn at_leader<T, E, Attempt>(
+    addr: &str,
+    mut attempt: impl FnMut(String) -> Attempt,
+    status_of: impl Fn(&E) -> Option<&Status>,
+) -> Result<T, E>
+where
+    Attempt: std::future::Future<Output = Result<T, E>>,
+{
+    let mut target = addr.to_owned();
+    let mut redirects = 0;
+    loop {
+        let outcome = attempt(target.clone()).await;
+        let Err(error) = &outcome else {
+            return outcome;
+        };
+        let leader = status_of(error).and_then(|status| leader_redirect(status, &target));
+        match leader {
+            Some(leader) if redirects < crate::limits::LEADER_REDIRECTS_MAX => {
+                tracing::debug!(standby = %target, %leader, "following a standby to the leader");
+                target = leader;
+                redirects += 1;
+            }
+            _ => return outcome,
+        }
+    }
 }
 
 pub fn admin(channel: Channel, key: BearerKey) -> AdminServiceClient<Authorized> {
@@ -234,5 +317,95 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standby_answer(leader: &str) -> Status {
+        let mut status = Status::unavailable("a standby");
+        status
+            .metadata_mut()
+            .insert(crate::proto::LEADER_METADATA, leader.parse().unwrap());
+        status
+    }
+
+    #[test]
+    fn a_standby_answer_names_the_leader_with_the_callers_scheme() {
+        let named = standby_answer("10.0.0.2:50051");
+        assert_eq!(
+            leader_redirect(&named, "http://10.0.0.1:50051").as_deref(),
+            Some("http://10.0.0.2:50051")
+        );
+        assert_eq!(
+            leader_redirect(&named, "https://b.example:443").as_deref(),
+            Some("https://10.0.0.2:50051")
+        );
+    }
+
+    #[test]
+    fn only_unavailable_with_a_plain_other_address_is_followed() {
+        let other_code = Status::with_metadata(
+            Code::PermissionDenied,
+            "no",
+            standby_answer("10.0.0.2:50051").metadata().clone(),
+        );
+        assert_eq!(leader_redirect(&other_code, "http://a:1"), None);
+        assert_eq!(
+            leader_redirect(&Status::unavailable("x"), "http://a:1"),
+            None
+        );
+        for bad in ["no-port", "u@h:1", "h:1/path", "http://h:1", ""] {
+            assert_eq!(
+                leader_redirect(&standby_answer(bad), "http://a:1"),
+                None,
+                "{bad:?}"
+            );
+        }
+        // A node naming itself is not followed.
+        assert_eq!(
+            leader_redirect(&standby_answer("LOCALHOST:7"), "https://localhost:7"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn at_leader_follows_a_bounded_chain_of_standbys() {
+        use std::cell::RefCell;
+        // Two nodes naming each other: followed LEADER_REDIRECTS_MAX times, then the
+        // refusal is the answer.
+        let calls = RefCell::new(Vec::new());
+        let answer: Result<(), Status> = at_leader(
+            "http://a:1",
+            |addr| {
+                calls.borrow_mut().push(addr.clone());
+                let other = if addr == "http://a:1" { "b:1" } else { "a:1" };
+                async move { Err(standby_answer(other)) }
+            },
+            |status| Some(status),
+        )
+        .await;
+        assert_eq!(answer.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(
+            calls.borrow().len(),
+            1 + crate::limits::LEADER_REDIRECTS_MAX
+        );
+        assert_eq!(calls.borrow()[1], "http://b:1");
+        // A leader's answer ends the chain.
+        let answer = at_leader(
+            "http://a:1",
+            |addr| async move {
+                if addr == "http://a:1" {
+                    Err(standby_answer("b:1"))
+                } else {
+                    Ok::<_, Status>(addr)
+                }
+            },
+            |status| Some(status),
+        )
+        .await;
+        assert_eq!(answer.unwrap(), "http://b:1");
     }
 }

@@ -26,6 +26,7 @@ use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::OperatorKey;
+use crate::cluster::etcd::{Credentials, EtcdAccess};
 use crate::limits;
 use crate::telemetry::logging::{self, LogFormat};
 use crate::tls::{self, ServerTlsFiles};
@@ -37,6 +38,12 @@ const OPERATOR_KEY_NOT_SHOWN: &str = "# operator_key is set but not shown: give 
 /// The environment variable of the operator key; it has no flag, so that it never
 /// shows in a process listing.
 pub const OPERATOR_KEY_ENV: &str = "SEATBROKER_OPERATOR_KEY";
+/// The environment variable of the etcd user's password (no flag, not in the file;
+/// or `[cluster] etcd_password_file`).
+pub const ETCD_PASSWORD_ENV: &str = "SEATBROKER_ETCD_PASSWORD";
+/// Where `--check-config` would print the etcd password.
+const ETCD_PASSWORD_NOT_SHOWN: &str =
+    "# the etcd password is set but not shown: give it again (SEATBROKER_ETCD_PASSWORD).\n";
 /// The default listen address: loopback, where plaintext is allowed.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:50051";
 pub const DATA_DIR_DEFAULT: &str = "./data";
@@ -309,6 +316,28 @@ pub struct ClusterSettings {
         default_value_t = limits::CLUSTER_SNAPSHOT_RECORDS_DEFAULT
     )]
     pub snapshot_records: u64,
+    /// CA certificate (PEM) that signed etcd's certificate, for https:// endpoints.
+    #[arg(long, env = "SEATBROKER_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an etcd that requires one (its
+    /// `--client-cert-auth`).
+    #[arg(long, env = "SEATBROKER_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The etcd client certificate's private key (PEM).
+    #[arg(long, env = "SEATBROKER_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// The etcd user, when etcd's authentication is on; its password comes from
+    /// `SEATBROKER_ETCD_PASSWORD` or `etcd_password_file`.
+    #[arg(long, env = "SEATBROKER_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// A file whose first line is the etcd user's password.
+    #[arg(long, env = "SEATBROKER_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The etcd user's password, from `SEATBROKER_ETCD_PASSWORD` only: no flag, not in
+    /// the file, never printed.
+    #[arg(skip)]
+    #[serde(skip)]
+    pub etcd_password: Option<SecretText>,
 }
 
 impl ClusterSettings {
@@ -363,19 +392,7 @@ impl Settings {
     /// Reads a TOML file (at most `limits::CONFIG_FILE_BYTES_MAX`); the keys it leaves
     /// out get their defaults.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let read = |source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(read)?.len();
-        if size > limits::CONFIG_FILE_BYTES_MAX {
-            return Err(ConfigError::Invalid(format!(
-                "{} is {size} bytes; a configuration file holds at most {}",
-                path.display(),
-                limits::CONFIG_FILE_BYTES_MAX
-            )));
-        }
-        let text = std::fs::read_to_string(path).map_err(read)?;
+        let text = read_small_file(path, limits::CONFIG_FILE_BYTES_MAX, "a configuration file")?;
         let parse_error = |source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
@@ -409,7 +426,23 @@ impl Settings {
             key,
             client_ca,
         } = &mut self.tls;
-        for path in [cert, key, client_ca].into_iter().flatten() {
+        let ClusterSettings {
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_password_file,
+            ..
+        } = &mut self.cluster;
+        let paths = [
+            cert,
+            key,
+            client_ca,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_password_file,
+        ];
+        for path in paths.into_iter().flatten() {
             *path = resolve(path);
         }
     }
@@ -426,6 +459,7 @@ impl Settings {
 pub struct CommandLine {
     given: ArgMatches,
     operator_key: Option<SecretText>,
+    etcd_password: Option<SecretText>,
 }
 
 impl Args for CommandLine {
@@ -454,6 +488,7 @@ impl FromArgMatches for CommandLine {
         Ok(CommandLine {
             given,
             operator_key: std::env::var(OPERATOR_KEY_ENV).ok().map(SecretText),
+            etcd_password: std::env::var(ETCD_PASSWORD_ENV).ok().map(SecretText),
         })
     }
 
@@ -511,6 +546,9 @@ impl CommandLine {
             .expect("the matches were parsed for these settings");
         if let Some(key) = &self.operator_key {
             settings.operator_key = Some(key.clone());
+        }
+        if let Some(password) = &self.etcd_password {
+            settings.cluster.etcd_password = Some(password.clone());
         }
     }
 }
@@ -617,6 +655,8 @@ impl Config {
         if let Some(files) = &config.tls {
             tls::server_acceptor(files)?;
         }
+        // The etcd files and password are read now, so that a bad one stops the start.
+        config.etcd_access()?;
         Ok(config)
     }
 
@@ -659,6 +699,37 @@ impl Config {
         self.connections_max
     }
 
+    /// How a node reaches etcd beyond its URLs: TLS from `etcd_ca` (and `etcd_cert`,
+    /// `etcd_key`), and the user with its password (read from `etcd_password_file`
+    /// now). Each error names its setting.
+    pub fn etcd_access(&self) -> Result<EtcdAccess, ConfigError> {
+        let cluster = &self.settings.cluster;
+        let tls = match &cluster.etcd_ca {
+            None => None,
+            Some(ca) => {
+                let files = tls::ClientTlsFiles {
+                    ca: Some(ca.clone()),
+                    cert: cluster.etcd_cert.clone(),
+                    key: cluster.etcd_key.clone(),
+                };
+                let config = tls::client_config(&files).map_err(|error| {
+                    ConfigError::Invalid(format!(
+                        "cluster.etcd_ca, etcd_cert, etcd_key (--etcd-ca, --etcd-cert, --etcd-key): {error}"
+                    ))
+                })?;
+                Some(config)
+            }
+        };
+        let credentials = match &cluster.etcd_user {
+            None => None,
+            Some(user) => Some(Credentials {
+                user: user.clone(),
+                password: etcd_password(cluster)?.0,
+            }),
+        };
+        Ok(EtcdAccess { tls, credentials })
+    }
+
     /// Lowers the bound on client connections to `max` (it is never raised).
     pub fn lower_connections_max(&mut self, max: usize) {
         self.connections_max = self.connections_max.min(max);
@@ -672,10 +743,13 @@ impl Config {
         if let Ok(working_directory) = std::env::current_dir() {
             printed.resolve_paths_against(&working_directory, true);
         }
-        let note = match printed.operator_key.take() {
-            Some(_) => OPERATOR_KEY_NOT_SHOWN,
-            None => "",
+        let mut note = match printed.operator_key.take() {
+            Some(_) => OPERATOR_KEY_NOT_SHOWN.to_owned(),
+            None => String::new(),
         };
+        if printed.cluster.etcd_password.take().is_some() {
+            note.push_str(ETCD_PASSWORD_NOT_SHOWN);
+        }
         match toml::to_string(&printed) {
             Ok(toml) => format!("{note}{toml}"),
             Err(error) => format!("# cannot print the configuration: {error}\n"),
@@ -712,7 +786,97 @@ fn tls_files(settings: &TlsSettings) -> Result<Option<ServerTlsFiles>, ConfigErr
     }
 }
 
-/// The bounds of `limits` on each setting, in the order of the file.
+/// The text of `path`, refused past `max_bytes` (`what` names the file in the error).
+fn read_small_file(path: &Path, max_bytes: u64, what: &str) -> Result<String, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read)?.len();
+    if size > max_bytes {
+        return Err(ConfigError::Invalid(format!(
+            "{} is {size} bytes; {what} holds at most {max_bytes}",
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path).map_err(read)
+}
+
+/// The etcd user's password: `SEATBROKER_ETCD_PASSWORD`, or the first line of
+/// `etcd_password_file` (at most `limits::ETCD_PASSWORD_FILE_BYTES_MAX` bytes).
+fn etcd_password(cluster: &ClusterSettings) -> Result<SecretText, ConfigError> {
+    if let Some(password) = &cluster.etcd_password {
+        return Ok(password.clone());
+    }
+    let Some(path) = &cluster.etcd_password_file else {
+        return Err(ConfigError::Invalid(format!(
+            "cluster.etcd_user needs its password: {ETCD_PASSWORD_ENV} or cluster.etcd_password_file (--etcd-password-file)"
+        )));
+    };
+    let text = read_small_file(
+        path,
+        limits::ETCD_PASSWORD_FILE_BYTES_MAX,
+        "cluster.etcd_password_file",
+    )?;
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "cluster.etcd_password_file {} holds no password on its first line",
+            path.display()
+        )));
+    }
+    Ok(SecretText(password.to_owned()))
+}
+
+/// The rules of cluster mode's etcd connection: one scheme for every endpoint, a CA for
+/// `https://`, TLS files only with it, a user with one source of its password.
+fn check_etcd_access(cluster: &ClusterSettings) -> Result<(), ConfigError> {
+    let invalid = |text: &str| Err(ConfigError::Invalid(text.to_owned()));
+    let https = cluster
+        .etcd_endpoints
+        .iter()
+        .filter(|url| url.starts_with("https://"))
+        .count();
+    if https != 0 && https != cluster.etcd_endpoints.len() {
+        return invalid(
+            "cluster.etcd_endpoints mixes http:// and https://: give every endpoint of one etcd cluster the same scheme",
+        );
+    }
+    let tls_files_given =
+        cluster.etcd_ca.is_some() || cluster.etcd_cert.is_some() || cluster.etcd_key.is_some();
+    if https > 0 && cluster.etcd_ca.is_none() {
+        return invalid(
+            "https:// etcd endpoints need cluster.etcd_ca (--etcd-ca): the CA certificate that signed etcd's certificate",
+        );
+    }
+    if https == 0 && tls_files_given {
+        return invalid(
+            "cluster.etcd_ca, etcd_cert and etcd_key (--etcd-ca, --etcd-cert, --etcd-key) need https:// etcd endpoints",
+        );
+    }
+    if cluster.etcd_cert.is_some() != cluster.etcd_key.is_some() {
+        return invalid(
+            "cluster.etcd_cert and cluster.etcd_key (--etcd-cert, --etcd-key) go together",
+        );
+    }
+    let password_given = cluster.etcd_password.is_some() || cluster.etcd_password_file.is_some();
+    match &cluster.etcd_user {
+        None if password_given => invalid(&format!(
+            "an etcd password ({ETCD_PASSWORD_ENV} or cluster.etcd_password_file) needs cluster.etcd_user (--etcd-user)"
+        )),
+        Some(user) if user.is_empty() => invalid("cluster.etcd_user is empty"),
+        Some(_) if cluster.etcd_password.is_some() && cluster.etcd_password_file.is_some() => {
+            invalid(&format!(
+                "the etcd password is given twice ({ETCD_PASSWORD_ENV} and cluster.etcd_password_file): give one"
+            ))
+        }
+        Some(_) if !password_given => invalid(&format!(
+            "cluster.etcd_user needs its password: {ETCD_PASSWORD_ENV} or cluster.etcd_password_file (--etcd-password-file)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The rules of cluster mode, when it is on.
 fn check_cluster(settings: &Settings) -> Result<(), ConfigError> {
     use crate::limits::*;
@@ -727,15 +891,17 @@ fn check_cluster(settings: &Settings) -> Result<(), ConfigError> {
             cluster.etcd_endpoints.len()
         ));
     }
-    if let Some(bad) = cluster
-        .etcd_endpoints
-        .iter()
-        .find(|url| !url.starts_with("http://") || url.len() <= "http://".len())
-    {
+    if let Some(bad) = cluster.etcd_endpoints.iter().find(|url| {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        rest.is_none_or(str::is_empty)
+    }) {
         return invalid(format!(
-            "cluster.etcd_endpoints: {bad:?} is not an etcd client URL such as http://127.0.0.1:2379"
+            "cluster.etcd_endpoints: {bad:?} is not an etcd client URL such as http://127.0.0.1:2379 or https://etcd-1:2379"
         ));
     }
+    check_etcd_access(cluster)?;
     let name_ok = |name: &str| {
         !name.is_empty()
             && name.len() <= 64
@@ -1005,6 +1171,48 @@ mod tests {
                 .cluster
                 .enabled()
         );
+    }
+
+    #[test]
+    fn etcd_tls_and_user_settings_are_checked_and_the_password_never_printed() {
+        let key = "a-very-secret-operator-key-0123456789abcdef";
+        let toml = |cluster: &str| {
+            Settings::parse(&format!(
+                "operator_key = \"{key}\"\n[cluster]\nnode_name = \"a\"\n{cluster}"
+            ))
+            .unwrap()
+        };
+        let refused = |cluster: &str| check(toml(cluster)).unwrap_err();
+        let https = "etcd_endpoints = [\"https://e:2379\"]\n";
+        let http = "etcd_endpoints = [\"http://e:2379\"]\n";
+        assert!(refused(https).contains("cluster.etcd_ca"));
+        let mixed = "etcd_endpoints = [\"https://e:2379\", \"http://f:2379\"]\netcd_ca = \"c\"\n";
+        assert!(refused(mixed).contains("mixes"));
+        assert!(refused(&format!("{http}etcd_ca = \"c\"\n")).contains("need https://"));
+        let half = format!("{https}etcd_ca = \"c\"\netcd_cert = \"c.pem\"\n");
+        assert!(refused(&half).contains("go together"));
+        assert!(refused(&format!("{http}etcd_user = \"u\"\n")).contains("needs its password"));
+        let no_user = format!("{http}etcd_password_file = \"p\"\n");
+        assert!(refused(&no_user).contains("needs cluster.etcd_user"));
+        // The password itself is no key of the file.
+        assert!(Settings::parse("[cluster]\netcd_password = \"x\"\n").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret-etcd\nignored\n").unwrap();
+        let mut settings = toml(&format!("{http}etcd_user = \"u\"\n"));
+        settings.cluster.etcd_password_file = Some(file);
+        let config = check(settings.clone()).unwrap();
+        let access = config.etcd_access().unwrap();
+        assert_eq!(access.credentials.as_ref().unwrap().password, "s3cret-etcd");
+        assert!(!format!("{access:?}").contains("s3cret"));
+        settings.cluster.etcd_password_file = None;
+        settings.cluster.etcd_password = Some("from-env-secret".into());
+        let config = check(settings).unwrap();
+        let printed = config.to_toml_redacted();
+        assert!(!printed.contains("from-env-secret"), "{printed}");
+        assert!(printed.contains("etcd password is set"), "{printed}");
+        assert!(!format!("{config:?}").contains("from-env-secret"));
     }
 
     #[test]

@@ -14,7 +14,14 @@
 //! handshake, HTTP/2 preface and the request's headers: nginx's
 //! `client_header_timeout`, Envoy's `request_headers_timeout`), or that had no call in
 //! flight and none started during a whole idle period (gRPC's `MAX_CONNECTION_IDLE`,
-//! Envoy's `idle_timeout`), reads as timed out, and the server closes it. The RPC
+//! Envoy's `idle_timeout`), reads as timed out, and the server closes it. An HTTP/1
+//! connection (a browser, `curl`) has the handshake timeout as its idle period: hyper
+//! reads its next request's headers through the idle time between requests, and
+//! tonic 0.14.5 gives hyper no timer, so hyper bounds no header read of its own; a
+//! client dribbling a request's headers is closed within two handshake timeouts of its
+//! last answer (Apache's `KeepAliveTimeout` is 5 s; hyper's own header-read timeout,
+//! 30 s, runs through the idle time too), while an answer still being written to a slow
+//! reader keeps its connection. The RPC
 //! layer tells the connection about its calls through [`ConnectionState`], which
 //! reaches it in the request's extensions as [`ConnectionInfo`].
 //!
@@ -32,7 +39,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -70,6 +77,9 @@ pub struct ConnectionState {
     calls_in_flight: AtomicU32,
     body_bytes_held: AtomicUsize,
     body_bytes_max: usize,
+    /// Set at the connection's first HTTP/1 request: its idle deadline is then the
+    /// handshake timeout (see [`LimitedStream`]).
+    http1: AtomicBool,
 }
 
 impl ConnectionState {
@@ -79,7 +89,15 @@ impl ConnectionState {
             calls_in_flight: AtomicU32::new(0),
             body_bytes_held: AtomicUsize::new(0),
             body_bytes_max,
+            http1: AtomicBool::new(false),
         }
+    }
+
+    /// The connection speaks HTTP/1 (a browser or `curl`), where hyper, without a
+    /// timer under tonic, bounds no header read: from now on its idle deadline is
+    /// the handshake timeout, which then bounds each request's headers.
+    pub fn mark_http1(&self) {
+        self.http1.store(true, Ordering::Relaxed);
     }
 
     /// Counts a call in; it is in flight until the guard is dropped.
@@ -117,6 +135,107 @@ pub fn charge(held: &AtomicUsize, max: usize, bytes: usize) -> bool {
         return false;
     }
     true
+}
+
+/// The daemon-wide budget of bytes held in request bodies still being read (gRPC
+/// messages and the JSON of JSON calls alike).
+#[derive(Debug)]
+pub struct RequestBodies {
+    held_bytes: AtomicUsize,
+    max_bytes: usize,
+    /// The largest message any service takes: a larger announcement is not charged,
+    /// as the decoder refuses it (OUT_OF_RANGE) before reading on.
+    message_bytes_max: usize,
+}
+
+impl RequestBodies {
+    pub fn new(max_bytes: usize, message_bytes_max: usize) -> Self {
+        RequestBodies {
+            held_bytes: AtomicUsize::new(0),
+            max_bytes,
+            message_bytes_max,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn message_bytes_max(&self) -> usize {
+        self.message_bytes_max
+    }
+}
+
+/// The bytes one request body holds, charged to its connection's share and to the
+/// daemon's budget, and given back when dropped.
+#[derive(Debug)]
+pub struct BodyCharge {
+    bodies: Arc<RequestBodies>,
+    /// `None` for streams that are not [`LimitedStream`]s.
+    connection: Option<Arc<ConnectionState>>,
+    charged_bytes: usize,
+}
+
+impl BodyCharge {
+    pub fn new(bodies: Arc<RequestBodies>, connection: Option<Arc<ConnectionState>>) -> Self {
+        BodyCharge {
+            bodies,
+            connection,
+            charged_bytes: 0,
+        }
+    }
+
+    /// Raises the charge to `due` bytes (nothing when it is that much already); a
+    /// charge past either bound takes nothing and is refused RESOURCE_EXHAUSTED.
+    pub fn charge_up_to(&mut self, due: usize) -> Result<(), tonic::Status> {
+        let Some(bytes) = due
+            .checked_sub(self.charged_bytes)
+            .filter(|bytes| *bytes > 0)
+        else {
+            return Ok(());
+        };
+        if let Some(connection) = &self.connection
+            && !connection.charge_body_bytes(bytes)
+        {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "this connection holds {} bytes of request bodies not yet complete, its \
+                 bound (4 of the largest requests); finish or cancel calls, or use \
+                 another connection",
+                connection.body_bytes_max()
+            )));
+        }
+        if !charge(&self.bodies.held_bytes, self.bodies.max_bytes, bytes) {
+            if let Some(connection) = &self.connection {
+                connection.release_body_bytes(bytes);
+            }
+            return Err(tonic::Status::resource_exhausted(format!(
+                "the daemon holds {} bytes of request bodies not yet complete, its bound \
+                 (limits.request_bodies_bytes_max); retry shortly",
+                self.bodies.max_bytes
+            )));
+        }
+        self.charged_bytes += bytes;
+        Ok(())
+    }
+
+    pub fn charged_bytes(&self) -> usize {
+        self.charged_bytes
+    }
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        if self.charged_bytes == 0 {
+            return;
+        }
+        self.bodies
+            .held_bytes
+            .fetch_sub(self.charged_bytes, Ordering::Relaxed);
+        if let Some(connection) = &self.connection {
+            connection.release_body_bytes(self.charged_bytes);
+        }
+    }
 }
 
 /// A call in flight on its connection (see [`ConnectionState::call_started`]).
@@ -168,6 +287,12 @@ pub struct LimitedStream {
     /// `calls_started` when the deadline was last armed.
     calls_seen: u64,
     idle_timeout: Duration,
+    /// The idle deadline of an HTTP/1 connection: the handshake timeout.
+    http1_idle_timeout: Duration,
+    /// Whether the daemon wrote to the connection since the deadline was armed: on an
+    /// HTTP/1 connection that is an answer still going out to a slow reader, which is
+    /// not idle (HTTP/2 writes pings of its own, so there it counts for nothing).
+    wrote_since_armed: bool,
     timed_out: bool,
     _slot: OwnedSemaphorePermit,
 }
@@ -387,6 +512,8 @@ impl LimitedStream {
             deadline: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
             calls_seen: 0,
             idle_timeout: limits.idle_timeout,
+            http1_idle_timeout: limits.handshake_timeout,
+            wrote_since_armed: false,
             timed_out: false,
             _slot: slot,
         }
@@ -406,7 +533,12 @@ impl LimitedStream {
             return false;
         }
         let started = state.calls_started.load(Ordering::Relaxed);
-        if started == self.calls_seen && state.calls_in_flight.load(Ordering::Relaxed) == 0 {
+        let http1 = state.http1.load(Ordering::Relaxed);
+        let answering = http1 && std::mem::take(&mut self.wrote_since_armed);
+        if started == self.calls_seen
+            && state.calls_in_flight.load(Ordering::Relaxed) == 0
+            && !answering
+        {
             tracing::debug!(
                 remote = ?self.info.remote_addr,
                 calls = started,
@@ -415,10 +547,19 @@ impl LimitedStream {
             return true;
         }
         self.calls_seen = started;
-        self.deadline
-            .as_mut()
-            .reset(Instant::now() + self.idle_timeout);
+        let idle_timeout = if http1 {
+            self.http1_idle_timeout
+        } else {
+            self.idle_timeout
+        };
+        self.deadline.as_mut().reset(Instant::now() + idle_timeout);
         false
+    }
+
+    fn wrote(&mut self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(bytes)) if *bytes > 0) {
+            self.wrote_since_armed = true;
+        }
     }
 
     fn timed_out_error() -> io::Error {
@@ -469,7 +610,9 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(&written);
+        written
     }
 
     fn poll_write_vectored(
@@ -477,7 +620,9 @@ impl AsyncWrite for LimitedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

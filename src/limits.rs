@@ -117,12 +117,22 @@ pub const WARNING_REPEAT_MS_MIN: u64 = 1_000;
 
 /// Usage windows: one bucket per minute with activity, per organization and product,
 /// kept for the longest window a `GetUsage` may ask about (at most 1440 buckets of
-/// 16 bytes, 23 KiB, per organization and product).
+/// 24 bytes, 34 KiB, per organization and product).
 pub const USAGE_BUCKET_MS: u64 = 60_000;
 pub const USAGE_WINDOW_SECONDS_MAX: u32 = 24 * 3600;
 pub const USAGE_WINDOW_SECONDS_DEFAULT: u32 = 3600;
 pub const USAGE_BUCKETS_MAX: usize =
     (USAGE_WINDOW_SECONDS_MAX as u64 * 1000 / USAGE_BUCKET_MS) as usize;
+/// The coarse usage figures behind `GetUsageSeries`'s longer ranges: one bucket per
+/// hour with activity, kept for a week (at most 168 buckets of 24 bytes, 4 KiB, per
+/// organization and product, beside the 34 KiB of minutes).
+pub const USAGE_COARSE_BUCKET_MS: u64 = 3_600_000;
+pub const USAGE_SERIES_RANGE_MS_MAX: u64 = 7 * 24 * 3_600_000;
+pub const USAGE_COARSE_BUCKETS_MAX: usize =
+    (USAGE_SERIES_RANGE_MS_MAX / USAGE_COARSE_BUCKET_MS) as usize;
+/// Points in one `GetUsageSeries` answer: the server picks the finest resolution
+/// that fits (an hour by the minute, a day by 10 minutes, a week by the hour).
+pub const USAGE_SERIES_POINTS_MAX: usize = 200;
 
 /// Audit events waiting for the audit writer. When full, events are dropped (and
 /// counted): the audit record never slows or blocks an RPC.
@@ -167,6 +177,12 @@ const _: () = assert!(SHUTDOWN_GRACE_MS_DEFAULT <= SHUTDOWN_GRACE_MS_MAX);
 const _: () = assert!(COMMIT_DELAY_US_DEFAULT <= COMMIT_DELAY_US_MAX);
 const _: () = assert!(USAGE_WINDOW_SECONDS_DEFAULT <= USAGE_WINDOW_SECONDS_MAX);
 const _: () = assert!(USAGE_BUCKETS_MAX <= 1440);
+const _: () = assert!(USAGE_COARSE_BUCKET_MS % USAGE_BUCKET_MS == 0);
+const _: () = assert!(USAGE_COARSE_BUCKETS_MAX <= USAGE_SERIES_POINTS_MAX);
+const _: () = assert!(
+    USAGE_SERIES_RANGE_MS_MAX >= USAGE_WINDOW_SECONDS_MAX as u64 * 1000,
+    "the week covers the day of minutes"
+);
 const _: () = assert!(AUDIT_LINE_BYTES_MAX as u64 <= AUDIT_FILE_BYTES_MAX_FLOOR);
 const _: () = assert!(AUDIT_FILE_BYTES_MAX_DEFAULT <= AUDIT_FILE_BYTES_MAX_CEILING);
 const _: () = assert!(AUDIT_FILES_MAX_DEFAULT <= AUDIT_FILES_MAX_CEILING);
@@ -452,7 +468,7 @@ const _: () = assert!(
 // a log written under larger caps still loads. Refused with RESOURCE_EXHAUSTED.
 
 /// Organizations in one daemon (created by the operator only). An empty one costs
-/// about 1 KiB, plus its usage windows when active (at most 2 x 23 KiB).
+/// about 1 KiB, plus its usage figures when active (at most 2 x 38 KiB: minutes and hours).
 pub const ORGANIZATIONS_MAX: usize = 100_000;
 /// Resident bytes of one member with one API key and a KRE license, rounded up from
 /// the 936 B `benches/admin_state.rs` measures with 1,000,000 of them (persistent
@@ -518,6 +534,15 @@ pub const CLUSTER_SNAPSHOT_LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
 pub const CLUSTER_COMPACTION_INTERVAL_MS: u64 = 5_000;
 const _: () = assert!(CLUSTER_SNAPSHOT_RECORDS_MIN <= CLUSTER_SNAPSHOT_RECORDS_DEFAULT);
 const _: () = assert!(CLUSTER_SNAPSHOT_RECORDS_DEFAULT <= CLUSTER_SNAPSHOT_RECORDS_MAX);
+/// Standbys followed in a row by a client (`client::at_leader`, the engine client): a
+/// standby names the leader in the `seatbroker-leader` trailer of its UNAVAILABLE
+/// answer and the client calls it at once; two nodes that name each other (a stale
+/// view during an election) are followed this many times, then the client falls back
+/// to its own list of addresses and its backoff.
+pub const LEADER_REDIRECTS_MAX: usize = 3;
+/// Bytes of a password file (`[cluster] etcd_password_file`).
+pub const ETCD_PASSWORD_FILE_BYTES_MAX: u64 = 4_096;
+const _: () = assert!(LEADER_REDIRECTS_MAX >= 1);
 
 // ----- The engine client library (`engine_client`), on the engine's side. -----
 
@@ -542,6 +567,9 @@ pub const ENGINE_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 pub const ENGINE_UNREACHABLE_PATIENCE_MS_DEFAULT: u64 = 10_000;
 pub const ENGINE_RECONNECT_BACKOFF_MS_INITIAL: u64 = 100;
 pub const ENGINE_RECONNECT_BACKOFF_MS_MAX: u64 = 5_000;
+/// The shortest HTTP/2 keepalive interval and timeout of the engine client
+/// (`engine_client::Keepalive`, half and a quarter of the leases' heartbeat interval).
+pub const ENGINE_KEEPALIVE_MS_MIN: u64 = 100;
 
 /// A stream acquire's fields at their largest, with room for tags and the numbers.
 const ENGINE_ACQUIRE_WIRE_BYTES_MAX: usize =
@@ -558,6 +586,10 @@ const _: () =
 // A reconnection re-sends every pending acquire, behind the attaches.
 const _: () = assert!(ENGINE_PENDING_ACQUIRES_MAX < ENGINE_OPERATIONS_BUFFERED_MAX);
 const _: () = assert!(ENGINE_RECONNECT_BACKOFF_MS_INITIAL <= ENGINE_RECONNECT_BACKOFF_MS_MAX);
+const _: () = assert!(
+    ENGINE_KEEPALIVE_MS_MIN * 4 * 3 <= LEASE_TTL_MS_DEFAULT as u64,
+    "the default TTL's keepalive is derived from it, not the floor"
+);
 
 // ----- The session channel and the wait queue (issue 16). -----
 

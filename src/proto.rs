@@ -10,6 +10,11 @@ tonic::include_proto!("seatbroker.v1");
 /// The encoded `FileDescriptorSet` of our protos, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("seatbroker_descriptor");
 
+/// The metadata in which a standby of a cluster names the leader's address
+/// (`host:port`) on its UNAVAILABLE answers: the daemon sets it
+/// (`telemetry::rpc::PhaseCell`), the clients follow it (`client::leader_redirect`).
+pub const LEADER_METADATA: &str = "seatbroker-leader";
+
 /// Serializers that print enum fields in the CLI's JSON by the names its tables and
 /// flags use: the proto name without the enum's prefix, in lower case (`PRODUCT_KRE`
 /// is `kre`, `ASSIGNMENT_OUTCOME_ALREADY_ASSIGNED` is `already_assigned`); an unknown

@@ -38,12 +38,12 @@ use crate::activity::Activity;
 use crate::api::channel::StreamRegistry;
 use crate::api::guard::{AuthLayer, AuthService, BodyBudgetLayer, GuardFuture, RequestBodies};
 use crate::api::{AdminApi, SessionApi};
-use crate::audit::{AuditError, AuditLog, AuditOptions};
+use crate::audit::{AuditAdmission, AuditError, AuditLog, AuditOptions};
 use crate::auth::{self, OperatorKeyError};
 use crate::broker::{AdminObserver, Broker};
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::election::{self, Leadership};
-use crate::cluster::etcd::Etcd;
+use crate::cluster::etcd::{Etcd, EtcdError};
 use crate::cluster::journal::EtcdJournal;
 use crate::cluster::recovery::Follower;
 use crate::cluster::{ClusterError, Keys, NodeOptions, recovery, snapshot};
@@ -102,6 +102,10 @@ pub enum ServerError {
         "this node stopped leading its cluster ({0}); it exits so that its supervisor restarts it as a standby"
     )]
     LeadershipLost(String),
+    /// etcd refused this node: its certificate, or its user and password; the message
+    /// names the setting to fix.
+    #[error("cluster mode: {0}")]
+    EtcdRefused(String),
 }
 
 /// What [`run`] tells its caller as the daemon starts.
@@ -187,6 +191,9 @@ pub async fn run(
             return Err(error);
         }
     };
+    // The usage series know each quota from now on (later changes come from
+    // `admin_changed`).
+    prepared.activity.quotas_at_start(&prepared.broker.quotas());
     edge.services.install(
         &config,
         &prepared.broker,
@@ -221,7 +228,9 @@ pub async fn run(
         // Only now: whoever waits for this line may call at once.
         log_serving(addr, config.tls().is_some(), metrics_addr);
         started(Started::Serving { addr, metrics_addr });
-        edge.serve_until(shutdown, &prepared.log, grace).await
+        let audit = prepared.activity.audit().admission();
+        edge.serve_until(shutdown, &prepared.log, audit, grace)
+            .await
     };
     for task in background {
         task.abort();
@@ -287,11 +296,11 @@ impl Edge {
             Log::Local(journal) => journal.alarm(),
             Log::Cluster(_) => None,
         };
-        report_serving(&self.health, alarm.as_ref()).await;
+        report_serving(&self.health, alarm.as_ref(), false).await;
     }
 
     /// Serves until `shutdown` resolves (then drains) or the server fails, following
-    /// the log's alarm meanwhile.
+    /// the log's alarm and the audit record's admission meanwhile.
     ///
     /// A cluster's leader serves until its leadership is lost too: it then refuses
     /// every broker call at once (the journal already refuses writes), cuts the calls
@@ -300,16 +309,14 @@ impl Edge {
         mut self,
         shutdown: impl Future<Output = ()>,
         log: &Log,
+        audit: AuditAdmission,
         grace: Duration,
     ) -> Result<(), ServerError> {
-        let alarm_watch = match log {
-            Log::Local(journal) => Some(tokio::spawn(watch_log_alarm(
-                Arc::clone(journal),
-                self.health.clone(),
-                journal.alarm(),
-            ))),
+        let journal = match log {
+            Log::Local(journal) => Some(Arc::clone(journal)),
             Log::Cluster(_) => None,
         };
+        let degradations = tokio::spawn(watch_degradations(journal, audit, self.health.clone()));
         let lost = async {
             match log {
                 Log::Cluster(term) => term.leadership.signal().lost().await,
@@ -319,9 +326,7 @@ impl Edge {
         let result = tokio::select! {
             () = shutdown => {
                 // Nothing may report SERVING once the drain said NOT_SERVING.
-                if let Some(watch) = &alarm_watch {
-                    watch.abort();
-                }
+                degradations.abort();
                 self.drain(grace).await
             }
             reason = lost => {
@@ -331,9 +336,7 @@ impl Edge {
             }
             joined = &mut self.server => flatten(joined),
         };
-        if let Some(watch) = alarm_watch {
-            watch.abort();
-        }
+        degradations.abort();
         result
     }
 
@@ -546,8 +549,12 @@ async fn lead_cluster(
 ) -> Result<Rebuilt, ServerError> {
     let options = node_options(config, addr);
     let keys = Keys::new(&options.cluster_name);
-    let etcd =
-        Etcd::connect(&options.endpoints, options.request_timeout()).map_err(ClusterError::from)?;
+    let access = config
+        .etcd_access()
+        .map_err(|error| ServerError::EtcdRefused(error.to_string()))?;
+    let etcd = Etcd::connect(&options.endpoints, options.request_timeout(), access)
+        .map_err(ClusterError::from)?;
+    first_contact(&etcd, &keys, &options).await?;
     tracing::info!(node = %options.node_name, cluster = %options.cluster_name, advertise = %options.advertise_addr, "seatbroker standing by");
     let on_leader = |leader: &str| phase.stand_by(leader);
     let mut follower = Follower::new(fresh_leases);
@@ -595,6 +602,59 @@ async fn lead_cluster(
     })
 }
 
+/// Waits until etcd answers this node's first call, retrying while etcd cannot be
+/// reached (as the campaign would); refuses to start when etcd refuses the node: a
+/// certificate that does not verify, or a user or password it does not know.
+async fn first_contact(etcd: &Etcd, keys: &Keys, options: &NodeOptions) -> Result<(), ServerError> {
+    let mut warned_at: Option<tokio::time::Instant> = None;
+    loop {
+        let error = match etcd.check_access(&keys.election).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if let Some(refusal) = etcd_refusal(&error) {
+            return Err(ServerError::EtcdRefused(refusal));
+        }
+        if warned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
+            tracing::warn!(%error, "etcd does not answer; retrying");
+            warned_at = Some(tokio::time::Instant::now());
+        }
+        tokio::time::sleep(options.standby_poll_interval()).await;
+    }
+}
+
+/// What an operator must fix when etcd refused this node, naming the setting; `None`
+/// for a failure that retrying may cure (etcd down, unreachable).
+fn etcd_refusal(error: &EtcdError) -> Option<String> {
+    match error {
+        EtcdError::AuthFailed { .. } => Some(format!(
+            "{error}: check cluster.etcd_user (--etcd-user) and its password ({} or cluster.etcd_password_file)",
+            crate::config::ETCD_PASSWORD_ENV
+        )),
+        EtcdError::Call(status) => {
+            let source = std::error::Error::source(status);
+            let chain = match source {
+                Some(source) => tls::source_chain(source),
+                None => status.message().to_owned(),
+            };
+            let cause = source.and_then(tls::tls_failure).or_else(|| {
+                chain
+                    .contains("invalid peer certificate")
+                    .then(|| chain.clone())
+            });
+            if let Some(cause) = cause {
+                return Some(format!(
+                    "the TLS handshake with etcd failed ({cause}): check cluster.etcd_ca (--etcd-ca: the CA that signed etcd's certificate), and cluster.etcd_cert and etcd_key when etcd requires client certificates"
+                ));
+            }
+            (chain.contains("frame with invalid size") || chain.contains("FRAME_SIZE_ERROR")).then(|| {
+                "etcd answers in TLS: give https:// cluster.etcd_endpoints and cluster.etcd_ca (--etcd-ca)".to_owned()
+            })
+        }
+        EtcdError::Endpoint { .. } => Some(error.to_string()),
+    }
+}
+
 /// With the `failpoints` feature, `SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS=N` makes
 /// recovery take N ms longer, so tests can watch health during recovery.
 #[cfg(feature = "failpoints")]
@@ -627,7 +687,8 @@ fn connection_limits(config: &Config) -> ConnectionLimits {
 /// guards, keepalive. HTTP/1.1 is accepted too, for browsers and `curl` (the console
 /// and the JSON API, see `web`), one request at a time per connection; the bounds of
 /// `connections` apply to both: the cap, the handshake deadline (which bounds the
-/// first request's headers) and the idle deadline (later ones: tonic 0.14.5 gives
+/// first request's headers) and the idle deadline, which for an HTTP/1 connection is
+/// the handshake timeout too and so bounds later requests' headers (tonic 0.14.5 gives
 /// hyper no timer, so hyper's own HTTP/1 header-read timeout is off).
 fn http2_server(config: &Config) -> Result<Server, ServerError> {
     let limits = &config.settings().limits;
@@ -664,8 +725,9 @@ fn router<H: Health>(
     ));
     let open = limits::UNAUTHENTICATED_REQUEST_BYTES_MAX;
     Ok(http2_server(config)?
-        // Outermost: the console's files, and JSON calls sent down as gRPC calls.
-        .layer(WebLayer::new(limits.request_bytes_max))
+        // Outermost: the console's files, and JSON calls sent down as gRPC calls (their
+        // JSON charged to the same budget as gRPC bodies).
+        .layer(WebLayer::new(limits.request_bytes_max, Arc::clone(&bodies)))
         .layer(RpcLayer::new(phase))
         .layer(BodyBudgetLayer::new(bodies))
         .add_service(health_service.max_decoding_message_size(open))
@@ -842,49 +904,102 @@ fn flatten(
 /// `/health` reports false with "ALARM NOSPACE" while it keeps serving reads;
 /// SessionService stays SERVING because heartbeats and releases, which keep engines'
 /// seats, still work (acquires answer UNAVAILABLE "disk full").
-async fn report_serving(reporter: &HealthReporter, alarm: Option<&crate::wal::Alarm>) {
-    let degraded = if alarm.is_some() {
-        ServingStatus::NotServing
-    } else {
-        ServingStatus::Serving
+///
+/// While the audit record refuses admin changes (it cannot write their events),
+/// `AdminService` alone reports NOT_SERVING: engines are served as before, and an
+/// admin client or load balancer watching the admin service sees why its changes fail.
+async fn report_serving(
+    reporter: &HealthReporter,
+    alarm: Option<&crate::wal::Alarm>,
+    audit_refuses: bool,
+) {
+    let status_if = |down: bool| {
+        if down {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        }
     };
     let [whole, sessions, admin] = HEALTH_SERVICES;
-    reporter.set_service_status(whole, degraded).await;
-    reporter.set_service_status(admin, degraded).await;
+    reporter
+        .set_service_status(whole, status_if(alarm.is_some()))
+        .await;
+    reporter
+        .set_service_status(admin, status_if(alarm.is_some() || audit_refuses))
+        .await;
     reporter
         .set_service_status(sessions, ServingStatus::Serving)
         .await;
 }
 
-/// How often the daemon looks at the log's alarm, for health and the metrics.
+/// How often the daemon looks at the log's alarm and the audit record's admission, for
+/// health and the metrics.
 const LOG_ALARM_CHECK_INTERVAL: Duration = Duration::from_millis(limits::LOG_ALARM_CHECK_MS);
 
-/// Follows the log's alarm (raised and cleared by the WAL writer, which retries the
-/// reservation by itself): metrics, health and a log line on each change.
-async fn watch_log_alarm(
-    journal: Arc<WalJournal>,
+/// What makes the daemon serve less than everything: the local log's read-only alarm
+/// (raised and cleared by the WAL writer, which retries the reservation by itself) and
+/// the audit record's refusal of admin changes (lifted by its writer once it can
+/// write again).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Degradations {
+    alarm: Option<crate::wal::Alarm>,
+    /// Why the audit record refuses admin changes, while it does.
+    audit_refusal: Option<String>,
+}
+
+impl Degradations {
+    fn now(journal: Option<&WalJournal>, audit: &AuditAdmission) -> Self {
+        Degradations {
+            alarm: journal.and_then(WalJournal::alarm),
+            audit_refusal: audit.admit().err().map(|refusal| refusal.to_string()),
+        }
+    }
+}
+
+/// Follows the degradations: metrics, health and a log line on each change.
+async fn watch_degradations(
+    journal: Option<Arc<WalJournal>>,
+    audit: AuditAdmission,
     health: HealthReporter,
-    mut reported: Option<crate::wal::Alarm>,
 ) {
-    metrics::log_alarm(reported.as_ref());
+    let mut reported = Degradations {
+        alarm: journal.as_deref().and_then(WalJournal::alarm),
+        audit_refusal: None,
+    };
+    metrics::log_alarm(reported.alarm.as_ref());
     let mut tick = tokio::time::interval(LOG_ALARM_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let alarm = journal.alarm();
-        if alarm == reported {
+        let now = Degradations::now(journal.as_deref(), &audit);
+        if now == reported {
             continue;
         }
-        match &alarm {
-            Some(alarm) => tracing::error!(
-                %alarm,
-                "read-only: grants and admin changes answer UNAVAILABLE until the log can reserve room"
-            ),
-            None => tracing::warn!("the log reserved room again: serving grants and admin changes"),
+        if now.alarm != reported.alarm {
+            match &now.alarm {
+                Some(alarm) => tracing::error!(
+                    %alarm,
+                    "read-only: grants and admin changes answer UNAVAILABLE until the log can reserve room"
+                ),
+                None => {
+                    tracing::warn!("the log reserved room again: serving grants and admin changes")
+                }
+            }
+            metrics::log_alarm(now.alarm.as_ref());
         }
-        metrics::log_alarm(alarm.as_ref());
-        report_serving(&health, alarm.as_ref()).await;
-        reported = alarm;
+        if now.audit_refusal.is_some() != reported.audit_refusal.is_some() {
+            match &now.audit_refusal {
+                Some(refusal) => tracing::error!(
+                    %refusal,
+                    "AdminService NOT_SERVING: admin changes are refused while the audit record cannot keep their events"
+                ),
+                None => tracing::warn!(
+                    "the audit record writes again: AdminService SERVING, admin changes accepted"
+                ),
+            }
+        }
+        report_serving(&health, now.alarm.as_ref(), now.audit_refusal.is_some()).await;
+        reported = now;
     }
 }
 

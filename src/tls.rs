@@ -210,6 +210,17 @@ fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::E
         .find_map(|cause| cause.downcast_ref::<rustls::Error>())
 }
 
+/// The TLS failure in `error`'s chain, in rustls's words (an alert the peer sent
+/// included), for a client of another server (etcd) whose messages name their own
+/// settings; `None` when the chain shows none.
+pub fn tls_failure(error: &(dyn StdError + 'static)) -> Option<String> {
+    if let Some(tls) = rustls_error(error) {
+        return Some(tls.to_string());
+    }
+    let chain = source_chain(error);
+    chain.contains("received fatal alert").then_some(chain)
+}
+
 /// What a client's failure to talk to the daemon means and what to do about it, when
 /// its chain shows a TLS failure or a TLS/plaintext mismatch; `None` otherwise.
 pub fn explain_client_failure(error: &(dyn StdError + 'static)) -> Option<String> {

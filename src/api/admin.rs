@@ -464,6 +464,62 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn get_usage_series(
+        &self,
+        request: Request<proto::GetUsageSeriesRequest>,
+    ) -> Answer<proto::GetUsageSeriesResponse> {
+        let principal = super::principal(&self.broker, &request)?;
+        let body = request.get_ref();
+        let org = convert::org_id(&body.org_id).map_err(to_status)?;
+        let product = convert::product(body.product).map_err(to_status)?;
+        let (start_ms, end_ms) = convert::usage_series_range(
+            body.range,
+            body.start_unix_ms,
+            body.end_unix_ms,
+            self.broker.clock().unix_ms(),
+        )
+        .map_err(to_status)?;
+        // Authorized as GetUsage: the operator, or an Owner or Admin of the organization.
+        let (usage, _) = self.broker.usage(&principal, &org).map_err(to_status)?;
+        let now = usage
+            .iter()
+            .find(|u| u.product == product)
+            .expect("usage has every product");
+        let series = self.activity.usage_series(&org, product, start_ms, end_ms);
+        let resolution_ms = series.resolution_ms as i64;
+        let mut points: Vec<proto::UsagePoint> = series
+            .points
+            .iter()
+            .map(|point| proto::UsagePoint {
+                start_unix_ms: point.start_unix_ms,
+                peak_sessions: point.peak_sessions,
+                denials: point.denials,
+                quota: point.quota,
+                grants: point.grants,
+            })
+            .collect();
+        // Sessions restored at a restart are active before any event counted them.
+        if let Some(last) = points.last_mut()
+            && last.start_unix_ms + resolution_ms >= end_ms
+        {
+            last.peak_sessions = last.peak_sessions.max(now.counters.active);
+        }
+        let start_unix_ms = points.first().map_or(start_ms, |p| p.start_unix_ms);
+        let end_unix_ms = points
+            .last()
+            .map_or(end_ms, |p| p.start_unix_ms + resolution_ms);
+        Ok(Response::new(proto::GetUsageSeriesResponse {
+            product: convert::product_to_wire(product),
+            resolution_ms,
+            start_unix_ms,
+            end_unix_ms,
+            points,
+            kept_since_unix_ms: self.activity.usage_kept_since_unix_ms(),
+            quota: now.quota,
+            active_sessions: now.counters.active,
+        }))
+    }
+
     async fn list_sessions(
         &self,
         request: Request<proto::ListSessionsRequest>,

@@ -112,6 +112,64 @@ pub fn usage_window_seconds(raw: u32) -> Result<u32, DomainError> {
     }
 }
 
+/// The range of `GetUsageSeries`, `[start, end)` in Unix milliseconds, within the
+/// week the daemon keeps and ending by `now_unix_ms`: a named range ends now; a given
+/// one has its start moved up to a week ago and its end back to now (end 0 is now).
+pub fn usage_series_range(
+    range: i32,
+    start_unix_ms: i64,
+    end_unix_ms: i64,
+    now_unix_ms: i64,
+) -> Result<(i64, i64), DomainError> {
+    const HOUR_MS: i64 = 3_600_000;
+    let kept_ms = limits::USAGE_SERIES_RANGE_MS_MAX as i64;
+    let named_ms = match proto::UsageRange::try_from(range) {
+        Ok(proto::UsageRange::Hour) => Some(HOUR_MS),
+        Ok(proto::UsageRange::Day) => Some(24 * HOUR_MS),
+        Ok(proto::UsageRange::Week) => Some(kept_ms),
+        Ok(proto::UsageRange::Unspecified) => None,
+        Err(_) => {
+            return Err(DomainError::invalid(
+                "range",
+                format!(
+                    "{range} is not a range; use USAGE_RANGE_HOUR, USAGE_RANGE_DAY, USAGE_RANGE_WEEK, or USAGE_RANGE_UNSPECIFIED with start_unix_ms and end_unix_ms"
+                ),
+            ));
+        }
+    };
+    if let Some(length_ms) = named_ms {
+        if start_unix_ms != 0 || end_unix_ms != 0 {
+            return Err(DomainError::invalid(
+                "range",
+                "give either a named range or start_unix_ms and end_unix_ms, not both",
+            ));
+        }
+        return Ok((now_unix_ms - length_ms, now_unix_ms));
+    }
+    if start_unix_ms < 0 || end_unix_ms < 0 {
+        return Err(DomainError::invalid(
+            "start_unix_ms",
+            "times are Unix milliseconds, not negative",
+        ));
+    }
+    let end = if end_unix_ms == 0 {
+        now_unix_ms
+    } else {
+        end_unix_ms.min(now_unix_ms)
+    };
+    let start = start_unix_ms.max(now_unix_ms - kept_ms);
+    if start >= end {
+        return Err(DomainError::invalid(
+            "start_unix_ms",
+            format!(
+                "the range [{start_unix_ms}, {end_unix_ms}) holds nothing the daemon keeps: start must be before end, end after {}, the start of the week kept",
+                now_unix_ms - kept_ms
+            ),
+        ));
+    }
+    Ok((start, end))
+}
+
 /// A time range in Unix milliseconds, `[from, to)`; 0 leaves an end open.
 pub fn time_range(from_unix_ms: i64, to_unix_ms: i64) -> Result<(i64, i64), DomainError> {
     if from_unix_ms < 0 || to_unix_ms < 0 {

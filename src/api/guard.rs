@@ -11,7 +11,7 @@
 //!   without that subject, and each call runs with its connection's subject as
 //!   [`crate::connections::call_client_subject`], for the audit record.
 //! - [`BodyBudgetLayer`] charges every request body against the connection's share
-//!   ([`ConnectionState`]) and the daemon's budget ([`RequestBodies`]), and gives the
+//!   ([`crate::connections::ConnectionState`]) and the daemon's budget ([`RequestBodies`]), and gives the
 //!   bytes back when the call's body is dropped (right after its message is decoded).
 //!   A body is charged the length its 5-byte gRPC prefix announces as soon as the
 //!   prefix arrives (tonic's decoder reserves that much at once), and any bytes
@@ -22,7 +22,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -33,7 +32,7 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 
 use crate::broker::Broker;
-use crate::connections::{ConnectionInfo, ConnectionState, charge, with_call_client_subject};
+use crate::connections::{BodyCharge, ConnectionInfo, with_call_client_subject};
 use crate::domain::Principal;
 use crate::telemetry::rpc::BROKER_PATH_PREFIX;
 
@@ -159,30 +158,7 @@ where
     }
 }
 
-/// The daemon-wide budget of bytes held in request bodies still being read.
-#[derive(Debug)]
-pub struct RequestBodies {
-    held_bytes: AtomicUsize,
-    max_bytes: usize,
-    /// The largest message any service takes: a larger announcement is not charged,
-    /// as the decoder refuses it (OUT_OF_RANGE) before reading on.
-    message_bytes_max: usize,
-}
-
-impl RequestBodies {
-    pub fn new(max_bytes: usize, message_bytes_max: usize) -> Self {
-        RequestBodies {
-            held_bytes: AtomicUsize::new(0),
-            max_bytes,
-            message_bytes_max,
-        }
-    }
-
-    /// Bytes held now.
-    pub fn held_bytes(&self) -> usize {
-        self.held_bytes.load(Ordering::Relaxed)
-    }
-}
+pub use crate::connections::RequestBodies;
 
 /// Adds [`BodyBudgetService`] around the routes.
 #[derive(Clone)]
@@ -231,13 +207,13 @@ where
             .extensions()
             .get::<ConnectionInfo>()
             .map(|info| Arc::clone(&info.state));
-        let bodies = Arc::clone(&self.bodies);
+        let message_bytes_max = self.bodies.message_bytes_max();
+        let charge = BodyCharge::new(Arc::clone(&self.bodies), connection);
         let request = request.map(|body| {
             Body::new(ChargedBody {
                 inner: body,
-                bodies,
-                connection,
-                charged_bytes: 0,
+                charge,
+                message_bytes_max,
                 received_bytes: 0,
                 prefix: GrpcPrefix::default(),
             })
@@ -250,10 +226,9 @@ where
 /// is dropped.
 pub struct ChargedBody {
     inner: Body,
-    bodies: Arc<RequestBodies>,
-    /// `None` for streams that are not [`crate::connections::LimitedStream`]s.
-    connection: Option<Arc<ConnectionState>>,
-    charged_bytes: usize,
+    charge: BodyCharge,
+    /// A larger announcement is not charged (see [`RequestBodies`]).
+    message_bytes_max: usize,
     received_bytes: usize,
     prefix: GrpcPrefix,
 }
@@ -294,38 +269,9 @@ impl ChargedBody {
         let announced = self
             .prefix
             .read(data)
-            .filter(|announced| *announced <= self.bodies.message_bytes_max + GRPC_PREFIX_BYTES)
+            .filter(|announced| *announced <= self.message_bytes_max + GRPC_PREFIX_BYTES)
             .unwrap_or(0);
-        let due = self.received_bytes.max(announced);
-        if due <= self.charged_bytes {
-            return Ok(());
-        }
-        self.charge(due - self.charged_bytes)
-    }
-
-    fn charge(&mut self, bytes: usize) -> Result<(), Status> {
-        if let Some(connection) = &self.connection
-            && !connection.charge_body_bytes(bytes)
-        {
-            return Err(Status::resource_exhausted(format!(
-                "this connection holds {} bytes of request bodies not yet complete, its \
-                 bound (4 of the largest requests); finish or cancel calls, or use \
-                 another connection",
-                connection.body_bytes_max()
-            )));
-        }
-        if !charge(&self.bodies.held_bytes, self.bodies.max_bytes, bytes) {
-            if let Some(connection) = &self.connection {
-                connection.release_body_bytes(bytes);
-            }
-            return Err(Status::resource_exhausted(format!(
-                "the daemon holds {} bytes of request bodies not yet complete, its bound \
-                 (limits.request_bodies_bytes_max); retry shortly",
-                self.bodies.max_bytes
-            )));
-        }
-        self.charged_bytes += bytes;
-        Ok(())
+        self.charge.charge_up_to(self.received_bytes.max(announced))
     }
 }
 
@@ -357,20 +303,6 @@ impl HttpBody for ChargedBody {
     }
 }
 
-impl Drop for ChargedBody {
-    fn drop(&mut self) {
-        if self.charged_bytes == 0 {
-            return;
-        }
-        self.bodies
-            .held_bytes
-            .fetch_sub(self.charged_bytes, Ordering::Relaxed);
-        if let Some(connection) = &self.connection {
-            connection.release_body_bytes(self.charged_bytes);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +320,8 @@ mod tests {
 
     #[test]
     fn a_charge_past_the_bound_takes_nothing() {
+        use crate::connections::charge;
+        use std::sync::atomic::{AtomicUsize, Ordering};
         let held = AtomicUsize::new(0);
         assert!(charge(&held, 10, 6));
         assert!(!charge(&held, 10, 5));

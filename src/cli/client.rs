@@ -70,16 +70,16 @@ impl Clients {
     }
 }
 
-async fn connect(args: &ClientArgs) -> Result<Clients, Failure> {
+async fn connect(args: &ClientArgs, addr: &str) -> Result<Clients, Failure> {
     let key = BearerKey::new(args.key.as_deref()).map_err(|e| Failure::Usage(e.to_string()))?;
     let tls = args.tls_files();
-    let connecting = client::connect_with(&args.addr, &tls);
+    let connecting = client::connect_with(addr, &tls);
     let channel = match tokio::time::timeout(args.connect_timeout, connecting).await {
         Ok(Ok(channel)) => channel,
         Ok(Err(error)) => return Err(connect_failure(error)),
         Err(_) => {
             let waited = humantime::format_duration(args.connect_timeout);
-            let message = format!("{} did not answer within {waited}", args.addr);
+            let message = format!("{addr} did not answer within {waited}");
             return Err(Failure::Unreachable(message));
         }
     };
@@ -151,15 +151,12 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
         ClientCommand::Run(run) => return super::run::run(args, run).await,
         command => command,
     };
-    let outcome = match connect(&args).await {
-        Ok(mut clients) => dispatch(&mut clients, command).await,
-        Err(failure) => Err(failure),
-    };
+    let (answered, outcome) = on_leader(&args, command).await;
     let outcome = match outcome {
         // A connection closed at the first call may be the daemon refusing the client
         // certificate (TLS 1.3 says so only then, and hyper drops the alert): ask.
         Err(Failure::Call(status)) if status.code() != tonic::Code::Ok => {
-            match client::explain_refusal(&args.addr, &args.tls_files(), &status).await {
+            match client::explain_refusal(&answered, &args.tls_files(), &status).await {
                 Some(cause) => Err(Failure::Configuration(cause)),
                 None => Err(Failure::Call(status)),
             }
@@ -173,6 +170,40 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+/// Runs `command` on the daemon at `--addr`, or on a cluster's leader: each address in
+/// turn while it cannot be reached (nothing was sent to it), and from a standby to the
+/// leader it names (`client::at_leader`: the standby refused the command's first call
+/// before doing anything, so the whole command runs again there). Returns the outcome
+/// and the address that gave it.
+async fn on_leader(args: &ClientArgs, command: ClientCommand) -> (String, Result<(), Failure>) {
+    let addrs = args.addrs();
+    let Some(last) = addrs.len().checked_sub(1) else {
+        let failure = Failure::Usage("--addr names no address".into());
+        return (args.addr.clone(), Err(failure));
+    };
+    for (index, addr) in addrs.into_iter().enumerate() {
+        let mut answered = addr.clone();
+        let outcome = client::at_leader(
+            &addr,
+            |target| {
+                answered.clone_from(&target);
+                let command = command.clone();
+                async move {
+                    let mut clients = connect(args, &target).await?;
+                    dispatch(&mut clients, command).await
+                }
+            },
+            Failure::call_status,
+        )
+        .await;
+        match outcome {
+            Err(Failure::Unreachable(_)) if index < last => continue,
+            outcome => return (answered, outcome),
+        }
+    }
+    unreachable!("the last address returns")
 }
 
 async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Failure> {

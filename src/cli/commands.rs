@@ -21,7 +21,9 @@ use super::time::{Expiry, parse_expiry};
 // clap would show a doc comment here as the description of every group it is added to.)
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
-    /// Daemon address.
+    /// Daemon address; several, comma-separated, for the nodes of a cluster: each is
+    /// tried in turn until one answers, and a standby's answer naming the leader is
+    /// followed to it.
     #[arg(
         long,
         env = "SEATBROKER_ADDR",
@@ -52,6 +54,16 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// The addresses of `--addr`, in order (empty when it names none).
+    pub fn addrs(&self) -> Vec<String> {
+        self.addr
+            .split(',')
+            .map(str::trim)
+            .filter(|addr| !addr.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn tls_files(&self) -> crate::tls::ClientTlsFiles {
         crate::tls::ClientTlsFiles {
             ca: self.tls_ca.clone(),
@@ -117,7 +129,7 @@ pub fn parse() -> Cli {
 }
 
 /// The subcommands that are a client of a running daemon.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum ClientCommand {
     /// Organizations (operator).
     #[command(subcommand)]
@@ -150,7 +162,7 @@ pub enum ClientCommand {
 }
 
 /// `seatbroker run`: what to acquire, and the command to run while it is held.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The product to take a seat or session of.
     #[arg(long, value_enum)]
@@ -257,7 +269,7 @@ pub struct DestructiveArgs {
     pub yes: bool,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum OrgCommand {
     /// Create an organization with its quota and its first owner.
     Create {
@@ -298,7 +310,7 @@ pub enum OrgCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum QuotaCommand {
     /// Change an organization's seats, sessions or expiry; what is not given is kept.
     /// Prints the quota before and after.
@@ -313,7 +325,7 @@ pub enum QuotaCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum MemberCommand {
     /// Add a member to an organization.
     Add {
@@ -351,7 +363,7 @@ pub enum MemberCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum KeyCommand {
     /// Create an API key; the key is printed once.
     Create {
@@ -385,7 +397,7 @@ pub enum KeyCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum LicenseCommand {
     /// Assign a product to one or more members (all or nothing).
     Assign {
@@ -436,7 +448,7 @@ pub enum LicenseCommand {
 }
 
 /// `usage`: one organization's figures per product.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct UsageArgs {
     /// The organization.
     pub org_id: String,
@@ -454,7 +466,7 @@ pub enum ExportFormat {
     Jsonl,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum AuditCommand {
     /// Write an organization's audit events to standard output, oldest first.
     Export {
@@ -473,7 +485,7 @@ pub enum AuditCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum SessionCommand {
     /// Acquire a session with a member's key (as an engine would).
     Acquire {

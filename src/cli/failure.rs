@@ -74,6 +74,14 @@ impl From<Status> for Failure {
 }
 
 impl Failure {
+    /// The daemon's answer, when the failure is one.
+    pub fn call_status(&self) -> Option<&Status> {
+        match self {
+            Failure::Call(status) => Some(status),
+            _ => None,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Failure::Call(status) => exit_code(status.code()),

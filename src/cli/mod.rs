@@ -135,7 +135,7 @@ fn exit_code(error: &ServerError) -> u8 {
         ServerError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
             EXIT_IN_USE
         }
-        ServerError::Bind { .. } | ServerError::Tls(_) => EXIT_CONFIG,
+        ServerError::Bind { .. } | ServerError::Tls(_) | ServerError::EtcdRefused(_) => EXIT_CONFIG,
         ServerError::DataDir { .. }
         | ServerError::OperatorKey(_)
         | ServerError::Lock(_)

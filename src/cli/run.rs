@@ -103,12 +103,7 @@ async fn connect(client: &ClientArgs) -> Result<EngineClient, Failure> {
         let message = "`run` needs a member's API key: --key or SEATBROKER_KEY";
         return Err(Failure::Usage(message.into()));
     };
-    let addrs = client
-        .addr
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty());
-    let mut options = ClientOptions::new(addrs, key);
+    let mut options = ClientOptions::new(client.addrs(), key);
     options.tls = client.tls_files();
     options.connect_timeout = client.connect_timeout;
     EngineClient::connect(options)

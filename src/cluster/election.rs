@@ -216,12 +216,11 @@ async fn keep_alive(
         let _ = requests.try_send(pb::LeaseKeepAliveRequest { id: lease });
         let opened = tokio::time::timeout_at(
             deadline,
-            etcd.lease_client()
-                .lease_keep_alive(ReceiverStream::new(receiver)),
+            etcd.lease_keep_alive(ReceiverStream::new(receiver)),
         )
         .await;
         let mut responses = match opened {
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(responses)) => responses,
             Ok(Err(_)) => {
                 tokio::time::sleep(interval.min(Duration::from_millis(100))).await;
                 step_down_if_late(&lost, renewed_at, step_down_after);

@@ -1,6 +1,9 @@
 //! The engine client's task: it owns the stream, the pending acquires (by request id)
 //! and the held seats (by lease id), routes the broker's events to the handles, renews,
-//! and on a broken stream reconnects with backoff and re-attaches every held seat.
+//! and on a broken stream reconnects with backoff and re-attaches every held seat. A
+//! cluster's standby that refuses the stream naming the leader
+//! (`client::leader_redirect`) is followed to it at once, without a backoff, at most
+//! `limits::LEADER_REDIRECTS_MAX` standbys in a row; then the list goes on.
 //! The routing of events ([`Book`]) is kept apart from the I/O so that it is tested
 //! without a broker.
 
@@ -14,8 +17,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
 use super::{
-    AcquireSpec, ClientOptions, Command, ConnectError, LostReason, NewAcquire, QueuePosition, Seat,
-    SeatLost,
+    AcquireSpec, ClientOptions, Command, ConnectError, Keepalive, LostReason, NewAcquire,
+    QueuePosition, Seat, SeatLost,
 };
 use crate::client::{self, BearerKey, ClientError};
 use crate::limits;
@@ -504,10 +507,11 @@ fn random_engine_id() -> String {
     format!("engine-{random:016x}")
 }
 
-/// An open stream: where to send, what comes back.
+/// An open stream: where to send, what comes back, and the broker's address.
 struct Stream {
     outbound: mpsc::Sender<ChannelRequest>,
     inbound: Streaming<ChannelResponse>,
+    addr: String,
 }
 
 /// How a stream ended.
@@ -527,8 +531,12 @@ pub(super) struct Driver {
     commands: mpsc::Receiver<Command>,
     book: Book,
     stopped: Arc<std::sync::OnceLock<Status>>,
-    /// The address of the next attempt (index into `options.addrs`).
+    /// The address of the next attempt from the list (index into `options.addrs`).
     next_addr: usize,
+    /// The leader a standby named: the next attempt goes there instead.
+    leader: Option<String>,
+    /// Standbys followed in a row (reset when the list is taken up again).
+    redirects: usize,
     stream: Option<Stream>,
 }
 
@@ -549,32 +557,65 @@ impl Driver {
             book,
             stopped,
             next_addr: 0,
+            leader: None,
+            redirects: 0,
             stream: None,
         }
     }
 
-    /// Opens the first stream: each address once, in order.
+    /// Opens the first stream: each address of the list once, in order, and the
+    /// leaders standbys name on the way.
     pub(super) async fn open_first(mut self) -> Result<Self, ConnectError> {
-        let mut last = None;
-        for _ in 0..self.options.addrs.len() {
+        let mut listed_tried = 0;
+        loop {
+            listed_tried += usize::from(self.leader.is_none());
             match self.open().await {
                 Ok(stream) => {
                     self.stream = Some(stream);
                     return Ok(self);
                 }
-                Err(error) => last = Some(error),
+                Err(error) if self.leader.is_none() && listed_tried == self.options.addrs.len() => {
+                    return Err(error);
+                }
+                Err(_) => {}
             }
         }
-        Err(last.expect("at least one address"))
+    }
+
+    /// The address of the next attempt: the leader a standby named, else the next of
+    /// the list.
+    fn next_target(&mut self) -> String {
+        if let Some(leader) = self.leader.take() {
+            return leader;
+        }
+        self.redirects = 0;
+        let addr = self.options.addrs[self.next_addr].clone();
+        self.next_addr = (self.next_addr + 1) % self.options.addrs.len();
+        addr
+    }
+
+    /// Remembers the leader that `status`, the answer of `addr`, names, for the next
+    /// attempt (unless the standbys followed in a row are at their bound).
+    fn follow_leader(&mut self, status: &Status, addr: &str) {
+        if self.redirects >= limits::LEADER_REDIRECTS_MAX {
+            return;
+        }
+        if let Some(leader) = client::leader_redirect(status, addr) {
+            tracing::debug!(standby = %addr, %leader, "following a standby to the leader");
+            self.leader = Some(leader);
+            self.redirects += 1;
+        }
     }
 
     /// One attempt at the next address: connect, send what the book has to say to a
     /// new stream, and wait for the stream's headers.
     async fn open(&mut self) -> Result<Stream, ConnectError> {
-        let addr = self.options.addrs[self.next_addr].clone();
-        self.next_addr = (self.next_addr + 1) % self.options.addrs.len();
+        let addr = self.next_target();
         let timeout = self.options.connect_timeout;
-        let connecting = client::connect_with(&addr, &self.options.tls);
+        let keepalive = self.keepalive();
+        let connecting = client::connect_tuned(&addr, &self.options.tls, |endpoint| {
+            keepalive.apply(endpoint)
+        });
         let channel = match tokio::time::timeout(timeout, connecting).await {
             Ok(channel) => channel?,
             Err(_) => {
@@ -606,12 +647,27 @@ impl Driver {
             Ok(Ok(response)) => Ok(Stream {
                 outbound,
                 inbound: response.into_inner(),
+                addr,
             }),
-            Ok(Err(status)) => Err(refused(status)),
+            Ok(Err(status)) => {
+                self.follow_leader(&status, &addr);
+                Err(refused(status))
+            }
             Err(_) => Err(refused(Status::unavailable(format!(
                 "the stream did not open within {}",
                 humantime::format_duration(timeout)
             )))),
+        }
+    }
+
+    /// The options' keepalive, no slower than the held seats' heartbeat interval asks.
+    fn keepalive(&self) -> Keepalive {
+        match self.book.renew_interval() {
+            Some(every) => self
+                .options
+                .keepalive
+                .at_most(Keepalive::for_heartbeat_interval(every)),
+            None => self.options.keepalive,
         }
     }
 
@@ -625,7 +681,12 @@ impl Driver {
             };
             match end {
                 StreamEnd::Reconnect { failed } => {
-                    failures = if failed { failures + 1 } else { 0 };
+                    // A hop to a named leader neither counts nor resets the failures.
+                    if failed {
+                        failures += 1;
+                    } else if self.leader.is_none() {
+                        failures = 0;
+                    }
                 }
                 StreamEnd::Final(status) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), "the engine client stops");
@@ -639,9 +700,13 @@ impl Driver {
     }
 
     /// Waits out the backoff (serving commands and deadlines meanwhile), then one
-    /// attempt at the next address.
+    /// attempt at the next address; a leader just named is tried at once.
     async fn reconnect(&mut self, failures: &mut u32) -> StreamEnd {
-        let attempt_at = Instant::now() + self.options.backoff.next_delay(*failures);
+        let pause = match self.leader {
+            Some(_) => Duration::ZERO,
+            None => self.options.backoff.next_delay(*failures),
+        };
+        let attempt_at = Instant::now() + pause;
         loop {
             let deadline = self.book.next_deadline(false);
             tokio::select! {
@@ -664,7 +729,10 @@ impl Driver {
             }
             Err(error) => {
                 tracing::debug!(%error, "reconnect failed");
-                StreamEnd::Reconnect { failed: true }
+                // A standby that named the leader answered: no failure to back off from.
+                StreamEnd::Reconnect {
+                    failed: self.leader.is_none(),
+                }
             }
         }
     }
@@ -702,6 +770,7 @@ impl Driver {
                     Ok(None) => return StreamEnd::Reconnect { failed: true },
                     Err(status) if is_retryable(&status) => {
                         tracing::debug!(code = ?status.code(), message = status.message(), "the stream broke");
+                        self.follow_leader(&status, &stream.addr);
                         return StreamEnd::Reconnect { failed: true };
                     }
                     Err(status) => return StreamEnd::Final(status),

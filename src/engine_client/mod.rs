@@ -9,10 +9,12 @@
 //!   queue position while it waits.
 //! - Renewal is automatic: one `renew` per heartbeat interval for all the seats of the
 //!   stream.
-//! - A broken stream (the broker restarting, a network failure, a draining broker) is
+//! - A broken stream (the broker restarting, a network failure, a draining broker, a
+//!   connection whose HTTP/2 keepalive PING went unanswered: [`Keepalive`]) is
 //!   reconnected with exponential backoff and jitter ([`Backoff`]), trying the next
-//!   address each time, and every held seat is attached to the new stream by lease id
-//!   and generation. Only `UNAVAILABLE` (and a connection that broke without a status)
+//!   address each time (or, at once, the leader a cluster's standby names in its
+//!   refusal: any node's address reaches the leader), and every held seat is attached
+//!   to the new stream by lease id and generation. Only `UNAVAILABLE` (and a connection that broke without a status)
 //!   is retried; any other status is final and surfaced to every seat and acquire.
 //! - [`Seat::lost`] says when and why a seat was lost: ended by the broker (an admin
 //!   terminated it, the product was unassigned, ...) or expired because the broker
@@ -46,6 +48,7 @@
 
 mod backoff;
 mod driver;
+mod keepalive;
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -57,6 +60,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
 pub use backoff::Backoff;
+pub use keepalive::Keepalive;
 
 use crate::client::{BearerKey, ClientError};
 use crate::limits;
@@ -78,6 +82,10 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// The pause between reconnection attempts.
     pub backoff: Backoff,
+    /// The connection's HTTP/2 keepalive, so a broker that vanished without closing
+    /// the connection is noticed before the seats' deadline (shortened to the held
+    /// seats' heartbeat interval on each reconnect: see [`Keepalive`]).
+    pub keepalive: Keepalive,
     /// How long an acquire made while no stream is up waits for one (on top of its own
     /// wait) before it fails with `UNAVAILABLE`.
     pub unreachable_patience: Duration,
@@ -93,6 +101,7 @@ impl ClientOptions {
             tls: ClientTlsFiles::default(),
             connect_timeout: Duration::from_millis(limits::ENGINE_CONNECT_TIMEOUT_MS_DEFAULT),
             backoff: Backoff::default(),
+            keepalive: Keepalive::default(),
             unreachable_patience: Duration::from_millis(
                 limits::ENGINE_UNREACHABLE_PATIENCE_MS_DEFAULT,
             ),

@@ -62,6 +62,15 @@ pub enum TargetKind {
     Noop,
 }
 
+/// `20/s` or `20`: a count per second.
+fn parse_per_second(text: &str) -> Result<u32, String> {
+    let count = text.strip_suffix("/s").unwrap_or(text);
+    count
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a rate: give a count per second, e.g. 20/s"))
+}
+
 /// The operator key; its `Debug` output is redacted so it never reaches a log.
 #[derive(Clone)]
 pub struct OperatorKeyText(pub(crate) String);
@@ -114,6 +123,12 @@ pub struct BenchArgs {
     /// interval the broker gives its leases).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub renew_interval: Option<Duration>,
+    /// `hosts`: an admin terminates held sessions at this pace through the measured
+    /// window (`20/s` or `20`), and the report gives the time from just before each
+    /// `TerminateSession` call to the `ended` event on the holding host's stream. A
+    /// termination acknowledged whose event never arrives fails the run.
+    #[arg(long, value_parser = parse_per_second)]
+    pub terminate_rate: Option<u32>,
     /// The server to drive.
     #[arg(long, value_enum, default_value_t = TargetKind::Broker)]
     pub target: TargetKind,

@@ -40,6 +40,14 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 100_000;
 /// Messages a host's stream queues before its sender waits for the connection.
 pub const STREAM_OUTBOX: usize = 16;
 
+/// Terminations per second (`--terminate-rate`).
+pub const TERMINATE_RATE_MAX: u32 = 10_000;
+/// `TerminateSession` calls outstanding at once; the schedule waits past it.
+pub const TERMINATIONS_IN_FLIGHT_MAX: usize = 64;
+/// Held-lease slots one termination looks at, from a random start, before the tick
+/// counts as skipped (so a nearly empty table costs a bounded scan).
+pub const TERMINATION_PICK_TRIES_MAX: usize = 4_096;
+
 /// Client-side timeout of one measured RPC (`stats::timed_rpc`).
 pub const RPC_TIMEOUT_MS: u64 = 10_000;
 /// Timeout of establishing one connection.

@@ -14,7 +14,57 @@ use crate::proto::session_service_client::SessionServiceClient;
 use crate::tls::ClientTlsFiles;
 
 use super::bounds::CONNECT_TIMEOUT_MS;
+use super::config::{BrokerTarget, check_loopback};
 use super::error::LoadgenError;
+
+/// The address to drive: the target's, or, when it is a cluster's standby, the leader
+/// it names (followed by the one rule of every client of ours, `client::at_leader`),
+/// found with one listing call with the operator key. A leader off this machine is
+/// refused unless `--allow-remote`.
+pub(crate) async fn leader_uri(target: &BrokerTarget) -> Result<String, LoadgenError> {
+    enum Failed {
+        Loadgen(LoadgenError),
+        Call(tonic::Status),
+    }
+    let key = bearer(&target.operator_key.0)?;
+    let found = client::at_leader(
+        &target.uri,
+        |addr| {
+            let key = key.clone();
+            async move {
+                let channel = connect_all(&addr, &target.tls, 1)
+                    .await
+                    .map_err(Failed::Loadgen)?
+                    .remove(0);
+                let request = crate::proto::ListOrganizationsRequest {
+                    page_size: 1,
+                    ..Default::default()
+                };
+                let mut client = admin(&channel, &key);
+                let call = client.list_organizations(request);
+                match tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), call).await {
+                    Ok(Ok(_)) => Ok(addr),
+                    Ok(Err(status)) => Err(Failed::Call(status)),
+                    Err(_) => Err(Failed::Loadgen(LoadgenError::SetupTimeout)),
+                }
+            }
+        },
+        |failed| match failed {
+            Failed::Call(status) => Some(status),
+            Failed::Loadgen(_) => None,
+        },
+    )
+    .await;
+    let leader = match found {
+        Ok(leader) => leader,
+        Err(Failed::Loadgen(error)) => return Err(error),
+        Err(Failed::Call(status)) => return Err(LoadgenError::setup("ListOrganizations", status)),
+    };
+    if leader != target.uri && !target.allow_remote {
+        check_loopback(&leader)?;
+    }
+    Ok(leader)
+}
 
 /// Opens `count` distinct HTTP/2 connections to `addr`, one after the other.
 pub(crate) async fn connect_all(

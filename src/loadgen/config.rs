@@ -68,6 +68,9 @@ pub struct BrokerTarget {
     pub operator_key: OperatorKeyText,
     /// The daemon's process, for its CPU per operation.
     pub server_pid: Option<u32>,
+    /// `--allow-remote`: a cluster's leader named by a standby may be on another
+    /// machine.
+    pub allow_remote: bool,
 }
 
 /// Where the report goes.
@@ -136,6 +139,9 @@ pub struct StreamConfig {
     pub streams_per_connection: u32,
     /// `hosts`: period of each host's renewal; `None` uses the leases' heartbeat interval.
     pub renew_interval: Option<Duration>,
+    /// `hosts`: sessions an admin terminates per second through the measured window
+    /// (the pushed termination's latency); `None` terminates nothing.
+    pub terminate_rate: Option<u32>,
 }
 
 impl Plan {
@@ -145,6 +151,12 @@ impl Plan {
             check_loopback(&args.addr)?;
         }
         let config = BenchConfig::from_args(&args)?;
+        if args.terminate_rate.is_some() && (args.compare_noop || args.target != TargetKind::Broker)
+        {
+            return Err(usage(
+                "--terminate-rate terminates sessions on a broker: it does not run against the no-op server",
+            ));
+        }
         let mode = if args.compare_noop {
             Mode::CompareNoop(BrokerTarget::from_args(&args)?, Target::noop(&args))
         } else {
@@ -174,10 +186,16 @@ impl BenchConfig {
         let engines = args.engines.unwrap_or(defaults.engines);
         check_range("--engines", engines.into(), 1, ENGINES_MAX.into())?;
         check_range("--orgs", orgs.into(), 1, u64::from(ORGS_MAX.min(engines)))?;
+        if args.terminate_rate.is_some() && args.protocol != Protocol::Stream {
+            return Err(usage(
+                "--terminate-rate runs with --protocol stream --workload hosts",
+            ));
+        }
         let stream = (args.protocol == Protocol::Stream).then_some(StreamConfig {
             batch: args.batch,
             streams_per_connection: args.streams,
             renew_interval: args.renew_interval,
+            terminate_rate: args.terminate_rate,
         });
         let hosts = args.connections.saturating_mul(args.streams);
         // Over streams the members are the hosts' (a stream holds one user's leases).
@@ -338,6 +356,17 @@ impl BenchConfig {
                 self.members
             )));
         }
+        if let Some(rate) = stream.terminate_rate {
+            if self.workload != Workload::Hosts {
+                return Err(usage("--terminate-rate runs with the hosts workload"));
+            }
+            check_range(
+                "--terminate-rate",
+                rate.into(),
+                1,
+                TERMINATE_RATE_MAX.into(),
+            )?;
+        }
         if let Some(every) = stream.renew_interval {
             check_millis(
                 "--renew-interval",
@@ -422,6 +451,7 @@ impl BrokerTarget {
             tls,
             operator_key,
             server_pid: args.server_pid,
+            allow_remote: args.allow_remote,
         })
     }
 }

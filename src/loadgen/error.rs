@@ -44,6 +44,10 @@ pub enum LoadgenError {
         /// The organization's KRE quota.
         quota: u32,
     },
+    /// `--terminate-rate`: terminations the broker acknowledged whose `ended` event
+    /// never reached the holding host's stream.
+    #[error("{missing} of {acknowledged} acknowledged terminations never reached their stream")]
+    TerminationsMissing { missing: u64, acknowledged: u64 },
     /// The restart bench's own daemon could not be started, answered what a broker
     /// never answers, died, or took longer than its bound.
     #[error("the bench's daemon: {0}")]
@@ -65,7 +69,7 @@ pub enum LoadgenError {
 
 impl LoadgenError {
     /// The process exit code for this error: 64 usage, 69 target unavailable,
-    /// 1 quota violated or restart checks failed, 70 internal, 73 data directory,
+    /// 1 quota violated, terminations missing or restart checks failed, 70 internal, 73 data directory,
     /// 74 stdout unwritable.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -75,7 +79,9 @@ impl LoadgenError {
             | Self::Setup { .. }
             | Self::SetupTimeout
             | Self::Daemon(_) => 69,
-            Self::QuotaViolated { .. } | Self::RestartChecks(_) => 1,
+            Self::QuotaViolated { .. }
+            | Self::RestartChecks(_)
+            | Self::TerminationsMissing { .. } => 1,
             Self::DataDir { .. } => 73,
             Self::Stdout(_) => 74,
             Self::NoopServer(_) | Self::Internal(_) => 70,

@@ -19,6 +19,8 @@
 //! - `engine`: one task per simulated engine; the unary workloads.
 //! - `stream`: `--protocol stream`, one task per simulated host driving one session
 //!   channel with batches of operations; acquire-release, heartbeat and hosts.
+//! - `terminate`: `--terminate-rate`, an admin terminating held sessions while the
+//!   hosts run, and the time each `ended` event took to reach its stream.
 //! - `pacer`: `--rate`, the absolute start schedule (coordinated omission corrected).
 //! - `runner`: one run against one target, bounded by the deadline and the drain.
 //! - `stats`: phases, sharded latency histograms, error counts, the progress line.
@@ -51,6 +53,7 @@ mod runner;
 mod setup;
 mod stats;
 mod stream;
+mod terminate;
 
 #[cfg(test)]
 mod tests;
@@ -68,6 +71,7 @@ pub use quota_check::{QuotaCheck, Verdict};
 pub use report::{Comparison, Outcome, Ratio, Report};
 pub use restart::{RestartArgs, RestartReport, run as run_restart};
 pub use stats::Latency;
+pub use terminate::TerminationReport;
 
 /// Runs `seatbroker bench`: validates the arguments, runs the plan, prints the human
 /// report or one JSON object to stdout, and fails with `QuotaViolated` (after
@@ -94,7 +98,21 @@ pub async fn run(args: BenchArgs) -> Result<Outcome, LoadgenError> {
     };
     print_outcome(&outcome, plan.output)?;
     check_quota(&outcome)?;
+    check_terminations(&outcome)?;
     Ok(outcome)
+}
+
+/// `TerminationsMissing` when an acknowledged termination's event never arrived.
+fn check_terminations(outcome: &Outcome) -> Result<(), LoadgenError> {
+    for report in outcome.reports() {
+        if let Some(terminations) = report.terminations.as_ref().filter(|t| t.missing > 0) {
+            return Err(LoadgenError::TerminationsMissing {
+                missing: terminations.missing,
+                acknowledged: terminations.acknowledged,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Runs the plan's first target unpaced and returns its config paced at half the

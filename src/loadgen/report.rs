@@ -11,6 +11,7 @@ use super::config::BenchConfig;
 use super::cpu::{CpuCores, CpuPerOp, CpuUsed};
 use super::quota_check::{QuotaCheck, Verdict};
 use super::stats::{Latency, Snapshot};
+use super::terminate::TerminationReport;
 
 /// The figures of one run against one target.
 #[derive(Serialize, Clone, Debug)]
@@ -71,6 +72,9 @@ pub struct Report {
     /// Paced runs: how late calls were sent after their intended start (the
     /// generator's own lateness, microseconds; latency counts from the intended start).
     pub start_lag_us: Option<Latency>,
+    /// `--terminate-rate`: the admin's terminations and how long each took to reach
+    /// the holding host's stream.
+    pub terminations: Option<TerminationReport>,
 }
 
 /// How a streamed run spread its operations.
@@ -139,6 +143,7 @@ impl Report {
             cpu_per_op,
             cpu_cores,
             start_lag_us: snapshot.start_lag,
+            terminations: None,
             leases_renewed: config.stream.map(|_| snapshot.leases_renewed),
             leases_renewed_per_sec: config
                 .stream
@@ -209,6 +214,23 @@ impl Report {
         }
         if let Some(lag) = &self.start_lag_us {
             let _ = writeln!(text, "  start lag   {}", latency_text(lag));
+        }
+        if let Some(terminations) = &self.terminations {
+            let _ = writeln!(
+                text,
+                "  terminated  {}/s asked: {} acknowledged, {} delivered, {} missing, {} refused, {} ticks without a held lease",
+                terminations.rate_per_sec,
+                terminations.acknowledged,
+                terminations.delivered,
+                terminations.missing,
+                terminations.refused,
+                terminations.skipped
+            );
+            let _ = writeln!(
+                text,
+                "  pushed end  admin call to ended event, us: {}",
+                latency_text(&terminations.latency_us)
+            );
         }
         let _ = writeln!(text, "  errors      {}", errors_text(&self.errors));
         let _ = writeln!(text, "  {}", cpu_text(&self.cpu_cores, &self.cpu_per_op));

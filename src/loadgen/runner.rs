@@ -8,7 +8,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::client::BearerKey;
+use crate::client::{Authorized, BearerKey};
+use crate::proto::admin_service_client::AdminServiceClient;
 use crate::tls::ClientTlsFiles;
 
 use super::args::Workload;
@@ -25,6 +26,7 @@ use super::rng::{Rng, engine_seed};
 use super::setup::{self, Layout};
 use super::stats::{Phases, Stats, report_progress};
 use super::stream;
+use super::terminate::{self, Terminations};
 
 /// Provisions the broker, then drives it.
 pub(crate) async fn execute_broker(
@@ -32,12 +34,14 @@ pub(crate) async fn execute_broker(
     target: &BrokerTarget,
 ) -> Result<Report, LoadgenError> {
     config.validate()?;
-    let channels = connect_all(&target.uri, &target.tls, config.connections).await?;
+    // A cluster's standby names its leader: the load goes there.
+    let uri = channels::leader_uri(target).await?;
+    let channels = connect_all(&uri, &target.tls, config.connections).await?;
     let layout = layout_for(config);
     if config.progress == Progress::Stderr {
         eprintln!(
             "bench: provisioning {} organizations and {} members on {} (run {})",
-            config.orgs, config.members, target.uri, layout.run_id
+            config.orgs, config.members, uri, layout.run_id
         );
     }
     let keys = setup::provision(
@@ -49,9 +53,16 @@ pub(crate) async fn execute_broker(
     .await?;
     let label = TargetLabel {
         kind: "broker",
-        addr: target.uri.clone(),
+        addr: uri,
     };
-    drive(config, &layout, channels, keys, label, target.server_pid).await
+    // The terminating admin speaks on the first connection, beside the hosts' streams.
+    let admin = channels::admin(&channels[0], &bearer(&target.operator_key.0)?);
+    let target = DriveTarget {
+        label,
+        server_pid: target.server_pid,
+        admin: Some(admin),
+    };
+    drive(config, &layout, channels, keys, target).await
 }
 
 /// Starts the in-process no-op server, drives it, and stops it.
@@ -89,19 +100,24 @@ async fn drive_noop_at(
     let channels = connect_all(&uri, &ClientTlsFiles::default(), config.connections).await?;
     let key = bearer("noop")?;
     let keys = vec![key; config.key_holders() as usize];
-    let label = TargetLabel {
-        kind: "noop",
-        addr: uri,
-    };
-    drive(
-        config,
-        &layout_for(config),
-        channels,
-        keys,
-        label,
+    let target = DriveTarget {
+        label: TargetLabel {
+            kind: "noop",
+            addr: uri,
+        },
         server_pid,
-    )
-    .await
+        admin: None,
+    };
+    drive(config, &layout_for(config), channels, keys, target).await
+}
+
+/// The server a run drives, as `drive` needs it.
+struct DriveTarget {
+    label: TargetLabel,
+    /// Its process, for its CPU.
+    server_pid: Option<u32>,
+    /// The operator's admin client (a broker only): `--terminate-rate` calls through it.
+    admin: Option<AdminServiceClient<Authorized>>,
 }
 
 fn layout_for(config: &BenchConfig) -> Layout {
@@ -120,19 +136,49 @@ async fn drive(
     layout: &Layout,
     channels: Vec<Channel>,
     keys: Vec<BearerKey>,
-    label: TargetLabel,
-    server_pid: Option<u32>,
+    target: DriveTarget,
 ) -> Result<Report, LoadgenError> {
     debug_assert_eq!(keys.len(), config.key_holders() as usize);
+    let DriveTarget {
+        label,
+        server_pid,
+        admin,
+    } = target;
     let stats = Arc::new(Stats::new()?);
     let phases = Phases::starting_now(config.warmup, config.duration);
     let cpu = cpu::measure(server_pid, phases.measure_from, phases.deadline);
+    let terminate_rate = config.stream.and_then(|stream| stream.terminate_rate);
+    let terminations = match (terminate_rate, &admin) {
+        (Some(rate), Some(_)) => Some(Arc::new(Terminations::new(rate, config.engines)?)),
+        _ => None,
+    };
+    let terminator = terminations
+        .clone()
+        .zip(admin)
+        .map(|(terminations, admin)| {
+            let rng = Rng::new(engine_seed(config.seed, u32::MAX));
+            tokio::spawn(terminate::run(
+                terminations,
+                admin,
+                layout.clone(),
+                phases,
+                rng,
+            ))
+        });
     let progress = (config.progress == Progress::Stderr).then(|| {
         let name = format!("{} {}", label.kind, config.workload.name());
         tokio::spawn(report_progress(stats.clone(), phases, name))
     });
     let engines = if config.stream.is_some() {
-        stream::spawn_hosts(config, layout, &channels, keys, stats.clone(), phases)
+        stream::spawn_hosts(
+            config,
+            layout,
+            &channels,
+            keys,
+            stats.clone(),
+            phases,
+            terminations,
+        )
     } else {
         let intervals_per_engine_max = INTERVALS_MAX / config.engines as usize;
         let shared = Arc::new(Shared::new(
@@ -152,6 +198,15 @@ async fn drive(
         progress.abort();
     }
     let collected = collected?;
+    let terminations = match terminator {
+        // It waits at most `RPC_TIMEOUT_MS` for its last calls and again for their events.
+        Some(terminator) => Some(
+            terminator
+                .await
+                .map_err(|e| LoadgenError::Internal(format!("terminator task: {e}")))?,
+        ),
+        None => None,
+    };
     let cpu_used = match tokio::time::timeout(cpu::SAMPLER_WAIT_MAX, cpu).await {
         Ok(Ok(used)) => used,
         _ => CpuUsed::default(),
@@ -163,14 +218,16 @@ async fn drive(
             config.quota,
         )
     });
-    Ok(Report::new(
+    let mut report = Report::new(
         config,
         label,
         stats.snapshot()?,
         cpu_used,
         collected.unfinished,
         quota_check,
-    ))
+    );
+    report.terminations = terminations;
+    Ok(report)
 }
 
 fn spawn_engines(

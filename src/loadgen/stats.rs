@@ -327,12 +327,12 @@ impl Stats {
     }
 }
 
-fn new_histogram() -> Result<Histogram<u64>, LoadgenError> {
+pub(crate) fn new_histogram() -> Result<Histogram<u64>, LoadgenError> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
         .map_err(|e| LoadgenError::Internal(format!("histogram bounds: {e:?}")))
 }
 
-fn latency_of(histogram: &Histogram<u64>) -> Latency {
+pub(crate) fn latency_of(histogram: &Histogram<u64>) -> Latency {
     if histogram.is_empty() {
         return Latency::default();
     }

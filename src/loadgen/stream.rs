@@ -47,6 +47,7 @@ use super::engine::EngineOutcome;
 use super::rng::{Rng, engine_seed};
 use super::setup::{Layout, kre_acquire_request};
 use super::stats::{Answer, Method, Phases, Stats};
+use super::terminate::Terminations;
 
 /// What every host of one run shares.
 pub(crate) struct HostShared {
@@ -58,6 +59,11 @@ pub(crate) struct HostShared {
     /// Operations outstanding per host, at most (its share of `--in-flight`).
     pub window: usize,
     pub renew_interval: Option<Duration>,
+    /// Hosts in the run: engine `h + slot * hosts` is host `h`'s lease slot `slot`.
+    pub hosts: u32,
+    /// `--terminate-rate`: where hosts report the leases they hold and the
+    /// terminations they hear.
+    pub terminations: Option<Arc<Terminations>>,
 }
 
 /// Spawns one task per host, host `h` on connection `h % connections` with key
@@ -69,6 +75,7 @@ pub(crate) fn spawn_hosts(
     keys: Vec<BearerKey>,
     stats: Arc<Stats>,
     phases: Phases,
+    terminations: Option<Arc<Terminations>>,
 ) -> JoinSet<EngineOutcome> {
     let hosts = config.hosts();
     let stream = config
@@ -81,6 +88,8 @@ pub(crate) fn spawn_hosts(
         batch: stream.batch as usize,
         window: config.in_flight.div_ceil(hosts).max(1) as usize,
         renew_interval: stream.renew_interval,
+        hosts,
+        terminations,
     });
     let mut tasks = JoinSet::new();
     for (index, key) in (0..hosts).zip(keys) {
@@ -170,6 +179,11 @@ impl Host {
                     // The new stream does not hold the old one's leases: acquire
                     // them again (the same engine ids get the same live leases).
                     slots.fill(Slot::Idle);
+                    if let Some(terminations) = &self.shared.terminations {
+                        for slot in 0..slots.len() {
+                            terminations.not_held(self.engine_of(slot));
+                        }
+                    }
                     self.pause().await;
                 }
             }
@@ -360,6 +374,9 @@ impl Host {
                     return true;
                 };
                 record(Method::Acquire, sent);
+                if let Some(terminations) = &shared.terminations {
+                    terminations.held(self.engine_of(slot), self.index, &lease.lease_id);
+                }
                 if renew_every.is_none() {
                     let interval_ms =
                         u64::from(lease.heartbeat_interval_ms).max(HEARTBEAT_INTERVAL_MS_MIN);
@@ -378,17 +395,28 @@ impl Host {
                 return true;
             }
             Event::Ended(ended) => {
+                let terminated = ended.reason == EndReason::Terminated as i32;
+                let lost = |slot: usize| {
+                    if let Some(terminations) = &shared.terminations {
+                        terminations.not_held(self.engine_of(slot));
+                        if terminated {
+                            terminations.terminated(&ended.lease_id, answered);
+                        }
+                    }
+                };
                 if let Some((slot, sent)) = outstanding.releases.remove(&ended.lease_id) {
                     if ended.reason == EndReason::Released as i32 {
                         record(Method::Release, sent);
-                    } else {
+                    } else if !(terminated && shared.terminations.is_some()) {
                         self.error_at(Code::NotFound, answered);
                     }
+                    lost(slot);
                     slots[slot] = Slot::Idle;
                 } else if let Some(slot) = slots.iter().position(|slot| {
                     matches!(slot, Slot::Held { lease_id, .. } if *lease_id == ended.lease_id)
                 }) {
                     // Lost (expired, terminated): acquire it again.
+                    lost(slot);
                     slots[slot] = Slot::Idle;
                 }
             }
@@ -415,6 +443,11 @@ impl Host {
             label: unary.label,
             wait_ms: unary.wait_ms,
         }))
+    }
+
+    /// The run-wide engine index of lease slot `slot`.
+    fn engine_of(&self, slot: usize) -> u32 {
+        self.index + slot as u32 * self.shared.hosts
     }
 
     fn error(&self, code: Code) {

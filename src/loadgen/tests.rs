@@ -169,6 +169,7 @@ fn streamed(workload: Workload, batch: u32, streams_per_connection: u32) -> Benc
             batch,
             streams_per_connection,
             renew_interval: None,
+            terminate_rate: None,
         }),
         ..config(workload)
     }
@@ -214,6 +215,7 @@ async fn hosts_renew_once_per_interval_and_hold_their_leases() {
             batch: 64,
             streams_per_connection: 4,
             renew_interval: Some(Duration::from_millis(100)),
+            terminate_rate: None,
         }),
         ..config(Workload::Hosts)
     };
@@ -349,6 +351,39 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
             "256",
         ],
         &["--target", "noop", "--engines", "10", "--members", "11"],
+        // Terminations need the hosts workload over streams, on a broker, at a rate.
+        &["--operator-key", "k", "--terminate-rate", "20/s"],
+        &[
+            "--operator-key",
+            "k",
+            "--protocol",
+            "stream",
+            "--workload",
+            "heartbeat",
+            "--terminate-rate",
+            "20",
+        ],
+        &[
+            "--target",
+            "noop",
+            "--protocol",
+            "stream",
+            "--workload",
+            "hosts",
+            "--terminate-rate",
+            "20/s",
+        ],
+        &[
+            "--operator-key",
+            "k",
+            "--protocol",
+            "stream",
+            "--workload",
+            "hosts",
+            "--terminate-rate",
+            "0/s",
+        ],
+        &["--operator-key", "k", "--terminate-rate", "fast"],
         &[
             "--target",
             "noop",
@@ -363,6 +398,21 @@ fn bad_arguments_are_refused_before_anything_is_sent() {
         let error = plan(args).expect_err("refused");
         assert_eq!(error.exit_code(), 64, "{args:?}: {error}");
     }
+    let hosts = plan(&[
+        "--operator-key",
+        "k",
+        "--protocol",
+        "stream",
+        "--workload",
+        "hosts",
+        "--terminate-rate",
+        "20/s",
+    ])
+    .expect("valid");
+    assert_eq!(
+        hosts.config.stream.and_then(|stream| stream.terminate_rate),
+        Some(20)
+    );
     let compare = plan(&["--compare-noop", "--operator-key", "secret-key"]).expect("valid");
     assert!(matches!(compare.mode, Mode::CompareNoop(..)));
     assert!(

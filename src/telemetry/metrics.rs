@@ -29,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::broker::Broker;
 use crate::connections::AcceptErrors;
-use crate::domain::{OrgId, Product};
+use crate::domain::{OrgId, Product, Termination};
 use crate::leases::{LeaseEnd, ProductCounters};
 use crate::limits;
 
@@ -48,7 +48,8 @@ pub const QUEUE_WAITING: &str = "seatbroker_queue_waiting";
 pub const QUEUE_WAIT_SECONDS: &str = "seatbroker_queue_wait_seconds";
 /// Sessions granted, by `product`.
 pub const LEASE_GRANTS_TOTAL: &str = "seatbroker_lease_grants_total";
-/// Sessions ended, by `product` and `reason` (released, expired, terminated).
+/// Sessions ended, by `product` and `reason` ([`END_REASONS`]: released, expired, or
+/// the `Termination` that ended it, the reason the stream pushes).
 pub const LEASE_ENDS_TOTAL: &str = "seatbroker_lease_ends_total";
 /// Acquires refused, by `product` and `reason`.
 pub const ACQUIRE_DENIALS_TOTAL: &str = "seatbroker_acquire_denials_total";
@@ -194,6 +195,19 @@ pub const DENIAL_REASONS: [&str; 7] = [
     "other",
 ];
 
+/// Why a session ended, as a label value: released, expired, then each
+/// `Termination`'s name in its order (`end_index`).
+pub const END_REASONS: [&str; 8] = [
+    "released",
+    "expired",
+    "terminated",
+    "unassigned",
+    "member_removed",
+    "key_revoked",
+    "license_expired",
+    "organization_deleted",
+];
+
 const PRODUCTS: [Product; 2] = [Product::Kse, Product::Kre];
 
 fn product_label(product: Product) -> &'static str {
@@ -210,11 +224,19 @@ fn product_index(product: Product) -> usize {
     }
 }
 
+/// `why`'s slot in [`END_REASONS`] (a termination's label is its `name()`).
 fn end_index(why: LeaseEnd) -> usize {
     match why {
         LeaseEnd::Released => 0,
         LeaseEnd::Expired => 1,
-        LeaseEnd::Terminated(_) => 2,
+        LeaseEnd::Terminated(cause) => match cause {
+            Termination::Admin => 2,
+            Termination::Unassigned => 3,
+            Termination::MemberRemoved => 4,
+            Termination::KeyRevoked => 5,
+            Termination::LicenseExpired => 6,
+            Termination::OrganizationDeleted => 7,
+        },
     }
 }
 
@@ -222,7 +244,7 @@ fn end_index(why: LeaseEnd) -> usize {
 /// operation with no lookup and no allocation.
 pub struct LeaseMetrics {
     grants: [Counter; 2],
-    ends: [[Counter; 3]; 2],
+    ends: [[Counter; END_REASONS.len()]; 2],
     denials: [[Counter; DENIAL_REASONS.len()]; 2],
     heartbeat_lateness: [Histogram; 2],
 }
@@ -235,7 +257,7 @@ impl LeaseMetrics {
         LeaseMetrics {
             grants: per_product(&|p| counter!(LEASE_GRANTS_TOTAL, "product" => p)),
             ends: PRODUCTS.map(|p| {
-                ["released", "expired", "terminated"].map(|reason| {
+                END_REASONS.map(|reason| {
                     counter!(LEASE_ENDS_TOTAL, "product" => product_label(p), "reason" => reason)
                 })
             }),
@@ -567,6 +589,30 @@ mod tests {
         let mut ids: Vec<&str> = series.exported.iter().map(OrgId::as_str).collect();
         ids.sort_unstable();
         ids
+    }
+
+    #[test]
+    fn every_end_has_its_own_reason_label_and_a_termination_is_labelled_by_its_name() {
+        let terminations = [
+            Termination::Admin,
+            Termination::Unassigned,
+            Termination::MemberRemoved,
+            Termination::KeyRevoked,
+            Termination::LicenseExpired,
+            Termination::OrganizationDeleted,
+        ];
+        let mut slots: Vec<usize> = terminations
+            .iter()
+            .map(|cause| {
+                let slot = end_index(LeaseEnd::Terminated(*cause));
+                assert_eq!(END_REASONS[slot], cause.name());
+                slot
+            })
+            .collect();
+        slots.extend([end_index(LeaseEnd::Released), end_index(LeaseEnd::Expired)]);
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), END_REASONS.len(), "one label per reason");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub enum Phase {
 }
 
 /// The trailer in which a standby names the leader's address (`host:port`).
-pub const LEADER_METADATA: &str = "seatbroker-leader";
+pub use crate::proto::LEADER_METADATA;
 
 /// The phase, shared by the server and the layer, and the leader a standby names.
 #[derive(Debug)]

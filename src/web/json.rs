@@ -10,9 +10,17 @@
 //! carried over and the connection's extensions kept. The JSON body is read and
 //! transcoded only when the service reads its message, so a call without a valid key
 //! is refused before any byte of its body is read, as over gRPC.
+//!
+//! The raw JSON is charged to the same budget as a gRPC body (its connection's share
+//! and the daemon's, [`crate::connections::BodyCharge`]): by its announced length
+//! (`Content-Length`) before any byte of it is read, as a gRPC body is by its 5-byte
+//! prefix, and by the bytes received when it announces none (chunked). A body that
+//! announces more than the admin service's message limit is refused 413 at once; one
+//! that streams past it is refused 413 as soon as it does, never buffered whole.
 
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -24,6 +32,8 @@ use tonic::body::Body;
 use tonic::codegen::http::{self, HeaderValue, Method, StatusCode, header};
 use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
+
+use crate::connections::{BodyCharge, ConnectionInfo, RequestBodies};
 
 /// The path of every JSON method: the gRPC path of `AdminService`.
 pub const ADMIN_PATH_PREFIX: &str = "/seatbroker.v1.AdminService/";
@@ -115,13 +125,22 @@ fn json_response(status: StatusCode, body: Bytes) -> http::Response<Body> {
     response
 }
 
+/// The bounds of a JSON call's body.
+#[derive(Debug, Clone)]
+pub struct JsonBounds {
+    /// The largest body: the admin service's message limit (a JSON body is never
+    /// smaller than the protobuf it encodes, see `limits`).
+    pub body_bytes_max: usize,
+    /// The daemon's budget of request bodies, shared with gRPC.
+    pub bodies: Arc<RequestBodies>,
+}
+
 /// Answers one JSON call through `inner` (the server's stack below this layer), with
-/// request bodies of at most `body_bytes_max` (the admin service's message limit: a
-/// JSON body is never smaller than the protobuf it encodes, see `limits`).
+/// its body within `bounds`.
 pub async fn call<S>(
     inner: S,
     request: http::Request<Body>,
-    body_bytes_max: usize,
+    bounds: JsonBounds,
 ) -> http::Response<Body>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>>,
@@ -153,13 +172,26 @@ where
         ));
         return error_with_http_status(&status, StatusCode::NOT_FOUND);
     };
-    if let Some(announced) = content_length(&parts.headers)
-        && announced > body_bytes_max as u64
-    {
-        return error_response(&too_large(body_bytes_max));
+    let body_bytes_max = bounds.body_bytes_max;
+    let announced = content_length(&parts.headers);
+    if announced.is_some_and(|announced| announced > body_bytes_max as u64) {
+        return error_with_http_status(&too_large(body_bytes_max), StatusCode::PAYLOAD_TOO_LARGE);
     }
-    let mut grpc_request =
-        http::Request::new(Body::new(JsonToGrpcBody::new(body, input, body_bytes_max)));
+    let connection = parts
+        .extensions
+        .get::<ConnectionInfo>()
+        .map(|info| Arc::clone(&info.state));
+    let oversized = Arc::new(AtomicBool::new(false));
+    let json = JsonToGrpcBody {
+        json: Some(body),
+        received: BytesMut::new(),
+        input,
+        body_bytes_max,
+        announced_bytes: announced.map_or(0, |announced| announced as usize),
+        charge: Some(BodyCharge::new(bounds.bodies, connection)),
+        oversized: Arc::clone(&oversized),
+    };
+    let mut grpc_request = http::Request::new(Body::new(json));
     *grpc_request.method_mut() = Method::POST;
     *grpc_request.uri_mut() = parts.uri;
     *grpc_request.version_mut() = http::Version::HTTP_2;
@@ -173,10 +205,16 @@ where
     if let Some(authorization) = parts.headers.get(header::AUTHORIZATION) {
         headers.insert(header::AUTHORIZATION, authorization.clone());
     }
-    match inner.oneshot(grpc_request).await {
+    let answer = match inner.oneshot(grpc_request).await {
         Ok(response) => answer_as_json(response, output).await,
         Err(error) => error_response(&Status::internal(format!("the call failed: {error}"))),
+    };
+    if oversized.load(Ordering::Relaxed) {
+        let mut answer = answer;
+        *answer.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        return answer;
     }
+    answer
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {
@@ -268,16 +306,31 @@ struct JsonToGrpcBody {
     received: BytesMut,
     input: MessageDescriptor,
     body_bytes_max: usize,
+    /// The `Content-Length`, at most `body_bytes_max` (0 when none was given).
+    announced_bytes: usize,
+    /// The JSON's bytes against the budget, given back once it is transcoded (the
+    /// protobuf is charged below, as any gRPC body).
+    charge: Option<BodyCharge>,
+    /// Set when the body streamed past `body_bytes_max`: the answer is then a 413.
+    oversized: Arc<AtomicBool>,
 }
 
 impl JsonToGrpcBody {
-    fn new(json: Body, input: MessageDescriptor, body_bytes_max: usize) -> Self {
-        JsonToGrpcBody {
-            json: Some(json),
-            received: BytesMut::new(),
-            input,
-            body_bytes_max,
+    /// Raises the JSON's charge to what it announced or holds with `incoming` more.
+    fn charge_received(&mut self, incoming: usize) -> Result<(), Status> {
+        let due = self.announced_bytes.max(self.received.len() + incoming);
+        match self.charge.as_mut() {
+            Some(charge) => charge.charge_up_to(due),
+            None => Ok(()),
         }
+    }
+
+    /// The body ends with `status`: nothing more is read, and its bytes go back.
+    fn refuse(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.json = None;
+        self.received = BytesMut::new();
+        self.charge = None;
+        Poll::Ready(Some(Err(status)))
     }
 
     /// The whole JSON body as one gRPC message, or why it is not one.
@@ -317,28 +370,35 @@ impl HttpBody for JsonToGrpcBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
-        let Some(json) = this.json.as_mut() else {
+        if this.json.is_none() {
             return Poll::Ready(None);
-        };
+        }
+        // Charged its announced length before any byte is read, as a gRPC body is
+        // charged by its prefix.
+        if let Err(status) = this.charge_received(0) {
+            return this.refuse(status);
+        }
         loop {
-            match std::task::ready!(Pin::new(&mut *json).poll_frame(cx)) {
+            let json = this.json.as_mut().expect("checked above");
+            match std::task::ready!(Pin::new(json).poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if this.received.len() + data.len() > this.body_bytes_max {
-                            this.json = None;
-                            return Poll::Ready(Some(Err(too_large(this.body_bytes_max))));
+                            this.oversized.store(true, Ordering::Relaxed);
+                            return this.refuse(too_large(this.body_bytes_max));
+                        }
+                        if let Err(status) = this.charge_received(data.len()) {
+                            return this.refuse(status);
                         }
                         this.received.extend_from_slice(&data);
                     }
                 }
-                Some(Err(status)) => {
-                    this.json = None;
-                    return Poll::Ready(Some(Err(status)));
-                }
+                Some(Err(status)) => return this.refuse(status),
                 None => {
                     this.json = None;
                     let framed = this.transcode();
                     this.received = BytesMut::new();
+                    this.charge = None;
                     return Poll::Ready(Some(framed.map(Frame::data)));
                 }
             }

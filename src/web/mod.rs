@@ -7,32 +7,39 @@
 //! `application/grpc…` passes through untouched (the hot path costs one header
 //! look-up). A JSON call is transcoded and sent down the same stack as a gRPC call;
 //! a console file is answered here; anything else is a plain 404, rather than a gRPC
-//! status a browser would not show.
+//! status a browser would not show. An HTTP/1 request marks its connection as HTTP/1
+//! (`ConnectionState::mark_http1`), whose idle deadline then bounds the next
+//! request's headers, which hyper under tonic does not.
 
 pub mod console;
 pub mod json;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tonic::codegen::http::{self, header};
 use tower::{Layer, Service};
 
-use crate::connections::ConnectionInfo;
+use crate::connections::{ConnectionInfo, RequestBodies};
 
 /// Adds [`WebService`] around the server's stack.
 #[derive(Debug, Clone)]
 pub struct WebLayer {
     /// The largest JSON body a call may send: the admin service's message limit.
     json_body_bytes_max: usize,
+    /// The daemon's budget of request bodies, which a JSON body is charged to as it
+    /// is read (its connection's share too).
+    bodies: Arc<RequestBodies>,
 }
 
 impl WebLayer {
-    pub fn new(json_body_bytes_max: usize) -> Self {
+    pub fn new(json_body_bytes_max: usize, bodies: Arc<RequestBodies>) -> Self {
         WebLayer {
             json_body_bytes_max,
+            bodies,
         }
     }
 }
@@ -44,6 +51,7 @@ impl<S> Layer<S> for WebLayer {
         WebService {
             inner,
             json_body_bytes_max: self.json_body_bytes_max,
+            bodies: Arc::clone(&self.bodies),
         }
     }
 }
@@ -53,6 +61,7 @@ impl<S> Layer<S> for WebLayer {
 pub struct WebService<S> {
     inner: S,
     json_body_bytes_max: usize,
+    bodies: Arc<RequestBodies>,
 }
 
 type JsonCall = Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>;
@@ -100,6 +109,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // An HTTP/1 connection gets the shorter idle deadline that bounds its next
+        // request's headers (see `connections`).
+        if request.version() < http::Version::HTTP_2
+            && let Some(info) = request.extensions().get::<ConnectionInfo>()
+        {
+            info.state.mark_http1();
+        }
         if is_grpc(request.headers()) {
             return WebFuture::Grpc {
                 inner: self.inner.call(request),
@@ -111,7 +127,14 @@ where
             let clone = self.inner.clone();
             let ready = std::mem::replace(&mut self.inner, clone);
             return WebFuture::Json {
-                call: Box::pin(json::call(ready, request, self.json_body_bytes_max)),
+                call: Box::pin(json::call(
+                    ready,
+                    request,
+                    json::JsonBounds {
+                        body_bytes_max: self.json_body_bytes_max,
+                        bodies: Arc::clone(&self.bodies),
+                    },
+                )),
             };
         }
         // The console's answers count as calls on their connection, so a browser's

@@ -1,7 +1,7 @@
 //! The audit record under descriptor pressure: the writer keeps the descriptors it
 //! needs, so every acknowledged admin change reaches the record; while it truly has
-//! none, admin changes are refused with UNAVAILABLE (never acknowledged and missing)
-//! and resume by themselves, and what cannot be written by shutdown is logged with
+//! none, admin changes are refused with UNAVAILABLE (never acknowledged and missing),
+//! health says `AdminService` NOT_SERVING meanwhile, and they resume by themselves, and what cannot be written by shutdown is logged with
 //! its content. A query answers from the readers' spare descriptors, or says
 //! UNAVAILABLE (never INTERNAL) when there is truly none, and works again once
 //! descriptors are free. The daemon is the real
@@ -11,8 +11,12 @@
 use std::time::Duration;
 
 use crate::harness::*;
+use seatbroker::client;
 use seatbroker::proto;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// How long one call may take before the daemon is taken for stuck.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
@@ -26,6 +30,45 @@ const NO_DESCRIPTOR_AT_ALL: u64 = 3;
 const ATTEMPTS_MAX: usize = 100;
 const ATTEMPT_PAUSE: Duration = Duration::from_millis(50);
 const REFUSED: &str = "the audit record cannot be written";
+
+/// A health client on a connection opened while descriptors were free: a daemon out
+/// of them cannot accept a new one.
+async fn health_client(daemon: &Daemon) -> HealthClient<tonic::transport::Channel> {
+    let channel = client::connect_with(&daemon.url(), daemon.client_tls())
+        .await
+        .expect("connect for health");
+    HealthClient::new(channel)
+}
+
+async fn status_of(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> ServingStatus {
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    let answer = tokio::time::timeout(ANSWER_DEADLINE, health.check(request))
+        .await
+        .expect("health answers in time")
+        .expect("health answers");
+    ServingStatus::try_from(answer.into_inner().status).expect("a known status")
+}
+
+/// Polls `service`'s health on `health` until it is `wanted` (the daemon looks at the
+/// audit record's admission every quarter second).
+async fn wait_status(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+    wanted: ServingStatus,
+) {
+    for _ in 0..ATTEMPTS_MAX {
+        if status_of(health, service).await == wanted {
+            return;
+        }
+        tokio::time::sleep(ATTEMPT_PAUSE).await;
+    }
+    panic!("{service:?} never reported {wanted:?}");
+}
 
 fn events_of(org: &str) -> proto::ListAuditEventsRequest {
     proto::ListAuditEventsRequest {
@@ -167,6 +210,11 @@ async fn while_no_audit_event_can_be_written_admin_changes_are_refused_and_none_
     create(&mut admin, "acme").await.unwrap();
     events(&mut admin, "acme").await.unwrap();
     let original = daemon.soft_descriptor_limit();
+    let mut health = health_client(&daemon).await;
+    assert_eq!(
+        status_of(&mut health, ADMIN_SERVICE).await,
+        ServingStatus::Serving
+    );
 
     daemon.set_soft_descriptor_limit(NO_DESCRIPTOR_AT_ALL);
     let mut acknowledged = Vec::new();
@@ -183,6 +231,15 @@ async fn while_no_audit_event_can_be_written_admin_changes_are_refused_and_none_
             break;
         }
         tokio::time::sleep(ATTEMPT_PAUSE).await;
+    }
+    // While it refuses, health says so for the admin service only: engines are served.
+    if refusals.len() == 3 {
+        wait_status(&mut health, ADMIN_SERVICE, ServingStatus::NotServing).await;
+        assert_eq!(
+            status_of(&mut health, SESSION_SERVICE).await,
+            ServingStatus::Serving
+        );
+        assert_eq!(status_of(&mut health, "").await, ServingStatus::Serving);
     }
     daemon.set_soft_descriptor_limit(original);
 
@@ -207,6 +264,7 @@ async fn while_no_audit_event_can_be_written_admin_changes_are_refused_and_none_
         tokio::time::sleep(ATTEMPT_PAUSE).await;
     }
     assert!(resumed, "admin changes accepted again");
+    wait_status(&mut health, ADMIN_SERVICE, ServingStatus::Serving).await;
     assert!(!acknowledged.is_empty());
     for org in &acknowledged {
         let events = events(&mut admin, org).await.unwrap();

@@ -30,11 +30,11 @@ use crate::harness::*;
 
 /// The election TTL of the test nodes: a crashed leader is replaced about this long
 /// after its death.
-const ELECTION_TTL_S: u32 = 2;
+pub(crate) const ELECTION_TTL_S: u32 = 2;
 /// The engines' lease TTL: far longer than a failover.
-const LEASE_TTL_MS: u32 = 10_000;
+pub(crate) const LEASE_TTL_MS: u32 = 10_000;
 /// A call that keeps failing over for this long fails the test.
-const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
 /// Each attempt of a call is bounded by this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const CLUSTER: &str = "it";
@@ -47,31 +47,28 @@ fn now_ms() -> i64 {
 }
 
 /// Starts a node of the test cluster over `endpoint` (etcd, or a proxy to it).
-fn spawn_node(endpoint: &str, name: &str) -> Daemon {
-    spawn_node_with(endpoint, name, &[])
+pub(crate) fn spawn_node(endpoint: &str, name: &str) -> Daemon {
+    node(endpoint, name).spawn()
 }
 
-/// [`spawn_node`] with more flags.
-fn spawn_node_with(endpoint: &str, name: &str, extra: &[&str]) -> Daemon {
-    Serve::new()
-        .args(extra)
-        .args([
-            "--etcd-endpoints",
-            endpoint,
-            "--cluster-name",
-            CLUSTER,
-            "--node-name",
-            name,
-            "--election-ttl-s",
-            &ELECTION_TTL_S.to_string(),
-            "--lease-ttl-ms",
-            &LEASE_TTL_MS.to_string(),
-        ])
-        .spawn()
+/// `serve` for a node of the test cluster over `endpoint`, to be given more flags.
+pub(crate) fn node(endpoint: &str, name: &str) -> Serve {
+    Serve::new().args([
+        "--etcd-endpoints",
+        endpoint,
+        "--cluster-name",
+        CLUSTER,
+        "--node-name",
+        name,
+        "--election-ttl-s",
+        &ELECTION_TTL_S.to_string(),
+        "--lease-ttl-ms",
+        &LEASE_TTL_MS.to_string(),
+    ])
 }
 
 /// The node that reports SessionService SERVING (the leader), waiting for one.
-async fn leader_of(nodes: &[Daemon]) -> usize {
+pub(crate) async fn leader_of(nodes: &[Daemon]) -> usize {
     let until = Instant::now() + FOLLOW_DEADLINE;
     loop {
         for (index, node) in nodes.iter().enumerate() {
@@ -90,7 +87,7 @@ async fn leader_of(nodes: &[Daemon]) -> usize {
 
 /// The leader a standby names in the trailer of its UNAVAILABLE answer, waiting until
 /// it knows one (its first look at the election key).
-async fn leader_named_by(standby: &Daemon) -> String {
+pub(crate) async fn leader_named_by(standby: &Daemon) -> String {
     let until = Instant::now() + FOLLOW_DEADLINE;
     loop {
         let refused = standby
@@ -387,6 +384,49 @@ async fn admin_writer(route: Arc<Route>, history: Arc<History>, stop: Arc<Atomic
     }
 }
 
+/// An admin writer and `engines` engines (one per member of `org`) on `route`, until
+/// `stop`.
+fn spawn_workload(
+    route: &Arc<Route>,
+    org: &Org,
+    engines: usize,
+    history: &Arc<History>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut workers = vec![tokio::spawn(admin_writer(
+        Arc::clone(route),
+        Arc::clone(history),
+        Arc::clone(stop),
+    ))];
+    for i in 0..engines {
+        workers.push(tokio::spawn(engine(
+            Arc::clone(route),
+            org.key(i).to_owned(),
+            format!("engine-{i}"),
+            Arc::clone(history),
+            Arc::clone(stop),
+        )));
+    }
+    workers
+}
+
+/// Stops the workload, waits for its workers, and checks they saw nothing unexpected.
+async fn stop_workload(
+    stop: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    history: &History,
+) {
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("a worker");
+    }
+    assert!(
+        history.unexpected.lock().is_empty(),
+        "{:?}",
+        history.unexpected.lock()
+    );
+}
+
 /// The most sessions live at once, from intervals each known live throughout. An
 /// engine that got its own lease back (`resumed`: its release was not durable when the
 /// leader died) held one seat throughout: a lease's records are merged.
@@ -453,20 +493,7 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
     let route = Route::new(&nodes);
     let history = Arc::new(History::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = vec![tokio::spawn(admin_writer(
-        Arc::clone(&route),
-        Arc::clone(&history),
-        Arc::clone(&stop),
-    ))];
-    for i in 0..members.len() {
-        workers.push(tokio::spawn(engine(
-            Arc::clone(&route),
-            org.key(i).to_owned(),
-            format!("engine-{i}"),
-            Arc::clone(&history),
-            Arc::clone(&stop),
-        )));
-    }
+    let workers = spawn_workload(&route, &org, members.len(), &history, &stop);
 
     let mut kills = Vec::new();
     for round in 0..rounds {
@@ -511,15 +538,7 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        worker.await.expect("a worker");
-    }
-    assert!(
-        history.unexpected.lock().is_empty(),
-        "{:?}",
-        history.unexpected.lock()
-    );
+    stop_workload(&stop, workers, &history).await;
 
     // Nothing acknowledged is missing on the leader now.
     let acked = history.acked_orgs.lock().clone();
@@ -821,16 +840,14 @@ async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_leas
     let keys = Keys::new(CLUSTER);
     let snapshot_records = SNAPSHOT_RECORDS.to_string();
     let spawn = |name: &str, metrics_port: u16| {
-        spawn_node_with(
-            &etcd.url(),
-            name,
-            &[
+        node(&etcd.url(), name)
+            .args([
                 "--cluster-snapshot-records",
                 &snapshot_records,
                 "--metrics-listen",
                 &format!("127.0.0.1:{metrics_port}"),
-            ],
-        )
+            ])
+            .spawn()
     };
     let ports = [free_port(), free_port(), free_port()];
     let first = spawn("a", ports[0]);
@@ -997,5 +1014,91 @@ async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_leas
         refused.code(),
         tonic::Code::ResourceExhausted,
         "{refused:?}"
+    );
+}
+
+/// Sequential organization creations on the leader, each one's latency in ms.
+async fn write_latencies(route: &Route, prefix: &str, count: usize) -> Vec<u64> {
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
+        let started = Instant::now();
+        // `false`: an earlier try whose answer was late had landed; a write all the same.
+        create_org(route, &format!("{prefix}{i}"))
+            .await
+            .expect("a write");
+        latencies.push(started.elapsed().as_millis() as u64);
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_etcd_slows_writes_but_loses_nothing_and_the_leader_keeps_its_term() {
+    let Some(binary) = etcd_binary() else { return };
+    let etcd = EtcdServer::start(binary).await;
+    let proxy = TcpProxy::start(etcd.addr()).await;
+    // The node behind the proxy starts first and leads; a standby watches.
+    let leader = spawn_node(&proxy.url(), "behind-slow-proxy");
+    leader
+        .wait_health(SESSION_SERVICE, ServingStatus::Serving)
+        .await;
+    let standby = spawn_node(&etcd.url(), "standby");
+    assert_eq!(leader_named_by(&standby).await, leader.addr().to_string());
+    const QUOTA: u32 = 2;
+    let members = ["e0", "e1", "e2", "e3"];
+    let org = leader
+        .licensed_organization("acme", 0, QUOTA, &members)
+        .await;
+    let nodes = [leader, standby];
+    let route = Route::new(&nodes);
+    let before = write_latencies(&route, "fast", 10).await;
+
+    // Every chunk held 75 ms each way: a round trip to etcd takes 150 ms more, far
+    // under the half TTL (1 s) after which a leader that renewed nothing steps down.
+    const DELAY: Duration = Duration::from_millis(75);
+    proxy.delay(DELAY);
+    let during = write_latencies(&route, "slow", 10).await;
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = spawn_workload(&route, &org, members.len(), &history, &stop);
+    // Under load for a few election TTLs.
+    let until = Instant::now() + Duration::from_secs(u64::from(ELECTION_TTL_S) * 2);
+    while Instant::now() < until || history.sessions.lock().len() < 4 {
+        assert!(
+            Instant::now() < until + FOLLOW_DEADLINE,
+            "no progress over the slow etcd"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_workload(&stop, workers, &history).await;
+
+    // The leader kept its term: still serving, never stepped down, still named.
+    let [mut leader, standby] = nodes;
+    leader.assert_alive();
+    assert_eq!(leader.health(SESSION_SERVICE).await, ServingStatus::Serving);
+    assert!(
+        !leader.stderr().contains("stepping down"),
+        "{}",
+        leader.stderr()
+    );
+    assert_eq!(leader_named_by(&standby).await, leader.addr().to_string());
+    // Nothing acknowledged is missing, no seat was lost, the quota held.
+    let acked = history.acked_orgs.lock().clone();
+    for org in &acked {
+        assert!(org_exists(&route, org).await, "{org} is missing");
+    }
+    assert_eq!(history.lost_seats.load(Ordering::Relaxed), 0);
+    let sessions = history.sessions.lock().clone();
+    let most = most_live_at_once(&sessions);
+    assert!(most <= QUOTA as usize, "{most} live at once over {QUOTA}");
+    eprintln!(
+        "slow etcd ({} ms each way): admin write p50 {} ms -> {} ms, max {} ms -> {} ms; under load {} admin changes and {} sessions",
+        DELAY.as_millis(),
+        percentile(&before, 0.5),
+        percentile(&during, 0.5),
+        before.last().unwrap(),
+        during.last().unwrap(),
+        acked.len(),
+        sessions.len()
     );
 }

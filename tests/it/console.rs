@@ -4,8 +4,9 @@
 //! KSE to both in one go and sees them in Licensed Users, tries a third past the quota
 //! and reads the refusal, transfers one, creates and revokes a key, sees a session
 //! appear when an engine acquires and disappear when terminated from the page; a
-//! Member's key does not open the admin pages. Screenshots of each page are saved
-//! under `target/console-screenshots/`.
+//! Member's key does not open the admin pages. The Usage page draws the series of a
+//! day and of a week as SVG charts, and a listing longer than a screen pages on.
+//! Screenshots of each page are saved under `target/console-screenshots/`.
 //!
 //! Without Chromium and chromedriver the test says so and passes, unless `CI=true`,
 //! where a missing browser is a failure (`.ci/run` installs them).
@@ -181,6 +182,44 @@ impl Console {
             .expect("save the screenshot");
     }
 
+    /// The elements matching `css` now.
+    async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map_or(0, |found| found.len())
+    }
+
+    /// Waits until `product`'s usage chart shows at least `at_least` points, and
+    /// returns how many it shows (a bar each, and the count on the SVG).
+    async fn chart_points(&self, product: &str, at_least: usize) -> usize {
+        let css = format!("section[data-product='{product}'] svg rect.point");
+        let deadline = Instant::now() + PAGE_DEADLINE;
+        loop {
+            let points = self.count(&css).await;
+            if points >= at_least {
+                let said = self
+                    .client
+                    .find(Locator::Css(&format!(
+                        "section[data-product='{product}'] svg"
+                    )))
+                    .await
+                    .expect("the chart")
+                    .attr("data-points")
+                    .await
+                    .expect("data-points");
+                assert_eq!(said, Some(points.to_string()));
+                return points;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css}: {points} points, not {at_least}; the notice says {:?}",
+                self.text("#notice").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn sign_in(&self, key: &str, org: &str) {
         self.client.goto(&self.url).await.expect("open the console");
         self.fill("#sign-in-key", key).await;
@@ -346,13 +385,69 @@ async fn the_flow(server: &TestServer, acme: &Org, console: &Console) {
         .await;
     assert!(sessions(&owner, "acme", 0).await.is_empty());
 
-    // Usage and Audit.
+    // Usage: a chart per product, a bar per point of the day's series (by ten
+    // minutes), then the week's (by the hour).
     console.open("usage", "Usage").await;
     console.wait_text("main", "KSE: now").await;
+    let day = console.chart_points("PRODUCT_KRE", 100).await;
+    assert!(day <= 200, "{day} points in a day");
     console.screenshot("07-usage").await;
+    console.click("#usage-tab-week").await;
+    let week = console.chart_points("PRODUCT_KRE", 168).await;
+    assert!(week <= 200, "{week} points in a week");
+    assert_eq!(
+        console
+            .client
+            .find(Locator::Css("#usage-tab-week"))
+            .await
+            .expect("the week tab")
+            .attr("aria-selected")
+            .await
+            .expect("aria-selected")
+            .as_deref(),
+        Some("true")
+    );
+    console
+        .wait_text("main", "in memory since it started")
+        .await;
+    console.screenshot("07-usage-week").await;
     console.open("audit", "Audit").await;
     console.wait_text("#audit", "licenses_assigned").await;
     console.screenshot("08-audit").await;
+
+    // A listing longer than a screen (20 of the API's pages; one member a page
+    // here) says so and pages on with the API's page tokens.
+    let mut operator = server.operator().await;
+    for i in 0..20 {
+        add_member(&mut operator, "acme", &format!("m{i:02}@acme.test"))
+            .await
+            .expect("add a member");
+    }
+    console
+        .client
+        .execute(
+            "sessionStorage.setItem('seatbroker.pageSize', '1'); return null;",
+            vec![],
+        )
+        .await
+        .expect("a page of one");
+    console.open("members", "Members").await;
+    console.wait_text("[data-pager]", "more follow").await;
+    assert_eq!(console.count("#members tbody tr").await, 20);
+    console.screenshot("12-members-paged").await;
+    console.click("[data-pager] [data-page-next]").await;
+    console.wait_text("[data-pager]", "the last").await;
+    console.wait_text("#members", "m19@acme.test").await;
+    console.click("[data-pager] [data-page-previous]").await;
+    console.wait_text("[data-pager]", "more follow").await;
+    console
+        .client
+        .execute(
+            "sessionStorage.removeItem('seatbroker.pageSize'); return null;",
+            vec![],
+        )
+        .await
+        .expect("pages as the daemon sizes them");
 
     // A phone's width.
     console
@@ -363,6 +458,9 @@ async fn the_flow(server: &TestServer, acme: &Org, console: &Console) {
     console.open("licenses", "License Management").await;
     console.wait_text("#licensed-users", "bob@acme.test").await;
     console.screenshot("09-phone-license-management").await;
+    console.open("usage", "Usage").await;
+    console.chart_points("PRODUCT_KRE", 100).await;
+    console.screenshot("09-phone-usage").await;
     console
         .client
         .set_window_size(1280, 900)

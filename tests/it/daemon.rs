@@ -132,6 +132,69 @@ fn scrape_until_all(daemon: &Daemon, expected: &[(&str, Vec<&str>)]) -> String {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_ends_are_counted_by_their_reason() {
+    let daemon = Serve::new()
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .start()
+        .await;
+    let org = daemon
+        .licensed_organization("acme", 0, 9, &["a", "b", "c", "d"])
+        .await;
+    let mut leases = Vec::new();
+    for member in 0..4 {
+        let mut engine = daemon.session(org.key(member)).await;
+        leases.push(acquire_lease(&mut engine, KRE, "engine").await);
+    }
+    let mut owner = daemon.admin(&org.owner_key).await;
+    release(&mut daemon.session(org.key(0)).await, &leases[0])
+        .await
+        .unwrap();
+    owner
+        .terminate_session(proto::TerminateSessionRequest {
+            org_id: org.id.clone(),
+            lease_id: leases[1].lease_id.clone(),
+        })
+        .await
+        .unwrap();
+    owner
+        .unassign_licenses(proto::UnassignLicensesRequest {
+            org_id: org.id.clone(),
+            product: KRE,
+            emails: vec![org.email(2).into()],
+        })
+        .await
+        .unwrap();
+    owner
+        .remove_member(proto::RemoveMemberRequest {
+            org_id: org.id.clone(),
+            email: org.email(3).into(),
+        })
+        .await
+        .unwrap();
+    let labels: Vec<String> = ["released", "terminated", "unassigned", "member_removed"]
+        .iter()
+        .map(|reason| format!("reason=\"{reason}\""))
+        .collect();
+    let expected: Vec<(&str, Vec<&str>)> = labels
+        .iter()
+        .map(|label| {
+            let series = vec!["product=\"kre\"", label.as_str(), "} 1"];
+            ("seatbroker_lease_ends_total", series)
+        })
+        .collect();
+    let metrics = scrape_until_all(&daemon, &expected);
+    // Every reason has its series from the start, at zero until it happens.
+    assert!(
+        has_series(
+            &metrics,
+            "seatbroker_lease_ends_total",
+            &["product=\"kre\"", "reason=\"organization_deleted\"", "} 0"]
+        ),
+        "{metrics}"
+    );
+}
+
 struct Walkthrough {
     owner_key: String,
     member_keys: Vec<String>,

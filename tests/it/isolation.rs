@@ -49,6 +49,7 @@ enum Rpc {
     TransferLicense,
     ListAssignments,
     GetUsage,
+    GetUsageSeries,
     ListSessions,
     TerminateSession,
     CreateApiKey,
@@ -74,7 +75,7 @@ const FAILED_PRECONDITION: Code = Code::FailedPrecondition;
 /// other call that names the subject, and DeleteOrganization, which removes beta,
 /// comes last.
 #[rustfmt::skip]
-const EXPECTED: [(Rpc, [Code; 6]); 24] = [
+const EXPECTED: [(Rpc, [Code; 6]); 25] = [
     // Operator-only calls.
     (Rpc::CreateOrganization, [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::SetQuota,           [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
@@ -92,6 +93,7 @@ const EXPECTED: [(Rpc, [Code; 6]); 24] = [
     (Rpc::TransferLicense,    [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, FAILED_PRECONDITION]),
     (Rpc::ListAssignments,    [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::GetUsage,           [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
+    (Rpc::GetUsageSeries,     [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::ListSessions,       [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::TerminateSession,   [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
     (Rpc::CreateApiKey,       [DENIED, DENIED, DENIED, UNAUTHENTICATED, UNAUTHENTICATED, OK]),
@@ -227,6 +229,15 @@ async fn call(
             .get_usage(proto::GetUsageRequest {
                 org_id,
                 window_seconds: 0,
+            })
+            .await
+            .map(drop),
+        Rpc::GetUsageSeries => admin
+            .get_usage_series(proto::GetUsageSeriesRequest {
+                org_id,
+                product: KRE,
+                range: proto::UsageRange::Week as i32,
+                ..Default::default()
             })
             .await
             .map(drop),

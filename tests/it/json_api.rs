@@ -171,7 +171,12 @@ fn connect_http_status(code: &str) -> StatusCode {
 
 /// Fields that differ between two daemons given the same requests: secrets, ids drawn
 /// at random, clocks, page tokens.
-const VOLATILE_FIELDS: [&str; 10] = [
+const VOLATILE_FIELDS: [&str; 14] = [
+    // A usage series' clock-bound figures (the test of its own checks them).
+    "points",
+    "startUnixMs",
+    "endUnixMs",
+    "keptSinceUnixMs",
     "generation",
     "secret",
     "keyId",
@@ -346,6 +351,11 @@ fn script() -> Vec<(&'static str, &'static str, Value)> {
             "owner",
             "GetUsage",
             json!({"orgId": org, "windowSeconds": 3600}),
+        ),
+        (
+            "owner",
+            "GetUsageSeries",
+            json!({"orgId": org, "product": "PRODUCT_KRE", "range": "USAGE_RANGE_DAY"}),
         ),
         (
             "owner",
@@ -582,10 +592,11 @@ async fn bodies_past_the_message_limit_are_refused() {
     let answer = post_raw(server.addr, "ListMembers", Some(OPERATOR_KEY), huge.clone()).await;
     assert_eq!(
         answer.status,
-        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::PAYLOAD_TOO_LARGE,
         "{}",
         answer.text()
     );
+    assert_eq!(answer.json()["code"], "resource_exhausted");
     assert!(
         answer.json()["message"]
             .as_str()
@@ -609,14 +620,15 @@ async fn bodies_past_the_message_limit_are_refused() {
     let answer = http::send(request).await;
     assert_eq!(
         answer.status,
-        StatusCode::TOO_MANY_REQUESTS,
+        StatusCode::PAYLOAD_TOO_LARGE,
         "{}",
         answer.text()
     );
+    assert_eq!(answer.json()["code"], "resource_exhausted");
     // Without a key: refused from the headers.
     let answer = post_raw(server.addr, "ListMembers", None, huge).await;
     assert!(
-        answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::TOO_MANY_REQUESTS,
+        answer.status == StatusCode::UNAUTHORIZED || answer.status == StatusCode::PAYLOAD_TOO_LARGE,
         "{}",
         answer.text()
     );
@@ -628,6 +640,53 @@ async fn bodies_past_the_message_limit_are_refused() {
     )
     .await;
     assert_eq!(answer.status, StatusCode::OK);
+}
+
+/// The usage series in JSON: the range by its name, int64 figures as strings (proto3
+/// JSON), every point with its start, peak and denials, the quota once known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_series_answers_in_json() {
+    let server = start().await;
+    let acme = server.licensed_organization("acme", 0, 1, &["ann"]).await;
+    acquire_lease(&mut server.session(acme.key(0)).await, KRE, "e-1").await;
+    let answer = post_json(
+        server.addr,
+        "GetUsageSeries",
+        Some(&acme.owner_key),
+        &json!({"orgId": "acme", "product": "PRODUCT_KRE", "range": "USAGE_RANGE_WEEK"}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let series = answer.json();
+    assert_eq!(series["resolutionMs"], "3600000");
+    assert_eq!(series["product"], "PRODUCT_KRE");
+    let points = series["points"].as_array().expect("points");
+    assert!(
+        (168..=seatbroker::limits::USAGE_SERIES_POINTS_MAX).contains(&points.len()),
+        "{} points",
+        points.len()
+    );
+    let last = points.last().unwrap();
+    assert_eq!(last["peakSessions"], 1);
+    assert_eq!(last["quota"], 1);
+    assert!(
+        last["startUnixMs"]
+            .as_str()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(series["activeSessions"], 1);
+    // A member's key is refused as over gRPC.
+    let answer = post_json(
+        server.addr,
+        "GetUsageSeries",
+        Some(acme.key(0)),
+        &json!({"orgId": "acme", "product": "PRODUCT_KRE", "range": "USAGE_RANGE_HOUR"}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.text());
 }
 
 /// The console's page and files come with a strict policy: no inline script or style,

@@ -39,6 +39,7 @@ fn target(server: &TestServer) -> Target {
         operator_key: OPERATOR_KEY.parse::<OperatorKeyText>().unwrap(),
         // The test broker runs in this process.
         server_pid: Some(std::process::id()),
+        allow_remote: false,
     })
 }
 
@@ -160,6 +161,7 @@ async fn over_mtls_it_connects_through_the_shared_client_with_a_client_certifica
         tls: certs.client(true),
         operator_key: OPERATOR_KEY.parse::<OperatorKeyText>().unwrap(),
         server_pid: None,
+        allow_remote: false,
     });
     let report = loadgen::execute(&config(Workload::AcquireRelease, 1, 8, 8), &target)
         .await
@@ -258,6 +260,7 @@ fn streamed(workload: Workload, engines: u32, hosts: u32, quota: u32) -> BenchCo
             batch: 16,
             streams_per_connection: hosts / 2,
             renew_interval: None,
+            terminate_rate: None,
         }),
         ..config(workload, 1, engines, quota)
     }
@@ -342,6 +345,7 @@ async fn hosts_keep_every_lease_of_their_stream_alive_with_one_renewal() {
             batch: 64,
             streams_per_connection: 2,
             renew_interval: Some(Duration::from_millis(100)),
+            terminate_rate: None,
         }),
         ..streamed(Workload::Hosts, 200, 4, 200)
     };
@@ -353,4 +357,36 @@ async fn hosts_keep_every_lease_of_their_stream_alive_with_one_renewal() {
     assert!(renewals > 0, "{:?}", report.methods);
     // 200 leases over 4 hosts: every renewal extended the 50 leases of its stream.
     assert_eq!(report.leases_renewed, Some(renewals * 50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminations_under_the_hosts_load_all_reach_their_streams() {
+    let server = start().await;
+    // 2,000 leases held by 20 hosts; an admin terminates 40 a second for 2 s.
+    let config = BenchConfig {
+        warmup: Duration::from_millis(2_000),
+        duration: Duration::from_millis(2_000),
+        stream: Some(StreamConfig {
+            batch: 64,
+            streams_per_connection: 10,
+            renew_interval: Some(Duration::from_millis(500)),
+            terminate_rate: Some(40),
+        }),
+        ..streamed(Workload::Hosts, 2_000, 20, 2_000)
+    };
+    let report = loadgen::execute(&config, &target(&server))
+        .await
+        .expect("the run completes");
+    assert_eq!(report.errors_total, 0, "{:?}", report.errors);
+    let terminations = report.terminations.expect("terminations reported");
+    assert!(terminations.acknowledged > 0, "{terminations:?}");
+    assert_eq!(terminations.missing, 0, "{terminations:?}");
+    assert_eq!(
+        terminations.delivered, terminations.acknowledged,
+        "every acknowledged termination's event arrived: {terminations:?}"
+    );
+    assert_eq!(terminations.latency_us.count, terminations.delivered);
+    // Terminated hosts acquired their slots again and released everything at the end.
+    let usage = kre_usage(&server).await;
+    assert_eq!(usage.active_sessions, 0, "{usage:?}");
 }

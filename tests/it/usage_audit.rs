@@ -15,6 +15,19 @@ fn usage_request(org: &str, window_seconds: u32) -> proto::GetUsageRequest {
     }
 }
 
+/// The third member's acquire, refused: two of two KRE sessions are taken.
+async fn deny_the_third(server: &TestServer, org: &Org) {
+    assert_status(
+        server
+            .session(org.key(2))
+            .await
+            .acquire(acquire_request(KRE, "e-c"))
+            .await,
+        Code::ResourceExhausted,
+        "2 of 2",
+    );
+}
+
 #[tokio::test]
 async fn usage_reports_peak_grants_and_denials_over_a_window() {
     let server = start().await;
@@ -28,15 +41,7 @@ async fn usage_reports_peak_grants_and_denials_over_a_window() {
         .acquire(acquire_request(KRE, "e-b"))
         .await
         .unwrap();
-    assert_status(
-        server
-            .session(org.key(2))
-            .await
-            .acquire(acquire_request(KRE, "e-c"))
-            .await,
-        Code::ResourceExhausted,
-        "2 of 2",
-    );
+    deny_the_third(&server, &org).await;
     release(&mut server.session(org.key(0)).await, &lease)
         .await
         .unwrap();
@@ -65,6 +70,180 @@ async fn usage_reports_peak_grants_and_denials_over_a_window() {
         Code::InvalidArgument,
         "window_seconds",
     );
+}
+
+fn series_request(org: &str, range: proto::UsageRange) -> proto::GetUsageSeriesRequest {
+    proto::GetUsageSeriesRequest {
+        org_id: org.into(),
+        product: KRE,
+        range: range as i32,
+        ..Default::default()
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// The usage series of an hour, a day and a week: by the minute, ten minutes and the
+/// hour, within the bound of points, holding the peak against the quota and the
+/// denials; a range past what the daemon keeps is cut to it, a nonsensical one refused;
+/// read by whoever may read `GetUsage` only.
+#[tokio::test]
+async fn the_usage_series_charts_an_hour_a_day_and_a_week_within_bounds_for_admins_only() {
+    let server = start().await;
+    let org = server
+        .licensed_organization("acme", 0, 2, &["a", "b", "c"])
+        .await;
+    let other = server.organization("other", 1, 1, &[]).await;
+    let before = now_unix_ms();
+    acquire_lease(&mut server.session(org.key(0)).await, KRE, "e-a").await;
+    acquire_lease(&mut server.session(org.key(1)).await, KRE, "e-b").await;
+    deny_the_third(&server, &org).await;
+    let mut owner = server.admin(&org.owner_key).await;
+    for (range, resolution_ms, length_ms) in [
+        (proto::UsageRange::Hour, 60_000, 3_600_000),
+        (proto::UsageRange::Day, 600_000, 86_400_000),
+        (proto::UsageRange::Week, 3_600_000, 7 * 86_400_000),
+    ] {
+        let series = owner
+            .get_usage_series(series_request("acme", range))
+            .await
+            .unwrap()
+            .into_inner();
+        let points = &series.points;
+        assert_eq!(series.resolution_ms, resolution_ms, "{range:?}");
+        assert!(
+            points.len() <= seatbroker::limits::USAGE_SERIES_POINTS_MAX
+                && points.len() as i64 >= length_ms / resolution_ms,
+            "{range:?}: {} points",
+            points.len()
+        );
+        let answered = now_unix_ms();
+        assert!(
+            series.start_unix_ms <= answered - length_ms,
+            "{range:?}: the whole range"
+        );
+        assert!(series.end_unix_ms >= before, "{range:?}: up to now");
+        assert!(series.kept_since_unix_ms > 0 && series.kept_since_unix_ms <= before);
+        assert!(
+            points
+                .windows(2)
+                .all(|pair| pair[1].start_unix_ms - pair[0].start_unix_ms == resolution_ms),
+            "{range:?}: points follow each other"
+        );
+        let last = points.last().unwrap();
+        assert_eq!(
+            (last.peak_sessions, last.quota),
+            (2, Some(2)),
+            "{range:?}: the peak against the quota"
+        );
+        assert_eq!(
+            points.iter().map(|p| p.denials).sum::<u64>(),
+            1,
+            "{range:?}"
+        );
+        assert_eq!(points.iter().map(|p| p.grants).sum::<u64>(), 2, "{range:?}");
+        assert_eq!((series.quota, series.active_sessions), (2, 2));
+        // Before the daemon started, nothing is known.
+        assert_eq!(points[0].quota, None, "{range:?}");
+    }
+    // A raised quota shows from its period on.
+    server
+        .operator()
+        .await
+        .set_quota(proto::SetQuotaRequest {
+            org_id: "acme".into(),
+            kre_sessions: Some(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let hour = owner
+        .get_usage_series(series_request("acme", proto::UsageRange::Hour))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hour.points.last().unwrap().quota, Some(5));
+    assert_eq!(hour.quota, 5);
+    // A range reaching back past the week kept is cut to it; by the hour.
+    let long_ago = proto::GetUsageSeriesRequest {
+        start_unix_ms: now_unix_ms() - 30 * 86_400_000,
+        ..series_request("acme", proto::UsageRange::Unspecified)
+    };
+    let cut = owner.get_usage_series(long_ago).await.unwrap().into_inner();
+    assert_eq!(cut.resolution_ms, 3_600_000);
+    assert!(cut.start_unix_ms >= before - 7 * 86_400_000 - 3_600_000);
+    assert!(cut.points.len() <= seatbroker::limits::USAGE_SERIES_POINTS_MAX);
+    // Nonsense is refused, saying what would do.
+    for (request, field) in [
+        (
+            proto::GetUsageSeriesRequest {
+                product: 0,
+                ..series_request("acme", proto::UsageRange::Hour)
+            },
+            "product",
+        ),
+        (
+            proto::GetUsageSeriesRequest {
+                range: 9,
+                ..series_request("acme", proto::UsageRange::Hour)
+            },
+            "USAGE_RANGE_HOUR",
+        ),
+        (
+            proto::GetUsageSeriesRequest {
+                start_unix_ms: 5,
+                ..series_request("acme", proto::UsageRange::Hour)
+            },
+            "not both",
+        ),
+        (
+            proto::GetUsageSeriesRequest {
+                start_unix_ms: now_unix_ms() - 60_000,
+                end_unix_ms: now_unix_ms() - 120_000,
+                ..series_request("acme", proto::UsageRange::Unspecified)
+            },
+            "start must be before end",
+        ),
+    ] {
+        assert_status(
+            owner.get_usage_series(request).await,
+            Code::InvalidArgument,
+            field,
+        );
+    }
+    // Authorized as GetUsage: not a plain member, not another organization's owner.
+    for key in [org.key(0), other.owner_key.as_str()] {
+        let mut caller = server.admin(key).await;
+        assert_eq!(
+            caller
+                .get_usage_series(series_request("acme", proto::UsageRange::Day))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            caller
+                .get_usage(usage_request("acme", 0))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+    }
+    let operator = server
+        .operator()
+        .await
+        .get_usage_series(series_request("acme", proto::UsageRange::Week))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(operator.active_sessions, 2);
 }
 
 /// The first page of acme's audit record in `[from, to)`, as the holder of `key`

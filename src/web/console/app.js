@@ -36,8 +36,9 @@ async function api(method, body) {
   return answer;
 }
 
-// Every page of a paged listing (AIP-158), up to `pagesMax` pages.
-async function listAll(method, body, field, pagesMax = 20) {
+// Every page of a paged listing (AIP-158), up to `pagesMax` pages (for choices, such
+// as the members a license may go to).
+async function listAll(method, body, field, pagesMax = PAGES_PER_SCREEN) {
   let items = [];
   let pageToken = "";
   for (let page = 0; page < pagesMax; page++) {
@@ -47,6 +48,59 @@ async function listAll(method, body, field, pagesMax = 20) {
     if (!pageToken) break;
   }
   return items;
+}
+
+// A listing shows at most this many of the API's pages at once; the pager below it
+// goes on with the next page token, or back to where the previous screen started.
+const PAGES_PER_SCREEN = 20;
+const PAGE_SIZE = "seatbroker.pageSize";
+const cursors = new Map();
+
+function cursorOf(key) {
+  if (!cursors.has(key)) cursors.set(key, { starts: [""], at: 0, next: "" });
+  return cursors.get(key);
+}
+
+// The screen of a listing the pager is on; `key` names the listing and its filters.
+async function listScreen(key, method, body, field, pagesMax = PAGES_PER_SCREEN) {
+  const cursor = cursorOf(key);
+  const size = Number(sessionStorage.getItem(PAGE_SIZE)) || 0;
+  const sized = size > 0 && method !== "ListAuditEvents" ? { ...body, pageSize: size } : body;
+  let items = [];
+  let pageToken = cursor.starts[cursor.at];
+  try {
+    for (let page = 0; page < pagesMax; page++) {
+      const answer = await api(method, { ...sized, pageToken });
+      items = items.concat(answer[field] || []);
+      pageToken = answer.nextPageToken || "";
+      if (!pageToken) break;
+    }
+  } catch (error) {
+    // A token the daemon no longer takes: start the listing over.
+    if (cursor.at === 0 || error.code !== "invalid_argument") throw error;
+    cursors.delete(key);
+    return listScreen(key, method, body, field, pagesMax);
+  }
+  cursor.next = pageToken;
+  return items;
+}
+
+// Previous / Next over a listing longer than one screen (`reload` shows the screen the
+// cursor moved to); nothing for a short one.
+function pager(key, shown, reload = route) {
+  const cursor = cursorOf(key);
+  if (!cursor.next && cursor.at === 0) return null;
+  const move = (step) => () => {
+    if (step > 0) cursor.starts[cursor.at + 1] = cursor.next;
+    cursor.at += step;
+    reload();
+  };
+  return el("div", { class: "pager", role: "navigation", "aria-label": "More of this listing", "data-pager": key },
+    el("span", { class: "pager-note" }, cursor.next
+      ? `Screen ${cursor.at + 1}: ${shown} shown, and more follow than one screen holds.`
+      : `Screen ${cursor.at + 1}, the last: ${shown} shown.`),
+    el("button", { type: "button", class: "secondary", "data-page-previous": "", disabled: cursor.at === 0, onclick: move(-1) }, "Previous"),
+    el("button", { type: "button", class: "secondary", "data-page-next": "", disabled: !cursor.next, onclick: move(1) }, "Next"));
 }
 
 const org = () => sessionStorage.getItem(ORG) || "";
@@ -125,7 +179,8 @@ let licenseProduct = "PRODUCT_KSE";
 async function licensesPage() {
   const usage = await api("GetUsage", { orgId: org(), windowSeconds: 3600 });
   const members = await listAll("ListMembers", { orgId: org() }, "members");
-  const emails = await listAll("ListAssignments", { orgId: org(), product: licenseProduct }, "emails");
+  const listing = `assignments:${org()}:${licenseProduct}`;
+  const emails = await listScreen(listing, "ListAssignments", { orgId: org(), product: licenseProduct }, "emails");
   const figures = (usage.products || []).find((p) => p.product === licenseProduct) || {};
   const quota = Number(figures.quota || 0);
   const assigned = Number(figures.assigned || 0);
@@ -164,7 +219,8 @@ async function licensesPage() {
     el("button", { type: "button", id: "assign-open", onclick: () => { form.hidden = false; form.querySelector("textarea").focus(); } }, "Assign License"),
     form,
     el("ul", { id: "assign-results", class: "results" }),
-    table(["Email", "Actions"], rows, "licensed-users"));
+    table(["Email", "Actions"], rows, "licensed-users"),
+    pager(listing, emails.length));
 }
 
 async function assign(event) {
@@ -225,7 +281,8 @@ async function transfer(from, to) {
 const ROLES = ["ROLE_OWNER", "ROLE_ADMIN", "ROLE_MEMBER"];
 
 async function membersPage() {
-  const members = await listAll("ListMembers", { orgId: org() }, "members");
+  const listing = `members:${org()}`;
+  const members = await listScreen(listing, "ListMembers", { orgId: org() }, "members");
   const rows = members.map((m) => {
     const select = el("select", { "aria-label": `Role of ${m.email}`, "data-role-of": m.email },
       ROLES.map((r) => el("option", { value: r, selected: r === m.role }, roleName(r))));
@@ -239,7 +296,8 @@ async function membersPage() {
       el("label", {}, "Email", el("input", { id: "member-email", type: "email", required: true })),
       el("label", {}, "Role", el("select", { id: "member-role" }, ROLES.map((r) => el("option", { value: r, selected: r === "ROLE_MEMBER" }, roleName(r))))),
       el("button", { type: "submit", id: "add-member-submit" }, "Add member")),
-    table(["Email", "Role", "Actions"], rows, "members"));
+    table(["Email", "Role", "Actions"], rows, "members"),
+    pager(listing, members.length));
 }
 
 async function addMember(event) {
@@ -274,7 +332,8 @@ async function removeMember(email) {
 // ---- API keys -------------------------------------------------------------------
 
 async function keysPage(created) {
-  const keys = await listAll("ListApiKeys", { orgId: org() }, "keys");
+  const listing = `keys:${org()}`;
+  const keys = await listScreen(listing, "ListApiKeys", { orgId: org() }, "keys");
   const rows = keys.map((k) => el("tr", { "data-key-id": k.keyId },
     el("td", {}, el("code", {}, k.keyId)), el("td", {}, k.email), el("td", {}, k.label), el("td", {}, when(k.createdAtUnixMs)),
     el("td", {}, el("button", { type: "button", class: "danger", "data-revoke": k.keyId, onclick: () => revokeKey(k.keyId) }, "Revoke"))));
@@ -284,7 +343,8 @@ async function keysPage(created) {
       el("label", {}, "Label", el("input", { id: "key-label", type: "text" })),
       el("button", { type: "submit", id: "create-key-submit" }, "Create key")),
     created ? secretBox(created) : null,
-    table(["Key", "Member", "Label", "Created", "Actions"], rows, "keys"));
+    table(["Key", "Member", "Label", "Created", "Actions"], rows, "keys"),
+    pager(listing, keys.length));
 }
 
 // The new key, shown this once: the daemon keeps only its hash.
@@ -321,14 +381,16 @@ async function revokeKey(keyId) {
 // ---- Sessions -------------------------------------------------------------------
 
 async function sessionsPage() {
-  const sessions = await listAll("ListSessions", { orgId: org() }, "sessions");
+  const listing = `sessions:${org()}`;
+  const sessions = await listScreen(listing, "ListSessions", { orgId: org() }, "sessions");
   const rows = sessions.map((s) => el("tr", { "data-lease": s.leaseId },
     el("td", {}, s.email), el("td", {}, s.hostname), el("td", {}, s.engineId), el("td", {}, s.label),
     el("td", {}, when(s.acquiredAtUnixMs)), el("td", {}, when(s.expiresAtUnixMs)),
     el("td", {}, el("button", { type: "button", class: "danger", "data-terminate": s.leaseId, onclick: () => terminate(s) }, "Terminate"))));
   page("Sessions",
     el("p", { class: "muted" }, `Live sessions, refreshed every 5 seconds. ${sessions.length} now.`),
-    table(["Member", "Host", "Engine", "Label", "Since", "Expires", "Actions"], rows, "sessions"));
+    table(["Member", "Host", "Engine", "Label", "Since", "Expires", "Actions"], rows, "sessions"),
+    pager(listing, sessions.length));
   refreshTimer = setTimeout(() => { if (location.hash === "#/sessions") route(true); }, 5000);
 }
 
@@ -341,52 +403,112 @@ async function terminate(session) {
 
 // ---- Usage ----------------------------------------------------------------------
 
-// The daemon keeps 24 hours of per-minute figures (limits::USAGE_WINDOW_SECONDS_MAX).
-const WINDOWS = [["Last 15 minutes", 900], ["Last hour", 3600], ["Last day", 86400]];
+// The ranges of GetUsageSeries; the daemon picks the resolution (a minute for an hour,
+// ten minutes for a day, an hour for a week).
+const RANGES = [["USAGE_RANGE_HOUR", "Hour"], ["USAGE_RANGE_DAY", "Day"], ["USAGE_RANGE_WEEK", "Week"]];
+let usageRange = "USAGE_RANGE_DAY";
 
 async function usagePage() {
-  const answers = await Promise.all(WINDOWS.map(([, seconds]) => api("GetUsage", { orgId: org(), windowSeconds: seconds })));
-  const sections = ["PRODUCT_KSE", "PRODUCT_KRE"].map((product) => {
-    const figures = answers.map((a) => (a.products || []).find((p) => p.product === product) || {});
-    const quota = Number(figures[0].quota || 0);
-    const peaks = figures.map((f) => Number(f.windowPeakSessions || 0));
-    const denials = figures.map((f) => Number(f.windowDenials || 0));
-    const verdict = denials[2] > 0 || peaks[2] >= quota
-      ? `Sessions reached the quota of ${quota} in the last day${denials[2] ? ` and ${denials[2]} acquire(s) were refused` : ""}: consider more seats.`
-      : `Peak in the last day ${peaks[2]} of ${quota}: the quota suffices.`;
-    return el("section", { "data-product": product },
-      el("h2", {}, `${productName(product)}: now ${figures[0].activeSessions || 0} active of ${quota}`),
-      el("p", {}, verdict),
-      barChart(WINDOWS.map(([label]) => label), peaks, quota, `${productName(product)} peak sessions against the quota`),
-      table(["Window", "Peak sessions", "Quota", "Grants", "Denials"], WINDOWS.map(([label], i) => el("tr", {},
-        el("td", {}, label), el("td", {}, peaks[i]), el("td", {}, quota), el("td", {}, figures[i].windowGrants || 0), el("td", {}, denials[i])))));
+  const products = ["PRODUCT_KSE", "PRODUCT_KRE"];
+  const series = await Promise.all(products.map((product) => api("GetUsageSeries", { orgId: org(), product, range: usageRange })));
+  const rangeName = RANGES.find(([range]) => range === usageRange)[1].toLowerCase();
+  const tab = ([range, label]) => el("button", {
+    type: "button", role: "tab", id: `usage-tab-${label.toLowerCase()}`, "aria-selected": String(range === usageRange),
+    onclick: () => { usageRange = range; route(); },
+  }, label);
+  const sections = series.map((answer, i) => {
+    const points = answer.points || [];
+    const quota = Number(answer.quota || 0);
+    const peak = Math.max(0, ...points.map((p) => Number(p.peakSessions || 0)));
+    const denials = points.reduce((sum, p) => sum + Number(p.denials || 0), 0);
+    const verdict = denials > 0 || (quota > 0 && peak >= quota)
+      ? `Sessions reached the quota of ${quota} in the last ${rangeName}${denials ? ` and ${denials} acquire(s) were refused` : ""}: consider more seats.`
+      : `Peak in the last ${rangeName}: ${peak} of ${quota}. The quota suffices.`;
+    const name = productName(products[i]);
+    return el("section", { "data-product": products[i] },
+      el("h2", {}, `${name}: now ${answer.activeSessions || 0} active of ${quota}`),
+      el("p", { class: "verdict" }, verdict),
+      seriesChart(answer, `${name}: active sessions against the quota, and refused acquires, over the last ${rangeName}`));
   });
-  page("Usage", el("p", { class: "muted" }, "Peak active sessions and refused acquires over each window, from the daemon's per-minute figures."), ...sections);
+  const since = Number(series[0].keptSinceUnixMs || 0);
+  page("Usage",
+    el("div", { role: "tablist", "aria-label": "Range" }, RANGES.map(tab)),
+    el("p", { class: "muted" },
+      "Bars: the peak of active sessions in each period; line: the quota; red bars below: acquires refused for lack of a seat. ",
+      `The daemon keeps these figures in memory since it started (${when(since)}): a restart starts them afresh.`),
+    ...sections);
 }
 
-// Horizontal bars: each window's peak over the quota (grey), red past it.
-function barChart(labels, values, quota, title) {
+// An SVG chart of a usage series: a bar per point (its peak of active sessions, red
+// past the quota), the quota as a stepped line, and the denials as bars in a strip
+// below. Points before the daemon started are shaded.
+function seriesChart(answer, title) {
   const ns = "http://www.w3.org/2000/svg";
-  const width = 500, rowHeight = 28, left = 120;
-  const scale = Math.max(quota, ...values, 1);
+  const points = answer.points || [];
+  const width = 640, left = 44, right = 8, top = 8, plotHeight = 150, gap = 22, denialHeight = 40;
+  const height = top + plotHeight + gap + denialHeight + 18;
+  const start = Number(answer.startUnixMs), end = Number(answer.endUnixMs), resolution = Number(answer.resolutionMs);
+  const span = Math.max(1, end - start);
+  const x = (ms) => left + ((ms - start) / span) * (width - left - right);
+  const quotaOf = (p) => (p.quota === undefined || p.quota === null ? null : Number(p.quota));
+  const scale = Math.max(1, Number(answer.quota || 0), ...points.map((p) => Math.max(Number(p.peakSessions || 0), quotaOf(p) || 0))) * 1.1;
+  const y = (value) => top + plotHeight - (value / scale) * plotHeight;
+  const maxDenials = Math.max(1, ...points.map((p) => Number(p.denials || 0)));
+  const denialTop = top + plotHeight + gap;
   const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${labels.length * rowHeight + 10}`);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", title);
+  svg.setAttribute("data-points", String(points.length));
   const shape = (name, attributes, text) => {
     const node = document.createElementNS(ns, name);
     for (const [k, v] of Object.entries(attributes)) node.setAttribute(k, v);
     if (text !== undefined) node.textContent = text;
     svg.append(node);
+    return node;
   };
-  labels.forEach((label, i) => {
-    const y = i * rowHeight + 5;
-    const span = width - left - 50;
-    shape("text", { x: 0, y: y + 15 }, label);
-    shape("rect", { x: left, y, width: (quota / scale) * span, height: 18, class: "bar-quota" });
-    shape("rect", { x: left, y: y + 4, width: (values[i] / scale) * span, height: 10, class: values[i] > quota ? "bar-over" : "bar-used" });
-    shape("text", { x: left + span + 6, y: y + 15 }, `${values[i]}/${quota}`);
-  });
+  const since = Number(answer.keptSinceUnixMs || 0);
+  if (since > start) {
+    shape("rect", { x: left, y: top, width: Math.max(0, x(Math.min(since, end)) - left), height: plotHeight, class: "no-data" });
+  }
+  shape("line", { x1: left, y1: y(0), x2: width - right, y2: y(0), class: "axis" });
+  shape("text", { x: left - 4, y: y(0) + 4, "text-anchor": "end" }, "0");
+  shape("text", { x: left - 4, y: top + 10, "text-anchor": "end" }, String(Math.floor(scale)));
+  const barWidth = Math.max(1, x(start + resolution) - x(start) - 1);
+  let quotaPath = "";
+  let quotaKnown = false;
+  for (const p of points) {
+    const at = Number(p.startUnixMs);
+    const peak = Number(p.peakSessions || 0);
+    const quota = quotaOf(p);
+    const bar = shape("rect", { x: x(at), y: y(peak), width: barWidth, height: y(0) - y(peak),
+      class: `point ${quota !== null && peak > quota ? "bar-over" : "bar-used"}` });
+    const label = `${when(at)}: peak ${peak}${quota !== null ? ` of ${quota}` : ""}, ${Number(p.denials || 0)} refused`;
+    bar.append(Object.assign(document.createElementNS(ns, "title"), { textContent: label }));
+    // The quota steps from one period to the next; it is not drawn where unknown.
+    if (quota !== null) {
+      quotaPath += `${quotaKnown ? "L" : "M"}${x(at)},${y(quota)}L${x(at + resolution)},${y(quota)}`;
+    }
+    quotaKnown = quota !== null;
+    const denied = Number(p.denials || 0);
+    if (denied > 0) {
+      const h = (denied / maxDenials) * denialHeight;
+      shape("rect", { x: x(at), y: denialTop + denialHeight - h, width: barWidth, height: h, class: "bar-denied" });
+    }
+  }
+  if (quotaPath) shape("path", { d: quotaPath, class: "quota-line" });
+  shape("line", { x1: left, y1: denialTop + denialHeight, x2: width - right, y2: denialTop + denialHeight, class: "axis" });
+  shape("text", { x: left - 4, y: denialTop + 10, "text-anchor": "end" }, String(maxDenials));
+  shape("text", { x: left, y: denialTop - 6 }, "Refused acquires");
+  const tick = (ms) => {
+    const date = new Date(ms);
+    if (resolution >= 3600000) return date.toLocaleDateString(undefined, { month: "short", day: "numeric" });
+    const time = date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+    return span > 12 * 3600000 ? `${date.toLocaleDateString(undefined, { weekday: "short" })} ${time}` : time;
+  };
+  shape("text", { x: left, y: height - 4 }, tick(start));
+  shape("text", { x: (left + width - right) / 2, y: height - 4, "text-anchor": "middle" }, tick(start + span / 2));
+  shape("text", { x: width - right, y: height - 4, "text-anchor": "end" }, tick(end));
   return el("div", { class: "chart" }, svg);
 }
 
@@ -416,12 +538,17 @@ async function loadAudit(event) {
   const kind = document.getElementById("audit-kind").value.trim();
   const member = document.getElementById("audit-member").value.trim().toLowerCase();
   const body = { orgId: org(), fromUnixMs: from ? String(new Date(from).getTime()) : "0", toUnixMs: to ? String(new Date(to).getTime()) : "0", limit: 1000 };
-  const events = await act(() => listAll("ListAuditEvents", body, "events", 10));
+  const listing = `audit:${org()}:${body.fromUnixMs}:${body.toUnixMs}`;
+  // A new range starts at its first screen; the pager moves through it.
+  if (event) cursors.delete(listing);
+  const events = await act(() => listScreen(listing, "ListAuditEvents", body, "events", 10));
   if (!events) return;
   auditEvents = events.filter((e) => (!kind || e.kind.includes(kind)) && (!member || (e.email || "").includes(member) || (e.actor || "").includes(member)));
+  // The audit page keeps its form: its pager reloads only the events.
+  const auditPager = pager(listing, events.length, () => loadAudit());
   document.getElementById("audit-table").replaceChildren(table(["When", "Kind", "Product", "Member", "Actor", "Detail"],
     auditEvents.map((e) => el("tr", {}, el("td", {}, when(e.atUnixMs)), el("td", {}, e.kind), el("td", {}, productName(e.product)),
-      el("td", {}, e.email), el("td", {}, e.actor), el("td", {}, e.detail))), "audit"));
+      el("td", {}, e.email), el("td", {}, e.actor), el("td", {}, e.detail))), "audit"), auditPager || "");
   say(`${auditEvents.length} event(s) shown.`);
 }
 
@@ -444,7 +571,8 @@ function exportCsv() {
 // ---- Organizations (operator) -----------------------------------------------------
 
 async function orgsPage() {
-  const orgs = await listAll("ListOrganizations", {}, "organizations");
+  const listing = "orgs";
+  const orgs = await listScreen(listing, "ListOrganizations", {}, "organizations");
   const rows = orgs.map((o) => {
     const kse = el("input", { type: "number", min: 0, value: o.quota?.kseSeats ?? 0, "aria-label": `KSE seats of ${o.orgId}` });
     const kre = el("input", { type: "number", min: 0, value: o.quota?.kreSessions ?? 0, "aria-label": `KRE sessions of ${o.orgId}` });
@@ -464,7 +592,8 @@ async function orgsPage() {
       el("label", {}, "KSE seats", el("input", { id: "org-kse", type: "number", min: 0, value: 5 })),
       el("label", {}, "KRE sessions", el("input", { id: "org-kre", type: "number", min: 0, value: 5 })),
       el("button", { type: "submit" }, "Create organization")),
-    table(["Id", "Name", "Members", "KSE seats", "KRE sessions", "Expires", "Actions"], rows, "orgs"));
+    table(["Id", "Name", "Members", "KSE seats", "KRE sessions", "Expires", "Actions"], rows, "orgs"),
+    pager(listing, orgs.length));
 }
 
 async function createOrg(event) {

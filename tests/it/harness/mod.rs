@@ -23,7 +23,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub use daemon::{Daemon, Serve};
-pub use etcd::{EtcdServer, TcpProxy, etcd_binary};
+pub use etcd::{EtcdServer, EtcdTls, TcpProxy, etcd_binary};
 pub use listing::{
     api_keys, assigned_emails, audit_page, audit_record, member_emails, members, organizations,
     sessions,
