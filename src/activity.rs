@@ -92,16 +92,18 @@ impl Activity {
     }
 
     /// The usage series of `product` in `org` over `[start_ms, end_ms)`, which ends by
-    /// now and starts within the week kept (see [`UsageWindows::series`]).
+    /// `now_unix_ms` (the time the range was computed at) and starts within the week
+    /// kept (see [`UsageWindows::series`]).
     pub fn usage_series(
         &self,
         org: &OrgId,
         product: Product,
         start_ms: i64,
         end_ms: i64,
+        now_unix_ms: i64,
     ) -> Series {
         self.usage
-            .series(org, product, start_ms, end_ms, self.clock.unix_ms())
+            .series(org, product, start_ms, end_ms, now_unix_ms)
     }
 
     /// Usage figures are kept from this time (the daemon's start) on.

@@ -472,11 +472,14 @@ impl AdminService for AdminApi {
         let body = request.get_ref();
         let org = convert::org_id(&body.org_id).map_err(to_status)?;
         let product = convert::product(body.product).map_err(to_status)?;
+        // One `now` for the range and the series: a day's range must be found within
+        // the day of minutes however late in the millisecond the series is cut.
+        let now_unix_ms = self.broker.clock().unix_ms();
         let (start_ms, end_ms) = convert::usage_series_range(
             body.range,
             body.start_unix_ms,
             body.end_unix_ms,
-            self.broker.clock().unix_ms(),
+            now_unix_ms,
         )
         .map_err(to_status)?;
         // Authorized as GetUsage: the operator, or an Owner or Admin of the organization.
@@ -485,7 +488,9 @@ impl AdminService for AdminApi {
             .iter()
             .find(|u| u.product == product)
             .expect("usage has every product");
-        let series = self.activity.usage_series(&org, product, start_ms, end_ms);
+        let series = self
+            .activity
+            .usage_series(&org, product, start_ms, end_ms, now_unix_ms);
         let resolution_ms = series.resolution_ms as i64;
         let mut points: Vec<proto::UsagePoint> = series
             .points

@@ -34,7 +34,7 @@ pub(crate) const ELECTION_TTL_S: u32 = 2;
 /// The engines' lease TTL: far longer than a failover.
 pub(crate) const LEASE_TTL_MS: u32 = 10_000;
 /// A call that keeps failing over for this long fails the test.
-pub(crate) const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const FOLLOW_DEADLINE: Duration = Duration::from_secs(60);
 /// Each attempt of a call is bounded by this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const CLUSTER: &str = "it";
