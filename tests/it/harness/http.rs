@@ -38,19 +38,29 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    try_send(request).await.expect("an HTTP answer")
+}
+
+/// [`send`], with the client's error when no answer could be read: a server that
+/// refuses a body from its headers answers and closes, and a client still writing the
+/// body may see the closed connection before the answer.
+pub async fn try_send<B>(request: Request<B>) -> Result<Answer, hyper_util::client::legacy::Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let client = Client::builder(TokioExecutor::new()).build_http::<B>();
     let response =
         tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
             .await
-            .expect("an answer within 30 s")
-            .expect("an HTTP answer");
+            .expect("an answer within 30 s")?;
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("the whole body").to_bytes();
-    Answer {
+    Ok(Answer {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
+    })
 }
 
 /// `POST /seatbroker.v1.AdminService/<method>` with `body` as JSON, authorized by
@@ -66,12 +76,25 @@ pub async fn post_json(
 
 /// Like [`post_json`], with the body's bytes as given.
 pub async fn post_raw(addr: SocketAddr, method: &str, key: Option<&str>, body: Bytes) -> Answer {
+    try_post_raw(addr, method, key, body)
+        .await
+        .expect("an HTTP answer")
+}
+
+/// [`post_raw`], with the client's error when no answer could be read (see
+/// [`try_send`]).
+pub async fn try_post_raw(
+    addr: SocketAddr,
+    method: &str,
+    key: Option<&str>,
+    body: Bytes,
+) -> Result<Answer, hyper_util::client::legacy::Error> {
     let mut request = Request::post(format!("http://{addr}/seatbroker.v1.AdminService/{method}"))
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(key) = key {
         request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
     }
-    send(request.body(Full::new(body)).expect("a request")).await
+    try_send(request.body(Full::new(body)).expect("a request")).await
 }
 
 /// `GET path`.
