@@ -222,19 +222,33 @@ impl BodyCharge {
     pub fn charged_bytes(&self) -> usize {
         self.charged_bytes
     }
+
+    /// Sets the charge to exactly `due` bytes: raised as by
+    /// [`BodyCharge::charge_up_to`], or lowered (always taken) when the body holds
+    /// less than it did, as a stream's body does once a message is complete.
+    pub fn charge_exactly(&mut self, due: usize) -> Result<(), tonic::Status> {
+        if due >= self.charged_bytes {
+            return self.charge_up_to(due);
+        }
+        self.give_back(self.charged_bytes - due);
+        Ok(())
+    }
+
+    fn give_back(&mut self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.bodies.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if let Some(connection) = &self.connection {
+            connection.release_body_bytes(bytes);
+        }
+        self.charged_bytes -= bytes;
+    }
 }
 
 impl Drop for BodyCharge {
     fn drop(&mut self) {
-        if self.charged_bytes == 0 {
-            return;
-        }
-        self.bodies
-            .held_bytes
-            .fetch_sub(self.charged_bytes, Ordering::Relaxed);
-        if let Some(connection) = &self.connection {
-            connection.release_body_bytes(self.charged_bytes);
-        }
+        self.give_back(self.charged_bytes);
     }
 }
 

@@ -11,13 +11,15 @@
 //!   without that subject, and each call runs with its connection's subject as
 //!   [`crate::connections::call_client_subject`], for the audit record.
 //! - [`BodyBudgetLayer`] charges every request body against the connection's share
-//!   ([`crate::connections::ConnectionState`]) and the daemon's budget ([`RequestBodies`]), and gives the
-//!   bytes back when the call's body is dropped (right after its message is decoded).
-//!   A body is charged the length its 5-byte gRPC prefix announces as soon as the
-//!   prefix arrives (tonic's decoder reserves that much at once), and any bytes
-//!   beyond it as they are read. A body that would pass either bound ends the call
-//!   with RESOURCE_EXHAUSTED, so clients that open many streams, announce large
-//!   messages and never finish them hold a bounded amount of memory.
+//!   ([`crate::connections::ConnectionState`]) and the daemon's budget ([`RequestBodies`])
+//!   for the message it is still receiving: the length its 5-byte gRPC prefix
+//!   announces as soon as the prefix arrives (tonic's decoder reserves that much at
+//!   once), or the bytes read when more. The charge is given back as each message
+//!   completes (it is then tonic's to decode) and when the body is dropped, so a
+//!   session stream that sends messages for days holds only its current one. A body
+//!   that would pass either bound ends the call with RESOURCE_EXHAUSTED, so clients
+//!   that open many streams, announce large messages and never finish them hold a
+//!   bounded amount of memory.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -214,64 +216,85 @@ where
                 inner: body,
                 charge,
                 message_bytes_max,
-                received_bytes: 0,
-                prefix: GrpcPrefix::default(),
+                message: MessageFraming::default(),
             })
         });
         self.inner.call(request)
     }
 }
 
-/// A request body whose bytes are charged as they are read, and given back when it
-/// is dropped.
+/// A request body charged for the message it is receiving, as its bytes are read;
+/// given back as each message completes and when the body is dropped.
 pub struct ChargedBody {
     inner: Body,
     charge: BodyCharge,
     /// A larger announcement is not charged (see [`RequestBodies`]).
     message_bytes_max: usize,
-    received_bytes: usize,
-    prefix: GrpcPrefix,
+    message: MessageFraming,
 }
 
-/// The 5-byte prefix of a body's first gRPC message (a flag, then the message's
-/// length, big-endian), read as its bytes arrive.
+/// Where a body is in its sequence of gRPC messages: the 5-byte prefix of the
+/// current one (a flag, then the length, big-endian) and its bytes read so far.
 #[derive(Default)]
-struct GrpcPrefix {
-    bytes: [u8; GRPC_PREFIX_BYTES],
-    read: usize,
+struct MessageFraming {
+    prefix: [u8; GRPC_PREFIX_BYTES],
+    prefix_read: usize,
+    /// Bytes of the current message read, its prefix included.
+    received: usize,
 }
 
-impl GrpcPrefix {
-    /// Reads what `data` holds of the prefix; the message's length with its prefix
-    /// once the prefix is complete.
-    fn read(&mut self, data: &[u8]) -> Option<usize> {
-        let wanted = self.bytes.len() - self.read;
-        let taken = wanted.min(data.len());
-        self.bytes[self.read..self.read + taken].copy_from_slice(&data[..taken]);
-        self.read += taken;
-        self.announced_bytes()
-    }
-
+impl MessageFraming {
+    /// The current message's length with its prefix, once the prefix is complete.
     fn announced_bytes(&self) -> Option<usize> {
-        if self.read < self.bytes.len() {
+        if self.prefix_read < GRPC_PREFIX_BYTES {
             return None;
         }
-        let [_, length @ ..] = self.bytes;
-        Some(u32::from_be_bytes(length) as usize + self.bytes.len())
+        let [_, length @ ..] = self.prefix;
+        Some(u32::from_be_bytes(length) as usize + GRPC_PREFIX_BYTES)
+    }
+
+    /// Reads `data` (which may end one message and start others); a message read
+    /// to its end starts the next afresh.
+    fn advance(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let taken = match self.announced_bytes() {
+                None => {
+                    let taken = (GRPC_PREFIX_BYTES - self.prefix_read).min(data.len());
+                    self.prefix[self.prefix_read..self.prefix_read + taken]
+                        .copy_from_slice(&data[..taken]);
+                    self.prefix_read += taken;
+                    taken
+                }
+                Some(announced) => (announced - self.received).min(data.len()),
+            };
+            self.received += taken;
+            data = &data[taken..];
+            if self
+                .announced_bytes()
+                .is_some_and(|announced| self.received >= announced)
+            {
+                *self = MessageFraming::default();
+            }
+        }
+    }
+
+    /// The bytes the incomplete message holds or announced (an announcement past
+    /// `message_bytes_max` is refused by the decoder, so it is not charged).
+    fn held_bytes(&self, message_bytes_max: usize) -> usize {
+        let announced = self
+            .announced_bytes()
+            .filter(|announced| *announced <= message_bytes_max + GRPC_PREFIX_BYTES)
+            .unwrap_or(0);
+        self.received.max(announced)
     }
 }
 
 impl ChargedBody {
-    /// Charges what the body holds or announced after `data` arrived, beyond what it
-    /// was charged already.
+    /// Charges what the incomplete message holds or announced after `data` arrived.
     fn charge_frame(&mut self, data: &[u8]) -> Result<(), Status> {
-        self.received_bytes += data.len();
-        let announced = self
-            .prefix
-            .read(data)
-            .filter(|announced| *announced <= self.message_bytes_max + GRPC_PREFIX_BYTES)
-            .unwrap_or(0);
-        self.charge.charge_up_to(self.received_bytes.max(announced))
+        self.message.advance(data);
+        self.charge
+            .charge_exactly(self.message.held_bytes(self.message_bytes_max))
     }
 }
 
@@ -307,15 +330,45 @@ impl HttpBody for ChargedBody {
 mod tests {
     use super::*;
 
+    const MAX: usize = 1 << 22;
+
     #[test]
     fn the_announced_length_is_read_from_a_prefix_split_across_frames() {
-        let mut prefix = GrpcPrefix::default();
-        assert_eq!(prefix.read(&[0, 0]), None);
-        assert_eq!(prefix.read(&[0x10, 0x00]), None);
+        let mut message = MessageFraming::default();
+        message.advance(&[0, 0]);
+        assert_eq!(message.held_bytes(MAX), 2);
+        message.advance(&[0x10, 0x00]);
+        assert_eq!(message.held_bytes(MAX), 4);
         // The last byte of the length, then the message's first bytes.
-        assert_eq!(prefix.read(&[0x01, 7, 7, 7]), Some(0x10_0001 + 5));
-        // Later frames change nothing.
-        assert_eq!(prefix.read(&[1, 2, 3, 4, 5, 6]), Some(0x10_0001 + 5));
+        message.advance(&[0x01, 7, 7, 7]);
+        assert_eq!(message.held_bytes(MAX), 0x10_0001 + 5);
+        // Later frames of the same message change nothing.
+        message.advance(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!(message.held_bytes(MAX), 0x10_0001 + 5);
+    }
+
+    #[test]
+    fn a_completed_message_holds_nothing_and_the_next_one_starts_afresh() {
+        let mut message = MessageFraming::default();
+        // Two whole messages (3 and 0 bytes) and the first 2 bytes of a third.
+        message.advance(&[0, 0, 0, 0, 3, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(message.held_bytes(MAX), 2);
+        message.advance(&[0, 0, 2, 1]);
+        assert_eq!(message.held_bytes(MAX), 7);
+        message.advance(&[1]);
+        assert_eq!(message.held_bytes(MAX), 0);
+        // A stream of many messages never holds more than the one being read.
+        for _ in 0..10_000 {
+            message.advance(&[0, 0, 0, 0, 4, 1, 2, 3, 4]);
+            assert_eq!(message.held_bytes(MAX), 0);
+        }
+    }
+
+    #[test]
+    fn an_announcement_past_the_message_bound_is_charged_only_what_arrived() {
+        let mut message = MessageFraming::default();
+        message.advance(&[0, 0xff, 0xff, 0xff, 0xff, 1, 2]);
+        assert_eq!(message.held_bytes(MAX), 7);
     }
 
     #[test]

@@ -637,3 +637,59 @@ async fn streams_per_key_are_bounded() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_long_stream_sends_many_times_the_body_budget_and_unary_calls_beside_it_are_served() {
+    // The smallest budget an operator may set: one message limit for the whole daemon.
+    const BUDGET: usize = seatbroker::limits::REQUEST_BYTES_MAX_FLOOR;
+    let server = start_configured(tempfile::tempdir().expect("a data directory"), |settings| {
+        settings.limits.request_bytes_max = BUDGET;
+        settings.limits.request_bodies_bytes_max = BUDGET;
+    })
+    .await;
+    let org = server.licensed_organization("acme", 0, 3, &["a"]).await;
+    let mut stream = Stream::open(&server, org.key(0)).await;
+    // Retried acquires of one engine (each resumes the same lease), with the longest
+    // label and hostname: about 24 KiB a message, 8x the whole budget in all.
+    let batch = 64;
+    let acquire = |request_id: u64| {
+        Operation::Acquire(proto::StreamAcquire {
+            request_id,
+            product: KRE,
+            engine_id: "engine-1".into(),
+            hostname: "h".repeat(seatbroker::limits::HOSTNAME_BYTES_MAX),
+            label: "l".repeat(seatbroker::limits::LABEL_BYTES_MAX),
+            wait_ms: 0,
+        })
+    };
+    let message_bytes = batch * (seatbroker::limits::HOSTNAME_BYTES_MAX + 128 + 20);
+    let messages = 8 * BUDGET / message_bytes + 1;
+    let mut request_id = 0;
+    for _ in 0..messages {
+        let operations = (0..batch)
+            .map(|_| {
+                request_id += 1;
+                acquire(request_id)
+            })
+            .collect();
+        stream.send(operations).await;
+        for _ in 0..batch {
+            match stream.next_or_end().await {
+                Ok(Event::Granted(_)) => {}
+                Ok(other) => panic!("expected a grant, got {other:?}"),
+                Err(status) => panic!(
+                    "the stream ended after {request_id} acquires (~{} KiB sent): {status:?}",
+                    request_id as usize * message_bytes / batch / 1024
+                ),
+            }
+        }
+    }
+    assert_eq!(
+        stream.renew().await,
+        1,
+        "the stream is open and holds its lease"
+    );
+    // The stream holds none of the budget between messages: a unary call is served.
+    let mut engine = server.session(org.key(0)).await;
+    acquire_lease(&mut engine, KRE, "engine-2").await;
+}
