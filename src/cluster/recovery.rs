@@ -93,7 +93,7 @@ impl FollowFailures {
         pause
     }
 
-    /// The follower caught up: a failing spell, if any, is over.
+    /// The follower caught up and watches: a failing spell, if any, is over.
     fn caught_up(&mut self) {
         if let Some(since) = self.since.take() {
             tracing::info!(
@@ -295,7 +295,6 @@ impl Follower {
         failures: &mut FollowFailures,
     ) -> Result<(), ClusterError> {
         let revision = self.catch_up(etcd, keys).await?;
-        failures.caught_up();
         // The request side stays open while the watch runs: etcd ends a watch whose
         // client closed it.
         let (requests, receiver) = mpsc::channel(1);
@@ -316,6 +315,10 @@ impl Follower {
             .map_err(EtcdError::from)?
             .into_inner();
         while let Some(response) = responses.message().await.map_err(EtcdError::from)? {
+            // Caught up and watching (etcd's first answer says the watch is made): a
+            // failing spell is over. Not before: a watch that fails right after each
+            // catch-up keeps the spell, its backoff and its one log line.
+            failures.caught_up();
             if response.canceled || response.compact_revision > 0 {
                 tracing::info!(
                     compact_revision = response.compact_revision,
