@@ -130,7 +130,6 @@ pub async fn connect_tuned(
 /// reads the daemon's first answer: an alert is explained
 /// ([`crate::tls::explain_client_failure`]). `None` for other failures.
 pub async fn explain_refusal(addr: &str, tls: &ClientTlsFiles, status: &Status) -> Option<String> {
-    use tokio::io::AsyncReadExt;
     // A closed connection reaches the call as CANCELLED, sometimes without a source.
     let transport_failure = matches!(
         status.code(),
@@ -145,8 +144,23 @@ pub async fn explain_refusal(addr: &str, tls: &ClientTlsFiles, status: &Status) 
     if !addr.starts_with("https://") {
         return None;
     }
-    let (host, port) = host_and_port(addr)?;
     let config = crate::tls::client_probe_config(tls).ok()?;
+    let refusal = probe_handshake(addr, config).await?;
+    crate::tls::explain_client_failure(&refusal)
+}
+
+/// One TLS handshake of its own with the server at the `https://` `addr`, and a read
+/// of the server's first answer: the error that ended it (a handshake failure, or an
+/// alert the server sent after the handshake, as a TLS 1.3 server does when it refuses
+/// the client's certificate or its absence). `None` when the server answered with
+/// data, could not be reached, or kept silent for two seconds. Shared by the CLI's
+/// [`explain_refusal`] and a cluster node's first contact with etcd.
+pub async fn probe_handshake(
+    addr: &str,
+    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Option<std::io::Error> {
+    use tokio::io::AsyncReadExt;
+    let (host, port) = host_and_port(addr)?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.clone()).ok()?;
     let probe = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
@@ -155,16 +169,13 @@ pub async fn explain_refusal(addr: &str, tls: &ClientTlsFiles, status: &Status) 
         let connector = tokio_rustls::TlsConnector::from(config);
         let mut stream = match connector.connect(name, tcp).await {
             Ok(stream) => stream,
-            Err(error) => return crate::tls::explain_client_failure(&error),
+            Err(error) => return Some(error),
         };
-        // Nothing is written: a write to a connection the daemon closed draws a
-        // reset, which discards the alert unread. On success the daemon's HTTP/2
+        // Nothing is written: a write to a connection the server closed draws a
+        // reset, which discards the alert unread. On success the server's HTTP/2
         // SETTINGS arrive; on refusal, its alert.
         let mut answer = [0u8; 64];
-        match stream.read(&mut answer).await {
-            Err(error) => crate::tls::explain_client_failure(&error),
-            Ok(_) => None,
-        }
+        stream.read(&mut answer).await.err()
     };
     tokio::time::timeout(std::time::Duration::from_secs(2), probe)
         .await

@@ -540,6 +540,19 @@ const _: () = assert!(CLUSTER_SNAPSHOT_RECORDS_DEFAULT <= CLUSTER_SNAPSHOT_RECOR
 /// view during an election) are followed this many times, then the client falls back
 /// to its own list of addresses and its backoff.
 pub const LEADER_REDIRECTS_MAX: usize = 3;
+/// A standby whose following of the log fails (etcd away, a commit group that does
+/// not replay) tries again after a pause that starts at the least and doubles with
+/// each failure in a row up to the most: a damaged log costs a few reads a minute, not
+/// two a second. It logs the first failure, a reminder at most this often while it
+/// keeps failing, and once more when it follows again.
+pub const CLUSTER_FOLLOW_RETRY_MS_MIN: u64 = 500;
+pub const CLUSTER_FOLLOW_RETRY_MS_MAX: u64 = 30_000;
+pub const CLUSTER_FOLLOW_REMINDER_MS: u64 = 60_000;
+const _: () = assert!(
+    0 < CLUSTER_FOLLOW_RETRY_MS_MIN
+        && CLUSTER_FOLLOW_RETRY_MS_MIN <= CLUSTER_FOLLOW_RETRY_MS_MAX
+        && CLUSTER_FOLLOW_RETRY_MS_MAX <= CLUSTER_FOLLOW_REMINDER_MS
+);
 /// Bytes of a password file (`[cluster] etcd_password_file`).
 pub const ETCD_PASSWORD_FILE_BYTES_MAX: u64 = 4_096;
 const _: () = assert!(LEADER_REDIRECTS_MAX >= 1);

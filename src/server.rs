@@ -554,7 +554,7 @@ async fn lead_cluster(
         .map_err(|error| ServerError::EtcdRefused(error.to_string()))?;
     let etcd = Etcd::connect(&options.endpoints, options.request_timeout(), access)
         .map_err(ClusterError::from)?;
-    first_contact(&etcd, &keys, &options).await?;
+    first_contact(&etcd, &keys, &options, &etcd_tls_files(config)).await?;
     tracing::info!(node = %options.node_name, cluster = %options.cluster_name, advertise = %options.advertise_addr, "seatbroker standing by");
     let on_leader = |leader: &str| phase.stand_by(leader);
     let mut follower = Follower::new(fresh_leases);
@@ -605,14 +605,24 @@ async fn lead_cluster(
 /// Waits until etcd answers this node's first call, retrying while etcd cannot be
 /// reached (as the campaign would); refuses to start when etcd refuses the node: a
 /// certificate that does not verify, or a user or password it does not know.
-async fn first_contact(etcd: &Etcd, keys: &Keys, options: &NodeOptions) -> Result<(), ServerError> {
+async fn first_contact(
+    etcd: &Etcd,
+    keys: &Keys,
+    options: &NodeOptions,
+    tls_files: &tls::ClientTlsFiles,
+) -> Result<(), ServerError> {
     let mut warned_at: Option<tokio::time::Instant> = None;
     loop {
         let error = match etcd.check_access(&keys.election).await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
-        if let Some(refusal) = etcd_refusal(&error) {
+        if let Some(refusal) = etcd_refusal(&error, tls_files) {
+            return Err(ServerError::EtcdRefused(refusal));
+        }
+        if let Some(refusal) =
+            client_certificate_refusal(&error, &options.endpoints, tls_files).await
+        {
             return Err(ServerError::EtcdRefused(refusal));
         }
         if warned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
@@ -623,9 +633,77 @@ async fn first_contact(etcd: &Etcd, keys: &Keys, options: &NodeOptions) -> Resul
     }
 }
 
+/// The TLS files of `[cluster]` (`etcd_ca`, `etcd_cert`, `etcd_key`).
+fn etcd_tls_files(config: &Config) -> tls::ClientTlsFiles {
+    let cluster = &config.settings().cluster;
+    tls::ClientTlsFiles {
+        ca: cluster.etcd_ca.clone(),
+        cert: cluster.etcd_cert.clone(),
+        key: cluster.etcd_key.clone(),
+    }
+}
+
+/// Whether etcd refused this node's client certificate (or its absence), when a call
+/// failed as if the connection broke. A TLS 1.3 server refuses a client certificate
+/// only after the client's side of the handshake is done: the alert that says why
+/// comes with the first request, and hyper may drop it, so the call shows only a
+/// closed connection. One probe handshake per `https://` endpoint with the node's own
+/// files reads the alert (as the CLI's `client::explain_refusal` does). `None` when no
+/// endpoint refused (etcd down or unreachable: retrying may cure it).
+async fn client_certificate_refusal(
+    error: &EtcdError,
+    endpoints: &[String],
+    tls_files: &tls::ClientTlsFiles,
+) -> Option<String> {
+    let EtcdError::Call(status) = error else {
+        return None;
+    };
+    let transport_failure = matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    );
+    if !transport_failure || tls_files.ca.is_none() {
+        return None;
+    }
+    let config = tls::client_probe_config(tls_files).ok()?;
+    for endpoint in endpoints.iter().filter(|e| e.starts_with("https://")) {
+        let Some(failure) = crate::client::probe_handshake(endpoint, config.clone()).await else {
+            continue;
+        };
+        if let Some(cause) = tls::tls_failure(&failure) {
+            return Some(tls_refusal_message(
+                &format!("etcd at {endpoint}: {cause}"),
+                tls_files,
+            ));
+        }
+    }
+    None
+}
+
+/// What an operator fixes after a TLS failure with etcd, naming the settings: an alert
+/// etcd sent is its refusal of this node's client certificate (or of its absence);
+/// any other failure is this node's refusal of etcd's certificate.
+fn tls_refusal_message(cause: &str, tls_files: &tls::ClientTlsFiles) -> String {
+    if !cause.contains("received fatal alert") {
+        return format!(
+            "the TLS handshake with etcd failed ({cause}): check cluster.etcd_ca (--etcd-ca: the CA that signed etcd's certificate), and cluster.etcd_cert and etcd_key when etcd requires client certificates"
+        );
+    }
+    let refused = match (&tls_files.cert, &tls_files.key) {
+        (Some(_), Some(_)) => "etcd does not accept this node's client certificate",
+        _ => "etcd requires a client certificate and this node gives none",
+    };
+    format!(
+        "{refused} ({cause}): set cluster.etcd_cert and cluster.etcd_key (--etcd-cert, \
+         --etcd-key) to a certificate and key signed by the CA etcd trusts for clients (its \
+         --trusted-ca-file), and cluster.etcd_ca (--etcd-ca) to the CA that signed etcd's \
+         certificate"
+    )
+}
+
 /// What an operator must fix when etcd refused this node, naming the setting; `None`
 /// for a failure that retrying may cure (etcd down, unreachable).
-fn etcd_refusal(error: &EtcdError) -> Option<String> {
+fn etcd_refusal(error: &EtcdError, tls_files: &tls::ClientTlsFiles) -> Option<String> {
     match error {
         EtcdError::AuthFailed { .. } => Some(format!(
             "{error}: check cluster.etcd_user (--etcd-user) and its password ({} or cluster.etcd_password_file)",
@@ -643,9 +721,7 @@ fn etcd_refusal(error: &EtcdError) -> Option<String> {
                     .then(|| chain.clone())
             });
             if let Some(cause) = cause {
-                return Some(format!(
-                    "the TLS handshake with etcd failed ({cause}): check cluster.etcd_ca (--etcd-ca: the CA that signed etcd's certificate), and cluster.etcd_cert and etcd_key when etcd requires client certificates"
-                ));
+                return Some(tls_refusal_message(&cause, tls_files));
             }
             (chain.contains("frame with invalid size") || chain.contains("FRAME_SIZE_ERROR")).then(|| {
                 "etcd answers in TLS: give https:// cluster.etcd_endpoints and cluster.etcd_ca (--etcd-ca)".to_owned()

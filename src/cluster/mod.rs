@@ -36,6 +36,11 @@ use std::time::Duration;
 /// applied, on a standby. A standby's lag is the leader's value minus its own.
 pub const APPLIED_SEQ_METRIC: &str = "seatbroker_cluster_applied_seq";
 
+/// The gauge of a standby's failures in a row to follow the log (etcd away, a commit
+/// group that does not replay); 0 while it follows. Above 0 for long, the standby
+/// would take over only after reading the log afresh, or not at all.
+pub const FOLLOW_FAILURES_METRIC: &str = "seatbroker_cluster_follow_failures";
+
 /// What a node of a cluster is told at start (from `config::ClusterSettings`).
 #[derive(Debug, Clone)]
 pub struct NodeOptions {

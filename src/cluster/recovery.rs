@@ -8,7 +8,10 @@
 //! [`Follower::follow`]: catch up, then apply each group as a watch from that revision
 //! delivers it; a watch etcd cancelled (its revision compacted away) or a group that
 //! skips one ends in a new catch-up, which reloads the snapshot if the log the
-//! follower needs is gone.
+//! follower needs is gone. A failure to follow (etcd away, a group that does not
+//! replay: the follower then starts again from the snapshot) is retried after a
+//! pause that doubles with the failures in a row, up to a bound, and logged once per
+//! failing spell (`FollowFailures`), with the count in `FOLLOW_FAILURES_METRIC`.
 //!
 //! [`recover`], once elected: the catch-up of the tail (a standby that followed has
 //! only the groups written since its watch last delivered), every restored lease given
@@ -29,9 +32,10 @@ use super::election::Leadership;
 use super::etcd::{self, Etcd, EtcdError, pb};
 use super::journal::{self, EtcdJournal, Writer};
 use super::snapshot;
-use super::{APPLIED_SEQ_METRIC, ClusterError, Keys};
+use super::{APPLIED_SEQ_METRIC, ClusterError, FOLLOW_FAILURES_METRIC, Keys};
 use crate::domain::AdminState;
 use crate::leases::{LeaseObserver, LeaseTable, RecoveringLeases, Serving};
+use crate::limits;
 use crate::storage::codec;
 use crate::storage::durable::{self, Replayer};
 
@@ -43,9 +47,74 @@ const _: () =
 
 /// A failed read of etcd is tried again after this pause.
 const READ_RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// A standby whose following failed (etcd away, a damaged group) tries again after
-/// this pause.
-const FOLLOW_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// A standby's failures in a row to follow the log: the pause before the next try
+/// (doubling, `limits::CLUSTER_FOLLOW_RETRY_MS_MIN` to `_MAX`), and what was logged,
+/// so that a log line marks a change of state (failing, following again) plus a
+/// reminder at most every `limits::CLUSTER_FOLLOW_REMINDER_MS`, never one per retry.
+#[derive(Debug, Default)]
+struct FollowFailures {
+    /// Failures since the follower last caught up.
+    in_a_row: u32,
+    /// When the first of them happened.
+    since: Option<WallInstant>,
+    /// When the last line about them was logged.
+    logged_at: Option<WallInstant>,
+}
+
+impl FollowFailures {
+    /// Counts a failure, logs it if it starts a failing spell (or a reminder is due),
+    /// and returns the pause before the next try.
+    fn failed(&mut self, error: &ClusterError) -> Duration {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        let now = WallInstant::now();
+        let since = *self.since.get_or_insert(now);
+        metrics::gauge!(FOLLOW_FAILURES_METRIC).set(f64::from(self.in_a_row));
+        let pause = follow_retry_pause(self.in_a_row);
+        let reminder_due = self.logged_at.is_none_or(|at| {
+            now.duration_since(at) >= Duration::from_millis(limits::CLUSTER_FOLLOW_REMINDER_MS)
+        });
+        if reminder_due {
+            self.logged_at = Some(now);
+            let failures = self.in_a_row;
+            let failing_ms = now.duration_since(since).as_millis() as u64;
+            let retry_ms = pause.as_millis() as u64;
+            match error {
+                ClusterError::Etcd(_) => tracing::warn!(
+                    %error, failures, failing_ms, retry_ms,
+                    "a standby cannot follow the cluster's log (etcd); retrying with backoff"
+                ),
+                _ => tracing::error!(
+                    %error, failures, failing_ms, retry_ms,
+                    "a standby cannot replay the cluster's log; reloading it from the snapshot with backoff until the leader rewrites or snapshots past it"
+                ),
+            }
+        }
+        pause
+    }
+
+    /// The follower caught up and watches: a failing spell, if any, is over.
+    fn caught_up(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                failures = self.in_a_row,
+                failing_ms = since.elapsed().as_millis() as u64,
+                "the standby follows the cluster's log again"
+            );
+            metrics::gauge!(FOLLOW_FAILURES_METRIC).set(0.0);
+        }
+        self.in_a_row = 0;
+        self.logged_at = None;
+    }
+}
+
+/// The pause after `failures` failures in a row: the least, doubled for each failure
+/// after the first, at most the most.
+fn follow_retry_pause(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let pause_ms = limits::CLUSTER_FOLLOW_RETRY_MS_MIN.saturating_mul(1 << doublings);
+    Duration::from_millis(pause_ms.min(limits::CLUSTER_FOLLOW_RETRY_MS_MAX))
+}
 
 /// The state rebuilt from etcd so far, and where in the log it is.
 pub struct Follower {
@@ -197,31 +266,34 @@ impl Follower {
     }
 
     /// Follows the log for as long as it is polled (a standby: until it is elected).
-    /// etcd failures are retried, and a group that does not replay makes the follower
-    /// start again from the snapshot.
+    /// A failure is tried again after a pause that grows with the failures in a row
+    /// (see [`FollowFailures`]); a group that does not replay makes the follower start
+    /// again from the snapshot, which succeeds once the leader rewrote the group or a
+    /// snapshot covers it.
     pub async fn follow(&mut self, etcd: &Etcd, keys: &Keys) {
-        let mut last_warning: Option<WallInstant> = None;
+        let mut failures = FollowFailures::default();
+        metrics::gauge!(FOLLOW_FAILURES_METRIC).set(0.0);
         loop {
-            match self.follow_once(etcd, keys).await {
+            let error = match self.follow_once(etcd, keys, &mut failures).await {
                 Ok(()) => continue,
-                Err(error @ ClusterError::Etcd(_)) => {
-                    if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(%error, "a standby could not follow the cluster's log; retrying");
-                        last_warning = Some(WallInstant::now());
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "a standby could not replay the cluster's log; reloading it from the snapshot");
-                    self.reset();
-                }
+                Err(error) => error,
+            };
+            let pause = failures.failed(&error);
+            if !matches!(error, ClusterError::Etcd(_)) {
+                self.reset();
             }
-            tokio::time::sleep(FOLLOW_RETRY_PAUSE).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
     /// Catches up, then applies what a watch from there delivers, until the watch
     /// ends, is cancelled, or skips a group.
-    async fn follow_once(&mut self, etcd: &Etcd, keys: &Keys) -> Result<(), ClusterError> {
+    async fn follow_once(
+        &mut self,
+        etcd: &Etcd,
+        keys: &Keys,
+        failures: &mut FollowFailures,
+    ) -> Result<(), ClusterError> {
         let revision = self.catch_up(etcd, keys).await?;
         // The request side stays open while the watch runs: etcd ends a watch whose
         // client closed it.
@@ -243,6 +315,10 @@ impl Follower {
             .map_err(EtcdError::from)?
             .into_inner();
         while let Some(response) = responses.message().await.map_err(EtcdError::from)? {
+            // Caught up and watching (etcd's first answer says the watch is made): a
+            // failing spell is over. Not before: a watch that fails right after each
+            // catch-up keeps the spell, its backoff and its one log line.
+            failures.caught_up();
             if response.canceled || response.compact_revision > 0 {
                 tracing::info!(
                     compact_revision = response.compact_revision,
@@ -292,6 +368,8 @@ pub async fn recover(
     observer: Arc<dyn LeaseObserver>,
 ) -> Result<Recovered, ClusterError> {
     let started = WallInstant::now();
+    // A leader follows no more: failures of its standby days are history.
+    metrics::gauge!(FOLLOW_FAILURES_METRIC).set(0.0);
     let (groups_before, records_before) = (follower.groups, follower.records);
     loop {
         if leadership.signal().is_lost() {
@@ -356,7 +434,6 @@ pub async fn recover(
 mod tests {
     use super::*;
     use crate::leases::LeaseTiming;
-    use crate::limits;
 
     fn follower() -> Follower {
         Follower::new(|| {
@@ -399,6 +476,37 @@ mod tests {
         ));
         let (_, epoch, _) = follower.replayer.finish();
         assert_eq!(epoch, 2);
+    }
+
+    #[test]
+    fn a_standby_retries_following_after_a_pause_doubling_to_a_bound() {
+        let pauses: Vec<u64> = (1..=10)
+            .map(|failures| follow_retry_pause(failures).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            pauses,
+            [
+                500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000, 30_000
+            ]
+        );
+        assert_eq!(
+            follow_retry_pause(u32::MAX),
+            Duration::from_millis(limits::CLUSTER_FOLLOW_RETRY_MS_MAX)
+        );
+        // A failing spell is logged once, not per retry, and ends when caught up.
+        let mut failures = FollowFailures::default();
+        let damaged = ClusterError::Damaged {
+            key: "k".into(),
+            detail: "d".into(),
+        };
+        failures.failed(&damaged);
+        let first_logged = failures.logged_at;
+        failures.failed(&damaged);
+        assert_eq!(failures.logged_at, first_logged);
+        assert_eq!(failures.in_a_row, 2);
+        failures.caught_up();
+        assert_eq!(failures.in_a_row, 0);
+        assert!(failures.since.is_none() && failures.logged_at.is_none());
     }
 
     #[test]

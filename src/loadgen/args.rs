@@ -28,6 +28,11 @@ pub enum Workload {
     /// (default: the leases' heartbeat interval). Measures renewals per second and
     /// the server's CPU to keep many leases alive.
     Hosts,
+    /// Operator changes instead of sessions, each durable before it is answered (on a
+    /// cluster: written to etcd): every engine adds a member of its own to its
+    /// organization, then removes it, back to back, with the operator key. Measures
+    /// admin commands per second (`add-member`, `remove-member`); unary, on a broker.
+    Admin,
 }
 
 /// How engines send their operations.
@@ -49,6 +54,7 @@ impl Workload {
             Self::Realistic => "realistic",
             Self::Contention => "contention",
             Self::Hosts => "hosts",
+            Self::Admin => "admin",
         }
     }
 }

@@ -151,6 +151,13 @@ impl Plan {
             check_loopback(&args.addr)?;
         }
         let config = BenchConfig::from_args(&args)?;
+        if args.workload == Workload::Admin
+            && (args.compare_noop || args.target != TargetKind::Broker)
+        {
+            return Err(usage(
+                "the admin workload changes a broker's members: it does not run against the no-op server",
+            ));
+        }
         if args.terminate_rate.is_some() && (args.compare_noop || args.target != TargetKind::Broker)
         {
             return Err(usage(
@@ -415,12 +422,14 @@ impl Defaults {
                 hold_min: Duration::from_millis(1),
                 hold_max: Duration::from_millis(5),
             },
-            Workload::AcquireRelease | Workload::Heartbeat | Workload::Hosts => Self {
-                orgs: 1,
-                engines: 256,
-                hold_min: Duration::ZERO,
-                hold_max: Duration::ZERO,
-            },
+            Workload::AcquireRelease | Workload::Heartbeat | Workload::Hosts | Workload::Admin => {
+                Self {
+                    orgs: 1,
+                    engines: 256,
+                    hold_min: Duration::ZERO,
+                    hold_max: Duration::ZERO,
+                }
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! One simulated runtime engine per task, and the four workloads it can run. Every
+//! One simulated runtime engine per task, and the unary workloads it can run (the
+//! `admin` one as the operator rather than an engine). Every
 //! loop checks the run's deadline before starting new work, and every RPC is bounded
 //! bounded by the bench's RPC timeout (`stats::timed`), so an engine ends soon after the deadline; a lease still
 //! held then is released (outside the measured window).
@@ -12,8 +13,11 @@ use tokio::time::{Instant, sleep_until};
 use tonic::{Code, Response, Status};
 
 use crate::client::Authorized;
+use crate::proto::admin_service_client::AdminServiceClient;
 use crate::proto::session_service_client::SessionServiceClient;
-use crate::proto::{HeartbeatRequest, Lease, ReleaseRequest};
+use crate::proto::{
+    AddMemberRequest, HeartbeatRequest, Lease, ReleaseRequest, RemoveMemberRequest, Role,
+};
 
 use super::args::Workload;
 use super::bounds::{ERROR_BACKOFF_MS, HEARTBEAT_INTERVAL_MS_MIN};
@@ -129,6 +133,16 @@ pub(crate) struct Engine {
     pub hostname: String,
     pub rng: Rng,
     pub shared: Arc<Shared>,
+    /// The `admin` workload: the operator's client on the engine's connection, and
+    /// the organization and email of the member the engine adds and removes.
+    pub admin: Option<AdminMember>,
+}
+
+/// What an engine of the `admin` workload changes, and through which client.
+pub(crate) struct AdminMember {
+    pub client: AdminServiceClient<Authorized>,
+    pub org_id: String,
+    pub email: String,
 }
 
 /// A lease the engine holds.
@@ -157,10 +171,56 @@ pub(crate) async fn run(mut engine: Engine) -> EngineOutcome {
         Workload::Contention => engine.contend().await,
         // Refused by `BenchConfig::validate` without streams (`stream.rs` runs it).
         Workload::Hosts => EngineOutcome::default(),
+        Workload::Admin => engine.add_and_remove_members().await,
     }
 }
 
 impl Engine {
+    /// Adds the engine's own member, then removes it, back to back: two admin
+    /// commands a cycle, each answered once durable. A failed call (the member may or
+    /// may not be there) is followed by a pause and the next cycle, whose add or
+    /// remove then fails once (ALREADY_EXISTS, NOT_FOUND) and is counted as failed.
+    async fn add_and_remove_members(&mut self) -> EngineOutcome {
+        let Some(AdminMember {
+            client,
+            org_id,
+            email,
+        }) = self.admin.take()
+        else {
+            // `runner::spawn_engines` gives every admin engine its member.
+            return EngineOutcome::default();
+        };
+        while self.running() {
+            let add = AddMemberRequest {
+                org_id: org_id.clone(),
+                email: email.clone(),
+                role: Role::Member as i32,
+            };
+            let mut adding = client.clone();
+            let added = self
+                .shared
+                .call(self.index, Method::AddMember, adding.add_member(add))
+                .await;
+            let remove = RemoveMemberRequest {
+                org_id: org_id.clone(),
+                email: email.clone(),
+            };
+            let mut removing = client.clone();
+            let removed = self
+                .shared
+                .call(
+                    self.index,
+                    Method::RemoveMember,
+                    removing.remove_member(remove),
+                )
+                .await;
+            if added.is_err() || removed.is_err() {
+                self.pause(Duration::from_millis(ERROR_BACKOFF_MS)).await;
+            }
+        }
+        EngineOutcome::default()
+    }
+
     async fn acquire_release(&mut self) -> EngineOutcome {
         while self.running() {
             let released = match self.acquire().await {

@@ -49,7 +49,8 @@ pub struct Report {
     pub ops_per_sec: f64,
     /// Latency of answered calls, microseconds.
     pub latency_us: Latency,
-    /// The same per method (`acquire`, `heartbeat`, `release`), for methods called.
+    /// The same per method (`acquire`, `heartbeat`, `release`, `renew`, `add-member`,
+    /// `remove-member`), for methods called.
     pub methods: BTreeMap<&'static str, Latency>,
     /// Failed calls in the measured window.
     pub errors_total: u64,

@@ -17,7 +17,7 @@ use super::bounds::{DRAIN_MS_MAX, INTERVALS_MAX};
 use super::channels::{self, bearer, connect_all};
 use super::config::{BenchConfig, BrokerTarget, Progress};
 use super::cpu::{self, CpuUsed};
-use super::engine::{self, Engine, EngineOutcome, Shared};
+use super::engine::{self, AdminMember, Engine, EngineOutcome, Shared};
 use super::error::LoadgenError;
 use super::noop::{NoopOptions, NoopServer};
 use super::quota_check::{Interval, QuotaCheck};
@@ -61,6 +61,7 @@ pub(crate) async fn execute_broker(
         label,
         server_pid: target.server_pid,
         admin: Some(admin),
+        operator: Some(bearer(&target.operator_key.0)?),
     };
     drive(config, &layout, channels, keys, target).await
 }
@@ -107,6 +108,7 @@ async fn drive_noop_at(
         },
         server_pid,
         admin: None,
+        operator: None,
     };
     drive(config, &layout_for(config), channels, keys, target).await
 }
@@ -118,6 +120,8 @@ struct DriveTarget {
     server_pid: Option<u32>,
     /// The operator's admin client (a broker only): `--terminate-rate` calls through it.
     admin: Option<AdminServiceClient<Authorized>>,
+    /// The operator's key (a broker only): the `admin` workload's engines call with it.
+    operator: Option<BearerKey>,
 }
 
 fn layout_for(config: &BenchConfig) -> Layout {
@@ -143,6 +147,7 @@ async fn drive(
         label,
         server_pid,
         admin,
+        operator,
     } = target;
     let stats = Arc::new(Stats::new()?);
     let phases = Phases::starting_now(config.warmup, config.duration);
@@ -187,7 +192,7 @@ async fn drive(
             phases,
             intervals_per_engine_max,
         ));
-        spawn_engines(config, layout, &channels, keys, &shared)
+        spawn_engines(config, layout, &channels, keys, operator.as_ref(), &shared)
     };
     let collected = collect(
         engines,
@@ -235,17 +240,27 @@ fn spawn_engines(
     layout: &Layout,
     channels: &[Channel],
     keys: Vec<BearerKey>,
+    operator: Option<&BearerKey>,
     shared: &Arc<Shared>,
 ) -> JoinSet<EngineOutcome> {
     let mut engines = JoinSet::new();
     for (index, key) in (0..config.engines).zip(keys) {
+        let channel = &channels[index as usize % channels.len()];
+        let admin = operator
+            .filter(|_| config.workload == Workload::Admin)
+            .map(|operator| AdminMember {
+                client: channels::admin(channel, operator),
+                org_id: layout.org_id(layout.org_of(index)),
+                email: layout.admin_email(index),
+            });
         let engine = Engine {
             index,
-            client: channels::session(&channels[index as usize % channels.len()], &key),
+            client: channels::session(channel, &key),
             engine_id: layout.engine_id(index),
             hostname: Layout::engine_hostname(index),
             rng: Rng::new(engine_seed(config.seed, index)),
             shared: shared.clone(),
+            admin,
         };
         engines.spawn(engine::run(engine));
     }

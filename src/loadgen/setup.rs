@@ -57,6 +57,12 @@ impl Layout {
         format!("bench-{}-engine-{engine}", self.run_id)
     }
 
+    /// The member engine `engine` adds and removes in the `admin` workload: its own,
+    /// apart from the provisioned members and from other runs'.
+    pub(crate) fn admin_email(&self, engine: u32) -> String {
+        format!("admin{engine}-{}@bench.example", self.run_id)
+    }
+
     /// The hostname engine `engine` reports (256 hosts, as engines share machines).
     pub(crate) fn engine_hostname(engine: u32) -> String {
         format!("bench-host-{:03}", engine % 256)

@@ -33,13 +33,18 @@ pub(crate) enum Method {
     Release = 2,
     /// A stream's renewal, which extends every lease the stream holds.
     Renew = 3,
+    /// The `admin` workload's operator changes.
+    AddMember = 4,
+    RemoveMember = 5,
 }
 
-const METHODS: [Method; 4] = [
+const METHODS: [Method; 6] = [
     Method::Acquire,
     Method::Heartbeat,
     Method::Release,
     Method::Renew,
+    Method::AddMember,
+    Method::RemoveMember,
 ];
 /// gRPC status codes are 0..=16.
 const CODES: usize = 17;
@@ -51,6 +56,8 @@ impl Method {
             Self::Heartbeat => "heartbeat",
             Self::Release => "release",
             Self::Renew => "renew",
+            Self::AddMember => "add-member",
+            Self::RemoveMember => "remove-member",
         }
     }
 }
@@ -171,14 +178,7 @@ pub(crate) struct Snapshot {
 impl Stats {
     pub(crate) fn new() -> Result<Self, LoadgenError> {
         let shards = (0..STATS_SHARDS)
-            .map(|_| {
-                Ok(Mutex::new([
-                    new_histogram()?,
-                    new_histogram()?,
-                    new_histogram()?,
-                    new_histogram()?,
-                ]))
-            })
+            .map(|_| Ok(Mutex::new(histogram_per_method()?)))
             .collect::<Result<Vec<_>, LoadgenError>>()?;
         Ok(Self {
             shards: shards.into_boxed_slice(),
@@ -275,12 +275,7 @@ impl Stats {
 
     /// Merges the shards into per-method and overall figures.
     pub(crate) fn snapshot(&self) -> Result<Snapshot, LoadgenError> {
-        let mut per_method = [
-            new_histogram()?,
-            new_histogram()?,
-            new_histogram()?,
-            new_histogram()?,
-        ];
+        let mut per_method = histogram_per_method()?;
         for shard in self.shards.iter() {
             let histograms = shard
                 .lock()
@@ -325,6 +320,17 @@ impl Stats {
             })
             .collect()
     }
+}
+
+/// One empty histogram per method, in `METHODS` order.
+fn histogram_per_method() -> Result<[Histogram<u64>; METHODS.len()], LoadgenError> {
+    let mut histograms = Vec::with_capacity(METHODS.len());
+    for _ in METHODS {
+        histograms.push(new_histogram()?);
+    }
+    histograms
+        .try_into()
+        .map_err(|_| LoadgenError::Internal("one histogram per method".into()))
 }
 
 pub(crate) fn new_histogram() -> Result<Histogram<u64>, LoadgenError> {

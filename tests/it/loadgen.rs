@@ -390,3 +390,49 @@ async fn terminations_under_the_hosts_load_all_reach_their_streams() {
     let usage = kre_usage(&server).await;
     assert_eq!(usage.active_sessions, 0, "{usage:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_workload_adds_and_removes_members_each_answered_once_durable() {
+    let server = start().await;
+    const ENGINES: u32 = 8;
+    let report = loadgen::execute(
+        &config(Workload::Admin, 2, ENGINES, ENGINES),
+        &target(&server),
+    )
+    .await
+    .expect("the run completes");
+    assert_eq!(report.errors_total, 0, "{:?}", report.errors);
+    let count = |method: &str| {
+        report
+            .methods
+            .get(method)
+            .map_or(0, |latency| latency.count)
+    };
+    let (added, removed) = (count("add-member"), count("remove-member"));
+    assert!(added > 0 && removed > 0, "{:?}", report.methods);
+    // Each engine adds then removes: the measured window cuts at most one cycle of
+    // each engine at either end.
+    assert!(
+        added.abs_diff(removed) <= u64::from(ENGINES),
+        "{added} adds, {removed} removals"
+    );
+    assert_eq!(report.ops, added + removed, "only admin commands were sent");
+    assert!(!report.methods.contains_key("acquire"));
+    // Every engine finished its last cycle: only the provisioned members are left.
+    for org in &organizations(&server.operator().await).await {
+        assert_eq!(org.member_count, ENGINES / 2 + 1, "{org:?}");
+    }
+}
+
+#[test]
+fn the_admin_workload_is_refused_against_the_noop_server() {
+    for extra in [
+        ["--workload", "admin", "--target", "noop"].as_slice(),
+        ["--workload", "admin", "--compare-noop"].as_slice(),
+        ["--workload", "admin", "--protocol", "stream"].as_slice(),
+    ] {
+        let (status, stderr) = bench_at("http://127.0.0.1:9", extra);
+        assert_eq!(status.code(), Some(64), "{extra:?}: {stderr}");
+        assert!(stderr.contains("admin"), "{extra:?}: {stderr}");
+    }
+}
