@@ -428,11 +428,21 @@ impl Broker {
         principal: &Principal,
         request: &EngineRequest,
     ) -> Result<Granted, DomainError> {
-        let (granted, durable) = self.with_license(principal, request, |acquire, now| {
-            self.leases.acquire(acquire, now)
-        })?;
+        let (granted, durable) = self.acquire_now(principal, request)?;
         durable.await?;
         Ok(granted)
+    }
+
+    /// Grants a session in memory without waiting: the grant may be told to the
+    /// engine once its `Durable` resolves (a stream's task waits for many at once).
+    pub fn acquire_now(
+        &self,
+        principal: &Principal,
+        request: &EngineRequest,
+    ) -> Result<(Granted, Durable), DomainError> {
+        self.with_license(principal, request, |acquire, now| {
+            self.leases.acquire(acquire, now)
+        })
     }
 
     /// Extends a lease; returns its remaining time.

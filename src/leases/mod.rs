@@ -755,6 +755,22 @@ impl LeaseTable {
         Ok(lease.view(org.clock).to_lease())
     }
 
+    /// Whether the lease `id` of `email` is live at `generation` (fenced like a
+    /// heartbeat), without copying it out.
+    pub fn check_live(
+        &self,
+        org: &OrgId,
+        email: &Email,
+        id: LeaseId,
+        generation: u64,
+    ) -> Result<(), DomainError> {
+        let cell = self
+            .existing_organization(org)
+            .ok_or_else(|| DomainError::LeaseNotFound(id.to_string()))?;
+        let org = cell.lock();
+        org.find(id, Some(email), generation).map(|_| ())
+    }
+
     /// Ends a lease of `email` at the engine's request; its seat goes to the head of
     /// the queue, granted as of `now`.
     pub fn release(

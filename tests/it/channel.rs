@@ -693,3 +693,78 @@ async fn a_long_stream_sends_many_times_the_body_budget_and_unary_calls_beside_i
     let mut engine = server.session(org.key(0)).await;
     acquire_lease(&mut engine, KRE, "engine-2").await;
 }
+
+#[tokio::test]
+async fn operations_of_one_message_apply_in_order_and_a_grant_ended_before_it_was_durable_is_denied()
+ {
+    let server = start().await;
+    let org = server.licensed_organization("acme", 0, 3, &["a"]).await;
+    let mut stream = Stream::open(&server, org.key(0)).await;
+    let lease = stream.acquire(1, "engine-1").await;
+    // The acquire resumes the live lease (its grant appended again and awaited), then
+    // the release ends it before the resumed grant is durable and announced: the end
+    // comes first, and the acquire is refused, never announced after its lease ended.
+    stream
+        .send(vec![acquire_op(2, KRE, "engine-1", 0), release_op(&lease)])
+        .await;
+    assert_ended(&stream.next().await, &lease, proto::EndReason::Released);
+    match stream.next().await {
+        Event::Denied(denied) => {
+            assert_eq!(denied.request_id, 2);
+            assert_eq!(denied.code, Code::NotFound as i32, "{}", denied.message);
+        }
+        other => panic!("expected the resumed acquire refused, got {other:?}"),
+    }
+    assert_eq!(org.usage(&server, KRE).await.active_sessions, 0);
+    assert_eq!(stream.renew().await, 0, "the stream holds nothing");
+    // The stream goes on: a new acquire of the same engine is a new grant.
+    let again = stream.acquire(3, "engine-1").await;
+    assert!(again.generation > lease.generation);
+}
+
+#[tokio::test]
+async fn a_stream_closed_while_its_grants_wait_for_the_log_leaves_them_to_be_resumed() {
+    const ENGINES: u64 = 200;
+    let server = start().await;
+    let org = server
+        .licensed_organization("acme", 0, ENGINES as u32, &["a"])
+        .await;
+    let engine = |n: u64| format!("engine-{n}");
+    let acquires = |first_request: u64| {
+        (0..ENGINES)
+            .map(|n| acquire_op(first_request + n, KRE, &engine(n), 0))
+            .collect::<Vec<_>>()
+    };
+    // Every acquire is granted inline; the stream goes away before reading a thing,
+    // so some grants at least are still waiting for the log (or unannounced) then.
+    let first = Stream::open(&server, org.key(0)).await;
+    first.send(acquires(1)).await;
+    drop(first);
+    // A new stream acquiring the same engines gets the same leases back: no seat was
+    // taken twice, none was lost.
+    let mut second = Stream::open(&server, org.key(0)).await;
+    second.send(acquires(1_000)).await;
+    let mut granted = Vec::new();
+    while granted.len() < ENGINES as usize {
+        match second.next().await {
+            Event::Granted(grant) => granted.push(grant.lease.unwrap()),
+            other => panic!("expected grants, got {other:?}"),
+        }
+    }
+    let mut ids: Vec<&str> = granted.iter().map(|l| l.lease_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), ENGINES as usize, "one lease per engine");
+    assert_eq!(
+        org.usage(&server, KRE).await.active_sessions,
+        ENGINES as u32
+    );
+    second.send(granted.iter().map(release_op).collect()).await;
+    for _ in 0..ENGINES {
+        match second.next().await {
+            Event::Ended(ended) => assert_eq!(ended.reason, proto::EndReason::Released as i32),
+            other => panic!("expected releases, got {other:?}"),
+        }
+    }
+    assert_eq!(org.usage(&server, KRE).await.active_sessions, 0);
+}

@@ -1,9 +1,10 @@
 //! The stream's own metrics, recorded through the `metrics` facade under the names
 //! `telemetry::metrics` declares (a no-op without a recorder).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::metrics::{counter, gauge, histogram};
+use ::metrics::{Counter, counter, gauge, histogram};
 
 use crate::proto::EndReason;
 use crate::telemetry::metrics::{
@@ -18,14 +19,26 @@ pub fn stream_closed() {
     gauge!(CHANNEL_STREAMS_OPEN).decrement(1.0);
 }
 
-/// An event was queued for a stream's engine.
+/// An event was queued for a stream's engine. Counted on every event, so through a
+/// handle registered once (after `telemetry::metrics::install`, like every handle),
+/// without looking the series up each time.
 pub fn event_sent() {
-    counter!(CHANNEL_EVENTS_TOTAL).increment(1);
+    static EVENTS: OnceLock<Counter> = OnceLock::new();
+    EVENTS
+        .get_or_init(|| counter!(CHANNEL_EVENTS_TOTAL))
+        .increment(1);
 }
 
-/// The end of a lease was pushed to the stream holding it.
+/// The end of a lease was pushed to the stream holding it (a handle per reason,
+/// registered once, as for `event_sent`).
 pub fn pushed_end(reason: EndReason) {
-    counter!(CHANNEL_PUSHED_ENDS_TOTAL, "reason" => reason.as_str_name()).increment(1);
+    const REASONS: usize = 16;
+    static BY_REASON: [OnceLock<Counter>; REASONS] = [const { OnceLock::new() }; REASONS];
+    let register = || counter!(CHANNEL_PUSHED_ENDS_TOTAL, "reason" => reason.as_str_name());
+    match BY_REASON.get(reason as usize) {
+        Some(handle) => handle.get_or_init(register).increment(1),
+        None => register().increment(1),
+    }
 }
 
 /// A queued acquire left the queue (granted, refused, cancelled or out of time).

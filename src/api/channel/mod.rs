@@ -6,10 +6,12 @@
 //! - The call is authenticated from its headers by `guard::AuthLayer` like every other
 //!   call; a stream holds leases of its key's user only (the lease table looks leases
 //!   up by user, so another user's lease is simply not found).
-//! - One task per stream ([`StreamTask`]) reads the operations in order; acquires run
-//!   in a task each (they may wait in the queue and wait for durability), so a batch
-//!   is never held up by one of its acquires. Everything the engine is told goes
-//!   through the stream's bounded [`Outbox`].
+//! - One task per stream ([`StreamTask`]) reads the operations in order. An acquire
+//!   that finds a seat is granted inline, and its `granted` is sent once its record is
+//!   durable ([`grants`]: the task wakes once per commit group, not per grant); one
+//!   that waits in the queue runs in a task of its own, so a batch is never held up
+//!   by one of its acquires. Everything the engine is told goes through the stream's
+//!   bounded [`Outbox`].
 //! - Liveness is the stream's: one `renew` extends every lease it holds
 //!   (`Broker::renew_all`, one lock of the organization). A broken stream leaves its
 //!   leases to their deadline; a new stream attaches them by id and generation.
@@ -21,6 +23,7 @@
 //! limit), leases per stream, pending acquires per stream, streams per key (streams
 //! per connection: HTTP/2's concurrent streams), the outbox.
 
+mod grants;
 mod metrics;
 mod outbox;
 mod registry;
@@ -45,6 +48,7 @@ use crate::connections::with_call_client_subject;
 use crate::domain::{DomainError, LeaseId, Principal, Termination};
 use crate::limits;
 use crate::proto::{self, stream_event::Event, stream_operation::Operation};
+use grants::{Settled, UnannouncedGrants};
 
 /// What a stream's tasks share.
 struct StreamContext {
@@ -88,7 +92,8 @@ pub fn open(
         token,
         client_subject: client_subject.clone(),
         pending: HashMap::new(),
-        acquires: JoinSet::new(),
+        waiting: JoinSet::new(),
+        unannounced: UnannouncedGrants::default(),
     };
     // The stream's events are audited with its connection's client certificate
     // subject, as a unary call's are.
@@ -106,10 +111,13 @@ struct StreamTask {
     token: String,
     /// The connection's client certificate subject, for a key bound to one.
     client_subject: Option<Arc<str>>,
-    /// Acquires not answered yet, by request id: their cancel signal.
-    pending: HashMap<u64, oneshot::Sender<()>>,
-    /// The tasks of those acquires; each returns its request id.
-    acquires: JoinSet<u64>,
+    /// Acquires not answered yet, by request id: the cancel signal of one waiting in
+    /// the queue, `None` for a grant waiting for the log (a cancel cannot take back).
+    pending: HashMap<u64, Option<oneshot::Sender<()>>>,
+    /// The tasks of the acquires waiting in the queue; each returns its request id.
+    waiting: JoinSet<u64>,
+    /// Grants made inline, to announce once durable, oldest first.
+    unannounced: UnannouncedGrants,
 }
 
 impl StreamTask {
@@ -137,11 +145,12 @@ impl StreamTask {
                         break;
                     }
                 },
-                Some(finished) = self.acquires.join_next() => {
+                Some(finished) = self.waiting.join_next() => {
                     if let Ok(request_id) = finished {
                         self.pending.remove(&request_id);
                     }
                 }
+                settled = self.unannounced.settled() => self.announce(settled),
                 () = context.stream.recheck_key.notified() => {
                     if let Err(error) = context
                         .broker
@@ -160,8 +169,9 @@ impl StreamTask {
             }
         }
         // Waiting acquires leave the queue (a seat granted meanwhile is given back);
-        // the leases held stay live until their deadline, for a new stream to attach.
-        self.acquires.shutdown().await;
+        // the leases held stay live until their deadline, for a new stream to attach,
+        // and so do the grants not announced yet (an acquire again resumes them).
+        self.waiting.shutdown().await;
         context.registry.close(&context.stream);
         metrics::stream_closed();
     }
@@ -198,7 +208,9 @@ impl StreamTask {
                 Some(Operation::Renew(_)) => self.renew()?,
                 Some(Operation::Attach(attach)) => self.attach(attach),
                 Some(Operation::Cancel(cancel)) => {
-                    if let Some(cancel) = self.pending.remove(&cancel.request_id) {
+                    if let Some(Some(_)) = self.pending.get(&cancel.request_id)
+                        && let Some(Some(cancel)) = self.pending.remove(&cancel.request_id)
+                    {
                         let _ = cancel.send(());
                     }
                 }
@@ -229,6 +241,7 @@ impl StreamTask {
                 ),
             );
         }
+        debug_assert!(self.unannounced.len() <= self.pending.len());
         if self.pending.len() >= limits::PENDING_ACQUIRES_PER_STREAM_MAX {
             return deny(
                 tonic::Code::ResourceExhausted,
@@ -253,19 +266,64 @@ impl StreamTask {
             Ok(engine) => engine,
             Err(error) => return deny(code_of(&error), error.to_string()),
         };
+        let broker = &context.broker;
+        let started = broker.clock().now();
+        let acquired = if raw.wait_ms == 0 {
+            broker
+                .acquire_now(&context.principal, &engine)
+                .map(|(granted, durable)| Acquisition::Granted(granted, durable))
+        } else {
+            broker.acquire_or_queue(&context.principal, &engine)
+        };
+        match acquired {
+            Ok(Acquisition::Granted(granted, durable)) => {
+                self.pending.insert(request_id, None);
+                self.unannounced
+                    .push(request_id, engine.product, granted, durable);
+            }
+            Ok(Acquisition::Queued(waiting)) => {
+                let wait = Duration::from_millis(raw.wait_ms.into());
+                self.wait_in_queue(request_id, engine, waiting, (started, wait));
+            }
+            Err(error) => answer_acquire(context, request_id, engine.product, Err(error)),
+        }
+    }
+
+    /// Waits in a task of its own for a seat of the queue, telling the engine its
+    /// position, and answers the acquire.
+    fn wait_in_queue(
+        &mut self,
+        request_id: u64,
+        engine: EngineRequest,
+        waiting: crate::broker::Waiting,
+        (started, wait): (tokio::time::Instant, Duration),
+    ) {
         let (cancel, cancelled) = oneshot::channel();
-        self.pending.insert(request_id, cancel);
+        self.pending.insert(request_id, Some(cancel));
         let context = Arc::clone(&self.context);
-        let wait = Duration::from_millis(raw.wait_ms.into());
         let acquire = async move {
-            let outcome = acquire_for_stream(&context, request_id, &engine, wait, cancelled).await;
-            answer_acquire(&context, request_id, &engine, outcome);
+            let outcome =
+                wait_for_seat(&context, request_id, waiting, started, wait, cancelled).await;
+            answer_acquire(&context, request_id, engine.product, outcome);
             request_id
         };
-        self.acquires.spawn(with_call_client_subject(
+        self.waiting.spawn(with_call_client_subject(
             self.client_subject.clone(),
             acquire,
         ));
+    }
+
+    /// Announces the grants whose records are now durable, in the order they were made.
+    fn announce(&mut self, settled: Vec<Settled>) {
+        for grant in settled {
+            self.pending.remove(&grant.request_id);
+            answer_acquire(
+                &self.context,
+                grant.request_id,
+                grant.product,
+                grant.outcome,
+            );
+        }
     }
 
     fn release(&mut self, raw: proto::StreamRelease) {
@@ -349,43 +407,31 @@ impl StreamTask {
     }
 }
 
-/// Takes the seat for a stream's acquire: at once, or after waiting in the queue
-/// (telling the engine its position) when it asked to wait. Returns the grant once
-/// durable.
-async fn acquire_for_stream(
+/// Waits in the queue (telling the engine its position) until a seat is granted, the
+/// wait runs out or the engine cancels. Returns the grant once durable.
+async fn wait_for_seat(
     context: &StreamContext,
     request_id: u64,
-    engine: &EngineRequest,
+    mut waiting: crate::broker::Waiting,
+    started: tokio::time::Instant,
     wait: Duration,
     cancelled: oneshot::Receiver<()>,
 ) -> Result<crate::leases::Granted, DomainError> {
     let broker = &context.broker;
-    if wait.is_zero() {
-        return broker.acquire(&context.principal, engine).await;
-    }
-    let started = broker.clock().now();
-    match broker.acquire_or_queue(&context.principal, engine)? {
-        Acquisition::Granted(granted, durable) => {
-            durable.await?;
-            Ok(granted)
-        }
-        Acquisition::Queued(mut waiting) => {
-            let outbox = &context.stream.outbox;
-            let (position, length) = waiting.position();
-            outbox.push(queued(request_id, position, length));
-            let waited_from = broker.clock().now();
-            let cancelled = async {
-                let _ = cancelled.await;
-            };
-            let granted = waiting
-                .granted_within(started, wait, cancelled, |position, length| {
-                    outbox.push(queued(request_id, position, length))
-                })
-                .await;
-            metrics::waited(broker.clock().now().saturating_duration_since(waited_from));
-            granted
-        }
-    }
+    let outbox = &context.stream.outbox;
+    let (position, length) = waiting.position();
+    outbox.push(queued(request_id, position, length));
+    let waited_from = broker.clock().now();
+    let cancelled = async {
+        let _ = cancelled.await;
+    };
+    let granted = waiting
+        .granted_within(started, wait, cancelled, |position, length| {
+            outbox.push(queued(request_id, position, length))
+        })
+        .await;
+    metrics::waited(broker.clock().now().saturating_duration_since(waited_from));
+    granted
 }
 
 /// Tells the engine the outcome of its acquire: a granted lease is held by the stream
@@ -393,7 +439,7 @@ async fn acquire_for_stream(
 fn answer_acquire(
     context: &StreamContext,
     request_id: u64,
-    engine: &EngineRequest,
+    product: crate::domain::Product,
     outcome: Result<crate::leases::Granted, DomainError>,
 ) {
     let outbox = &context.stream.outbox;
@@ -407,7 +453,7 @@ fn answer_acquire(
         Err(error) => {
             context
                 .activity
-                .acquire_denied(&context.principal, engine.product, &error);
+                .acquire_denied(&context.principal, product, &error);
             outbox.push(denied(request_id, code_of(&error), error.to_string()));
         }
     }
@@ -431,7 +477,7 @@ fn hold_live(context: &StreamContext, lease: &crate::domain::Lease) -> Result<()
     let live = context
         .broker
         .leases()
-        .live_lease(org, email, lease.id, lease.generation);
+        .check_live(org, email, lease.id, lease.generation);
     if let Err(error) = live {
         context.registry.let_go(&context.stream, lease.id);
         return Err(error);

@@ -120,22 +120,25 @@ impl tokio_stream::Stream for EventStream {
         if self.done {
             return Poll::Ready(None);
         }
-        let mut batch = Vec::new();
+        // Everything queued goes into one message (up to its bound), taken from the
+        // channel at once: the events of a batch of operations, or of a commit group's
+        // grants, are one message, encoded and written together.
+        let queued = self.events.len();
+        let mut batch = Vec::with_capacity(queued.clamp(1, limits::CHANNEL_EVENTS_PER_MESSAGE_MAX));
         let mut senders_gone = false;
         while batch.len() < limits::CHANNEL_EVENTS_PER_MESSAGE_MAX {
-            match self.events.poll_recv(cx) {
-                Poll::Ready(Some(event)) => {
-                    if event.event.is_some() {
-                        batch.push(event);
-                    }
-                }
-                Poll::Ready(None) => {
+            let room = limits::CHANNEL_EVENTS_PER_MESSAGE_MAX - batch.len();
+            match self.events.poll_recv_many(cx, &mut batch, room) {
+                Poll::Ready(0) => {
                     senders_gone = true;
                     break;
                 }
+                Poll::Ready(_) => {}
                 Poll::Pending => break,
             }
         }
+        // The close's wake-ups carry no event.
+        batch.retain(|event| event.event.is_some());
         if !batch.is_empty() {
             return Poll::Ready(Some(Ok(ChannelResponse { events: batch })));
         }
