@@ -502,6 +502,105 @@ fn check_client_binding(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Email, OrgId};
+
+    /// Every token hashes to 0: all of them collide in one bucket.
+    #[derive(Default)]
+    struct Colliding;
+    impl std::hash::Hasher for Colliding {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+    type CollidingHasher = std::hash::BuildHasherDefault<Colliding>;
+
+    fn member(key_id: &str, bound_subject: Option<&str>) -> VerifiedKey {
+        VerifiedKey {
+            principal: Principal::Member {
+                org: OrgId::parse("acme").unwrap(),
+                email: Email::parse("ann@acme.test").unwrap(),
+            },
+            key_id: Some(ApiKeyId(key_id.into())),
+            bound_subject: bound_subject.map(Box::from),
+        }
+    }
+
+    #[test]
+    fn a_colliding_token_never_passes_for_the_cached_one() {
+        let keys = VerifiedKeys::with_hasher(CollidingHasher::default());
+        let genuine = generate_member_key().full_text;
+        keys.remember(&genuine, 1, &member("k", None));
+        assert!(keys.lookup(&genuine, 1).is_some());
+        // Same bucket, same length, one byte off; and a prefix, and a longer one.
+        let mut near = genuine.clone().into_bytes();
+        near[20] = if near[20] == b'a' { b'b' } else { b'a' };
+        let near = String::from_utf8(near).unwrap();
+        for other in [
+            near.as_str(),
+            &genuine[..genuine.len() - 1],
+            &format!("{genuine}0"),
+        ] {
+            assert!(
+                keys.lookup(other, 1).is_none(),
+                "{other} taken for the cached key"
+            );
+        }
+        // A second verified key in the same bucket replaces the first, never merges.
+        let second = generate_member_key().full_text;
+        keys.remember(&second, 1, &member("k2", None));
+        assert_eq!(keys.len(), 1);
+        assert!(keys.lookup(&genuine, 1).is_none());
+        assert!(keys.lookup(&second, 1).is_some());
+    }
+
+    #[test]
+    fn an_admin_change_empties_the_cache_and_a_stale_verification_is_not_kept() {
+        let keys = VerifiedKeys::default();
+        let a = generate_member_key().full_text;
+        let b = generate_member_key().full_text;
+        keys.remember(&a, 5, &member("a", None));
+        assert!(keys.lookup(&a, 5).is_some());
+        assert!(keys.lookup(&a, 6).is_none(), "a hit of another generation");
+        keys.remember(&b, 6, &member("b", None));
+        assert_eq!(keys.len(), 1, "the newer generation emptied the cache");
+        assert!(keys.lookup(&a, 6).is_none());
+        // Verified against generation 5 but remembered after 6 began: not kept.
+        keys.remember(&a, 5, &member("a", None));
+        assert!(keys.lookup(&a, 6).is_none());
+        assert!(keys.lookup(&a, 5).is_none());
+    }
+
+    #[test]
+    fn the_cache_holds_its_bound_evicting_the_oldest() {
+        let keys = VerifiedKeys::default();
+        let tokens: Vec<String> = (0..limits::VERIFIED_KEYS_CACHED_MAX + 10)
+            .map(|i| format!("sbo_token_{i:08}"))
+            .collect();
+        for token in &tokens {
+            keys.remember(token, 1, &member("k", None));
+        }
+        assert_eq!(keys.len(), limits::VERIFIED_KEYS_CACHED_MAX);
+        assert!(tokens[..10].iter().all(|t| keys.lookup(t, 1).is_none()));
+        assert!(tokens[10..].iter().all(|t| keys.lookup(t, 1).is_some()));
+    }
+
+    #[test]
+    fn a_cached_bound_key_still_needs_its_subject() {
+        let keys = VerifiedKeys::default();
+        let token = generate_member_key().full_text;
+        keys.remember(&token, 1, &member("k", Some("CN=engine-7")));
+        let cached = keys.lookup(&token, 1).expect("cached");
+        assert!(cached.admit(Some("CN=engine-7")).is_ok());
+        assert!(matches!(
+            cached.admit(None),
+            Err(DomainError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            cached.admit(Some("CN=engine-8")),
+            Err(DomainError::PermissionDenied(_))
+        ));
+    }
 
     #[test]
     fn a_bound_key_needs_its_subject() {
