@@ -35,10 +35,7 @@ async fn use_key(server: &TestServer, key: &str) {
 #[tokio::test]
 async fn a_cached_key_revoked_is_refused_on_the_next_call() {
     let server = start().await;
-    let org = server.organization("acme", 5, 5, &["a"]).await;
-    org.assign(&server, KRE, vec![org.email(0).into()])
-        .await
-        .unwrap();
+    let org = server.licensed_organization("acme", 5, 5, &["a"]).await;
     use_key(&server, org.key(0)).await;
     let mut engine = server.session(org.key(0)).await;
     let lease = acquire_lease(&mut engine, KRE, "held").await;
@@ -79,8 +76,9 @@ async fn a_cached_key_revoked_is_refused_on_the_next_call() {
 #[tokio::test]
 async fn a_removed_members_cached_key_is_refused_on_the_next_call() {
     let server = start().await;
-    let org = server.organization("acme", 5, 5, &["a", "b"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server
+        .licensed_organization("acme", 5, 5, &["a", "b"])
+        .await;
     use_key(&server, org.key(0)).await;
     use_key(&server, org.key(1)).await;
 
@@ -147,8 +145,7 @@ async fn a_role_change_takes_effect_on_the_next_call() {
 #[tokio::test]
 async fn a_deleted_organizations_cached_keys_are_refused_on_the_next_call() {
     let server = start().await;
-    let org = server.organization("acme", 5, 5, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server.licensed_organization("acme", 5, 5, &["a"]).await;
     use_key(&server, org.key(0)).await;
     let mut owner = server.admin(&org.owner_key).await;
     owner.list_members(list_members(&org)).await.unwrap();
@@ -179,8 +176,7 @@ async fn a_deleted_organizations_cached_keys_are_refused_on_the_next_call() {
 #[tokio::test]
 async fn a_forged_secret_beside_a_cached_key_is_refused() {
     let server = start().await;
-    let org = server.organization("acme", 5, 5, &["a"]).await;
-    org.assign(&server, KRE, org.emails()).await.unwrap();
+    let org = server.licensed_organization("acme", 5, 5, &["a"]).await;
     use_key(&server, org.key(0)).await;
     // The cached key's id with another secret (and a valid checksum): same shape, same
     // record looked up, another token.
