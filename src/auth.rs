@@ -9,11 +9,20 @@
 //! The operator key is given in full (the configuration's `OperatorKeySource::Given`)
 //! or kept as a hash in the data directory ([`OPERATOR_KEY_HASH_FILE`]): made on the
 //! first start, read on every later one, replaced only by [`rotate_operator_key`].
+//!
+//! A key verified once is remembered ([`VerifiedKeys`]) until the admin state changes,
+//! so an engine's calls after its first skip the SHA-256.
 
+use std::collections::VecDeque;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 
+use hashbrown::HashTable;
+use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 use crate::datadir::{self, LockError};
 use crate::domain::{AdminState, ApiKeyId, DomainError, Principal};
@@ -267,6 +276,12 @@ pub fn authenticate(
     token: &str,
     client_subject: Option<&str>,
 ) -> Result<Principal, DomainError> {
+    check_token_length(token)?;
+    verify(state, operator, token)?.admit(client_subject)
+}
+
+/// Refuses an empty or oversized token before anything else looks at it.
+pub fn check_token_length(token: &str) -> Result<(), DomainError> {
     if token.is_empty() {
         return Err(DomainError::Unauthenticated(
             "missing API key: send metadata 'authorization: Bearer <key>'".into(),
@@ -275,35 +290,188 @@ pub fn authenticate(
     if token.len() > limits::BEARER_TOKEN_BYTES_MAX {
         return Err(DomainError::Unauthenticated("API key is too long".into()));
     }
+    Ok(())
+}
+
+/// A key found genuine: whom it stands for, and the client certificate subject it is
+/// bound to (checked on every call, as each call may come over another connection).
+#[derive(Debug, Clone)]
+pub struct VerifiedKey {
+    principal: Principal,
+    /// The member key's id (for the binding's refusal); `None` for the operator key.
+    key_id: Option<ApiKeyId>,
+    bound_subject: Option<Box<str>>,
+}
+
+impl VerifiedKey {
+    /// The caller, over a connection whose verified client certificate has
+    /// `client_subject`.
+    pub fn admit(&self, client_subject: Option<&str>) -> Result<Principal, DomainError> {
+        if let Some(key_id) = &self.key_id {
+            check_client_binding(
+                key_id.as_str(),
+                self.bound_subject.as_deref(),
+                client_subject,
+            )?;
+        }
+        Ok(self.principal.clone())
+    }
+}
+
+/// The SHA-256 path: finds the key's record and compares digests in constant time.
+/// The caller has checked the token's length ([`check_token_length`]).
+pub fn verify(
+    state: &AdminState,
+    operator: &OperatorKey,
+    token: &str,
+) -> Result<VerifiedKey, DomainError> {
+    let operator_key = || VerifiedKey {
+        principal: Principal::Operator,
+        key_id: None,
+        bound_subject: None,
+    };
     if let Some(parsed) = parse_member_key(token) {
         let key_id = parsed?;
         if let Some((org, record)) = state.api_key(key_id)
             && bool::from(sha256(token).ct_eq(&record.secret_sha256))
         {
-            check_client_binding(
-                key_id,
-                record.client_cert_subject.as_deref(),
-                client_subject,
-            )?;
-            return Ok(Principal::Member {
-                org: org.id.clone(),
-                email: record.email.clone(),
+            return Ok(VerifiedKey {
+                principal: Principal::Member {
+                    org: org.id.clone(),
+                    email: record.email.clone(),
+                },
+                key_id: Some(record.id.clone()),
+                bound_subject: record.client_cert_subject.as_deref().map(Box::from),
             });
         }
         // An operator key set by the environment may look like a member key.
         if operator.matches(token) {
-            return Ok(Principal::Operator);
+            return Ok(operator_key());
         }
         return Err(DomainError::Unauthenticated(format!(
             "API key {key_id} is unknown or was revoked"
         )));
     }
     if operator.matches(token) {
-        return Ok(Principal::Operator);
+        return Ok(operator_key());
     }
     Err(DomainError::Unauthenticated(
         "unrecognised API key: member keys start with sbk_".into(),
     ))
+}
+
+/// Keys verified once, so that later calls with the same key skip the SHA-256 (a
+/// tenth of a unary call's instructions before this cache).
+///
+/// What a security review asks of it:
+/// - **Keyed by a secret hash.** An entry is found by SipHash-1-3 of the presented
+///   token under a random key of this process (std's `RandomState`), so nobody can
+///   aim tokens at one bucket. The hash only finds the entry: the entry holds the
+///   verified token's bytes, compared in constant time (`subtle`) with the presented
+///   one, so a collision never authenticates; it is a miss, verified the slow way.
+/// - **Only what the admin state said at verification.** The cache belongs to one
+///   generation of the admin state (`Broker` counts every change under its write
+///   lock). A lookup of another generation is a miss, and a newer generation's first
+///   verification empties the cache: any admin change (a revoked key, a removed
+///   member, a role changed, an organization deleted, a key bound to a client
+///   certificate subject, and whatever a later command may change) takes effect on
+///   the very next call, with no list of "commands that touch keys" to keep true.
+///   Admin changes are rare against engine calls, so emptying on each costs little.
+///   The binding to a client certificate subject is checked on every call.
+/// - **Bounded.** At most `limits::VERIFIED_KEYS_CACHED_MAX` entries; past it the
+///   oldest entry is evicted (first in, first out: a hit changes nothing, so hits
+///   share a read lock).
+/// - **Secret bytes wiped.** The token's copy is zeroized when its entry is dropped
+///   (evicted, replaced, emptied). Nothing here is `Debug` or logged.
+/// - Only successes are kept: a refused key pays the full verification each time.
+pub struct VerifiedKeys<S = RandomState> {
+    hasher: S,
+    cached: RwLock<CachedKeys>,
+}
+
+#[derive(Default)]
+struct CachedKeys {
+    /// The admin state's generation the entries were verified against.
+    generation: u64,
+    /// At most one entry per hash value (a colliding token replaces the other).
+    table: HashTable<CachedKey>,
+    /// The entries' hashes, oldest first, for eviction.
+    order: VecDeque<u64>,
+}
+
+struct CachedKey {
+    hash: u64,
+    token: Zeroizing<Vec<u8>>,
+    verified: VerifiedKey,
+}
+
+impl Default for VerifiedKeys<RandomState> {
+    fn default() -> Self {
+        Self::with_hasher(RandomState::new())
+    }
+}
+
+impl<S: BuildHasher> VerifiedKeys<S> {
+    pub fn with_hasher(hasher: S) -> Self {
+        VerifiedKeys {
+            hasher,
+            cached: RwLock::new(CachedKeys::default()),
+        }
+    }
+
+    /// The verified key `token` is, if it was verified against the admin state of
+    /// `generation`.
+    pub fn lookup(&self, token: &str, generation: u64) -> Option<VerifiedKey> {
+        let hash = self.hasher.hash_one(token.as_bytes());
+        let cached = self.cached.read();
+        if cached.generation != generation {
+            return None;
+        }
+        let entry = cached.table.find(hash, |entry| entry.hash == hash)?;
+        bool::from(entry.token.as_slice().ct_eq(token.as_bytes())).then(|| entry.verified.clone())
+    }
+
+    /// Keeps `token`, verified against the admin state of `generation`.
+    pub fn remember(&self, token: &str, generation: u64, verified: &VerifiedKey) {
+        let hash = self.hasher.hash_one(token.as_bytes());
+        let mut cached = self.cached.write();
+        if generation < cached.generation {
+            return; // Verified against a state that has changed since.
+        }
+        if generation > cached.generation {
+            *cached = CachedKeys {
+                generation,
+                ..CachedKeys::default()
+            };
+        }
+        let entry = CachedKey {
+            hash,
+            token: Zeroizing::new(token.as_bytes().to_vec()),
+            verified: verified.clone(),
+        };
+        let CachedKeys { table, order, .. } = &mut *cached;
+        if let Some(existing) = table.find_mut(hash, |entry| entry.hash == hash) {
+            *existing = entry;
+            return;
+        }
+        if table.len() >= limits::VERIFIED_KEYS_CACHED_MAX
+            && let Some(oldest) = order.pop_front()
+            && let Ok(evicted) = table.find_entry(oldest, |entry| entry.hash == oldest)
+        {
+            evicted.remove();
+        }
+        table.insert_unique(hash, entry, |entry| entry.hash);
+        order.push_back(hash);
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.cached.read().table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Refuses a key bound to `bound` used over a connection whose client certificate
@@ -334,6 +502,105 @@ fn check_client_binding(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Email, OrgId};
+
+    /// Every token hashes to 0: all of them collide in one bucket.
+    #[derive(Default)]
+    struct Colliding;
+    impl std::hash::Hasher for Colliding {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+    type CollidingHasher = std::hash::BuildHasherDefault<Colliding>;
+
+    fn member(key_id: &str, bound_subject: Option<&str>) -> VerifiedKey {
+        VerifiedKey {
+            principal: Principal::Member {
+                org: OrgId::parse("acme").unwrap(),
+                email: Email::parse("ann@acme.test").unwrap(),
+            },
+            key_id: Some(ApiKeyId(key_id.into())),
+            bound_subject: bound_subject.map(Box::from),
+        }
+    }
+
+    #[test]
+    fn a_colliding_token_never_passes_for_the_cached_one() {
+        let keys = VerifiedKeys::with_hasher(CollidingHasher::default());
+        let genuine = generate_member_key().full_text;
+        keys.remember(&genuine, 1, &member("k", None));
+        assert!(keys.lookup(&genuine, 1).is_some());
+        // Same bucket, same length, one byte off; and a prefix, and a longer one.
+        let mut near = genuine.clone().into_bytes();
+        near[20] = if near[20] == b'a' { b'b' } else { b'a' };
+        let near = String::from_utf8(near).unwrap();
+        for other in [
+            near.as_str(),
+            &genuine[..genuine.len() - 1],
+            &format!("{genuine}0"),
+        ] {
+            assert!(
+                keys.lookup(other, 1).is_none(),
+                "{other} taken for the cached key"
+            );
+        }
+        // A second verified key in the same bucket replaces the first, never merges.
+        let second = generate_member_key().full_text;
+        keys.remember(&second, 1, &member("k2", None));
+        assert_eq!(keys.len(), 1);
+        assert!(keys.lookup(&genuine, 1).is_none());
+        assert!(keys.lookup(&second, 1).is_some());
+    }
+
+    #[test]
+    fn an_admin_change_empties_the_cache_and_a_stale_verification_is_not_kept() {
+        let keys = VerifiedKeys::default();
+        let a = generate_member_key().full_text;
+        let b = generate_member_key().full_text;
+        keys.remember(&a, 5, &member("a", None));
+        assert!(keys.lookup(&a, 5).is_some());
+        assert!(keys.lookup(&a, 6).is_none(), "a hit of another generation");
+        keys.remember(&b, 6, &member("b", None));
+        assert_eq!(keys.len(), 1, "the newer generation emptied the cache");
+        assert!(keys.lookup(&a, 6).is_none());
+        // Verified against generation 5 but remembered after 6 began: not kept.
+        keys.remember(&a, 5, &member("a", None));
+        assert!(keys.lookup(&a, 6).is_none());
+        assert!(keys.lookup(&a, 5).is_none());
+    }
+
+    #[test]
+    fn the_cache_holds_its_bound_evicting_the_oldest() {
+        let keys = VerifiedKeys::default();
+        let tokens: Vec<String> = (0..limits::VERIFIED_KEYS_CACHED_MAX + 10)
+            .map(|i| format!("sbo_token_{i:08}"))
+            .collect();
+        for token in &tokens {
+            keys.remember(token, 1, &member("k", None));
+        }
+        assert_eq!(keys.len(), limits::VERIFIED_KEYS_CACHED_MAX);
+        assert!(tokens[..10].iter().all(|t| keys.lookup(t, 1).is_none()));
+        assert!(tokens[10..].iter().all(|t| keys.lookup(t, 1).is_some()));
+    }
+
+    #[test]
+    fn a_cached_bound_key_still_needs_its_subject() {
+        let keys = VerifiedKeys::default();
+        let token = generate_member_key().full_text;
+        keys.remember(&token, 1, &member("k", Some("CN=engine-7")));
+        let cached = keys.lookup(&token, 1).expect("cached");
+        assert!(cached.admit(Some("CN=engine-7")).is_ok());
+        assert!(matches!(
+            cached.admit(None),
+            Err(DomainError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            cached.admit(Some("CN=engine-8")),
+            Err(DomainError::PermissionDenied(_))
+        ));
+    }
 
     #[test]
     fn a_bound_key_needs_its_subject() {

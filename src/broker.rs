@@ -6,6 +6,7 @@
 //! A snapshot is cut here too ([`Broker::snapshot_now`]): it needs the admin lock.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
@@ -114,6 +115,12 @@ pub enum SnapshotError {
 
 pub struct Broker {
     admin: RwLock<AdminState>,
+    /// Counts the changes of `admin`: bumped under its write lock by every change
+    /// ([`Broker::admin_for_change`]), so a value read under a read lock names the
+    /// state that lock shows. The verified keys' cache is valid for one value only.
+    admin_generation: AtomicU64,
+    /// Keys verified against the admin state of one generation ([`auth::VerifiedKeys`]).
+    verified_keys: auth::VerifiedKeys,
     leases: LeaseTable,
     operator: OperatorKey,
     journal: Arc<dyn Journal>,
@@ -133,6 +140,8 @@ impl Broker {
     ) -> Self {
         Broker {
             admin: RwLock::new(admin),
+            admin_generation: AtomicU64::new(0),
+            verified_keys: auth::VerifiedKeys::default(),
             leases,
             operator,
             journal,
@@ -162,6 +171,8 @@ impl Broker {
     /// the lock is held for O(1) whatever the state's size; encoding it happens after.
     /// (Cluster mode's snapshots mark the etcd journal with `EtcdJournal::cut`.)
     pub fn admin_cut<T>(&self, mark: impl FnOnce() -> T) -> (AdminState, T) {
+        // The write lock only excludes changes while `mark` is read: nothing changes
+        // here, so the generation stays.
         let admin = self.admin.write();
         let marked = mark();
         (admin.clone(), marked)
@@ -194,13 +205,35 @@ impl Broker {
     }
 
     /// Resolves `token` into the caller, over a connection whose verified client
-    /// certificate has `client_subject` (see [`auth::authenticate`]).
+    /// certificate has `client_subject` (see [`auth::authenticate`]). A key verified
+    /// since the admin state last changed is taken from the cache, without its SHA-256.
     pub fn authenticate(
         &self,
         token: &str,
         client_subject: Option<&str>,
     ) -> Result<Principal, DomainError> {
-        auth::authenticate(&self.admin.read(), &self.operator, token, client_subject)
+        auth::check_token_length(token)?;
+        let generation = self.admin_generation.load(Ordering::SeqCst);
+        if let Some(verified) = self.verified_keys.lookup(token, generation) {
+            return verified.admit(client_subject);
+        }
+        let verified = {
+            let admin = self.admin.read();
+            // Read under the lock: the generation of the state verified against.
+            let generation = self.admin_generation.load(Ordering::SeqCst);
+            let verified = auth::verify(&admin, &self.operator, token)?;
+            self.verified_keys.remember(token, generation, &verified);
+            verified
+        };
+        verified.admit(client_subject)
+    }
+
+    /// The admin state for a change: every change takes it here, which counts it (and
+    /// so empties the verified keys' cache before the next call is authenticated).
+    fn admin_for_change(&self) -> parking_lot::RwLockWriteGuard<'_, AdminState> {
+        let admin = self.admin.write();
+        self.admin_generation.fetch_add(1, Ordering::SeqCst);
+        admin
     }
 
     /// Called once at shutdown, after the last in-flight call finished: makes every
@@ -224,7 +257,7 @@ impl Broker {
         self.admin_observer.admit()?;
         let permit = self.journal.admit()?;
         let (executed, durable) = {
-            let mut admin = self.admin.write();
+            let mut admin = self.admin_for_change();
             authorize_command(&admin, principal, &command)?;
             admin.admit(&command)?;
             let outcome = admin.apply(&command)?;

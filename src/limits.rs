@@ -197,6 +197,10 @@ pub const OPERATOR_KEY_BYTES_MIN: usize = 32;
 pub const OPERATOR_KEY_BYTES_MAX: usize = 256;
 /// Bearer tokens longer than this are refused before any parsing.
 pub const BEARER_TOKEN_BYTES_MAX: usize = 512;
+/// Keys remembered as verified (`auth::VerifiedKeys`), so their calls skip the SHA-256;
+/// past it the oldest is evicted. Enough for every engine host of a large site; an
+/// entry holds the token (at most `BEARER_TOKEN_BYTES_MAX`) and the principal.
+pub const VERIFIED_KEYS_CACHED_MAX: usize = 16_384;
 
 const _: () = assert!(EMAIL_LOCAL_BYTES_MAX < EMAIL_BYTES_MAX);
 const _: () = assert!(LEASE_TTL_MS_MIN as u64 >= EXPIRY_TICK_MS);
@@ -206,6 +210,8 @@ const _: () = assert!(LEASE_TTL_MS_DEFAULT <= LEASE_TTL_MS_MAX);
 const _: () = assert!(KRE_SESSIONS_MAX as usize + KSE_SEATS_MAX as usize <= LEASES_PER_ORG_MAX);
 const _: () = assert!(EMAILS_PER_REQUEST_MAX * (EMAIL_BYTES_MAX + 8) < REQUEST_BYTES_MAX);
 const _: () = assert!(OPERATOR_KEY_BYTES_MAX <= BEARER_TOKEN_BYTES_MAX);
+// The verified keys' tokens stay within 8 MiB, whatever the callers present.
+const _: () = assert!(VERIFIED_KEYS_CACHED_MAX * BEARER_TOKEN_BYTES_MAX <= 8 << 20);
 
 /// Records (admin commands, lease grants) applied in memory and waiting for the log to
 /// make them durable. Past it, calls get UNAVAILABLE until the disk catches up.

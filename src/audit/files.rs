@@ -353,7 +353,7 @@ mod tests {
         let files = open(dir.path(), file_bytes_max, files_max);
         let mut writer = AuditWriter::new(Arc::clone(&files)).unwrap();
         for at in 0..events {
-            writer.append(&record(at, if at % 2 == 0 { "acme" } else { "other" }));
+            writer.append(&record(at, if at % 2 == 0 { "acme" } else { "other" }).line());
         }
         writer.flush(true);
         drop(writer);
@@ -410,8 +410,8 @@ mod tests {
             let at = 1_000 + i / 10 - if i % 7 == 0 { 3 } else { 0 };
             let mut event = record(at, "acme");
             event.generation = Some(i as u64);
-            writer.append(&event);
-            writer.append(&record(at, "other"));
+            writer.append(&event.line());
+            writer.append(&record(at, "other").line());
             written.push(event);
         }
         writer.flush(true);

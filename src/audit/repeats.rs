@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{AuditEvent, AuditKind, AuditRecord};
+use super::{AuditEvent, AuditKind, AuditLine, AuditRecord};
 use crate::domain::{Email, Product};
 use crate::limits;
 
@@ -79,11 +79,11 @@ impl DenialRepeats {
     /// Takes a refused acquire: `write` gets the lines to write now (the event itself
     /// when it starts a period, the count of the period it ends), or none when it is
     /// counted. Other events are passed through.
-    pub fn record(&mut self, event: &AuditEvent, write: &mut impl FnMut(&AuditRecord)) {
+    pub fn record(&mut self, event: &AuditEvent, write: &mut impl FnMut(&AuditLine)) {
         let (AuditKind::AcquireDenied, Some(product), Some(email), Some(reason)) =
             (event.kind, event.product, &event.email, &event.detail)
         else {
-            write(&AuditRecord::from(event));
+            event.write_line(write);
             return;
         };
         let org = event.org.as_str();
@@ -102,14 +102,14 @@ impl DenialRepeats {
             // Another period (a minute passed before the sweep, or the clock stepped):
             // the old count is written and this refusal starts the new period.
             if count.repeated > 0 {
-                write(&summary(org, &series, count));
+                write(&summary(org, &series, count).line());
             }
             *count = Count {
                 period,
                 repeated: 0,
                 last_unix_ms: event.at_unix_ms,
             };
-            write(&AuditRecord::from(event));
+            event.write_line(write);
             return;
         }
         if self.series >= limits::AUDIT_DENIAL_SERIES_MAX {
@@ -124,11 +124,11 @@ impl DenialRepeats {
             },
         );
         self.series += 1;
-        write(&AuditRecord::from(event));
+        event.write_line(write);
     }
 
     /// Writes the counts of periods that ended before `now_unix_ms` and forgets them.
-    pub fn end_periods_before(&mut self, now_unix_ms: i64, write: &mut impl FnMut(&AuditRecord)) {
+    pub fn end_periods_before(&mut self, now_unix_ms: i64, write: &mut impl FnMut(&AuditLine)) {
         let now = period_of(now_unix_ms);
         if self.swept_period.is_some_and(|swept| swept >= now) {
             return;
@@ -141,7 +141,7 @@ impl DenialRepeats {
                     return true;
                 }
                 if count.repeated > 0 {
-                    write(&summary(org, series, count));
+                    write(&summary(org, series, count).line());
                 }
                 ended += 1;
                 false
@@ -153,24 +153,24 @@ impl DenialRepeats {
 
     /// Writes `org`'s counts so far (before a query reads its record); later refusals
     /// of the same periods keep being counted, from zero.
-    pub fn write_org(&mut self, org: &str, write: &mut impl FnMut(&AuditRecord)) {
+    pub fn write_org(&mut self, org: &str, write: &mut impl FnMut(&AuditLine)) {
         let Some(counts) = self.orgs.get_mut(org) else {
             return;
         };
         for (series, count) in counts.iter_mut() {
             if count.repeated > 0 {
-                write(&summary(org, series, count));
+                write(&summary(org, series, count).line());
                 count.repeated = 0;
             }
         }
     }
 
     /// Writes every count and empties the table (table full, shutdown).
-    pub fn write_all(&mut self, write: &mut impl FnMut(&AuditRecord)) {
+    pub fn write_all(&mut self, write: &mut impl FnMut(&AuditLine)) {
         for (org, counts) in self.orgs.drain() {
             for (series, count) in &counts {
                 if count.repeated > 0 {
-                    write(&summary(&org, series, count));
+                    write(&summary(&org, series, count).line());
                 }
             }
         }
@@ -194,11 +194,16 @@ mod tests {
         )
     }
 
+    /// A written line as the reader gets it back.
+    fn owned(line: &AuditLine) -> AuditRecord {
+        serde_json::from_str(&serde_json::to_string(line).unwrap()).unwrap()
+    }
+
     /// Runs `steps` and returns the lines written.
     fn lines(repeats: &mut DenialRepeats, events: &[AuditEvent]) -> Vec<AuditRecord> {
         let mut written = Vec::new();
         for event in events {
-            repeats.record(event, &mut |r| written.push(r.clone()));
+            repeats.record(event, &mut |r| written.push(owned(r)));
         }
         written
     }
@@ -230,9 +235,9 @@ mod tests {
         events.push(denied(minute + 6, "acme", "a", "not_licensed"));
         let mut written = lines(&mut repeats, &events);
         assert_eq!(written.len(), 3, "one line per series");
-        repeats.end_periods_before(2 * minute - 1, &mut |r| written.push(r.clone()));
+        repeats.end_periods_before(2 * minute - 1, &mut |r| written.push(owned(r)));
         assert_eq!(written.len(), 3, "the minute has not ended");
-        repeats.end_periods_before(2 * minute, &mut |r| written.push(r.clone()));
+        repeats.end_periods_before(2 * minute, &mut |r| written.push(owned(r)));
         assert_eq!(written.len(), 4);
         let count = &written[3];
         assert_eq!(count.kind, "acquire_denied_repeated");
@@ -258,7 +263,7 @@ mod tests {
                 denied(3, "other", "a", "quota_exhausted"),
             ],
         );
-        repeats.write_org("acme", &mut |r| written.push(r.clone()));
+        repeats.write_org("acme", &mut |r| written.push(owned(r)));
         assert_eq!(written.len(), 3, "acme's count only");
         written.extend(lines(
             &mut repeats,
@@ -280,7 +285,7 @@ mod tests {
             .collect();
         written.extend(lines(&mut repeats, &members));
         assert!(repeats.len() <= limits::AUDIT_DENIAL_SERIES_MAX);
-        repeats.write_all(&mut |r| written.push(r.clone()));
+        repeats.write_all(&mut |r| written.push(owned(r)));
         assert_eq!(
             total_refusals(&written),
             6 + 2 * limits::AUDIT_DENIAL_SERIES_MAX as u64

@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use super::descriptors::{SpareDescriptors, is_out_of_descriptors};
 use super::files::{AuditFiles, FileEntry};
-use super::{AuditError, AuditRecord};
+use super::{AuditError, AuditLine};
 use crate::limits;
 use crate::telemetry::metrics;
 
@@ -87,6 +87,9 @@ pub struct AuditWriter {
     spares: SpareDescriptors,
     /// Paces the warning of a failed write (one per event would flood the log).
     write_warnings: super::Warnings,
+    /// The line being written, kept between lines so that encoding one allocates
+    /// nothing.
+    line: Vec<u8>,
 }
 
 fn stored(entries: Vec<FileEntry>) -> VecDeque<StoredFile> {
@@ -100,22 +103,29 @@ fn stored(entries: Vec<FileEntry>) -> VecDeque<StoredFile> {
         .collect()
 }
 
-/// The JSON line of a record, with its detail cut when the line would be too long.
-fn line_of(record: &AuditRecord) -> Option<String> {
-    let line = serde_json::to_string(record).ok()?;
-    if line.len() < limits::AUDIT_LINE_BYTES_MAX {
-        return Some(line);
-    }
-    let mut shorter = record.clone();
-    let detail = shorter.detail.take().unwrap_or_default();
-    let mut cut = limits::AUDIT_LINE_BYTES_MAX / 2;
-    while !detail.is_char_boundary(cut.min(detail.len())) {
-        cut -= 1;
-    }
-    shorter.detail = Some(format!("{}...", &detail[..cut.min(detail.len())]));
-    serde_json::to_string(&shorter)
-        .ok()
-        .filter(|line| line.len() < limits::AUDIT_LINE_BYTES_MAX)
+/// Puts the JSON line of `line`, with its end, into `buffer` (emptied first), with
+/// the detail cut when the line would be too long; `false` when it cannot be made.
+fn encode_line(line: &AuditLine, buffer: &mut Vec<u8>) -> bool {
+    let encode = |line: &AuditLine, buffer: &mut Vec<u8>| {
+        buffer.clear();
+        serde_json::to_writer(&mut *buffer, line).is_ok()
+            && buffer.len() < limits::AUDIT_LINE_BYTES_MAX
+    };
+    let fits = encode(line, buffer) || {
+        let detail = line.detail.unwrap_or_default();
+        let mut cut = (limits::AUDIT_LINE_BYTES_MAX / 2).min(detail.len());
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let shorter_detail = format!("{}...", &detail[..cut]);
+        let shorter = AuditLine {
+            detail: Some(&shorter_detail),
+            ..*line
+        };
+        encode(&shorter, buffer)
+    };
+    buffer.push(b'\n');
+    fits
 }
 
 /// Cuts a torn last line (a crash mid-write) off `path`, so the next line starts
@@ -177,6 +187,7 @@ impl AuditWriter {
             unsynced_bytes: 0,
             spares: SpareDescriptors::new(limits::AUDIT_WRITER_SPARE_DESCRIPTORS),
             write_warnings: super::Warnings::default(),
+            line: Vec::with_capacity(limits::AUDIT_LINE_BYTES_MAX),
         };
         writer.enforce_budget();
         Ok(writer)
@@ -194,19 +205,22 @@ impl AuditWriter {
 
     /// Appends a line of a lease event or a refused acquire: buffered, and dropped
     /// (counted, with a rate-limited warning) when it cannot be written.
-    pub fn append(&mut self, record: &AuditRecord) {
-        let Some(mut line) = line_of(record) else {
+    pub fn append(&mut self, record: &AuditLine) {
+        let mut line = std::mem::take(&mut self.line);
+        if !encode_line(record, &mut line) {
+            self.line = line;
             metrics::audit_event_dropped();
             return;
-        };
-        line.push('\n');
-        if let Err(error) = self.write(&record.org, record.at_unix_ms, line.as_bytes()) {
+        }
+        let written = self.write(record.org, record.at_unix_ms, &line);
+        self.line = line;
+        if let Err(error) = written {
             if let Some(left_out) = self.write_warnings.due() {
                 tracing::warn!(%error, org = %record.org, dir = %self.files.dir().display(), warnings_left_out = left_out, "audit record write failed; the event is dropped");
             }
             metrics::audit_event_dropped();
             // Reopened (and its torn tail cut) at the next line.
-            self.open.remove(record.org.as_str());
+            self.open.remove(record.org);
         }
         self.enforce_budget();
     }
@@ -215,8 +229,9 @@ impl AuditWriter {
     /// system before returning, so that a failure is known for this line: the caller
     /// keeps the event and tries again. A line the kernel took before reporting an
     /// error may then be written twice, never lost.
-    pub fn append_now(&mut self, record: &AuditRecord) -> std::io::Result<()> {
-        let Some(mut line) = line_of(record) else {
+    pub fn append_now(&mut self, record: &AuditLine) -> std::io::Result<()> {
+        let mut line = Vec::new();
+        if !encode_line(record, &mut line) {
             // Cannot happen for an admin change's event (its fields are bounded);
             // said loudly rather than retried forever.
             tracing::error!(
@@ -225,15 +240,14 @@ impl AuditWriter {
             );
             metrics::audit_event_dropped();
             return Ok(());
-        };
-        line.push('\n');
-        let org = record.org.as_str();
-        let written = self
-            .write(org, record.at_unix_ms, line.as_bytes())
-            .and_then(|()| match self.open.get_mut(org) {
-                Some(open) => open.file.flush(),
-                None => Ok(()), // Closed (and flushed) by a fsync's rotation.
-            });
+        }
+        let org = record.org;
+        let written =
+            self.write(org, record.at_unix_ms, &line)
+                .and_then(|()| match self.open.get_mut(org) {
+                    Some(open) => open.file.flush(),
+                    None => Ok(()), // Closed (and flushed) by a fsync's rotation.
+                });
         if written.is_err() {
             self.open.remove(org);
         }
@@ -504,10 +518,10 @@ mod tests {
         let files = open(dir.path(), 4096, 8);
         let mut writer = AuditWriter::new(Arc::clone(&files)).unwrap();
         for at in 0..20 {
-            writer.append(&record(at, "victim"));
+            writer.append(&record(at, "victim").line());
         }
         for at in 0..5_000 {
-            writer.append(&record(at, "attacker"));
+            writer.append(&record(at, "attacker").line());
         }
         writer.flush(true);
         assert_eq!(count(&files, "victim"), 20, "the victim keeps every event");
@@ -532,12 +546,12 @@ mod tests {
         let mut writer = AuditWriter::new(Arc::clone(&files)).unwrap();
         for round in 0..3 {
             for org in &orgs {
-                writer.append(&record(round, org));
+                writer.append(&record(round, org).line());
                 assert!(writer.open_files() <= limits::AUDIT_OPEN_FILES_MAX);
             }
         }
         for at in 0..2_000 {
-            writer.append(&record(at, "big"));
+            writer.append(&record(at, "big").line());
         }
         writer.flush(true);
         for org in &orgs {
@@ -552,7 +566,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = open(dir.path(), 1 << 20, 4);
         let mut writer = AuditWriter::new(Arc::clone(&files)).unwrap();
-        writer.append(&record(1, "acme"));
+        writer.append(&record(1, "acme").line());
         writer.flush(true);
         drop(writer);
         let path = files.org_files("acme").unwrap()[0].path.clone();
@@ -561,8 +575,8 @@ mod tests {
             .unwrap();
         let files = open(dir.path(), 1 << 20, 4);
         let mut writer = AuditWriter::new(Arc::clone(&files)).unwrap();
-        writer.append(&record(2, "acme"));
-        writer.append(&record(3, "other"));
+        writer.append(&record(2, "acme").line());
+        writer.append(&record(3, "other").line());
         writer.flush(true);
         assert_eq!(count(&files, "acme"), 2, "the torn line was cut, not glued");
         assert_eq!(files.org_files("acme").unwrap().len(), 1, "appended");
@@ -584,13 +598,13 @@ mod tests {
         std::fs::write(audit.join("0000000041-0.jsonl"), old).unwrap();
         let files = open(dir.path(), 4096, 2);
         let mut writer = AuditWriter::new(Arc::clone(&files)).unwrap();
-        writer.append(&record(10, "acme"));
+        writer.append(&record(10, "acme").line());
         writer.flush(true);
         assert_eq!(count(&files, "acme"), 4, "three old events and the new one");
         assert_eq!(count(&files, "other"), 3);
         assert_eq!(files.org_files("acme").unwrap()[0].seq, 42);
         for at in 0..60 {
-            writer.append(&record(at, "acme"));
+            writer.append(&record(at, "acme").line());
         }
         assert!(files.legacy_files().unwrap().is_empty(), "deleted first");
     }

@@ -95,6 +95,30 @@ impl std::fmt::Display for LeaseId {
     }
 }
 
+impl LeaseId {
+    /// The id's text (as `Display` writes it) on the stack: for the audit record's
+    /// writer, which writes one per lease event.
+    pub fn text(self) -> LeaseIdText {
+        let mut bytes = [0u8; LeaseIdText::LEN];
+        bytes[..Self::PREFIX.len()].copy_from_slice(Self::PREFIX.as_bytes());
+        hex::encode_to_slice(self.0.to_be_bytes(), &mut bytes[Self::PREFIX.len()..])
+            .expect("32 hex digits fit after the prefix");
+        LeaseIdText(bytes)
+    }
+}
+
+/// A lease id's text, `ls_` and 32 lowercase hex digits, without an allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseIdText([u8; LeaseIdText::LEN]);
+
+impl LeaseIdText {
+    const LEN: usize = LeaseId::PREFIX.len() + 32;
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII by construction")
+    }
+}
+
 /// One live session, owned (the table keeps a compact form and builds this on demand).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

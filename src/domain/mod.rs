@@ -16,7 +16,7 @@ pub mod types;
 pub use access::{Action, Principal, authorize, authorize_command};
 pub use command::{AssignmentOutcome, Command, CommandOutcome, SessionsToEnd, Withdrawal};
 pub use error::DomainError;
-pub use lease::{Lease, LeaseId, Termination};
+pub use lease::{Lease, LeaseId, LeaseIdText, Termination};
 pub use state::{AdminState, ApiKeyRecord, Organization};
 pub use types::{
     ApiKeyId, Email, OrgId, PastExpiry, Product, Quota, QuotaUpdate, Role,

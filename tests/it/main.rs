@@ -39,6 +39,7 @@ mod foreign_clients;
 mod hardening_edge;
 mod isolation;
 mod json_api;
+mod key_cache;
 mod listing;
 mod loadgen;
 mod log_format;
