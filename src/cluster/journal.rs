@@ -16,6 +16,11 @@
 //!
 //! A value is records framed as `u32` little-endian length + record bytes.
 //!
+//! Lease ends have nobody waiting: like the local log's, they ride with the next
+//! group that someone awaits, or go out by themselves [`ENDS_DELAY_MAX`] after they
+//! were queued. A group of ends alone would cost an etcd round trip that every grant
+//! queued behind it waits for.
+//!
 //! A snapshot's cut ([`EtcdJournal::cut`], made under the broker's admin write lock)
 //! is a marker in the queue: no commit group spans it, and it is answered with the
 //! last group before it once that group is durable, so the snapshot covers exactly the
@@ -28,6 +33,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
 use super::election::LostSignal;
 use super::etcd::{self, Etcd, pb};
@@ -43,6 +49,9 @@ pub const GROUP_BYTES_MAX: usize = 1024 * 1024;
 /// Lease ends wait for room past this many queued records (grants and commands are
 /// admitted up to `limits::LOG_QUEUE_RECORDS_MAX`).
 const QUEUED_RECORDS_FOR_ENDS_MAX: usize = 2 * limits::LOG_QUEUE_RECORDS_MAX;
+/// The longest a lease end waits for a group someone awaits (the local log's
+/// `unawaited_delay` default, `wal::UNAWAITED_DELAY_DEFAULT`).
+pub const ENDS_DELAY_MAX: Duration = Duration::from_millis(20);
 /// A failed write is tried again after this pause, until the leadership is lost.
 const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
@@ -83,6 +92,9 @@ pub struct Cut {
 #[derive(Default)]
 struct Queue {
     entries: VecDeque<Entry>,
+    /// Entries someone waits for (records with `done`, cuts): while there are none,
+    /// the writer lets lease ends gather for up to `ENDS_DELAY_MAX`.
+    awaited: usize,
     /// Set when the writer stopped: every later append fails.
     closed: bool,
 }
@@ -92,6 +104,7 @@ enum Entry {
         record: Vec<u8>,
         /// Told when the record is durable (or not); lease ends have nobody waiting.
         done: Option<oneshot::Sender<Result<(), DomainError>>>,
+        queued_at: Instant,
     },
     /// A snapshot's cut, answered when every record before it is durable.
     Cut(oneshot::Sender<Cut>),
@@ -101,6 +114,17 @@ enum Entry {
 enum Next {
     Group(Vec<Entry>),
     Cut(oneshot::Sender<Cut>),
+    /// Only lease ends are queued: wait for an awaited record or this instant.
+    EndsDue(Instant),
+}
+
+impl Entry {
+    fn is_awaited(&self) -> bool {
+        match self {
+            Entry::Record { done, .. } => done.is_some(),
+            Entry::Cut(_) => true,
+        }
+    }
 }
 
 /// Where the writer writes: the etcd client, the keys, and this leader's fence.
@@ -121,18 +145,27 @@ impl EtcdJournal {
     /// A journal whose writer task starts at once; it stops when the leadership is
     /// lost (`lost`) or a write is refused.
     pub fn start(writer: Writer, lost: Arc<LostSignal>) -> Arc<EtcdJournal> {
-        let journal = Arc::new(EtcdJournal {
+        let journal = Arc::new(EtcdJournal::unstarted(
+            lost,
+            writer.log_records,
+            writer.log_bytes,
+        ));
+        tokio::spawn(write_groups(Arc::clone(&journal), writer));
+        journal
+    }
+
+    /// A journal whose writer is not started (`start` starts it).
+    fn unstarted(lost: Arc<LostSignal>, log_records: u64, log_bytes: u64) -> EtcdJournal {
+        EtcdJournal {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             lost,
             logged: Logged {
-                records: AtomicU64::new(writer.log_records),
-                bytes: AtomicU64::new(writer.log_bytes),
+                records: AtomicU64::new(log_records),
+                bytes: AtomicU64::new(log_bytes),
             },
             covered: Mutex::new(Cut::default()),
-        });
-        tokio::spawn(write_groups(Arc::clone(&journal), writer));
-        journal
+        }
     }
 
     /// Appends an already encoded record and waits until it is durable (the boot
@@ -156,7 +189,9 @@ impl EtcdJournal {
             queue.entries.push_back(Entry::Record {
                 record,
                 done: Some(done),
+                queued_at: Instant::now(),
             });
+            queue.awaited += 1;
         }
         self.wake.notify_one();
         Box::pin(async move { durable.await.unwrap_or_else(|_| Err(not_leading())) })
@@ -170,6 +205,7 @@ impl EtcdJournal {
         let mut queue = self.queue.lock();
         if !queue.closed {
             queue.entries.push_back(Entry::Cut(answer));
+            queue.awaited += 1;
             drop(queue);
             self.wake.notify_one();
         }
@@ -200,6 +236,14 @@ impl EtcdJournal {
     /// group: the queued records up to `GROUP_BYTES_MAX` (at least one) before any cut.
     fn take_next(&self) -> Option<Next> {
         let mut queue = self.queue.lock();
+        if queue.awaited == 0
+            && let Some(Entry::Record { queued_at, .. }) = queue.entries.front()
+        {
+            let due = *queued_at + ENDS_DELAY_MAX;
+            if Instant::now() < due {
+                return Some(Next::EndsDue(due));
+            }
+        }
         let mut bytes = 0;
         let mut count = 0;
         for entry in &queue.entries {
@@ -214,10 +258,15 @@ impl EtcdJournal {
             count += 1;
         }
         if count > 0 {
-            return Some(Next::Group(queue.entries.drain(..count).collect()));
+            let group: Vec<Entry> = queue.entries.drain(..count).collect();
+            queue.awaited -= group.iter().filter(|entry| entry.is_awaited()).count();
+            return Some(Next::Group(group));
         }
         match queue.entries.pop_front()? {
-            Entry::Cut(answer) => Some(Next::Cut(answer)),
+            Entry::Cut(answer) => {
+                queue.awaited -= 1;
+                Some(Next::Cut(answer))
+            }
             Entry::Record { .. } => unreachable!("a record at the head is taken as a group"),
         }
     }
@@ -227,6 +276,7 @@ impl EtcdJournal {
         let entries = {
             let mut queue = self.queue.lock();
             queue.closed = true;
+            queue.awaited = 0;
             std::mem::take(&mut queue.entries)
         };
         fail(entries, reason);
@@ -298,6 +348,16 @@ async fn write_groups(journal: Arc<EtcdJournal>, mut writer: Writer) {
                     bytes: journal.logged.bytes.load(Ordering::Relaxed),
                 });
                 continue;
+            }
+            Some(Next::EndsDue(due)) => {
+                tokio::select! {
+                    () = journal.wake.notified() => continue,
+                    () = tokio::time::sleep_until(due) => continue,
+                    reason = journal.lost.lost() => {
+                        journal.close_with(&reason);
+                        return;
+                    }
+                }
             }
             None => {
                 tokio::select! {
@@ -399,9 +459,16 @@ impl Journal for EtcdJournal {
             if queue.closed || queue.entries.len() >= QUEUED_RECORDS_FOR_ENDS_MAX {
                 return false;
             }
-            queue
-                .entries
-                .push_back(Entry::Record { record, done: None });
+            queue.entries.push_back(Entry::Record {
+                record,
+                done: None,
+                queued_at: Instant::now(),
+            });
+            // The writer learns of an end only when it may be idle: it then waits
+            // until the end is due. Otherwise the end rides with what is queued.
+            if queue.entries.len() > 1 {
+                return true;
+            }
         }
         self.wake.notify_one();
         true
@@ -425,5 +492,52 @@ mod tests {
         assert_eq!(unframe(&value).unwrap(), records);
         assert!(unframe(&value[..value.len() - 1]).is_err());
         assert!(unframe(&[1, 0]).is_err());
+    }
+
+    fn records_of(next: Option<Next>) -> Vec<Vec<u8>> {
+        match next {
+            Some(Next::Group(group)) => group
+                .into_iter()
+                .map(|entry| match entry {
+                    Entry::Record { record, .. } => record,
+                    Entry::Cut(_) => panic!("a cut in a group"),
+                })
+                .collect(),
+            _ => panic!("expected a group"),
+        }
+    }
+
+    #[tokio::test]
+    async fn lease_ends_ride_with_the_next_awaited_record_or_go_alone_once_due() {
+        let journal = EtcdJournal::unstarted(LostSignal::new(), 0, 0);
+        let org = OrgId::parse("acme").unwrap();
+        let lease = LeaseId::derive(
+            &org,
+            &crate::domain::Email::parse("a@acme.test").unwrap(),
+            crate::domain::Product::Kre,
+            "engine",
+        );
+        let end = codec::encode_lease_ended(&org, lease, 7);
+        assert!(journal.take_next().is_none(), "nothing queued");
+        // An end alone waits (at most ENDS_DELAY_MAX) for a record someone awaits.
+        assert!(journal.append_lease_ended(&org, lease, 7));
+        assert!(matches!(journal.take_next(), Some(Next::EndsDue(_))));
+        let permit = journal::admit(0, limits::LOG_QUEUE_RECORDS_MAX).unwrap();
+        let _durable = journal.push(permit, b"grant".to_vec());
+        assert_eq!(
+            records_of(journal.take_next()),
+            [end.clone(), b"grant".to_vec()],
+            "the end rides with the grant, in order"
+        );
+        // A cut is awaited too: the ends before it go in a group of their own first.
+        assert!(journal.append_lease_ended(&org, lease, 7));
+        let _cut = journal.cut();
+        assert_eq!(records_of(journal.take_next()), std::slice::from_ref(&end));
+        assert!(matches!(journal.take_next(), Some(Next::Cut(_))));
+        // An end nobody takes along goes alone once due.
+        assert!(journal.append_lease_ended(&org, lease, 7));
+        tokio::time::sleep(ENDS_DELAY_MAX + Duration::from_millis(5)).await;
+        assert_eq!(records_of(journal.take_next()), [end]);
+        assert!(journal.take_next().is_none());
     }
 }

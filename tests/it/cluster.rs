@@ -956,20 +956,21 @@ async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_leas
         // Each grant waits for its own commit group: the log would hold about
         // `pairs` groups without snapshots. The policy keeps it to the records of
         // one snapshot interval, plus what one check of the snapshot task lets pass.
+        // (Lease ends ride with the next grant's group, so fewer groups than records.)
         let until = Instant::now() + FOLLOW_DEADLINE;
-        let log_keys = loop {
+        let (log_keys, chunks) = loop {
             let log_keys = keys_under(&client, &keys.log_prefix).await;
-            if log_keys <= 2 * SNAPSHOT_RECORDS as i64 {
-                break log_keys;
+            let chunks = keys_under(&client, &keys.snapshot_prefix).await;
+            if log_keys <= 2 * SNAPSHOT_RECORDS as i64 && chunks >= 1 {
+                break (log_keys, chunks);
             }
             assert!(
                 Instant::now() < until,
-                "phase {phase}: {log_keys} log keys after {pairs} acquire/release pairs: no snapshot deleted them"
+                "phase {phase}: {log_keys} log keys and {chunks} snapshot chunks after {pairs} acquire/release pairs: no snapshot cut the log"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let status = client.status().await.expect("etcd's status");
-        let chunks = keys_under(&client, &keys.snapshot_prefix).await;
         eprintln!(
             "etcd under churn: {pairs} pairs, {} organizations created: {log_keys} log keys, {chunks} snapshot chunk keys, db size {} bytes, in use {} bytes",
             created.len(),
