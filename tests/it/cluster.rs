@@ -910,6 +910,7 @@ async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_leas
     let mut operator = first.operator().await;
     let (mut pairs, mut created) = (0u64, Vec::new());
     let mut measured = Vec::new();
+    let mut snapshot_seqs = Vec::new();
     // The standby's lag, sampled through the churn: commit groups the leader wrote
     // that the standby had not applied yet (each scrape a moment after the other).
     let sampling = Arc::new(AtomicBool::new(true));
@@ -979,6 +980,7 @@ async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_leas
         );
         assert!(chunks >= 1, "no snapshot in etcd");
         measured.push(status.db_size_in_use);
+        snapshot_seqs.push(manifest_seq(&client, &keys).await);
     }
     sampling.store(false, Ordering::Relaxed);
     let mut lags = sampler.await.expect("the lag sampler");
@@ -992,14 +994,11 @@ async fn snapshots_bound_etcd_under_churn_and_standbys_take_over_with_every_leas
             lags.last().unwrap()
         );
     }
-    let manifest = client
-        .get(&keys.manifest)
-        .await
-        .expect("get")
-        .expect("a manifest");
-    let manifest =
-        seatbroker::cluster::snapshot::Manifest::parse(&manifest.value).expect("a manifest");
-    assert!(manifest.seq > pairs, "{manifest:?} after {pairs} pairs");
+    // Snapshots kept being taken as the churn went on, not only once.
+    assert!(
+        snapshot_seqs[2] > snapshot_seqs[0],
+        "the newest snapshot's commit group after each phase: {snapshot_seqs:?}"
+    );
     // Compacted, the space in use does not grow with the churn: the last phase ends
     // within a MiB of the first (the pages etcd's freelist and one snapshot move by).
     assert!(
@@ -1429,4 +1428,19 @@ async fn under_long_paced_churn_etcd_keeps_the_keys_the_snapshot_policy_allows_a
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The commit group the newest snapshot in etcd covers.
+async fn manifest_seq(
+    client: &seatbroker::cluster::etcd::Etcd,
+    keys: &seatbroker::cluster::Keys,
+) -> u64 {
+    let manifest = client
+        .get(&keys.manifest)
+        .await
+        .expect("get")
+        .expect("a manifest");
+    seatbroker::cluster::snapshot::Manifest::parse(&manifest.value)
+        .expect("a manifest")
+        .seq
 }
