@@ -81,23 +81,16 @@ impl LeaseId {
 }
 
 impl std::fmt::Display for LeaseId {
-    /// `ls_` and 32 lowercase hex digits, spelled out by hand: every event and wire
+    /// `ls_` and 32 lowercase hex digits ([`LeaseId::text`]): every event and wire
     /// lease carries one, and the formatter's padded hex costs several times more.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; 35];
-        text[..3].copy_from_slice(Self::PREFIX.as_bytes());
-        for (index, digit) in text[3..].iter_mut().enumerate() {
-            let shift = 4 * (31 - index);
-            *digit = DIGITS[((self.0 >> shift) & 0xf) as usize];
-        }
-        f.write_str(std::str::from_utf8(&text).expect("ASCII digits"))
+        f.write_str(self.text().as_str())
     }
 }
 
 impl LeaseId {
-    /// The id's text (as `Display` writes it) on the stack: for the audit record's
-    /// writer, which writes one per lease event.
+    /// The id's text on the stack, as `Display` writes it: for the audit record's
+    /// writer, which writes one per lease event, and every wire lease.
     pub fn text(self) -> LeaseIdText {
         let mut bytes = [0u8; LeaseIdText::LEN];
         bytes[..Self::PREFIX.len()].copy_from_slice(Self::PREFIX.as_bytes());
