@@ -3,7 +3,10 @@
 //! it in the `seatbroker-leader` trailer and report NOT_SERVING; kill -9 of the leader,
 //! again and again under admin writers and engines, loses no acknowledged change,
 //! never admits more sessions than the quota, keeps generations increasing across
-//! leaders and keeps the seats of engines that heartbeat through it; a leader cut from
+//! leaders and keeps the seats of engines that heartbeat through it, also when etcd
+//! stalls halfway through and the leader steps down (the test restarts a node that
+//! exits 75, as its supervisor would: a loaded host's slow fsyncs cause such
+//! step-downs now and then too); a leader cut from
 //! etcd steps down within half its election TTL and rejoins as a standby; an etcd
 //! restart refuses writes while etcd is down and loses nothing; under churn the
 //! leader's snapshots keep etcd's keys and space bounded, standbys follow the log (a
@@ -82,6 +85,18 @@ pub(crate) fn spawn_node(endpoint: &str, name: &str) -> Daemon {
 
 /// `serve` for a node of the test cluster over `endpoint`, to be given more flags.
 pub(crate) fn node(endpoint: &str, name: &str) -> Serve {
+    node_with_election_ttl(endpoint, name, election_ttl_s())
+}
+
+/// [`node`] with the election TTL of a deployed daemon (4 s): for a test that needs
+/// one node to lead throughout rather than a fast failover, so that only etcd
+/// answering nothing for 2 s (not the 1 s of the tests' TTL, which a loaded host's
+/// fsyncs have reached) makes it step down.
+fn steady_node(endpoint: &str, name: &str) -> Serve {
+    node_with_election_ttl(endpoint, name, seatbroker::limits::ELECTION_TTL_S_DEFAULT)
+}
+
+fn node_with_election_ttl(endpoint: &str, name: &str, election_ttl_s: u32) -> Serve {
     Serve::new().args([
         "--etcd-endpoints",
         endpoint,
@@ -90,7 +105,7 @@ pub(crate) fn node(endpoint: &str, name: &str) -> Serve {
         "--node-name",
         name,
         "--election-ttl-s",
-        &election_ttl_s().to_string(),
+        &election_ttl_s.to_string(),
         "--lease-ttl-ms",
         &lease_ttl_ms().to_string(),
     ])
@@ -111,6 +126,74 @@ pub(crate) async fn leader_of(nodes: &[Daemon]) -> usize {
             "no node became leader within {FOLLOW_DEADLINE:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Restarts every node of `nodes` that exited, as its supervisor would (systemd's
+/// `Restart=on-failure`): a leader that etcd has not renewed for half a TTL steps down
+/// and exits 75 by design, which a loaded host's slow fsyncs cause now and then. Any
+/// other exit fails the test. Returns how many nodes were restarted.
+fn supervise(nodes: &mut [Daemon], etcd_url: &str, generation: usize, route: &Route) -> usize {
+    let mut restarted = 0;
+    for (index, node) in nodes.iter_mut().enumerate() {
+        let Some(status) = node.exited() else {
+            continue;
+        };
+        assert_eq!(
+            status.code(),
+            Some(75),
+            "node {index} exited other than by stepping down: {}",
+            node.stderr()
+        );
+        eprintln!("node {index} stepped down and exited 75: restarted as a supervisor would");
+        *node = spawn_node(etcd_url, &format!("n{index}s{generation}"));
+        restarted += 1;
+    }
+    if restarted > 0 {
+        route.set_nodes(nodes);
+    }
+    restarted
+}
+
+/// [`leader_of`] for nodes under [`supervise`]: a node that exits meanwhile is
+/// restarted.
+async fn supervised_leader_of(
+    nodes: &mut [Daemon],
+    etcd_url: &str,
+    generation: usize,
+    route: &Route,
+) -> (usize, usize) {
+    let until = Instant::now() + FOLLOW_DEADLINE;
+    let mut restarted = 0;
+    loop {
+        restarted += supervise(nodes, etcd_url, generation, route);
+        for (index, node) in nodes.iter().enumerate() {
+            let status = health_status(&node.url(), node.client_tls(), SESSION_SERVICE).await;
+            if status == Some(ServingStatus::Serving) {
+                return (index, restarted);
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "no node became leader within {FOLLOW_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The exit status of `node`, waiting up to [`FOLLOW_DEADLINE`] for it to exit.
+async fn exit_of(node: &mut Daemon) -> std::process::ExitStatus {
+    let until = Instant::now() + FOLLOW_DEADLINE;
+    loop {
+        if let Some(status) = node.exited() {
+            return status;
+        }
+        assert!(
+            Instant::now() < until,
+            "the node did not exit: {}",
+            node.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -525,6 +608,7 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
     let workers = spawn_workload(&route, &org, members.len(), &history, &stop);
 
     let mut kills = Vec::new();
+    let mut step_downs = 0;
     for round in 0..rounds {
         // Under load: the workload made progress since the last kill.
         let (sessions_before, orgs_before) = (
@@ -544,9 +628,29 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
                 Instant::now() < until,
                 "round {round}: the workload made no progress"
             );
+            step_downs += supervise(&mut nodes, &etcd.url(), round, &route);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let leader = leader_of(&nodes).await;
+        let (mut leader, restarted) =
+            supervised_leader_of(&mut nodes, &etcd.url(), round, &route).await;
+        step_downs += restarted;
+        if round == rounds / 2 {
+            // etcd stalls past half an election TTL (a stalled disk, a paused machine):
+            // the leader steps down and exits 75, its supervisor restarts it, a node
+            // is elected once etcd answers again, and the rounds go on.
+            let stalled_at = now_ms();
+            etcd.stall(Duration::from_millis(
+                u64::from(election_ttl_s()) * 500 + 1000,
+            ))
+            .await;
+            let status = exit_of(&mut nodes[leader]).await;
+            assert_eq!(status.code(), Some(75), "{}", nodes[leader].stderr());
+            kills.push(stalled_at);
+            let (next, restarted) =
+                supervised_leader_of(&mut nodes, &etcd.url(), round, &route).await;
+            (leader, step_downs) = (next, step_downs + restarted);
+            assert!(restarted > 0, "the leader that stepped down was restarted");
+        }
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..300))).await;
         let killed_at = now_ms();
         let dead = std::mem::replace(
@@ -565,6 +669,7 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
             Instant::now() < until,
             "no sessions after the last failover"
         );
+        step_downs += supervise(&mut nodes, &etcd.url(), rounds, &route);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop_workload(&stop, workers, &history).await;
@@ -624,8 +729,9 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
         "a failover without a grant after it"
     );
     eprintln!(
-        "cluster failover: {} kills, {} sessions, {} admin changes; kill to next grant p50 {} ms, p99 {} ms, max {} ms (election TTL {} s, lease TTL {} ms)",
+        "cluster failover: {} kills, {} step-downs restarted, {} sessions, {} admin changes; kill to next grant p50 {} ms, p99 {} ms, max {} ms (election TTL {} s, lease TTL {} ms)",
         kills.len(),
+        step_downs,
         sessions.len(),
         acked.len(),
         percentile(&failovers, 0.5),
@@ -1297,7 +1403,7 @@ async fn under_long_paced_churn_etcd_keeps_the_keys_the_snapshot_policy_allows_a
     let keys = Keys::new(CLUSTER);
     let root = format!("/seatbroker/{CLUSTER}/").into_bytes();
     let metrics_port = free_port();
-    let leader = node(&etcd_server.url(), "churned")
+    let leader = steady_node(&etcd_server.url(), "churned")
         .args([
             "--cluster-snapshot-records",
             &SNAPSHOT_RECORDS.to_string(),

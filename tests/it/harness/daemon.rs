@@ -429,6 +429,11 @@ impl Daemon {
         limits
     }
 
+    /// The exit status if the process has exited, without waiting for it.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the daemon")
+    }
+
     #[track_caller]
     pub fn assert_alive(&mut self) {
         let status = self.child.try_wait().expect("wait for the daemon");

@@ -210,6 +210,17 @@ impl EtcdServer {
         }
     }
 
+    /// Stops etcd (SIGSTOP) for `duration`, then lets it go on (SIGCONT): a stalled
+    /// disk or a paused machine, as its clients see it.
+    pub async fn stall(&self, duration: Duration) {
+        let pid = self.child.as_ref().expect("etcd runs").id() as libc::pid_t;
+        // SAFETY: plain system calls signalling our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP etcd");
+        tokio::time::sleep(duration).await;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "SIGCONT etcd");
+    }
+
     /// SIGKILL, by its pid.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
