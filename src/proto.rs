@@ -46,6 +46,18 @@ pub mod json {
         serializer.serialize_str(&name(*value, "ROLE_", |v: super::Role| v.as_str_name()))
     }
 
+    pub fn end_reason<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&name(*value, "END_REASON_", |v: super::EndReason| {
+            v.as_str_name()
+        }))
+    }
+
+    pub fn usage_range<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&name(*value, "USAGE_RANGE_", |v: super::UsageRange| {
+            v.as_str_name()
+        }))
+    }
+
     pub fn outcome<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&name(
             *value,

@@ -10,7 +10,7 @@ use tonic::Status;
 use super::commands::{
     AuditCommand, ClientArgs, ClientCommand, DestructiveArgs, ExportFormat, KeyCommand,
     LicenseCommand, MemberCommand, OrgCommand, ProductArg, QuotaArgs, QuotaCommand, RoleArg,
-    SessionCommand, UsageArgs,
+    SeriesRange, SessionCommand, UsageArgs,
 };
 use super::failure::Failure;
 use super::output::{self, Table};
@@ -554,6 +554,9 @@ async fn list_assignments(c: &mut Clients, org_id: String, p: ProductArg) -> Res
 }
 
 async fn usage(c: &mut Clients, args: UsageArgs) -> Result<(), Failure> {
+    if let Some(range) = args.series {
+        return usage_series(c, args.org_id, range, args.product).await;
+    }
     let window_seconds = u32::try_from(args.window.as_secs()).unwrap_or(u32::MAX);
     let request = proto::GetUsageRequest {
         org_id: args.org_id,
@@ -561,6 +564,37 @@ async fn usage(c: &mut Clients, args: UsageArgs) -> Result<(), Failure> {
     };
     let answer = within(c.call_timeout, c.admin.get_usage(request)).await?;
     output::usage(c.json, &answer);
+    Ok(())
+}
+
+/// `usage --series`: one series per product asked for, KSE first.
+async fn usage_series(
+    c: &mut Clients,
+    org_id: String,
+    range: SeriesRange,
+    only: Option<ProductArg>,
+) -> Result<(), Failure> {
+    let range = match range {
+        SeriesRange::Hour => proto::UsageRange::Hour,
+        SeriesRange::Day => proto::UsageRange::Day,
+        SeriesRange::Week => proto::UsageRange::Week,
+    };
+    let products = match only {
+        Some(one) => vec![one],
+        None => vec![ProductArg::Kse, ProductArg::Kre],
+    };
+    let mut series = Vec::with_capacity(products.len());
+    for p in products {
+        let request = proto::GetUsageSeriesRequest {
+            org_id: org_id.clone(),
+            product: product(p),
+            range: range as i32,
+            start_unix_ms: 0,
+            end_unix_ms: 0,
+        };
+        series.push(within(c.call_timeout, c.admin.get_usage_series(request)).await?);
+    }
+    output::usage_series(c.json, &series);
     Ok(())
 }
 

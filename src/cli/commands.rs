@@ -453,8 +453,27 @@ pub struct UsageArgs {
     /// The organization.
     pub org_id: String,
     /// The window of the peak and denial figures, e.g. 15m, 1h, 24h (at most 24h).
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, conflicts_with = "series")]
     pub window: Duration,
+    /// Instead of the figures now, each product's usage over the last hour (a point a
+    /// minute), day (ten minutes) or week (an hour): the peak sessions against the
+    /// quota, the grants and the refusals, as the console's Usage page charts them.
+    #[arg(long, value_enum)]
+    pub series: Option<SeriesRange>,
+    /// With --series: only this product's series (both when left out).
+    #[arg(long, value_enum, requires = "series")]
+    pub product: Option<ProductArg>,
+}
+
+/// The range of `usage --series`; the daemon picks the resolution.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SeriesRange {
+    /// The last hour, a point a minute.
+    Hour,
+    /// The last day, a point every ten minutes.
+    Day,
+    /// The last week, a point an hour.
+    Week,
 }
 
 /// How `audit export` writes events.

@@ -250,6 +250,76 @@ pub fn usage(json: bool, answer: &proto::GetUsageResponse) {
     }
 }
 
+/// `usage --series`: per product, a verdict on the quota (the console's sentence), then
+/// a row per point since the daemon started keeping figures. With `--json`, one
+/// object `{"series": [...]}` holding the answers.
+pub fn usage_series(json: bool, series: &[proto::GetUsageSeriesResponse]) {
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        series: &'a [proto::GetUsageSeriesResponse],
+    }
+    if json {
+        print_json(&Answer { series });
+        return;
+    }
+    for (index, answer) in series.iter().enumerate() {
+        if index > 0 {
+            println!();
+        }
+        let name = product_name(answer.product);
+        let every = humantime::format_duration(std::time::Duration::from_millis(
+            u64::try_from(answer.resolution_ms).unwrap_or_default(),
+        ));
+        println!(
+            "{name}: now {} active of a quota of {}; a point every {every}",
+            answer.active_sessions, answer.quota
+        );
+        println!("{}", usage_verdict(answer));
+        let mut t = Table::new(&["FROM", "PEAK", "QUOTA", "GRANTS", "DENIALS"]);
+        let kept = answer
+            .points
+            .iter()
+            .filter(|p| p.start_unix_ms + answer.resolution_ms > answer.kept_since_unix_ms);
+        for point in kept {
+            t.row(vec![
+                time(point.start_unix_ms),
+                point.peak_sessions.to_string(),
+                point.quota.map_or_else(|| "-".into(), |q| q.to_string()),
+                point.grants.to_string(),
+                point.denials.to_string(),
+            ]);
+        }
+        println!("{}", t.render());
+        println!(
+            "(kept in memory since {}: earlier periods hold no figures)",
+            time(answer.kept_since_unix_ms)
+        );
+    }
+}
+
+/// Whether the quota sufficed over a series: reached or refused, or the peak against it.
+fn usage_verdict(answer: &proto::GetUsageSeriesResponse) -> String {
+    let peak = answer
+        .points
+        .iter()
+        .map(|p| p.peak_sessions)
+        .max()
+        .unwrap_or(0);
+    let denials: u64 = answer.points.iter().map(|p| p.denials).sum();
+    let quota = answer.quota;
+    if quota == 0 && peak == 0 && denials == 0 {
+        "No quota: the organization holds no license of this product.".into()
+    } else if denials > 0 {
+        format!(
+            "Sessions reached the quota and {denials} acquire(s) were refused: consider more seats."
+        )
+    } else if quota > 0 && peak >= quota {
+        format!("Sessions reached the quota of {quota}: consider more seats.")
+    } else {
+        format!("Peak {peak} of {quota}: the quota suffices.")
+    }
+}
+
 pub fn leases(json: bool, leases: &[proto::Lease], answer: &impl Serialize) {
     let mut t = Table::new(&[
         "LEASE",

@@ -417,3 +417,88 @@ async fn only_owners_admins_and_the_operator_read_the_audit_record() {
         "to_unix_ms",
     );
 }
+
+/// `usage --series` prints the console's verdict and a row per point since the daemon
+/// started, for one product or both; `--json` one object holding the answers; a member
+/// is refused as through the API, and `--product` without `--series` is a usage error.
+#[tokio::test]
+async fn the_cli_prints_the_usage_series_with_the_consoles_verdict() {
+    use crate::cli::{as_caller, assert_exit};
+    let server = start().await;
+    let org = server
+        .licensed_organization("acme", 0, 2, &["a", "b", "c"])
+        .await;
+    acquire_lease(&mut server.session(org.key(0)).await, KRE, "e-a").await;
+    acquire_lease(&mut server.session(org.key(1)).await, KRE, "e-b").await;
+    deny_the_third(&server, &org).await;
+
+    let hour = as_caller(
+        &server,
+        &org.owner_key,
+        &["usage", "acme", "--series", "hour", "--product", "kre"],
+    )
+    .await;
+    assert_exit(&hour, 0, "");
+    assert!(
+        hour.stdout
+            .starts_with("KRE: now 2 active of a quota of 2; a point every 1m\n"),
+        "{}",
+        hour.stdout
+    );
+    assert!(
+        hour.stdout
+            .contains("Sessions reached the quota and 1 acquire(s) were refused"),
+        "{}",
+        hour.stdout
+    );
+    assert!(!hour.stdout.contains("KSE"), "{}", hour.stdout);
+    // The daemon started within the last minute or two: a row or two, not sixty.
+    let rows = hour
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("20"))
+        .count();
+    assert!((1..=3).contains(&rows), "{rows} rows: {}", hour.stdout);
+
+    let both = as_caller(
+        &server,
+        &org.owner_key,
+        &["--json", "usage", "acme", "--series", "week"],
+    )
+    .await;
+    assert_exit(&both, 0, "");
+    let answer: serde_json::Value = serde_json::from_str(&both.stdout).expect("one JSON object");
+    let series = answer["series"].as_array().expect("series");
+    assert_eq!(series.len(), 2);
+    assert_eq!(series[0]["product"], "kse");
+    assert_eq!(series[1]["product"], "kre");
+    assert_eq!(series[1]["resolution_ms"], 3_600_000);
+    let denials: u64 = series[1]["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|p| p["denials"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(denials, 1, "{answer}");
+    assert!(
+        series[1]["kept_since"].is_string(),
+        "RFC 3339 twin: {answer}"
+    );
+
+    let member = as_caller(&server, org.key(0), &["usage", "acme", "--series", "day"]).await;
+    assert_exit(&member, 77, "PERMISSION_DENIED");
+    let without_series = as_caller(
+        &server,
+        &org.owner_key,
+        &["usage", "acme", "--product", "kre"],
+    )
+    .await;
+    assert_exit(&without_series, 2, "--series");
+    let with_window = as_caller(
+        &server,
+        &org.owner_key,
+        &["usage", "acme", "--series", "day", "--window", "1h"],
+    )
+    .await;
+    assert_exit(&with_window, 2, "--window");
+}
