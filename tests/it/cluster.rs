@@ -111,15 +111,23 @@ fn node_with_election_ttl(endpoint: &str, name: &str, election_ttl_s: u32) -> Se
     ])
 }
 
+/// The node that reports SessionService SERVING (the leader) now, if one does.
+async fn serving_node(nodes: &[Daemon]) -> Option<usize> {
+    for (index, node) in nodes.iter().enumerate() {
+        let status = health_status(&node.url(), node.client_tls(), SESSION_SERVICE).await;
+        if status == Some(ServingStatus::Serving) {
+            return Some(index);
+        }
+    }
+    None
+}
+
 /// The node that reports SessionService SERVING (the leader), waiting for one.
 pub(crate) async fn leader_of(nodes: &[Daemon]) -> usize {
     let until = Instant::now() + FOLLOW_DEADLINE;
     loop {
-        for (index, node) in nodes.iter().enumerate() {
-            let status = health_status(&node.url(), node.client_tls(), SESSION_SERVICE).await;
-            if status == Some(ServingStatus::Serving) {
-                return index;
-            }
+        if let Some(index) = serving_node(nodes).await {
+            return index;
         }
         assert!(
             Instant::now() < until,
@@ -167,11 +175,8 @@ async fn supervised_leader_of(
     let mut restarted = 0;
     loop {
         restarted += supervise(nodes, etcd_url, generation, route);
-        for (index, node) in nodes.iter().enumerate() {
-            let status = health_status(&node.url(), node.client_tls(), SESSION_SERVICE).await;
-            if status == Some(ServingStatus::Serving) {
-                return (index, restarted);
-            }
+        if let Some(index) = serving_node(nodes).await {
+            return (index, restarted);
         }
         assert!(
             Instant::now() < until,
