@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use super::commands::{
     AuditCommand, ClientArgs, ClientCommand, DestructiveArgs, ExportFormat, KeyCommand,
@@ -72,23 +73,29 @@ impl Clients {
 
 async fn connect(args: &ClientArgs, addr: &str) -> Result<Clients, Failure> {
     let key = BearerKey::new(args.key.as_deref()).map_err(|e| Failure::Usage(e.to_string()))?;
-    let tls = args.tls_files();
-    let connecting = client::connect_with(addr, &tls);
-    let channel = match tokio::time::timeout(args.connect_timeout, connecting).await {
-        Ok(Ok(channel)) => channel,
-        Ok(Err(error)) => return Err(connect_failure(error)),
-        Err(_) => {
-            let waited = humantime::format_duration(args.connect_timeout);
-            let message = format!("{addr} did not answer within {waited}");
-            return Err(Failure::Unreachable(message));
-        }
-    };
+    let channel = open_channel(args, addr).await?;
     Ok(Clients {
         admin: client::admin(channel.clone(), key.clone()),
         session: client::session(channel, key),
         call_timeout: args.timeout,
         json: args.json,
     })
+}
+
+/// A channel to `addr` with the command's TLS files, connected within
+/// `--connect-timeout`.
+pub(super) async fn open_channel(args: &ClientArgs, addr: &str) -> Result<Channel, Failure> {
+    let tls = args.tls_files();
+    let connecting = client::connect_with(addr, &tls);
+    match tokio::time::timeout(args.connect_timeout, connecting).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(error)) => Err(connect_failure(error)),
+        Err(_) => {
+            let waited = humantime::format_duration(args.connect_timeout);
+            let message = format!("{addr} did not answer within {waited}");
+            Err(Failure::Unreachable(message))
+        }
+    }
 }
 
 /// A failure to connect: the command's own setup (an address that does not parse, TLS
@@ -149,6 +156,7 @@ fn quota(args: &QuotaArgs) -> proto::Quota {
 pub async fn run(args: ClientArgs, command: ClientCommand) -> ExitCode {
     let command = match command {
         ClientCommand::Run(run) => return super::run::run(args, run).await,
+        ClientCommand::Status => return super::status::status(&args).await,
         command => command,
     };
     let (answered, outcome) = on_leader(&args, command).await;
@@ -217,6 +225,7 @@ async fn dispatch(c: &mut Clients, command: ClientCommand) -> Result<(), Failure
         ClientCommand::Audit(command) => audit(c, command).await,
         ClientCommand::Session(command) => session(c, command).await,
         ClientCommand::Run(_) => unreachable!("`run` holds a stream of its own, see run()"),
+        ClientCommand::Status => unreachable!("`status` asks every address, see run()"),
     }
 }
 

@@ -154,6 +154,10 @@ pub enum ClientCommand {
     /// Sessions: what an engine does, and what an admin sees.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// What each address of --addr is: serving, a standby naming its leader, starting,
+    /// draining or unreachable, with the gRPC health of the server and of each broker
+    /// service. Needs no key. Exits 0 when an address serves, 75 when none does.
+    Status,
     /// Hold a seat while a command runs: acquire (waiting in the queue up to --wait),
     /// run COMMAND with the lease in its environment, keep the seat alive, release it
     /// when COMMAND exits. Exits with COMMAND's status; 20 when no seat is granted, 21

@@ -9,6 +9,7 @@ mod failure;
 mod output;
 mod plan;
 mod run;
+mod status;
 mod time;
 
 use std::path::PathBuf;

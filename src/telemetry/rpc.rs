@@ -78,16 +78,48 @@ impl PhaseCell {
     fn standby_status(&self) -> tonic::Status {
         let leader = self.leader.read().clone();
         let Some(leader) = leader else {
-            return tonic::Status::unavailable(
-                "this seatbroker node is a standby and knows no leader yet; retry shortly",
-            );
+            return tonic::Status::unavailable(format!(
+                "{STANDBY_REFUSAL} and knows no leader yet; retry shortly"
+            ));
         };
         let mut status = tonic::Status::unavailable(format!(
-            "this seatbroker node is a standby; the cluster's leader is at {} (trailer {LEADER_METADATA})",
+            "{STANDBY_REFUSAL}; the cluster's leader is at {} (trailer {LEADER_METADATA})",
             leader.to_str().unwrap_or_default()
         ));
         status.metadata_mut().insert(LEADER_METADATA, leader);
         status
+    }
+}
+
+/// How a broker call is refused in each phase but `Serving`: the gate answers before
+/// authentication, so a call without a key tells any client the phase
+/// ([`refused_in_phase`], for `seatbroker status`).
+const STARTING_REFUSAL: &str = "seatbroker is starting: it is recovering its log; retry shortly";
+const DRAINING_REFUSAL: &str =
+    "seatbroker is shutting down; retry on another instance or after the restart";
+const STANDBY_REFUSAL: &str = "this seatbroker node is a standby";
+
+/// The phase a broker call's UNAVAILABLE answer says the daemon is in, and the leader
+/// a standby names (the inverse of the gate in [`RpcService`]); `None` for
+/// any other answer.
+pub fn refused_in_phase(status: &tonic::Status) -> Option<(Phase, Option<String>)> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let message = status.message();
+    if message == STARTING_REFUSAL {
+        Some((Phase::Starting, None))
+    } else if message == DRAINING_REFUSAL {
+        Some((Phase::Draining, None))
+    } else if message.starts_with(STANDBY_REFUSAL) {
+        let leader = status
+            .metadata()
+            .get(LEADER_METADATA)
+            .and_then(|leader| leader.to_str().ok())
+            .map(str::to_owned);
+        Some((Phase::Standby, leader))
+    } else {
+        None
     }
 }
 
@@ -309,13 +341,9 @@ where
                 connection.call_answered();
             }
             let status = match phase {
-                Phase::Starting => tonic::Status::unavailable(
-                    "seatbroker is starting: it is recovering its log; retry shortly",
-                ),
+                Phase::Starting => tonic::Status::unavailable(STARTING_REFUSAL),
                 Phase::Standby => self.phase.standby_status(),
-                _ => tonic::Status::unavailable(
-                    "seatbroker is shutting down; retry on another instance or after the restart",
-                ),
+                _ => tonic::Status::unavailable(DRAINING_REFUSAL),
             };
             method.record(CODE_UNAVAILABLE, Duration::ZERO);
             return RpcFuture::Refused {

@@ -246,3 +246,80 @@ async fn with_json_answers_and_errors_have_one_shape() {
         "{error}"
     );
 }
+
+/// `status` names what each address of `--addr` is, without a key: the daemon's role
+/// and the health of the server and of each broker service; an address that does not
+/// answer is reported and the others still asked. Exits 0 when one serves, 75 when
+/// none does (its report is still printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_each_address_and_exits_75_when_none_serves() {
+    let server = start().await;
+    let closed = format!("http://{}", closed_port());
+    let list = format!("{},{closed}", server.url());
+
+    let table = seatbroker(&["status", "--addr", &list]).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let serving_row = table
+        .stdout
+        .lines()
+        .find(|line| line.contains(&server.url()) && line.contains("serving"))
+        .unwrap_or_else(|| panic!("no serving row: {}", table.stdout));
+    assert_eq!(serving_row.matches("SERVING").count(), 3, "{serving_row}");
+    assert!(
+        table.stdout.contains(&format!("{closed}: cannot reach")),
+        "{}",
+        table.stdout
+    );
+
+    let shown = seatbroker(&["--json", "status", "--addr", &list]).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let answer = json(&shown.stdout);
+    assert_eq!(answer["serving"], server.url().as_str());
+    let nodes = answer["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes[0]["role"], "serving");
+    let health: Vec<(&str, &str)> = nodes[0]["health"]
+        .as_array()
+        .expect("health")
+        .iter()
+        .map(|h| {
+            (
+                h["service"].as_str().unwrap(),
+                h["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        health,
+        [
+            ("", "SERVING"),
+            ("seatbroker.v1.SessionService", "SERVING"),
+            ("seatbroker.v1.AdminService", "SERVING")
+        ]
+    );
+    assert_eq!(nodes[1]["role"], "unreachable");
+
+    let none = seatbroker(&["status", "--addr", &closed]).await;
+    assert_eq!(none.code, 75, "{}", none.stderr);
+    assert!(none.stdout.contains("unreachable"), "{}", none.stdout);
+    let no_address = seatbroker(&["status", "--addr", ","]).await;
+    assert_exit(&no_address, 64, "--addr names no address");
+}
+
+/// A daemon still recovering its log is `starting`, its server NOT_SERVING.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_a_daemon_recovering_its_log_as_starting() {
+    let daemon = Serve::new()
+        .env("SEATBROKER_FAILPOINT_RECOVERY_DELAY_MS", "20000")
+        .spawn();
+    let url = daemon.url();
+    let shown = seatbroker(&["--json", "status", "--addr", &url]).await;
+    assert_eq!(shown.code, 75, "{}", shown.stderr);
+    let answer = json(&shown.stdout);
+    assert_eq!(answer["nodes"][0]["role"], "starting", "{answer}");
+    assert_eq!(
+        answer["nodes"][0]["health"][0]["status"], "NOT_SERVING",
+        "{answer}"
+    );
+    assert!(answer["serving"].is_null(), "{answer}");
+}

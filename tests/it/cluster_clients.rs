@@ -97,6 +97,30 @@ async fn any_nodes_address_reaches_the_leader_and_clients_ride_a_failover() {
         nodes[leader].addr().to_string()
     );
 
+    // `status` over the three nodes: the leader serves, each standby names it.
+    let all = nodes.iter().map(Daemon::url).collect::<Vec<_>>().join(",");
+    let shown =
+        tokio::task::block_in_place(|| daemon::run(&["--json", "status", "--addr", &all], &[]));
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    let answer: serde_json::Value = serde_json::from_str(&shown.stdout).expect("JSON");
+    assert_eq!(answer["serving"], nodes[leader].url().as_str(), "{answer}");
+    for (index, node) in answer["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .enumerate()
+    {
+        if index == leader {
+            assert_eq!(node["role"], "serving", "{answer}");
+        } else {
+            assert_eq!(node["role"], "standby", "{answer}");
+            assert_eq!(node["leader"], nodes[leader].addr().to_string(), "{answer}");
+            for service in 0..3 {
+                assert_eq!(node["health"][service]["status"], "NOT_SERVING", "{answer}");
+            }
+        }
+    }
+
     // The CLI: at a standby, and through a list whose first address is down (also
     // from SEATBROKER_ADDR).
     let list = format!("{},{standby_url}", closed_address());

@@ -1,0 +1,198 @@
+//! `seatbroker status`: what each address of `--addr` is, for an operator or a script
+//! checking a node or a cluster. For each address: whether it answers; its phase
+//! (serving, a standby naming the leader, starting, draining), read from a broker call
+//! made without a key, which the daemon's phase gate answers before authentication
+//! (`telemetry::rpc::refused_in_phase`); and the gRPC health of the server and of each
+//! broker service. Needs no key. Exits 0 when an address serves, 75 (retry later) when
+//! none does.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::client::{open_channel, within};
+use super::commands::ClientArgs;
+use super::failure::{EXIT_RETRY_LATER, Failure};
+use super::output::{self, Table};
+use crate::client::{self, BearerKey};
+use crate::proto;
+use crate::telemetry::rpc::{Phase, refused_in_phase};
+
+/// The services whose health is shown: the whole server, then each broker service.
+const SERVICES: [&str; 3] = [
+    "",
+    "seatbroker.v1.SessionService",
+    "seatbroker.v1.AdminService",
+];
+
+/// What one address is.
+#[derive(Debug, Serialize)]
+struct NodeStatus {
+    address: String,
+    /// `serving`, `standby`, `starting`, `draining`, `unreachable` or `unanswered`.
+    role: &'static str,
+    /// The leader a standby names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<String>,
+    /// Each service's health (`SERVING`, `NOT_SERVING`, ...), by service name (`""` is
+    /// the whole server).
+    health: Vec<ServiceHealth>,
+    /// Why the address could not be asked, or what it answered instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceHealth {
+    service: &'static str,
+    status: String,
+}
+
+#[derive(Serialize)]
+struct StatusAnswer<'a> {
+    nodes: &'a [NodeStatus],
+    /// The address that serves broker calls, if one does.
+    serving: Option<&'a str>,
+}
+
+/// Asks every address of `--addr` in turn and prints what each is.
+pub async fn status(args: &ClientArgs) -> ExitCode {
+    let addrs = args.addrs();
+    if addrs.is_empty() {
+        let failure = Failure::Usage("--addr names no address".into());
+        output::failure(args.json, &failure);
+        return ExitCode::from(failure.exit_code());
+    }
+    let mut nodes = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        match node_status(args, &addr).await {
+            Ok(node) => nodes.push(node),
+            // A configuration error (TLS files, an address that does not parse) is
+            // the command's own: no other address would fare better.
+            Err(failure @ (Failure::Configuration(_) | Failure::Usage(_))) => {
+                output::failure(args.json, &failure);
+                return ExitCode::from(failure.exit_code());
+            }
+            Err(failure) => nodes.push(NodeStatus {
+                address: addr,
+                role: "unreachable",
+                leader: None,
+                health: Vec::new(),
+                error: Some(failure.message()),
+            }),
+        }
+    }
+    let serving = nodes
+        .iter()
+        .find(|node| node.role == "serving")
+        .map(|node| node.address.as_str());
+    print(args.json, &nodes, serving);
+    match serving {
+        Some(_) => ExitCode::SUCCESS,
+        None => ExitCode::from(EXIT_RETRY_LATER),
+    }
+}
+
+/// One address: connected within `--connect-timeout`, each question within `--timeout`.
+async fn node_status(args: &ClientArgs, addr: &str) -> Result<NodeStatus, Failure> {
+    let channel = open_channel(args, addr).await?;
+    let (role, leader, error) = phase(channel.clone(), args.timeout).await;
+    let mut health = Vec::with_capacity(SERVICES.len());
+    for service in SERVICES {
+        health.push(ServiceHealth {
+            service,
+            status: service_health(channel.clone(), service, args.timeout).await,
+        });
+    }
+    Ok(NodeStatus {
+        address: addr.to_owned(),
+        role,
+        leader,
+        health,
+        error,
+    })
+}
+
+/// The phase a keyless broker call finds: refused UNAUTHENTICATED, the daemon serves
+/// (it authenticates only once it serves); refused UNAVAILABLE by the phase gate, the
+/// phase it names.
+async fn phase(
+    channel: Channel,
+    timeout: Duration,
+) -> (&'static str, Option<String>, Option<String>) {
+    let mut admin = client::admin(channel, BearerKey::new(None).expect("no key is sendable"));
+    let request = proto::ListOrganizationsRequest {
+        page_size: 1,
+        ..Default::default()
+    };
+    let status = match within(timeout, admin.list_organizations(request)).await {
+        Ok(_) => return ("serving", None, None),
+        Err(status) => status,
+    };
+    if matches!(
+        status.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    ) {
+        return ("serving", None, None);
+    }
+    match refused_in_phase(&status) {
+        Some((Phase::Standby, leader)) => ("standby", leader, None),
+        Some((Phase::Starting, _)) => ("starting", None, None),
+        Some((Phase::Draining | Phase::Serving, _)) => ("draining", None, None),
+        None => {
+            let code = client::code_name(status.code());
+            let error = format!("{code}: {}", status.message());
+            ("unanswered", None, Some(error))
+        }
+    }
+}
+
+/// A service's health status by name, or what went wrong asking.
+async fn service_health(channel: Channel, service: &str, timeout: Duration) -> String {
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    match within(timeout, HealthClient::new(channel).check(request)).await {
+        Ok(answer) => {
+            tonic_health::pb::health_check_response::ServingStatus::try_from(answer.status)
+                .map_or_else(
+                    |_| answer.status.to_string(),
+                    |status| status.as_str_name().to_owned(),
+                )
+        }
+        Err(status) => client::code_name(status.code()).to_owned(),
+    }
+}
+
+/// A row per address, then what went wrong at each address that has an error; or one
+/// JSON object.
+fn print(json: bool, nodes: &[NodeStatus], serving: Option<&str>) {
+    let mut table = Table::new(&["ADDRESS", "ROLE", "LEADER", "SERVER", "SESSION", "ADMIN"]);
+    for node in nodes {
+        let health = |index: usize| {
+            node.health
+                .get(index)
+                .map_or_else(|| "-".to_owned(), |h| h.status.clone())
+        };
+        table.row(vec![
+            node.address.clone(),
+            node.role.into(),
+            node.leader.clone().unwrap_or_else(|| "-".into()),
+            health(0),
+            health(1),
+            health(2),
+        ]);
+    }
+    output::table(json, &StatusAnswer { nodes, serving }, table);
+    if !json {
+        for node in nodes {
+            if let Some(error) = &node.error {
+                println!("{}: {error}", node.address);
+            }
+        }
+    }
+}
