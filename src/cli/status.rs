@@ -29,12 +29,42 @@ const SERVICES: [&str; 3] = [
     "seatbroker.v1.AdminService",
 ];
 
-/// What one address is.
+/// What an address is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    /// It serves broker calls: a single node, or a cluster's leader.
+    Serving,
+    /// A standby of a cluster (naming the leader once it knows one).
+    Standby,
+    /// Recovering its log.
+    Starting,
+    /// Shutting down.
+    Draining,
+    /// No connection could be made.
+    Unreachable,
+    /// Connected, but the broker call found none of the above.
+    Unanswered,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Serving => "serving",
+            Role::Standby => "standby",
+            Role::Starting => "starting",
+            Role::Draining => "draining",
+            Role::Unreachable => "unreachable",
+            Role::Unanswered => "unanswered",
+        }
+    }
+}
+
+/// What one address is, and its health.
 #[derive(Debug, Serialize)]
 struct NodeStatus {
     address: String,
-    /// `serving`, `standby`, `starting`, `draining`, `unreachable` or `unanswered`.
-    role: &'static str,
+    role: Role,
     /// The leader a standby names.
     #[serde(skip_serializing_if = "Option::is_none")]
     leader: Option<String>,
@@ -79,7 +109,7 @@ pub async fn status(args: &ClientArgs) -> ExitCode {
             }
             Err(failure) => nodes.push(NodeStatus {
                 address: addr,
-                role: "unreachable",
+                role: Role::Unreachable,
                 leader: None,
                 health: Vec::new(),
                 error: Some(failure.message()),
@@ -88,7 +118,7 @@ pub async fn status(args: &ClientArgs) -> ExitCode {
     }
     let serving = nodes
         .iter()
-        .find(|node| node.role == "serving")
+        .find(|node| node.role == Role::Serving)
         .map(|node| node.address.as_str());
     print(args.json, &nodes, serving);
     match serving {
@@ -120,33 +150,31 @@ async fn node_status(args: &ClientArgs, addr: &str) -> Result<NodeStatus, Failur
 /// The phase a keyless broker call finds: refused UNAUTHENTICATED, the daemon serves
 /// (it authenticates only once it serves); refused UNAVAILABLE by the phase gate, the
 /// phase it names.
-async fn phase(
-    channel: Channel,
-    timeout: Duration,
-) -> (&'static str, Option<String>, Option<String>) {
+async fn phase(channel: Channel, timeout: Duration) -> (Role, Option<String>, Option<String>) {
     let mut admin = client::admin(channel, BearerKey::new(None).expect("no key is sendable"));
     let request = proto::ListOrganizationsRequest {
         page_size: 1,
         ..Default::default()
     };
     let status = match within(timeout, admin.list_organizations(request)).await {
-        Ok(_) => return ("serving", None, None),
+        Ok(_) => return (Role::Serving, None, None),
         Err(status) => status,
     };
     if matches!(
         status.code(),
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
     ) {
-        return ("serving", None, None);
+        return (Role::Serving, None, None);
     }
     match refused_in_phase(&status) {
-        Some((Phase::Standby, leader)) => ("standby", leader, None),
-        Some((Phase::Starting, _)) => ("starting", None, None),
-        Some((Phase::Draining | Phase::Serving, _)) => ("draining", None, None),
+        Some((Phase::Standby, leader)) => (Role::Standby, leader, None),
+        Some((Phase::Starting, _)) => (Role::Starting, None, None),
+        Some((Phase::Draining, _)) => (Role::Draining, None, None),
+        Some((Phase::Serving, _)) => (Role::Serving, None, None),
         None => {
             let code = client::code_name(status.code());
             let error = format!("{code}: {}", status.message());
-            ("unanswered", None, Some(error))
+            (Role::Unanswered, None, Some(error))
         }
     }
 }
@@ -180,7 +208,7 @@ fn print(json: bool, nodes: &[NodeStatus], serving: Option<&str>) {
         };
         table.row(vec![
             node.address.clone(),
-            node.role.into(),
+            node.role.name().into(),
             node.leader.clone().unwrap_or_else(|| "-".into()),
             health(0),
             health(1),
