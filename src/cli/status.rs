@@ -89,7 +89,7 @@ struct StatusAnswer<'a> {
     serving: Option<&'a str>,
 }
 
-/// Asks every address of `--addr` in turn and prints what each is.
+/// Asks every address of `--addr` and prints what each is, in the order given.
 pub async fn status(args: &ClientArgs) -> ExitCode {
     let addrs = args.addrs();
     if addrs.is_empty() {
@@ -97,9 +97,20 @@ pub async fn status(args: &ClientArgs) -> ExitCode {
         output::failure(args.json, &failure);
         return ExitCode::from(failure.exit_code());
     }
-    let mut nodes = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        match node_status(args, &addr).await {
+    // Every address at once, so that silent ones cost one timeout in all, not one each.
+    let mut asking = tokio::task::JoinSet::new();
+    for (index, addr) in addrs.into_iter().enumerate() {
+        let args = args.clone();
+        asking.spawn(async move {
+            let answer = node_status(&args, &addr).await;
+            (index, addr, answer)
+        });
+    }
+    let mut answers = asking.join_all().await;
+    answers.sort_by_key(|(index, _, _)| *index);
+    let mut nodes = Vec::with_capacity(answers.len());
+    for (_, addr, answer) in answers {
+        match answer {
             Ok(node) => nodes.push(node),
             // A configuration error (TLS files, an address that does not parse) is
             // the command's own: no other address would fare better.
@@ -127,17 +138,27 @@ pub async fn status(args: &ClientArgs) -> ExitCode {
     }
 }
 
-/// One address: connected within `--connect-timeout`, each question within `--timeout`.
+/// One address: connected within `--connect-timeout`, then its questions asked at
+/// once, each answered within `--timeout`.
 async fn node_status(args: &ClientArgs, addr: &str) -> Result<NodeStatus, Failure> {
     let channel = open_channel(args, addr).await?;
-    let (role, leader, error) = phase(channel.clone(), args.timeout).await;
-    let mut health = Vec::with_capacity(SERVICES.len());
-    for service in SERVICES {
-        health.push(ServiceHealth {
-            service,
-            status: service_health(channel.clone(), service, args.timeout).await,
-        });
-    }
+    let health_of = |service: &'static str| {
+        let channel = channel.clone();
+        async move {
+            ServiceHealth {
+                service,
+                status: service_health(channel, service, args.timeout).await,
+            }
+        }
+    };
+    let [server, sessions, admin] = SERVICES;
+    let ((role, leader, error), server, sessions, admin) = tokio::join!(
+        phase(channel.clone(), args.timeout),
+        health_of(server),
+        health_of(sessions),
+        health_of(admin)
+    );
+    let health = vec![server, sessions, admin];
     Ok(NodeStatus {
         address: addr.to_owned(),
         role,

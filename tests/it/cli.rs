@@ -298,6 +298,36 @@ async fn status_reports_each_address_and_exits_75_when_none_serves() {
     );
     assert_eq!(nodes[1]["role"], "unreachable");
 
+    // A silent server (it accepts and never answers) is reported at the end of
+    // --timeout, beside the serving one.
+    let silent = format!("http://{}", silent_server());
+    let with_silent = format!("{silent},{}", server.url());
+    let waited = seatbroker(&[
+        "--json",
+        "status",
+        "--addr",
+        &with_silent,
+        "--timeout",
+        "1s",
+    ])
+    .await;
+    assert_eq!(waited.code, 0, "{}", waited.stderr);
+    assert!(
+        waited.took < Duration::from_secs(15),
+        "took {:?}",
+        waited.took
+    );
+    let answer = json(&waited.stdout);
+    assert_eq!(answer["nodes"][0]["role"], "unanswered", "{answer}");
+    assert!(
+        answer["nodes"][0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("DEADLINE_EXCEEDED"),
+        "{answer}"
+    );
+    assert_eq!(answer["nodes"][1]["role"], "serving", "{answer}");
+
     let none = seatbroker(&["status", "--addr", &closed]).await;
     assert_eq!(none.code, 75, "{}", none.stderr);
     assert!(none.stdout.contains("unreachable"), "{}", none.stdout);
