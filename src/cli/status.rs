@@ -2,14 +2,16 @@
 //! checking a node or a cluster. For each address: whether it answers; its phase
 //! (serving, a standby naming the leader, starting, draining), read from a broker call
 //! made without a key, which the daemon's phase gate answers before authentication
-//! (`telemetry::rpc::refused_in_phase`); and the gRPC health of the server and of each
-//! broker service. Needs no key. Exits 0 when an address serves, 75 (retry later) when
+//! (`telemetry::rpc::refused_in_phase`), or why it refused this client's TLS
+//! (`client::explain_refusal`); and the gRPC health of the server and of each broker
+//! service. Needs no key. Exits 0 when an address serves, 75 (retry later) when
 //! none does.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde::Serialize;
+use tonic::Status;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -43,6 +45,9 @@ enum Role {
     Draining,
     /// No connection could be made.
     Unreachable,
+    /// It refused this client's TLS (its certificate, or its absence, or TLS spoken
+    /// to a plaintext daemon and the reverse): the reason is in `error`.
+    Refused,
     /// Connected, but the broker call found none of the above.
     Unanswered,
 }
@@ -55,6 +60,7 @@ impl Role {
             Role::Starting => "starting",
             Role::Draining => "draining",
             Role::Unreachable => "unreachable",
+            Role::Refused => "refused",
             Role::Unanswered => "unanswered",
         }
     }
@@ -152,13 +158,27 @@ async fn node_status(args: &ClientArgs, addr: &str) -> Result<NodeStatus, Failur
         }
     };
     let [server, sessions, admin] = SERVICES;
-    let ((role, leader, error), server, sessions, admin) = tokio::join!(
+    let (phase, server, sessions, admin) = tokio::join!(
         phase(channel.clone(), args.timeout),
         health_of(server),
         health_of(sessions),
         health_of(admin)
     );
     let health = vec![server, sessions, admin];
+    let (role, leader, error) = match phase {
+        Ok((role, leader)) => (role, leader, None),
+        // A connection closed at the first call may be the daemon refusing this
+        // client's TLS, which only a handshake of our own can tell (as for the other
+        // commands).
+        Err(status) => match client::explain_refusal(addr, &args.tls_files(), &status).await {
+            Some(cause) => (Role::Refused, None, Some(cause)),
+            None => {
+                let code = client::code_name(status.code());
+                let error = format!("{code}: {}", status.message());
+                (Role::Unanswered, None, Some(error))
+            }
+        },
+    };
     Ok(NodeStatus {
         address: addr.to_owned(),
         role,
@@ -170,33 +190,29 @@ async fn node_status(args: &ClientArgs, addr: &str) -> Result<NodeStatus, Failur
 
 /// The phase a keyless broker call finds: refused UNAUTHENTICATED, the daemon serves
 /// (it authenticates only once it serves); refused UNAVAILABLE by the phase gate, the
-/// phase it names.
-async fn phase(channel: Channel, timeout: Duration) -> (Role, Option<String>, Option<String>) {
+/// phase it names (and the leader a standby names). Any other answer is returned.
+async fn phase(channel: Channel, timeout: Duration) -> Result<(Role, Option<String>), Status> {
     let mut admin = client::admin(channel, BearerKey::new(None).expect("no key is sendable"));
     let request = proto::ListOrganizationsRequest {
         page_size: 1,
         ..Default::default()
     };
     let status = match within(timeout, admin.list_organizations(request)).await {
-        Ok(_) => return (Role::Serving, None, None),
+        Ok(_) => return Ok((Role::Serving, None)),
         Err(status) => status,
     };
     if matches!(
         status.code(),
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
     ) {
-        return (Role::Serving, None, None);
+        return Ok((Role::Serving, None));
     }
     match refused_in_phase(&status) {
-        Some((Phase::Standby, leader)) => (Role::Standby, leader, None),
-        Some((Phase::Starting, _)) => (Role::Starting, None, None),
-        Some((Phase::Draining, _)) => (Role::Draining, None, None),
-        Some((Phase::Serving, _)) => (Role::Serving, None, None),
-        None => {
-            let code = client::code_name(status.code());
-            let error = format!("{code}: {}", status.message());
-            (Role::Unanswered, None, Some(error))
-        }
+        Some((Phase::Standby, leader)) => Ok((Role::Standby, leader)),
+        Some((Phase::Starting, _)) => Ok((Role::Starting, None)),
+        Some((Phase::Draining, _)) => Ok((Role::Draining, None)),
+        Some((Phase::Serving, _)) => Ok((Role::Serving, None)),
+        None => Err(status),
     }
 }
 

@@ -150,6 +150,42 @@ fn each_client_tls_failure_names_its_cause_and_the_daemon_logs_the_refusal() {
     // With everything right, the call goes through.
     let fine = org_list(&by_name, &certs.client(true));
     assert_eq!(fine.code, 0, "{}", fine.stderr);
+
+    // `status` names the same causes, per address, and says which address serves.
+    let status = |addr: &str, tls: &ClientTlsFiles| {
+        let mut args = vec![
+            "--json".to_owned(),
+            "status".to_owned(),
+            "--addr".to_owned(),
+        ];
+        args.push(addr.to_owned());
+        for (flag, path) in [
+            ("--tls-ca", &tls.ca),
+            ("--tls-cert", &tls.cert),
+            ("--tls-key", &tls.key),
+        ] {
+            if let Some(path) = path {
+                args.extend([flag.to_owned(), path.display().to_string()]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let finished = daemon::run(&args, &[]);
+        let answer: serde_json::Value = serde_json::from_str(&finished.stdout)
+            .unwrap_or_else(|_| panic!("JSON: {}", finished.stderr));
+        (finished.code, answer)
+    };
+    let (code, answer) = status(&by_name, &certs.client(false));
+    assert_eq!(code, 75, "{answer}");
+    assert_eq!(answer["nodes"][0]["role"], "refused", "{answer}");
+    let error = answer["nodes"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("requires a client certificate"), "{answer}");
+    let (code, answer) = status(&plaintext, &ClientTlsFiles::default());
+    assert_eq!(code, 75, "{answer}");
+    let error = answer["nodes"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the daemon speaks TLS"), "{answer}");
+    let (code, answer) = status(&by_name, &certs.client(true));
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(answer["nodes"][0]["role"], "serving", "{answer}");
 }
 
 #[tokio::test]
