@@ -14,13 +14,8 @@ use seatbroker::client::{self, ClientError};
 use seatbroker::tls::ClientTlsFiles;
 
 /// `seatbroker org list --addr ADDR` with the TLS flags `tls`.
-fn org_list(addr: &str, tls: &ClientTlsFiles) -> Finished {
-    let mut args = vec![
-        "org".to_owned(),
-        "list".to_owned(),
-        "--addr".to_owned(),
-        addr.to_owned(),
-    ];
+/// The CLI's flags for `tls`'s files, added to `args`.
+fn add_tls_flags(args: &mut Vec<String>, tls: &ClientTlsFiles) {
     for (flag, path) in [
         ("--tls-ca", &tls.ca),
         ("--tls-cert", &tls.cert),
@@ -30,6 +25,16 @@ fn org_list(addr: &str, tls: &ClientTlsFiles) -> Finished {
             args.extend([flag.to_owned(), path.display().to_string()]);
         }
     }
+}
+
+fn org_list(addr: &str, tls: &ClientTlsFiles) -> Finished {
+    let mut args = vec![
+        "org".to_owned(),
+        "list".to_owned(),
+        "--addr".to_owned(),
+        addr.to_owned(),
+    ];
+    add_tls_flags(&mut args, tls);
     args.extend(["--key".to_owned(), OPERATOR_KEY.to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     daemon::run(&args, &[])
@@ -157,17 +162,9 @@ fn each_client_tls_failure_names_its_cause_and_the_daemon_logs_the_refusal() {
             "--json".to_owned(),
             "status".to_owned(),
             "--addr".to_owned(),
+            addr.to_owned(),
         ];
-        args.push(addr.to_owned());
-        for (flag, path) in [
-            ("--tls-ca", &tls.ca),
-            ("--tls-cert", &tls.cert),
-            ("--tls-key", &tls.key),
-        ] {
-            if let Some(path) = path {
-                args.extend([flag.to_owned(), path.display().to_string()]);
-            }
-        }
+        add_tls_flags(&mut args, tls);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let finished = daemon::run(&args, &[]);
         let answer: serde_json::Value = serde_json::from_str(&finished.stdout)
