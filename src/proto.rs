@@ -36,33 +36,21 @@ pub mod json {
             .unwrap_or_else(|_| value.to_string())
     }
 
-    pub fn product<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&name(*value, "PRODUCT_", |v: super::Product| {
-            v.as_str_name()
-        }))
+    /// One serializer per enum: `function, Enum, "PREFIX_";`. build.rs names the
+    /// function of each enum field (`ENUM_SERIALIZERS`).
+    macro_rules! by_name {
+        ($($function:ident, $enum:ident, $prefix:literal;)*) => {$(
+            pub fn $function<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&name(*value, $prefix, |v: super::$enum| v.as_str_name()))
+            }
+        )*};
     }
 
-    pub fn role<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&name(*value, "ROLE_", |v: super::Role| v.as_str_name()))
-    }
-
-    pub fn end_reason<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&name(*value, "END_REASON_", |v: super::EndReason| {
-            v.as_str_name()
-        }))
-    }
-
-    pub fn usage_range<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&name(*value, "USAGE_RANGE_", |v: super::UsageRange| {
-            v.as_str_name()
-        }))
-    }
-
-    pub fn outcome<S: Serializer>(value: &i32, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&name(
-            *value,
-            "ASSIGNMENT_OUTCOME_",
-            |v: super::AssignmentOutcome| v.as_str_name(),
-        ))
+    by_name! {
+        product, Product, "PRODUCT_";
+        role, Role, "ROLE_";
+        outcome, AssignmentOutcome, "ASSIGNMENT_OUTCOME_";
+        end_reason, EndReason, "END_REASON_";
+        usage_range, UsageRange, "USAGE_RANGE_";
     }
 }

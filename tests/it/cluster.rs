@@ -186,22 +186,6 @@ async fn supervised_leader_of(
     }
 }
 
-/// The exit status of `node`, waiting up to [`FOLLOW_DEADLINE`] for it to exit.
-async fn exit_of(node: &mut Daemon) -> std::process::ExitStatus {
-    let until = Instant::now() + FOLLOW_DEADLINE;
-    loop {
-        if let Some(status) = node.exited() {
-            return status;
-        }
-        assert!(
-            Instant::now() < until,
-            "the node did not exit: {}",
-            node.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The leader a standby names in the trailer of its UNAVAILABLE answer, waiting until
 /// it knows one (its first look at the election key).
 pub(crate) async fn leader_named_by(standby: &Daemon) -> String {
@@ -648,7 +632,7 @@ async fn failover_under_load_loses_nothing_acknowledged_and_never_over_admits() 
                 u64::from(election_ttl_s()) * 500 + 1000,
             ))
             .await;
-            let status = exit_of(&mut nodes[leader]).await;
+            let status = tokio::task::block_in_place(|| nodes[leader].wait_exit());
             assert_eq!(status.code(), Some(75), "{}", nodes[leader].stderr());
             kills.push(stalled_at);
             let (next, restarted) =

@@ -436,7 +436,7 @@ impl Daemon {
 
     #[track_caller]
     pub fn assert_alive(&mut self) {
-        let status = self.child.try_wait().expect("wait for the daemon");
+        let status = self.exited();
         assert!(status.is_none(), "the daemon exited: {status:?}");
     }
 
