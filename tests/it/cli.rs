@@ -333,6 +333,11 @@ async fn status_reports_each_address_and_exits_75_when_none_serves() {
     assert!(none.stdout.contains("unreachable"), "{}", none.stdout);
     let no_address = seatbroker(&["status", "--addr", ","]).await;
     assert_exit(&no_address, 64, "--addr names no address");
+    // A malformed address is the command's own configuration error, whatever the
+    // other addresses answer.
+    let malformed = format!("{},http://[::1", server.url());
+    let bad = seatbroker(&["status", "--addr", &malformed]).await;
+    assert_exit(&bad, 78, "");
 }
 
 /// A daemon still recovering its log is `starting`, its server NOT_SERVING.
