@@ -901,6 +901,12 @@ impl AdminWriter {
                 Err(error) => {
                     failure = Some(if descriptors::is_out_of_descriptors(&error) {
                         "too many open files: the daemon is out of file descriptors".to_owned()
+                    } else if error.kind() == std::io::ErrorKind::StorageFull {
+                        // Said as the log says it, since a full disk stops both.
+                        format!(
+                            "disk full: free space on the disk of {} ({error})",
+                            self.writer.dir().display()
+                        )
                     } else {
                         format!("{error} (in {})", self.writer.dir().display())
                     });
